@@ -1,0 +1,226 @@
+//! Streaming, parallel encoding of a file into segments and fragments.
+//!
+//! Segments are encoded on all cores, one more in flight than there are cores, and the hashes of
+//! one segment are spread over the cores too, so a one-segment file uses every core. Buffers are
+//! recycled: memory stays at about 96 MiB per segment in flight whatever the file size.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, mpsc};
+
+use rayon::prelude::*;
+
+use super::crypto::{FileKey, HEADER_LEN, chunk_digest};
+use super::{
+    DATA_FRAGMENTS, Erasure, FRAGMENT_SIZE, FRAGMENTS, FileManifest, FormatError, Hash, Layout, MasterKey, Mode,
+    PARITY_FRAGMENTS, SEGMENT_SIZE, SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
+};
+
+/// Where the file's bytes come from. Reads may run on several threads at once.
+pub trait ChunkSource: Sync {
+    /// The caller's error type; it must hold format errors too.
+    type Error: From<FormatError> + Send;
+    /// Fills `buf` with the file's bytes starting at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error>;
+}
+
+impl ChunkSource for [u8] {
+    type Error = FormatError;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        buf.copy_from_slice(&self[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+}
+
+/// One encoded segment, lent to the sink of [`encode_file`].
+pub struct EncodedSegment<'a> {
+    /// Segment index in the file.
+    pub index: usize,
+    /// Hashes of the segment and its fragments.
+    pub manifest: SegmentManifest,
+    segment: &'a [u8],
+    parity: &'a [u8],
+}
+
+impl EncodedSegment<'_> {
+    /// The bytes of fragment `i` (8 MiB): data fragments are quarters of the segment.
+    pub fn fragment(&self, i: usize) -> &[u8] {
+        if i < DATA_FRAGMENTS {
+            &self.segment[i * FRAGMENT_SIZE..(i + 1) * FRAGMENT_SIZE]
+        } else {
+            &self.parity[(i - DATA_FRAGMENTS) * FRAGMENT_SIZE..(i - DATA_FRAGMENTS + 1) * FRAGMENT_SIZE]
+        }
+    }
+}
+
+struct Buffers {
+    segment: Vec<u8>,
+    parity: Vec<u8>,
+}
+
+/// Recycled segment buffers: allocating 96 MiB per segment would be dominated by page faults.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Buffers>>);
+
+/// Encodes files, keeping its segment buffers (about 96 MiB per core) between files; drop it or
+/// call [`Encoder::release_buffers`] to give the memory back.
+#[derive(Default)]
+pub struct Encoder {
+    pool: Pool,
+    erasure: Erasure,
+}
+
+impl Pool {
+    fn take(&self) -> Buffers {
+        let recycled = self.0.lock().expect("pool lock").pop();
+        recycled.unwrap_or_else(|| Buffers {
+            segment: vec![0; SEGMENT_SIZE],
+            parity: vec![0; FRAGMENT_SIZE * PARITY_FRAGMENTS],
+        })
+    }
+
+    fn give(&self, b: Buffers) {
+        self.0.lock().expect("pool lock").push(b);
+    }
+}
+
+impl Encoder {
+    /// Frees the buffers kept for the next file.
+    pub fn release_buffers(&self) {
+        self.pool.0.lock().expect("pool lock").clear();
+    }
+
+    /// Encodes a file of `size` bytes read from `source`: encrypted with a key derived from
+    /// `master`, or in plaintext (the golden-vector layout) when `master` is `None`. `sink` receives
+    /// every segment in order, with its fragments, on the calling thread; the manifest (FID and
+    /// hashes) is returned. Segments are encoded on rayon's pool, one more in flight than it has
+    /// threads, so call this from outside that pool.
+    pub fn encode<S, F>(
+        &self,
+        source: &S,
+        size: u64,
+        master: Option<&MasterKey>,
+        mut sink: F,
+    ) -> Result<FileManifest, S::Error>
+    where
+        S: ChunkSource + ?Sized,
+        F: FnMut(&EncodedSegment<'_>) -> Result<(), S::Error>,
+    {
+        let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
+        let layout = Layout::new(size, mode)?;
+        let (pool, erasure) = (&self.pool, &self.erasure);
+        let key = match master {
+            Some(m) => Some(m.file_key(&file_seed(source, &layout, m, pool)?)),
+            None => None,
+        };
+        let in_flight = rayon::current_num_threads() + 1;
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut segments = Vec::with_capacity(layout.segments());
+        rayon::in_place_scope(|scope| {
+            let spawn = |index: usize| {
+                let done = done_tx.clone();
+                let (layout, key) = (&layout, key.as_ref());
+                scope.spawn(move |_| {
+                    let mut b = pool.take();
+                    let manifest = encode_segment(source, layout, key, erasure, index, &mut b);
+                    // The receiver is gone only if an earlier segment failed; nothing waits for this one.
+                    let _ = done.send((index, manifest, b));
+                });
+            };
+            let mut next = in_flight.min(layout.segments());
+            (0..next).for_each(spawn);
+            let mut ready = BTreeMap::new();
+            while segments.len() < layout.segments() {
+                let (index, manifest, b) = done_rx.recv().expect("a spawned segment always reports");
+                ready.insert(index, (manifest, b));
+                while let Some((manifest, b)) = ready.remove(&segments.len()) {
+                    let seg = EncodedSegment {
+                        index: segments.len(),
+                        manifest: manifest?,
+                        segment: &b.segment,
+                        parity: &b.parity,
+                    };
+                    sink(&seg)?;
+                    segments.push(seg.manifest);
+                    pool.give(b);
+                    if next < layout.segments() {
+                        spawn(next);
+                        next += 1;
+                    }
+                }
+            }
+            Ok::<(), S::Error>(())
+        })?;
+        Ok(FileManifest::new(size, segments))
+    }
+}
+
+/// The seed of the file's key: a keyed digest over the digest of every plaintext chunk.
+fn file_seed<S: ChunkSource + ?Sized>(
+    source: &S,
+    layout: &Layout,
+    master: &MasterKey,
+    pool: &Pool,
+) -> Result<[u8; 32], S::Error> {
+    let digests: Vec<[u8; 32]> = (0..layout.segments())
+        .into_par_iter()
+        .map(|i| {
+            let mut b = pool.take();
+            let range = layout.chunk(i);
+            let chunk = &mut b.segment[..(range.end - range.start) as usize];
+            let read = source.read_at(range.start, chunk).map(|()| chunk_digest(chunk));
+            pool.give(b);
+            read
+        })
+        .collect::<Result<_, S::Error>>()?;
+    Ok(master.seed(layout.size(), &digests))
+}
+
+fn encode_segment<S: ChunkSource + ?Sized>(
+    source: &S,
+    layout: &Layout,
+    key: Option<&FileKey>,
+    erasure: &Erasure,
+    index: usize,
+    b: &mut Buffers,
+) -> Result<SegmentManifest, S::Error> {
+    let range = layout.chunk(index);
+    let len = (range.end - range.start) as usize;
+    match key {
+        None => {
+            source.read_at(range.start, &mut b.segment[..len])?;
+            b.segment[len..].fill(0);
+        }
+        Some(key) => {
+            source.read_at(range.start, &mut b.segment[HEADER_LEN..HEADER_LEN + len])?;
+            key.seal(layout, index, len, &mut b.segment);
+        }
+    }
+    let used = layout.used_len(index);
+    let segment = &b.segment;
+    let parity = &mut b.parity;
+    let mut fragments = [Hash::default(); FRAGMENTS];
+    let (data_hashes, parity_hashes) = fragments.split_at_mut(DATA_FRAGMENTS);
+    let (hash, ()) = rayon::join(
+        || {
+            let (hash, ()) = rayon::join(
+                || sha256(segment),
+                || {
+                    data_hashes.par_iter_mut().enumerate().for_each(|(i, h)| {
+                        let start = i * FRAGMENT_SIZE;
+                        *h = if start >= used {
+                            ZERO_FRAGMENT_HASH
+                        } else {
+                            sha256(&segment[start..start + FRAGMENT_SIZE])
+                        };
+                    })
+                },
+            );
+            hash
+        },
+        || {
+            erasure.encode(segment, parity);
+            parity_hashes.par_iter_mut().zip(parity.par_chunks_exact(FRAGMENT_SIZE)).for_each(|(h, p)| *h = sha256(p));
+        },
+    );
+    Ok(SegmentManifest { hash, fragments })
+}

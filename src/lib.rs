@@ -7,4 +7,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod format;
+pub mod fs;
+pub mod mountpoint;
+pub mod store;

@@ -50,8 +50,7 @@ impl Erasure {
         if have_data.iter().all(|&h| h) {
             return;
         }
-        let mut shards: Vec<(&mut [u8], bool)> =
-            segment.chunks_exact_mut(FRAGMENT_SIZE).zip(have_data).collect();
+        let mut shards: Vec<(&mut [u8], bool)> = segment.chunks_exact_mut(FRAGMENT_SIZE).zip(have_data).collect();
         for p in parity.iter_mut() {
             match p {
                 Some(v) => shards.push((v.as_mut_slice(), true)),

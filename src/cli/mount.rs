@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::Settings;
+use crate::daemon::{self, Readiness};
+use crate::mountpoint;
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// An empty directory to mount on.
+    dir: PathBuf,
+    /// Stay attached to the terminal instead of running as a daemon.
+    #[arg(long, short)]
+    foreground: bool,
+    /// The config file [default: $XDG_CONFIG_HOME/cessfs/config.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Args)]
+pub struct UnmountArgs {
+    /// The mount point.
+    dir: PathBuf,
+    /// Seconds to wait for the daemon to finish.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let settings = args.settings.with_file(args.config.as_deref())?;
+    let dir = mountpoint::preflight(&args.dir)?;
+    let data_dir = settings.data_dir();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let ready = if args.foreground { Readiness::Foreground } else { daemon::daemonize(&data_dir.join("cessfs.log"))? };
+    super::init_logging(&settings.log_level());
+    daemon::run(&dir, &settings, ready)
+}
+
+pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
+    let (dir, data_dir) = mountpoint::cessfs_mount(&args.dir)?;
+    mountpoint::unmount(&dir)?;
+    daemon::wait_for_exit(&data_dir, std::time::Duration::from_secs(args.timeout))
+}

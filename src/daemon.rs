@@ -1,0 +1,181 @@
+//! Running a mount: start-up (in the background, reporting readiness to the command that
+//! started it), the FUSE session, signals, and shutdown.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::config::Settings;
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::{Fs, FsConfig};
+use crate::mountpoint;
+use crate::store::{Store, StoreError};
+
+/// How the process that asked for the mount learns that it is ready.
+pub enum Readiness {
+    /// Running in the foreground: nothing to tell.
+    Foreground,
+    /// A daemon: the parent waits on this pipe for "ok" or an error line.
+    Pipe(File),
+}
+
+impl Readiness {
+    fn report(self, result: &anyhow::Result<()>) {
+        if let Readiness::Pipe(mut pipe) = self {
+            let msg = match result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            // The parent may be gone (killed); the daemon goes on regardless.
+            let _ = pipe.write_all(msg.as_bytes());
+        }
+    }
+}
+
+/// Forks a daemon that logs to `log_file`. In the parent this waits until the daemon reports,
+/// then exits the process; in the daemon it returns the readiness pipe. Call before any thread.
+pub fn daemonize(log_file: &Path) -> anyhow::Result<Readiness> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is valid for two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the readiness pipe");
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .with_context(|| format!("opening log file {}", log_file.display()))?;
+    // SAFETY: called before this process starts any thread, as the doc requires.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("forking the daemon"),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid and dup2 on descriptors this process owns.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                libc::dup2(null, 0);
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 1);
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2);
+            }
+            Ok(Readiness::Pipe(File::from(write_end)))
+        }
+        _ => {
+            drop(write_end);
+            let mut msg = String::new();
+            File::from(read_end).read_to_string(&mut msg)?;
+            match msg.as_str() {
+                "ok" => std::process::exit(0),
+                "" => bail!("the daemon exited during start-up; see {}", log_file.display()),
+                err => bail!("{err}"),
+            }
+        }
+    }
+}
+
+/// Blocks the signals the daemon handles, in this thread and every thread it starts later.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, then pthread_sigmask on the current thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Mounts the filesystem at `mountpoint` (already checked by `mountpoint::preflight`) and serves
+/// it until it is unmounted or the process gets SIGTERM, SIGINT or SIGHUP.
+pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::Result<()> {
+    let signals = block_signals();
+    let data_dir = settings.data_dir();
+    let session = match start(mountpoint, settings, &data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            let result = Err(e);
+            ready.report(&result);
+            return result;
+        }
+    };
+    let pid_file = data_dir.join("cessfs.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+    log::info!("mounted {} (data dir {})", mountpoint.display(), data_dir.display());
+    ready.report(&Ok(()));
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig = 0;
+        // SAFETY: `signals` is the set blocked above; `sig` is valid for writes.
+        while unsafe { libc::sigwait(&signals, &mut sig) } == 0 {
+            log::info!("signal {sig}: unmounting {}", mp.display());
+            if let Err(e) = mountpoint::unmount(&mp) {
+                log::warn!("{e:#}; detaching the mount instead");
+                if let Err(e) = mountpoint::detach(&mp) {
+                    log::error!("unmount on signal failed: {e:#}");
+                }
+            }
+        }
+    })?;
+    let result = session.run().context("serving the mount");
+    let _ = std::fs::remove_file(&pid_file);
+    log::info!("unmounted {}", mountpoint.display());
+    result
+}
+
+fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Result<fuser::Session<FuseAdapter>> {
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let store = Store::open(data_dir, uid, gid).map_err(|e| match e {
+        StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+            anyhow::anyhow!(
+                "data dir {} is in use by another cessfs (use --data-dir for a second mount)",
+                data_dir.display()
+            )
+        }
+        e => anyhow::Error::from(e).context(format!("opening data dir {}", data_dir.display())),
+    })?;
+    let fs = Arc::new(Fs::new(Arc::new(store), FsConfig { passthrough: false }));
+    let adapter = FuseAdapter::new(fs, settings.passthrough.unwrap_or(true));
+    let source = format!("cessfs:{}", data_dir.display());
+    let allow_other = settings.allow_other.unwrap_or(false);
+    let mut config = fuser::Config::default();
+    config.acl = if allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(settings.threads());
+    config.clone_fd = true;
+    let mounting = || format!("mounting {}", mountpoint.display());
+    if mountpoint::is_root() {
+        let fd = mountpoint::mount_as_root(mountpoint, &source, allow_other).with_context(mounting)?;
+        let acl = config.acl;
+        return fuser::Session::from_fd(adapter, fd, acl, config).with_context(mounting);
+    }
+    config.mount_options = vec![
+        fuser::MountOption::FSName(source),
+        fuser::MountOption::Subtype("cessfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)
+}
+
+/// Waits until the daemon of `data_dir` has exited (after an unmount), up to `timeout`.
+pub fn wait_for_exit(data_dir: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let Ok(pid) = std::fs::read_to_string(data_dir.join("cessfs.pid")) else { return Ok(()) };
+    let Ok(pid) = pid.trim().parse::<i32>() else { return Ok(()) };
+    let deadline = std::time::Instant::now() + timeout;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if std::time::Instant::now() > deadline {
+            bail!("the cessfs daemon (pid {pid}) is still running after {}s", timeout.as_secs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}

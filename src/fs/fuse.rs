@@ -1,0 +1,434 @@
+//! The kernel side: a thin `fuser::Filesystem` over [`Fs`]. Each callback converts arguments,
+//! calls `Fs`, and replies; the only state here is the passthrough backing ids, which are a
+//! kernel resource.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+
+use super::{Attr, Caller, Fs, FsError, NAME_MAX, Opened, SetAttr, TimeSet, lock};
+use crate::store::{Kind, Timestamp};
+
+/// How long the kernel may cache attributes and entries. Only this daemon changes the tree, and
+/// it answers every change, so the kernel's copy stays right; the timeout bounds staleness of
+/// the upload status the kernel never caches anyway.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// The FUSE adapter.
+pub struct FuseAdapter {
+    fs: Arc<Fs>,
+    want_passthrough: bool,
+    /// One backing id per inode while it has passthrough handles: the kernel requires every
+    /// passthrough open of an inode to use the same backing file.
+    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+}
+
+fn errno(e: &FsError, op: &str) -> Errno {
+    log::log!(e.log_level(), "{op}: {e}");
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime.into(),
+        mtime: a.mtime.into(),
+        ctime: a.ctime.into(),
+        crtime: a.crtime.into(),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(Timestamp::from(t)),
+    }
+}
+
+macro_rules! reply_or {
+    ($reply:expr, $op:expr, $result:expr, |$v:pat_param| $ok:expr) => {
+        match $result {
+            Ok($v) => $ok,
+            Err(e) => $reply.error(errno(&e, $op)),
+        }
+    };
+}
+
+impl FuseAdapter {
+    /// An adapter over `fs`; passthrough is used if wanted and the kernel and privileges allow.
+    pub fn new(fs: Arc<Fs>, want_passthrough: bool) -> FuseAdapter {
+        FuseAdapter { fs, want_passthrough, backing: Mutex::new(HashMap::new()) }
+    }
+
+    fn backing_for(&self, ino: u64, open: impl FnOnce() -> std::io::Result<BackingId>) -> Option<Arc<BackingId>> {
+        let mut map = lock(&self.backing);
+        if let Some((id, n)) = map.get_mut(&ino) {
+            *n += 1;
+            return Some(id.clone());
+        }
+        match open() {
+            Ok(id) => {
+                let id = Arc::new(id);
+                map.insert(ino, (id.clone(), 1));
+                Some(id)
+            }
+            Err(e) => {
+                log::warn!("passthrough refused for inode {ino}, serving it through the daemon: {e}");
+                None
+            }
+        }
+    }
+
+    fn drop_backing(&self, ino: u64) {
+        let mut map = lock(&self.backing);
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, result: Result<Attr, FsError>, op: &'static str) {
+        reply_or!(reply, op, result, |a| reply.entry(&TTL, &file_attr(&a), Generation(0)));
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                log::debug!("kernel lacks {cap:?}");
+            }
+        }
+        // Writes up to 1 MiB per request (the kernel's cap on max_pages).
+        let _ = config.set_max_write(MAX_WRITE);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let passthrough = self.want_passthrough
+            && root
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        log::info!(
+            "open files are served {}",
+            if passthrough {
+                "by kernel passthrough"
+            } else {
+                "through the daemon (passthrough needs root and Linux 6.9+)"
+            }
+        );
+        match Arc::get_mut(&mut self.fs) {
+            Some(fs) => fs.set_passthrough(passthrough),
+            None => log::warn!("filesystem shared before init; passthrough stays off"),
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.fs.fsyncdir() {
+            log::error!("final metadata flush failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()), "lookup");
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_or!(reply, "getattr", self.fs.getattr(ino.0), |a| reply.attr(&TTL, &file_attr(&a)));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set) };
+        reply_or!(reply, "setattr", self.fs.setattr(ino.0, &set, caller(req)), |a| reply.attr(&TTL, &file_attr(&a)));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply_or!(reply, "readlink", self.fs.readlink(ino.0), |t| reply.data(&t));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        self.entry(reply, self.fs.mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req)), "mkdir");
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_or!(reply, "unlink", self.fs.unlink(parent.0, name.as_bytes()), |()| reply.ok());
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_or!(reply, "rmdir", self.fs.rmdir(parent.0, name.as_bytes()), |()| reply.ok());
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), caller(req));
+        self.entry(reply, r, "symlink");
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.fs.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits());
+        reply_or!(reply, "rename", r, |()| reply.ok());
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()), "link");
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened: Opened = match self.fs.open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(&e, "open")),
+        };
+        let backing = opened.passthrough.as_ref().and_then(|f| self.backing_for(ino.0, || reply.open_backing(&**f)));
+        match backing {
+            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(opened.fh), FopenFlags::empty()),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (attr, opened) = match self.fs.create(parent.0, name.as_bytes(), mode & !umask, flags, caller(req)) {
+            Ok(r) => r,
+            Err(e) => return reply.error(errno(&e, "create")),
+        };
+        let fh = FileHandle(opened.fh);
+        let backing = opened.passthrough.as_ref().and_then(|f| self.backing_for(attr.ino, || reply.open_backing(&**f)));
+        match backing {
+            Some(id) => reply.created_passthrough(&TTL, &file_attr(&attr), Generation(0), fh, FopenFlags::empty(), &id),
+            None => reply.created(&TTL, &file_attr(&attr), Generation(0), fh, FopenFlags::empty()),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        reply_or!(reply, "read", self.fs.read(fh.0, offset, size), |d| reply.data(&d));
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply_or!(reply, "write", self.fs.write(fh.0, offset, data), |n| reply.written(n));
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply_or!(reply, "flush", self.fs.flush(fh.0), |()| reply.ok());
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.fs.release(fh.0);
+        self.drop_backing(ino.0);
+        reply_or!(reply, "release", r, |()| reply.ok());
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_or!(reply, "fsync", self.fs.fsync(fh.0), |()| reply.ok());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply_or!(reply, "opendir", self.fs.opendir(ino.0), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()));
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.fs.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e, "readdir")),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), i as u64 + 1, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let entries = match self.fs.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e, "readdirplus")),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            // An entry removed since opendir is skipped.
+            let Ok(attr) = self.fs.getattr(e.ino) else { continue };
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(INodeNo(e.ino), i as u64 + 1, name, &TTL, &file_attr(&attr), Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_or!(reply, "fsyncdir", self.fs.fsyncdir(), |()| reply.ok());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply_or!(reply, "statfs", self.fs.statfs(), |s| reply.statfs(
+            s.blocks,
+            s.bfree,
+            s.bavail,
+            s.files,
+            s.ffree,
+            s.bsize,
+            NAME_MAX as u32,
+            s.frsize
+        ));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_or!(reply, "setxattr", self.fs.setxattr(ino.0, name.as_bytes(), value, flags), |()| reply.ok());
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_or!(reply, "getxattr", self.fs.getxattr(ino.0, name.as_bytes()), |v| xattr_reply(reply, size, &v));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_or!(reply, "listxattr", self.fs.listxattr(ino.0), |v| xattr_reply(reply, size, &v));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_or!(reply, "removexattr", self.fs.removexattr(ino.0, name.as_bytes()), |()| reply.ok());
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permissions are the kernel's (default_permissions); this is only reached for F_OK.
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_or!(reply, "fallocate", self.fs.fallocate(fh.0, offset, length, mode), |()| reply.ok());
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}

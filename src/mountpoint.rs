@@ -1,0 +1,203 @@
+//! Mount points: the checks before mounting, each failing with one clear line, finding cessfs
+//! mounts in /proc/self/mountinfo, cleaning up a stale one, and unmounting.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// File system type (`fuse.cessfs` for ours).
+    pub fstype: String,
+    /// Mount source (`cessfs:DATA_DIR` for ours).
+    pub source: String,
+}
+
+/// The fstype cessfs mounts show.
+pub const FSTYPE: &str = "fuse.cessfs";
+
+/// Every mount of this process's namespace.
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+fn unescape(field: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
+    let (left, right) = line.split_once(" - ")?;
+    let mountpoint = left.split(' ').nth(4)?;
+    let mut r = right.split(' ');
+    let fstype = r.next()?;
+    let source = r.next()?;
+    Some(MountEntry {
+        mountpoint: PathBuf::from(unescape(mountpoint)),
+        fstype: fstype.into(),
+        source: unescape(source),
+    })
+}
+
+/// The mount at exactly `dir`, if any (the last one, as the kernel shows the top of a stack).
+pub fn mount_at(dir: &Path) -> io::Result<Option<MountEntry>> {
+    Ok(mounts()?.into_iter().rfind(|m| m.mountpoint == dir))
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false)
+}
+
+/// Detaches whatever is mounted at `dir` (a dead cessfs daemon's mount, or a busy one being shut
+/// down): it disappears from the tree now and goes away when its last file is closed.
+pub fn detach(dir: &Path) -> anyhow::Result<()> {
+    if is_root() {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+        // SAFETY: `c` is a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(io::Error::last_os_error()).context("detaching the stale mount");
+        }
+        return Ok(());
+    }
+    let status = Command::new("fusermount3").arg("-u").arg("-z").arg(dir).status().context("running fusermount3")?;
+    if !status.success() {
+        bail!("fusermount3 -u -z {} failed", dir.display());
+    }
+    Ok(())
+}
+
+/// Checks that `dir` can take a cessfs mount and returns its canonical path. A stale cessfs
+/// mount there (its daemon killed) is cleaned up.
+pub fn preflight(dir: &Path) -> anyhow::Result<PathBuf> {
+    let shown = dir.display();
+    let meta = match std::fs::metadata(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            log::warn!("{shown}: cleaning up the mount of a cessfs daemon that is gone");
+            detach(dir)?;
+            std::fs::metadata(dir)
+        }
+        other => other,
+    };
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!("{shown} does not exist: create an empty directory first")
+        }
+        Err(e) => bail!("{shown}: {e}"),
+    };
+    if !meta.is_dir() {
+        bail!("{shown} is not a directory");
+    }
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("resolving {shown}"))?;
+    if let Some(m) = mount_at(&dir)? {
+        if m.fstype == FSTYPE {
+            bail!("{} is already mounted by cessfs ({})", dir.display(), m.source);
+        }
+        bail!("{} is already a mount point ({} {})", dir.display(), m.fstype, m.source);
+    }
+    if std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{} is not empty: cessfs mounts on an empty directory", dir.display());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse kernel module (modprobe fuse)");
+    }
+    if !is_root() && !in_path("fusermount3") {
+        bail!("fusermount3 not found: install the fuse3 package (apt install fuse3)");
+    }
+    Ok(dir)
+}
+
+/// The canonical mount point and the data dir of the cessfs mount at `dir`.
+pub fn cessfs_mount(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let resolved = std::fs::canonicalize(dir).or_else(|e| {
+        // A dead daemon's mount point cannot be resolved; find it by its literal path.
+        if e.raw_os_error() == Some(libc::ENOTCONN) { std::path::absolute(dir) } else { Err(e) }
+    });
+    let dir = resolved.with_context(|| format!("resolving {}", dir.display()))?;
+    let Some(m) = mount_at(&dir)?.filter(|m| m.fstype == FSTYPE) else {
+        bail!("{} is not a cessfs mount", dir.display());
+    };
+    let data_dir = m.source.strip_prefix("cessfs:").map(PathBuf::from).unwrap_or_default();
+    Ok((dir, data_dir))
+}
+
+/// Mounts a FUSE file system of type `fuse.cessfs` at `dir` with mount(2), as root, and returns
+/// the /dev/fuse descriptor to serve it on. (fuser's own mount would show type `fuse`.)
+pub fn mount_as_root(dir: &Path, source: &str, allow_other: bool) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fuse = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!("fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions", fuse.as_raw_fd());
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (src, target, fstype, data) =
+        (c(source.as_bytes())?, c(dir.as_os_str().as_encoded_bytes())?, c(FSTYPE.as_bytes())?, c(data.as_bytes())?);
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fuse.into())
+}
+
+/// Unmounts `dir`: refused with a clear message while files are open there.
+pub fn unmount(dir: &Path) -> anyhow::Result<()> {
+    if is_root() {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+        // SAFETY: `c` is a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                bail!("{} is busy: close the files and shells open there (fuser -vm {})", dir.display(), dir.display());
+            }
+            return Err(e).with_context(|| format!("unmounting {}", dir.display()));
+        }
+        return Ok(());
+    }
+    let out = Command::new("fusermount3").arg("-u").arg(dir).output().context("running fusermount3")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_with_escapes() {
+        let line = "36 35 0:42 / /mnt/my\\040dir rw,nosuid - fuse.cessfs cessfs:/var/lib/x rw,user_id=0";
+        let m = parse_mountinfo_line(line).unwrap();
+        assert_eq!(m.mountpoint, PathBuf::from("/mnt/my dir"));
+        assert_eq!(m.fstype, FSTYPE);
+        assert_eq!(m.source, "cessfs:/var/lib/x");
+    }
+}

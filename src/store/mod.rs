@@ -1,0 +1,329 @@
+//! The local store: namespace and metadata in sled, file bytes in plain content files.
+//!
+//! Layout of the data dir:
+//! ```text
+//! DATA/db/            sled: inodes, directory entries, xattrs, upload records (records.rs)
+//! DATA/content/<ino>  the bytes of each regular file, 16 hex digits
+//! ```
+//! Durability order: a content file is fsynced before the record that points to it is committed
+//! and sled is flushed ([`Store::sync`]). Every namespace change is one sled batch, so the tree is
+//! consistent after a crash at any point. After a failed flush the store is poisoned: every later
+//! commit fails, because sled's state on disk is no longer known.
+//! Why content is in plain files and not in sled: docs/STORE.md.
+
+mod outbox;
+mod records;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thiserror::Error;
+
+pub use outbox::{UploadRecord, UploadState};
+pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
+
+use records::{decode, decode_dirent, encode, encode_dirent, key};
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("metadata database: {0}")]
+    Sled(#[from] sled::Error),
+    /// A content file operation failed.
+    #[error("content file: {0}")]
+    Io(#[from] io::Error),
+    /// A record could not be decoded.
+    #[error("corrupt {what} record")]
+    Corrupt {
+        /// The record type.
+        what: &'static str,
+    },
+    /// An earlier flush failed; writes are refused until restart.
+    #[error("the store is poisoned by an earlier failed flush; restart cessfs")]
+    Poisoned,
+}
+
+/// The local store. See the module docs.
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    content_dir: PathBuf,
+    content_dir_handle: File,
+    content_dir_dirty: AtomicBool,
+    poisoned: AtomicBool,
+}
+
+/// A set of changes that [`Store::commit`] applies atomically.
+#[derive(Default)]
+pub struct Batch(sled::Batch);
+
+impl Batch {
+    /// Writes an inode record.
+    pub fn put_inode(&mut self, ino: u64, rec: &InodeRecord) {
+        self.0.insert(&key::inode(ino), encode(rec));
+    }
+    /// Removes an inode record.
+    pub fn remove_inode(&mut self, ino: u64) {
+        self.0.remove(&key::inode(ino));
+    }
+    /// Adds or replaces a directory entry.
+    pub fn put_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: Kind) {
+        self.0.insert(key::dirent(parent, name), &encode_dirent(ino, kind));
+    }
+    /// Removes a directory entry.
+    pub fn remove_dirent(&mut self, parent: u64, name: &[u8]) {
+        self.0.remove(key::dirent(parent, name));
+    }
+    /// Sets an extended attribute.
+    pub fn put_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) {
+        self.0.insert(key::xattr(ino, name), value);
+    }
+    /// Removes an extended attribute.
+    pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) {
+        self.0.remove(key::xattr(ino, name));
+    }
+    /// Writes the upload record of an inode.
+    pub fn put_upload(&mut self, ino: u64, rec: &UploadRecord) {
+        self.0.insert(&key::upload(ino), encode(rec));
+    }
+    /// Removes the upload record of an inode.
+    pub fn remove_upload(&mut self, ino: u64) {
+        self.0.remove(&key::upload(ino));
+    }
+    /// Marks an unlinked inode that is still open, to be removed at the next start.
+    pub fn put_orphan(&mut self, ino: u64) {
+        self.0.insert(&key::orphan(ino), &[]);
+    }
+    /// Marks a regular file open for writing: after a crash, its content is re-staged.
+    pub fn put_writing(&mut self, ino: u64) {
+        self.0.insert(&key::writing(ino), &[]);
+    }
+    /// Clears the open-for-writing mark.
+    pub fn remove_writing(&mut self, ino: u64) {
+        self.0.remove(&key::writing(ino));
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir`; the root directory is owned by `uid:gid`.
+    /// Finishes what a crash interrupted (see [`Store::recover`]).
+    pub fn open(data_dir: &Path, uid: u32, gid: u32) -> Result<Store, StoreError> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
+        let content_dir = data_dir.join("content");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&content_dir)?;
+        let db =
+            sled::Config::new().path(data_dir.join("db")).cache_capacity(32 << 20).flush_every_ms(Some(500)).open()?;
+        let tree = db.open_tree("fs")?;
+        let store = Store {
+            content_dir_handle: File::open(&content_dir)?,
+            content_dir,
+            db,
+            tree,
+            content_dir_dirty: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+        };
+        if store.inode(ROOT_INO)?.is_none() {
+            let now = Timestamp::now();
+            let root = InodeRecord {
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid,
+                gid,
+                nlink: 2,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                parent: ROOT_INO,
+                target: Vec::new(),
+                content_version: 0,
+            };
+            let mut b = Batch::default();
+            b.put_inode(ROOT_INO, &root);
+            store.commit(b)?;
+        }
+        store.recover()?;
+        store.sync()?;
+        Ok(store)
+    }
+
+    /// A new inode number; numbers are never reused.
+    pub fn allocate_ino(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()? + ROOT_INO + 1)
+    }
+
+    /// The record of inode `ino`.
+    pub fn inode(&self, ino: u64) -> Result<Option<InodeRecord>, StoreError> {
+        self.tree.get(key::inode(ino))?.map(|v| decode(&v, "inode")).transpose()
+    }
+
+    /// The child `name` of directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<(u64, Kind)>, StoreError> {
+        self.tree.get(key::dirent(parent, name))?.map(|v| decode_dirent(&v)).transpose()
+    }
+
+    /// Every entry of directory `parent`, sorted by name.
+    pub fn dir_entries(&self, parent: u64) -> Result<Vec<(Vec<u8>, u64, Kind)>, StoreError> {
+        let prefix = key::dirent_prefix(parent);
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let (ino, kind) = decode_dirent(&v)?;
+                Ok((k[prefix.len()..].to_vec(), ino, kind))
+            })
+            .collect()
+    }
+
+    /// Whether directory `parent` has no entries.
+    pub fn dir_is_empty(&self, parent: u64) -> Result<bool, StoreError> {
+        Ok(self.tree.scan_prefix(key::dirent_prefix(parent)).next().transpose()?.is_none())
+    }
+
+    /// The value of extended attribute `name` of `ino`.
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key::xattr(ino, name))?.map(|v| v.to_vec()))
+    }
+
+    /// The names of the extended attributes of `ino`.
+    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = key::xattr_prefix(ino);
+        self.tree.scan_prefix(prefix).keys().map(|k| Ok(k?[prefix.len()..].to_vec())).collect()
+    }
+
+    /// The upload record of `ino`.
+    pub fn upload(&self, ino: u64) -> Result<Option<UploadRecord>, StoreError> {
+        self.tree.get(key::upload(ino))?.map(|v| decode(&v, "upload")).transpose()
+    }
+
+    /// Applies `batch` atomically (not yet durable: see [`Store::sync`]).
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(StoreError::Poisoned);
+        }
+        Ok(self.tree.apply_batch(batch.0)?)
+    }
+
+    /// Makes every committed change durable. A failure poisons the store.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(StoreError::Poisoned);
+        }
+        if let Err(e) = self.db.flush() {
+            self.poisoned.store(true, Ordering::Relaxed);
+            log::error!("metadata flush failed, refusing further writes: {e}");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Deletes every record of an inode and its content file.
+    pub fn purge(&self, ino: u64) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.remove_inode(ino);
+        b.remove_upload(ino);
+        b.remove_writing(ino);
+        b.0.remove(&key::orphan(ino));
+        for name in self.xattr_names(ino)? {
+            b.remove_xattr(ino, &name);
+        }
+        self.commit(b)?;
+        self.remove_content(ino)
+    }
+
+    // ── content files ───────────────────────────────────────────────────────────────────────
+
+    /// Where the bytes of `ino` are kept.
+    pub fn content_path(&self, ino: u64) -> PathBuf {
+        self.content_dir.join(format!("{ino:016x}"))
+    }
+
+    /// Creates the empty content file of a new regular file.
+    pub fn create_content(&self, ino: u64) -> Result<File, StoreError> {
+        let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(self.content_path(ino))?;
+        self.content_dir_dirty.store(true, Ordering::Release);
+        Ok(f)
+    }
+
+    /// Opens the content file of `ino` for reading and writing.
+    pub fn open_content(&self, ino: u64) -> Result<File, StoreError> {
+        Ok(OpenOptions::new().read(true).write(true).open(self.content_path(ino))?)
+    }
+
+    /// Removes the content file of `ino` (absent is fine).
+    pub fn remove_content(&self, ino: u64) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.content_path(ino)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes the names of newly created content files durable.
+    pub fn sync_content_dir(&self) -> Result<(), StoreError> {
+        if self.content_dir_dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.content_dir_handle.sync_all()
+        {
+            self.content_dir_dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Bytes and inodes of the file system holding the data dir: (total, free, available)
+    /// blocks of `bsize` bytes, then (files, free files).
+    pub fn disk_space(&self) -> Result<libc::statvfs, StoreError> {
+        let path = std::ffi::CString::new(self.content_dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to fill in.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` is valid for writes.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(st)
+    }
+
+    /// Finishes what a crash interrupted: removes unlinked inodes that were open, re-stages
+    /// files that were open for writing (their content may have changed after the last commit),
+    /// and removes content files that no record points to.
+    fn recover(&self) -> Result<(), StoreError> {
+        for k in self.tree.scan_prefix(key::ORPHAN_PREFIX).keys() {
+            let ino = key::ino_of(&k?);
+            log::info!("removing inode {ino}, unlinked while open before the last shutdown");
+            self.purge(ino)?;
+        }
+        for k in self.tree.scan_prefix(key::WRITING_PREFIX).keys() {
+            let ino = key::ino_of(&k?);
+            let mut b = Batch::default();
+            b.remove_writing(ino);
+            if let Some(mut rec) = self.inode(ino)? {
+                let meta = std::fs::metadata(self.content_path(ino))?;
+                rec.size = meta.len();
+                rec.mtime = meta.modified()?.into();
+                rec.content_version += 1;
+                b.put_inode(ino, &rec);
+                b.put_upload(ino, &UploadRecord::staged(rec.content_version));
+                log::info!("re-staging inode {ino}: it was open for writing at the last shutdown");
+            }
+            self.commit(b)?;
+        }
+        for entry in std::fs::read_dir(&self.content_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let ino = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok());
+            match ino {
+                Some(ino) if self.inode(ino)?.is_some() => {}
+                _ => {
+                    log::info!("removing stray content file {}", entry.path().display());
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

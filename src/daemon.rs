@@ -165,17 +165,23 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)
 }
 
-/// Waits until the daemon of `data_dir` has exited (after an unmount), up to `timeout`.
+/// Waits until the daemon of `data_dir` has finished (it removes its pid file once its store is
+/// closed) or is gone, up to `timeout`.
 pub fn wait_for_exit(data_dir: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
-    let Ok(pid) = std::fs::read_to_string(data_dir.join("cessfs.pid")) else { return Ok(()) };
-    let Ok(pid) = pid.trim().parse::<i32>() else { return Ok(()) };
+    let pid_file = data_dir.join("cessfs.pid");
     let deadline = std::time::Instant::now() + timeout;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    while unsafe { libc::kill(pid, 0) } == 0 {
+    loop {
+        let Ok(pid) = std::fs::read_to_string(&pid_file) else { return Ok(()) };
+        let Ok(pid) = pid.trim().parse::<i32>() else { return Ok(()) };
+        // A zombie (exited, not yet reaped by its parent) counts as gone.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let alive = state.as_deref().and_then(|s| s.rsplit_once(") ")).is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        if !alive {
+            return Ok(());
+        }
         if std::time::Instant::now() > deadline {
             bail!("the cessfs daemon (pid {pid}) is still running after {}s", timeout.as_secs());
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
 }

@@ -1,0 +1,8 @@
+//! Tests on real cessfs mounts, driven with real syscalls and real tools. One binary, so the
+//! crate links once.
+
+mod common;
+mod durability;
+mod file_managers;
+mod model;
+mod posix;

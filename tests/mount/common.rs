@@ -25,15 +25,6 @@ fn mounted(dir: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(dir.as_str()) && l.contains(" - fuse.cessfs "))
 }
 
-/// Waits until `cond` holds, failing with `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 impl Mount {
     /// A fresh mount with default settings.
     pub fn start() -> Mount {
@@ -108,11 +99,6 @@ impl Mount {
         self.mountpoint.path().join(rel)
     }
 
-    /// The data dir.
-    pub fn data_dir(&self) -> &Path {
-        self.data.path()
-    }
-
     /// `cessfs unmount`, then waits for the daemon to exit.
     pub fn unmount(&mut self) {
         let out = Command::new(BIN).arg("unmount").arg(self.root()).output().expect("run cessfs unmount");
@@ -138,11 +124,6 @@ impl Mount {
         let mut child = self.child.take().expect("mounted");
         child.kill().expect("kill -9");
         child.wait().expect("reap daemon");
-    }
-
-    /// The pid of the daemon.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("mounted").id()
     }
 }
 

@@ -29,6 +29,38 @@ pub struct Settings {
     /// Log filter, as RUST_LOG (error, warn, info, debug, or per module) [default: info].
     #[arg(long, env = "RUST_LOG", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// The chain to store files on: unset for an embedded local CESS network started with the
+    /// mount (its state under DATA/devnet); an http:// URL for a devnet started with `cessfs
+    /// devnet`; a ws:// or wss:// RPC URL for a CESS chain [default: embedded devnet].
+    #[arg(long, env = "CESSFS_CHAIN", value_name = "URL")]
+    pub chain: Option<String>,
+    /// The account that pays for storage and signs miner requests, as a secret URI (mnemonic,
+    /// 0x seed or dev path like //Alice) [default on a devnet: //Alice].
+    #[arg(long, env = "CESSFS_ACCOUNT", value_name = "SURI")]
+    pub account: Option<String>,
+    /// A file holding the account's secret URI; refused if others can read it.
+    #[arg(long, value_name = "FILE")]
+    pub account_file: Option<PathBuf>,
+    /// The territory (paid storage space) files go to [default: cessfs].
+    #[arg(long, value_name = "NAME")]
+    pub territory: Option<String>,
+    /// The encryption key file (64 hex characters), refused if others can read it
+    /// [default: $XDG_CONFIG_HOME/cessfs/key, created on first mount: back it up].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Store files unencrypted, in the layout other CESS clients read [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub plain: Option<bool>,
+    /// Seconds to wait after a file's last close before uploading it, so that temporary files
+    /// renamed or deleted meanwhile are never uploaded [default: 2].
+    #[arg(long, value_name = "SECS")]
+    pub quiet_delay: Option<f64>,
+    /// Files uploaded at once [default: 2].
+    #[arg(long, value_name = "N")]
+    pub parallel_uploads: Option<usize>,
+    /// Size in GiB of the territory the embedded devnet creates [default: 1024].
+    #[arg(long, value_name = "GIB")]
+    pub devnet_territory_gib: Option<u32>,
 }
 
 /// The config file's contents.
@@ -51,13 +83,66 @@ impl Settings {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
         let file: ConfigFile = toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
         let f = file.settings;
-        Ok(Settings {
-            data_dir: self.data_dir.or(f.data_dir),
-            threads: self.threads.or(f.threads),
-            passthrough: self.passthrough.or(f.passthrough),
-            allow_other: self.allow_other.or(f.allow_other),
-            log_level: self.log_level.or(f.log_level),
-        })
+        macro_rules! merged {
+            ($($field:ident),*) => { Settings { $($field: self.$field.or(f.$field)),* } };
+        }
+        Ok(merged!(
+            data_dir,
+            threads,
+            passthrough,
+            allow_other,
+            log_level,
+            chain,
+            account,
+            account_file,
+            territory,
+            key_file,
+            plain,
+            quiet_delay,
+            parallel_uploads,
+            devnet_territory_gib
+        ))
+    }
+
+    /// The territory name, defaulted.
+    pub fn territory(&self) -> Vec<u8> {
+        self.territory.clone().unwrap_or_else(|| "cessfs".to_string()).into_bytes()
+    }
+
+    /// The quiet delay, defaulted.
+    pub fn quiet_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.quiet_delay.unwrap_or(2.0).max(0.0))
+    }
+
+    /// The encryption key: `None` in plaintext mode. The default key file is created on first
+    /// use.
+    pub fn master_key(&self) -> anyhow::Result<Option<crate::format::MasterKey>> {
+        if self.plain.unwrap_or(false) {
+            return Ok(None);
+        }
+        let path = self.key_file.clone().unwrap_or_else(|| config_dir().join("key"));
+        if self.key_file.is_none() && !path.exists() {
+            write_new_key(&path)?;
+            log::warn!("created the encryption key {}: back it up, files cannot be read without it", path.display());
+        }
+        let bytes = read_secret_file(&path)?;
+        let key =
+            crate::format::MasterKey::parse(&bytes).map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
+        Ok(Some(key))
+    }
+
+    /// The account: from `account_file`, `account`, or //Alice on a devnet.
+    pub fn signer(&self, devnet: bool) -> anyhow::Result<crate::protocol::Signer> {
+        let uri = match (&self.account_file, &self.account) {
+            (Some(path), _) => String::from_utf8(read_secret_file(path)?)
+                .map_err(|_| anyhow::anyhow!("account file {} is not text", path.display()))?,
+            (None, Some(uri)) => uri.clone(),
+            (None, None) if devnet => "//Alice".to_string(),
+            (None, None) => {
+                anyhow::bail!("no account: give --account-file FILE (a mnemonic or 0x seed) for this chain")
+            }
+        };
+        crate::protocol::Signer::from_uri(&uri).map_err(|e| anyhow::anyhow!("account: {e}"))
     }
 
     /// The data dir, defaulted.
@@ -74,6 +159,42 @@ impl Settings {
     pub fn log_level(&self) -> String {
         self.log_level.clone().unwrap_or_else(|| "info".to_string())
     }
+}
+
+/// Reads a secret (key or account) file, refusing one that others can read.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is readable by others (mode {:o}): chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes a new random encryption key to `path` (mode 0600), refusing to overwrite one.
+pub fn write_new_key(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut r| r.read_exact(&mut key)).context("reading /dev/urandom")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {} (it must not exist yet)", path.display()))?;
+    writeln!(f, "{}", hex::encode(key))?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn home() -> PathBuf {

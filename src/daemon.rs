@@ -13,7 +13,9 @@ use crate::config::Settings;
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{Fs, FsConfig};
 use crate::mountpoint;
+use crate::network::Network;
 use crate::store::{Store, StoreError};
+use crate::upload::{Engine, UploadConfig};
 
 /// How the process that asked for the mount learns that it is ready.
 pub enum Readiness {
@@ -93,13 +95,25 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// How long uploads in progress get to reach a safe point at unmount.
+const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Everything a mount runs: the runtime of the upload engine and the network clients, the chain
+/// connection, the engine and the FUSE session.
+struct Daemon {
+    runtime: tokio::runtime::Runtime,
+    network: Network,
+    engine: Engine,
+    session: fuser::Session<FuseAdapter>,
+}
+
 /// Mounts the filesystem at `mountpoint` (already checked by `mountpoint::preflight`) and serves
 /// it until it is unmounted or the process gets SIGTERM, SIGINT or SIGHUP.
 pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::Result<()> {
     let signals = block_signals();
     let data_dir = settings.data_dir();
-    let session = match start(mountpoint, settings, &data_dir) {
-        Ok(s) => s,
+    let daemon = match start(mountpoint, settings, &data_dir) {
+        Ok(d) => d,
         Err(e) => {
             let result = Err(e);
             ready.report(&result);
@@ -124,13 +138,21 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
             }
         }
     })?;
+    let Daemon { runtime, network, engine, session } = daemon;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let uploads = runtime.spawn(async move { engine.run(stopped, UPLOAD_GRACE).await });
     let result = session.run().context("serving the mount");
+    let _ = stop.send(true);
+    runtime.block_on(async {
+        let _ = uploads.await;
+        network.shutdown().await;
+    });
     let _ = std::fs::remove_file(&pid_file);
     log::info!("unmounted {}", mountpoint.display());
     result
 }
 
-fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Result<fuser::Session<FuseAdapter>> {
+fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Result<Daemon> {
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let store = Store::open(data_dir, uid, gid).map_err(|e| match e {
@@ -142,7 +164,26 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         }
         e => anyhow::Error::from(e).context(format!("opening data dir {}", data_dir.display())),
     })?;
-    let fs = Arc::new(Fs::new(Arc::new(store), FsConfig { passthrough: false }));
+    let store = Arc::new(store);
+    let master = settings.master_key()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cessfs-net")
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let network = runtime.block_on(Network::connect(settings, data_dir))?;
+    let config = UploadConfig {
+        quiet_delay: settings.quiet_delay(),
+        parallel: settings.parallel_uploads.unwrap_or(2).max(1),
+        territory: settings.territory(),
+        master,
+        miner_timeout: std::time::Duration::from_secs(60),
+        report_timeout: std::time::Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
+        poll: std::time::Duration::from_millis(if settings.chain.is_none() { 100 } else { 3000 }),
+    };
+    let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config);
+    let fs = Arc::new(Fs::new(store, FsConfig { passthrough: false }));
     let adapter = FuseAdapter::new(fs, settings.passthrough.unwrap_or(true));
     let source = format!("cessfs:{}", data_dir.display());
     let allow_other = settings.allow_other.unwrap_or(false);
@@ -151,18 +192,20 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     config.n_threads = Some(settings.threads());
     config.clone_fd = true;
     let mounting = || format!("mounting {}", mountpoint.display());
-    if mountpoint::is_root() {
+    let session = if mountpoint::is_root() {
         let fd = mountpoint::mount_as_root(mountpoint, &source, allow_other).with_context(mounting)?;
         let acl = config.acl;
-        return fuser::Session::from_fd(adapter, fd, acl, config).with_context(mounting);
-    }
-    config.mount_options = vec![
-        fuser::MountOption::FSName(source),
-        fuser::MountOption::Subtype("cessfs".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-    ];
-    fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)
+        fuser::Session::from_fd(adapter, fd, acl, config).with_context(mounting)?
+    } else {
+        config.mount_options = vec![
+            fuser::MountOption::FSName(source),
+            fuser::MountOption::Subtype("cessfs".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::NoAtime,
+        ];
+        fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)?
+    };
+    Ok(Daemon { runtime, network, engine, session })
 }
 
 /// Waits until the daemon of `data_dir` has finished (it removes its pid file once its store is

@@ -1,7 +1,9 @@
 //! cessfs: a FUSE filesystem for the CESS decentralized storage network.
 //!
-//! Files saved in the mount are staged in a crash-safe local cache, then encrypted, erasure-coded
-//! and stored on CESS storage miners in the background. See the README for the big picture.
+//! Files saved in the mount are staged in a crash-safe local store (`store`, served by `fs`),
+//! then encoded (`format`) and stored on CESS storage miners (`miner`) under a storage order on
+//! the chain (`protocol::Chain`: the embedded `devnet` or a CESS chain) by the `upload` engine.
+//! `daemon` wires a mount together; `cli` is the command line. See the README.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -9,7 +11,12 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod devnet;
 pub mod format;
 pub mod fs;
+pub mod miner;
 pub mod mountpoint;
+pub mod network;
+pub mod protocol;
 pub mod store;
+pub mod upload;

@@ -1,11 +1,11 @@
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::format::{ChunkSource, Encoder, MasterKey};
+use crate::format::{Encoder, MasterKey};
+use crate::store::FileSource;
 
 #[derive(Args)]
 pub struct FidArgs {
@@ -17,15 +17,6 @@ pub struct FidArgs {
     /// The encryption key file (64 hex characters or 32 raw bytes).
     #[arg(long, value_name = "K")]
     key_file: Option<PathBuf>,
-}
-
-struct FileSource(File);
-
-impl ChunkSource for FileSource {
-    type Error = anyhow::Error;
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> anyhow::Result<()> {
-        Ok(self.0.read_exact_at(buf, offset)?)
-    }
 }
 
 pub fn run(args: FidArgs) -> anyhow::Result<()> {
@@ -40,7 +31,7 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
     let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata()?.len();
     let manifest = Encoder::default()
-        .encode(&FileSource(file), size, key.as_ref(), |_| Ok(()))
+        .encode(&FileSource::<anyhow::Error>::new(file), size, key.as_ref(), |_| Ok(()))
         .with_context(|| format!("encoding {}", args.file.display()))?;
     println!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(())

@@ -1,7 +1,9 @@
 //! The `cessfs` command line: the only code that prints to the terminal or exits.
 
+mod devnet;
 mod fid;
 mod mount;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -19,8 +21,21 @@ enum Command {
     Mount(mount::MountArgs),
     /// Unmount a cessfs mount; its daemon makes everything durable and exits.
     Unmount(mount::UnmountArgs),
+    /// Show where files are on their way to CESS (state, progress, FID, errors).
+    Status(status::StatusArgs),
     /// Print what FILE will be stored as on CESS: FID, size, segment and fragment hashes (JSON).
     Fid(fid::FidArgs),
+    /// Run a local CESS network (ledger and storage nodes on loopback) for mounts and tools.
+    Devnet(devnet::DevnetArgs),
+    /// Create a new encryption key file (mode 0600).
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Where to write it [default: $XDG_CONFIG_HOME/cessfs/key].
+    #[arg(long, value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
 }
 
 /// Logs to stderr (the log file, for a daemon), filtered like RUST_LOG.
@@ -34,7 +49,14 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Mount(args) => mount::mount(args),
         Command::Unmount(args) => mount::unmount(args),
+        Command::Status(args) => status::run(args),
         Command::Fid(args) => fid::run(args),
+        Command::Devnet(args) => devnet::run(args),
+        Command::Keygen(args) => {
+            let path = args.out.unwrap_or_else(|| crate::config::config_dir().join("key"));
+            crate::config::write_new_key(&path)
+                .map(|()| println!("wrote {}: keep a copy somewhere safe", path.display()))
+        }
     };
     match result {
         Ok(()) => 0,

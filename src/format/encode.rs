@@ -31,17 +31,13 @@ impl ChunkSource for [u8] {
     }
 }
 
-/// One encoded segment, lent to the sink of [`encode_file`].
-pub struct EncodedSegment<'a> {
-    /// Segment index in the file.
-    pub index: usize,
-    /// Hashes of the segment and its fragments.
-    pub manifest: SegmentManifest,
+/// The 12 fragments of one segment, lent to a sink.
+pub struct Fragments<'a> {
     segment: &'a [u8],
     parity: &'a [u8],
 }
 
-impl EncodedSegment<'_> {
+impl Fragments<'_> {
     /// The bytes of fragment `i` (8 MiB): data fragments are quarters of the segment.
     pub fn fragment(&self, i: usize) -> &[u8] {
         if i < DATA_FRAGMENTS {
@@ -51,6 +47,26 @@ impl EncodedSegment<'_> {
         }
     }
 }
+
+/// One encoded segment, lent to the sink of [`Encoder::encode`].
+pub struct EncodedSegment<'a> {
+    /// Segment index in the file.
+    pub index: usize,
+    /// Hashes of the segment and its fragments.
+    pub manifest: SegmentManifest,
+    fragments: Fragments<'a>,
+}
+
+impl EncodedSegment<'_> {
+    /// The bytes of fragment `i` (8 MiB).
+    pub fn fragment(&self, i: usize) -> &[u8] {
+        self.fragments.fragment(i)
+    }
+}
+
+/// What [`Encoder::encode`] learns besides the manifest: the key seed, which lets
+/// [`Encoder::regenerate`] rebuild the fragments without another pass over the whole file.
+pub type Seed = [u8; 32];
 
 struct Buffers {
     segment: Vec<u8>,
@@ -99,8 +115,23 @@ impl Encoder {
         source: &S,
         size: u64,
         master: Option<&MasterKey>,
-        mut sink: F,
+        sink: F,
     ) -> Result<FileManifest, S::Error>
+    where
+        S: ChunkSource + ?Sized,
+        F: FnMut(&EncodedSegment<'_>) -> Result<(), S::Error>,
+    {
+        self.encode_with_seed(source, size, master, sink).map(|(manifest, _)| manifest)
+    }
+
+    /// [`Encoder::encode`], also returning the key seed (`None` in plaintext mode).
+    pub fn encode_with_seed<S, F>(
+        &self,
+        source: &S,
+        size: u64,
+        master: Option<&MasterKey>,
+        mut sink: F,
+    ) -> Result<(FileManifest, Option<Seed>), S::Error>
     where
         S: ChunkSource + ?Sized,
         F: FnMut(&EncodedSegment<'_>) -> Result<(), S::Error>,
@@ -108,10 +139,11 @@ impl Encoder {
         let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
         let layout = Layout::new(size, mode)?;
         let (pool, erasure) = (&self.pool, &self.erasure);
-        let key = match master {
-            Some(m) => Some(m.file_key(&file_seed(source, &layout, m, pool)?)),
+        let seed = match master {
+            Some(m) => Some(file_seed(source, &layout, m, pool)?),
             None => None,
         };
+        let key = master.zip(seed.as_ref()).map(|(m, seed)| m.file_key(seed));
         let in_flight = rayon::current_num_threads() + 1;
         let (done_tx, done_rx) = mpsc::channel();
         let mut segments = Vec::with_capacity(layout.segments());
@@ -133,12 +165,8 @@ impl Encoder {
                 let (index, manifest, b) = done_rx.recv().expect("a spawned segment always reports");
                 ready.insert(index, (manifest, b));
                 while let Some((manifest, b)) = ready.remove(&segments.len()) {
-                    let seg = EncodedSegment {
-                        index: segments.len(),
-                        manifest: manifest?,
-                        segment: &b.segment,
-                        parity: &b.parity,
-                    };
+                    let fragments = Fragments { segment: &b.segment, parity: &b.parity };
+                    let seg = EncodedSegment { index: segments.len(), manifest: manifest?, fragments };
                     sink(&seg)?;
                     segments.push(seg.manifest);
                     pool.give(b);
@@ -150,7 +178,38 @@ impl Encoder {
             }
             Ok::<(), S::Error>(())
         })?;
-        Ok(FileManifest::new(size, segments))
+        Ok((FileManifest::new(size, segments), seed))
+    }
+
+    /// Rebuilds the fragments of segments `which` of a file encoded before, from its bytes and
+    /// the key seed that encoding returned, without hashing: for sending fragments whose hashes
+    /// are known already. One segment at a time, on the calling thread.
+    pub fn regenerate<S, F>(
+        &self,
+        source: &S,
+        size: u64,
+        master: Option<(&MasterKey, &Seed)>,
+        which: impl IntoIterator<Item = usize>,
+        mut sink: F,
+    ) -> Result<(), S::Error>
+    where
+        S: ChunkSource + ?Sized,
+        F: FnMut(usize, &Fragments<'_>) -> Result<(), S::Error>,
+    {
+        let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
+        let layout = Layout::new(size, mode)?;
+        let key = master.map(|(m, seed)| m.file_key(seed));
+        let mut b = self.pool.take();
+        for index in which {
+            if index >= layout.segments() {
+                return Err(FormatError::Layout { segment: index, size }.into());
+            }
+            fill_segment(source, &layout, key.as_ref(), index, &mut b)?;
+            self.erasure.encode(&b.segment, &mut b.parity);
+            sink(index, &Fragments { segment: &b.segment, parity: &b.parity })?;
+        }
+        self.pool.give(b);
+        Ok(())
     }
 }
 
@@ -175,14 +234,14 @@ fn file_seed<S: ChunkSource + ?Sized>(
     Ok(master.seed(layout.size(), &digests))
 }
 
-fn encode_segment<S: ChunkSource + ?Sized>(
+/// Puts segment `index` (plain or sealed) into `b.segment`.
+fn fill_segment<S: ChunkSource + ?Sized>(
     source: &S,
     layout: &Layout,
     key: Option<&FileKey>,
-    erasure: &Erasure,
     index: usize,
     b: &mut Buffers,
-) -> Result<SegmentManifest, S::Error> {
+) -> Result<(), S::Error> {
     let range = layout.chunk(index);
     let len = (range.end - range.start) as usize;
     match key {
@@ -195,6 +254,18 @@ fn encode_segment<S: ChunkSource + ?Sized>(
             key.seal(layout, index, len, &mut b.segment);
         }
     }
+    Ok(())
+}
+
+fn encode_segment<S: ChunkSource + ?Sized>(
+    source: &S,
+    layout: &Layout,
+    key: Option<&FileKey>,
+    erasure: &Erasure,
+    index: usize,
+    b: &mut Buffers,
+) -> Result<SegmentManifest, S::Error> {
+    fill_segment(source, layout, key, index, b)?;
     let used = layout.used_len(index);
     let segment = &b.segment;
     let parity = &mut b.parity;

@@ -385,13 +385,14 @@ impl Fs {
                     lock(&of.state).changes += 1;
                 }
                 None => {
+                    self.store.before_content_change(ino)?;
                     let f = self.store.open_content(ino)?;
                     f.set_len(size)?;
                     f.sync_data()?;
                     rec.size = size;
                     rec.mtime = now;
                     rec.content_version += 1;
-                    batch.put_upload(ino, &UploadRecord::staged(rec.content_version));
+                    batch.put_upload(ino, &UploadRecord::restaged(self.store.upload(ino)?, rec.content_version));
                 }
             }
         }
@@ -408,12 +409,13 @@ impl Fs {
         rec.ctime = now;
         batch.put_inode(ino, &rec);
         self.store.commit(batch)?;
+        self.store.ring();
         self.attr_of(ino, &rec)
     }
 
     // ── creating and removing names ──────────────────────────────────────────────────────
 
-    fn new_record(&self, kind: Kind, perm: u32, parent: &InodeRecord, caller: Caller) -> InodeRecord {
+    fn new_record(&self, kind: Kind, perm: u32, parent: &InodeRecord, name: &[u8], caller: Caller) -> InodeRecord {
         let now = Timestamp::now();
         // A setgid directory hands its group down, and its setgid bit to subdirectories.
         let inherit = parent.perm & libc::S_ISGID as u16 != 0;
@@ -435,6 +437,7 @@ impl Fs {
             parent: 0,
             target: Vec::new(),
             content_version: 0,
+            name: name.to_vec(),
         }
     }
 
@@ -463,7 +466,7 @@ impl Fs {
 
     /// mkdir.
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
-        self.add_entry(parent, name, |p| self.new_record(Kind::Dir, mode, p, caller))
+        self.add_entry(parent, name, |p| self.new_record(Kind::Dir, mode, p, name, caller))
     }
 
     /// symlink: `name` in `parent` pointing at `target`.
@@ -472,7 +475,7 @@ impl Fs {
             return Err(FsError::NameTooLong);
         }
         self.add_entry(parent, name, |p| {
-            let mut rec = self.new_record(Kind::Symlink, 0o777, p, caller);
+            let mut rec = self.new_record(Kind::Symlink, 0o777, p, name, caller);
             rec.size = target.len() as u64;
             rec.target = target.to_vec();
             rec
@@ -505,7 +508,7 @@ impl Fs {
         let mut ch = Changes::new(&self.store);
         let parent_rec = ch.dir(parent)?.clone();
         let ino = self.store.allocate_ino()?;
-        let rec = self.new_record(Kind::File, mode, &parent_rec, caller);
+        let rec = self.new_record(Kind::File, mode, &parent_rec, name, caller);
         let file = Arc::new(self.store.create_content(ino)?);
         ch.batch.put_dirent(parent, name, ino, Kind::File);
         if write {
@@ -552,6 +555,7 @@ impl Fs {
         }
         rec.nlink += 1;
         rec.ctime = now;
+        rec.name = name.to_vec();
         let kind = rec.kind;
         ch.batch.put_dirent(parent, name, ino, kind);
         ch.touch_dir(parent, now)?;
@@ -560,8 +564,9 @@ impl Fs {
     }
 
     /// Drops one link of a non-directory in `ch`; a file with no link left is removed now, or
-    /// at its last close if it is open. Returns the inode to purge after the commit.
-    fn drop_link(&self, ch: &mut Changes<'_>, ino: u64, now: Timestamp) -> FsResult<Option<u64>> {
+    /// at its last close if it is open, and its upload retired (`heir`: the file renamed over
+    /// it). Returns the inode to purge after the commit.
+    fn drop_link(&self, ch: &mut Changes<'_>, ino: u64, now: Timestamp, heir: Option<u64>) -> FsResult<Option<u64>> {
         let rec = ch.get(ino)?;
         rec.nlink = rec.nlink.saturating_sub(1);
         rec.ctime = now;
@@ -573,10 +578,11 @@ impl Fs {
             if st.handles > 0 {
                 st.unlinked = true;
                 ch.batch.put_orphan(ino);
-                ch.batch.remove_upload(ino);
+                self.store.retire(&mut ch.batch, ino, true, heir)?;
                 return Ok(None);
             }
         }
+        self.store.retire(&mut ch.batch, ino, false, heir)?;
         ch.forget(ino);
         Ok(Some(ino))
     }
@@ -592,8 +598,9 @@ impl Fs {
         let mut ch = Changes::new(&self.store);
         ch.batch.remove_dirent(parent, name);
         ch.touch_dir(parent, now)?;
-        let purge = self.drop_link(&mut ch, ino, now)?;
+        let purge = self.drop_link(&mut ch, ino, now, None)?;
         ch.commit()?;
+        self.store.ring();
         if let Some(ino) = purge {
             self.store.purge(ino)?;
         }
@@ -683,7 +690,7 @@ impl Fs {
                     ch.forget(dst);
                     purge = Some(dst);
                 } else {
-                    purge = self.drop_link(&mut ch, dst, now)?;
+                    purge = self.drop_link(&mut ch, dst, now, (src_kind == Kind::File).then_some(src))?;
                 }
                 ch.batch.remove_dirent(parent, name);
                 ch.batch.put_dirent(new_parent, new_name, src, src_kind);
@@ -695,10 +702,24 @@ impl Fs {
                 self.reparent(&mut ch, src, src_kind, parent, new_parent)?;
             }
         }
-        ch.get(src)?.ctime = now;
+        let moved = ch.get(src)?;
+        moved.ctime = now;
+        moved.name = new_name.to_vec();
+        if exchange && let Some((dst, _)) = dst {
+            ch.get(dst)?.name = name.to_vec();
+        }
         ch.touch_dir(parent, now)?;
         ch.touch_dir(new_parent, now)?;
+        // A failed upload may have failed for its name: a new name is a new chance.
+        if let Some(mut up) = self.store.upload(src)?
+            && up.state == crate::store::UploadState::Failed
+        {
+            let version = up.content_version;
+            up = UploadRecord::restaged(Some(up), version);
+            ch.batch.put_upload(src, &up);
+        }
         ch.commit()?;
+        self.store.ring();
         if let Some(ino) = purge {
             self.store.purge(ino)?;
         }
@@ -766,6 +787,7 @@ impl Fs {
             }
         };
         if write && lock(&of.state).writers == 0 {
+            self.store.before_content_change(ino)?;
             // The mark must be durable before the first byte of an existing file changes, so that
             // a crash never leaves changed bytes behind a record of the old content.
             let mut b = Batch::default();
@@ -867,12 +889,13 @@ impl Fs {
             let mut b = Batch::default();
             b.put_inode(ino, &rec);
             if !lock(&of.state).unlinked {
-                b.put_upload(ino, &UploadRecord::staged(rec.content_version));
+                b.put_upload(ino, &UploadRecord::restaged(self.store.upload(ino)?, rec.content_version));
             }
             self.store.commit(b)?;
             (rec.size, rec.mtime)
         };
         self.store.sync()?;
+        self.store.ring();
         let mut st = lock(&of.state);
         st.committed = st.committed.max(changes);
         st.committed_meta = meta;
@@ -897,6 +920,7 @@ impl Fs {
             let mut b = Batch::default();
             b.remove_writing(handle.ino);
             self.store.commit(b)?;
+            self.store.ring();
         }
         let _ns = lock(&self.ns);
         let mut open = lock(&self.open);

@@ -3,7 +3,27 @@
 //! namespaces (security, trusted, system) have no values here and cannot be set.
 
 use super::{Fs, FsError, FsResult, lock};
-use crate::store::{Batch, Kind, Timestamp};
+use crate::format::FRAGMENTS;
+use crate::store::{Batch, Kind, Timestamp, UploadRecord, UploadState};
+
+/// The short text of `user.cess.progress`.
+fn progress(up: &UploadRecord) -> String {
+    let waiting = |what: &str| match (&up.error, up.attempts) {
+        (Some(e), n) if n > 0 => format!("{what}; attempt {n} failed ({e}), retrying"),
+        _ => what.to_string(),
+    };
+    match up.state {
+        UploadState::Staged => waiting("waiting for the file to settle"),
+        UploadState::Encoding => waiting(&format!("encoding {} bytes", up.size)),
+        UploadState::Declared => waiting("storage order placed"),
+        UploadState::Pushing | UploadState::Confirming => {
+            waiting(&format!("pushed {}/{FRAGMENTS}, reported {}/{FRAGMENTS}", up.pushed, up.reported))
+        }
+        UploadState::Active => format!("stored: {} segments on {FRAGMENTS} miners", up.segments),
+        UploadState::Failed => format!("failed after {} attempts", up.attempts.max(1)),
+        UploadState::Local => "kept locally: CESS cannot store empty files".to_string(),
+    }
+}
 
 /// The namespace cessfs keeps for itself.
 pub const CESS_PREFIX: &[u8] = b"user.cess.";
@@ -14,13 +34,47 @@ const XATTR_SIZE_MAX: usize = 64 << 10;
 const XATTR_NAME_MAX: usize = 255;
 
 impl Fs {
-    /// The cessfs attributes of `ino`: empty for anything but a regular file with an upload
-    /// record.
+    /// The cessfs attributes of `ino` (docs/XATTRS.md): empty for anything but a regular file
+    /// with an upload record.
     fn cess_attributes(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
-        Ok(match self.store.upload(ino)? {
-            Some(up) => vec![("user.cess.status", up.state.word().to_string())],
-            None => Vec::new(),
-        })
+        let Some(up) = self.store.upload(ino)? else { return Ok(Vec::new()) };
+        let mut attrs = vec![("user.cess.status", up.state.word().to_string())];
+        if let Some(fid) = up.fid {
+            attrs.push(("user.cess.fid", fid.to_hex()));
+        }
+        attrs.push(("user.cess.progress", progress(&up)));
+        if let Some(tx) = &up.tx {
+            attrs.push(("user.cess.tx", tx.clone()));
+        }
+        if let Some(block) = up.block {
+            attrs.push(("user.cess.block", block.to_string()));
+        }
+        if !up.territory.is_empty() {
+            attrs.push(("user.cess.territory", String::from_utf8_lossy(&up.territory).into_owned()));
+        }
+        if let Some(e) = &up.error {
+            attrs.push(("user.cess.error", e.clone()));
+        }
+        let json = serde_json::json!({
+            "status": up.state.word(),
+            "fid": up.fid.map(|f| f.to_hex()),
+            "size": up.size,
+            "segments": up.segments,
+            "pushed": up.pushed,
+            "reported": up.reported,
+            "progress": progress(&up),
+            "tx": up.tx,
+            "block": up.block,
+            "territory": String::from_utf8_lossy(&up.territory),
+            "name_on_chain": String::from_utf8_lossy(&up.file_name),
+            "error": up.error,
+            "attempts": up.attempts,
+            "newer_version_waiting": up.newer.is_some(),
+            "staged_at": up.staged_at.secs,
+            "updated_at": up.updated_at.secs,
+        });
+        attrs.push(("user.cess.json", json.to_string()));
+        Ok(attrs)
     }
 
     /// getxattr.

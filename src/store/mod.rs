@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
-pub use outbox::{UploadRecord, UploadState};
+pub use outbox::{Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
@@ -55,6 +55,9 @@ pub struct Store {
     content_dir_handle: File,
     content_dir_dirty: AtomicBool,
     poisoned: AtomicBool,
+    doorbell: tokio::sync::Notify,
+    /// Serialises the start of deals against content changes and unlinks (outbox.rs).
+    deal_lock: std::sync::Mutex<()>,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -125,6 +128,8 @@ impl Store {
             tree,
             content_dir_dirty: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            doorbell: tokio::sync::Notify::new(),
+            deal_lock: std::sync::Mutex::new(()),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -142,6 +147,7 @@ impl Store {
                 parent: ROOT_INO,
                 target: Vec::new(),
                 content_version: 0,
+                name: Vec::new(),
             };
             let mut b = Batch::default();
             b.put_inode(ROOT_INO, &root);
@@ -222,11 +228,11 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes every record of an inode and its content file.
+    /// Deletes every record of an inode but its upload record (see [`Store::retire`]), and its
+    /// content file.
     pub fn purge(&self, ino: u64) -> Result<(), StoreError> {
         let mut b = Batch::default();
         b.remove_inode(ino);
-        b.remove_upload(ino);
         b.remove_writing(ino);
         b.0.remove(&key::orphan(ino));
         for name in self.xattr_names(ino)? {
@@ -307,7 +313,7 @@ impl Store {
                 rec.mtime = meta.modified()?.into();
                 rec.content_version += 1;
                 b.put_inode(ino, &rec);
-                b.put_upload(ino, &UploadRecord::staged(rec.content_version));
+                b.put_upload(ino, &UploadRecord::restaged(self.upload(ino)?, rec.content_version));
                 log::info!("re-staging inode {ino}: it was open for writing at the last shutdown");
             }
             self.commit(b)?;
@@ -315,15 +321,39 @@ impl Store {
         for entry in std::fs::read_dir(&self.content_dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let ino = name.to_str().and_then(|n| u64::from_str_radix(n, 16).ok());
-            match ino {
-                Some(ino) if self.inode(ino)?.is_some() => {}
-                _ => {
-                    log::info!("removing stray content file {}", entry.path().display());
-                    std::fs::remove_file(entry.path())?;
-                }
+            let name = name.to_str().unwrap_or_default();
+            let (hex, deal) = match name.strip_suffix(".deal") {
+                Some(h) => (h, true),
+                None => (name, false),
+            };
+            let keep = match u64::from_str_radix(hex, 16) {
+                Ok(ino) if deal => self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight()),
+                Ok(ino) => self.inode(ino)?.is_some(),
+                Err(_) => false,
+            };
+            if !keep {
+                log::info!("removing stray content file {}", entry.path().display());
+                std::fs::remove_file(entry.path())?;
             }
         }
         Ok(())
+    }
+}
+
+/// A file as the encoder's [`ChunkSource`](crate::format::ChunkSource), reporting errors as `E`.
+pub struct FileSource<E>(pub File, std::marker::PhantomData<fn() -> E>);
+
+impl<E> FileSource<E> {
+    /// Reads `file`.
+    pub fn new(file: File) -> FileSource<E> {
+        FileSource(file, std::marker::PhantomData)
+    }
+}
+
+impl<E: From<io::Error> + From<crate::format::FormatError> + Send> crate::format::ChunkSource for FileSource<E> {
+    type Error = E;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), E> {
+        use std::os::unix::fs::FileExt;
+        Ok(self.0.read_exact_at(buf, offset)?)
     }
 }

@@ -1,15 +1,39 @@
-//! The upload queue: one persistent record per regular file whose content has to reach CESS,
-//! keyed by inode (not name), so renames never disturb it.
+//! The upload queue: one persistent record per regular file whose content is on its way to CESS
+//! (or is there), keyed by inode, not name, so renames never disturb it; and tombstones, the FIDs
+//! to delete from the chain.
+//!
+//! Deals cannot be cancelled on chain, so once a file is declared its bytes must stay available
+//! until the deal completes, whatever the user does to the file. The store arbitrates with one
+//! lock between the upload engine ([`Store::begin_deal`]) and the filesystem
+//! ([`Store::before_content_change`], [`Store::retire`]): a file that is being written is never
+//! declared, and a file with a deal in flight is copied aside (`content/<ino>.deal`) before its
+//! bytes change or its name goes away.
 
 use serde::{Deserialize, Serialize};
 
-use super::Timestamp;
+use super::records::{decode, encode, key};
+use super::{Batch, Store, StoreError, Timestamp};
+use crate::format::Hash;
 
 /// Where a file's content is on its way to CESS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UploadState {
-    /// Closed and durable locally, waiting to be uploaded.
+    /// Closed and durable locally, waiting for the quiet delay.
     Staged,
+    /// Being encoded (encrypted, erasure-coded, hashed).
+    Encoding,
+    /// Its storage order is being placed on chain.
+    Declared,
+    /// Its fragments are being sent to miners.
+    Pushing,
+    /// Waiting for the miners' reports.
+    Confirming,
+    /// Stored on CESS.
+    Active,
+    /// Stopped on an error that retrying will not fix (see `error`).
+    Failed,
+    /// Kept locally only: CESS cannot store empty files.
+    Local,
 }
 
 impl UploadState {
@@ -17,7 +41,24 @@ impl UploadState {
     pub fn word(&self) -> &'static str {
         match self {
             UploadState::Staged => "staged",
+            UploadState::Encoding => "encoding",
+            UploadState::Declared => "declared",
+            UploadState::Pushing => "pushing",
+            UploadState::Confirming => "confirming",
+            UploadState::Active => "active",
+            UploadState::Failed => "failed",
+            UploadState::Local => "local",
         }
+    }
+
+    /// Whether a deal is open on chain for this upload: its bytes must stay available.
+    pub fn deal_in_flight(&self) -> bool {
+        matches!(self, UploadState::Declared | UploadState::Pushing | UploadState::Confirming)
+    }
+
+    /// Whether the upload engine has nothing more to do.
+    pub fn settled(&self) -> bool {
+        matches!(self, UploadState::Active | UploadState::Failed | UploadState::Local)
     }
 }
 
@@ -26,15 +67,279 @@ impl UploadState {
 pub struct UploadRecord {
     /// Current state.
     pub state: UploadState,
-    /// The inode's `content_version` this record is about.
+    /// The inode's `content_version` being uploaded.
     pub content_version: u64,
-    /// When the content was staged.
+    /// A newer content version, staged while this one's deal was in flight; it goes next.
+    pub newer: Option<u64>,
+    /// When the content was closed (the quiet delay counts from here).
     pub staged_at: Timestamp,
+    /// File size in bytes.
+    pub size: u64,
+    /// The file id, once encoded.
+    pub fid: Option<Hash>,
+    /// The key seed of the encoding, to rebuild fragments without another pass over the file.
+    pub seed: Option<[u8; 32]>,
+    /// Number of segments.
+    pub segments: u32,
+    /// The territory charged.
+    pub territory: Vec<u8>,
+    /// The name declared on chain.
+    pub file_name: Vec<u8>,
+    /// The declaration's transaction.
+    pub tx: Option<String>,
+    /// The block it landed in.
+    pub block: Option<u32>,
+    /// Columns fully sent to a miner.
+    pub pushed: u8,
+    /// Columns reported on chain.
+    pub reported: u8,
+    /// What went wrong last.
+    pub error: Option<String>,
+    /// Failed attempts in a row.
+    pub attempts: u32,
+    /// Not before this time (back-off after a transient failure).
+    pub retry_at: Option<Timestamp>,
+    /// Older FIDs of this file to delete from the chain once this version is active.
+    pub replaces: Vec<Hash>,
+    /// The inode is gone: finish the deal, then delete the file from the chain.
+    pub retired: bool,
+    /// Last change of this record.
+    pub updated_at: Timestamp,
 }
 
 impl UploadRecord {
-    /// A record for content just closed.
+    /// A record for content version `content_version`, just closed.
     pub fn staged(content_version: u64) -> UploadRecord {
-        UploadRecord { state: UploadState::Staged, content_version, staged_at: Timestamp::now() }
+        let now = Timestamp::now();
+        UploadRecord {
+            state: UploadState::Staged,
+            content_version,
+            newer: None,
+            staged_at: now,
+            size: 0,
+            fid: None,
+            seed: None,
+            segments: 0,
+            territory: Vec::new(),
+            file_name: Vec::new(),
+            tx: None,
+            block: None,
+            pushed: 0,
+            reported: 0,
+            error: None,
+            attempts: 0,
+            retry_at: None,
+            replaces: Vec::new(),
+            retired: false,
+            updated_at: now,
+        }
+    }
+
+    /// The record after content version `version` is closed: a new upload, unless a deal is in
+    /// flight, which finishes first. An active FID is remembered, to be deleted once the new
+    /// version is active.
+    pub fn restaged(old: Option<UploadRecord>, version: u64) -> UploadRecord {
+        let Some(mut old) = old else { return UploadRecord::staged(version) };
+        if old.state.deal_in_flight() {
+            old.newer = Some(version);
+            old.updated_at = Timestamp::now();
+            return old;
+        }
+        let mut r = UploadRecord::staged(version);
+        r.replaces = old.replaces;
+        if let (UploadState::Active, Some(fid)) = (old.state, old.fid) {
+            r.replaces.push(fid);
+        }
+        r
+    }
+}
+
+/// A FID to delete from the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Failed attempts in a row.
+    pub attempts: u32,
+    /// Not before this time.
+    pub retry_at: Option<Timestamp>,
+    /// What went wrong last.
+    pub error: Option<String>,
+}
+
+impl Batch {
+    /// Queues `fid` for deletion from the chain.
+    pub fn put_tombstone(&mut self, fid: &Hash) {
+        let t = Tombstone { attempts: 0, retry_at: None, error: None };
+        self.0.insert(key::tombstone(fid), encode(&t));
+    }
+}
+
+impl Store {
+    /// Wakes the upload engine: something in the queue changed.
+    pub fn ring(&self) {
+        self.doorbell.notify_one();
+    }
+
+    /// What the upload engine waits on.
+    pub fn doorbell(&self) -> &tokio::sync::Notify {
+        &self.doorbell
+    }
+
+    /// Every upload record.
+    pub fn uploads(&self) -> Result<Vec<(u64, UploadRecord)>, StoreError> {
+        self.tree
+            .scan_prefix(key::UPLOAD_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key::ino_of(&k), decode(&v, "upload")?))
+            })
+            .collect()
+    }
+
+    /// Replaces (or with `None`, removes) the upload record of `ino` if it is still `old`.
+    /// Returns whether it was: the filesystem may have staged a newer version in between.
+    pub fn swap_upload(&self, ino: u64, old: &UploadRecord, new: Option<&UploadRecord>) -> Result<bool, StoreError> {
+        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.swap_upload_locked(ino, old, new)
+    }
+
+    fn swap_upload_locked(&self, ino: u64, old: &UploadRecord, new: Option<&UploadRecord>) -> Result<bool, StoreError> {
+        let swapped = self.tree.compare_and_swap(key::upload(ino), Some(encode(old)), new.map(encode))?.is_ok();
+        if swapped {
+            self.ring();
+        }
+        Ok(swapped)
+    }
+
+    /// Whether another inode's upload of `fid` is active (the same bytes under the same key).
+    pub fn fid_active_elsewhere(&self, fid: &Hash, ino: u64) -> Result<Option<UploadRecord>, StoreError> {
+        Ok(self
+            .uploads()?
+            .into_iter()
+            .find(|(i, r)| *i != ino && r.fid == Some(*fid) && r.state == UploadState::Active && !r.retired)
+            .map(|(_, r)| r))
+    }
+
+    /// Whether any upload still needs `fid` on chain.
+    pub fn fid_in_use(&self, fid: &Hash) -> Result<bool, StoreError> {
+        Ok(self.uploads()?.iter().any(|(_, r)| r.fid == Some(*fid) && !r.retired && r.state != UploadState::Failed))
+    }
+
+    /// Every FID waiting for deletion.
+    pub fn tombstones(&self) -> Result<Vec<(Hash, Tombstone)>, StoreError> {
+        self.tree
+            .scan_prefix(key::TOMBSTONE_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let mut fid = [0u8; 32];
+                fid.copy_from_slice(&k[1..33]);
+                Ok((Hash(fid), decode(&v, "tombstone")?))
+            })
+            .collect()
+    }
+
+    /// Records the outcome of a deletion attempt: done (`None`) or to retry.
+    pub fn settle_tombstone(&self, fid: &Hash, retry: Option<Tombstone>) -> Result<(), StoreError> {
+        match retry {
+            None => self.tree.remove(key::tombstone(fid))?,
+            Some(t) => self.tree.insert(key::tombstone(fid), encode(&t))?,
+        };
+        Ok(())
+    }
+
+    /// Whether `ino` is open for writing right now.
+    pub fn is_writing(&self, ino: u64) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key::writing(ino))?)
+    }
+
+    /// The point of no return of an upload: moves `rec` (which must still be current, with no
+    /// writer open) to `Declared`, durably. From here on the filesystem keeps its bytes.
+    pub fn begin_deal(&self, ino: u64, rec: &UploadRecord, declared: &UploadRecord) -> Result<bool, StoreError> {
+        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_writing(ino)? || !self.swap_upload_locked(ino, rec, Some(declared))? {
+            return Ok(false);
+        }
+        self.sync()?;
+        Ok(true)
+    }
+
+    /// Where the bytes of a deal in flight are kept once the file has moved on.
+    pub fn deal_snapshot_path(&self, ino: u64) -> std::path::PathBuf {
+        self.content_dir.join(format!("{ino:016x}.deal"))
+    }
+
+    /// The bytes the upload of `ino` must send: the set-aside copy if there is one.
+    pub fn upload_source(&self, ino: u64) -> std::path::PathBuf {
+        let snapshot = self.deal_snapshot_path(ino);
+        if snapshot.exists() { snapshot } else { self.content_path(ino) }
+    }
+
+    /// Drops the set-aside bytes of a deal that has finished.
+    pub fn drop_deal_snapshot(&self, ino: u64) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.deal_snapshot_path(ino)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Called before the bytes of `ino` change: if a deal is in flight, its content is copied
+    /// aside first, so the deal can finish with the bytes it declared.
+    pub fn before_content_change(&self, ino: u64) -> Result<(), StoreError> {
+        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let in_flight = self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight());
+        let snapshot = self.deal_snapshot_path(ino);
+        if in_flight && !snapshot.exists() {
+            let tmp = snapshot.with_extension("tmp");
+            std::fs::copy(self.content_path(ino), &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &snapshot)?;
+            self.content_dir_handle.sync_all()?;
+            log::info!("inode {ino} changes while its deal is in flight: its declared bytes are kept aside");
+        }
+        Ok(())
+    }
+
+    /// Called in the batch that removes the last name of `ino` (`still_open`: its content file
+    /// stays in use until the last close): decides what becomes of its upload. A deal in flight
+    /// finishes with its bytes set aside and is then deleted from the chain. FIDs the file had on
+    /// chain are deleted, unless another file uses them; when `heir` replaces it (a rename over
+    /// it), only once the heir's upload is active, so a saved file is never absent from CESS.
+    pub fn retire(&self, batch: &mut Batch, ino: u64, still_open: bool, heir: Option<u64>) -> Result<(), StoreError> {
+        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut rec) = self.upload(ino)? else { return Ok(()) };
+        let mut obsolete = std::mem::take(&mut rec.replaces);
+        if rec.state.deal_in_flight() {
+            let snapshot = self.deal_snapshot_path(ino);
+            if !snapshot.exists() {
+                if still_open {
+                    std::fs::copy(self.content_path(ino), &snapshot)?;
+                    std::fs::File::open(&snapshot)?.sync_all()?;
+                } else {
+                    std::fs::rename(self.content_path(ino), &snapshot)?;
+                }
+                self.content_dir_handle.sync_all()?;
+            }
+            rec.retired = true;
+            rec.newer = None;
+            batch.put_upload(ino, &rec);
+        } else {
+            if let (UploadState::Active, Some(fid)) = (rec.state, rec.fid)
+                && self.fid_active_elsewhere(&fid, ino)?.is_none()
+            {
+                obsolete.push(fid);
+            }
+            batch.remove_upload(ino);
+        }
+        let heir = match heir {
+            Some(h) => self.upload(h)?.filter(|r| !r.retired && r.state != UploadState::Active).map(|r| (h, r)),
+            None => None,
+        };
+        match heir {
+            Some((h, mut r)) if !obsolete.is_empty() => {
+                r.replaces.extend(obsolete);
+                batch.put_upload(h, &r);
+            }
+            _ => obsolete.iter().for_each(|fid| batch.put_tombstone(fid)),
+        }
+        Ok(())
     }
 }

@@ -96,6 +96,8 @@ pub struct InodeRecord {
     pub target: Vec<u8>,
     /// Bumped on every change of a regular file's bytes; the upload queue refers to it.
     pub content_version: u64,
+    /// The name it was last given (a file's name on chain; hard links share one record).
+    pub name: Vec<u8>,
 }
 
 /// Encodes a record with its version byte.
@@ -143,6 +145,16 @@ pub mod key {
     pub fn upload(ino: u64) -> [u8; 9] {
         tagged(b'u', ino)
     }
+    /// Prefix of every upload record.
+    pub const UPLOAD_PREFIX: &[u8] = b"u";
+    /// `z` fid → tombstone: a FID to delete from the chain.
+    pub fn tombstone(fid: &crate::format::Hash) -> Vec<u8> {
+        let mut k = vec![b'z'];
+        k.extend_from_slice(&fid.0);
+        k
+    }
+    /// Prefix of every tombstone.
+    pub const TOMBSTONE_PREFIX: &[u8] = b"z";
     /// `o` ino → () : unlinked inodes still open when recorded, removed at the next start.
     pub fn orphan(ino: u64) -> [u8; 9] {
         tagged(b'o', ino)
@@ -222,6 +234,7 @@ mod tests {
             parent: 0,
             target: b"abc".to_vec(),
             content_version: 0,
+            name: b"link".to_vec(),
         };
         assert_eq!(decode::<InodeRecord>(&encode(&r), "inode").unwrap(), r);
         assert!(decode::<InodeRecord>(&[9, 1, 2], "inode").is_err());

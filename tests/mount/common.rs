@@ -25,20 +25,48 @@ fn mounted(dir: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(dir.as_str()) && l.contains(" - fuse.cessfs "))
 }
 
+/// Waits until `cond` holds, failing with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl Mount {
-    /// A fresh mount with default settings.
+    /// A fresh mount for filesystem tests: uploads wait an hour after the last close, so they
+    /// never start (the upload tests use [`Mount::uploading`]).
     pub fn start() -> Mount {
         Mount::start_with(&[])
     }
 
-    /// A fresh mount with extra `cessfs mount` flags.
+    /// [`Mount::start`] with extra `cessfs mount` flags.
     pub fn start_with(args: &[&str]) -> Mount {
-        let mut m = Mount {
-            mountpoint: tempfile::tempdir().expect("mountpoint"),
-            data: tempfile::tempdir().expect("data dir"),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
+        let mut all = vec!["--quiet-delay", "3600"];
+        all.extend_from_slice(args);
+        Mount::with_args(&all)
+    }
+
+    /// A fresh mount on its embedded devnet that uploads `quiet` seconds after a file's last
+    /// close, with extra flags.
+    pub fn uploading(quiet: &str, args: &[&str]) -> Mount {
+        let mut all = vec!["--quiet-delay", quiet];
+        all.extend_from_slice(args);
+        Mount::with_args(&all)
+    }
+
+    fn with_args(args: &[&str]) -> Mount {
+        let data = tempfile::tempdir().expect("data dir");
+        let key = data.path().join("key");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = File::options().write(true).create_new(true).mode(0o600).open(&key).expect("key file");
+            std::io::Write::write_all(&mut f, "5a".repeat(32).as_bytes()).expect("write key");
+        }
+        let mut all: Vec<String> = vec!["--key-file".into(), key.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut m = Mount { mountpoint: tempfile::tempdir().expect("mountpoint"), data, args: all, child: None };
         m.mount();
         m
     }
@@ -113,6 +141,52 @@ impl Mount {
         assert!(status.success(), "daemon exited with {status}:\n{}", self.log());
     }
 
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// The `user.cess.*` attribute `name` of file `rel`, as text.
+    pub fn cess(&self, rel: &str, name: &str) -> Option<String> {
+        getxattr(&self.path(rel), &format!("user.cess.{name}")).ok().map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Waits until file `rel` reaches one of the states `want`, and returns it.
+    pub fn wait_status(&self, rel: &str, want: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.cess(rel, "status").unwrap_or_default();
+            if want.contains(&s.as_str()) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{rel} still {s:?} after {timeout:?}, wanted {want:?}: {:?}\n{}",
+                self.cess(rel, "json"),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The embedded devnet of this mount, through its RPC.
+    pub fn devnet(&self) -> Devnet {
+        let info =
+            std::fs::read(self.data.path().join("devnet/devnet.json")).expect("devnet.json of the embedded devnet");
+        let info: serde_json::Value = serde_json::from_slice(&info).expect("devnet.json");
+        let signer = cessfs::protocol::Signer::from_uri("//Alice").expect("dev key");
+        let rpc = info["rpc"].as_str().expect("rpc url").to_string();
+        Devnet {
+            rt: tokio::runtime::Runtime::new().expect("runtime"),
+            chain: cessfs::devnet::DevnetChain::new(&rpc, signer),
+        }
+    }
+
+    /// The encryption key the mount uses.
+    pub fn master_key(&self) -> cessfs::format::MasterKey {
+        cessfs::format::MasterKey::parse(&std::fs::read(self.data.path().join("key")).expect("key")).expect("key")
+    }
+
     /// Unmounts and mounts again.
     pub fn remount(&mut self) {
         self.unmount();
@@ -139,6 +213,48 @@ impl Drop for Mount {
         if std::thread::panicking() {
             eprintln!("── cessfs daemon log ──\n{}", self.log());
         }
+    }
+}
+
+/// A devnet seen through its RPC, for checks and faults.
+pub struct Devnet {
+    rt: tokio::runtime::Runtime,
+    /// The client.
+    pub chain: cessfs::devnet::DevnetChain,
+}
+
+impl Devnet {
+    /// Runs a chain call.
+    pub fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    /// `File[fid]`.
+    pub fn file(&self, fid: &str) -> Option<cessfs::protocol::FileInfo> {
+        use cessfs::protocol::Chain;
+        self.run(self.chain.file(&fid.parse().expect("fid"))).expect("devnet file")
+    }
+
+    /// How many times `fid` was declared.
+    pub fn declarations(&self, fid: &str) -> usize {
+        let fid: cessfs::format::Hash = fid.parse().expect("fid");
+        let events = self.run(self.chain.events()).expect("events");
+        events
+            .iter()
+            .filter(
+                |(_, e)| matches!(e, cessfs::devnet::Event::UploadDeclaration { deal_hash, .. } if *deal_hash == fid),
+            )
+            .count()
+    }
+
+    /// Switches node `index` (1-based) into `fault`.
+    pub fn fault(&self, index: usize, fault: &str) {
+        self.run(self.chain.set_fault(index, fault.parse().expect("fault"))).expect("set fault");
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> Vec<cessfs::devnet::NodeView> {
+        self.run(self.chain.nodes()).expect("nodes")
     }
 }
 

@@ -6,3 +6,4 @@ mod durability;
 mod file_managers;
 mod model;
 mod posix;
+mod upload;

@@ -1,0 +1,102 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Files or directories (inside a cessfs mount) to report on [default: .].
+    paths: Vec<PathBuf>,
+    /// One JSON object per file, for tools.
+    #[arg(long)]
+    json: bool,
+    /// Wait, with a progress bar, until every file is active, local or failed.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+}
+
+/// The `user.cess.json` of a file, if it has one.
+fn status_of(path: &Path) -> Option<Value> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut buf = vec![0u8; 16 << 10];
+    // SAFETY: a NUL-terminated path, a NUL-terminated name and a buffer of the given length.
+    let n = unsafe { libc::getxattr(c.as_ptr(), c"user.cess.json".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return None;
+    }
+    serde_json::from_slice(&buf[..n as usize]).ok()
+}
+
+fn collect(path: &Path, out: &mut Vec<(PathBuf, Value)>) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    if meta.is_dir() {
+        let Ok(entries) = std::fs::read_dir(path) else { return };
+        let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        children.sort();
+        children.iter().for_each(|c| collect(c, out));
+    } else if meta.is_file()
+        && let Some(v) = status_of(path)
+    {
+        out.push((path.to_path_buf(), v));
+    }
+}
+
+fn state(v: &Value) -> &str {
+    v["status"].as_str().unwrap_or("?")
+}
+
+fn settled(v: &Value) -> bool {
+    matches!(state(v), "active" | "local" | "failed")
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths.clone() };
+    let scan = || {
+        let mut files = Vec::new();
+        paths.iter().for_each(|p| collect(p, &mut files));
+        files
+    };
+    let mut files = scan();
+    if args.wait {
+        let deadline = args.timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+        loop {
+            let done = files.iter().filter(|(_, v)| settled(v)).count();
+            let bar = if files.is_empty() { 20 } else { 20 * done / files.len() };
+            eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
+            if done == files.len() {
+                eprintln!();
+                break;
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                eprintln!();
+                anyhow::bail!("timed out: {} of {} files still uploading", files.len() - done, files.len());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            files = scan();
+        }
+    }
+    if args.json {
+        for (p, mut v) in files.clone() {
+            v["path"] = Value::String(p.display().to_string());
+            println!("{v}");
+        }
+    } else {
+        println!("{:<11} {:<44} {:<12} PATH", "STATE", "PROGRESS", "FID");
+        for (p, v) in &files {
+            let fid = v["fid"].as_str().map(|f| format!("{}…", &f[..10])).unwrap_or_else(|| "-".into());
+            println!("{:<11} {:<44} {:<12} {}", state(v), v["progress"].as_str().unwrap_or(""), fid, p.display());
+            if let Some(e) = v["error"].as_str() {
+                println!("{:<11} error: {e}", "");
+            }
+        }
+    }
+    let failed = files.iter().filter(|(_, v)| state(v) == "failed").count();
+    if failed > 0 {
+        anyhow::bail!("{failed} files failed to upload (see user.cess.error)");
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The embedded local CESS network: a ledger with the FileBank / StorageHandler / Sminer
+//! semantics the client relies on (ledger.rs), served over a small JSON RPC on loopback
+//! (rpc.rs; [`DevnetChain`] is its client and implements [`crate::protocol::Chain`]), and
+//! storage nodes that speak the real miner protocol (node.rs). `cessfs mount` runs one in-process
+//! when no chain is configured; `cessfs devnet` runs one on its own for several mounts or tools.
+//!
+//! Layout of its directory: `ledger/` (sled), `nodes/<i>/{report,file}/<fid>/<fragment>`.
+
+mod http;
+mod ledger;
+mod node;
+mod rpc;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use ledger::{Event, Ledger};
+pub use node::{Fault, Node};
+pub use rpc::DevnetChain;
+
+use crate::protocol::{AccountId, Signer};
+
+/// How to set up a devnet.
+#[derive(Debug, Clone)]
+pub struct DevnetConfig {
+    /// Storage nodes (12 are needed per file; the rest are spares).
+    pub nodes: usize,
+    /// Where the RPC listens (port 0: any free port).
+    pub rpc_addr: SocketAddr,
+    /// First node port; node `i` listens on `base + i - 1` (0: any free ports).
+    pub node_base_port: u16,
+    /// The account that gets a territory at start.
+    pub owner: AccountId,
+    /// The territory's name.
+    pub territory: Vec<u8>,
+    /// Its size in GiB.
+    pub territory_gib: u32,
+    /// Idle space of each node, in bytes.
+    pub node_space: u128,
+    /// How long a node waits after a fragment arrives before checking what it can report.
+    pub report_delay: Duration,
+}
+
+impl DevnetConfig {
+    /// 16 nodes on any free loopback ports, a 1 TiB territory for `owner`.
+    pub fn new(owner: AccountId, territory: &[u8]) -> DevnetConfig {
+        DevnetConfig {
+            nodes: 16,
+            rpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            node_base_port: 0,
+            owner,
+            territory: territory.to_vec(),
+            territory_gib: 1024,
+            node_space: 4 << 40,
+            report_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// One node as the control API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// 1-based index.
+    pub index: usize,
+    /// Its account.
+    pub account: AccountId,
+    /// Its endpoint.
+    pub endpoint: String,
+    /// Its fault switch.
+    pub fault: Fault,
+    /// Where it keeps fragments.
+    pub dir: PathBuf,
+}
+
+/// A running devnet.
+pub struct Devnet {
+    ledger: Arc<Ledger>,
+    nodes: Arc<Vec<Node>>,
+    rpc: http::Server,
+}
+
+impl Devnet {
+    /// Starts a devnet whose state lives in `dir`.
+    pub async fn start(dir: &Path, config: &DevnetConfig) -> anyhow::Result<Devnet> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating devnet dir {}", dir.display()))?;
+        let ledger_dir = dir.join("ledger");
+        let ledger = Arc::new(
+            Ledger::open(&ledger_dir).with_context(|| format!("opening devnet ledger {}", ledger_dir.display()))?,
+        );
+        let mut nodes = Vec::with_capacity(config.nodes);
+        for i in 1..=config.nodes {
+            let signer = Signer::from_uri(&format!("//Miner{i}")).map_err(anyhow::Error::msg)?;
+            let port = if config.node_base_port == 0 { 0 } else { config.node_base_port + i as u16 - 1 };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let node_dir = dir.join("nodes").join(i.to_string());
+            let node = Node::start(i, signer, node_dir, ledger.clone(), addr, config.report_delay)
+                .await
+                .with_context(|| format!("starting devnet node {i} on {addr}"))?;
+            ledger.register_miner(&node.account(), &node.endpoint(), config.node_space)?;
+            nodes.push(node);
+        }
+        if ledger.territory(&config.owner, &config.territory)?.is_none() {
+            ledger.mint_territory(&config.owner, &config.territory, config.territory_gib, 365)?;
+        }
+        let nodes = Arc::new(nodes);
+        let rpc = rpc::serve(config.rpc_addr, ledger.clone(), nodes.clone())
+            .await
+            .with_context(|| format!("starting the devnet RPC on {}", config.rpc_addr))?;
+        Ok(Devnet { ledger, nodes, rpc })
+    }
+
+    /// The RPC URL clients connect to.
+    pub fn rpc_url(&self) -> String {
+        format!("http://{}", self.rpc.addr())
+    }
+
+    /// The ledger, for tools and tests in the same process.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Stops the RPC and every node.
+    pub async fn stop(self) {
+        self.rpc.stop().await;
+        for n in self.nodes.iter() {
+            let _ = n.set_fault(Fault::Down).await;
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! A devnet storage node: the cess-miner v0.8 fragment protocol (`PUT/GET /fragment`, checks in
+//! cess-miner's order, errors as HTTP 200 with the code in the JSON body) and its reporting:
+//! once it holds fragment `j` of every segment of a file, it sends `transfer_report(j + 1, fid)`.
+//! Fragments live in `DIR/report/<fid>/` until the file is active, then in `DIR/file/<fid>/`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::http::{self, Reply, Server, json};
+use super::ledger::Ledger;
+use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
+use crate::protocol::miner::{self as proto, msg};
+use crate::protocol::{AccountId, Signer};
+
+/// A fault a node can be switched into, to test clients (the rig's fault switches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// Healthy.
+    None,
+    /// Port closed, connections dropped, no reports.
+    Down,
+    /// Every fragment request answers code 500.
+    Refuse,
+    /// Accepts connections and never answers.
+    Timeout,
+    /// GET serves the fragment with one bit flipped.
+    Corrupt,
+    /// Stores fragments but never reports.
+    NoReport,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Fault, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| format!("unknown fault {s:?}: none, down, refuse, timeout, corrupt or noreport"))
+    }
+}
+
+struct State {
+    index: usize,
+    signer: Signer,
+    dir: PathBuf,
+    ledger: Arc<Ledger>,
+    fault: Mutex<Fault>,
+    reports: mpsc::UnboundedSender<Hash>,
+}
+
+/// A storage node of the devnet.
+pub struct Node {
+    state: Arc<State>,
+    addr: SocketAddr,
+    server: tokio::sync::Mutex<Option<Server>>,
+}
+
+fn reply(code: i32, message: &str) -> Reply {
+    json(StatusCode::OK, &proto::Reply::new(code, message))
+}
+
+fn safe_name(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// The part `field` of a multipart body that carries a file name (Go's FormFile ignores others).
+fn multipart_file<'a>(body: &'a [u8], content_type: &str, field: &str) -> Option<&'a [u8]> {
+    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
+    let delim = format!("--{boundary}");
+    let next = format!("\r\n--{boundary}");
+    let mut pos = memchr::memmem::find(body, delim.as_bytes())?;
+    loop {
+        let after = pos + delim.len();
+        if body.get(after..after + 2)? == b"--" {
+            return None;
+        }
+        let head_start = after + 2;
+        let head_end = head_start + memchr::memmem::find(&body[head_start..], b"\r\n\r\n")?;
+        let data_start = head_end + 4;
+        let data_end = data_start + memchr::memmem::find(&body[data_start..], next.as_bytes())?;
+        let head = String::from_utf8_lossy(&body[head_start..head_end]).to_ascii_lowercase();
+        if head.contains(&format!("name=\"{field}\"")) && head.contains("filename=") {
+            return Some(&body[data_start..data_end]);
+        }
+        pos = data_end + 2;
+    }
+}
+
+impl State {
+    fn fault(&self) -> Fault {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report_dir(&self, fid: &str) -> PathBuf {
+        self.dir.join("report").join(fid)
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        if self.fault() == Fault::Timeout {
+            std::future::pending::<()>().await;
+        }
+        if req.uri().path() != "/fragment" || !(req.method() == Method::PUT || req.method() == Method::GET) {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Full::new(Bytes::from_static(b"404 page not found")))
+                .expect("a valid response");
+        }
+        let (account, message, signature) =
+            (header(&req, proto::ACCOUNT), header(&req, proto::MESSAGE), header(&req, proto::SIGNATURE));
+        if !proto::check_signature(account, message.as_bytes(), signature) {
+            return json(StatusCode::FORBIDDEN, &proto::Reply::new(403, msg::SIGNATURE));
+        }
+        if self.fault() == Fault::Refuse {
+            return reply(500, msg::SYSTEM);
+        }
+        if req.method() == Method::PUT { self.put(req).await } else { self.get(req).await }
+    }
+
+    async fn put(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let (fid, fragment) = (header(&req, proto::FID).to_string(), header(&req, proto::FRAGMENT).to_string());
+        if !safe_name(&fid) || !safe_name(&fragment) {
+            return reply(400, msg::BAD_NAME);
+        }
+        let dir = self.report_dir(&fid);
+        let path = dir.join(&fragment);
+        if tokio::fs::metadata(&path).await.is_ok() {
+            return reply(200, msg::OK);
+        }
+        let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
+        let fid_hash = fid.parse::<Hash>().ok();
+        if hash == ZERO_FRAGMENT_HASH {
+            // The miner writes the all-zero fragment itself, without reading the body or DealMap.
+            if store(&dir, &fragment, Bytes::from(vec![0u8; FRAGMENT_SIZE])).await.is_err() {
+                return reply(500, msg::SYSTEM);
+            }
+            if let Some(f) = fid_hash {
+                let _ = self.reports.send(f);
+            }
+            return reply(200, msg::OK);
+        }
+        let content_type = header(&req, "content-type").to_string();
+        let Some(body) = http::body(req, 4 * FRAGMENT_SIZE).await else { return reply(400, msg::SIZE) };
+        let Some(data) = multipart_file(&body, &content_type, proto::FILE_PART) else {
+            return reply(400, msg::NO_FILE);
+        };
+        if data.len() != FRAGMENT_SIZE {
+            return reply(400, msg::SIZE);
+        }
+        let data = body.slice_ref(data);
+        let check = data.clone();
+        let actual = tokio::task::spawn_blocking(move || sha256(&check)).await.unwrap_or_default();
+        if actual != hash {
+            return reply(400, msg::HASH);
+        }
+        let ledger = self.ledger.clone();
+        let listed = match fid_hash {
+            Some(f) => {
+                let deal = tokio::task::spawn_blocking(move || ledger.deal(&f)).await;
+                match deal {
+                    Ok(Ok(d)) => d.is_some_and(|d| d.segments.iter().any(|s| s.fragments.contains(&hash))),
+                    _ => return reply(403, "failed to connect to rpc, please try again later."),
+                }
+            }
+            None => false,
+        };
+        if !listed {
+            return reply(400, msg::FID);
+        }
+        if store(&dir, &fragment, data).await.is_err() {
+            return reply(500, msg::SYSTEM);
+        }
+        if let Some(f) = fid_hash {
+            let _ = self.reports.send(f);
+        }
+        reply(200, msg::OK)
+    }
+
+    async fn get(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let (fid, fragment) = (header(&req, proto::FID), header(&req, proto::FRAGMENT));
+        if fid.is_empty() || fragment.is_empty() {
+            return reply(400, msg::EMPTY);
+        }
+        if fid.len() != 64 || fragment.len() != 64 || !safe_name(fid) || !safe_name(fragment) {
+            return reply(400, msg::BAD_NAME);
+        }
+        let mut data = None;
+        for place in ["file", "report", "file"] {
+            if let Ok(d) = tokio::fs::read(self.dir.join(place).join(fid).join(fragment)).await {
+                data = Some(d);
+                break;
+            }
+        }
+        let Some(mut data) = data else { return reply(404, msg::NOT_FOUND) };
+        let mut status = StatusCode::OK;
+        if let Some(range) = req.headers().get(hyper::header::RANGE) {
+            let Some(r) = range.to_str().ok().and_then(|v| proto::parse_range(v, data.len())) else {
+                return reply(416, msg::RANGE);
+            };
+            data = data[r].to_vec();
+            status = StatusCode::PARTIAL_CONTENT;
+        }
+        if self.fault() == Fault::Corrupt && !data.is_empty() {
+            let mid = data.len() / 2;
+            data[mid] ^= 0x01;
+        }
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(data)))
+            .expect("a valid response")
+    }
+
+    /// cess-miner's report loop for one file: report the first whole, unreported column; once
+    /// the file is active, keep what the chain assigned to this node and drop the rest.
+    fn check(&self, fid: &Hash) -> std::io::Result<()> {
+        let dir = self.report_dir(&fid.to_hex());
+        if !dir.exists() || matches!(self.fault(), Fault::NoReport | Fault::Down) {
+            return Ok(());
+        }
+        let me = self.signer.account();
+        let ledger = &self.ledger;
+        if let Ok(Some(file)) = ledger.file(fid) {
+            let file_dir = self.dir.join("file").join(fid.to_hex());
+            std::fs::create_dir_all(&file_dir)?;
+            for seg in &file.segments {
+                for frag in seg.fragments.iter().filter(|f| f.miner == me) {
+                    let name = frag.hash.to_hex();
+                    if dir.join(&name).exists() {
+                        std::fs::rename(dir.join(&name), file_dir.join(&name))?;
+                    }
+                }
+            }
+            return std::fs::remove_dir_all(&dir);
+        }
+        let Ok(Some(deal)) = ledger.deal(fid) else { return std::fs::remove_dir_all(&dir) };
+        if deal.complete_list.iter().any(|c| c.miner == me) {
+            return Ok(());
+        }
+        let holds = |j: usize| {
+            deal.segments.iter().all(|s| {
+                std::fs::metadata(dir.join(s.fragments[j].to_hex())).is_ok_and(|m| m.len() == FRAGMENT_SIZE as u64)
+            })
+        };
+        for j in 0..FRAGMENTS {
+            let index = j as u8 + 1;
+            if deal.complete_list.iter().any(|c| c.index == index) || !holds(j) {
+                continue;
+            }
+            match ledger.transfer_report(&me, index, fid) {
+                Ok(r) => {
+                    log::debug!("node {}: reported column {index} of {fid} in block {}", self.index, r.block);
+                    return Ok(());
+                }
+                Err(e) => log::debug!("node {}: transfer_report({index}, {fid}) failed: {e}", self.index),
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self) -> Vec<Hash> {
+        std::fs::read_dir(self.dir.join("report"))
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+}
+
+async fn store(dir: &Path, name: &str, data: Bytes) -> std::io::Result<()> {
+    tokio::fs::create_dir_all(dir).await?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    tokio::fs::write(&tmp, &data).await?;
+    tokio::fs::rename(&tmp, dir.join(name)).await
+}
+
+impl Node {
+    /// Starts node `index` (signing as `signer`) on `addr`, keeping fragments in `dir`; reports
+    /// `debounce` after a fragment arrives and rescans every `scan`.
+    pub async fn start(
+        index: usize,
+        signer: Signer,
+        dir: PathBuf,
+        ledger: Arc<Ledger>,
+        addr: SocketAddr,
+        debounce: Duration,
+    ) -> std::io::Result<Node> {
+        let (reports, mut pending) = mpsc::unbounded_channel::<Hash>();
+        let state = Arc::new(State { index, signer, dir, ledger, fault: Mutex::new(Fault::None), reports });
+        let reporter = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                let mut fids = tokio::select! {
+                    Some(fid) = pending.recv() => vec![fid],
+                    _ = tick.tick() => Vec::new(),
+                    else => return,
+                };
+                tokio::time::sleep(debounce).await;
+                while let Ok(fid) = pending.try_recv() {
+                    fids.push(fid);
+                }
+                let Some(state) = reporter.upgrade() else { return };
+                let work = move || {
+                    if fids.is_empty() {
+                        fids = state.scan();
+                    }
+                    fids.sort();
+                    fids.dedup();
+                    for fid in fids {
+                        if let Err(e) = state.check(&fid) {
+                            log::warn!("node {}: checking {fid}: {e}", state.index);
+                        }
+                    }
+                };
+                let _ = tokio::task::spawn_blocking(work).await;
+            }
+        });
+        let node = Node { addr, state, server: tokio::sync::Mutex::new(None) };
+        let addr = node.serve().await?;
+        Ok(Node { addr, ..node })
+    }
+
+    async fn serve(&self) -> std::io::Result<SocketAddr> {
+        let state = self.state.clone();
+        let server = Server::start(self.addr, move |req| state.clone().handle(req)).await?;
+        let addr = server.addr();
+        *self.server.lock().await = Some(server);
+        Ok(addr)
+    }
+
+    /// The node's account.
+    pub fn account(&self) -> AccountId {
+        self.state.signer.account()
+    }
+
+    /// The node's endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its current fault.
+    pub fn fault(&self) -> Fault {
+        self.state.fault()
+    }
+
+    /// Switches the node into `fault`; `Down` closes its port, anything else opens it again.
+    pub async fn set_fault(&self, fault: Fault) -> std::io::Result<()> {
+        *self.state.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+        let running = self.server.lock().await.is_some();
+        match (fault, running) {
+            (Fault::Down, true) => {
+                if let Some(s) = self.server.lock().await.take() {
+                    s.stop().await;
+                }
+            }
+            (Fault::Down, false) | (_, true) => {}
+            (_, false) => {
+                self.serve().await?;
+            }
+        }
+        if fault != Fault::Down {
+            for fid in self.state.scan() {
+                let _ = self.state.reports.send(fid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this node keeps its fragments.
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_needs_a_named_file_part() {
+        let body = b"--XX\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nno\r\n--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\nDATA\r\n--XX--\r\n";
+        assert_eq!(multipart_file(body, "multipart/form-data; boundary=XX", "file"), Some(&b"DATA"[..]));
+        let unnamed = b"--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nDATA\r\n--XX--\r\n";
+        assert_eq!(multipart_file(unnamed, "multipart/form-data; boundary=XX", "file"), None);
+    }
+}

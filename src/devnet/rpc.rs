@@ -1,0 +1,294 @@
+//! The devnet's RPC: `POST /rpc/<call>` with JSON parameters, answered `{"ok": …}` or
+//! `{"err": ChainError}`; extrinsics carry `Account` and `Signature` headers (sr25519 over the
+//! body) and are refused without them. `GET /nodes` and `POST /nodes/<i>/fault` switch node
+//! faults for tests. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
+//! chain client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::http::{self, Reply, Server, json};
+use super::{Fault, Ledger, Node, NodeView};
+use crate::format::{Hash, SegmentManifest};
+use crate::protocol::{
+    AccountId, Chain, ChainError, DealInfo, FileInfo, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief, verify,
+};
+
+#[derive(Serialize, Deserialize)]
+struct TerritoryQuery {
+    owner: AccountId,
+    name: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FidQuery {
+    fid: Hash,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Declaration {
+    fid: Hash,
+    segments: Vec<SegmentManifest>,
+    user: UserBrief,
+    file_size: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Deletion {
+    owner: AccountId,
+    fid: Hash,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Mint {
+    name: Vec<u8>,
+    gib: u32,
+    days: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FaultSwitch {
+    fault: Fault,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Answer<T> {
+    Ok(T),
+    Err(ChainError),
+}
+
+const SIGNATURE_HEADER: &str = "Signature";
+const ACCOUNT_HEADER: &str = "Account";
+
+fn answer<T: Serialize>(r: Result<T, ChainError>) -> Reply {
+    json(StatusCode::OK, &r.map_or_else(Answer::Err, Answer::Ok))
+}
+
+fn bad_request(what: String) -> Reply {
+    json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": what }))
+}
+
+/// The signer of an extrinsic request, if its signature over the body verifies.
+fn origin(req_headers: &hyper::HeaderMap, body: &[u8]) -> Option<AccountId> {
+    let account: AccountId = req_headers.get(ACCOUNT_HEADER)?.to_str().ok()?.parse().ok()?;
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(req_headers.get(SIGNATURE_HEADER)?.to_str().ok()?, &mut sig).ok()?;
+    verify(&account, body, &sig).then_some(account)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("ledger calls do not panic")
+}
+
+async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let Some(body) = http::body(req, 64 << 20).await else { return bad_request("body too large".into()) };
+    macro_rules! params {
+        ($t:ty) => {
+            match serde_json::from_slice::<$t>(&body) {
+                Ok(p) => p,
+                Err(e) => return bad_request(format!("bad parameters: {e}")),
+            }
+        };
+    }
+    let signed = || origin(&headers, &body).ok_or_else(|| ChainError::dispatch("System", "BadOrigin"));
+    let l = ledger.clone();
+    match (method, path.as_str()) {
+        (Method::POST, "/rpc/territory") => {
+            let q = params!(TerritoryQuery);
+            answer(blocking(move || l.territory(&q.owner, &q.name)).await)
+        }
+        (Method::POST, "/rpc/file") => {
+            let q = params!(FidQuery);
+            answer(blocking(move || l.file(&q.fid)).await)
+        }
+        (Method::POST, "/rpc/deal") => {
+            let q = params!(FidQuery);
+            answer(blocking(move || l.deal(&q.fid)).await)
+        }
+        (Method::POST, "/rpc/miners") => answer(blocking(move || l.miners()).await),
+        (Method::POST, "/rpc/events") => answer(Ok(l.events())),
+        (Method::POST, "/rpc/upload_declaration") => {
+            let d = params!(Declaration);
+            let who = match signed() {
+                Ok(w) => w,
+                Err(e) => return answer::<()>(Err(e)),
+            };
+            answer(
+                blocking(move || l.upload_declaration(&who, &d.fid, &d.segments, &d.user, d.file_size as u128)).await,
+            )
+        }
+        (Method::POST, "/rpc/delete_file") => {
+            let d = params!(Deletion);
+            let who = match signed() {
+                Ok(w) => w,
+                Err(e) => return answer::<()>(Err(e)),
+            };
+            answer(blocking(move || l.delete_file(&who, &d.owner, &d.fid)).await)
+        }
+        (Method::POST, "/rpc/mint_territory") => {
+            let m = params!(Mint);
+            let who = match signed() {
+                Ok(w) => w,
+                Err(e) => return answer::<()>(Err(e)),
+            };
+            answer(blocking(move || l.mint_territory(&who, &m.name, m.gib, m.days)).await)
+        }
+        (Method::GET, "/nodes") => json(StatusCode::OK, &views(&nodes)),
+        (Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/fault") => {
+            let index: Option<usize> = p.trim_start_matches("/nodes/").trim_end_matches("/fault").parse().ok();
+            let Some(node) = index.and_then(|i| i.checked_sub(1)).and_then(|i| nodes.get(i)) else {
+                return bad_request(format!("no node in {p}"));
+            };
+            let f = params!(FaultSwitch);
+            match node.set_fault(f.fault).await {
+                Ok(()) => json(StatusCode::OK, &views(&nodes)),
+                Err(e) => bad_request(format!("switching the fault: {e}")),
+            }
+        }
+        (_, p) => bad_request(format!("no such call {p}")),
+    }
+}
+
+fn views(nodes: &[Node]) -> Vec<NodeView> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeView {
+            index: i + 1,
+            account: n.account(),
+            endpoint: n.endpoint(),
+            fault: n.fault(),
+            dir: n.dir().to_path_buf(),
+        })
+        .collect()
+}
+
+/// Serves the RPC for `ledger` and `nodes` on `addr`.
+pub(super) async fn serve(addr: SocketAddr, ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>) -> std::io::Result<Server> {
+    Server::start(addr, move |req| handle(ledger.clone(), nodes.clone(), req)).await
+}
+
+/// The client side of the devnet RPC: the devnet as a [`Chain`].
+pub struct DevnetChain {
+    url: String,
+    http: reqwest::Client,
+    signer: Signer,
+}
+
+impl DevnetChain {
+    /// A client of the devnet at `url`, signing as `signer`.
+    pub fn new(url: &str, signer: Signer) -> DevnetChain {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        DevnetChain { url: url.trim_end_matches('/').to_string(), http, signer }
+    }
+
+    async fn call<P: Serialize, T: DeserializeOwned>(
+        &self,
+        name: &str,
+        params: &P,
+        sign: bool,
+    ) -> Result<T, ChainError> {
+        let body = serde_json::to_vec(params).expect("parameters serialize");
+        let mut req = self.http.post(format!("{}/rpc/{name}", self.url));
+        if sign {
+            req = req
+                .header(ACCOUNT_HEADER, self.signer.account().to_string())
+                .header(SIGNATURE_HEADER, hex::encode(self.signer.sign(&body)));
+        }
+        let resp = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ChainError::Unreachable(format!("devnet at {}: {e}", self.url)))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ChainError::Unreachable(format!("devnet at {}: {e}", self.url)))?;
+        match serde_json::from_slice::<Answer<T>>(&bytes) {
+            Ok(Answer::Ok(v)) => Ok(v),
+            Ok(Answer::Err(e)) => Err(e),
+            Err(e) => Err(ChainError::Decode(format!("devnet {name} answered HTTP {status}: {e}"))),
+        }
+    }
+
+    /// Every event the devnet recorded, with its block.
+    pub async fn events(&self) -> Result<Vec<(u32, super::Event)>, ChainError> {
+        self.call("events", &(), false).await
+    }
+
+    /// The devnet's nodes and their fault switches.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ChainError> {
+        let url = format!("{}/nodes", self.url);
+        let resp = self.http.get(&url).send().await.map_err(|e| ChainError::Unreachable(format!("{url}: {e}")))?;
+        resp.json().await.map_err(|e| ChainError::Decode(format!("{url}: {e}")))
+    }
+
+    /// Switches node `index` (1-based) into `fault`.
+    pub async fn set_fault(&self, index: usize, fault: Fault) -> Result<Vec<NodeView>, ChainError> {
+        let url = format!("{}/nodes/{index}/fault", self.url);
+        let resp = self
+            .http
+            .post(&url)
+            .json(&FaultSwitch { fault })
+            .send()
+            .await
+            .map_err(|e| ChainError::Unreachable(format!("{url}: {e}")))?;
+        resp.json().await.map_err(|e| ChainError::Decode(format!("{url}: {e}")))
+    }
+
+    /// `mint_territory` for this account.
+    pub async fn mint_territory(&self, name: &[u8], gib: u32, days: u32) -> Result<TxReceipt, ChainError> {
+        self.call("mint_territory", &Mint { name: name.to_vec(), gib, days }, true).await
+    }
+}
+
+#[async_trait]
+impl Chain for DevnetChain {
+    fn account(&self) -> AccountId {
+        self.signer.account()
+    }
+
+    async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
+        self.call("territory", &TerritoryQuery { owner: *owner, name: name.to_vec() }, false).await
+    }
+
+    async fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError> {
+        self.call("file", &FidQuery { fid: *fid }, false).await
+    }
+
+    async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError> {
+        self.call("deal", &FidQuery { fid: *fid }, false).await
+    }
+
+    async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
+        self.call("miners", &(), false).await
+    }
+
+    async fn upload_declaration(
+        &self,
+        fid: &Hash,
+        segments: &[SegmentManifest],
+        user: &UserBrief,
+        file_size: u64,
+    ) -> Result<TxReceipt, ChainError> {
+        let d = Declaration { fid: *fid, segments: segments.to_vec(), user: user.clone(), file_size };
+        self.call("upload_declaration", &d, true).await
+    }
+
+    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
+        self.call("delete_file", &Deletion { owner: self.signer.account(), fid: *fid }, true).await
+    }
+}

@@ -1,0 +1,190 @@
+//! One HTTP client for storage miners: real cess-miner nodes and the devnet's nodes alike.
+//! Requests are signed with the account's sr25519 key (protocol::miner); every answer is checked
+//! (the JSON `code`, the byte count, and on GET the caller checks the hash).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::format::{FRAGMENT_SIZE, Hash};
+use crate::protocol::Signer;
+use crate::protocol::miner::{self as proto, Reply};
+
+/// Why a miner request failed. All are the miner's problem: another miner may do.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MinerError {
+    /// No connection.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// The miner's endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("{endpoint} did not answer within {secs}s")]
+    Timeout {
+        /// The miner's endpoint.
+        endpoint: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The miner answered with an error code.
+    #[error("{endpoint} refused: {code} {msg}")]
+    Refused {
+        /// The miner's endpoint.
+        endpoint: String,
+        /// The JSON code (or HTTP status).
+        code: i32,
+        /// Its message.
+        msg: String,
+    },
+    /// The answer had the wrong size or shape.
+    #[error("{endpoint} sent a malformed answer: {what}")]
+    Malformed {
+        /// The miner's endpoint.
+        endpoint: String,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// Signs and sends fragment requests.
+pub struct MinerClient {
+    http: reqwest::Client,
+    signer: Signer,
+    timeout: Duration,
+    counter: AtomicU64,
+}
+
+/// A miner endpoint as a base URL: `http://` added if missing, cut at the first NUL, no trailing
+/// slash (as the Go SDK reads `MinerInfo.endpoint`).
+pub fn base_url(endpoint: &str) -> String {
+    let e = endpoint.split('\0').next().unwrap_or_default().trim().trim_end_matches('/');
+    if e.starts_with("http://") || e.starts_with("https://") { e.to_string() } else { format!("http://{e}") }
+}
+
+impl MinerClient {
+    /// A client signing with `signer`, giving each request `timeout` (DeOSS uses one minute).
+    pub fn new(signer: Signer, timeout: Duration) -> MinerClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5).min(timeout))
+            .timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        MinerClient { http, signer, timeout, counter: AtomicU64::new(0) }
+    }
+
+    fn signed(&self, req: reqwest::RequestBuilder, fid: &Hash, fragment: &Hash) -> reqwest::RequestBuilder {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let message = format!("cessfs{}{n}", now.as_nanos());
+        req.header(proto::FID, fid.to_hex())
+            .header(proto::FRAGMENT, fragment.to_hex())
+            .header(proto::ACCOUNT, self.signer.account().to_string())
+            .header(proto::SIGNATURE, hex::encode(self.signer.sign(message.as_bytes())))
+            .header(proto::MESSAGE, message)
+    }
+
+    fn transport_error(&self, endpoint: &str, e: reqwest::Error) -> MinerError {
+        if e.is_timeout() {
+            MinerError::Timeout { endpoint: endpoint.to_string(), secs: self.timeout.as_secs() }
+        } else {
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                reason = format!("{reason}: {s}");
+                source = s.source();
+            }
+            MinerError::Connect { endpoint: endpoint.to_string(), reason }
+        }
+    }
+
+    /// Stores fragment `fragment` of file `fid` on the miner. An all-zero fragment is sent empty:
+    /// the miner writes it itself.
+    pub async fn put_fragment(
+        &self,
+        endpoint: &str,
+        fid: &Hash,
+        fragment: &Hash,
+        data: Bytes,
+    ) -> Result<(), MinerError> {
+        let url = format!("{}/fragment", base_url(endpoint));
+        let boundary = format!("cessfs{:016x}", self.counter.fetch_add(1, Ordering::Relaxed));
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            proto::FILE_PART,
+            fragment.to_hex()
+        );
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let body = [Bytes::from(head), data, Bytes::from(tail)].concat();
+        let req = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+            .body(body);
+        let resp = self.signed(req, fid, fragment).send().await.map_err(|e| self.transport_error(endpoint, e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;
+        let reply: Reply = serde_json::from_slice(&bytes).map_err(|_| MinerError::Malformed {
+            endpoint: endpoint.to_string(),
+            what: format!("HTTP {status} without a JSON answer"),
+        })?;
+        if reply.code != 200 {
+            return Err(MinerError::Refused { endpoint: endpoint.to_string(), code: reply.code, msg: reply.msg });
+        }
+        Ok(())
+    }
+
+    /// Fetches fragment `fragment` of `fid`, or its bytes `range` (end exclusive).
+    pub async fn get_fragment(
+        &self,
+        endpoint: &str,
+        fid: &Hash,
+        fragment: &Hash,
+        range: Option<Range<usize>>,
+    ) -> Result<Bytes, MinerError> {
+        let url = format!("{}/fragment", base_url(endpoint));
+        let mut req = self.http.get(&url);
+        if let Some(r) = &range {
+            req = req.header(reqwest::header::RANGE, proto::range_header(r, FRAGMENT_SIZE));
+        }
+        let resp = self.signed(req, fid, fragment).send().await.map_err(|e| self.transport_error(endpoint, e))?;
+        let status = resp.status().as_u16();
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;
+        if is_json || !(status == 200 || status == 206) {
+            let reply: Option<Reply> = serde_json::from_slice(&bytes).ok();
+            let (code, msg) = reply.map_or((status as i32, format!("HTTP {status}")), |r| (r.code, r.msg));
+            return Err(MinerError::Refused { endpoint: endpoint.to_string(), code, msg });
+        }
+        let want = range.map_or(FRAGMENT_SIZE, |r| r.end - r.start);
+        if bytes.len() != want {
+            return Err(MinerError::Malformed {
+                endpoint: endpoint.to_string(),
+                what: format!("{} bytes instead of {want}", bytes.len()),
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_become_base_urls() {
+        assert_eq!(base_url("1.2.3.4:15001"), "http://1.2.3.4:15001");
+        assert_eq!(base_url("http://h:1/\0\0garbage"), "http://h:1");
+        assert_eq!(base_url("https://m.example"), "https://m.example");
+    }
+}

@@ -1,0 +1,200 @@
+//! What the client needs from the chain, as a trait that the real chain client (subxt) and the
+//! embedded devnet both implement, with the records they return.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::AccountId;
+use crate::format::{Hash, SegmentManifest};
+
+/// `UserBrief`: who declares a file, under which name, in which territory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBrief {
+    /// The owner.
+    pub user: AccountId,
+    /// The file's name on chain (3 to 63 bytes).
+    pub file_name: Vec<u8>,
+    /// The territory charged for it.
+    pub territory_name: Vec<u8>,
+}
+
+/// `TerritoryState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TerritoryState {
+    /// Uploads allowed.
+    Active,
+    /// Past its deadline: no uploads, still renewable.
+    Frozen,
+    /// Gone: its files are deleted.
+    Expired,
+    /// Offered for sale.
+    OnConsignment,
+}
+
+/// `TerritoryInfo`: a user's paid storage space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerritoryInfo {
+    /// Bytes bought.
+    pub total_space: u128,
+    /// Bytes of stored files.
+    pub used_space: u128,
+    /// Bytes locked by deals in progress.
+    pub locked_space: u128,
+    /// Bytes still free.
+    pub remaining_space: u128,
+    /// Block after which the territory freezes.
+    pub deadline: u32,
+    /// State.
+    pub state: TerritoryState,
+}
+
+/// `CompleteInfo`: a miner that reported holding column `index - 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteInfo {
+    /// Column index plus one (1..=12).
+    pub index: u8,
+    /// The miner.
+    pub miner: AccountId,
+}
+
+/// `DealInfo`: a declared file whose fragments are still being stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealInfo {
+    /// File size in bytes.
+    pub file_size: u128,
+    /// The declared segments and fragment hashes.
+    pub segments: Vec<SegmentManifest>,
+    /// The declaring user.
+    pub user: UserBrief,
+    /// Columns reported so far.
+    pub complete_list: Vec<CompleteInfo>,
+}
+
+/// `FragmentInfo`: one stored fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentInfo {
+    /// Fragment hash.
+    pub hash: Hash,
+    /// Whether the network considers it available.
+    pub avail: bool,
+    /// The miner holding it.
+    pub miner: AccountId,
+}
+
+/// `SegmentInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    /// Segment hash.
+    pub hash: Hash,
+    /// Its 12 fragments.
+    pub fragments: Vec<FragmentInfo>,
+}
+
+/// `FileInfo`: a stored file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Segments, with where each fragment is.
+    pub segments: Vec<SegmentInfo>,
+    /// Its owners (each with the name and territory they declared it under).
+    pub owners: Vec<UserBrief>,
+    /// File size in bytes.
+    pub file_size: u128,
+    /// Block at which it became active.
+    pub completion: u32,
+    /// `FileState::Active` (the only state current runtimes write).
+    pub active: bool,
+}
+
+/// `MinerInfo`, the part a client uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinerInfo {
+    /// The miner's account.
+    pub account: AccountId,
+    /// Its HTTP endpoint, if the runtime records one.
+    pub endpoint: Option<String>,
+    /// `positive`, `frozen`, `exit`, `lock`, `offline`, `not ready`.
+    pub state: String,
+    /// Free space it can take fragments into.
+    pub idle_space: u128,
+}
+
+/// Where a transaction landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxReceipt {
+    /// Transaction hash (`0x…`) or devnet transaction id.
+    pub tx_hash: String,
+    /// Block number it is in.
+    pub block: u32,
+}
+
+/// A chain failure.
+#[derive(Debug, Clone, Error, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChainError {
+    /// The chain could not be reached (connection refused, dropped, timed out).
+    #[error("chain unreachable: {0}")]
+    Unreachable(String),
+    /// The runtime refused the call.
+    #[error("{pallet}.{error}{}", explain(error))]
+    Dispatch {
+        /// Pallet name.
+        pallet: String,
+        /// Error name, as the runtime's metadata names it.
+        error: String,
+    },
+    /// An answer that does not decode as expected.
+    #[error("unexpected chain data: {0}")]
+    Decode(String),
+}
+
+fn explain(error: &str) -> &'static str {
+    match error {
+        "InsufficientAvailableSpace" => ": the territory has not enough free space for this file",
+        "SpecError" => ": refused by the chain's rules (a file name must have 3 to 63 bytes)",
+        "NoPermission" => ": this account may not act for the file's owner",
+        "NonExistent" => ": no such file on chain",
+        "NotOwner" => ": this account does not own the file",
+        "NotActive" => ": the territory is not active (frozen, expired or on sale)",
+        "Expired" => ": the territory has expired",
+        "NotHaveTerritory" => ": no territory of that name for this account",
+        "InsufficientBalance" => ": not enough balance",
+        _ => "",
+    }
+}
+
+impl ChainError {
+    /// A refusal of the runtime, by pallet and error name.
+    pub fn dispatch(pallet: &str, error: &str) -> ChainError {
+        ChainError::Dispatch { pallet: pallet.to_string(), error: error.to_string() }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ChainError::Unreachable(_))
+    }
+}
+
+/// The chain, as the upload engine and the reader use it.
+#[async_trait]
+pub trait Chain: Send + Sync {
+    /// The account that signs this client's transactions.
+    fn account(&self) -> AccountId;
+    /// The territory `name` of `owner`.
+    async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError>;
+    /// `FileBank.File[fid]`.
+    async fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError>;
+    /// `FileBank.DealMap[fid]`.
+    async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError>;
+    /// Every registered miner.
+    async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError>;
+    /// `FileBank.upload_declaration`, returning once it is in a block.
+    async fn upload_declaration(
+        &self,
+        fid: &Hash,
+        segments: &[SegmentManifest],
+        user: &UserBrief,
+        file_size: u64,
+    ) -> Result<TxReceipt, ChainError>;
+    /// `FileBank.delete_file` of this account's copy of `fid`, returning once it is in a block.
+    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError>;
+}

@@ -1,0 +1,18 @@
+//! The CESS vocabulary shared by the client and the embedded devnet: accounts and signatures,
+//! what the chain stores (territories, deals, files, miners) behind the [`Chain`] trait, and the
+//! storage miners' HTTP protocol. See ../shared/cess/PROTOCOL.md (summarised in docs/).
+
+mod account;
+mod chain;
+pub mod miner;
+
+pub use account::{AccountId, SS58_PREFIX, Signer, verify};
+pub use chain::{
+    Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, MinerInfo, SegmentInfo, TerritoryInfo,
+    TerritoryState, TxReceipt, UserBrief,
+};
+
+/// Bytes of territory space a file of `segments` segments locks: 12 fragments of 8 MiB each.
+pub fn charged_space(segments: usize) -> u128 {
+    (segments as u128) * (crate::format::FRAGMENTS * crate::format::FRAGMENT_SIZE) as u128
+}

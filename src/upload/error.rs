@@ -1,0 +1,97 @@
+use thiserror::Error;
+
+use crate::format::FormatError;
+use crate::miner::MinerError;
+use crate::protocol::ChainError;
+use crate::store::StoreError;
+
+/// Why an upload step failed. Its Display is what `user.cess.error` shows.
+#[derive(Debug, Error)]
+pub enum UploadError {
+    /// The chain refused or could not be reached.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// The local store failed.
+    #[error("local store: {0}")]
+    Store(#[from] StoreError),
+    /// The file cannot be encoded (too large for one CESS file).
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    /// Reading the file failed.
+    #[error("reading the file: {0}")]
+    Io(#[from] std::io::Error),
+    /// No territory of that name for the account.
+    #[error("territory {name:?} does not exist for {account}: mint it (cessfs territory mint) or configure another")]
+    NoTerritory {
+        /// Territory name.
+        name: String,
+        /// The account.
+        account: String,
+    },
+    /// The territory cannot take uploads.
+    #[error("territory {name:?} is {state}: renew it (cessfs territory renew)")]
+    TerritoryUnusable {
+        /// Territory name.
+        name: String,
+        /// Why.
+        state: String,
+    },
+    /// The territory is too small for this file.
+    #[error(
+        "territory {name:?} has {remaining} bytes free; this file needs more than {needed} (96 MiB per 32 MiB segment): expand it (cessfs territory expand)"
+    )]
+    TerritoryFull {
+        /// Territory name.
+        name: String,
+        /// Free bytes.
+        remaining: u128,
+        /// Bytes the file locks.
+        needed: u128,
+    },
+    /// CESS refuses the file's name.
+    #[error("the name {name:?} has {len} bytes; CESS takes names of 3 to 63 bytes: rename the file to upload it")]
+    Name {
+        /// The name.
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Not enough usable miners to place 12 columns.
+    #[error(
+        "only {found} usable storage miners (positive, with an endpoint and {needed_space} bytes idle) for {needed} columns"
+    )]
+    NotEnoughMiners {
+        /// Usable miners.
+        found: usize,
+        /// Columns to place.
+        needed: usize,
+        /// Idle space each needs.
+        needed_space: u128,
+    },
+    /// Some columns could not be stored on any miner this round.
+    #[error("{columns} columns could not be stored: {last}")]
+    Push {
+        /// Columns left.
+        columns: usize,
+        /// The last miner error.
+        last: MinerError,
+    },
+}
+
+impl UploadError {
+    /// Whether retrying later may succeed; permanent errors end in `failed`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            UploadError::Chain(e) => e.is_transient(),
+            UploadError::Store(_)
+            | UploadError::Io(_)
+            | UploadError::NotEnoughMiners { .. }
+            | UploadError::Push { .. } => true,
+            UploadError::Format(_)
+            | UploadError::Name { .. }
+            | UploadError::NoTerritory { .. }
+            | UploadError::TerritoryUnusable { .. }
+            | UploadError::TerritoryFull { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The steps of one file's upload. Each looks at the chain before acting, so it can be repeated
+//! after a crash or a failure without declaring twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::{Inner, UploadError, lock, placement, push};
+use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, Seed};
+use crate::protocol::{TerritoryState, UserBrief, charged_space};
+use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
+
+/// What to do after a step.
+enum Flow {
+    /// Look at the record again and take the next step.
+    Continue,
+    /// Nothing to do now; the scheduler comes back when the record is due or the doorbell rings.
+    Wait,
+}
+
+/// The chain takes file names of 3 to 63 bytes (`NameMinLength`, `NameStrLimit`).
+fn check_name(name: &[u8]) -> Result<(), UploadError> {
+    if (3..=63).contains(&name.len()) {
+        Ok(())
+    } else {
+        Err(UploadError::Name { name: String::from_utf8_lossy(name).into_owned(), len: name.len() })
+    }
+}
+
+impl Inner {
+    /// Takes the upload of `ino` as far as it goes now.
+    pub(super) async fn advance(self: &Arc<Self>, ino: u64) -> Result<(), UploadError> {
+        for _ in 0..16 {
+            let Some(rec) = self.store.upload(ino)? else { return Ok(()) };
+            let flow = match rec.state {
+                UploadState::Staged | UploadState::Encoding => self.encode_step(ino, rec).await?,
+                UploadState::Declared => self.declare_step(ino, rec).await?,
+                UploadState::Pushing => self.push_step(ino, rec).await?,
+                UploadState::Confirming => self.confirm_step(ino, rec).await?,
+                UploadState::Active => self.active_step(ino, rec)?,
+                UploadState::Failed | UploadState::Local => Flow::Wait,
+            };
+            if let Flow::Wait = flow {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes the record of `ino` with `change`, as long as it is still about version `of` in
+    /// state `from` (what the filesystem adds meanwhile, a newer version or an heir's FIDs, is
+    /// kept). Returns the new record, or `None` if the file moved on.
+    fn update(
+        &self,
+        ino: u64,
+        of: &UploadRecord,
+        change: impl Fn(&mut UploadRecord),
+    ) -> Result<Option<UploadRecord>, UploadError> {
+        loop {
+            let Some(cur) = self.store.upload(ino)? else { return Ok(None) };
+            if cur.content_version != of.content_version || cur.state != of.state || cur.retired != of.retired {
+                return Ok(None);
+            }
+            let mut next = cur.clone();
+            change(&mut next);
+            next.updated_at = Timestamp::now();
+            if next.state != cur.state {
+                next.attempts = 0;
+                next.error = None;
+                next.retry_at = None;
+                log::info!(
+                    "inode {ino} {:?}: {} → {}{}",
+                    String::from_utf8_lossy(&next.file_name),
+                    cur.state.word(),
+                    next.state.word(),
+                    next.fid.map(|f| format!(" (fid {f})")).unwrap_or_default()
+                );
+            }
+            if self.store.swap_upload(ino, &cur, Some(&next))? {
+                return Ok(Some(next));
+            }
+        }
+    }
+
+    /// Encodes the whole file in a blocking task: its manifest and key seed.
+    async fn encode(self: &Arc<Self>, ino: u64, size: u64) -> Result<(Arc<FileManifest>, Option<Seed>), UploadError> {
+        let _cpu = self.cpu.acquire().await.expect("the semaphore is never closed");
+        let inner = self.clone();
+        let path = self.store.upload_source(ino);
+        tokio::task::spawn_blocking(move || {
+            let source = FileSource::<UploadError>::new(std::fs::File::open(path)?);
+            let (manifest, seed) =
+                inner.encoder.encode_with_seed(&source, size, inner.config.master.as_ref(), |_| Ok(()))?;
+            Ok((Arc::new(manifest), seed))
+        })
+        .await
+        .expect("encoding does not panic")
+    }
+
+    /// The manifest of the declared file: from this run, or encoded again (its bytes are kept).
+    async fn manifest(self: &Arc<Self>, ino: u64, rec: &UploadRecord) -> Result<Arc<FileManifest>, UploadError> {
+        if let Some(m) = lock(&self.manifests).get(&ino).filter(|m| Some(m.fid) == rec.fid) {
+            return Ok(m.clone());
+        }
+        let (manifest, _) = self.encode(ino, rec.size).await?;
+        lock(&self.manifests).insert(ino, manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Checks that the territory can take a file of `segments` segments.
+    async fn check_territory(&self, segments: usize) -> Result<(), UploadError> {
+        let name = String::from_utf8_lossy(&self.config.territory).into_owned();
+        let me = self.chain.account();
+        let t = self
+            .chain
+            .territory(&me, &self.config.territory)
+            .await?
+            .ok_or_else(|| UploadError::NoTerritory { name: name.clone(), account: me.to_string() })?;
+        if t.state != TerritoryState::Active {
+            return Err(UploadError::TerritoryUnusable { name, state: format!("{:?}", t.state).to_lowercase() });
+        }
+        let needed = charged_space(segments);
+        if t.remaining_space <= needed {
+            return Err(UploadError::TerritoryFull { name, remaining: t.remaining_space, needed });
+        }
+        Ok(())
+    }
+
+    /// `staged` or `encoding`: encode, then decide: already stored (here or on chain), an
+    /// earlier deal of ours to resume, or a new declaration.
+    async fn encode_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
+        if rec.state == UploadState::Staged && !self.due_in(&rec).is_some_and(|d| d.is_zero()) {
+            return Ok(Flow::Wait);
+        }
+        // Open for writing, gone, or changed since staged: the filesystem stages it again.
+        let Some(inode) = self.store.inode(ino)? else { return Ok(Flow::Wait) };
+        if self.store.is_writing(ino)? || inode.content_version != rec.content_version {
+            return Ok(Flow::Wait);
+        }
+        let territory = self.config.territory.clone();
+        let encoding = self.update(ino, &rec, |r| {
+            r.state = if inode.size == 0 { UploadState::Local } else { UploadState::Encoding };
+            r.size = inode.size;
+            r.file_name = inode.name.clone();
+            r.territory = territory.clone();
+        })?;
+        let Some(encoding) = encoding.filter(|r| r.state == UploadState::Encoding) else { return Ok(Flow::Wait) };
+        let (manifest, seed) = self.encode(ino, inode.size).await?;
+        let fid = manifest.fid;
+        lock(&self.manifests).insert(ino, manifest.clone());
+        let segments = manifest.segments.len() as u32;
+        let encoded = |r: &mut UploadRecord| {
+            r.fid = Some(fid);
+            r.seed = seed;
+            r.segments = segments;
+        };
+        // The same bytes under the same key are stored for another file here already.
+        if let Some(other) = self.store.fid_active_elsewhere(&fid, ino)? {
+            self.update(ino, &encoding, |r| {
+                encoded(r);
+                r.state = UploadState::Active;
+                (r.tx, r.block) = (other.tx.clone(), other.block);
+                (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+            })?;
+            return Ok(Flow::Continue);
+        }
+        let me = self.chain.account();
+        if let Some(file) = self.chain.file(&fid).await?
+            && file.owners.iter().any(|o| o.user == me)
+        {
+            self.update(ino, &encoding, |r| {
+                encoded(r);
+                r.state = UploadState::Active;
+                (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+            })?;
+            return Ok(Flow::Continue);
+        }
+        let resume = self.chain.deal(&fid).await?.is_some();
+        if !resume {
+            check_name(&encoding.file_name)?;
+            self.check_territory(manifest.segments.len()).await?;
+        }
+        // The point of no return: refused if the file was opened for writing meanwhile.
+        let Some(current) = self.store.upload(ino)?.filter(|c| *c == encoding) else { return Ok(Flow::Continue) };
+        let mut declared = current.clone();
+        encoded(&mut declared);
+        declared.state = if resume { UploadState::Pushing } else { UploadState::Declared };
+        declared.updated_at = Timestamp::now();
+        if self.store.begin_deal(ino, &current, &declared)? {
+            log::info!(
+                "inode {ino} {:?}: encoding → {} (fid {fid}){}",
+                String::from_utf8_lossy(&declared.file_name),
+                declared.state.word(),
+                if resume { ", resuming its deal" } else { "" }
+            );
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// `declared`: place the storage order, unless it is there already.
+    async fn declare_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
+        let fid = rec.fid.expect("a declared upload has a fid");
+        let me = self.chain.account();
+        let existing = self.chain.file(&fid).await?;
+        if existing.as_ref().is_some_and(|f| f.owners.iter().any(|o| o.user == me)) {
+            self.update(ino, &rec, |r| {
+                r.state = UploadState::Active;
+                (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+            })?;
+            return Ok(Flow::Continue);
+        }
+        if existing.is_none() && self.chain.deal(&fid).await?.is_some() {
+            self.update(ino, &rec, |r| r.state = UploadState::Pushing)?;
+            return Ok(Flow::Continue);
+        }
+        let manifest = self.manifest(ino, &rec).await?;
+        let user = UserBrief { user: me, file_name: rec.file_name.clone(), territory_name: rec.territory.clone() };
+        let receipt = match self.chain.upload_declaration(&fid, &manifest.segments, &user, rec.size).await {
+            Ok(r) => r,
+            // Refused: no deal exists, so nothing holds the bytes any more.
+            Err(e) if !e.is_transient() => {
+                self.update(ino, &rec, |r| r.state = UploadState::Failed)?;
+                self.store.drop_deal_snapshot(ino)?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // A fly upload (the bytes are on CESS already) is active at once.
+        let fly = existing.is_some();
+        self.update(ino, &rec, |r| {
+            r.state = if fly { UploadState::Active } else { UploadState::Pushing };
+            (r.tx, r.block) = (Some(receipt.tx_hash.clone()), Some(receipt.block));
+            if fly {
+                (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+            }
+        })?;
+        Ok(Flow::Continue)
+    }
+
+    /// `pushing`: send every column not yet reported to a miner of its own; a miner that fails
+    /// is replaced by a spare, for up to three rounds.
+    async fn push_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
+        let fid = rec.fid.expect("a pushing upload has a fid");
+        let Some(deal) = self.chain.deal(&fid).await? else {
+            let stored = self.chain.file(&fid).await?.is_some();
+            self.update(ino, &rec, |r| r.state = if stored { UploadState::Confirming } else { UploadState::Declared })?;
+            return Ok(Flow::Continue);
+        };
+        let mut exclude: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
+        exclude.extend(lock(&self.laggards).get(&fid).cloned().unwrap_or_default());
+        let mut left: Vec<usize> =
+            (0..FRAGMENTS).filter(|c| !deal.complete_list.iter().any(|d| d.index as usize == c + 1)).collect();
+        let segments = deal.segments.len();
+        let mut candidates = placement::candidates(self.chain.miners().await?, segments, &exclude);
+        if candidates.len() < left.len() {
+            return Err(UploadError::NotEnoughMiners {
+                found: candidates.len(),
+                needed: left.len(),
+                needed_space: (FRAGMENT_SIZE * segments) as u128,
+            });
+        }
+        let mut pushed = FRAGMENTS - left.len();
+        let mut last = None;
+        for _round in 0..3 {
+            if left.is_empty() || candidates.len() < left.len() {
+                break;
+            }
+            let assignment: Vec<_> = left.iter().copied().zip(candidates.drain(..left.len())).collect();
+            let outcome = push::push_columns(self, ino, &fid, rec.size, rec.seed, &deal.segments, assignment).await?;
+            left.clear();
+            for (column, miner, result) in outcome {
+                match result {
+                    Ok(()) => {
+                        pushed += 1;
+                        lock(&self.laggards).entry(fid).or_default().insert(miner.account);
+                    }
+                    Err(e) => {
+                        log::warn!("inode {ino}: column {column} could not go to miner {}: {e}", miner.account);
+                        last = Some(e);
+                        left.push(column);
+                    }
+                }
+            }
+            if self.update(ino, &rec, |r| r.pushed = pushed as u8)?.is_none() {
+                return Ok(Flow::Continue);
+            }
+        }
+        if let (false, Some(last)) = (left.is_empty(), last) {
+            return Err(UploadError::Push { columns: left.len(), last });
+        }
+        let pushing = UploadRecord { pushed: pushed as u8, ..rec };
+        self.update(ino, &pushing, |r| r.state = UploadState::Confirming)?;
+        Ok(Flow::Continue)
+    }
+
+    /// `confirming`: follow the miners' reports until the file is active; columns not reported
+    /// in time go to other miners.
+    async fn confirm_step(self: &Arc<Self>, ino: u64, mut rec: UploadRecord) -> Result<Flow, UploadError> {
+        let fid = rec.fid.expect("a confirming upload has a fid");
+        let deadline = tokio::time::Instant::now() + self.config.report_timeout;
+        loop {
+            if self.chain.file(&fid).await?.is_some() {
+                self.update(ino, &rec, |r| {
+                    r.state = UploadState::Active;
+                    (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+                })?;
+                return Ok(Flow::Continue);
+            }
+            if let Some(deal) = self.chain.deal(&fid).await? {
+                let reported = deal.complete_list.len() as u8;
+                if reported != rec.reported {
+                    match self.update(ino, &rec, |r| r.reported = reported)? {
+                        Some(next) => rec = next,
+                        None => return Ok(Flow::Continue),
+                    }
+                }
+                if tokio::time::Instant::now() > deadline {
+                    log::warn!(
+                        "inode {ino}: {reported}/{FRAGMENTS} columns of {fid} reported after {}s; the rest go to other miners",
+                        self.config.report_timeout.as_secs()
+                    );
+                    // The miners that took a column and did not report it are not asked again.
+                    let reporters: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
+                    lock(&self.laggards).entry(fid).or_default().retain(|m| !reporters.contains(m));
+                    self.update(ino, &rec, |r| {
+                        r.state = UploadState::Pushing;
+                        r.pushed = reported;
+                    })?;
+                    return Ok(Flow::Continue);
+                }
+            }
+            tokio::time::sleep(self.config.poll).await;
+        }
+    }
+
+    /// `active`: delete older versions from the chain, then start the next version, or finish a
+    /// file that was deleted while its deal was open.
+    fn active_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
+        let fid = rec.fid.expect("an active upload has a fid");
+        let mut batch = Batch::default();
+        for old in rec.replaces.iter().filter(|f| **f != fid) {
+            batch.put_tombstone(old);
+        }
+        let next = if rec.retired {
+            if self.store.fid_active_elsewhere(&fid, ino)?.is_none() {
+                batch.put_tombstone(&fid);
+            }
+            None
+        } else if let Some(version) = rec.newer {
+            let mut staged = UploadRecord::staged(version);
+            staged.replaces.push(fid);
+            Some(staged)
+        } else {
+            Some(UploadRecord { replaces: Vec::new(), ..rec.clone() })
+        };
+        self.store.commit(batch)?;
+        if self.store.swap_upload(ino, &rec, next.as_ref())? {
+            self.store.drop_deal_snapshot(ino)?;
+            lock(&self.manifests).remove(&ino);
+            lock(&self.laggards).remove(&fid);
+            if rec.retired {
+                log::info!("inode {ino}: its deal finished after it was deleted; deleting {fid} from the chain");
+            }
+        }
+        Ok(if next.is_some_and(|n| n.state == UploadState::Staged) { Flow::Continue } else { Flow::Wait })
+    }
+}

@@ -1,0 +1,286 @@
+//! The upload engine: takes closed files from the store's upload queue to `active` on CESS.
+//!
+//! Per file, a persisted state machine keyed by inode (store/outbox.rs):
+//! `staged` → (quiet delay) `encoding` → `declared` → `pushing` → `confirming` → `active`, or
+//! `failed` with a reason, or `local` for empty files. Every step is idempotent and starts by
+//! looking at the chain: an existing `File` is a fly upload (no data moves), an existing deal is
+//! resumed (only the columns not yet reported are pushed), and a FID is never declared twice.
+//! After a crash every record resumes where it was. Transient failures back off exponentially
+//! (1 s doubling to 5 min); permanent ones (territory missing or full, a name the chain refuses)
+//! end in `failed` until the file changes or is renamed.
+//!
+//! Encoding runs one file at a time on all cores; pushes and confirmations of several files
+//! overlap. Memory: the encoder's buffers (about 96 MiB per core plus one) and, while pushing,
+//! one segment per column.
+
+mod error;
+mod job;
+mod placement;
+mod push;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+pub use error::UploadError;
+
+use crate::format::{Encoder, FileManifest, Hash, MasterKey};
+use crate::miner::MinerClient;
+use crate::protocol::{AccountId, Chain, Signer};
+use crate::store::{Store, Timestamp, Tombstone, UploadRecord, UploadState};
+
+/// How the engine works.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    /// Wait this long after the last close before uploading (temp files renamed or deleted
+    /// within it are never uploaded).
+    pub quiet_delay: Duration,
+    /// Files worked on at once.
+    pub parallel: usize,
+    /// The territory files are stored in.
+    pub territory: Vec<u8>,
+    /// The encryption key; `None` stores files in the plaintext layout.
+    pub master: Option<MasterKey>,
+    /// Time limit of one request to a miner.
+    pub miner_timeout: Duration,
+    /// How long miners get to report a pushed column before it goes to other miners.
+    pub report_timeout: Duration,
+    /// How often to look at the chain while waiting for reports.
+    pub poll: Duration,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    chain: Arc<dyn Chain>,
+    miners: MinerClient,
+    encoder: Encoder,
+    /// One encoding at a time: it uses every core.
+    cpu: Semaphore,
+    config: UploadConfig,
+    running: Mutex<HashSet<u64>>,
+    reaping: Mutex<bool>,
+    /// Manifests computed in this run, so a declaration right after encoding needs no re-read.
+    manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
+    /// Miners that took a column and did not report it, per FID: not chosen again for it.
+    laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
+}
+
+/// The upload engine.
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Back-off after `attempts` failures in a row: 1 s doubling, at most 5 minutes.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+fn later(d: Duration) -> Timestamp {
+    Timestamp::from(std::time::SystemTime::now() + d)
+}
+
+/// Time until `t`, zero if past.
+fn until(t: Timestamp) -> Duration {
+    std::time::SystemTime::from(t).duration_since(std::time::SystemTime::now()).unwrap_or_default()
+}
+
+impl Engine {
+    /// An engine working from `store`'s queue against `chain`, signing miner requests as `signer`.
+    pub fn new(store: Arc<Store>, chain: Arc<dyn Chain>, signer: Signer, config: UploadConfig) -> Engine {
+        Engine(Arc::new(Inner {
+            miners: MinerClient::new(signer, config.miner_timeout),
+            store,
+            chain,
+            encoder: Encoder::default(),
+            cpu: Semaphore::new(1),
+            config,
+            running: Mutex::new(HashSet::new()),
+            reaping: Mutex::new(false),
+            manifests: Mutex::new(HashMap::new()),
+            laggards: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Works the queue until `stop` turns true; then waits up to `grace` for the files in
+    /// progress to reach a safe point (they resume at the next start otherwise).
+    pub async fn run(&self, mut stop: watch::Receiver<bool>, grace: Duration) {
+        let inner = &self.0;
+        let mut jobs = tokio::task::JoinSet::new();
+        let mut idle_since: Option<std::time::Instant> = None;
+        loop {
+            let mut wake = Duration::from_secs(2);
+            match inner.store.uploads() {
+                Ok(records) => {
+                    for (ino, rec) in records {
+                        let Some(due) = inner.due_in(&rec) else { continue };
+                        if !due.is_zero() {
+                            wake = wake.min(due);
+                            continue;
+                        }
+                        let mut running = lock(&inner.running);
+                        if running.len() < inner.config.parallel && running.insert(ino) {
+                            let inner = inner.clone();
+                            jobs.spawn(async move { inner.job(ino).await });
+                        }
+                    }
+                }
+                Err(e) => log::error!("upload queue unreadable: {e}"),
+            }
+            if let Some(d) = inner.clone().reap_tombstones(&mut jobs) {
+                wake = wake.min(d);
+            }
+            // Give the encoder's buffers back once nothing has run for a while.
+            if jobs.is_empty() {
+                let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    inner.encoder.release_buffers();
+                }
+            } else {
+                idle_since = None;
+            }
+            tokio::select! {
+                _ = inner.store.doorbell().notified() => {}
+                _ = tokio::time::sleep(wake) => {}
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                _ = stop.changed() => break,
+            }
+        }
+        if !jobs.is_empty() {
+            log::info!("waiting up to {}s for {} uploads to reach a safe point", grace.as_secs(), jobs.len());
+            if tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await.is_err() {
+                log::info!("uploads still in progress resume at the next mount");
+                jobs.abort_all();
+            }
+        }
+    }
+
+    /// The store the engine works from.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0.store
+    }
+}
+
+impl Inner {
+    /// When the record needs work: `None` for never (until something changes it).
+    fn due_in(&self, rec: &UploadRecord) -> Option<Duration> {
+        let retry = rec.retry_at.map(until).unwrap_or_default();
+        match rec.state {
+            UploadState::Failed | UploadState::Local => None,
+            UploadState::Active if rec.newer.is_none() && !rec.retired && rec.replaces.is_empty() => None,
+            UploadState::Active => Some(Duration::ZERO),
+            UploadState::Staged => {
+                let settled = rec.staged_at.into_system_time() + self.config.quiet_delay;
+                let quiet = settled.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                Some(quiet.max(retry))
+            }
+            _ => Some(retry),
+        }
+    }
+
+    async fn job(self: Arc<Self>, ino: u64) {
+        if let Err(e) = self.advance(ino).await {
+            self.record_failure(ino, e);
+        }
+        lock(&self.running).remove(&ino);
+        self.store.ring();
+    }
+
+    /// Records a failure: a transient one is retried after a back-off, a permanent one ends the
+    /// upload in `failed`.
+    fn record_failure(&self, ino: u64, e: UploadError) {
+        let Ok(Some(rec)) = self.store.upload(ino) else { return };
+        let mut next = rec.clone();
+        next.attempts += 1;
+        next.error = Some(e.to_string());
+        next.updated_at = Timestamp::now();
+        if e.is_transient() {
+            let wait = backoff(next.attempts);
+            next.retry_at = Some(later(wait));
+            log::warn!(
+                "inode {ino}: {} failed (attempt {}), retrying in {}s: {e}",
+                rec.state.word(),
+                next.attempts,
+                wait.as_secs()
+            );
+        } else if rec.state.deal_in_flight() {
+            // A declared deal cannot be cancelled: keep trying, slowly.
+            next.retry_at = Some(later(Duration::from_secs(300)));
+            log::error!("inode {ino}: {e}; the deal stays open and is retried");
+        } else {
+            next.state = UploadState::Failed;
+            next.retry_at = None;
+            log::error!("inode {ino}: {} → failed: {e}", rec.state.word());
+        }
+        if let Err(e) = self.store.swap_upload(ino, &rec, Some(&next)) {
+            log::error!("inode {ino}: recording the failure: {e}");
+        }
+    }
+
+    /// Deletes queued FIDs from the chain, one task at a time. Returns when to look again.
+    fn reap_tombstones(self: Arc<Self>, jobs: &mut tokio::task::JoinSet<()>) -> Option<Duration> {
+        let stones = self.store.tombstones().ok()?;
+        let next = stones.iter().map(|(_, t)| t.retry_at.map(until).unwrap_or_default()).min()?;
+        let mut reaping = lock(&self.reaping);
+        if next.is_zero() && !*reaping {
+            *reaping = true;
+            let inner = self.clone();
+            jobs.spawn(async move {
+                for (fid, t) in stones {
+                    if t.retry_at.is_some_and(|r| !until(r).is_zero()) {
+                        continue;
+                    }
+                    let outcome = inner.delete(&fid, t).await;
+                    if let Err(e) = inner.store.settle_tombstone(&fid, outcome) {
+                        log::error!("tombstone of {fid}: {e}");
+                    }
+                }
+                *lock(&inner.reaping) = false;
+                inner.store.ring();
+            });
+        }
+        Some(next.max(Duration::from_millis(200)))
+    }
+
+    /// Deletes `fid` from the chain unless a file still uses it. `Some` to retry later.
+    async fn delete(&self, fid: &Hash, mut t: Tombstone) -> Option<Tombstone> {
+        match self.store.fid_in_use(fid) {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(e) => log::error!("checking whether {fid} is in use: {e}"),
+        }
+        match self.chain.delete_file(fid).await {
+            Ok(r) => {
+                log::info!("deleted {fid} from the chain (tx {}, block {})", r.tx_hash, r.block);
+                None
+            }
+            Err(crate::protocol::ChainError::Dispatch { error, .. })
+                if error == "NonExistent" || error == "NotOwner" =>
+            {
+                log::info!("{fid} is not on the chain any more");
+                None
+            }
+            Err(e) if e.is_transient() => {
+                t.attempts += 1;
+                t.retry_at = Some(later(backoff(t.attempts)));
+                t.error = Some(e.to_string());
+                log::warn!("deleting {fid} from the chain failed, retrying: {e}");
+                Some(t)
+            }
+            Err(e) => {
+                log::error!("deleting {fid} from the chain refused: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Timestamp {
+    fn into_system_time(self) -> std::time::SystemTime {
+        self.into()
+    }
+}

@@ -1,0 +1,231 @@
+//! From close() to active, on a real mount with its embedded devnet: what the nodes hold, what
+//! the ledger recorded, and what `getfattr` and `cessfs status` show.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use cessfs::format::{FRAGMENTS, decode_file, sha256};
+
+use crate::common::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Reads the fragments the devnet's nodes hold for `fid`, checks each against the hash the
+/// ledger recorded, and decodes them.
+fn fetch_from_nodes(m: &Mount, fid: &str) -> Vec<u8> {
+    let net = m.devnet();
+    let file = net.file(fid).expect("File record on the ledger");
+    assert!(file.active);
+    let nodes = net.nodes();
+    let dir_of = |account| nodes.iter().find(|n| n.account == account).map(|n| n.dir.clone()).expect("miner is a node");
+    let mut fragments = Vec::new();
+    for seg in &file.segments {
+        let mut per = Vec::new();
+        for frag in &seg.fragments {
+            let name = frag.hash.to_hex();
+            let dir = dir_of(frag.miner);
+            let read = ["file", "report"].iter().find_map(|p| fs::read(dir.join(p).join(fid).join(&name)).ok());
+            let bytes = read.unwrap_or_else(|| panic!("fragment {name} missing on {}", dir.display()));
+            assert_eq!(sha256(&bytes), frag.hash, "fragment bytes on the node hash to the recorded hash");
+            per.push(bytes);
+        }
+        fragments.push(per);
+    }
+    let manifest = cessfs::format::FileManifest::new(
+        file.file_size as u64,
+        file.segments
+            .iter()
+            .map(|s| cessfs::format::SegmentManifest {
+                hash: s.hash,
+                fragments: std::array::from_fn(|j| s.fragments[j].hash),
+            })
+            .collect(),
+    );
+    assert_eq!(manifest.fid.to_hex(), fid, "the ledger's segments give back the FID");
+    let mut out = Vec::new();
+    let key = m.master_key();
+    decode_file(&manifest, Some(&key), |s, f| Some(fragments[s][f].clone()), |b| out.extend_from_slice(b))
+        .expect("decode");
+    out
+}
+
+#[test]
+fn big_file_and_tree_reach_active_and_decode_from_the_nodes() {
+    let m = Mount::uploading("0.3", &[]);
+    let big = random_bytes(100 << 20, 1);
+    fs::write(m.path("big.bin"), &big).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    for d in ["t", "t/a", "t/a/b"] {
+        fs::create_dir_all(src.path().join(d)).unwrap();
+    }
+    for i in 0..12 {
+        fs::write(src.path().join(["t", "t/a", "t/a/b"][i % 3]).join(format!("small {i}.txt")), format!("file {i}"))
+            .unwrap();
+    }
+    run(Command::new("cp").arg("-a").arg(src.path().join("t")).arg(m.root()));
+    let out = run(Command::new(BIN).args(["status", "--wait", "--timeout", "240"]).arg(m.root()));
+    assert_eq!(out.lines().filter(|l| l.starts_with("active")).count(), 13, "{out}");
+    let fid = m.cess("big.bin", "fid").expect("fid");
+    assert!(fetch_from_nodes(&m, &fid) == big, "the nodes' fragments decode to the original bytes");
+    for i in [0, 4, 11] {
+        let rel = format!("{}/small {i}.txt", ["t", "t/a", "t/a/b"][i % 3]);
+        let fid = m.cess(&rel, "fid").expect("fid");
+        assert_eq!(fetch_from_nodes(&m, &fid), format!("file {i}").into_bytes());
+    }
+    // What getfattr -d shows.
+    let dump = run(Command::new("getfattr").arg("-d").arg(m.path("big.bin")));
+    for want in [
+        "user.cess.status=\"active\"",
+        &format!("user.cess.fid=\"{fid}\""),
+        "user.cess.progress=\"stored: 4 segments on 12 miners\"",
+        "user.cess.tx=\"0x",
+        "user.cess.block=",
+        "user.cess.territory=\"cessfs\"",
+        "user.cess.json=",
+    ] {
+        assert!(dump.contains(want), "{want} in {dump}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&m.cess("big.bin", "json").unwrap()).unwrap();
+    assert_eq!((json["pushed"].as_u64(), json["reported"].as_u64()), (Some(12), Some(12)));
+    let status = run(Command::new(BIN).args(["status", "--json"]).arg(m.path("big.bin")));
+    assert!(status.contains("\"status\":\"active\""), "{status}");
+}
+
+#[test]
+fn temp_file_renamed_within_the_quiet_delay_uploads_once_under_its_final_name() {
+    let m = Mount::uploading("2", &[]);
+    let tmp = m.path(".goutputstream-ABC123");
+    let mut f = File::create(&tmp).unwrap();
+    f.write_all(b"saved by an editor").unwrap();
+    drop(f);
+    fs::rename(&tmp, m.path("report.odt")).unwrap();
+    m.wait_status("report.odt", &["active"], MIN);
+    let fid = m.cess("report.odt", "fid").unwrap();
+    let net = m.devnet();
+    assert_eq!(net.declarations(&fid), 1);
+    let file = net.file(&fid).unwrap();
+    assert_eq!(file.owners.len(), 1);
+    assert_eq!(file.owners[0].file_name, b"report.odt");
+    let all_events = net.run(net.chain.events()).unwrap();
+    let declared =
+        all_events.iter().filter(|(_, e)| matches!(e, cessfs::devnet::Event::UploadDeclaration { .. })).count();
+    assert_eq!(declared, 1, "the temp name was never declared");
+}
+
+#[test]
+fn kill_9_while_pushing_resumes_the_same_deal() {
+    let mut m = Mount::uploading("0.2", &[]);
+    let data = random_bytes(300 << 20, 3);
+    fs::write(m.path("large.bin"), &data).unwrap();
+    m.wait_status("large.bin", &["pushing"], MIN);
+    m.kill9();
+    m.mount();
+    m.wait_status("large.bin", &["active"], 3 * MIN);
+    let fid = m.cess("large.bin", "fid").unwrap();
+    assert_eq!(m.devnet().declarations(&fid), 1, "resumed, not declared a second time");
+    assert!(fetch_from_nodes(&m, &fid) == data);
+}
+
+#[test]
+fn stopped_nodes_are_replaced_by_spares() {
+    let m = Mount::uploading("0.2", &[]);
+    let net = m.devnet();
+    let stopped = [2, 7, 11];
+    for i in stopped {
+        net.fault(i, "down");
+    }
+    fs::write(m.path("f.bin"), random_bytes(40 << 20, 4)).unwrap();
+    m.wait_status("f.bin", &["active"], 2 * MIN);
+    let fid = m.cess("f.bin", "fid").unwrap();
+    let file = net.file(&fid).unwrap();
+    let nodes = net.nodes();
+    let down: Vec<_> = stopped.iter().map(|i| nodes[i - 1].account).collect();
+    let holders: std::collections::HashSet<_> = file.segments[0].fragments.iter().map(|f| f.miner).collect();
+    assert_eq!(holders.len(), FRAGMENTS, "12 distinct miners");
+    assert!(holders.iter().all(|h| !down.contains(h)), "no column on a stopped node");
+}
+
+#[test]
+fn a_file_too_large_for_the_territory_fails_clearly_and_the_mount_goes_on() {
+    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "1"]);
+    // 1 GiB of territory takes at most 10 segments (96 MiB each, strictly less than the total).
+    File::create(m.path("huge.bin")).unwrap().set_len(400 << 20).unwrap();
+    m.wait_status("huge.bin", &["failed"], MIN);
+    let err = m.cess("huge.bin", "error").unwrap();
+    assert!(err.contains("territory \"cessfs\"") && err.contains("expand"), "{err}");
+    fs::write(m.path("small.txt"), b"still fine").unwrap();
+    m.wait_status("small.txt", &["active"], MIN);
+    assert_eq!(fs::read(m.path("huge.bin")).unwrap().len(), 400 << 20, "nothing lost locally");
+    let out = Command::new(BIN).args(["status"]).arg(m.root()).output().unwrap();
+    assert!(!out.status.success(), "status reports the failure in its exit code");
+}
+
+#[test]
+fn changed_files_get_a_new_fid_and_deleted_files_leave_the_chain() {
+    let m = Mount::uploading("0.2", &[]);
+    fs::write(m.path("doc.txt"), b"version one").unwrap();
+    m.wait_status("doc.txt", &["active"], MIN);
+    let first = m.cess("doc.txt", "fid").unwrap();
+    fs::write(m.path("doc.txt"), b"version two").unwrap();
+    let net = m.devnet();
+    let deadline = std::time::Instant::now() + MIN;
+    let second = loop {
+        let fid = m.cess("doc.txt", "fid");
+        if m.cess("doc.txt", "status").as_deref() == Some("active") && fid.as_deref() != Some(first.as_str()) {
+            break fid.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no new version: {:?}", m.cess("doc.txt", "json"));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(net.file(&second).is_some());
+    wait_until(MIN, "the old version to leave the chain", || net.file(&first).is_none());
+    // The GIO replace pattern: the old file's FID goes once the new file is active.
+    let tmp: PathBuf = m.path(".goutputstream-XYZ");
+    fs::write(&tmp, b"version three").unwrap();
+    fs::rename(&tmp, m.path("doc.txt")).unwrap();
+    m.wait_status("doc.txt", &["active"], MIN);
+    let third = m.cess("doc.txt", "fid").unwrap();
+    wait_until(MIN, "the replaced version to leave the chain", || net.file(&second).is_none());
+    fs::remove_file(m.path("doc.txt")).unwrap();
+    wait_until(MIN, "the deleted file to leave the chain", || net.file(&third).is_none());
+}
+
+#[test]
+fn empty_identical_and_badly_named_files() {
+    let m = Mount::uploading("0.2", &[]);
+    File::create(m.path("empty")).unwrap();
+    m.wait_status("empty", &["local"], MIN);
+    assert!(m.cess("empty", "progress").unwrap().contains("empty"));
+    fs::write(m.path("one.txt"), b"same bytes").unwrap();
+    m.wait_status("one.txt", &["active"], MIN);
+    fs::write(m.path("two.txt"), b"same bytes").unwrap();
+    m.wait_status("two.txt", &["active"], MIN);
+    let fid = m.cess("one.txt", "fid").unwrap();
+    assert_eq!(m.cess("two.txt", "fid").unwrap(), fid, "same key, same bytes: same FID");
+    assert_eq!(m.devnet().declarations(&fid), 1, "stored once, paid once");
+    fs::remove_file(m.path("one.txt")).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(m.devnet().file(&fid).is_some(), "two.txt still uses it");
+    // A name the chain cannot take: failed, with the reason; a rename tries again.
+    fs::write(m.path("x"), b"short name").unwrap();
+    m.wait_status("x", &["failed"], MIN);
+    let err = m.cess("x", "error").unwrap();
+    assert!(err.contains("3 to 63 bytes"), "{err}");
+    fs::rename(m.path("x"), m.path("x-long-enough.txt")).unwrap();
+    m.wait_status("x-long-enough.txt", &["active"], MIN);
+}

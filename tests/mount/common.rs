@@ -141,11 +141,6 @@ impl Mount {
         assert!(status.success(), "daemon exited with {status}:\n{}", self.log());
     }
 
-    /// The data dir.
-    pub fn data_dir(&self) -> &Path {
-        self.data.path()
-    }
-
     /// The `user.cess.*` attribute `name` of file `rel`, as text.
     pub fn cess(&self, rel: &str, name: &str) -> Option<String> {
         getxattr(&self.path(rel), &format!("user.cess.{name}")).ok().map(|v| String::from_utf8_lossy(&v).into_owned())

@@ -6,6 +6,7 @@
 //!
 //! Layout of its directory: `ledger/` (sled), `nodes/<i>/{report,file}/<fid>/<fragment>`.
 
+mod buffers;
 mod http;
 mod ledger;
 mod node;
@@ -93,12 +94,13 @@ impl Devnet {
             Ledger::open(&ledger_dir).with_context(|| format!("opening devnet ledger {}", ledger_dir.display()))?,
         );
         let mut nodes = Vec::with_capacity(config.nodes);
+        let buffers = Arc::new(buffers::Pool::default());
         for i in 1..=config.nodes {
             let signer = Signer::from_uri(&format!("//Miner{i}")).map_err(anyhow::Error::msg)?;
             let port = if config.node_base_port == 0 { 0 } else { config.node_base_port + i as u16 - 1 };
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let node_dir = dir.join("nodes").join(i.to_string());
-            let node = Node::start(i, signer, node_dir, ledger.clone(), addr, config.report_delay)
+            let node = Node::start(i, signer, node_dir, ledger.clone(), buffers.clone(), addr, config.report_delay)
                 .await
                 .with_context(|| format!("starting devnet node {i} on {addr}"))?;
             ledger.register_miner(&node.account(), &node.endpoint(), config.node_space)?;

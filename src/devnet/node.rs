@@ -15,7 +15,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::http::{self, Reply, Server, json};
+use super::buffers::{AlignedBuf, CAPACITY, Pool, write_fragment};
+use super::http::{Reply, Server, json};
 use super::ledger::Ledger;
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
 use crate::protocol::miner::{self as proto, msg};
@@ -52,6 +53,7 @@ struct State {
     signer: Signer,
     dir: PathBuf,
     ledger: Arc<Ledger>,
+    buffers: Arc<Pool>,
     fault: Mutex<Fault>,
     reports: mpsc::UnboundedSender<Hash>,
 }
@@ -98,6 +100,24 @@ fn multipart_file<'a>(body: &'a [u8], content_type: &str, field: &str) -> Option
     }
 }
 
+/// [`multipart_file`], checking first for the common case: a single part of `expected` bytes
+/// (8 MiB of data need not be scanned for the boundary).
+fn multipart_file_sized<'a>(body: &'a [u8], content_type: &str, field: &str, expected: usize) -> Option<&'a [u8]> {
+    let head_end = memchr::memmem::find(body, b"\r\n\r\n")? + 4;
+    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
+    let tail = format!("\r\n--{boundary}--");
+    if body.get(head_end + expected..head_end + expected + tail.len()) == Some(tail.as_bytes()) {
+        let head = String::from_utf8_lossy(&body[..head_end]).to_ascii_lowercase();
+        if head.starts_with(&format!("--{}", boundary.to_ascii_lowercase()))
+            && head.contains(&format!("name=\"{field}\""))
+            && head.contains("filename=")
+        {
+            return Some(&body[head_end..head_end + expected]);
+        }
+    }
+    multipart_file(body, content_type, field)
+}
+
 impl State {
     fn fault(&self) -> Fault {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner())
@@ -140,51 +160,78 @@ impl State {
         }
         let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
         let fid_hash = fid.parse::<Hash>().ok();
-        if hash == ZERO_FRAGMENT_HASH {
-            // The miner writes the all-zero fragment itself, without reading the body or DealMap.
-            if store(&dir, &fragment, Bytes::from(vec![0u8; FRAGMENT_SIZE])).await.is_err() {
-                return reply(500, msg::SYSTEM);
-            }
-            if let Some(f) = fid_hash {
-                let _ = self.reports.send(f);
-            }
-            return reply(200, msg::OK);
-        }
         let content_type = header(&req, "content-type").to_string();
-        let Some(body) = http::body(req, 4 * FRAGMENT_SIZE).await else { return reply(400, msg::SIZE) };
-        let Some(data) = multipart_file(&body, &content_type, proto::FILE_PART) else {
-            return reply(400, msg::NO_FILE);
-        };
-        if data.len() != FRAGMENT_SIZE {
-            return reply(400, msg::SIZE);
-        }
-        let data = body.slice_ref(data);
-        let check = data.clone();
-        let actual = tokio::task::spawn_blocking(move || sha256(&check)).await.unwrap_or_default();
-        if actual != hash {
-            return reply(400, msg::HASH);
-        }
-        let ledger = self.ledger.clone();
-        let listed = match fid_hash {
-            Some(f) => {
-                let deal = tokio::task::spawn_blocking(move || ledger.deal(&f)).await;
-                match deal {
-                    Ok(Ok(d)) => d.is_some_and(|d| d.segments.iter().any(|s| s.fragments.contains(&hash))),
-                    _ => return reply(403, "failed to connect to rpc, please try again later."),
+        let mut buf = self.buffers.take();
+        let answer = self.clone().receive(req, &content_type, hash, fid_hash, &mut buf).await;
+        let answer = match answer {
+            Ok(()) => {
+                let (state, write_path) = (self.clone(), path.clone());
+                let (done, buf_back) = tokio::task::spawn_blocking(move || {
+                    let r = std::fs::create_dir_all(write_path.parent().expect("a report dir"))
+                        .and_then(|()| write_fragment(&write_path, &buf));
+                    (r, buf)
+                })
+                .await
+                .expect("writing a fragment does not panic");
+                buf = buf_back;
+                match done {
+                    Ok(()) => {
+                        if let Some(f) = fid_hash {
+                            let _ = state.reports.send(f);
+                        }
+                        reply(200, msg::OK)
+                    }
+                    Err(e) => {
+                        log::warn!("node {}: storing {fragment}: {e}", self.index);
+                        reply(500, msg::SYSTEM)
+                    }
                 }
             }
-            None => false,
+            Err(r) => r,
         };
-        if !listed {
-            return reply(400, msg::FID);
+        self.buffers.give(buf);
+        answer
+    }
+
+    /// Reads a fragment upload into `buf` (the fragment at its start) and runs cess-miner's
+    /// checks in its order: the all-zero fragment needs no body and no deal; otherwise the part
+    /// must be 8 MiB, hash to `hash`, and be listed in the file's deal.
+    async fn receive(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        content_type: &str,
+        hash: Hash,
+        fid: Option<Hash>,
+        buf: &mut AlignedBuf,
+    ) -> Result<(), Reply> {
+        if hash == ZERO_FRAGMENT_HASH {
+            buf.as_mut_slice()[..FRAGMENT_SIZE].fill(0);
+            return Ok(());
         }
-        if store(&dir, &fragment, data).await.is_err() {
-            return reply(500, msg::SYSTEM);
+        let len = read_body(req, buf).await.ok_or_else(|| reply(400, msg::SIZE))?;
+        let body = &buf.as_slice()[..len];
+        let part = multipart_file_sized(body, content_type, proto::FILE_PART, FRAGMENT_SIZE)
+            .ok_or_else(|| reply(400, msg::NO_FILE))?;
+        if part.len() != FRAGMENT_SIZE {
+            return Err(reply(400, msg::SIZE));
         }
-        if let Some(f) = fid_hash {
-            let _ = self.reports.send(f);
+        let start = part.as_ptr() as usize - body.as_ptr() as usize;
+        buf.as_mut_slice().copy_within(start..start + FRAGMENT_SIZE, 0);
+        let taken = std::mem::replace(buf, self.buffers.take());
+        let (actual, taken) = tokio::task::spawn_blocking(move || (sha256(&taken.as_slice()[..FRAGMENT_SIZE]), taken))
+            .await
+            .expect("hashing does not panic");
+        self.buffers.give(std::mem::replace(buf, taken));
+        if actual != hash {
+            return Err(reply(400, msg::HASH));
         }
-        reply(200, msg::OK)
+        let Some(fid) = fid else { return Err(reply(400, msg::FID)) };
+        let ledger = self.ledger.clone();
+        match tokio::task::spawn_blocking(move || ledger.deal(&fid)).await {
+            Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => Ok(()),
+            Ok(Ok(_)) => Err(reply(400, msg::FID)),
+            _ => Err(reply(403, "failed to connect to rpc, please try again later.")),
+        }
     }
 
     async fn get(self: Arc<Self>, req: Request<Incoming>) -> Reply {
@@ -276,26 +323,39 @@ impl State {
     }
 }
 
-async fn store(dir: &Path, name: &str, data: Bytes) -> std::io::Result<()> {
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    tokio::fs::write(&tmp, &data).await?;
-    tokio::fs::rename(&tmp, dir.join(name)).await
+/// Writes a fragment atomically (temp file, then rename), on a blocking thread without copying.
+/// Copies a request body into `buf`; `None` if it does not fit (no fragment upload is larger).
+async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<usize> {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else { continue };
+        let end = len + data.len();
+        if end > CAPACITY {
+            return None;
+        }
+        buf.as_mut_slice()[len..end].copy_from_slice(&data);
+        len = end;
+    }
+    Some(len)
 }
 
 impl Node {
-    /// Starts node `index` (signing as `signer`) on `addr`, keeping fragments in `dir`; reports
-    /// `debounce` after a fragment arrives and rescans every `scan`.
+    /// Starts node `index` (signing as `signer`) on `addr`, keeping fragments in `dir` (received
+    /// through `buffers`); reports `debounce` after a fragment arrives, and rescans every 2 s.
     pub async fn start(
         index: usize,
         signer: Signer,
         dir: PathBuf,
         ledger: Arc<Ledger>,
+        buffers: Arc<Pool>,
         addr: SocketAddr,
         debounce: Duration,
     ) -> std::io::Result<Node> {
         let (reports, mut pending) = mpsc::unbounded_channel::<Hash>();
-        let state = Arc::new(State { index, signer, dir, ledger, fault: Mutex::new(Fault::None), reports });
+        let fault = Mutex::new(Fault::None);
+        let state = Arc::new(State { index, signer, dir, ledger, buffers, fault, reports });
         let reporter = Arc::downgrade(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -385,6 +445,16 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multipart_fast_path_agrees() {
+        let mut body = b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n".to_vec();
+        body.extend_from_slice(&[7u8; 10]);
+        body.extend_from_slice(b"\r\n--XX--\r\n");
+        let ct = "multipart/form-data; boundary=XX";
+        assert_eq!(multipart_file_sized(&body, ct, "file", 10), Some(&[7u8; 10][..]));
+        assert_eq!(multipart_file_sized(&body, ct, "file", 9), multipart_file(&body, ct, "file"));
+    }
 
     #[test]
     fn multipart_needs_a_named_file_part() {

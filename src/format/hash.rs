@@ -59,22 +59,35 @@ impl FromStr for Hash {
     }
 }
 
+/// Hex text in human-readable formats (JSON), the 32 raw bytes in binary ones (the stores).
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() { s.serialize_str(&self.to_hex()) } else { self.0.serialize(s) }
     }
 }
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 32]>::deserialize(d).map(Hash)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serde_is_hex_in_json_and_raw_in_postcard() {
+        let h = sha256(b"x");
+        assert_eq!(serde_json::to_string(&h).unwrap(), format!("\"{}\"", h.to_hex()));
+        let raw = postcard::to_stdvec(&h).unwrap();
+        assert_eq!(raw.len(), 32);
+        assert_eq!(postcard::from_bytes::<Hash>(&raw).unwrap(), h);
+    }
 
     #[test]
     fn hex_round_trip_and_case() {

@@ -52,6 +52,35 @@ pub enum MinerError {
     },
 }
 
+/// The multipart boundary of fragment uploads (fragments are hashes' preimages: a fixed
+/// boundary cannot collide in practice, and the miner reads exactly one part).
+const BOUNDARY: &str = "cessfs-fragment-6f3e1c2b9a";
+
+/// The body of a fragment upload: one multipart part `file`, named after the fragment's hash,
+/// built with a single copy of the bytes. An all-zero fragment travels empty: the miner writes
+/// it itself.
+pub struct FragmentBody {
+    hash: Hash,
+    bytes: Bytes,
+}
+
+impl FragmentBody {
+    /// The body for fragment `hash` holding `data` (empty for the all-zero fragment).
+    pub fn new(hash: Hash, data: &[u8]) -> FragmentBody {
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+            proto::FILE_PART,
+            hash.to_hex()
+        );
+        let tail = format!("\r\n--{BOUNDARY}--\r\n");
+        let mut bytes = Vec::with_capacity(head.len() + data.len() + tail.len());
+        bytes.extend_from_slice(head.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes.extend_from_slice(tail.as_bytes());
+        FragmentBody { hash, bytes: bytes.into() }
+    }
+}
+
 /// Signs and sends fragment requests.
 pub struct MinerClient {
     http: reqwest::Client,
@@ -104,30 +133,16 @@ impl MinerClient {
         }
     }
 
-    /// Stores fragment `fragment` of file `fid` on the miner. An all-zero fragment is sent empty:
-    /// the miner writes it itself.
-    pub async fn put_fragment(
-        &self,
-        endpoint: &str,
-        fid: &Hash,
-        fragment: &Hash,
-        data: Bytes,
-    ) -> Result<(), MinerError> {
+    /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]).
+    pub async fn put_fragment(&self, endpoint: &str, fid: &Hash, body: FragmentBody) -> Result<(), MinerError> {
         let url = format!("{}/fragment", base_url(endpoint));
-        let boundary = format!("cessfs{:016x}", self.counter.fetch_add(1, Ordering::Relaxed));
-        let head = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
-            proto::FILE_PART,
-            fragment.to_hex()
-        );
-        let tail = format!("\r\n--{boundary}--\r\n");
-        let body = [Bytes::from(head), data, Bytes::from(tail)].concat();
+        let fragment = body.hash;
         let req = self
             .http
             .put(&url)
-            .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
-            .body(body);
-        let resp = self.signed(req, fid, fragment).send().await.map_err(|e| self.transport_error(endpoint, e))?;
+            .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
+            .body(body.bytes);
+        let resp = self.signed(req, fid, &fragment).send().await.map_err(|e| self.transport_error(endpoint, e))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;
         let reply: Reply = serde_json::from_slice(&bytes).map_err(|_| MinerError::Malformed {

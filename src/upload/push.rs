@@ -5,12 +5,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Inner, UploadError};
 use crate::format::{FRAGMENTS, Hash, Seed, SegmentManifest, ZERO_FRAGMENT_HASH};
-use crate::miner::MinerError;
+use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
 use crate::store::FileSource;
 
@@ -31,16 +30,15 @@ pub(super) async fn push_columns(
     let mut tasks = Vec::with_capacity(columns.len());
     for (column, miner) in columns {
         // One segment in flight per column: memory stays at one segment's fragments.
-        let (tx, mut rx) = mpsc::channel::<(usize, Bytes)>(1);
+        let (tx, mut rx) = mpsc::channel::<FragmentBody>(1);
         senders.push((column, tx));
         let (inner, fid) = (inner.clone(), *fid);
-        let hashes: Vec<Hash> = segments.iter().map(|s| s.fragments[column]).collect();
         tasks.push(tokio::spawn(async move {
             let endpoint = miner.endpoint.clone().unwrap_or_default();
             let mut result = Ok(());
-            while let Some((segment, data)) = rx.recv().await {
+            while let Some(body) = rx.recv().await {
                 if result.is_ok() {
-                    result = inner.miners.put_fragment(&endpoint, &fid, &hashes[segment], data).await;
+                    result = inner.miners.put_fragment(&endpoint, &fid, body).await;
                 }
             }
             (column, miner, result)
@@ -53,14 +51,10 @@ pub(super) async fn push_columns(
         let master = regen.config.master.as_ref().zip(seed.as_ref());
         regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
             for (column, tx) in &senders {
-                // The miner writes the all-zero fragment itself: it travels empty.
-                let data = if hashes[index].fragments[*column] == ZERO_FRAGMENT_HASH {
-                    Bytes::new()
-                } else {
-                    Bytes::copy_from_slice(fragments.fragment(*column))
-                };
-                // A column task that stopped on an error has let go of its receiver.
-                let _ = tx.blocking_send((index, data));
+                let hash = hashes[index].fragments[*column];
+                let data = if hash == ZERO_FRAGMENT_HASH { &[][..] } else { fragments.fragment(*column) };
+                // A column task that stopped on an error drains its channel.
+                let _ = tx.blocking_send(FragmentBody::new(hash, data));
             }
             Ok(())
         })

@@ -58,6 +58,10 @@ pub struct Settings {
     /// Files uploaded at once [default: 2].
     #[arg(long, value_name = "N")]
     pub parallel_uploads: Option<usize>,
+    /// Most space the cached copies of stored (active) files may take, e.g. 512M, 20G; files
+    /// not yet stored are never evicted and do not count [default: 10G].
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
     /// Size in GiB of the territory the embedded devnet creates [default: 1024].
     #[arg(long, value_name = "GIB")]
     pub devnet_territory_gib: Option<u32>,
@@ -100,6 +104,7 @@ impl Settings {
             plain,
             quiet_delay,
             parallel_uploads,
+            cache_size,
             devnet_territory_gib
         ))
     }
@@ -145,6 +150,11 @@ impl Settings {
         crate::protocol::Signer::from_uri(&uri).map_err(|e| anyhow::anyhow!("account: {e}"))
     }
 
+    /// The cache size in bytes, defaulted.
+    pub fn cache_size(&self) -> anyhow::Result<u64> {
+        parse_size(self.cache_size.as_deref().unwrap_or("10G"))
+    }
+
     /// The data dir, defaulted.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| xdg_dir("XDG_DATA_HOME", ".local/share").join("cessfs"))
@@ -159,6 +169,23 @@ impl Settings {
     pub fn log_level(&self) -> String {
         self.log_level.clone().unwrap_or_else(|| "info".to_string())
     }
+}
+
+/// A size with an optional binary unit: `1048576`, `512K`, `64M`, `10G`, `1T` (or `GiB`...).
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => anyhow::bail!("size {text:?}: use a number with K, M, G or T"),
+    };
+    let n: f64 = number.parse().map_err(|_| anyhow::anyhow!("size {text:?}: use a number with K, M, G or T"))?;
+    Ok((n * (1u64 << shift) as f64) as u64)
 }
 
 /// Reads a secret (key or account) file, refusing one that others can read.
@@ -226,5 +253,15 @@ mod tests {
         std::fs::write(&path, "bogus = 1\n").unwrap();
         let err = Settings::default().with_file(Some(&path)).unwrap_err();
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("3Q").is_err());
     }
 }

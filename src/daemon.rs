@@ -10,8 +10,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use crate::config::Settings;
+use crate::fetch::Fetcher;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{Fs, FsConfig};
+use crate::fs::{ColdReader, Fs, FsConfig};
 use crate::mountpoint;
 use crate::network::Network;
 use crate::store::{Store, StoreError};
@@ -182,8 +183,23 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         report_timeout: std::time::Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
         poll: std::time::Duration::from_millis(if settings.chain.is_none() { 100 } else { 3000 }),
     };
+    let fetcher = Fetcher::new(
+        network.chain.clone(),
+        network.signer.clone(),
+        config.master.clone(),
+        std::time::Duration::from_secs(15),
+        std::collections::HashMap::new(),
+    );
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config);
-    let fs = Arc::new(Fs::new(store, FsConfig { passthrough: false }));
+    let mut fs = Fs::new(store, FsConfig { passthrough: false, cache_size: settings.cache_size()? });
+    fs.set_cold_reader(ColdReader {
+        fetcher: Arc::new(fetcher),
+        runtime: runtime.handle().clone(),
+        deadline: std::time::Duration::from_secs(120),
+        read_ahead: 2,
+    });
+    let fs = Arc::new(fs);
+    keep_cache_in_limit(Arc::downgrade(&fs));
     let adapter = FuseAdapter::new(fs, settings.passthrough.unwrap_or(true));
     let source = format!("cessfs:{}", data_dir.display());
     let allow_other = settings.allow_other.unwrap_or(false);
@@ -206,6 +222,20 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)?
     };
     Ok(Daemon { runtime, network, engine, session })
+}
+
+/// Evicts cached content over the limit every few seconds, for as long as the filesystem lives.
+fn keep_cache_in_limit(fs: std::sync::Weak<Fs>) {
+    std::thread::Builder::new()
+        .name("cache".into())
+        .spawn(move || {
+            while let Some(fs) = fs.upgrade() {
+                fs.enforce_cache_limit();
+                drop(fs);
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+        })
+        .expect("starting the cache thread");
 }
 
 /// Waits until the daemon of `data_dir` has finished (it removes its pid file once its store is

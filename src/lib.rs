@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod devnet;
+pub mod fetch;
 pub mod format;
 pub mod fs;
 pub mod miner;

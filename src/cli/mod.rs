@@ -23,6 +23,8 @@ enum Command {
     Unmount(mount::UnmountArgs),
     /// Show where files are on their way to CESS (state, progress, FID, errors).
     Status(status::StatusArgs),
+    /// Drop the local copies of stored (active) files; reads fetch them back from CESS.
+    Evict(status::EvictArgs),
     /// Print what FILE will be stored as on CESS: FID, size, segment and fragment hashes (JSON).
     Fid(fid::FidArgs),
     /// Run a local CESS network (ledger and storage nodes on loopback) for mounts and tools.
@@ -50,6 +52,7 @@ pub fn main() -> i32 {
         Command::Mount(args) => mount::mount(args),
         Command::Unmount(args) => mount::unmount(args),
         Command::Status(args) => status::run(args),
+        Command::Evict(args) => status::evict(args),
         Command::Fid(args) => fid::run(args),
         Command::Devnet(args) => devnet::run(args),
         Command::Keygen(args) => {

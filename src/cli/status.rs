@@ -53,6 +53,47 @@ fn settled(v: &Value) -> bool {
     matches!(state(v), "active" | "local" | "failed")
 }
 
+#[derive(Args)]
+pub struct EvictArgs {
+    /// Files or directories (inside a cessfs mount) whose cached content to drop.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+/// Drops the cached content of every stored file under the paths; reads fetch it back.
+pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    args.paths.iter().for_each(|p| collect(p, &mut files));
+    let (mut evicted, mut kept) = (0, 0);
+    for (path, v) in &files {
+        if state(v) != "active" {
+            println!("kept    {} ({}: not stored on CESS yet)", path.display(), state(v));
+            kept += 1;
+            continue;
+        }
+        if v["cached"].as_str() == Some("no") {
+            continue;
+        }
+        match xattr_set(path, c"user.cess.evict") {
+            Ok(()) => evicted += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                println!("kept    {} (open)", path.display());
+                kept += 1;
+            }
+            Err(e) => anyhow::bail!("evicting {}: {e}", path.display()),
+        }
+    }
+    println!("evicted {evicted} files, kept {kept}");
+    Ok(())
+}
+
+fn xattr_set(path: &Path, name: &std::ffi::CStr) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a NUL-terminated path and name, and a one-byte value.
+    let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths.clone() };
     let scan = || {
@@ -85,10 +126,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!("{v}");
         }
     } else {
-        println!("{:<11} {:<44} {:<12} PATH", "STATE", "PROGRESS", "FID");
+        println!("{:<11} {:<44} {:<12} {:<7} PATH", "STATE", "PROGRESS", "FID", "CACHED");
         for (p, v) in &files {
             let fid = v["fid"].as_str().map(|f| format!("{}…", &f[..10])).unwrap_or_else(|| "-".into());
-            println!("{:<11} {:<44} {:<12} {}", state(v), v["progress"].as_str().unwrap_or(""), fid, p.display());
+            let cached = v["cached"].as_str().map_or("?", |c| c.split(' ').next().unwrap_or(c));
+            let progress = v["progress"].as_str().unwrap_or("");
+            println!("{:<11} {progress:<44} {fid:<12} {cached:<7} {}", state(v), p.display());
             if let Some(e) = v["error"].as_str() {
                 println!("{:<11} error: {e}", "");
             }

@@ -67,13 +67,50 @@ impl FileDecoder {
         index: usize,
         expected: &SegmentManifest,
         fragments: &[Option<&[u8]>; FRAGMENTS],
+        buffer: Vec<u8>,
+    ) -> Result<DecodedSegment, FormatError> {
+        let (chosen, corrupt) = choose_intact(index, expected, fragments)?;
+        self.rebuild(index, expected, fragments, chosen, corrupt, buffer)
+    }
+
+    /// [`FileDecoder::decode_segment`] from fragments the caller has already checked against
+    /// their hashes (as a reader does when each arrives, to know whether to fetch another one):
+    /// the first 4 supplied are used. The segment hash and the decryption still check the result.
+    pub fn decode_verified_segment(
+        &self,
+        index: usize,
+        expected: &SegmentManifest,
+        fragments: &[Option<&[u8]>; FRAGMENTS],
+        buffer: Vec<u8>,
+    ) -> Result<DecodedSegment, FormatError> {
+        let chosen: Vec<usize> = (0..FRAGMENTS)
+            .filter(|&i| fragments[i].is_some() || expected.fragments[i] == ZERO_FRAGMENT_HASH)
+            .take(DATA_FRAGMENTS)
+            .collect();
+        if chosen.len() < DATA_FRAGMENTS {
+            return Err(FormatError::TooFewFragments {
+                segment: index,
+                intact: chosen.len(),
+                corrupt: 0,
+                missing: FRAGMENTS - chosen.len(),
+            });
+        }
+        self.rebuild(index, expected, fragments, chosen, Vec::new(), buffer)
+    }
+
+    fn rebuild(
+        &self,
+        index: usize,
+        expected: &SegmentManifest,
+        fragments: &[Option<&[u8]>; FRAGMENTS],
+        chosen: Vec<usize>,
+        corrupt: Vec<usize>,
         mut buffer: Vec<u8>,
     ) -> Result<DecodedSegment, FormatError> {
         if index >= self.layout.segments() {
             return Err(FormatError::Layout { segment: index, size: self.layout.size() });
         }
         buffer.resize(SEGMENT_SIZE, 0);
-        let (chosen, corrupt) = choose_intact(index, expected, fragments)?;
         let mut have_data = [false; DATA_FRAGMENTS];
         let mut parity: [Option<Vec<u8>>; PARITY_FRAGMENTS] = Default::default();
         for &i in &chosen {

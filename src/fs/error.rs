@@ -58,6 +58,12 @@ pub enum FsError {
     /// The local store failed.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// Content that is not cached could not be read back from the network.
+    #[error("reading from CESS: {0}")]
+    Fetch(String),
+    /// Eviction asked for a file whose content is not (only) a cache.
+    #[error("cannot evict: {0}")]
+    NotEvictable(String),
 }
 
 impl From<io::Error> for FsError {
@@ -85,6 +91,8 @@ impl FsError {
             FsError::Unsupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::FileTooBig => libc::EFBIG,
+            FsError::Fetch(_) => libc::EIO,
+            FsError::NotEvictable(_) => libc::EBUSY,
             // Disk full and quota pass through; anything else from the disk or sled is EIO.
             FsError::Store(StoreError::Io(e)) => match e.raw_os_error() {
                 Some(code @ (libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) => code,
@@ -111,8 +119,9 @@ impl FsError {
             | FsError::AttrTooBig
             | FsError::Unsupported
             | FsError::BadHandle
-            | FsError::FileTooBig => log::Level::Info,
-            FsError::Store(_) => log::Level::Error,
+            | FsError::FileTooBig
+            | FsError::NotEvictable(_) => log::Level::Info,
+            FsError::Store(_) | FsError::Fetch(_) => log::Level::Error,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! commits of file content). Data reads and writes of open files take only their `OpenFile`
 //! lock, never `ns`. Lock order: `ns`, then the `open` map, then an `OpenFile`'s state.
 
+mod cache;
 mod error;
 pub mod fuse;
 mod xattr;
@@ -20,11 +21,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
+pub use cache::ColdReader;
 pub use error::FsError;
 
 use crate::format::{Layout, Mode};
-use crate::store::{Batch, InodeRecord, Kind, ROOT_INO, Store, Timestamp, UploadRecord};
+use crate::store::{Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, Timestamp, UploadRecord};
 
 /// Longest name in a directory.
 pub const NAME_MAX: usize = 255;
@@ -37,6 +40,8 @@ pub type FsResult<T> = Result<T, FsError>;
 pub struct FsConfig {
     /// Whether open files may be served by kernel passthrough (the adapter decides at init).
     pub passthrough: bool,
+    /// Most bytes of active files' content to keep cached.
+    pub cache_size: u64,
 }
 
 /// What `stat` shows.
@@ -142,6 +147,11 @@ pub struct Caller {
 struct OpenFile {
     file: Arc<File>,
     state: Mutex<OpenState>,
+    /// Where missing segments come from, for a file whose content was evicted.
+    cold: Option<cache::ColdSource>,
+    /// The segments present, while some are missing; `None` once the content is whole (or the
+    /// file closed: fetches finishing late then leave it alone).
+    residency: Mutex<Option<Residency>>,
 }
 
 /// While a file is open, its content file's own size and mtime are the file's: writes (ours or
@@ -191,6 +201,10 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    /// Reads of evicted content from the network (none: evicted content cannot be read).
+    cold: Option<Arc<ColdReader>>,
+    /// When each file was last read or opened, for least-recently-used eviction.
+    access: Mutex<HashMap<u64, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -279,7 +293,14 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            cold: None,
+            access: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets reads fetch evicted content from the network.
+    pub fn set_cold_reader(&mut self, cold: ColdReader) {
+        self.cold = Some(Arc::new(cold));
     }
 
     /// The store underneath.
@@ -349,6 +370,19 @@ impl Fs {
     /// chmod, chown, truncate and utimens. Permission checks are the kernel's
     /// (`default_permissions`).
     pub fn setattr(&self, ino: u64, set: &SetAttr, caller: Caller) -> FsResult<Attr> {
+        // Evicted bytes that stay in the file must be fetched before its size changes.
+        let keep = match set.size {
+            Some(size) => self.localize(ino, size)?,
+            None => None,
+        };
+        let result = self.setattr_locked(ino, set, caller);
+        if let Some(fh) = keep {
+            self.release(fh)?;
+        }
+        result
+    }
+
+    fn setattr_locked(&self, ino: u64, set: &SetAttr, caller: Caller) -> FsResult<Attr> {
         let _ns = lock(&self.ns);
         let mut rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         let now = Timestamp::now();
@@ -380,19 +414,28 @@ impl Fs {
             }
             check_size(size)?;
             match &of {
-                Some(of) => {
+                // A writer commits the change when it closes.
+                Some(of) if lock(&of.state).writers > 0 => {
                     of.file.set_len(size)?;
                     lock(&of.state).changes += 1;
                 }
-                None => {
+                _ => {
                     self.store.before_content_change(ino)?;
-                    let f = self.store.open_content(ino)?;
-                    f.set_len(size)?;
-                    f.sync_data()?;
+                    let file = match &of {
+                        Some(of) => of.file.clone(),
+                        None => Arc::new(self.store.open_content(ino)?),
+                    };
+                    file.set_len(size)?;
+                    file.sync_data()?;
                     rec.size = size;
                     rec.mtime = now;
                     rec.content_version += 1;
                     batch.put_upload(ino, &UploadRecord::restaged(self.store.upload(ino)?, rec.content_version));
+                    if let Some(of) = &of {
+                        file.set_modified(now.into())?;
+                        lock(&of.state).committed_meta = content_meta(&file)?;
+                        self.mark_whole(ino, of, &mut batch);
+                    }
                 }
             }
         }
@@ -533,6 +576,8 @@ impl Fs {
                 new_content: true,
                 unlinked: false,
             }),
+            cold: None,
+            residency: Mutex::new(None),
         });
         lock(&self.open).insert(ino, of.clone());
         let opened = self.register_handle(ino, &of, write);
@@ -739,7 +784,8 @@ impl Fs {
     // ── open files ───────────────────────────────────────────────────────────────────────
 
     fn register_handle(&self, ino: u64, of: &Arc<OpenFile>, write: bool) -> Opened {
-        let passthrough = self.config.passthrough;
+        // The kernel reads passthrough files itself: only whole content may be handed over.
+        let passthrough = self.config.passthrough && lock(&of.residency).is_none();
         {
             let mut st = lock(&of.state);
             st.handles += 1;
@@ -752,9 +798,24 @@ impl Fs {
         Opened { fh, passthrough: passthrough.then(|| of.file.clone()) }
     }
 
-    /// open of a regular file.
+    /// open of a regular file. Writing to a file whose content was evicted fetches it first
+    /// (all of it, unless `O_TRUNC` drops it anyway).
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = write && flags & libc::O_TRUNC != 0;
+        let keep = match write && !truncate {
+            true => self.localize(ino, u64::MAX)?,
+            false => None,
+        };
+        let opened = self.open_locked(ino, write, truncate);
+        if let Some(fh) = keep {
+            self.release(fh)?;
+        }
+        self.touch(ino);
+        opened
+    }
+
+    fn open_locked(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
         let _ns = lock(&self.ns);
         let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         match rec.kind {
@@ -765,6 +826,7 @@ impl Fs {
         let of = match self.open_file(ino) {
             Some(of) => of,
             None => {
+                let (cold, residency) = self.cold_source(ino)?;
                 let file = self.store.open_content(ino)?;
                 // utimens of a closed file changes only its record.
                 if content_meta(&file)?.1 != rec.mtime {
@@ -781,6 +843,8 @@ impl Fs {
                         new_content: false,
                         unlinked: rec.nlink == 0,
                     }),
+                    cold,
+                    residency: Mutex::new(residency),
                 });
                 lock(&self.open).insert(ino, of.clone());
                 of
@@ -792,10 +856,13 @@ impl Fs {
             // a crash never leaves changed bytes behind a record of the old content.
             let mut b = Batch::default();
             b.put_writing(ino);
+            if truncate {
+                self.mark_whole(ino, &of, &mut b);
+            }
             self.store.commit(b)?;
             self.store.sync()?;
         }
-        if write && flags & libc::O_TRUNC != 0 {
+        if truncate {
             of.file.set_len(0)?;
             lock(&of.state).changes += 1;
         }
@@ -804,7 +871,8 @@ impl Fs {
 
     /// read.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let (_, _, of) = self.handle(fh)?;
+        let (ino, _, of) = self.handle(fh)?;
+        self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64))?;
         let len = of.file.metadata()?.len().saturating_sub(offset).min(size as u64) as usize;
         let mut buf = vec![0u8; len];
         let mut done = 0;
@@ -826,7 +894,12 @@ impl Fs {
         }
         let end = offset + data.len() as u64;
         check_size(end)?;
-        of.file.write_all_at(data, offset)?;
+        if let Err(e) = of.file.write_all_at(data, offset) {
+            if e.raw_os_error() != Some(libc::ENOSPC) || self.make_room(data.len() as u64) == 0 {
+                return Err(e.into());
+            }
+            of.file.write_all_at(data, offset)?;
+        }
         lock(&of.state).changes += 1;
         Ok(data.len() as u32)
     }
@@ -928,6 +1001,7 @@ impl Fs {
         st.handles -= 1;
         if st.handles == 0 {
             open.remove(&handle.ino);
+            lock(&of.residency).take();
             if st.unlinked {
                 drop(st);
                 drop(open);
@@ -973,10 +1047,12 @@ impl Fs {
     /// statfs: the space of the disk holding the staging area.
     pub fn statfs(&self) -> FsResult<StatFs> {
         let st = self.store.disk_space()?;
+        // Cached copies of active files give their space back on demand.
+        let evictable = self.evictable_bytes() / st.f_frsize.max(1);
         Ok(StatFs {
             blocks: st.f_blocks,
-            bfree: st.f_bfree,
-            bavail: st.f_bavail,
+            bfree: (st.f_bfree + evictable).min(st.f_blocks),
+            bavail: (st.f_bavail + evictable).min(st.f_blocks),
             files: st.f_files.max(1 << 20),
             ffree: st.f_ffree.max(1),
             bsize: st.f_bsize as u32,

@@ -1,5 +1,6 @@
 //! Extended attributes: `user.*` are stored like any metadata; `user.cess.*` are cessfs's own,
-//! computed from the upload record, listed (so `getfattr -d` shows them) and read-only. Other
+//! computed from the upload record, listed (so `getfattr -d` shows them) and read-only, except
+//! `user.cess.evict`, which is write-only and drops a stored file's cached content. Other
 //! namespaces (security, trusted, system) have no values here and cannot be set.
 
 use super::{Fs, FsError, FsResult, lock};
@@ -25,6 +26,8 @@ fn progress(up: &UploadRecord) -> String {
     }
 }
 
+/// Setting this attribute (to anything) drops the cached content of an active file.
+pub const EVICT: &[u8] = b"user.cess.evict";
 /// The namespace cessfs keeps for itself.
 pub const CESS_PREFIX: &[u8] = b"user.cess.";
 const USER_PREFIX: &[u8] = b"user.";
@@ -55,6 +58,12 @@ impl Fs {
         if let Some(e) = &up.error {
             attrs.push(("user.cess.error", e.clone()));
         }
+        let cached = match self.store.residency(ino)? {
+            None => "yes".to_string(),
+            Some(r) if r.count() == 0 => "no".to_string(),
+            Some(r) => format!("partly ({}/{} segments)", r.count(), r.segments),
+        };
+        attrs.push(("user.cess.cached", cached.clone()));
         let json = serde_json::json!({
             "status": up.state.word(),
             "fid": up.fid.map(|f| f.to_hex()),
@@ -68,6 +77,7 @@ impl Fs {
             "territory": String::from_utf8_lossy(&up.territory),
             "name_on_chain": String::from_utf8_lossy(&up.file_name),
             "error": up.error,
+            "cached": cached,
             "attempts": up.attempts,
             "newer_version_waiting": up.newer.is_some(),
             "staged_at": up.staged_at.secs,
@@ -113,6 +123,9 @@ impl Fs {
         }
         if value.len() > XATTR_SIZE_MAX {
             return Err(FsError::AttrTooBig);
+        }
+        if name == EVICT {
+            return self.evict(ino).map(|_| ());
         }
         if name.starts_with(CESS_PREFIX) {
             return Err(FsError::ReadOnlyAttr);

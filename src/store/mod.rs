@@ -13,6 +13,7 @@
 
 mod outbox;
 mod records;
+mod residency;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,6 +25,7 @@ use thiserror::Error;
 
 pub use outbox::{Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
+pub use residency::Residency;
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
 
@@ -234,6 +236,7 @@ impl Store {
         let mut b = Batch::default();
         b.remove_inode(ino);
         b.remove_writing(ino);
+        b.put_residency(ino, None);
         b.0.remove(&key::orphan(ino));
         for name in self.xattr_names(ino)? {
             b.remove_xattr(ino, &name);

@@ -147,6 +147,12 @@ pub mod key {
     }
     /// Prefix of every upload record.
     pub const UPLOAD_PREFIX: &[u8] = b"u";
+    /// `c` ino → residency: which segments of an evicted (or partly fetched) file are present.
+    pub fn residency(ino: u64) -> [u8; 9] {
+        tagged(b'c', ino)
+    }
+    /// Prefix of every residency record.
+    pub const RESIDENCY_PREFIX: &[u8] = b"c";
     /// `z` fid → tombstone: a FID to delete from the chain.
     pub fn tombstone(fid: &crate::format::Hash) -> Vec<u8> {
         let mut k = vec![b'z'];

@@ -1,6 +1,7 @@
 //! Tests on real cessfs mounts, driven with real syscalls and real tools. One binary, so the
 //! crate links once.
 
+mod cold;
 mod common;
 mod durability;
 mod file_managers;

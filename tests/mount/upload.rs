@@ -13,18 +13,6 @@ use crate::common::*;
 
 const MIN: Duration = Duration::from_secs(60);
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Reads the fragments the devnet's nodes hold for `fid`, checks each against the hash the
 /// ledger recorded, and decodes them.
 fn fetch_from_nodes(m: &Mount, fid: &str) -> Vec<u8> {

@@ -1,0 +1,265 @@
+//! Cold reads: a segment of an active file, rebuilt from the miners.
+//!
+//! The File record on chain names each fragment's hash and miner; Sminer (or the pinned miner
+//! list) gives the miner's endpoint. The 4 data fragments are asked first, all at once (all-zero
+//! ones are known without asking, and a data fragment whose tail is padding is fetched with a
+//! Range for its used prefix only); every fragment is checked against its hash as it arrives,
+//! and a missing, failing or lying miner is routed around with parity fragments until 4 good
+//! ones are in; a slow one gets a parity fragment asked for alongside it after a second. The segment is then rebuilt, checked against its hash, and decrypted. With
+//! fewer than 4 good fragments the read fails; it never returns wrong bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use thiserror::Error;
+use tokio::sync::OnceCell;
+
+use crate::format::{
+    DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, Layout, MasterKey, Mode, SegmentManifest,
+    ZERO_FRAGMENT_HASH, sha256,
+};
+use crate::miner::MinerClient;
+use crate::protocol::{AccountId, Chain, ChainError, FileInfo, Signer};
+
+/// Why a segment could not be read.
+#[derive(Debug, Error, Clone)]
+pub enum FetchError {
+    /// The chain could not be asked.
+    #[error("{0}")]
+    Chain(#[from] ChainError),
+    /// The file is not stored on CESS (any more).
+    #[error("file {0} is not on the chain")]
+    NotStored(Hash),
+    /// The file was stored encrypted and this mount has no key.
+    #[error("file {0} is encrypted and this mount has no encryption key")]
+    NoKey(Hash),
+    /// Not enough good fragments.
+    #[error("segment {segment} of file {fid}: only {good} good fragments of the 4 needed ({detail})")]
+    TooFewFragments {
+        /// The FID.
+        fid: Hash,
+        /// The segment.
+        segment: usize,
+        /// Good fragments found.
+        good: usize,
+        /// What went wrong with the others.
+        detail: String,
+    },
+    /// The segment does not decode (wrong key, tampered data).
+    #[error("segment {segment} of file {fid}: {error}")]
+    Decode {
+        /// The FID.
+        fid: Hash,
+        /// The segment.
+        segment: usize,
+        /// The format error (a wrong encryption key shows as a decryption failure).
+        error: FormatError,
+    },
+}
+
+/// How long a fragment may keep a read waiting before another one is asked for as well.
+const HEDGE_AFTER: Duration = Duration::from_millis(1000);
+
+type Slot = Arc<OnceCell<Result<Arc<Vec<u8>>, FetchError>>>;
+
+/// Fetches and decodes segments of stored files.
+pub struct Fetcher {
+    chain: Arc<dyn Chain>,
+    miners: MinerClient,
+    master: Option<MasterKey>,
+    /// Miner endpoints, refreshed every minute or when a miner is unknown.
+    endpoints: Mutex<(Option<Instant>, HashMap<AccountId, String>)>,
+    /// Endpoints that override (or stand in for) what the chain says.
+    pinned: HashMap<AccountId, String>,
+    files: Mutex<HashMap<Hash, Arc<FileInfo>>>,
+    /// Segments being fetched (or prefetched, waiting for their reader), so each is fetched once.
+    inflight: Mutex<HashMap<(Hash, usize), Slot>>,
+}
+
+impl Fetcher {
+    /// A fetcher asking `chain` for file records, signing miner requests as `signer`, decrypting
+    /// with `master` (plaintext if `None`). `pinned` miners' endpoints win over the chain's.
+    pub fn new(
+        chain: Arc<dyn Chain>,
+        signer: Signer,
+        master: Option<MasterKey>,
+        timeout: Duration,
+        pinned: HashMap<AccountId, String>,
+    ) -> Fetcher {
+        Fetcher {
+            chain,
+            miners: MinerClient::new(signer, timeout),
+            master,
+            endpoints: Mutex::new((None, HashMap::new())),
+            pinned,
+            files: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn file(&self, fid: &Hash) -> Result<Arc<FileInfo>, FetchError> {
+        if let Some(f) = lock(&self.files).get(fid) {
+            return Ok(f.clone());
+        }
+        let file = Arc::new(self.chain.file(fid).await?.ok_or(FetchError::NotStored(*fid))?);
+        let mut files = lock(&self.files);
+        if files.len() > 256 {
+            files.clear();
+        }
+        files.insert(*fid, file.clone());
+        Ok(file)
+    }
+
+    async fn endpoint(&self, miner: &AccountId) -> Option<String> {
+        if let Some(e) = self.pinned.get(miner) {
+            return Some(e.clone());
+        }
+        {
+            let known = lock(&self.endpoints);
+            let fresh = known.0.is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+            if fresh && let Some(e) = known.1.get(miner) {
+                return Some(e.clone());
+            }
+        }
+        // A stale list, or a miner it does not know: ask the chain again.
+        if let Ok(list) = self.chain.miners().await {
+            let map = list.into_iter().filter_map(|m| Some((m.account, m.endpoint?))).collect();
+            *lock(&self.endpoints) = (Some(Instant::now()), map);
+        }
+        lock(&self.endpoints).1.get(miner).cloned()
+    }
+
+    /// Fetches fragment `index` of `segment`: the used prefix of a padded data fragment (the rest
+    /// is zeros), checked against its hash. `Err` says what went wrong, naming the miner.
+    async fn fragment(
+        &self,
+        fid: &Hash,
+        file: &FileInfo,
+        segment: usize,
+        index: usize,
+        used: usize,
+    ) -> Result<Vec<u8>, String> {
+        let info = &file.segments[segment].fragments[index];
+        let endpoint =
+            self.endpoint(&info.miner).await.ok_or_else(|| format!("miner {} has no endpoint", info.miner))?;
+        let prefix =
+            (index < DATA_FRAGMENTS).then(|| used.saturating_sub(index * FRAGMENT_SIZE)).filter(|&n| n < FRAGMENT_SIZE);
+        let bytes = self
+            .miners
+            .get_fragment(&endpoint, fid, &info.hash, prefix.map(|n| 0..n))
+            .await
+            .map_err(|e| format!("miner {}: {e}", info.miner))?;
+        let mut data = Vec::with_capacity(FRAGMENT_SIZE);
+        data.extend_from_slice(&bytes);
+        data.resize(FRAGMENT_SIZE, 0);
+        let data = tokio::task::spawn_blocking(move || {
+            let actual = sha256(&data);
+            (data, actual)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if data.1 != info.hash {
+            log::warn!(
+                "miner {} ({endpoint}) served fragment {index} of segment {segment} of {fid} with the wrong hash; using others",
+                info.miner
+            );
+            return Err(format!("miner {} served corrupt data", info.miner));
+        }
+        Ok(data.0)
+    }
+
+    /// The plaintext of segment `segment` of file `fid` (`size` bytes, `encrypted` or not),
+    /// fetched once however many readers ask at the same time. The result stays for late
+    /// readers until [`Fetcher::forget`].
+    pub async fn segment(
+        &self,
+        fid: &Hash,
+        size: u64,
+        encrypted: bool,
+        segment: usize,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        let slot: Slot = lock(&self.inflight).entry((*fid, segment)).or_default().clone();
+        slot.get_or_init(|| async { self.fetch(fid, size, encrypted, segment).await.map(Arc::new) }).await.clone()
+    }
+
+    /// Whether a segment is being fetched (or was, and is not forgotten yet).
+    pub fn busy(&self, fid: &Hash, segment: usize) -> bool {
+        lock(&self.inflight).contains_key(&(*fid, segment))
+    }
+
+    /// Drops the result of a segment once its bytes are cached.
+    pub fn forget(&self, fid: &Hash, segment: usize) {
+        lock(&self.inflight).remove(&(*fid, segment));
+    }
+
+    async fn fetch(&self, fid: &Hash, size: u64, encrypted: bool, segment: usize) -> Result<Vec<u8>, FetchError> {
+        let file = self.file(fid).await?;
+        let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
+        let decode_err = |error| FetchError::Decode { fid: *fid, segment, error };
+        let layout = Layout::new(size, mode).map_err(decode_err)?;
+        let seg = file.segments.get(segment).ok_or(FetchError::Decode {
+            fid: *fid,
+            segment,
+            error: FormatError::Layout { segment, size },
+        })?;
+        let expected = SegmentManifest {
+            hash: seg.hash,
+            fragments: std::array::from_fn(|j| seg.fragments.get(j).map_or(Hash::default(), |f| f.hash)),
+        };
+        let used = layout.used_len(segment);
+        let mut got: [Option<Vec<u8>>; FRAGMENTS] = Default::default();
+        let mut errors = Vec::new();
+        // All-zero fragments are known; the others are asked for, data fragments first. Each
+        // failure brings in the next fragment, and so does a wait longer than HEDGE_AFTER, so a
+        // miner that hangs costs a second, not a timeout.
+        let mut good = (0..FRAGMENTS).filter(|&j| expected.fragments[j] == ZERO_FRAGMENT_HASH).count();
+        let mut candidates = (0..FRAGMENTS).filter(|&j| expected.fragments[j] != ZERO_FRAGMENT_HASH);
+        let ask = |j: usize| {
+            let file = &file;
+            async move { (j, self.fragment(fid, file, segment, j, used).await) }
+        };
+        let mut pending: FuturesUnordered<_> = candidates.by_ref().take(DATA_FRAGMENTS - good).map(ask).collect();
+        while good < DATA_FRAGMENTS {
+            match tokio::time::timeout(HEDGE_AFTER, pending.next()).await {
+                Ok(Some((j, Ok(data)))) => {
+                    got[j] = Some(data);
+                    good += 1;
+                }
+                Ok(Some((j, Err(e)))) => {
+                    errors.push(format!("fragment {j}: {e}"));
+                    pending.extend(candidates.next().map(ask));
+                }
+                Ok(None) => break,
+                Err(_slow) => pending.extend(candidates.next().map(ask)),
+            }
+        }
+        drop(pending);
+        if good < DATA_FRAGMENTS {
+            log::error!("cannot read segment {segment} of {fid}: {}", errors.join("; "));
+            return Err(FetchError::TooFewFragments { fid: *fid, segment, good, detail: errors.join("; ") });
+        }
+        let key = if encrypted { Some(self.master.as_ref().ok_or(FetchError::NoKey(*fid))?) } else { None };
+        let decoder = FileDecoder::new(size, key).map_err(decode_err)?;
+        let out = tokio::task::spawn_blocking(move || {
+            let refs: [Option<&[u8]>; FRAGMENTS] = std::array::from_fn(|j| got[j].as_deref());
+            decoder.decode_verified_segment(segment, &expected, &refs, Vec::new()).map(|d| d.data().to_vec())
+        })
+        .await
+        .expect("decoding does not panic");
+        out.map_err(|error| {
+            if let FormatError::Decrypt { .. } = error {
+                log::error!(
+                    "segment {segment} of {fid} does not decrypt: is this the encryption key it was stored with?"
+                );
+            }
+            decode_err(error)
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,265 @@
+//! Content of active files is a cache: evicted in least-recently-used order once the cached bytes
+//! pass the limit, and fetched back segment by segment when read (fetch/). Content that is not
+//! active yet is never evicted: it exists nowhere else.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use std::os::unix::fs::FileExt;
+
+use super::{Fs, FsError, FsResult, OpenFile, lock};
+use crate::fetch::{FetchError, Fetcher};
+use crate::format::{Hash, Layout, Mode};
+use crate::store::{Batch, Kind, Residency, Store, UploadRecord, UploadState};
+
+/// Disk space eviction keeps free for new files when the disk holding the cache fills up.
+const DISK_RESERVE: u64 = 256 << 20;
+
+/// Reads segments from the network for the (synchronous) filesystem, with a deadline.
+pub struct ColdReader {
+    /// The fetcher.
+    pub fetcher: Arc<Fetcher>,
+    /// The runtime it runs on (FUSE threads are not runtime threads, so they may block on it).
+    pub runtime: tokio::runtime::Handle,
+    /// How long a read may wait for one segment.
+    pub deadline: Duration,
+    /// How many segments past a read are fetched ahead for sequential readers.
+    pub read_ahead: usize,
+}
+
+/// Where the bytes of a file that is not whole locally come from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ColdSource {
+    fid: Hash,
+    size: u64,
+    encrypted: bool,
+    layout: Layout,
+}
+
+impl From<FetchError> for FsError {
+    fn from(e: FetchError) -> FsError {
+        FsError::Fetch(e.to_string())
+    }
+}
+
+/// Why a file cannot be evicted.
+fn not_evictable(reason: &str) -> FsError {
+    FsError::NotEvictable(reason.to_string())
+}
+
+/// Bytes of a file's content held locally.
+fn resident_bytes(size: u64, segments: u32, residency: Option<&Residency>) -> u64 {
+    match residency {
+        None => size,
+        Some(r) => (size * r.count() as u64).div_ceil(segments.max(1) as u64).min(size),
+    }
+}
+
+/// Writes fetched segment `s` into an open file's content and records it, unless the content
+/// changed meanwhile (truncated, made whole, closed): the residency lock orders the two.
+fn install(store: &Store, ino: u64, of: &OpenFile, source: &ColdSource, s: usize, data: &[u8]) -> FsResult<()> {
+    let mut res = lock(&of.residency);
+    let Some(r) = res.as_mut().filter(|r| !r.has(s)) else { return Ok(()) };
+    of.file.write_all_at(data, source.layout.chunk(s).start)?;
+    r.set(s);
+    let mut b = Batch::default();
+    b.put_residency(ino, Some(r));
+    store.commit(b)?;
+    if r.complete() {
+        *res = None;
+    }
+    Ok(())
+}
+
+impl ColdReader {
+    /// Fetches segment `s` of an open file into its content, waiting at most the deadline.
+    fn load(&self, store: &Store, ino: u64, of: &OpenFile, source: &ColdSource, s: usize) -> FsResult<()> {
+        let fetch = self.fetcher.segment(&source.fid, source.size, source.encrypted, s);
+        let result = match self.runtime.block_on(async { tokio::time::timeout(self.deadline, fetch).await }) {
+            Ok(Ok(data)) => install(store, ino, of, source, s, &data),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                Err(FsError::Fetch(format!("segment {s} of {} did not arrive within {:?}", source.fid, self.deadline)))
+            }
+        };
+        self.fetcher.forget(&source.fid, s);
+        result
+    }
+
+    /// Starts fetching segment `s` in the background, for a reader that will want it soon.
+    fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
+        if self.fetcher.busy(&source.fid, s) {
+            return;
+        }
+        let this = self.clone();
+        self.runtime.spawn_blocking(move || {
+            if let Err(e) = this.load(&store, ino, &of, &source, s) {
+                log::debug!("read-ahead of segment {s} of inode {ino}: {e}");
+            }
+        });
+    }
+}
+
+impl Fs {
+    /// Where to fetch `ino`'s content from, if it is not all here (read at open).
+    pub(super) fn cold_source(&self, ino: u64) -> FsResult<(Option<ColdSource>, Option<Residency>)> {
+        let Some(residency) = self.store.residency(ino)? else { return Ok((None, None)) };
+        let up = self.store.upload(ino)?.filter(|u| u.state == UploadState::Active);
+        let Some((up, fid)) = up.and_then(|u| u.fid.map(|fid| (u, fid))) else {
+            return Err(FsError::Fetch(format!("inode {ino} has evicted content but no active upload")));
+        };
+        let encrypted = up.seed.is_some();
+        let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
+        let layout = Layout::new(up.size, mode).map_err(|e| FsError::Fetch(e.to_string()))?;
+        Ok((Some(ColdSource { fid, size: up.size, encrypted, layout }), Some(residency)))
+    }
+
+    /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
+    /// starting on the next ones, for sequential readers).
+    pub(super) fn ensure_present(&self, ino: u64, of: &Arc<OpenFile>, range: Range<u64>) -> FsResult<()> {
+        let Some(source) = of.cold else { return Ok(()) };
+        if range.start >= source.size || range.is_empty() {
+            return Ok(());
+        }
+        let missing = |s: usize| lock(&of.residency).as_ref().is_some_and(|r| !r.has(s));
+        let first = source.layout.segment_of(range.start);
+        let last = source.layout.segment_of(range.end.min(source.size) - 1);
+        if (first..=last).any(missing) {
+            let cold =
+                self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
+            for s in (first..=last).filter(|&s| missing(s)) {
+                cold.load(&self.store, ino, of, &source, s)?;
+                self.enforce_cache_limit();
+            }
+        }
+        if let Some(cold) = &self.cold {
+            let ahead = (last + 1..source.layout.segments()).take(cold.read_ahead);
+            for s in ahead.filter(|&s| missing(s)) {
+                cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes bytes `0..end` of closed or open file `ino` local before its content changes.
+    /// Returns a read handle, to release after the change, that keeps the file from eviction.
+    pub(super) fn localize(&self, ino: u64, end: u64) -> FsResult<Option<u64>> {
+        if self.store.residency(ino)?.is_none() {
+            return Ok(None);
+        }
+        let opened = self.open(ino, libc::O_RDONLY)?;
+        let fetched = self.handle(opened.fh).and_then(|(_, _, of)| self.ensure_present(ino, &of, 0..end));
+        if let Err(e) = fetched {
+            let _ = self.release(opened.fh);
+            return Err(e);
+        }
+        Ok(Some(opened.fh))
+    }
+
+    /// Records that the whole content of open file `ino` is local (it was just replaced).
+    pub(super) fn mark_whole(&self, ino: u64, of: &OpenFile, batch: &mut Batch) {
+        if lock(&of.residency).take().is_some() {
+            batch.put_residency(ino, None);
+        }
+    }
+
+    /// Notes that `ino` was used now (for the eviction order).
+    pub(super) fn touch(&self, ino: u64) {
+        lock(&self.access).insert(ino, Instant::now());
+    }
+
+    /// Drops the local content of active, closed file `ino`, keeping its size; reads fetch it
+    /// back. Returns the bytes freed.
+    pub fn evict(&self, ino: u64) -> FsResult<u64> {
+        let _ns = lock(&self.ns);
+        let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+        if rec.kind != Kind::File {
+            return Err(not_evictable("not a regular file"));
+        }
+        let up = self.store.upload(ino)?.ok_or_else(|| not_evictable("not stored on CESS"))?;
+        match up {
+            UploadRecord { state: UploadState::Active, retired: false, newer: None, .. } => {}
+            UploadRecord { state, .. } => {
+                return Err(not_evictable(&format!("{} (only active files are evicted)", state.word())));
+            }
+        }
+        if self.open_file(ino).is_some() {
+            return Err(not_evictable("open"));
+        }
+        let residency = self.store.residency(ino)?;
+        let freed = resident_bytes(rec.size, up.segments, residency.as_ref());
+        let content = self.store.open_content(ino)?;
+        content.set_len(0)?;
+        content.set_len(rec.size)?;
+        let mut b = Batch::default();
+        b.put_residency(ino, Some(&Residency::empty(up.segments)));
+        self.store.commit(b)?;
+        lock(&self.access).remove(&ino);
+        log::info!("evicted the local copy of inode {ino} ({freed} bytes); reads fetch it from CESS");
+        Ok(freed)
+    }
+
+    /// Evicts least recently used active files until the cached content is within the limit,
+    /// and the disk keeps some room for new files.
+    pub fn enforce_cache_limit(&self) {
+        let (cached, candidates) = self.cached_files();
+        let room = self.store.disk_space().map_or(u64::MAX, |st| st.f_bavail * st.f_frsize);
+        let limit = self.config.cache_size.min((cached + room).saturating_sub(DISK_RESERVE));
+        self.evict_down_to(cached, limit, candidates);
+    }
+
+    /// Evicts cached files to free at least `bytes` for a write that found the disk full.
+    /// Returns the bytes freed.
+    pub(super) fn make_room(&self, bytes: u64) -> u64 {
+        let (cached, candidates) = self.cached_files();
+        let target = cached.saturating_sub(bytes.max(DISK_RESERVE));
+        cached - self.evict_down_to(cached, target, candidates)
+    }
+
+    /// Bytes of cached content of active files, and those files from least to most recently used.
+    fn cached_files(&self) -> (u64, Vec<u64>) {
+        let Ok(uploads) = self.store.uploads() else { return (0, Vec::new()) };
+        let residencies: HashMap<u64, Residency> = self.store.residencies().unwrap_or_default().into_iter().collect();
+        let access = lock(&self.access).clone();
+        let mut cached = 0u64;
+        let mut candidates = Vec::new();
+        for (ino, up) in uploads.iter().filter(|(_, u)| u.state == UploadState::Active && !u.retired) {
+            let bytes = resident_bytes(up.size, up.segments, residencies.get(ino));
+            cached += bytes;
+            if bytes > 0 {
+                // Not used since the mount: as old as its upload.
+                candidates.push((access.get(ino).copied(), up.updated_at, *ino));
+            }
+        }
+        candidates.sort();
+        (cached, candidates.into_iter().map(|(_, _, ino)| ino).collect())
+    }
+
+    /// Evicts `candidates` in order until `cached` is at most `limit`; returns what is left.
+    fn evict_down_to(&self, mut cached: u64, limit: u64, candidates: Vec<u64>) -> u64 {
+        for ino in candidates {
+            if cached <= limit {
+                break;
+            }
+            match self.evict(ino) {
+                Ok(freed) => cached = cached.saturating_sub(freed),
+                Err(e) => log::debug!("not evicting inode {ino}: {e}"),
+            }
+        }
+        cached
+    }
+
+    /// Bytes of cached content of active files (what eviction can free).
+    pub fn evictable_bytes(&self) -> u64 {
+        let residencies: HashMap<u64, Residency> = self.store.residencies().unwrap_or_default().into_iter().collect();
+        self.store
+            .uploads()
+            .unwrap_or_default()
+            .iter()
+            .filter(|(_, u)| u.state == UploadState::Active && !u.retired)
+            .map(|(ino, u)| resident_bytes(u.size, u.segments, residencies.get(ino)))
+            .sum()
+    }
+}

@@ -34,6 +34,10 @@ pub struct Settings {
     /// devnet`; a ws:// or wss:// RPC URL for a CESS chain [default: embedded devnet].
     #[arg(long, env = "CESSFS_CHAIN", value_name = "URL")]
     pub chain: Option<String>,
+    /// A miner's endpoint, as ACCOUNT@URL (SS58 account, http:// URL); repeat for several. It
+    /// wins over the endpoint the chain records, and stands in for runtimes that record none.
+    #[arg(long = "miner", value_name = "ACCOUNT@URL")]
+    pub miners: Option<Vec<String>>,
     /// The account that pays for storage and signs miner requests, as a secret URI (mnemonic,
     /// 0x seed or dev path like //Alice) [default on a devnet: //Alice].
     #[arg(long, env = "CESSFS_ACCOUNT", value_name = "SURI")]
@@ -97,6 +101,7 @@ impl Settings {
             allow_other,
             log_level,
             chain,
+            miners,
             account,
             account_file,
             territory,
@@ -148,6 +153,20 @@ impl Settings {
             }
         };
         crate::protocol::Signer::from_uri(&uri).map_err(|e| anyhow::anyhow!("account: {e}"))
+    }
+
+    /// The pinned miners, by account.
+    pub fn pinned_miners(&self) -> anyhow::Result<std::collections::HashMap<crate::protocol::AccountId, String>> {
+        let mut out = std::collections::HashMap::new();
+        for entry in self.miners.iter().flatten() {
+            let (account, url) =
+                entry.split_once('@').ok_or_else(|| anyhow::anyhow!("miner {entry:?}: write it as ACCOUNT@http://HOST:PORT"))?;
+            let account = account.parse().map_err(|e| anyhow::anyhow!("miner {entry:?}: {e}"))?;
+            let url = crate::chain::codec::endpoint(url.as_bytes())
+                .ok_or_else(|| anyhow::anyhow!("miner {entry:?}: no URL after the @"))?;
+            out.insert(account, url);
+        }
+        Ok(out)
     }
 
     /// The cache size in bytes, defaulted.

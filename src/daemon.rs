@@ -188,7 +188,6 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         network.signer.clone(),
         config.master.clone(),
         std::time::Duration::from_secs(15),
-        std::collections::HashMap::new(),
     );
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config);
     let mut fs = Fs::new(store, FsConfig { passthrough: false, cache_size: settings.cache_size()? });

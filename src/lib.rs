@@ -8,6 +8,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use crate::chain::CessChain;
 use crate::config::Settings;
 use crate::devnet::{Devnet, DevnetChain, DevnetConfig};
 use crate::protocol::{Chain, Signer};
@@ -42,6 +43,14 @@ impl Network {
                 let signer = settings.signer(true)?;
                 let chain = DevnetChain::new(url, signer.clone());
                 chain.miners().await.with_context(|| format!("reaching the devnet at {url}"))?;
+                Ok(Network { chain: Arc::new(chain), signer, devnet: None })
+            }
+            Some(url) if url.starts_with("ws://") || url.starts_with("wss://") => {
+                let signer = settings.signer(false)?;
+                let chain = CessChain::connect(url, signer.clone(), settings.pinned_miners()?)
+                    .await
+                    .with_context(|| format!("connecting to the CESS chain at {url}"))?;
+                log::info!("connected to the CESS chain at {url} as {}", signer.account());
                 Ok(Network { chain: Arc::new(chain), signer, devnet: None })
             }
             Some(url) => bail!("unsupported chain URL {url:?}: use ws://, wss:// or http:// (a cessfs devnet)"),

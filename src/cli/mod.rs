@@ -1,5 +1,6 @@
 //! The `cessfs` command line: the only code that prints to the terminal or exits.
 
+mod account;
 mod devnet;
 mod fid;
 mod mount;
@@ -31,6 +32,10 @@ enum Command {
     Devnet(devnet::DevnetArgs),
     /// Create a new encryption key file (mode 0600).
     Keygen(KeygenArgs),
+    /// Show the account's address, balance and territories on the CESS chain.
+    Account(account::ChainArgs),
+    /// Buy, grow or renew a territory (the space files are stored in); shows the price first.
+    Territory(account::TerritoryArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +60,8 @@ pub fn main() -> i32 {
         Command::Evict(args) => status::evict(args),
         Command::Fid(args) => fid::run(args),
         Command::Devnet(args) => devnet::run(args),
+        Command::Account(args) => account::account(args),
+        Command::Territory(args) => account::territory(args),
         Command::Keygen(args) => {
             let path = args.out.unwrap_or_else(|| crate::config::config_dir().join("key"));
             crate::config::write_new_key(&path)

@@ -72,8 +72,6 @@ pub struct Fetcher {
     master: Option<MasterKey>,
     /// Miner endpoints, refreshed every minute or when a miner is unknown.
     endpoints: Mutex<(Option<Instant>, HashMap<AccountId, String>)>,
-    /// Endpoints that override (or stand in for) what the chain says.
-    pinned: HashMap<AccountId, String>,
     files: Mutex<HashMap<Hash, Arc<FileInfo>>>,
     /// Segments being fetched (or prefetched, waiting for their reader), so each is fetched once.
     inflight: Mutex<HashMap<(Hash, usize), Slot>>,
@@ -81,20 +79,13 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// A fetcher asking `chain` for file records, signing miner requests as `signer`, decrypting
-    /// with `master` (plaintext if `None`). `pinned` miners' endpoints win over the chain's.
-    pub fn new(
-        chain: Arc<dyn Chain>,
-        signer: Signer,
-        master: Option<MasterKey>,
-        timeout: Duration,
-        pinned: HashMap<AccountId, String>,
-    ) -> Fetcher {
+    /// with `master` (plaintext if `None`).
+    pub fn new(chain: Arc<dyn Chain>, signer: Signer, master: Option<MasterKey>, timeout: Duration) -> Fetcher {
         Fetcher {
             chain,
             miners: MinerClient::new(signer, timeout),
             master,
             endpoints: Mutex::new((None, HashMap::new())),
-            pinned,
             files: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
         }
@@ -114,9 +105,6 @@ impl Fetcher {
     }
 
     async fn endpoint(&self, miner: &AccountId) -> Option<String> {
-        if let Some(e) = self.pinned.get(miner) {
-            return Some(e.clone());
-        }
         {
             let known = lock(&self.endpoints);
             let fresh = known.0.is_some_and(|t| t.elapsed() < Duration::from_secs(60));

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 
 use super::{Fs, FsError, FsResult, OpenFile, lock};
 use crate::fetch::{FetchError, Fetcher};
-use crate::format::{Hash, Layout, Mode};
+use crate::format::{Hash, Layout, Mode, SEGMENT_SIZE};
 use crate::store::{Batch, Kind, Residency, Store, UploadRecord, UploadState};
 
 /// Disk space eviction keeps free for new files when the disk holding the cache fills up.
@@ -90,9 +90,6 @@ impl ColdReader {
 
     /// Starts fetching segment `s` in the background, for a reader that will want it soon.
     fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
-        if self.fetcher.busy(&source.fid, s) {
-            return;
-        }
         let this = self.clone();
         self.runtime.spawn_blocking(move || {
             if let Err(e) = this.load(&store, ino, &of, &source, s) {
@@ -126,19 +123,23 @@ impl Fs {
         let missing = |s: usize| lock(&of.residency).as_ref().is_some_and(|r| !r.has(s));
         let first = source.layout.segment_of(range.start);
         let last = source.layout.segment_of(range.end.min(source.size) - 1);
-        if (first..=last).any(missing) {
-            let cold =
-                self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
-            for s in (first..=last).filter(|&s| missing(s)) {
-                cold.load(&self.store, ino, of, &source, s)?;
-                self.enforce_cache_limit();
-            }
+        let needed: Vec<usize> = (first..=last).filter(|&s| missing(s)).collect();
+        let read_ahead = self.cold.as_ref().map_or(0, |c| c.read_ahead);
+        let ahead: Vec<usize> = (last + 1..source.layout.segments())
+            .take(read_ahead)
+            .filter(|&s| missing(s) && self.cold.as_ref().is_some_and(|c| !c.fetcher.busy(&source.fid, s)))
+            .collect();
+        if needed.is_empty() && ahead.is_empty() {
+            return Ok(());
         }
-        if let Some(cold) = &self.cold {
-            let ahead = (last + 1..source.layout.segments()).take(cold.read_ahead);
-            for s in ahead.filter(|&s| missing(s)) {
-                cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
-            }
+        let cold = self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
+        // Room first, so that the cache stays within its limit once these segments are in.
+        self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64);
+        for &s in &ahead {
+            cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+        }
+        for s in needed {
+            cold.load(&self.store, ino, of, &source, s)?;
         }
         Ok(())
     }
@@ -204,9 +205,14 @@ impl Fs {
     /// Evicts least recently used active files until the cached content is within the limit,
     /// and the disk keeps some room for new files.
     pub fn enforce_cache_limit(&self) {
+        self.make_cache_room(0);
+    }
+
+    /// Evicts so that `incoming` more bytes keep the cache within its limit.
+    fn make_cache_room(&self, incoming: u64) {
         let (cached, candidates) = self.cached_files();
         let room = self.store.disk_space().map_or(u64::MAX, |st| st.f_bavail * st.f_frsize);
-        let limit = self.config.cache_size.min((cached + room).saturating_sub(DISK_RESERVE));
+        let limit = self.config.cache_size.min((cached + room).saturating_sub(DISK_RESERVE)).saturating_sub(incoming);
         self.evict_down_to(cached, limit, candidates);
     }
 

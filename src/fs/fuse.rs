@@ -158,10 +158,7 @@ impl Filesystem for FuseAdapter {
                 "through the daemon (passthrough needs root and Linux 6.9+)"
             }
         );
-        match Arc::get_mut(&mut self.fs) {
-            Some(fs) => fs.set_passthrough(passthrough),
-            None => log::warn!("filesystem shared before init; passthrough stays off"),
-        }
+        self.fs.set_passthrough(passthrough);
         Ok(())
     }
 

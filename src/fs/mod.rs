@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -201,6 +201,8 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
+    /// Whether open files may be handed to the kernel (decided at FUSE init).
+    passthrough: AtomicBool,
     /// Reads of evicted content from the network (none: evicted content cannot be read).
     cold: Option<Arc<ColdReader>>,
     /// When each file was last read or opened, for least-recently-used eviction.
@@ -285,6 +287,7 @@ impl<'a> Changes<'a> {
 impl Fs {
     /// The filesystem over `store`.
     pub fn new(store: Arc<Store>, config: FsConfig) -> Fs {
+        let passthrough = AtomicBool::new(config.passthrough);
         Fs {
             store,
             config,
@@ -293,6 +296,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            passthrough,
             cold: None,
             access: Mutex::new(HashMap::new()),
         }
@@ -309,8 +313,8 @@ impl Fs {
     }
 
     /// Turns passthrough on or off (the adapter calls this once it knows what the kernel allows).
-    pub fn set_passthrough(&mut self, on: bool) {
-        self.config.passthrough = on;
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
     }
 
     fn attr_of(&self, ino: u64, rec: &InodeRecord) -> FsResult<Attr> {
@@ -785,7 +789,7 @@ impl Fs {
 
     fn register_handle(&self, ino: u64, of: &Arc<OpenFile>, write: bool) -> Opened {
         // The kernel reads passthrough files itself: only whole content may be handed over.
-        let passthrough = self.config.passthrough && lock(&of.residency).is_none();
+        let passthrough = self.passthrough.load(Ordering::Relaxed) && lock(&of.residency).is_none();
         {
             let mut st = lock(&of.state);
             st.handles += 1;

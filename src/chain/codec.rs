@@ -1,0 +1,364 @@
+//! CESS call payloads and storage values as dynamic SCALE values, checked against whatever
+//! metadata the node serves: no pallet or call index and no type layout is compiled in. Names
+//! are the runtime's own (FileBank, StorageHandler, Sminer; PROTOCOL.md §3).
+//!
+//! Decoding works on `scale_value::Value`, by field name, unwrapping the single-field wrappers
+//! runtimes put around bytes (`Hash([u8; 64])`, `AccountId32([u8; 32])`, bounded vectors), so
+//! the same code reads runtimes that add, drop or rename fields it does not use (spec 100's
+//! `MinerInfo` has `peer_id` where spec 137 has `endpoint`).
+
+use scale_value::{Composite, Primitive, Value, ValueDef};
+use subxt::Metadata;
+use subxt::dynamic;
+use subxt::tx::DynamicPayload;
+
+use crate::format::{FRAGMENTS, Hash, SegmentManifest};
+use crate::protocol::{
+    AccountId, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, MinerInfo, SegmentInfo, TerritoryInfo,
+    TerritoryState, UserBrief,
+};
+
+/// A dynamic call: (pallet, call, fields).
+pub type Call = DynamicPayload<Composite<()>>;
+
+/// The on-chain form of a hash: 64 lowercase hex characters, no length prefix.
+fn hash_value(h: &Hash) -> Value {
+    Value::from_bytes(h.to_hex().into_bytes())
+}
+
+fn account_value(a: &AccountId) -> Value {
+    Value::from_bytes(a.0)
+}
+
+/// A `UserBrief` with the fields the runtime's type has: older runtimes (the testnet's genesis
+/// spec 100) also take a `bucket_name`, which gets the territory name.
+fn user_brief_value(u: &UserBrief, fields: &[String]) -> Value {
+    let mut values = vec![
+        ("user", account_value(&u.user)),
+        ("file_name", Value::from_bytes(&u.file_name)),
+        ("territory_name", Value::from_bytes(&u.territory_name)),
+    ];
+    if fields.iter().any(|f| f == "bucket_name") {
+        values.push(("bucket_name", Value::from_bytes(&u.territory_name)));
+    }
+    Value::named_composite(values)
+}
+
+/// The field names of the struct that argument `arg` of `pallet.call` takes, from the metadata.
+fn argument_fields(md: &Metadata, pallet: &str, call: &str, arg: &str) -> Vec<String> {
+    let ty = md
+        .pallet_by_name(pallet)
+        .and_then(|p| p.call_variant_by_name(call))
+        .and_then(|v| v.fields.iter().find(|f| f.name.as_deref() == Some(arg)))
+        .and_then(|f| md.types().resolve(f.ty.id));
+    match ty.map(|t| &t.type_def) {
+        Some(scale_info::TypeDef::Composite(c)) => c.fields.iter().filter_map(|f| f.name.clone()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `FileBank.upload_declaration(file_hash, deal_info, user_brief, file_size)`, shaped for the
+/// runtime `md` describes.
+pub fn upload_declaration(
+    md: &Metadata,
+    fid: &Hash,
+    segments: &[SegmentManifest],
+    user: &UserBrief,
+    file_size: u64,
+) -> Call {
+    let brief_fields = argument_fields(md, "FileBank", "upload_declaration", "user_brief");
+    let deal_info = segments.iter().map(|s| {
+        Value::named_composite([
+            ("hash", hash_value(&s.hash)),
+            ("fragment_list", Value::unnamed_composite(s.fragments.iter().map(hash_value))),
+        ])
+    });
+    dynamic::tx(
+        "FileBank",
+        "upload_declaration",
+        Composite::named([
+            ("file_hash".to_string(), hash_value(fid)),
+            ("deal_info".to_string(), Value::unnamed_composite(deal_info)),
+            ("user_brief".to_string(), user_brief_value(user, &brief_fields)),
+            ("file_size".to_string(), Value::u128(file_size as u128)),
+        ]),
+    )
+}
+
+/// `FileBank.delete_file(owner, file_hash)`.
+pub fn delete_file(owner: &AccountId, fid: &Hash) -> Call {
+    dynamic::tx(
+        "FileBank",
+        "delete_file",
+        Composite::named([("owner".to_string(), account_value(owner)), ("file_hash".to_string(), hash_value(fid))]),
+    )
+}
+
+/// `StorageHandler.mint_territory(gib_count, territory_name, days)`.
+pub fn mint_territory(name: &[u8], gib: u32, days: u32) -> Call {
+    dynamic::tx(
+        "StorageHandler",
+        "mint_territory",
+        Composite::named([
+            ("gib_count".to_string(), Value::u128(gib as u128)),
+            ("territory_name".to_string(), Value::from_bytes(name)),
+            ("days".to_string(), Value::u128(days as u128)),
+        ]),
+    )
+}
+
+/// `StorageHandler.expanding_territory(territory_name, gib_count)`.
+pub fn expand_territory(name: &[u8], gib: u32) -> Call {
+    dynamic::tx(
+        "StorageHandler",
+        "expanding_territory",
+        Composite::named([
+            ("territory_name".to_string(), Value::from_bytes(name)),
+            ("gib_count".to_string(), Value::u128(gib as u128)),
+        ]),
+    )
+}
+
+/// `StorageHandler.renewal_territory(territory_name, days)`.
+pub fn renew_territory(name: &[u8], days: u32) -> Call {
+    dynamic::tx(
+        "StorageHandler",
+        "renewal_territory",
+        Composite::named([
+            ("territory_name".to_string(), Value::from_bytes(name)),
+            ("days".to_string(), Value::u128(days as u128)),
+        ]),
+    )
+}
+
+/// Storage key arguments, as the metadata's key types take them.
+pub mod keys {
+    use super::*;
+
+    /// A FileBank map key (`File`, `DealMap`).
+    pub fn fid(h: &Hash) -> Vec<Value> {
+        vec![hash_value(h)]
+    }
+
+    /// An account key (`Sminer.MinerItems`, `System.Account`).
+    pub fn account(a: &AccountId) -> Vec<Value> {
+        vec![account_value(a)]
+    }
+
+    /// The `StorageHandler.Territory` double-map key.
+    pub fn territory(owner: &AccountId, name: &[u8]) -> Vec<Value> {
+        vec![account_value(owner), Value::from_bytes(name)]
+    }
+}
+
+fn bad(what: &str, v: &Value) -> ChainError {
+    ChainError::Decode(format!("{what}: unexpected {v}"))
+}
+
+/// The inner value of single-field wrappers (`Hash(..)`, `AccountId32(..)`, `BoundedVec(..)`).
+fn unwrap(v: &Value) -> &Value {
+    match &v.value {
+        ValueDef::Composite(Composite::Named(f)) if f.len() == 1 => unwrap(&f[0].1),
+        ValueDef::Composite(Composite::Unnamed(f)) if f.len() == 1 && !matches!(f[0].value, ValueDef::Primitive(_)) => {
+            unwrap(&f[0])
+        }
+        _ => v,
+    }
+}
+
+/// Field `name` of a struct value.
+pub fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, ChainError> {
+    match &v.value {
+        ValueDef::Composite(Composite::Named(fields)) => {
+            fields.iter().find(|(n, _)| n == name).map(|(_, v)| v).ok_or_else(|| bad(&format!("no field {name}"), v))
+        }
+        _ => Err(bad(&format!("field {name} of a non-struct"), v)),
+    }
+}
+
+/// The items of a sequence value.
+pub fn items(v: &Value) -> Result<Vec<&Value>, ChainError> {
+    match &unwrap(v).value {
+        ValueDef::Composite(c) => Ok(c.values().collect()),
+        _ => Err(bad("a list", v)),
+    }
+}
+
+/// A byte string.
+pub fn bytes(v: &Value) -> Result<Vec<u8>, ChainError> {
+    let v = unwrap(v);
+    match &v.value {
+        ValueDef::Composite(c) => c
+            .values()
+            .map(|b| match b.value {
+                ValueDef::Primitive(Primitive::U128(n)) if n < 256 => Ok(n as u8),
+                _ => Err(bad("a byte", b)),
+            })
+            .collect(),
+        _ => Err(bad("bytes", v)),
+    }
+}
+
+/// An unsigned integer.
+pub fn uint(v: &Value) -> Result<u128, ChainError> {
+    match &unwrap(v).value {
+        ValueDef::Primitive(Primitive::U128(n)) => Ok(*n),
+        ValueDef::Composite(Composite::Unnamed(f)) if f.len() == 1 => uint(&f[0]),
+        _ => Err(bad("a number", v)),
+    }
+}
+
+fn boolean(v: &Value) -> Result<bool, ChainError> {
+    match &unwrap(v).value {
+        ValueDef::Primitive(Primitive::Bool(b)) => Ok(*b),
+        _ => Err(bad("a bool", v)),
+    }
+}
+
+/// The variant name of an enum value.
+pub fn variant(v: &Value) -> Result<&str, ChainError> {
+    match &unwrap(v).value {
+        ValueDef::Variant(var) => Ok(&var.name),
+        _ => Err(bad("an enum", v)),
+    }
+}
+
+/// A FileBank `Hash`: 64 hex characters.
+pub fn hash(v: &Value) -> Result<Hash, ChainError> {
+    let raw = bytes(v)?;
+    std::str::from_utf8(&raw).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("a 64-hex-character hash", v))
+}
+
+/// An `AccountId32`.
+pub fn account(v: &Value) -> Result<AccountId, ChainError> {
+    let raw = bytes(v)?;
+    Ok(AccountId(raw.try_into().map_err(|_| bad("a 32-byte account", v))?))
+}
+
+fn u32_of(v: &Value) -> Result<u32, ChainError> {
+    u32::try_from(uint(v)?).map_err(|_| bad("a u32", v))
+}
+
+fn user_brief(v: &Value) -> Result<UserBrief, ChainError> {
+    Ok(UserBrief {
+        user: account(field(v, "user")?)?,
+        file_name: bytes(field(v, "file_name")?)?,
+        territory_name: bytes(field(v, "territory_name")?)?,
+    })
+}
+
+/// `StorageHandler.Territory` value.
+pub fn territory_info(v: &Value) -> Result<TerritoryInfo, ChainError> {
+    let state = match variant(field(v, "state")?)? {
+        "Active" => TerritoryState::Active,
+        "Frozen" => TerritoryState::Frozen,
+        "Expired" => TerritoryState::Expired,
+        "OnConsignment" => TerritoryState::OnConsignment,
+        other => return Err(ChainError::Decode(format!("unknown territory state {other}"))),
+    };
+    Ok(TerritoryInfo {
+        total_space: uint(field(v, "total_space")?)?,
+        used_space: uint(field(v, "used_space")?)?,
+        locked_space: uint(field(v, "locked_space")?)?,
+        remaining_space: uint(field(v, "remaining_space")?)?,
+        deadline: u32_of(field(v, "deadline")?)?,
+        state,
+    })
+}
+
+/// `FileBank.DealMap` value.
+pub fn deal_info(v: &Value) -> Result<DealInfo, ChainError> {
+    let segments = items(field(v, "segment_list")?)?
+        .into_iter()
+        .map(|s| {
+            let frags = items(field(s, "fragment_list")?)?.into_iter().map(hash).collect::<Result<Vec<_>, _>>()?;
+            let fragments: [Hash; FRAGMENTS] = frags.try_into().map_err(|_| bad("12 fragments per segment", s))?;
+            Ok(SegmentManifest { hash: hash(field(s, "hash")?)?, fragments })
+        })
+        .collect::<Result<_, ChainError>>()?;
+    let complete_list = items(field(v, "complete_list")?)?
+        .into_iter()
+        .map(|c| {
+            let index = u8::try_from(uint(field(c, "index")?)?).map_err(|_| bad("a fragment index", c))?;
+            Ok(CompleteInfo { index, miner: account(field(c, "miner")?)? })
+        })
+        .collect::<Result<_, ChainError>>()?;
+    Ok(DealInfo {
+        file_size: uint(field(v, "file_size")?)?,
+        segments,
+        user: user_brief(field(v, "user")?)?,
+        complete_list,
+    })
+}
+
+/// `FileBank.File` value.
+pub fn file_info(v: &Value) -> Result<FileInfo, ChainError> {
+    let segments = items(field(v, "segment_list")?)?
+        .into_iter()
+        .map(|s| {
+            let fragments = items(field(s, "fragment_list")?)?
+                .into_iter()
+                .map(|f| {
+                    Ok(FragmentInfo {
+                        hash: hash(field(f, "hash")?)?,
+                        avail: boolean(field(f, "avail")?)?,
+                        miner: account(field(f, "miner")?)?,
+                    })
+                })
+                .collect::<Result<_, ChainError>>()?;
+            Ok(SegmentInfo { hash: hash(field(s, "hash")?)?, fragments })
+        })
+        .collect::<Result<_, ChainError>>()?;
+    let owners = items(field(v, "owner")?)?.into_iter().map(user_brief).collect::<Result<_, _>>()?;
+    Ok(FileInfo {
+        segments,
+        owners,
+        file_size: uint(field(v, "file_size")?)?,
+        completion: u32_of(field(v, "completion")?)?,
+        active: variant(field(v, "stat")?)? == "Active",
+    })
+}
+
+/// `Sminer.MinerItems` value of `account`. Runtimes without an `endpoint` field give `None`
+/// (such miners need a pinned endpoint from the config).
+pub fn miner_info(account: AccountId, v: &Value) -> Result<MinerInfo, ChainError> {
+    let endpoint = match field(v, "endpoint") {
+        Ok(e) => endpoint(&bytes(e)?),
+        Err(_) => None,
+    };
+    Ok(MinerInfo {
+        account,
+        endpoint,
+        state: String::from_utf8_lossy(&bytes(field(v, "state")?)?).into_owned(),
+        idle_space: uint(field(v, "idle_space")?)?,
+    })
+}
+
+/// A miner's registered endpoint as a base URL: cut at the first NUL, `http://` added when
+/// missing (as the Go SDK does); `None` if empty.
+pub fn endpoint(raw: &[u8]) -> Option<String> {
+    let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+    let text = String::from_utf8_lossy(raw).trim().trim_end_matches('/').to_string();
+    match text.as_str() {
+        "" => None,
+        t if t.contains("://") => Some(text),
+        t => Some(format!("http://{t}")),
+    }
+}
+
+/// `System.Account` value: the free balance.
+pub fn free_balance(v: &Value) -> Result<u128, ChainError> {
+    uint(field(field(v, "data")?, "free")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(endpoint(b"1.2.3.4:15001\0\0").as_deref(), Some("http://1.2.3.4:15001"));
+        assert_eq!(endpoint(b"https://m.example/").as_deref(), Some("https://m.example"));
+        assert_eq!(endpoint(b""), None);
+    }
+}

@@ -159,8 +159,9 @@ impl Settings {
     pub fn pinned_miners(&self) -> anyhow::Result<std::collections::HashMap<crate::protocol::AccountId, String>> {
         let mut out = std::collections::HashMap::new();
         for entry in self.miners.iter().flatten() {
-            let (account, url) =
-                entry.split_once('@').ok_or_else(|| anyhow::anyhow!("miner {entry:?}: write it as ACCOUNT@http://HOST:PORT"))?;
+            let (account, url) = entry
+                .split_once('@')
+                .ok_or_else(|| anyhow::anyhow!("miner {entry:?}: write it as ACCOUNT@http://HOST:PORT"))?;
             let account = account.parse().map_err(|e| anyhow::anyhow!("miner {entry:?}: {e}"))?;
             let url = crate::chain::codec::endpoint(url.as_bytes())
                 .ok_or_else(|| anyhow::anyhow!("miner {entry:?}: no URL after the @"))?;

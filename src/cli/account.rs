@@ -67,9 +67,7 @@ async fn connect(args: ChainArgs) -> anyhow::Result<CessChain> {
         bail!("this needs a CESS chain: give --chain wss://... (or chain = \"wss://...\" in the config)");
     };
     let signer = settings.signer(false)?;
-    CessChain::connect(&url, signer, settings.pinned_miners()?)
-        .await
-        .with_context(|| format!("connecting to {url}"))
+    CessChain::connect(&url, signer, settings.pinned_miners()?).await.with_context(|| format!("connecting to {url}"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -126,19 +124,31 @@ pub fn territory(args: TerritoryArgs) -> anyhow::Result<()> {
                     bail!("a territory is bought for at least 30 days");
                 }
                 let cost = price * *gib as u128 * *days as u128;
-                (codec::mint_territory(name.as_bytes(), *gib, *days), format!("buy {name}: {gib} GiB for {days} days"), cost)
+                (
+                    codec::mint_territory(name.as_bytes(), *gib, *days),
+                    format!("buy {name}: {gib} GiB for {days} days"),
+                    cost,
+                )
             }
             TerritoryAction::Expand { name, gib } => {
                 let t = chain.territory(&me, name.as_bytes()).await?.with_context(|| format!("no territory {name}"))?;
                 let days = t.deadline.saturating_sub(now).div_ceil(BLOCKS_PER_DAY);
                 let cost = price * *gib as u128 * days as u128;
-                (codec::expand_territory(name.as_bytes(), *gib), format!("add {gib} GiB to {name} for its {days} days left"), cost)
+                (
+                    codec::expand_territory(name.as_bytes(), *gib),
+                    format!("add {gib} GiB to {name} for its {days} days left"),
+                    cost,
+                )
             }
             TerritoryAction::Renew { name, days } => {
                 let t = chain.territory(&me, name.as_bytes()).await?.with_context(|| format!("no territory {name}"))?;
                 let size = (t.total_space >> 30) as u32;
                 let cost = price * size as u128 * *days as u128;
-                (codec::renew_territory(name.as_bytes(), *days), format!("renew {name} ({size} GiB) for {days} days"), cost)
+                (
+                    codec::renew_territory(name.as_bytes(), *days),
+                    format!("renew {name} ({size} GiB) for {days} days"),
+                    cost,
+                )
             }
         };
         println!("{what}: {:.4} CESS (unit price {:.4} CESS per GiB-day)", cost as f64 / TOKEN, price as f64 / TOKEN);

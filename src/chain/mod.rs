@@ -74,13 +74,28 @@ impl CessChain {
 
     /// The value of storage entry `pallet.entry` at `keys`, at the current block.
     async fn read(&self, pallet: &str, entry: &str, keys: Vec<Value>) -> Result<Option<Value>, ChainError> {
+        Ok(self.read_many(pallet, entry, vec![keys]).await?.pop().flatten())
+    }
+
+    /// The values of `pallet.entry` at each of `keys`, all at one block (one block lookup for
+    /// many reads: asking a node for a block's runtime costs more than a storage read).
+    async fn read_many(
+        &self,
+        pallet: &str,
+        entry: &str,
+        keys: Vec<Vec<Value>>,
+    ) -> Result<Vec<Option<Value>>, ChainError> {
         let result = tokio::time::timeout(READ_TIMEOUT, async {
             let at = self.client().await?.at_current_block().await.map_err(unreachable)?;
-            let addr = dynamic::storage::<Vec<Value>, Value>(pallet, entry);
-            match at.storage().try_fetch(addr, keys).await.map_err(unreachable)? {
-                Some(v) => v.decode().map(Some).map_err(|e| ChainError::Decode(format!("{pallet}.{entry}: {e}"))),
-                None => Ok(None),
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                let addr = dynamic::storage::<Vec<Value>, Value>(pallet, entry);
+                out.push(match at.storage().try_fetch(addr, k).await.map_err(unreachable)? {
+                    Some(v) => Some(v.decode().map_err(|e| ChainError::Decode(format!("{pallet}.{entry}: {e}")))?),
+                    None => None,
+                });
             }
+            Ok(out)
         })
         .await
         .unwrap_or_else(|_| Err(unreachable(format!("reading {pallet}.{entry} took over {READ_TIMEOUT:?}"))));
@@ -217,12 +232,14 @@ impl Chain for CessChain {
     async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
         let all = self.read("Sminer", "AllMiner", Vec::new()).await?;
         let accounts = match &all {
-            Some(v) => codec::items(v)?.into_iter().map(codec::account).collect::<Result<Vec<_>, _>>()?,
+            Some(v) => codec::byte_items(v)?.into_iter().map(codec::account).collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        let keys = accounts.iter().map(codec::keys::account).collect();
+        let items = self.read_many("Sminer", "MinerItems", keys).await?;
         let mut miners = Vec::new();
-        for account in accounts {
-            let Some(v) = self.read("Sminer", "MinerItems", codec::keys::account(&account)).await? else { continue };
+        for (account, v) in accounts.into_iter().zip(items) {
+            let Some(v) = v else { continue };
             let mut m = codec::miner_info(account, &v)?;
             if let Some(e) = self.pinned.get(&account) {
                 m.endpoint = Some(e.clone());

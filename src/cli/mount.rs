@@ -25,9 +25,12 @@ pub struct MountArgs {
 pub struct UnmountArgs {
     /// The mount point.
     dir: PathBuf,
-    /// Seconds to wait for the daemon to finish.
+    /// Seconds to wait for the daemon to finish (with --wait: for uploads too).
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// First wait (with progress) until every file is stored on CESS or has failed.
+    #[arg(long)]
+    wait: bool,
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -42,6 +45,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
 pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {
     let (dir, data_dir) = mountpoint::cessfs_mount(&args.dir)?;
+    if args.wait {
+        super::status::wait(std::slice::from_ref(&dir), Some(std::time::Duration::from_secs(args.timeout)))?;
+    }
     mountpoint::unmount(&dir)?;
     daemon::wait_for_exit(&data_dir, std::time::Duration::from_secs(args.timeout))
 }

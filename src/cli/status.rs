@@ -94,32 +94,36 @@ fn xattr_set(path: &Path, name: &std::ffi::CStr) -> std::io::Result<()> {
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+fn scan(paths: &[PathBuf]) -> Vec<(PathBuf, Value)> {
+    let mut files = Vec::new();
+    paths.iter().for_each(|p| collect(p, &mut files));
+    files
+}
+
+/// Waits, with a progress bar on stderr, until every file under `paths` is active, local or
+/// failed, or `timeout` passes; returns their last status.
+pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<(PathBuf, Value)>> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let files = scan(paths);
+        let done = files.iter().filter(|(_, v)| settled(v)).count();
+        let bar = if files.is_empty() { 20 } else { 20 * done / files.len() };
+        eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
+        if done == files.len() {
+            eprintln!();
+            return Ok(files);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            eprintln!();
+            anyhow::bail!("timed out: {} of {} files still uploading", files.len() - done, files.len());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths.clone() };
-    let scan = || {
-        let mut files = Vec::new();
-        paths.iter().for_each(|p| collect(p, &mut files));
-        files
-    };
-    let mut files = scan();
-    if args.wait {
-        let deadline = args.timeout.map(|s| std::time::Instant::now() + Duration::from_secs(s));
-        loop {
-            let done = files.iter().filter(|(_, v)| settled(v)).count();
-            let bar = if files.is_empty() { 20 } else { 20 * done / files.len() };
-            eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
-            if done == files.len() {
-                eprintln!();
-                break;
-            }
-            if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-                eprintln!();
-                anyhow::bail!("timed out: {} of {} files still uploading", files.len() - done, files.len());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            files = scan();
-        }
-    }
+    let files = if args.wait { wait(&paths, args.timeout.map(Duration::from_secs))? } else { scan(&paths) };
     if args.json {
         for (p, mut v) in files.clone() {
             v["path"] = Value::String(p.display().to_string());

@@ -129,7 +129,12 @@ impl Mount {
 
     /// `cessfs unmount`, then waits for the daemon to exit.
     pub fn unmount(&mut self) {
-        let out = Command::new(BIN).arg("unmount").arg(self.root()).output().expect("run cessfs unmount");
+        self.unmount_with(&[]);
+    }
+
+    /// `cessfs unmount` with extra flags, then waits for the daemon to exit.
+    pub fn unmount_with(&mut self, args: &[&str]) {
+        let out = Command::new(BIN).arg("unmount").args(args).arg(self.root()).output().expect("run cessfs unmount");
         assert!(
             out.status.success(),
             "cessfs unmount failed: {}\n{}",
@@ -186,6 +191,16 @@ impl Mount {
     pub fn remount(&mut self) {
         self.unmount();
         self.mount();
+    }
+
+    /// Stops the daemon with SIGTERM (as systemd does) and waits for it to exit cleanly.
+    pub fn sigterm(&mut self) {
+        let mut child = self.child.take().expect("mounted");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait for daemon");
+        assert!(status.success(), "daemon exited with {status} on SIGTERM:\n{}", self.log());
+        assert!(!mounted(self.root()), "SIGTERM unmounts");
     }
 
     /// Kills the daemon with SIGKILL, leaving its dead mount behind.

@@ -217,3 +217,22 @@ fn empty_identical_and_badly_named_files() {
     fs::rename(m.path("x"), m.path("x-long-enough.txt")).unwrap();
     m.wait_status("x-long-enough.txt", &["active"], MIN);
 }
+
+#[test]
+fn sigterm_during_an_upload_loses_nothing_and_unmount_wait_waits_for_active() {
+    let mut m = Mount::uploading("0", &[]);
+    let data = random_bytes(70 << 20, 9);
+    fs::write(m.path("big.bin"), &data).unwrap();
+    wait_until(MIN, "the upload to start", || m.cess("big.bin", "status").is_some_and(|s| s != "staged"));
+    m.sigterm();
+    m.mount();
+    assert!(fs::read(m.path("big.bin")).unwrap() == data);
+    m.wait_status("big.bin", &["active"], 2 * MIN);
+    let fid = m.cess("big.bin", "fid").unwrap();
+    assert_eq!(m.devnet().declarations(&fid), 1, "the interrupted deal was resumed, not paid twice");
+
+    fs::write(m.path("second.bin"), random_bytes(20 << 20, 10)).unwrap();
+    m.unmount_with(&["--wait", "--timeout", "120"]);
+    m.mount();
+    assert_eq!(m.cess("second.bin", "status").as_deref(), Some("active"), "unmount --wait returned after active");
+}

@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench --bench format`.
 
+#[path = "support/data.rs"]
+mod data;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,20 +18,9 @@ use cessfs::format::{
     sha256,
 };
 use criterion::{Criterion, Throughput};
+use data::random;
 
 const PIPELINE_SEGMENTS: usize = 8;
-
-fn random(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x = 0x9e3779b97f4a7c15u64;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
 
 fn kernels(c: &mut Criterion, segment: &[u8]) {
     let mut g = c.benchmark_group("kernel");
@@ -107,8 +99,8 @@ fn encode_4gib_peak_rss() -> (f64, u64) {
 fn main() {
     // First, while this process is small: the peak memory of a child counts what it shared with us.
     let (secs, rss) = encode_4gib_peak_rss();
-    let segment = random(SEGMENT_SIZE);
-    let file = random(PIPELINE_SEGMENTS * SEGMENT_SIZE - 12345);
+    let segment = random(SEGMENT_SIZE, 1);
+    let file = random(PIPELINE_SEGMENTS * SEGMENT_SIZE - 12345, 1);
     let key = MasterKey::from_bytes([9; 32]);
     let mut c = Criterion::default().configure_from_args();
     kernels(&mut c, &segment);

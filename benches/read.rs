@@ -5,13 +5,16 @@
 //! Run: `cargo bench --bench read` as root (it drops the page cache between reads, so that
 //! "warm" means the cessfs cache on disk, not memory).
 
-#[path = "mounted/mod.rs"]
+#[path = "support/data.rs"]
+mod data;
+#[path = "support/mounted.rs"]
 mod mounted;
 
 use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
+use data::random;
 use mounted::*;
 
 const SIZE: usize = 1 << 30;

@@ -4,12 +4,15 @@
 //! Run: `cargo bench --bench upload` (as root or with fusermount3). Mounts the built `cessfs`
 //! with `--quiet-delay 0` so the time measured is the upload's alone.
 
-#[path = "mounted/mod.rs"]
+#[path = "support/data.rs"]
+mod data;
+#[path = "support/mounted.rs"]
 mod mounted;
 
 use std::time::Instant;
 
 use cessfs::format::Encoder;
+use data::random;
 use mounted::*;
 
 const SIZE: usize = 1 << 30;

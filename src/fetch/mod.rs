@@ -18,7 +18,7 @@ use thiserror::Error;
 use tokio::sync::OnceCell;
 
 use crate::format::{
-    DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, Layout, MasterKey, Mode, SegmentManifest,
+    DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey, SegmentManifest,
     ZERO_FRAGMENT_HASH, sha256,
 };
 use crate::miner::MinerClient;
@@ -185,9 +185,9 @@ impl Fetcher {
 
     async fn fetch(&self, fid: &Hash, size: u64, encrypted: bool, segment: usize) -> Result<Vec<u8>, FetchError> {
         let file = self.file(fid).await?;
-        let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
         let decode_err = |error| FetchError::Decode { fid: *fid, segment, error };
-        let layout = Layout::new(size, mode).map_err(decode_err)?;
+        let key = if encrypted { Some(self.master.as_ref().ok_or(FetchError::NoKey(*fid))?) } else { None };
+        let decoder = FileDecoder::new(size, key).map_err(decode_err)?;
         let seg = file.segments.get(segment).ok_or(FetchError::Decode {
             fid: *fid,
             segment,
@@ -197,7 +197,7 @@ impl Fetcher {
             hash: seg.hash,
             fragments: std::array::from_fn(|j| seg.fragments.get(j).map_or(Hash::default(), |f| f.hash)),
         };
-        let used = layout.used_len(segment);
+        let used = decoder.layout().used_len(segment);
         let mut got: [Option<Vec<u8>>; FRAGMENTS] = Default::default();
         let mut errors = Vec::new();
         // All-zero fragments are known; the others are asked for, data fragments first. Each
@@ -229,8 +229,6 @@ impl Fetcher {
             log::error!("cannot read segment {segment} of {fid}: {}", errors.join("; "));
             return Err(FetchError::TooFewFragments { fid: *fid, segment, good, detail: errors.join("; ") });
         }
-        let key = if encrypted { Some(self.master.as_ref().ok_or(FetchError::NoKey(*fid))?) } else { None };
-        let decoder = FileDecoder::new(size, key).map_err(decode_err)?;
         let out = tokio::task::spawn_blocking(move || {
             let refs: [Option<&[u8]>; FRAGMENTS] = std::array::from_fn(|j| got[j].as_deref());
             decoder.decode_verified_segment(segment, &expected, &refs, Vec::new()).map(|d| d.data().to_vec())

@@ -134,7 +134,7 @@ impl Fs {
         }
         let cold = self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
         // Room first, so that the cache stays within its limit once these segments are in.
-        self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64);
+        self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64, false);
         for &s in &ahead {
             cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
         }
@@ -205,23 +205,20 @@ impl Fs {
     /// Evicts least recently used active files until the cached content is within the limit,
     /// and the disk keeps some room for new files.
     pub fn enforce_cache_limit(&self) {
-        self.make_cache_room(0);
+        self.make_cache_room(0, false);
     }
 
-    /// Evicts so that `incoming` more bytes keep the cache within its limit.
-    fn make_cache_room(&self, incoming: u64) {
+    /// Evicts so that `incoming` more bytes keep the cache within its limit and leave the disk
+    /// its reserve (`disk_full`: a write just found no room, whatever statfs says). Returns the
+    /// bytes freed.
+    pub(super) fn make_cache_room(&self, incoming: u64, disk_full: bool) -> u64 {
         let (cached, candidates) = self.cached_files();
-        let room = self.store.disk_space().map_or(u64::MAX, |st| st.f_bavail * st.f_frsize);
+        let room = match disk_full {
+            true => 0,
+            false => self.store.disk_space().map_or(u64::MAX, |st| st.f_bavail * st.f_frsize),
+        };
         let limit = self.config.cache_size.min((cached + room).saturating_sub(DISK_RESERVE)).saturating_sub(incoming);
-        self.evict_down_to(cached, limit, candidates);
-    }
-
-    /// Evicts cached files to free at least `bytes` for a write that found the disk full.
-    /// Returns the bytes freed.
-    pub(super) fn make_room(&self, bytes: u64) -> u64 {
-        let (cached, candidates) = self.cached_files();
-        let target = cached.saturating_sub(bytes.max(DISK_RESERVE));
-        cached - self.evict_down_to(cached, target, candidates)
+        cached - self.evict_down_to(cached, limit, candidates)
     }
 
     /// Bytes of cached content of active files, and those files from least to most recently used.
@@ -259,13 +256,6 @@ impl Fs {
 
     /// Bytes of cached content of active files (what eviction can free).
     pub fn evictable_bytes(&self) -> u64 {
-        let residencies: HashMap<u64, Residency> = self.store.residencies().unwrap_or_default().into_iter().collect();
-        self.store
-            .uploads()
-            .unwrap_or_default()
-            .iter()
-            .filter(|(_, u)| u.state == UploadState::Active && !u.retired)
-            .map(|(ino, u)| resident_bytes(u.size, u.segments, residencies.get(ino)))
-            .sum()
+        self.cached_files().0
     }
 }

@@ -899,7 +899,7 @@ impl Fs {
         let end = offset + data.len() as u64;
         check_size(end)?;
         if let Err(e) = of.file.write_all_at(data, offset) {
-            if e.raw_os_error() != Some(libc::ENOSPC) || self.make_room(data.len() as u64) == 0 {
+            if e.raw_os_error() != Some(libc::ENOSPC) || self.make_cache_room(data.len() as u64, true) == 0 {
                 return Err(e.into());
             }
             of.file.write_all_at(data, offset)?;

@@ -1,23 +1,10 @@
 //! What the mounted benchmarks share: a `cessfs mount` of the built binary on its embedded
-//! devnet, with pseudo-random data and status polling.
+//! devnet, status polling, medians.
 
 use std::ffi::CString;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// `len` reproducible pseudo-random bytes.
-pub fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
 
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -135,11 +135,12 @@ impl Fs {
         let cold = self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
         // Room first, so that the cache stays within its limit once these segments are in.
         self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64, false);
-        for &s in &ahead {
-            cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
-        }
+        // What the reader waits for first: read-ahead started alongside would slow the first byte.
         for s in needed {
             cold.load(&self.store, ino, of, &source, s)?;
+        }
+        for &s in &ahead {
+            cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
         }
         Ok(())
     }

@@ -90,19 +90,26 @@ pub fn detach(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `dir` is a FUSE mount whose daemon is gone. Asked with statfs, which the kernel
+/// always sends to the daemon: a stat may be answered from the kernel's attribute cache.
+fn daemon_gone(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to fill in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out pointer.
+    let r = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+}
+
 /// Checks that `dir` can take a cessfs mount and returns its canonical path. A stale cessfs
 /// mount there (its daemon killed) is cleaned up.
 pub fn preflight(dir: &Path) -> anyhow::Result<PathBuf> {
     let shown = dir.display();
+    if daemon_gone(dir) {
+        log::warn!("{shown}: cleaning up the mount of a cessfs daemon that is gone");
+        detach(dir)?;
+    }
     let meta = match std::fs::metadata(dir) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!("{shown}: cleaning up the mount of a cessfs daemon that is gone");
-            detach(dir)?;
-            std::fs::metadata(dir)
-        }
-        other => other,
-    };
-    let meta = match meta {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             bail!("{shown} does not exist: create an empty directory first")

@@ -6,15 +6,17 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::config::Settings;
 use crate::fetch::Fetcher;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{ColdReader, Fs, FsConfig};
+use crate::fs::{ColdReader, Fs, FsConfig, StorageSpace};
 use crate::mountpoint;
 use crate::network::Network;
+use crate::protocol::Chain;
 use crate::store::{Store, StoreError};
 use crate::upload::{Engine, UploadConfig};
 
@@ -97,7 +99,7 @@ fn block_signals() -> libc::sigset_t {
 }
 
 /// How long uploads in progress get to reach a safe point at unmount.
-const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+const UPLOAD_GRACE: std::time::Duration = Duration::from_secs(10);
 
 /// Everything a mount runs: the runtime of the upload engine and the network clients, the chain
 /// connection, the engine and the FUSE session.
@@ -179,26 +181,24 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         parallel: settings.parallel_uploads.unwrap_or(2).max(1),
         territory: settings.territory(),
         master,
-        miner_timeout: std::time::Duration::from_secs(60),
-        report_timeout: std::time::Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
-        poll: std::time::Duration::from_millis(if settings.chain.is_none() { 100 } else { 3000 }),
+        miner_timeout: Duration::from_secs(60),
+        report_timeout: Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
+        poll: Duration::from_millis(if settings.chain.is_none() { 100 } else { 3000 }),
     };
-    let fetcher = Fetcher::new(
-        network.chain.clone(),
-        network.signer.clone(),
-        config.master.clone(),
-        std::time::Duration::from_secs(15),
-    );
+    let fetcher =
+        Fetcher::new(network.chain.clone(), network.signer.clone(), config.master.clone(), Duration::from_secs(15));
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config);
     let mut fs = Fs::new(store, FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_cold_reader(ColdReader {
         fetcher: Arc::new(fetcher),
         runtime: runtime.handle().clone(),
-        deadline: std::time::Duration::from_secs(120),
+        deadline: Duration::from_secs(120),
         read_ahead: 2,
     });
     let fs = Arc::new(fs);
     keep_cache_in_limit(Arc::downgrade(&fs));
+    let refresh = Duration::from_secs(if settings.chain.is_none() { 1 } else { 30 });
+    runtime.spawn(watch_storage_space(Arc::downgrade(&fs), network.chain.clone(), settings.territory(), refresh));
     let adapter = FuseAdapter::new(fs, settings.passthrough.unwrap_or(true));
     let source = format!("cessfs:{}", data_dir.display());
     let allow_other = settings.allow_other.unwrap_or(false);
@@ -231,15 +231,37 @@ fn keep_cache_in_limit(fs: std::sync::Weak<Fs>) {
             while let Some(fs) = fs.upgrade() {
                 fs.enforce_cache_limit();
                 drop(fs);
-                std::thread::sleep(std::time::Duration::from_secs(2));
+                std::thread::sleep(Duration::from_secs(2));
             }
         })
         .expect("starting the cache thread");
 }
 
+/// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as
+/// the filesystem lives. An unreachable chain keeps the last figures.
+async fn watch_storage_space(fs: std::sync::Weak<Fs>, chain: Arc<dyn Chain>, territory: Vec<u8>, refresh: Duration) {
+    let owner = chain.account();
+    loop {
+        let space = match chain.territory(&owner, &territory).await {
+            Ok(Some(t)) => Some(t.content_space()),
+            Ok(None) => Some((0, 0)),
+            Err(e) => {
+                log::debug!("reading territory space: {e}");
+                None
+            }
+        };
+        let Some(fs) = fs.upgrade() else { return };
+        if let Some((total, free)) = space {
+            fs.set_storage_space(Some(StorageSpace { total, free }));
+        }
+        drop(fs);
+        tokio::time::sleep(refresh).await;
+    }
+}
+
 /// Waits until the daemon of `data_dir` has finished (it removes its pid file once its store is
 /// closed) or is gone, up to `timeout`.
-pub fn wait_for_exit(data_dir: &Path, timeout: std::time::Duration) -> anyhow::Result<()> {
+pub fn wait_for_exit(data_dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let pid_file = data_dir.join("cessfs.pid");
     let deadline = std::time::Instant::now() + timeout;
     loop {
@@ -254,6 +276,6 @@ pub fn wait_for_exit(data_dir: &Path, timeout: std::time::Duration) -> anyhow::R
         if std::time::Instant::now() > deadline {
             bail!("the cessfs daemon (pid {pid}) is still running after {}s", timeout.as_secs());
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -90,6 +90,16 @@ pub struct DirEntry {
     pub name: Vec<u8>,
 }
 
+/// The space of a territory in bytes of file content (the chain charges 3 bytes per byte: 12
+/// fragments of which 4 carry data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageSpace {
+    /// Bytes bought.
+    pub total: u64,
+    /// Bytes that can still be stored.
+    pub free: u64,
+}
+
 /// Space figures for `statfs`.
 #[derive(Debug, Clone, Copy)]
 pub struct StatFs {
@@ -207,6 +217,8 @@ pub struct Fs {
     cold: Option<Arc<ColdReader>>,
     /// When each file was last read or opened, for least-recently-used eviction.
     access: Mutex<HashMap<u64, Instant>>,
+    /// The space of the territory files are stored in, once known.
+    storage: Mutex<Option<StorageSpace>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -299,7 +311,13 @@ impl Fs {
             passthrough,
             cold: None,
             access: Mutex::new(HashMap::new()),
+            storage: Mutex::new(None),
         }
+    }
+
+    /// Records the space of the territory files are stored in, which `statfs` reports.
+    pub fn set_storage_space(&self, space: Option<StorageSpace>) {
+        *lock(&self.storage) = space;
     }
 
     /// Lets reads fetch evicted content from the network.
@@ -1048,19 +1066,29 @@ impl Fs {
         Ok(self.store.sync()?)
     }
 
-    /// statfs: the space of the disk holding the staging area.
+    /// statfs: the territory's space once known (what can be stored, bounded by what the staging
+    /// disk can take now), else the space of the disk holding the staging area.
     pub fn statfs(&self) -> FsResult<StatFs> {
         let st = self.store.disk_space()?;
+        let frsize = st.f_frsize.max(1);
         // Cached copies of active files give their space back on demand.
-        let evictable = self.evictable_bytes() / st.f_frsize.max(1);
+        let evictable = self.evictable_bytes() / frsize;
+        let (local_free, local_avail) = (st.f_bfree + evictable, st.f_bavail + evictable);
+        let (blocks, bfree, bavail) = match *lock(&self.storage) {
+            Some(space) => {
+                let free = space.free / frsize;
+                (space.total / frsize, free.min(local_free), free.min(local_avail))
+            }
+            None => (st.f_blocks, local_free, local_avail),
+        };
         Ok(StatFs {
-            blocks: st.f_blocks,
-            bfree: (st.f_bfree + evictable).min(st.f_blocks),
-            bavail: (st.f_bavail + evictable).min(st.f_blocks),
+            blocks,
+            bfree: bfree.min(blocks),
+            bavail: bavail.min(blocks),
             files: st.f_files.max(1 << 20),
             ffree: st.f_ffree.max(1),
             bsize: st.f_bsize as u32,
-            frsize: st.f_frsize as u32,
+            frsize: frsize as u32,
         })
     }
 }

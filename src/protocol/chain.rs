@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::AccountId;
-use crate::format::{Hash, SegmentManifest};
+use crate::format::{DATA_FRAGMENTS, FRAGMENTS, Hash, SegmentManifest};
 
 /// `UserBrief`: who declares a file, under which name, in which territory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +47,22 @@ pub struct TerritoryInfo {
     pub deadline: u32,
     /// State.
     pub state: TerritoryState,
+}
+
+impl TerritoryInfo {
+    /// Bytes of file content that `charged` bytes of territory hold: the chain charges every
+    /// fragment, 12 for each 4 that carry data.
+    pub fn content_bytes(charged: u128) -> u64 {
+        let stored = charged * DATA_FRAGMENTS as u128 / FRAGMENTS as u128;
+        u64::try_from(stored).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes of file content the territory takes in all, and can still take (none unless it is
+    /// active).
+    pub fn content_space(&self) -> (u64, u64) {
+        let free = if self.state == TerritoryState::Active { self.remaining_space } else { 0 };
+        (Self::content_bytes(self.total_space), Self::content_bytes(free))
+    }
 }
 
 /// `CompleteInfo`: a miner that reported holding column `index - 1`.

@@ -325,6 +325,16 @@ pub fn rename2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
 }
 
 /// `len` pseudo-random bytes from `seed` (xorshift: incompressible, reproducible).
+/// statvfs(2) of `p`.
+pub fn statvfs(p: &Path) -> libc::statvfs {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: zeroed statvfs is valid; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs {}", p.display());
+    st
+}
+
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
     (0..len)

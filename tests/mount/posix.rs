@@ -233,11 +233,7 @@ fn symlinks_and_hard_links(m: &Mount) {
 both_modes!(symlinks_and_hard_links);
 
 fn statfs_is_real(m: &Mount) {
-    let c = std::ffi::CString::new(m.root().to_str().unwrap()).unwrap();
-    // SAFETY: zeroed statvfs is valid; c is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let st = statvfs(m.root());
     assert!(st.f_blocks > 0 && st.f_bfree > 0 && st.f_bavail > 0, "space: {st:?}");
     assert!(st.f_files > 0 && st.f_ffree > 0, "inodes");
     assert!(st.f_bsize > 0 && st.f_namemax == 255);

@@ -164,6 +164,25 @@ fn a_file_too_large_for_the_territory_fails_clearly_and_the_mount_goes_on() {
 }
 
 #[test]
+fn df_shows_the_territory_space_in_bytes_of_content() {
+    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "3"]);
+    let space = || {
+        let st = statvfs(m.root());
+        (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
+    };
+    // 3 GiB of territory holds 1 GiB of content: every byte is charged for 12 fragments of 4.
+    wait_until(Duration::from_secs(10), "df shows the territory", || space().0.abs_diff(1 << 30) < 1 << 20);
+    let (_, before) = space();
+    assert!(before.abs_diff(1 << 30) < 1 << 20, "all of it free: {before}");
+    fs::write(m.path("two-segments.bin"), random_bytes(40 << 20, 9)).unwrap();
+    m.wait_status("two-segments.bin", &["active"], MIN);
+    // Two segments are charged 2 x 96 MiB, 64 MiB of content.
+    wait_until(Duration::from_secs(10), "df shows the space taken", || before.saturating_sub(space().1) == 64 << 20);
+    let df = run(Command::new("df").arg("-B1M").arg("--output=size,avail").arg(m.root()));
+    assert!(df.contains("1024") && df.contains("960"), "{df}");
+}
+
+#[test]
 fn changed_files_get_a_new_fid_and_deleted_files_leave_the_chain() {
     let m = Mount::uploading("0.2", &[]);
     fs::write(m.path("doc.txt"), b"version one").unwrap();

@@ -66,6 +66,10 @@ pub struct Settings {
     /// not yet stored are never evicted and do not count [default: 10G].
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, on a loopback address (127.0.0.1:9464,
+    /// or a port alone) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Size in GiB of the territory the embedded devnet creates [default: 1024].
     #[arg(long, value_name = "GIB")]
     pub devnet_territory_gib: Option<u32>,
@@ -110,6 +114,7 @@ impl Settings {
             quiet_delay,
             parallel_uploads,
             cache_size,
+            metrics,
             devnet_territory_gib
         ))
     }
@@ -173,6 +178,21 @@ impl Settings {
     /// The cache size in bytes, defaulted.
     pub fn cache_size(&self) -> anyhow::Result<u64> {
         parse_size(self.cache_size.as_deref().unwrap_or("10G"))
+    }
+
+    /// Where to serve metrics, if anywhere: a port alone means 127.0.0.1.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let Some(text) = self.metrics.as_deref() else { return Ok(None) };
+        let addr = match text.parse::<u16>() {
+            Ok(port) => std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Err(_) => {
+                text.parse().map_err(|_| anyhow::anyhow!("metrics address {text:?}: use 127.0.0.1:PORT or PORT"))?
+            }
+        };
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("metrics address {addr}: only loopback addresses (127.0.0.1, ::1) are allowed");
+        }
+        Ok(Some(addr))
     }
 
     /// The data dir, defaulted.

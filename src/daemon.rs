@@ -108,6 +108,7 @@ struct Daemon {
     network: Network,
     engine: Engine,
     session: fuser::Session<FuseAdapter>,
+    metrics: Option<crate::http::Server>,
 }
 
 /// Mounts the filesystem at `mountpoint` (already checked by `mountpoint::preflight`) and serves
@@ -141,7 +142,7 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
             }
         }
     })?;
-    let Daemon { runtime, network, engine, session } = daemon;
+    let Daemon { runtime, network, engine, session, metrics } = daemon;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let uploads = runtime.spawn(async move { engine.run(stopped, UPLOAD_GRACE).await });
     let result = session.run().context("serving the mount");
@@ -149,6 +150,9 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
     runtime.block_on(async {
         let _ = uploads.await;
         network.shutdown().await;
+        if let Some(server) = metrics {
+            server.stop().await;
+        }
     });
     let _ = std::fs::remove_file(&pid_file);
     log::info!("unmounted {}", mountpoint.display());
@@ -199,6 +203,14 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     keep_cache_in_limit(Arc::downgrade(&fs));
     let refresh = Duration::from_secs(if settings.chain.is_none() { 1 } else { 30 });
     runtime.spawn(watch_storage_space(Arc::downgrade(&fs), network.chain.clone(), settings.territory(), refresh));
+    let metrics = match settings.metrics_addr()? {
+        Some(addr) => {
+            let server = runtime.block_on(crate::metrics::serve(addr, fs.clone()))?;
+            log::info!("metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let adapter = FuseAdapter::new(fs, settings.passthrough.unwrap_or(true));
     let source = format!("cessfs:{}", data_dir.display());
     let allow_other = settings.allow_other.unwrap_or(false);
@@ -220,7 +232,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         ];
         fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)?
     };
-    Ok(Daemon { runtime, network, engine, session })
+    Ok(Daemon { runtime, network, engine, session, metrics })
 }
 
 /// Evicts cached content over the limit every few seconds, for as long as the filesystem lives.

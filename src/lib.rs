@@ -16,6 +16,8 @@ pub mod devnet;
 pub mod fetch;
 pub mod format;
 pub mod fs;
+pub mod http;
+pub mod metrics;
 pub mod miner;
 pub mod mountpoint;
 pub mod network;

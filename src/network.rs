@@ -1,15 +1,22 @@
 //! Which chain the client talks to, from the settings: a devnet started with the mount, a devnet
 //! started with `cessfs devnet` (http://), or a CESS chain (ws:// or wss://).
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
+use async_trait::async_trait;
 
 use crate::chain::CessChain;
 use crate::config::Settings;
 use crate::devnet::{Devnet, DevnetChain, DevnetConfig};
-use crate::protocol::{Chain, Signer};
+use crate::format::{Hash, SegmentManifest};
+use crate::metrics;
+use crate::protocol::{
+    AccountId, Chain, ChainError, DealInfo, FileInfo, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
+};
 
 /// The chain client, the account it signs with, and the embedded devnet if it runs one.
 pub struct Network {
@@ -22,8 +29,15 @@ pub struct Network {
 
 impl Network {
     /// Connects as the settings say. An embedded devnet keeps its state in `data_dir/devnet`
-    /// and writes its RPC URL and nodes to `data_dir/devnet/devnet.json`.
+    /// and writes its RPC URL and nodes to `data_dir/devnet/devnet.json`. Every chain call is
+    /// timed for the metrics.
     pub async fn connect(settings: &Settings, data_dir: &Path) -> anyhow::Result<Network> {
+        let mut network = Self::connect_untimed(settings, data_dir).await?;
+        network.chain = Arc::new(Timed(network.chain));
+        Ok(network)
+    }
+
+    async fn connect_untimed(settings: &Settings, data_dir: &Path) -> anyhow::Result<Network> {
         match settings.chain.as_deref() {
             None | Some("embedded") => {
                 let signer = settings.signer(true)?;
@@ -62,5 +76,55 @@ impl Network {
         if let Some(d) = self.devnet {
             d.stop().await;
         }
+    }
+}
+
+/// A chain whose every call is timed into [`metrics::CHAIN_CALL_SECONDS`].
+struct Timed(Arc<dyn Chain>);
+
+async fn timed<T>(call: &'static str, f: impl Future<Output = Result<T, ChainError>>) -> Result<T, ChainError> {
+    let start = Instant::now();
+    let result = f.await;
+    metrics::CHAIN_CALL_SECONDS.observe(call, start.elapsed());
+    if result.is_err() {
+        metrics::CHAIN_CALL_ERRORS.add(call, 1);
+    }
+    result
+}
+
+#[async_trait]
+impl Chain for Timed {
+    fn account(&self) -> AccountId {
+        self.0.account()
+    }
+
+    async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
+        timed("territory", self.0.territory(owner, name)).await
+    }
+
+    async fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError> {
+        timed("file", self.0.file(fid)).await
+    }
+
+    async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError> {
+        timed("deal", self.0.deal(fid)).await
+    }
+
+    async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
+        timed("miners", self.0.miners()).await
+    }
+
+    async fn upload_declaration(
+        &self,
+        fid: &Hash,
+        segments: &[SegmentManifest],
+        user: &UserBrief,
+        file_size: u64,
+    ) -> Result<TxReceipt, ChainError> {
+        timed("upload_declaration", self.0.upload_declaration(fid, segments, user, file_size)).await
+    }
+
+    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
+        timed("delete_file", self.0.delete_file(fid)).await
     }
 }

@@ -35,6 +35,7 @@ pub struct UnmountArgs {
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let settings = args.settings.with_file(args.config.as_deref())?;
+    settings.metrics_addr()?;
     let dir = mountpoint::preflight(&args.dir)?;
     let data_dir = settings.data_dir();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;

@@ -7,7 +7,6 @@
 //! Layout of its directory: `ledger/` (sled), `nodes/<i>/{report,file}/<fid>/<fragment>`.
 
 mod buffers;
-mod http;
 mod ledger;
 mod node;
 mod rpc;
@@ -81,7 +80,7 @@ pub struct NodeView {
 pub struct Devnet {
     ledger: Arc<Ledger>,
     nodes: Arc<Vec<Node>>,
-    rpc: http::Server,
+    rpc: crate::http::Server,
 }
 
 impl Devnet {

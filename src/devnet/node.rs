@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::buffers::{AlignedBuf, CAPACITY, Pool, write_fragment};
-use super::http::{Reply, Server, json};
 use super::ledger::Ledger;
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
+use crate::http::{Reply, Server, json};
 use crate::protocol::miner::{self as proto, msg};
 use crate::protocol::{AccountId, Signer};
 

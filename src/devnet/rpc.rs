@@ -14,9 +14,9 @@ use hyper::{Method, Request, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::http::{self, Reply, Server, json};
 use super::{Fault, Ledger, Node, NodeView};
 use crate::format::{Hash, SegmentManifest};
+use crate::http::{self, Reply, Server, json};
 use crate::protocol::{
     AccountId, Chain, ChainError, DealInfo, FileInfo, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief, verify,
 };

@@ -21,6 +21,7 @@ use crate::format::{
     DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey, SegmentManifest,
     ZERO_FRAGMENT_HASH, sha256,
 };
+use crate::metrics;
 use crate::miner::MinerClient;
 use crate::protocol::{AccountId, Chain, ChainError, FileInfo, Signer};
 
@@ -207,7 +208,15 @@ impl Fetcher {
         let mut candidates = (0..FRAGMENTS).filter(|&j| expected.fragments[j] != ZERO_FRAGMENT_HASH);
         let ask = |j: usize| {
             let file = &file;
-            async move { (j, self.fragment(fid, file, segment, j, used).await) }
+            async move {
+                let result = self.fragment(fid, file, segment, j, used).await;
+                let miner = file.segments[segment].fragments[j].miner.to_string();
+                match &result {
+                    Ok(_) => metrics::FRAGMENTS_FETCHED.add(&miner, 1),
+                    Err(_) => metrics::FRAGMENT_FETCH_FAILURES.add(&miner, 1),
+                }
+                (j, result)
+            }
         };
         let mut pending: FuturesUnordered<_> = candidates.by_ref().take(DATA_FRAGMENTS - good).map(ask).collect();
         while good < DATA_FRAGMENTS {
@@ -235,6 +244,9 @@ impl Fetcher {
         })
         .await
         .expect("decoding does not panic");
+        if let Ok(data) = &out {
+            metrics::FETCHED_BYTES.add(data.len() as u64);
+        }
         out.map_err(|error| {
             if let FormatError::Decrypt { .. } = error {
                 log::error!(

@@ -114,11 +114,12 @@ impl Fs {
     }
 
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
-    /// starting on the next ones, for sequential readers).
-    pub(super) fn ensure_present(&self, ino: u64, of: &Arc<OpenFile>, range: Range<u64>) -> FsResult<()> {
-        let Some(source) = of.cold else { return Ok(()) };
+    /// starting on the next ones, for sequential readers). Returns how many segments the caller
+    /// waited for.
+    pub(super) fn ensure_present(&self, ino: u64, of: &Arc<OpenFile>, range: Range<u64>) -> FsResult<usize> {
+        let Some(source) = of.cold else { return Ok(0) };
         if range.start >= source.size || range.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let missing = |s: usize| lock(&of.residency).as_ref().is_some_and(|r| !r.has(s));
         let first = source.layout.segment_of(range.start);
@@ -130,19 +131,19 @@ impl Fs {
             .filter(|&s| missing(s) && self.cold.as_ref().is_some_and(|c| !c.fetcher.busy(&source.fid, s)))
             .collect();
         if needed.is_empty() && ahead.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let cold = self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
         // Room first, so that the cache stays within its limit once these segments are in.
         self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64, false);
         // What the reader waits for first: read-ahead started alongside would slow the first byte.
-        for s in needed {
+        for &s in &needed {
             cold.load(&self.store, ino, of, &source, s)?;
         }
         for &s in &ahead {
             cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
         }
-        Ok(())
+        Ok(needed.len())
     }
 
     /// Makes bytes `0..end` of closed or open file `ino` local before its content changes.

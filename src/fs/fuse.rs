@@ -10,13 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags,
+    PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::{Attr, Caller, Fs, FsError, NAME_MAX, Opened, SetAttr, TimeSet, lock};
+use crate::metrics;
 use crate::store::{Kind, Timestamp};
 
 /// How long the kernel may cache attributes and entries. Only this daemon changes the tree, and
@@ -420,6 +422,63 @@ impl Filesystem for FuseAdapter {
     ) {
         reply_or!(reply, "fallocate", self.fs.fallocate(fh.0, offset, length, mode), |()| reply.ok());
     }
+
+    // Requests cessfs does not implement: counted for the metrics, answered ENOSYS. The kernel
+    // falls back by itself for lseek (SEEK_DATA/SEEK_HOLE), copy_file_range and poll.
+
+    fn mknod(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: u32, reply: ReplyEntry) {
+        reply.error(unsupported("mknod"));
+    }
+
+    fn getlk(
+        &self,
+        _: &Request,
+        _: INodeNo,
+        _: FileHandle,
+        _: LockOwner,
+        _: u64,
+        _: u64,
+        _: i32,
+        _: u32,
+        reply: ReplyLock,
+    ) {
+        reply.error(unsupported("getlk"));
+    }
+
+    #[rustfmt::skip]
+    fn setlk(&self, _: &Request, _: INodeNo, _: FileHandle, _: LockOwner, _: u64, _: u64, _: i32, _: u32, _: bool, reply: ReplyEmpty) {
+        reply.error(unsupported("setlk"));
+    }
+
+    fn bmap(&self, _: &Request, _: INodeNo, _: u32, _: u64, reply: ReplyBmap) {
+        reply.error(unsupported("bmap"));
+    }
+
+    #[rustfmt::skip]
+    fn ioctl(&self, _: &Request, _: INodeNo, _: FileHandle, _: IoctlFlags, _: u32, _: &[u8], _: u32, reply: ReplyIoctl) {
+        reply.error(unsupported("ioctl"));
+    }
+
+    #[rustfmt::skip]
+    fn poll(&self, _: &Request, _: INodeNo, _: FileHandle, _: PollNotifier, _: PollEvents, _: PollFlags, reply: ReplyPoll) {
+        reply.error(unsupported("poll"));
+    }
+
+    fn lseek(&self, _: &Request, _: INodeNo, _: FileHandle, _: i64, _: i32, reply: ReplyLseek) {
+        reply.error(unsupported("lseek"));
+    }
+
+    #[rustfmt::skip]
+    fn copy_file_range(&self, _: &Request, _: INodeNo, _: FileHandle, _: u64, _: INodeNo, _: FileHandle, _: u64, _: u64, _: CopyFileRangeFlags, reply: ReplyWrite) {
+        reply.error(unsupported("copy_file_range"));
+    }
+}
+
+/// Counts a request cessfs does not implement; the errno to answer it with.
+fn unsupported(op: &'static str) -> Errno {
+    log::debug!("{op}: not implemented");
+    metrics::FUSE_UNSUPPORTED.add(op, 1);
+    Errno::ENOSYS
 }
 
 fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {

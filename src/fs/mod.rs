@@ -27,6 +27,7 @@ pub use cache::ColdReader;
 pub use error::FsError;
 
 use crate::format::{Layout, Mode};
+use crate::metrics;
 use crate::store::{Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, Timestamp, UploadRecord};
 
 /// Longest name in a directory.
@@ -894,7 +895,8 @@ impl Fs {
     /// read.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (ino, _, of) = self.handle(fh)?;
-        self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64))?;
+        let fetched = self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64))?;
+        metrics::CACHE_READS.add(if fetched == 0 { "hit" } else { "miss" }, 1);
         let len = of.file.metadata()?.len().saturating_sub(offset).min(size as u64) as usize;
         let mut buf = vec![0u8; len];
         let mut done = 0;
@@ -905,6 +907,7 @@ impl Fs {
             }
         }
         buf.truncate(done);
+        metrics::READ_BYTES.add(done as u64);
         Ok(buf)
     }
 
@@ -1090,6 +1093,31 @@ impl Fs {
             bsize: st.f_bsize as u32,
             frsize: frsize as u32,
         })
+    }
+}
+
+impl metrics::Gauges for Fs {
+    fn render(&self, out: &mut String) {
+        let mut per_state: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
+        for (_, up) in self.store.uploads().unwrap_or_default() {
+            let entry = per_state.entry(up.state.word()).or_default();
+            entry.0 += 1;
+            entry.1 += up.size;
+        }
+        let files: Vec<_> = per_state.iter().map(|(state, (n, _))| (*state, *n)).collect();
+        let bytes: Vec<_> = per_state.iter().map(|(state, (_, b))| (*state, *b)).collect();
+        metrics::gauge(out, "cessfs_files", "Files by upload state.", "state", &files);
+        metrics::gauge(out, "cessfs_file_bytes", "Bytes of files by upload state.", "state", &bytes);
+        let cached = [("", self.evictable_bytes())];
+        metrics::gauge(out, "cessfs_cache_bytes", "Bytes of stored files cached locally (evictable).", "", &cached);
+        let limit = [("", self.config.cache_size)];
+        metrics::gauge(out, "cessfs_cache_limit_bytes", "The cache size limit.", "", &limit);
+        if let Some(space) = *lock(&self.storage) {
+            let total = [("", space.total)];
+            metrics::gauge(out, "cessfs_territory_bytes", "The territory's size, in bytes of content.", "", &total);
+            let free = [("", space.free)];
+            metrics::gauge(out, "cessfs_territory_free_bytes", "What the territory can still take.", "", &free);
+        }
     }
 }
 

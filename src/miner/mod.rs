@@ -136,7 +136,7 @@ impl MinerClient {
     /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]).
     pub async fn put_fragment(&self, endpoint: &str, fid: &Hash, body: FragmentBody) -> Result<(), MinerError> {
         let url = format!("{}/fragment", base_url(endpoint));
-        let fragment = body.hash;
+        let (fragment, len) = (body.hash, body.bytes.len() as u64);
         let req = self
             .http
             .put(&url)
@@ -152,6 +152,7 @@ impl MinerClient {
         if reply.code != 200 {
             return Err(MinerError::Refused { endpoint: endpoint.to_string(), code: reply.code, msg: reply.msg });
         }
+        crate::metrics::PUSHED_BYTES.add(len);
         Ok(())
     }
 

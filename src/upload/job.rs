@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Inner, UploadError, lock, placement, push};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, Seed};
+use crate::metrics;
 use crate::protocol::{TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
 
@@ -76,6 +77,10 @@ impl Inner {
                 );
             }
             if self.store.swap_upload(ino, &cur, Some(&next))? {
+                if next.state == UploadState::Active && cur.state != UploadState::Active {
+                    metrics::UPLOADED_FILES.add(1);
+                    metrics::UPLOADED_BYTES.add(next.size);
+                }
                 return Ok(Some(next));
             }
         }

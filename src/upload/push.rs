@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{Inner, UploadError};
 use crate::format::{FRAGMENTS, Hash, Seed, SegmentManifest, ZERO_FRAGMENT_HASH};
+use crate::metrics;
 use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
 use crate::store::FileSource;
@@ -38,7 +39,12 @@ pub(super) async fn push_columns(
             let mut result = Ok(());
             while let Some(body) = rx.recv().await {
                 if result.is_ok() {
+                    let miner = miner.account.to_string();
                     result = inner.miners.put_fragment(&endpoint, &fid, body).await;
+                    match result {
+                        Ok(()) => metrics::FRAGMENTS_PUSHED.add(&miner, 1),
+                        Err(_) => metrics::FRAGMENT_PUSH_FAILURES.add(&miner, 1),
+                    }
                 }
             }
             (column, miner, result)

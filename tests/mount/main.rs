@@ -7,4 +7,5 @@ mod durability;
 mod file_managers;
 mod model;
 mod posix;
+mod service;
 mod upload;

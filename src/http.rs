@@ -1,5 +1,6 @@
-//! A minimal HTTP/1 server for the devnet: an accept loop whose connections all end when it is
-//! stopped (a stopped node must look like a dead host, not a server finishing its requests).
+//! A minimal HTTP/1 server, for the devnet's nodes and RPC and for metrics: an accept loop whose
+//! connections all end when it is stopped (a stopped node must look like a dead host, not a
+//! server finishing its requests).
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,0 +1,126 @@
+//! Running cessfs as a service: the metrics endpoint, the fstab mount helper, the log format.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`.
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `series` (name and labels, as printed), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of every sample of metric `name`, whatever its labels.
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_move_during_an_upload_and_a_cold_read() {
+    let port = free_port();
+    let m = Mount::uploading("0.2", &["--metrics", &port.to_string()]);
+    let scrape = || http_get(port, "/metrics");
+    let first = scrape();
+    for name in ["cessfs_fragment_pushes_total", "cessfs_chain_call_seconds", "cessfs_fuse_unsupported_total"] {
+        assert!(first.contains(&format!("# HELP {name} ")), "{name} is described:\n{first}");
+    }
+    assert_eq!(sample(&first, "cessfs_cache_limit_bytes"), Some((10u64 << 30) as f64));
+
+    let data = random_bytes(200 << 20, 5);
+    fs::write(m.path("big.bin"), &data).unwrap();
+    // Scrape while it uploads: the pushed bytes grow, and the file is counted as not yet active.
+    let (mut pushed_seen, mut in_flight_seen) = (Vec::new(), false);
+    let deadline = std::time::Instant::now() + MIN;
+    loop {
+        let now = scrape();
+        let pushed = total(&now, "cessfs_pushed_bytes_total");
+        if pushed_seen.last() != Some(&pushed) {
+            pushed_seen.push(pushed);
+        }
+        let active = sample(&now, "cessfs_files{state=\"active\"}").unwrap_or(0.0);
+        in_flight_seen |= pushed > 0.0 && active == 0.0;
+        if active == 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "big.bin did not become active:\n{now}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(in_flight_seen && pushed_seen.len() >= 3, "counters seen moving: {pushed_seen:?}");
+    assert!(pushed_seen.windows(2).all(|w| w[0] < w[1]), "{pushed_seen:?}");
+
+    let done = scrape();
+    // 7 segments of 12 fragments of 8 MiB, bar the last one's all-zero fragments (sent empty).
+    assert!(total(&done, "cessfs_pushed_bytes_total") >= (6 * 12 * (8u64 << 20)) as f64, "{done}");
+    assert!(total(&done, "cessfs_fragment_pushes_total") >= 84.0, "{done}");
+    let miners = done.lines().filter(|l| l.starts_with("cessfs_fragment_pushes_total{miner=")).count();
+    assert!(miners >= 12, "pushes counted per miner: {miners}");
+    assert_eq!(sample(&done, "cessfs_uploaded_files_total"), Some(1.0));
+    assert_eq!(sample(&done, "cessfs_uploaded_bytes_total"), Some((200u64 << 20) as f64));
+    assert_eq!(sample(&done, "cessfs_file_bytes{state=\"active\"}"), Some((200u64 << 20) as f64));
+    assert_eq!(sample(&done, "cessfs_chain_call_seconds_count{call=\"upload_declaration\"}"), Some(1.0));
+    assert!(sample(&done, "cessfs_chain_call_seconds_count{call=\"deal\"}").unwrap_or(0.0) >= 1.0, "{done}");
+    assert!(sample(&done, "cessfs_territory_bytes").is_some(), "{done}");
+    assert_eq!(sample(&done, "cessfs_cache_bytes"), Some((200u64 << 20) as f64));
+
+    // A cold read: misses, fetched bytes and fetched fragments; then a warm one: hits.
+    run(Command::new(BIN).arg("evict").arg(m.path("big.bin")));
+    let mut f = fs::File::open(m.path("big.bin")).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    f.read_exact(&mut head).unwrap();
+    assert_eq!(head, data[..1 << 20]);
+    let cold = scrape();
+    assert!(sample(&cold, "cessfs_cache_reads_total{result=\"miss\"}").unwrap_or(0.0) >= 1.0, "{cold}");
+    assert!(total(&cold, "cessfs_fetched_bytes_total") >= (30u64 << 20) as f64, "{cold}");
+    assert!(total(&cold, "cessfs_fragment_fetches_total") >= 4.0, "{cold}");
+    f.read_exact(&mut head).unwrap();
+    assert!(sample(&scrape(), "cessfs_cache_reads_total{result=\"hit\"}").unwrap_or(0.0) >= 1.0);
+
+    // An ioctl cessfs does not implement is answered ENOSYS and counted.
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: f is an open file; flags is valid for the ioctl's write.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+    assert_eq!(rc, -1);
+    assert!(sample(&scrape(), "cessfs_fuse_unsupported_total{op=\"ioctl\"}").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn metrics_refuse_an_address_other_machines_can_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(dir.path())
+        .args(["--foreground", "--plain", "true", "--metrics", "0.0.0.0:9464", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only loopback addresses"), "{err}");
+}

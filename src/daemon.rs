@@ -30,14 +30,35 @@ pub enum Readiness {
 
 impl Readiness {
     fn report(self, result: &anyhow::Result<()>) {
-        if let Readiness::Pipe(mut pipe) = self {
-            let msg = match result {
-                Ok(()) => "ok".to_string(),
-                Err(e) => format!("{e:#}"),
-            };
-            // The parent may be gone (killed); the daemon goes on regardless.
-            let _ = pipe.write_all(msg.as_bytes());
+        match self {
+            Readiness::Pipe(mut pipe) => {
+                let msg = match result {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                // The parent may be gone (killed); the daemon goes on regardless.
+                let _ = pipe.write_all(msg.as_bytes());
+            }
+            Readiness::Foreground if result.is_ok() => notify_systemd("READY=1"),
+            Readiness::Foreground => {}
         }
+    }
+}
+
+/// Tells systemd about the service's state (`READY=1`, `STOPPING=1`) when it runs as a
+/// `Type=notify` unit, which sets NOTIFY_SOCKET; does nothing otherwise.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let bytes = path.as_encoded_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name),
+        None => SocketAddr::from_pathname(Path::new(&path)),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        log::warn!("telling systemd {state:?}: {e}");
     }
 }
 
@@ -146,6 +167,7 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let uploads = runtime.spawn(async move { engine.run(stopped, UPLOAD_GRACE).await });
     let result = session.run().context("serving the mount");
+    notify_systemd("STOPPING=1");
     let _ = stop.send(true);
     runtime.block_on(async {
         let _ = uploads.await;

@@ -45,9 +45,37 @@ struct KeygenArgs {
     out: Option<std::path::PathBuf>,
 }
 
-/// Logs to stderr (the log file, for a daemon), filtered like RUST_LOG.
+/// Logs to stderr, filtered like RUST_LOG: lines with syslog priorities and no timestamp when
+/// stderr is the systemd journal (which adds both), timestamped lines otherwise (a terminal or
+/// the daemon's log file).
 fn init_logging(filter: &str) {
-    env_logger::Builder::new().parse_filters(filter).format_timestamp_millis().init();
+    use std::io::Write;
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(filter);
+    if stderr_is_journal() {
+        builder.format(|out, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(out, "<{priority}>{}: {}", record.target(), record.args())
+        });
+    } else {
+        builder.format_timestamp_millis();
+    }
+    builder.init();
+}
+
+/// Whether stderr is the journal: systemd says so in JOURNAL_STREAM (device:inode of the stream).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else { return false };
+    let Ok(meta) = std::fs::File::from(stderr).metadata() else { return false };
+    stream.to_str() == Some(&format!("{}:{}", meta.dev(), meta.ino()))
 }
 
 /// Runs the command line and returns the process exit code.

@@ -124,3 +124,37 @@ fn metrics_refuse_an_address_other_machines_can_reach() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only loopback addresses"), "{err}");
 }
+
+#[test]
+fn under_systemd_it_reports_ready_and_stopping_and_logs_for_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let socket_path = data.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    notify.set_read_timeout(Some(MIN)).unwrap();
+    let journal = data.path().join("journal");
+    let stream = fs::File::create(&journal).unwrap();
+    let id = stream.metadata().unwrap();
+    let mut daemon = Command::new(BIN)
+        .arg("mount")
+        .arg(dir.path())
+        .args(["--foreground", "--plain", "true", "--data-dir"])
+        .arg(data.path())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("JOURNAL_STREAM", format!("{}:{}", id.dev(), id.ino()))
+        .env("RUST_LOG", "info")
+        .stderr(stream)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within a minute");
+    assert_eq!(&buf[..n], b"READY=1");
+    fs::write(dir.path().join("f"), b"x").unwrap();
+    run(Command::new(BIN).arg("unmount").arg(dir.path()));
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(daemon.wait().unwrap().success());
+    let log = fs::read_to_string(&journal).unwrap();
+    assert!(log.lines().any(|l| l.starts_with("<6>cessfs::daemon: mounted ")), "{log}");
+    assert!(log.lines().all(|l| l.starts_with('<')), "every line has a priority, none a timestamp:\n{log}");
+}

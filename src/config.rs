@@ -73,6 +73,10 @@ pub struct Settings {
     /// Size in GiB of the territory the embedded devnet creates [default: 1024].
     #[arg(long, value_name = "GIB")]
     pub devnet_territory_gib: Option<u32>,
+    /// A system mount's name (see [`Settings::for_system_mount`]).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub system: Option<String>,
 }
 
 /// The config file's contents.
@@ -84,12 +88,31 @@ struct ConfigFile {
 }
 
 impl Settings {
+    /// Makes this a system mount (run by fstab or `cessfs@.service`) on `mountpoint`, named
+    /// as `systemd-escape --path` names it (`mnt-cess` for /mnt/cess): its config defaults to
+    /// /etc/cessfs/NAME.toml, else /etc/cessfs/config.toml; its key to /etc/cessfs/key; its data
+    /// dir to /var/lib/cessfs/NAME.
+    pub fn for_system_mount(mut self, mountpoint: &Path) -> Settings {
+        self.system = Some(crate::mountpoint::escaped_name(mountpoint));
+        self
+    }
+
+    /// Where config and key files are by default.
+    fn config_home(&self) -> PathBuf {
+        if self.system.is_some() { PathBuf::from(SYSTEM_CONFIG_DIR) } else { config_dir() }
+    }
+
     /// Fills what the flags left open from the config file (`path`, or the default location if
     /// it exists).
     pub fn with_file(self, path: Option<&Path>) -> anyhow::Result<Settings> {
+        let home = self.config_home();
+        let defaults = match &self.system {
+            Some(name) => vec![home.join(format!("{name}.toml")), home.join("config.toml")],
+            None => vec![home.join("config.toml")],
+        };
         let path = match path {
             Some(p) => Some(p.to_path_buf()),
-            None => Some(config_dir().join("config.toml")).filter(|p| p.exists()),
+            None => defaults.into_iter().find(|p| p.exists()),
         };
         let Some(path) = path else { return Ok(self) };
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
@@ -115,7 +138,8 @@ impl Settings {
             parallel_uploads,
             cache_size,
             metrics,
-            devnet_territory_gib
+            devnet_territory_gib,
+            system
         ))
     }
 
@@ -135,7 +159,7 @@ impl Settings {
         if self.plain.unwrap_or(false) {
             return Ok(None);
         }
-        let path = self.key_file.clone().unwrap_or_else(|| config_dir().join("key"));
+        let path = self.key_file.clone().unwrap_or_else(|| self.config_home().join("key"));
         if self.key_file.is_none() && !path.exists() {
             write_new_key(&path)?;
             log::warn!("created the encryption key {}: back it up, files cannot be read without it", path.display());
@@ -197,7 +221,11 @@ impl Settings {
 
     /// The data dir, defaulted.
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| xdg_dir("XDG_DATA_HOME", ".local/share").join("cessfs"))
+        let default = || match &self.system {
+            Some(name) => Path::new(SYSTEM_DATA_DIR).join(name),
+            None => xdg_dir("XDG_DATA_HOME", ".local/share").join("cessfs"),
+        };
+        self.data_dir.clone().unwrap_or_else(default)
     }
 
     /// FUSE worker threads, defaulted.
@@ -271,6 +299,11 @@ fn home() -> PathBuf {
 fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
     std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute()).unwrap_or_else(|| home().join(fallback))
 }
+
+/// Config and key files of system mounts.
+pub const SYSTEM_CONFIG_DIR: &str = "/etc/cessfs";
+/// Data dirs of system mounts, one per mount point.
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/cessfs";
 
 /// `$XDG_CONFIG_HOME/cessfs`.
 pub fn config_dir() -> PathBuf {

@@ -21,6 +21,27 @@ pub struct MountEntry {
 /// The fstype cessfs mounts show.
 pub const FSTYPE: &str = "fuse.cessfs";
 
+/// The name `systemd-escape --path` gives `dir` (`mnt-cess` for /mnt/cess): what system mounts
+/// name their config and data dir after, as systemd names `cessfs@NAME.service`.
+pub fn escaped_name(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let parts: Vec<&[u8]> =
+        dir.as_os_str().as_bytes().split(|&c| c == b'/').filter(|p| !p.is_empty() && *p != b".").collect();
+    if parts.is_empty() {
+        return "-".to_string();
+    }
+    let mut out = String::new();
+    for (i, &c) in parts.join(&b'/').iter().enumerate() {
+        match c {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(c as char),
+            _ => out.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    out
+}
+
 /// Every mount of this process's namespace.
 pub fn mounts() -> io::Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -198,6 +219,20 @@ pub fn unmount(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_mount_points_as_systemd_escape_does() {
+        for (dir, name) in [
+            ("/mnt/cess", "mnt-cess"),
+            ("/mnt/my cess/", "mnt-my\\x20cess"),
+            ("/srv/a-b", "srv-a\\x2db"),
+            ("/.hidden/x", "\\x2ehidden-x"),
+            ("/", "-"),
+            ("/mnt/é", "mnt-\\xc3\\xa9"),
+        ] {
+            assert_eq!(escaped_name(Path::new(dir)), name, "{dir}");
+        }
+    }
 
     #[test]
     fn parses_mountinfo_with_escapes() {

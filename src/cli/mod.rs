@@ -3,6 +3,7 @@
 mod account;
 mod devnet;
 mod fid;
+mod fstab;
 mod mount;
 mod status;
 
@@ -36,6 +37,39 @@ enum Command {
     Account(account::ChainArgs),
     /// Buy, grow or renew a territory (the space files are stored in); shows the price first.
     Territory(account::TerritoryArgs),
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Where to write man/ and completions/.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Writes a man page per command (cessfs.1, cessfs-mount.1, ...) into `dir/man` and completions
+/// for bash, zsh and fish into `dir/completions`.
+fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let (man, completions) = (dir.join("man"), dir.join("completions"));
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut pages = vec![("cessfs".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        let name = format!("cessfs-{}", sub.get_name());
+        pages.push((name, sub.clone()));
+    }
+    for (name, page) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(man.join(format!("{name}.1")), out)?;
+    }
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, "cessfs", &completions)?;
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -80,7 +114,18 @@ fn stderr_is_journal() -> bool {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match args.first() {
+        Some(argv0) if fstab::invoked_as_helper(argv0) => match fstab::command_line(&args[1..]) {
+            Ok(Some(line)) => Cli::parse_from(line),
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("mount.cessfs: {e:#}");
+                return 1;
+            }
+        },
+        _ => Cli::parse_from(args),
+    };
     let result = match cli.command {
         Command::Mount(args) => mount::mount(args),
         Command::Unmount(args) => mount::unmount(args),
@@ -90,6 +135,7 @@ pub fn main() -> i32 {
         Command::Devnet(args) => devnet::run(args),
         Command::Account(args) => account::account(args),
         Command::Territory(args) => account::territory(args),
+        Command::GenerateAssets { dir } => generate_assets(&dir),
         Command::Keygen(args) => {
             let path = args.out.unwrap_or_else(|| crate::config::config_dir().join("key"));
             crate::config::write_new_key(&path)

@@ -17,6 +17,11 @@ pub struct MountArgs {
     /// The config file [default: $XDG_CONFIG_HOME/cessfs/config.toml, if it exists].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// A system mount (fstab, cessfs@.service): config /etc/cessfs/NAME.toml or
+    /// /etc/cessfs/config.toml, key /etc/cessfs/key, data dir /var/lib/cessfs/NAME, where NAME
+    /// is the mount point as `systemd-escape --path` writes it (mnt-cess for /mnt/cess).
+    #[arg(long)]
+    system: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -34,7 +39,11 @@ pub struct UnmountArgs {
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
-    let settings = args.settings.with_file(args.config.as_deref())?;
+    let mut settings = args.settings;
+    if args.system {
+        settings = settings.for_system_mount(&std::path::absolute(&args.dir)?);
+    }
+    let settings = settings.with_file(args.config.as_deref())?;
     settings.metrics_addr()?;
     let dir = mountpoint::preflight(&args.dir)?;
     let data_dir = settings.data_dir();

@@ -19,7 +19,8 @@ pub struct Mount {
     child: Option<Child>,
 }
 
-fn mounted(dir: &Path) -> bool {
+/// Whether `dir` is a cessfs mount point.
+pub fn mounted(dir: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.to_str().expect("utf-8 temp path").replace(' ', "\\040");
     info.lines().any(|l| l.split(' ').nth(4) == Some(dir.as_str()) && l.contains(" - fuse.cessfs "))

@@ -158,3 +158,58 @@ fn under_systemd_it_reports_ready_and_stopping_and_logs_for_the_journal() {
     assert!(log.lines().any(|l| l.starts_with("<6>cessfs::daemon: mounted ")), "{log}");
     assert!(log.lines().all(|l| l.starts_with('<')), "every line has a priority, none a timestamp:\n{log}");
 }
+
+/// Unmounts a daemonized mount and stops its daemon when the test ends, however it ends.
+struct Detached<'a> {
+    dir: &'a std::path::Path,
+    data: &'a std::path::Path,
+}
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).arg("unmount").arg(self.dir).output();
+        if let Ok(pid) = fs::read_to_string(self.data.join("cessfs.pid")) {
+            // SAFETY: kill(2) of the daemon this test started.
+            unsafe { libc::kill(pid.trim().parse().unwrap_or(0), libc::SIGKILL) };
+        }
+        if std::thread::panicking() {
+            eprintln!("── daemon log ──\n{}", fs::read_to_string(self.data.join("cessfs.log")).unwrap_or_default());
+        }
+    }
+}
+
+#[test]
+fn the_fstab_helper_mounts_with_options_from_the_fstab_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, data) = (tmp.path().join("mnt"), tmp.path().join("data"));
+    fs::create_dir_all(&dir).unwrap();
+    let config = tmp.path().join("home.toml");
+    fs::write(&config, "territory = \"fstab-home\"\nplain = true\n").unwrap();
+    // mount(8) runs /sbin/mount.fuse.cessfs for type fuse.cessfs; the package links it to cessfs.
+    let helper = tmp.path().join("mount.fuse.cessfs");
+    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    // The fstab line: cessfs#CONFIG  DIR  fuse.cessfs  _netdev,nofail,...  0 0
+    let options = format!("rw,_netdev,nofail,x-systemd.automount,quiet_delay=0.2,data_dir={}", data.display());
+    let _cleanup = Detached { dir: &dir, data: &data };
+    run(Command::new(&helper).arg(format!("cessfs#{}", config.display())).arg(&dir).args(["-o", &options]));
+    // The helper returns once the mount is ready, with the daemon in the background.
+    assert!(mounted(&dir), "mounted when the helper returns");
+    fs::write(dir.join("note.txt"), b"from fstab").unwrap();
+    let cess = |name: &str| getxattr(&dir.join("note.txt"), name).map(|v| String::from_utf8_lossy(&v).into_owned());
+    wait_until(MIN, "note.txt active", || cess("user.cess.status").as_deref() == Ok("active"));
+    assert_eq!(cess("user.cess.territory").as_deref(), Ok("fstab-home"), "the config file was read");
+    assert!(data.join("cessfs.log").exists(), "options reached the mount: its data dir");
+    // A second mount on the same data dir is refused with a clear message.
+    let second = tmp.path().join("mnt2");
+    fs::create_dir(&second).unwrap();
+    let again = Command::new(&helper).arg("cessfs").arg(&second).args(["-o", &options]).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("in use"), "{again:?}");
+    let umount = if cessfs::mountpoint::is_root() {
+        Command::new("umount").arg(&dir).output()
+    } else {
+        Command::new(BIN).arg("unmount").arg(&dir).output()
+    };
+    assert!(umount.unwrap().status.success());
+    cessfs::daemon::wait_for_exit(&data, MIN).unwrap();
+    assert!(!mounted(&dir));
+}

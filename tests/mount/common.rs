@@ -204,6 +204,21 @@ impl Mount {
         assert!(!mounted(self.root()), "SIGTERM unmounts");
     }
 
+    /// Detaches the mount (`umount -l`): it leaves the namespace at once, and the daemon goes on
+    /// serving the files still open, then exits on its own; waits up to `timeout` for that.
+    pub fn lazy_unmount(&mut self, before_exit: impl FnOnce(), timeout: Duration) {
+        let detached = Command::new("umount").arg("-l").arg(self.root()).status().expect("umount -l");
+        assert!(detached.success(), "umount -l");
+        assert!(!mounted(self.root()), "gone from the namespace");
+        before_exit();
+        let mut child = self.child.take().expect("mounted");
+        wait_until(timeout, "the daemon to exit after its last file closed", || {
+            child.try_wait().expect("wait for daemon").is_some()
+        });
+        let status = child.wait().expect("wait for daemon");
+        assert!(status.success(), "daemon exited with {status} after a lazy unmount:\n{}", self.log());
+    }
+
     /// Kills the daemon with SIGKILL, leaving its dead mount behind.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("mounted");

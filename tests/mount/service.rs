@@ -213,3 +213,20 @@ fn the_fstab_helper_mounts_with_options_from_the_fstab_line() {
     cessfs::daemon::wait_for_exit(&data, MIN).unwrap();
     assert!(!mounted(&dir));
 }
+
+#[test]
+fn a_lazy_unmount_finishes_the_open_files_and_the_next_mount_uploads_them() {
+    let mut m = Mount::uploading("0.2", &[]);
+    let mut f = fs::File::create(m.path("open.txt")).unwrap();
+    f.write_all(b"written before, ").unwrap();
+    m.lazy_unmount(
+        || {
+            f.write_all(b"and after the lazy unmount").unwrap();
+            drop(f);
+        },
+        MIN,
+    );
+    m.mount();
+    assert_eq!(fs::read(m.path("open.txt")).unwrap(), b"written before, and after the lazy unmount");
+    m.wait_status("open.txt", &["active"], MIN);
+}

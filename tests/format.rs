@@ -159,6 +159,24 @@ fn wrong_key_and_tampering_fail_authentication() {
 }
 
 #[test]
+fn a_segment_rebuilt_with_parity_is_checked_against_its_hash() {
+    let data = golden_stream(30 << 20);
+    let (mut manifest, frags) = encode(&data, None, true);
+    let decoder = FileDecoder::new(data.len() as u64, None).unwrap();
+    let verified = |pick: &dyn Fn(usize) -> bool, manifest: &FileManifest| {
+        let refs: [Option<&[u8]>; FRAGMENTS] = std::array::from_fn(|f| pick(f).then(|| &frags[0][f][..]));
+        decoder.decode_verified_segment(0, &manifest.segments[0], &refs, Vec::new()).map(|d| d.data().to_vec())
+    };
+    // A manifest whose segment hash disagrees with its fragment hashes.
+    manifest.segments[0].hash = sha256(b"not this segment");
+    // The 4 data fragments, each checked against its hash by the caller, are the segment.
+    assert!(verified(&|f| f < 4, &manifest).unwrap() == data);
+    // Bytes rebuilt from parity are only as good as the segment hash says.
+    let err = verified(&|f| f != 1, &manifest).map(|d| d.len()).unwrap_err();
+    assert!(matches!(err, FormatError::SegmentHash { segment: 0, .. }), "{err:?}");
+}
+
+#[test]
 fn too_many_lost_fragments_is_an_error() {
     let data = golden_stream(2 * SEGMENT_SIZE - 1);
     let (manifest, frags) = encode(&data, None, true);

@@ -12,14 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use thiserror::Error;
 use tokio::sync::OnceCell;
 
 use crate::format::{
-    DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey, SegmentManifest,
-    ZERO_FRAGMENT_HASH, sha256,
+    DATA_FRAGMENTS, DecodedSegment, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey,
+    SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
 };
 use crate::metrics;
 use crate::miner::MinerClient;
@@ -64,7 +65,7 @@ pub enum FetchError {
 /// How long a fragment may keep a read waiting before another one is asked for as well.
 const HEDGE_AFTER: Duration = Duration::from_millis(1000);
 
-type Slot = Arc<OnceCell<Result<Arc<Vec<u8>>, FetchError>>>;
+type Slot = Arc<OnceCell<Result<Arc<DecodedSegment>, FetchError>>>;
 
 /// Fetches and decodes segments of stored files.
 pub struct Fetcher {
@@ -130,7 +131,7 @@ impl Fetcher {
         segment: usize,
         index: usize,
         used: usize,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Bytes, String> {
         let info = &file.segments[segment].fragments[index];
         let endpoint =
             self.endpoint(&info.miner).await.ok_or_else(|| format!("miner {} has no endpoint", info.miner))?;
@@ -141,9 +142,16 @@ impl Fetcher {
             .get_fragment(&endpoint, fid, &info.hash, prefix.map(|n| 0..n))
             .await
             .map_err(|e| format!("miner {}: {e}", info.miner))?;
-        let mut data = Vec::with_capacity(FRAGMENT_SIZE);
-        data.extend_from_slice(&bytes);
-        data.resize(FRAGMENT_SIZE, 0);
+        // A whole fragment is used as it arrived; a prefix is padded with the zeros it stands for.
+        let data = match bytes.len() {
+            FRAGMENT_SIZE => bytes,
+            _ => {
+                let mut padded = Vec::with_capacity(FRAGMENT_SIZE);
+                padded.extend_from_slice(&bytes);
+                padded.resize(FRAGMENT_SIZE, 0);
+                Bytes::from(padded)
+            }
+        };
         let data = tokio::task::spawn_blocking(move || {
             let actual = sha256(&data);
             (data, actual)
@@ -160,16 +168,16 @@ impl Fetcher {
         Ok(data.0)
     }
 
-    /// The plaintext of segment `segment` of file `fid` (`size` bytes, `encrypted` or not),
-    /// fetched once however many readers ask at the same time. The result stays for late
-    /// readers until [`Fetcher::forget`].
+    /// Segment `segment` of file `fid` (`size` bytes, `encrypted` or not), decoded (its plaintext
+    /// is [`DecodedSegment::data`]), fetched once however many readers ask at the same time. The
+    /// result stays for late readers until [`Fetcher::forget`].
     pub async fn segment(
         &self,
         fid: &Hash,
         size: u64,
         encrypted: bool,
         segment: usize,
-    ) -> Result<Arc<Vec<u8>>, FetchError> {
+    ) -> Result<Arc<DecodedSegment>, FetchError> {
         let slot: Slot = lock(&self.inflight).entry((*fid, segment)).or_default().clone();
         slot.get_or_init(|| async { self.fetch(fid, size, encrypted, segment).await.map(Arc::new) }).await.clone()
     }
@@ -184,7 +192,13 @@ impl Fetcher {
         lock(&self.inflight).remove(&(*fid, segment));
     }
 
-    async fn fetch(&self, fid: &Hash, size: u64, encrypted: bool, segment: usize) -> Result<Vec<u8>, FetchError> {
+    async fn fetch(
+        &self,
+        fid: &Hash,
+        size: u64,
+        encrypted: bool,
+        segment: usize,
+    ) -> Result<DecodedSegment, FetchError> {
         let file = self.file(fid).await?;
         let decode_err = |error| FetchError::Decode { fid: *fid, segment, error };
         let key = if encrypted { Some(self.master.as_ref().ok_or(FetchError::NoKey(*fid))?) } else { None };
@@ -199,7 +213,7 @@ impl Fetcher {
             fragments: std::array::from_fn(|j| seg.fragments.get(j).map_or(Hash::default(), |f| f.hash)),
         };
         let used = decoder.layout().used_len(segment);
-        let mut got: [Option<Vec<u8>>; FRAGMENTS] = Default::default();
+        let mut got: [Option<Bytes>; FRAGMENTS] = Default::default();
         let mut errors = Vec::new();
         // All-zero fragments are known; the others are asked for, data fragments first. Each
         // failure brings in the next fragment, and so does a wait longer than HEDGE_AFTER, so a
@@ -240,12 +254,12 @@ impl Fetcher {
         }
         let out = tokio::task::spawn_blocking(move || {
             let refs: [Option<&[u8]>; FRAGMENTS] = std::array::from_fn(|j| got[j].as_deref());
-            decoder.decode_verified_segment(segment, &expected, &refs, Vec::new()).map(|d| d.data().to_vec())
+            decoder.decode_verified_segment(segment, &expected, &refs, Vec::new())
         })
         .await
         .expect("decoding does not panic");
-        if let Ok(data) = &out {
-            metrics::FETCHED_BYTES.add(data.len() as u64);
+        if let Ok(decoded) = &out {
+            metrics::FETCHED_BYTES.add(decoded.data().len() as u64);
         }
         out.map_err(|error| {
             if let FormatError::Decrypt { .. } = error {

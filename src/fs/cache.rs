@@ -78,7 +78,7 @@ impl ColdReader {
     fn load(&self, store: &Store, ino: u64, of: &OpenFile, source: &ColdSource, s: usize) -> FsResult<()> {
         let fetch = self.fetcher.segment(&source.fid, source.size, source.encrypted, s);
         let result = match self.runtime.block_on(async { tokio::time::timeout(self.deadline, fetch).await }) {
-            Ok(Ok(data)) => install(store, ino, of, source, s, &data),
+            Ok(Ok(decoded)) => install(store, ino, of, source, s, decoded.data()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => {
                 Err(FsError::Fetch(format!("segment {s} of {} did not arrive within {:?}", source.fid, self.deadline)))

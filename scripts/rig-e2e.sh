@@ -24,7 +24,7 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release/cessfs
-[ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
+(cd "$ROOT" && cargo build --release)
 WORK=$(mktemp -d /var/tmp/cessfs-rig.XXXXXX)
 MNT=$WORK/mnt DATA=$WORK/data
 mkdir -p "$MNT" "$DATA"
@@ -61,6 +61,16 @@ openssl rand -hex 32 >"$WORK/key" && chmod 600 "$WORK/key"
 "$BIN" mount "$MNT" --data-dir "$DATA" --chain ws://127.0.0.1:9970 --account //Alice --territory rig \
   --key-file "$WORK/key" --quiet-delay 0.5 "${MINERS[@]}"
 
+step "df shows the territory in bytes of content (10 GiB bought: 3.33 GiB to store)"
+territory_size() { [ $(( (10 << 30) / 3 - SIZE0 )) -lt $((1 << 20)) ] && [ $(( SIZE0 - (10 << 30) / 3 )) -lt $((1 << 20)) ]; }
+for _ in $(seq 30); do  # the first read of the territory is under way
+  read -r SIZE0 AVAIL0 < <(df -B1 --output=size,avail "$MNT" | tail -1)
+  territory_size && break
+  sleep 1
+done
+echo "size $SIZE0, available $AVAIL0"
+territory_size || { echo "df size is not the territory's"; exit 1; }
+
 step "copy a ${SIZE_MIB} MiB file and wait until it is active"
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$WORK/file.bin"
 T0=$SECONDS
@@ -70,6 +80,14 @@ FID=$(getfattr --only-values -n user.cess.fid "$MNT/file.bin")
 echo "active in $((SECONDS - T0)) s; fid $FID; tx $(getfattr --only-values -n user.cess.tx "$MNT/file.bin")"
 [ "$(onchain "$FID")" = "present Active" ] || { echo "FileBank.File[$FID] is not Active on chain"; exit 1; }
 echo "FileBank.File[$FID]: Active"
+SEGMENTS=$(( (SIZE_MIB + 31) / 32 ))
+for _ in $(seq 40); do  # the mount reads the territory every 30 s
+  read -r _ AVAIL1 < <(df -B1 --output=size,avail "$MNT" | tail -1)
+  [ $((AVAIL0 - AVAIL1)) -eq $((SEGMENTS * (32 << 20))) ] && break
+  sleep 1
+done
+echo "df: $((AVAIL0 - AVAIL1)) bytes less available ($SEGMENTS segments charged 96 MiB each, 32 MiB of content)"
+[ $((AVAIL0 - AVAIL1)) -eq $((SEGMENTS * (32 << 20))) ] || { echo "df did not follow the territory"; exit 1; }
 
 step "cold read from the miners"
 "$BIN" evict "$MNT/file.bin"

@@ -119,6 +119,9 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// The kernel's read-ahead on the mount, in KiB.
+const READ_AHEAD_KIB: u32 = 4096;
+
 /// How long uploads in progress get to reach a safe point at unmount.
 const UPLOAD_GRACE: std::time::Duration = Duration::from_secs(10);
 
@@ -254,6 +257,11 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         ];
         fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)?
     };
+    // Larger read requests for reads through the daemon (cold files); passthrough reads use the
+    // read-ahead of the disk underneath.
+    if let Err(e) = mountpoint::set_read_ahead(mountpoint, READ_AHEAD_KIB) {
+        log::debug!("keeping the kernel's read-ahead: {e:#}");
+    }
     Ok(Daemon { runtime, network, engine, session, metrics })
 }
 

@@ -16,6 +16,8 @@ pub struct MountEntry {
     pub fstype: String,
     /// Mount source (`cessfs:DATA_DIR` for ours).
     pub source: String,
+    /// Its device, as `major:minor`.
+    pub device: String,
 }
 
 /// The fstype cessfs mounts show.
@@ -67,6 +69,7 @@ fn unescape(field: &str) -> String {
 
 fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let (left, right) = line.split_once(" - ")?;
+    let device = left.split(' ').nth(2)?;
     let mountpoint = left.split(' ').nth(4)?;
     let mut r = right.split(' ');
     let fstype = r.next()?;
@@ -75,7 +78,17 @@ fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
         mountpoint: PathBuf::from(unescape(mountpoint)),
         fstype: fstype.into(),
         source: unescape(source),
+        device: device.into(),
     })
+}
+
+/// Sets the kernel's read-ahead for the mount at `dir` (128 KiB unless raised, which splits
+/// sequential reads through the daemon into 128 KiB requests). Needs root; the mount must not
+/// be asked anything (it may not be served yet), so its device comes from mountinfo.
+pub fn set_read_ahead(dir: &Path, kib: u32) -> anyhow::Result<()> {
+    let entry = mount_at(dir)?.with_context(|| format!("{} is not mounted", dir.display()))?;
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", entry.device);
+    std::fs::write(&knob, kib.to_string()).with_context(|| format!("writing {knob}"))
 }
 
 /// The mount at exactly `dir`, if any (the last one, as the kernel shows the top of a stack).

@@ -123,7 +123,7 @@ fn block_signals() -> libc::sigset_t {
 const READ_AHEAD_KIB: u32 = 4096;
 
 /// How long uploads in progress get to reach a safe point at unmount.
-const UPLOAD_GRACE: std::time::Duration = Duration::from_secs(10);
+const UPLOAD_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a mount runs: the runtime of the upload engine and the network clients, the chain
 /// connection, the engine and the FUSE session.
@@ -294,7 +294,7 @@ async fn watch_storage_space(fs: std::sync::Weak<Fs>, chain: Arc<dyn Chain>, ter
         };
         let Some(fs) = fs.upgrade() else { return };
         if let Some((total, free)) = space {
-            fs.set_storage_space(Some(StorageSpace { total, free }));
+            fs.set_storage_space(StorageSpace { total, free });
         }
         drop(fs);
         tokio::time::sleep(refresh).await;

@@ -317,8 +317,8 @@ impl Fs {
     }
 
     /// Records the space of the territory files are stored in, which `statfs` reports.
-    pub fn set_storage_space(&self, space: Option<StorageSpace>) {
-        *lock(&self.storage) = space;
+    pub fn set_storage_space(&self, space: StorageSpace) {
+        *lock(&self.storage) = Some(space);
     }
 
     /// Lets reads fetch evicted content from the network.

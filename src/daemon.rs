@@ -169,7 +169,16 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
     let Daemon { runtime, network, engine, session, metrics } = daemon;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let uploads = runtime.spawn(async move { engine.run(stopped, UPLOAD_GRACE).await });
-    let result = session.run().context("serving the mount");
+    let result = match session.run() {
+        // The kernel ended the connection: a lazy unmount's last close can race the threads'
+        // reads into this instead of a plain end, and so does an abort through
+        // /sys/fs/fuse/connections. Nothing more will come either way; what is staged stays.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            log::info!("the kernel closed the FUSE connection");
+            Ok(())
+        }
+        r => r.context("serving the mount"),
+    };
     notify_systemd("STOPPING=1");
     let _ = stop.send(true);
     runtime.block_on(async {

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 
 use crate::format::FRAGMENT_SIZE;
 
-const ALIGN: usize = 4096;
+/// The alignment of direct I/O.
+pub const ALIGN: usize = 4096;
 /// Room for a fragment plus its multipart framing.
 pub const CAPACITY: usize = FRAGMENT_SIZE + (64 << 10);
 
@@ -72,11 +73,12 @@ impl Pool {
     }
 }
 
-/// Writes the first [`FRAGMENT_SIZE`] bytes of `buf` to `path` atomically (temp file, rename),
-/// by direct I/O where the file system allows it.
-pub fn write_fragment(path: &Path, buf: &AlignedBuf) -> std::io::Result<()> {
+/// Writes the [`FRAGMENT_SIZE`] bytes of `buf` at `at` (a multiple of [`ALIGN`]) to `path`
+/// atomically (temp file, rename), by direct I/O where the file system allows it.
+pub fn write_fragment(path: &Path, buf: &AlignedBuf, at: usize) -> std::io::Result<()> {
+    debug_assert!(at.is_multiple_of(ALIGN));
     let tmp = path.with_extension("tmp");
-    let data = &buf.as_slice()[..FRAGMENT_SIZE];
+    let data = &buf.as_slice()[at..at + FRAGMENT_SIZE];
     let direct =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(&tmp);
     let mut file = match direct {

@@ -138,3 +138,68 @@ impl Devnet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::format::{Encoder, FRAGMENT_SIZE, Hash};
+    use crate::miner::{FragmentBody, MinerClient};
+    use crate::protocol::UserBrief;
+    use crate::protocol::miner::{self as proto, Reply};
+
+    /// A node takes a fragment whether the client's body puts it page-aligned or not (a field
+    /// before the file part, as other clients may send), serves it back intact, and refuses one
+    /// that does not hash to its name.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_stores_fragments_from_any_multipart_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = Signer::from_uri("//Alice").unwrap();
+        let devnet = Devnet::start(dir.path(), &DevnetConfig::new(alice.account(), b"t")).await.unwrap();
+        let data: Vec<u8> = (0..FRAGMENT_SIZE as u32 + 5).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let manifest = Encoder::default().encode(&data[..], data.len() as u64, None, |_| Ok(())).unwrap();
+        let user = UserBrief { user: alice.account(), file_name: b"frag.bin".to_vec(), territory_name: b"t".to_vec() };
+        devnet.ledger().upload_declaration(&alice.account(), &manifest.fid, &manifest.segments, &user, 0).unwrap();
+        let (fid, hashes) = (manifest.fid, manifest.segments[0].fragments);
+        let endpoint = devnet.nodes()[0].endpoint();
+        let client = MinerClient::new(alice.clone(), Duration::from_secs(30));
+
+        // Fragment 0 through the client's own body.
+        let first = &data[..FRAGMENT_SIZE];
+        client.put_fragment(&endpoint, &fid, FragmentBody::new(hashes[0], first.to_vec().into())).await.unwrap();
+        let back = client.get_fragment(&endpoint, &fid, &hashes[0], None).await.unwrap();
+        assert!(back == first, "fragment 0 comes back as sent");
+
+        // Fragment 1 (the 5 bytes left, zero-padded) after a text field: not page-aligned.
+        let mut second = data[FRAGMENT_SIZE..].to_vec();
+        second.resize(FRAGMENT_SIZE, 0);
+        let put = |hash: Hash, fragment: &[u8]| {
+            let mut body = b"--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n".to_vec();
+            body.extend_from_slice(b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n");
+            body.extend_from_slice(fragment);
+            body.extend_from_slice(b"\r\n--B--\r\n");
+            let message = "a-message";
+            reqwest::Client::new()
+                .put(format!("{endpoint}/fragment"))
+                .header("content-type", "multipart/form-data; boundary=B")
+                .header(proto::FID, fid.to_hex())
+                .header(proto::FRAGMENT, hash.to_hex())
+                .header(proto::ACCOUNT, alice.account().to_string())
+                .header(proto::MESSAGE, message)
+                .header(proto::SIGNATURE, hex::encode(alice.sign(message.as_bytes())))
+                .body(body)
+                .send()
+        };
+        let reply: Reply = put(hashes[1], &second).await.unwrap().json().await.unwrap();
+        assert_eq!((reply.code, reply.msg.as_str()), (200, proto::msg::OK));
+        let back = client.get_fragment(&endpoint, &fid, &hashes[1], None).await.unwrap();
+        assert!(back == second, "fragment 1 comes back as sent");
+
+        // Fragment 4's name on other bytes.
+        let reply: Reply = put(hashes[4], &second).await.unwrap().json().await.unwrap();
+        assert_eq!((reply.code, reply.msg.as_str()), (400, proto::msg::HASH));
+        assert!(client.get_fragment(&endpoint, &fid, &hashes[4], None).await.is_err());
+        devnet.stop().await;
+    }
+}

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::buffers::{AlignedBuf, CAPACITY, Pool, write_fragment};
+use super::buffers::{ALIGN, AlignedBuf, CAPACITY, Pool, write_fragment};
 use super::ledger::Ledger;
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
 use crate::http::{Reply, Server, json};
@@ -164,11 +164,11 @@ impl State {
         let mut buf = self.buffers.take();
         let answer = self.clone().receive(req, &content_type, hash, fid_hash, &mut buf).await;
         let answer = match answer {
-            Ok(()) => {
+            Ok(at) => {
                 let (state, write_path) = (self.clone(), path.clone());
                 let (done, buf_back) = tokio::task::spawn_blocking(move || {
                     let r = std::fs::create_dir_all(write_path.parent().expect("a report dir"))
-                        .and_then(|()| write_fragment(&write_path, &buf));
+                        .and_then(|()| write_fragment(&write_path, &buf, at));
                     (r, buf)
                 })
                 .await
@@ -193,9 +193,10 @@ impl State {
         answer
     }
 
-    /// Reads a fragment upload into `buf` (the fragment at its start) and runs cess-miner's
-    /// checks in its order: the all-zero fragment needs no body and no deal; otherwise the part
-    /// must be 8 MiB, hash to `hash`, and be listed in the file's deal.
+    /// Reads a fragment upload into `buf` and runs cess-miner's checks in its order: the
+    /// all-zero fragment needs no body and no deal; otherwise the part must be 8 MiB, hash to
+    /// `hash`, and be listed in the file's deal. Returns where the fragment is in `buf`: a
+    /// multiple of [`ALIGN`], for direct I/O.
     async fn receive(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -203,24 +204,28 @@ impl State {
         hash: Hash,
         fid: Option<Hash>,
         buf: &mut AlignedBuf,
-    ) -> Result<(), Reply> {
+    ) -> Result<usize, Reply> {
         if hash == ZERO_FRAGMENT_HASH {
             buf.as_mut_slice()[..FRAGMENT_SIZE].fill(0);
-            return Ok(());
+            return Ok(0);
         }
-        let len = read_body(req, buf).await.ok_or_else(|| reply(400, msg::SIZE))?;
-        let body = &buf.as_slice()[..len];
+        let range = read_body(req, buf).await.ok_or_else(|| reply(400, msg::SIZE))?;
+        let body = &buf.as_slice()[range];
         let part = multipart_file_sized(body, content_type, proto::FILE_PART, FRAGMENT_SIZE)
             .ok_or_else(|| reply(400, msg::NO_FILE))?;
         if part.len() != FRAGMENT_SIZE {
             return Err(reply(400, msg::SIZE));
         }
-        let start = part.as_ptr() as usize - body.as_ptr() as usize;
-        buf.as_mut_slice().copy_within(start..start + FRAGMENT_SIZE, 0);
+        let mut at = part.as_ptr() as usize - buf.as_slice().as_ptr() as usize;
+        if !at.is_multiple_of(ALIGN) {
+            buf.as_mut_slice().copy_within(at..at + FRAGMENT_SIZE, 0);
+            at = 0;
+        }
         let taken = std::mem::replace(buf, self.buffers.take());
-        let (actual, taken) = tokio::task::spawn_blocking(move || (sha256(&taken.as_slice()[..FRAGMENT_SIZE]), taken))
-            .await
-            .expect("hashing does not panic");
+        let (actual, taken) =
+            tokio::task::spawn_blocking(move || (sha256(&taken.as_slice()[at..at + FRAGMENT_SIZE]), taken))
+                .await
+                .expect("hashing does not panic");
         self.buffers.give(std::mem::replace(buf, taken));
         if actual != hash {
             return Err(reply(400, msg::HASH));
@@ -228,7 +233,7 @@ impl State {
         let Some(fid) = fid else { return Err(reply(400, msg::FID)) };
         let ledger = self.ledger.clone();
         match tokio::task::spawn_blocking(move || ledger.deal(&fid)).await {
-            Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => Ok(()),
+            Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => Ok(at),
             Ok(Ok(_)) => Err(reply(400, msg::FID)),
             _ => Err(reply(403, "failed to connect to rpc, please try again later.")),
         }
@@ -323,22 +328,29 @@ impl State {
     }
 }
 
-/// Writes a fragment atomically (temp file, then rename), on a blocking thread without copying.
-/// Copies a request body into `buf`; `None` if it does not fit (no fragment upload is larger).
-async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<usize> {
+/// Copies a request body into `buf` and returns where it is. When the first part's head comes
+/// whole in the first chunk, the body is placed so that the part's bytes start at [`ALIGN`]
+/// (a fragment upload's single part can then go to disk from there); otherwise at 0. `None`
+/// if it does not fit (no fragment upload is larger).
+async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<std::ops::Range<usize>> {
     use http_body_util::BodyExt;
     let mut body = req.into_body();
-    let mut len = 0;
+    let (mut start, mut end) = (None, 0);
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.ok()?.into_data() else { continue };
-        let end = len + data.len();
-        if end > CAPACITY {
+        let at = *start.get_or_insert_with(|| {
+            let head = &data[..data.len().min(ALIGN)];
+            memchr::memmem::find(head, b"\r\n\r\n").map_or(0, |h| ALIGN - (h + 4))
+        });
+        let to = end.max(at) + data.len();
+        if to > CAPACITY {
             return None;
         }
-        buf.as_mut_slice()[len..end].copy_from_slice(&data);
-        len = end;
+        buf.as_mut_slice()[to - data.len()..to].copy_from_slice(&data);
+        end = to;
     }
-    Some(len)
+    let start = start.unwrap_or(0);
+    Some(start..end.max(start))
 }
 
 impl Node {

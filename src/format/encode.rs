@@ -5,7 +5,7 @@
 //! recycled: memory stays at about 96 MiB per segment in flight whatever the file size.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use rayon::prelude::*;
 
@@ -31,15 +31,15 @@ impl ChunkSource for [u8] {
     }
 }
 
-/// The 12 fragments of one segment, lent to a sink.
-pub struct Fragments<'a> {
+/// The 12 fragments of one segment, in the encoder's buffers.
+struct Fragments<'a> {
     segment: &'a [u8],
     parity: &'a [u8],
 }
 
-impl Fragments<'_> {
+impl<'a> Fragments<'a> {
     /// The bytes of fragment `i` (8 MiB): data fragments are quarters of the segment.
-    pub fn fragment(&self, i: usize) -> &[u8] {
+    fn fragment(&self, i: usize) -> &'a [u8] {
         if i < DATA_FRAGMENTS {
             &self.segment[i * FRAGMENT_SIZE..(i + 1) * FRAGMENT_SIZE]
         } else {
@@ -64,6 +64,34 @@ impl EncodedSegment<'_> {
     }
 }
 
+/// The 12 fragments of one segment rebuilt by [`Encoder::regenerate`], owned and cheap to clone
+/// (for sending them without copying): the buffers go back to the encoder when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct SharedFragments(Arc<Recycled>);
+
+impl SharedFragments {
+    /// The bytes of fragment `i` (8 MiB).
+    pub fn fragment(&self, i: usize) -> &[u8] {
+        let b = self.0.buffers.as_ref().expect("buffers are only taken on drop");
+        Fragments { segment: &b.segment, parity: &b.parity }.fragment(i)
+    }
+}
+
+/// Buffers lent out by the pool, given back on drop.
+struct Recycled {
+    buffers: Option<Buffers>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if let Some(b) = self.buffers.take() {
+            self.pool.give(b);
+        }
+    }
+}
+
 /// What [`Encoder::encode`] learns besides the manifest: the key seed, which lets
 /// [`Encoder::regenerate`] rebuild the fragments without another pass over the whole file.
 pub type Seed = [u8; 32];
@@ -81,7 +109,7 @@ struct Pool(Mutex<Vec<Buffers>>);
 /// call [`Encoder::release_buffers`] to give the memory back.
 #[derive(Default)]
 pub struct Encoder {
-    pool: Pool,
+    pool: Arc<Pool>,
     erasure: Erasure,
 }
 
@@ -183,7 +211,8 @@ impl Encoder {
 
     /// Rebuilds the fragments of segments `which` of a file encoded before, from its bytes and
     /// the key seed that encoding returned, without hashing: for sending fragments whose hashes
-    /// are known already. One segment at a time, on the calling thread.
+    /// are known already. One segment at a time, on the calling thread; each is handed over in
+    /// buffers of its own, so memory grows with the segments the sink keeps alive.
     pub fn regenerate<S, F>(
         &self,
         source: &S,
@@ -194,21 +223,23 @@ impl Encoder {
     ) -> Result<(), S::Error>
     where
         S: ChunkSource + ?Sized,
-        F: FnMut(usize, &Fragments<'_>) -> Result<(), S::Error>,
+        F: FnMut(usize, SharedFragments) -> Result<(), S::Error>,
     {
         let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
         let layout = Layout::new(size, mode)?;
         let key = master.map(|(m, seed)| m.file_key(seed));
-        let mut b = self.pool.take();
         for index in which {
             if index >= layout.segments() {
                 return Err(FormatError::Layout { segment: index, size }.into());
             }
-            fill_segment(source, &layout, key.as_ref(), index, &mut b)?;
+            let mut b = self.pool.take();
+            if let Err(e) = fill_segment(source, &layout, key.as_ref(), index, &mut b) {
+                self.pool.give(b);
+                return Err(e);
+            }
             self.erasure.encode(&b.segment, &mut b.parity);
-            sink(index, &Fragments { segment: &b.segment, parity: &b.parity })?;
+            sink(index, SharedFragments(Arc::new(Recycled { buffers: Some(b), pool: self.pool.clone() })))?;
         }
-        self.pool.give(b);
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ mod layout;
 
 pub use crypto::{FileKey, MasterKey};
 pub use decode::{DecodedSegment, FileDecoder, decode_file};
-pub use encode::{ChunkSource, EncodedSegment, Encoder, Fragments, Seed};
+pub use encode::{ChunkSource, EncodedSegment, Encoder, Seed, SharedFragments};
 pub use erasure::Erasure;
 pub use error::FormatError;
 pub use fid::merkle_fid;

@@ -56,28 +56,51 @@ pub enum MinerError {
 /// boundary cannot collide in practice, and the miner reads exactly one part).
 const BOUNDARY: &str = "cessfs-fragment-6f3e1c2b9a";
 
-/// The body of a fragment upload: one multipart part `file`, named after the fragment's hash,
-/// built with a single copy of the bytes. An all-zero fragment travels empty: the miner writes
-/// it itself.
+/// The body of a fragment upload: one multipart part `file`, named after the fragment's hash.
+/// The fragment's bytes are sent as they are, between the part's head and tail, without being
+/// copied. An all-zero fragment travels empty: the miner writes it itself.
 pub struct FragmentBody {
     hash: Hash,
-    bytes: Bytes,
+    pieces: [Bytes; 3],
 }
 
 impl FragmentBody {
     /// The body for fragment `hash` holding `data` (empty for the all-zero fragment).
-    pub fn new(hash: Hash, data: &[u8]) -> FragmentBody {
+    pub fn new(hash: Hash, data: Bytes) -> FragmentBody {
         let head = format!(
             "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
             proto::FILE_PART,
             hash.to_hex()
         );
         let tail = format!("\r\n--{BOUNDARY}--\r\n");
-        let mut bytes = Vec::with_capacity(head.len() + data.len() + tail.len());
-        bytes.extend_from_slice(head.as_bytes());
-        bytes.extend_from_slice(data);
-        bytes.extend_from_slice(tail.as_bytes());
-        FragmentBody { hash, bytes: bytes.into() }
+        FragmentBody { hash, pieces: [head.into(), data, tail.into()] }
+    }
+
+    fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+}
+
+/// A body sent as a few byte strings in turn, its length known in advance.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
     }
 }
 
@@ -136,12 +159,13 @@ impl MinerClient {
     /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]).
     pub async fn put_fragment(&self, endpoint: &str, fid: &Hash, body: FragmentBody) -> Result<(), MinerError> {
         let url = format!("{}/fragment", base_url(endpoint));
-        let (fragment, len) = (body.hash, body.bytes.len() as u64);
+        let (fragment, len) = (body.hash, body.len());
         let req = self
             .http
             .put(&url)
             .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
-            .body(body.bytes);
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap(Pieces(body.pieces.into())));
         let resp = self.signed(req, fid, &fragment).send().await.map_err(|e| self.transport_error(endpoint, e))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(endpoint, e))?;

@@ -5,14 +5,28 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Inner, UploadError};
-use crate::format::{FRAGMENTS, Hash, Seed, SegmentManifest, ZERO_FRAGMENT_HASH};
+use crate::format::{FRAGMENTS, Hash, Seed, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
 use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
 use crate::store::FileSource;
+
+/// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay alive until
+/// every fragment of it is sent.
+struct Fragment {
+    fragments: SharedFragments,
+    index: usize,
+}
+
+impl AsRef<[u8]> for Fragment {
+    fn as_ref(&self) -> &[u8] {
+        self.fragments.fragment(self.index)
+    }
+}
 
 /// What became of each column: its miner and whether it holds the whole column now.
 pub(super) type Pushed = Vec<(usize, MinerInfo, Result<(), MinerError>)>;
@@ -58,7 +72,11 @@ pub(super) async fn push_columns(
         regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
             for (column, tx) in &senders {
                 let hash = hashes[index].fragments[*column];
-                let data = if hash == ZERO_FRAGMENT_HASH { &[][..] } else { fragments.fragment(*column) };
+                let data = if hash == ZERO_FRAGMENT_HASH {
+                    Bytes::new()
+                } else {
+                    Bytes::from_owner(Fragment { fragments: fragments.clone(), index: *column })
+                };
                 // A column task that stopped on an error drains its channel.
                 let _ = tx.blocking_send(FragmentBody::new(hash, data));
             }

@@ -221,7 +221,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         master,
         miner_timeout: Duration::from_secs(60),
         report_timeout: Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
-        poll: Duration::from_millis(if settings.chain.is_none() { 100 } else { 3000 }),
+        poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
     };
     let fetcher =
         Fetcher::new(network.chain.clone(), network.signer.clone(), config.master.clone(), Duration::from_secs(15));

@@ -25,7 +25,8 @@ pub fn status(path: &Path) -> String {
 pub struct Mounted {
     /// The mount point.
     pub dir: tempfile::TempDir,
-    child: Child,
+    /// The daemon (it runs in the foreground: the child itself).
+    pub child: Child,
 }
 
 impl Drop for Mounted {

@@ -56,7 +56,7 @@ impl DevnetConfig {
             territory: territory.to_vec(),
             territory_gib: 1024,
             node_space: 4 << 40,
-            report_delay: Duration::from_millis(50),
+            report_delay: Duration::from_millis(10),
         }
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Encoding runs one file at a time on all cores; pushes and confirmations of several files
 //! overlap. Memory: the encoder's buffers (about 96 MiB per core plus one) and, while pushing,
-//! one segment per column.
+//! up to three rebuilt segments (96 MiB each) per file: a segment's buffers are sent as they
+//! are and live until its slowest column has sent it.
 
 mod error;
 mod job;

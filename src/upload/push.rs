@@ -1,5 +1,7 @@
 //! Sending columns to miners: the fragments are rebuilt from the file (no hashing: the deal has
-//! the hashes) one segment at a time, and each column streams to its miner in its own task.
+//! the hashes) one segment at a time, and each column streams to its miner in its own task,
+//! straight from the segment's buffers (no copy). Rebuilding waits for the slowest column (each
+//! column queues one fragment), so a file holds up to three segments while pushing.
 //! A column whose miner fails stops there; the caller sends it whole to another miner.
 
 use std::path::PathBuf;

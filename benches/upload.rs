@@ -42,6 +42,13 @@ fn cpu_of(pid: u32) -> f64 {
     (fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")) / tick
 }
 
+/// Peak resident memory of process `pid`, in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM");
+    kib.trim().trim_end_matches("kB").trim().parse::<f64>().expect("VmHWM kB") / 1024.0
+}
+
 fn main() {
     let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
     let (key_path, key) = key_file(work.path());
@@ -86,6 +93,7 @@ fn main() {
         upload_cpu.push(used);
     }
     let (upload, upload_cpu) = (median(upload_rates), median(upload_cpu));
+    let peak = peak_mib(m.child.id());
     println!(
         "\nencode (format module, encrypted, {cores} cores): {:.0} MB/s, {encode_cpu:.1} CPU s per GiB",
         encode / 1e6
@@ -103,4 +111,5 @@ fn main() {
         upload_cpu / cores,
         100.0 * (GIB / (upload_cpu / cores)) / encode
     );
+    println!("peak resident memory of cessfs (client and devnet) over the {RUNS} uploads: {peak:.0} MiB");
 }

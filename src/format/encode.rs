@@ -122,8 +122,13 @@ impl Pool {
         })
     }
 
+    /// Keeps `b` for reuse, unless the pool holds what one encoding and one push use already
+    /// (segments rebuilt for pushing several files at once would otherwise stay allocated).
     fn give(&self, b: Buffers) {
-        self.0.lock().expect("pool lock").push(b);
+        let mut free = self.0.lock().expect("pool lock");
+        if free.len() < rayon::current_num_threads() + 4 {
+            free.push(b);
+        }
     }
 }
 

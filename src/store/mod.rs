@@ -114,6 +114,20 @@ impl Batch {
 }
 
 impl Store {
+    /// Every record under `prefix` (a one-byte tag followed by an inode number), decoded as `what`.
+    fn records_by_ino<T>(&self, prefix: &[u8], what: &'static str) -> Result<Vec<(u64, T)>, StoreError>
+    where
+        T: for<'de> serde::Deserialize<'de>,
+    {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key::ino_of(&k), decode(&v, what)?))
+            })
+            .collect()
+    }
+
     /// Opens (or creates) the store under `data_dir`; the root directory is owned by `uid:gid`.
     /// Finishes what a crash interrupted (see [`Store::recover`]).
     pub fn open(data_dir: &Path, uid: u32, gid: u32) -> Result<Store, StoreError> {

@@ -186,13 +186,7 @@ impl Store {
 
     /// Every upload record.
     pub fn uploads(&self) -> Result<Vec<(u64, UploadRecord)>, StoreError> {
-        self.tree
-            .scan_prefix(key::UPLOAD_PREFIX)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((key::ino_of(&k), decode(&v, "upload")?))
-            })
-            .collect()
+        self.records_by_ino(key::UPLOAD_PREFIX, "upload")
     }
 
     /// Replaces (or with `None`, removes) the upload record of `ino` if it is still `old`.

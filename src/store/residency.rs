@@ -64,13 +64,7 @@ impl Store {
 
     /// Every file with missing segments.
     pub fn residencies(&self) -> Result<Vec<(u64, Residency)>, StoreError> {
-        self.tree
-            .scan_prefix(key::RESIDENCY_PREFIX)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((key::ino_of(&k), decode(&v, "residency")?))
-            })
-            .collect()
+        self.records_by_ino(key::RESIDENCY_PREFIX, "residency")
     }
 }
 

@@ -23,4 +23,5 @@ pub mod mountpoint;
 pub mod network;
 pub mod protocol;
 pub mod store;
+pub mod sync;
 pub mod upload;

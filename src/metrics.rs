@@ -54,7 +54,7 @@ impl Family {
 
     /// Adds `n` to the counter whose label is `value`.
     pub fn add(&self, value: &str, n: u64) {
-        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let mut values = crate::sync::lock(&self.values);
         match values.get_mut(value) {
             Some(v) => *v += n,
             None => {
@@ -65,7 +65,7 @@ impl Family {
 
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "counter");
-        for (value, n) in self.values.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (value, n) in crate::sync::lock(&self.values).iter() {
             let _ = writeln!(out, "{}{{{}=\"{}\"}} {n}", self.name, self.label, escape(value));
         }
     }
@@ -97,7 +97,7 @@ impl Histogram {
     /// Records one observation of `took` for label `value`.
     pub fn observe(&self, value: &'static str, took: Duration) {
         let secs = took.as_secs_f64();
-        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let mut values = crate::sync::lock(&self.values);
         let b = values.entry(value).or_default();
         for (count, bound) in b.counts.iter_mut().zip(BUCKETS) {
             if secs <= bound {
@@ -111,7 +111,7 @@ impl Histogram {
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "histogram");
         let (name, label) = (self.name, self.label);
-        for (value, b) in self.values.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (value, b) in crate::sync::lock(&self.values).iter() {
             for (count, bound) in b.counts.iter().zip(BUCKETS) {
                 let _ = writeln!(out, "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}");
             }

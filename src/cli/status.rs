@@ -74,7 +74,7 @@ pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
         if v["cached"].as_str() == Some("no") {
             continue;
         }
-        match xattr_set(path, c"user.cess.evict") {
+        match evict_one(path) {
             Ok(()) => evicted += 1,
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 println!("kept    {} (open)", path.display());
@@ -85,6 +85,20 @@ pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
     }
     println!("evicted {evicted} files, kept {kept}");
     Ok(())
+}
+
+/// Evicts one file. A file closed a moment ago may still be open in the daemon (the kernel tells
+/// it of the last close after close(2) returns): busy is retried for a second.
+fn evict_one(path: &Path) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match xattr_set(path, c"user.cess.evict") {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn xattr_set(path: &Path, name: &std::ffi::CStr) -> std::io::Result<()> {

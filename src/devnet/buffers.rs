@@ -61,12 +61,12 @@ pub struct Pool(Mutex<Vec<AlignedBuf>>);
 impl Pool {
     /// A buffer, recycled if one is free.
     pub fn take(&self) -> AlignedBuf {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_else(AlignedBuf::new)
+        crate::sync::lock(&self.0).pop().unwrap_or_else(AlignedBuf::new)
     }
 
     /// Gives a buffer back.
     pub fn give(&self, b: AlignedBuf) {
-        let mut free = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = crate::sync::lock(&self.0);
         if free.len() < 32 {
             free.push(b);
         }

@@ -141,7 +141,7 @@ impl Ledger {
 
     /// `mint_territory(gib_count, name, days)`: a new territory of `gib` GiB for `days` days.
     pub fn mint_territory(&self, owner: &AccountId, name: &[u8], gib: u32, days: u32) -> Result<TxReceipt, ChainError> {
-        let _x = self.extrinsic.lock().unwrap_or_else(|p| p.into_inner());
+        let _x = crate::sync::lock(&self.extrinsic);
         if days < 30 {
             return Err(ChainError::dispatch("StorageHandler", "BoundariesNotMet"));
         }
@@ -169,7 +169,7 @@ impl Ledger {
 
     /// Registers (or updates) a positive miner with `idle_space` bytes at `endpoint`.
     pub fn register_miner(&self, account: &AccountId, endpoint: &str, idle_space: u128) -> Result<(), ChainError> {
-        let _x = self.extrinsic.lock().unwrap_or_else(|p| p.into_inner());
+        let _x = crate::sync::lock(&self.extrinsic);
         let k = key(b'm', &[&account.0]);
         let mut rec: MinerRecord = self.get(&k)?.unwrap_or(MinerRecord {
             endpoint: None,
@@ -242,7 +242,7 @@ impl Ledger {
         user: &UserBrief,
         file_size: u128,
     ) -> Result<TxReceipt, ChainError> {
-        let _x = self.extrinsic.lock().unwrap_or_else(|p| p.into_inner());
+        let _x = crate::sync::lock(&self.extrinsic);
         if origin != &user.user {
             return Err(file_bank("NoPermission"));
         }
@@ -280,7 +280,7 @@ impl Ledger {
 
     /// `transfer_report(index, deal_hash)`, sent by a miner holding column `index - 1`.
     pub fn transfer_report(&self, miner: &AccountId, index: u8, fid: &Hash) -> Result<TxReceipt, ChainError> {
-        let _x = self.extrinsic.lock().unwrap_or_else(|p| p.into_inner());
+        let _x = crate::sync::lock(&self.extrinsic);
         if !(1..=FRAGMENTS as u8).contains(&index) {
             return Err(file_bank("SpecError"));
         }
@@ -344,7 +344,7 @@ impl Ledger {
 
     /// `delete_file(owner, file_hash)`.
     pub fn delete_file(&self, origin: &AccountId, owner: &AccountId, fid: &Hash) -> Result<TxReceipt, ChainError> {
-        let _x = self.extrinsic.lock().unwrap_or_else(|p| p.into_inner());
+        let _x = crate::sync::lock(&self.extrinsic);
         if origin != owner {
             return Err(file_bank("NoPermission"));
         }

@@ -120,7 +120,7 @@ fn multipart_file_sized<'a>(body: &'a [u8], content_type: &str, field: &str, exp
 
 impl State {
     fn fault(&self) -> Fault {
-        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::sync::lock(&self.fault)
     }
 
     fn report_dir(&self, fid: &str) -> PathBuf {
@@ -427,7 +427,7 @@ impl Node {
 
     /// Switches the node into `fault`; `Down` closes its port, anything else opens it again.
     pub async fn set_fault(&self, fault: Fault) -> std::io::Result<()> {
-        *self.state.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+        *crate::sync::lock(&self.state.fault) = fault;
         let running = self.server.lock().await.is_some();
         match (fault, running) {
             (Fault::Down, true) => {

@@ -25,6 +25,7 @@ use crate::format::{
 use crate::metrics;
 use crate::miner::MinerClient;
 use crate::protocol::{AccountId, Chain, ChainError, FileInfo, Signer};
+use crate::sync::lock;
 
 /// Why a segment could not be read.
 #[derive(Debug, Error, Clone)]
@@ -49,6 +50,16 @@ pub enum FetchError {
         good: usize,
         /// What went wrong with the others.
         detail: String,
+    },
+    /// The segment did not arrive in time.
+    #[error("segment {segment} of {fid} did not arrive within {after:?}")]
+    TimedOut {
+        /// The FID.
+        fid: Hash,
+        /// The segment.
+        segment: usize,
+        /// How long the read waited.
+        after: Duration,
     },
     /// The segment does not decode (wrong key, tampered data).
     #[error("segment {segment} of file {fid}: {error}")]
@@ -270,8 +281,4 @@ impl Fetcher {
             decode_err(error)
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::fs::FileExt;
 
-use super::{Fs, FsError, FsResult, OpenFile, lock};
-use crate::fetch::{FetchError, Fetcher};
+use super::handles::OpenFile;
+use super::{Fs, FsError, FsResult};
+use crate::fetch::Fetcher;
 use crate::format::{Hash, Layout, Mode, SEGMENT_SIZE};
-use crate::store::{Batch, Kind, Residency, Store, UploadRecord, UploadState};
+use crate::store::{Batch, Kind, Residency, UploadRecord, UploadState};
+use crate::sync::lock;
 
 /// Disk space eviction keeps free for new files when the disk holding the cache fills up.
 const DISK_RESERVE: u64 = 256 << 20;
@@ -38,12 +40,6 @@ pub(super) struct ColdSource {
     layout: Layout,
 }
 
-impl From<FetchError> for FsError {
-    fn from(e: FetchError) -> FsError {
-        FsError::Fetch(e.to_string())
-    }
-}
-
 /// Why a file cannot be evicted.
 fn not_evictable(reason: &str) -> FsError {
     FsError::NotEvictable(reason.to_string())
@@ -57,42 +53,116 @@ fn resident_bytes(size: u64, segments: u32, residency: Option<&Residency>) -> u6
     }
 }
 
-/// Writes fetched segment `s` into an open file's content and records it, unless the content
-/// changed meanwhile (truncated, made whole, closed): the residency lock orders the two.
-fn install(store: &Store, ino: u64, of: &OpenFile, source: &ColdSource, s: usize, data: &[u8]) -> FsResult<()> {
-    let mut res = lock(&of.residency);
-    let Some(r) = res.as_mut().filter(|r| !r.has(s)) else { return Ok(()) };
+/// Which segments an open file's content holds, as the file sees them (`now`) and as its record
+/// in the store says (`stored`). Fetched segments are written to the content file at once and
+/// recorded only after an fdatasync ([`Fs::persist_presence`]), so the record never claims
+/// bytes a crash could have lost; a crash before loses only the knowledge, and they are fetched
+/// again. `None` is all of them.
+pub(super) struct Presence {
+    now: Option<Residency>,
+    stored: Option<Residency>,
+    layout: Option<Layout>,
+    /// The file was closed: fetches finishing late leave it alone.
+    closed: bool,
+}
+
+impl Presence {
+    /// Content that is all here.
+    pub(super) fn whole() -> Presence {
+        Presence { now: None, stored: None, layout: None, closed: false }
+    }
+
+    fn from_record(stored: Option<Residency>, layout: Option<Layout>) -> Presence {
+        Presence { now: stored.clone(), stored, layout, closed: false }
+    }
+
+    /// Whether the whole content is here.
+    pub(super) fn is_whole(&self) -> bool {
+        self.now.is_none()
+    }
+
+    fn missing(&self, s: usize) -> bool {
+        self.now.as_ref().is_some_and(|r| !r.has(s))
+    }
+
+    /// The first missing segment whose bytes start below `limit`.
+    pub(super) fn first_missing_below(&self, limit: u64) -> Option<usize> {
+        let (now, layout) = (self.now.as_ref()?, self.layout.as_ref()?);
+        (0..now.segments as usize).find(|&s| !now.has(s) && layout.chunk(s).start < limit)
+    }
+
+    /// The content was replaced (truncated): all of it is here.
+    pub(super) fn make_whole(&mut self) {
+        self.now = None;
+    }
+
+    /// The store's record says all of it is here (committed with the truncation's mark).
+    pub(super) fn set_stored_whole(&mut self) {
+        self.stored = None;
+    }
+
+    /// What to record, if the record is behind.
+    pub(super) fn unrecorded(&self) -> Option<Option<Residency>> {
+        (self.now != self.stored).then(|| self.now.clone())
+    }
+
+    /// `now` was recorded.
+    pub(super) fn recorded(&mut self, now: Option<Residency>) {
+        self.stored = now;
+    }
+
+    /// The fetched bytes could not be made durable: fetch them again.
+    pub(super) fn forget_unrecorded(&mut self) {
+        if self.now != self.stored {
+            self.now = self.stored.clone();
+        }
+    }
+
+    /// The file closed.
+    pub(super) fn close(&mut self) {
+        self.closed = true;
+    }
+}
+
+/// Writes fetched segment `s` into an open file's content, unless the content changed
+/// meanwhile (truncated, made whole, closed): the presence lock orders the two.
+fn install(of: &OpenFile, source: &ColdSource, s: usize, data: &[u8]) -> FsResult<()> {
+    let mut p = lock(&of.presence);
+    if p.closed || !p.missing(s) {
+        return Ok(());
+    }
     of.file.write_all_at(data, source.layout.chunk(s).start)?;
-    r.set(s);
-    let mut b = Batch::default();
-    b.put_residency(ino, Some(r));
-    store.commit(b)?;
-    if r.complete() {
-        *res = None;
+    if let Some(r) = p.now.as_mut() {
+        r.set(s);
+        if r.complete() {
+            p.now = None;
+        }
     }
     Ok(())
 }
 
 impl ColdReader {
     /// Fetches segment `s` of an open file into its content, waiting at most the deadline.
-    fn load(&self, store: &Store, ino: u64, of: &OpenFile, source: &ColdSource, s: usize) -> FsResult<()> {
+    fn load(&self, of: &OpenFile, source: &ColdSource, s: usize) -> FsResult<()> {
         let fetch = self.fetcher.segment(&source.fid, source.size, source.encrypted, s);
         let result = match self.runtime.block_on(async { tokio::time::timeout(self.deadline, fetch).await }) {
-            Ok(Ok(decoded)) => install(store, ino, of, source, s, decoded.data()),
+            Ok(Ok(decoded)) => install(of, source, s, decoded.data()),
             Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                Err(FsError::Fetch(format!("segment {s} of {} did not arrive within {:?}", source.fid, self.deadline)))
-            }
+            Err(_) => Err(FsError::Fetch(crate::fetch::FetchError::TimedOut {
+                fid: source.fid,
+                segment: s,
+                after: self.deadline,
+            })),
         };
         self.fetcher.forget(&source.fid, s);
         result
     }
 
     /// Starts fetching segment `s` in the background, for a reader that will want it soon.
-    fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
+    fn prefetch(self: &Arc<Self>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
         let this = self.clone();
         self.runtime.spawn_blocking(move || {
-            if let Err(e) = this.load(&store, ino, &of, &source, s) {
+            if let Err(e) = this.load(&of, &source, s) {
                 log::debug!("read-ahead of segment {s} of inode {ino}: {e}");
             }
         });
@@ -101,16 +171,17 @@ impl ColdReader {
 
 impl Fs {
     /// Where to fetch `ino`'s content from, if it is not all here (read at open).
-    pub(super) fn cold_source(&self, ino: u64) -> FsResult<(Option<ColdSource>, Option<Residency>)> {
-        let Some(residency) = self.store.residency(ino)? else { return Ok((None, None)) };
+    pub(super) fn cold_source(&self, ino: u64) -> FsResult<(Option<ColdSource>, Presence)> {
+        let Some(residency) = self.store.residency(ino)? else { return Ok((None, Presence::whole())) };
         let up = self.store.upload(ino)?.filter(|u| u.state == UploadState::Active);
         let Some((up, fid)) = up.and_then(|u| u.fid.map(|fid| (u, fid))) else {
-            return Err(FsError::Fetch(format!("inode {ino} has evicted content but no active upload")));
+            return Err(FsError::NotCached(ino));
         };
         let encrypted = up.seed.is_some();
         let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
-        let layout = Layout::new(up.size, mode).map_err(|e| FsError::Fetch(e.to_string()))?;
-        Ok((Some(ColdSource { fid, size: up.size, encrypted, layout }), Some(residency)))
+        let layout = Layout::new(up.size, mode).map_err(|_| FsError::NotCached(ino))?;
+        let source = ColdSource { fid, size: up.size, encrypted, layout };
+        Ok((Some(source), Presence::from_record(Some(residency), Some(layout))))
     }
 
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
@@ -121,7 +192,7 @@ impl Fs {
         if range.start >= source.size || range.is_empty() {
             return Ok(0);
         }
-        let missing = |s: usize| lock(&of.residency).as_ref().is_some_and(|r| !r.has(s));
+        let missing = |s: usize| lock(&of.presence).missing(s);
         let first = source.layout.segment_of(range.start);
         let last = source.layout.segment_of(range.end.min(source.size) - 1);
         let needed: Vec<usize> = (first..=last).filter(|&s| missing(s)).collect();
@@ -133,15 +204,15 @@ impl Fs {
         if needed.is_empty() && ahead.is_empty() {
             return Ok(0);
         }
-        let cold = self.cold.as_ref().ok_or_else(|| FsError::Fetch("this mount has no network to read from".into()))?;
+        let cold = self.cold.as_ref().ok_or(FsError::NoNetwork)?;
         // Room first, so that the cache stays within its limit once these segments are in.
         self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64, false);
         // What the reader waits for first: read-ahead started alongside would slow the first byte.
         for &s in &needed {
-            cold.load(&self.store, ino, of, &source, s)?;
+            cold.load(of, &source, s)?;
         }
         for &s in &ahead {
-            cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+            cold.prefetch(ino, of.clone(), source, s);
         }
         Ok(needed.len())
     }
@@ -153,7 +224,7 @@ impl Fs {
             return Ok(None);
         }
         let opened = self.open(ino, libc::O_RDONLY)?;
-        let fetched = self.handle(opened.fh).and_then(|(_, _, of)| self.ensure_present(ino, &of, 0..end));
+        let fetched = self.handle_file(opened.fh).and_then(|of| self.ensure_present(ino, &of, 0..end));
         if let Err(e) = fetched {
             let _ = self.release(opened.fh);
             return Err(e);
@@ -161,10 +232,11 @@ impl Fs {
         Ok(Some(opened.fh))
     }
 
-    /// Records that the whole content of open file `ino` is local (it was just replaced).
-    pub(super) fn mark_whole(&self, ino: u64, of: &OpenFile, batch: &mut Batch) {
-        if lock(&of.residency).take().is_some() {
-            batch.put_residency(ino, None);
+    /// Which segments of `ino` are here (`None`: all of them), as an open file sees them.
+    pub(super) fn residency(&self, ino: u64) -> FsResult<Option<Residency>> {
+        match self.open_file(ino) {
+            Some(of) => Ok(lock(&of.presence).now.clone()),
+            None => Ok(self.store.residency(ino)?),
         }
     }
 
@@ -174,31 +246,47 @@ impl Fs {
     }
 
     /// Drops the local content of active, closed file `ino`, keeping its size; reads fetch it
-    /// back. Returns the bytes freed.
+    /// back. Returns the bytes freed. At every instant the file is either whole on disk or
+    /// durably recorded as not cached: the record is made durable first, then the content file
+    /// is swapped for an empty one of the same size (the old one's blocks are freed outside
+    /// `ns`).
     pub fn evict(&self, ino: u64) -> FsResult<u64> {
-        let _ns = lock(&self.ns);
-        let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
-        if rec.kind != Kind::File {
-            return Err(not_evictable("not a regular file"));
-        }
-        let up = self.store.upload(ino)?.ok_or_else(|| not_evictable("not stored on CESS"))?;
-        match up {
-            UploadRecord { state: UploadState::Active, retired: false, newer: None, .. } => {}
-            UploadRecord { state, .. } => {
-                return Err(not_evictable(&format!("{} (only active files are evicted)", state.word())));
+        let (up, size, freed) = {
+            let _ns = lock(&self.ns);
+            let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+            if rec.kind != Kind::File {
+                return Err(not_evictable("not a regular file"));
             }
-        }
-        if self.open_file(ino).is_some() {
-            return Err(not_evictable("open"));
-        }
-        let residency = self.store.residency(ino)?;
-        let freed = resident_bytes(rec.size, up.segments, residency.as_ref());
-        let content = self.store.open_content(ino)?;
-        content.set_len(0)?;
-        content.set_len(rec.size)?;
-        let mut b = Batch::default();
-        b.put_residency(ino, Some(&Residency::empty(up.segments)));
-        self.store.commit(b)?;
+            let up = self.store.upload(ino)?.ok_or_else(|| not_evictable("not stored on CESS"))?;
+            match up {
+                UploadRecord { state: UploadState::Active, retired: false, newer: None, .. } => {}
+                UploadRecord { state, .. } => {
+                    return Err(not_evictable(&format!("{} (only active files are evicted)", state.word())));
+                }
+            }
+            if self.open_file(ino).is_some() {
+                return Err(not_evictable("open"));
+            }
+            let residency = self.store.residency(ino)?;
+            let freed = resident_bytes(rec.size, up.segments, residency.as_ref());
+            let mut b = Batch::default();
+            b.put_residency(ino, Some(&Residency::empty(up.segments)));
+            self.store.commit(b)?;
+            (up, rec.size, freed)
+        };
+        self.store.sync()?;
+        let old = {
+            let _ns = lock(&self.ns);
+            let unchanged = self.store.upload(ino)?.as_ref() == Some(&up)
+                && self.store.residency(ino)? == Some(Residency::empty(up.segments));
+            if !unchanged || self.open_file(ino).is_some() {
+                // Opened, written or fetched meanwhile: the bytes stay (reads fetch what the
+                // record says is missing, the same bytes again).
+                return Ok(0);
+            }
+            self.store.replace_content_with_hole(ino, size)?
+        };
+        drop(old);
         lock(&self.access).remove(&ino);
         log::info!("evicted the local copy of inode {ino} ({freed} bytes); reads fetch it from CESS");
         Ok(freed)

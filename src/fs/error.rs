@@ -4,6 +4,7 @@ use std::io;
 
 use thiserror::Error;
 
+use crate::fetch::FetchError;
 use crate::store::StoreError;
 
 /// Why a filesystem operation failed.
@@ -60,7 +61,24 @@ pub enum FsError {
     Store(#[from] StoreError),
     /// Content that is not cached could not be read back from the network.
     #[error("reading from CESS: {0}")]
-    Fetch(String),
+    Fetch(#[from] FetchError),
+    /// Evicted content with nothing on CESS to read it from (the record that says where is gone).
+    #[error("inode {0} has evicted content but no active upload to read it from")]
+    NotCached(u64),
+    /// Evicted content, and this mount has no network to read it from.
+    #[error("this mount has no network to read evicted content from")]
+    NoNetwork,
+    /// Part of the content a writer needs was not fetched.
+    #[error("segment {segment} of inode {ino} is not fetched")]
+    NotFetched {
+        /// The inode.
+        ino: u64,
+        /// The segment.
+        segment: usize,
+    },
+    /// The content may be damaged (a failed fsync): writes are refused.
+    #[error("{0}")]
+    Poisoned(String),
     /// Eviction asked for a file whose content is not (only) a cache.
     #[error("cannot evict: {0}")]
     NotEvictable(String),
@@ -91,7 +109,8 @@ impl FsError {
             FsError::Unsupported => libc::EOPNOTSUPP,
             FsError::BadHandle => libc::EBADF,
             FsError::FileTooBig => libc::EFBIG,
-            FsError::Fetch(_) => libc::EIO,
+            FsError::Fetch(_) | FsError::NotCached(_) | FsError::NoNetwork | FsError::NotFetched { .. } => libc::EIO,
+            FsError::Poisoned(_) => libc::EIO,
             FsError::NotEvictable(_) => libc::EBUSY,
             // Disk full and quota pass through; anything else from the disk or sled is EIO.
             FsError::Store(StoreError::Io(e)) => match e.raw_os_error() {
@@ -121,7 +140,12 @@ impl FsError {
             | FsError::BadHandle
             | FsError::FileTooBig
             | FsError::NotEvictable(_) => log::Level::Info,
-            FsError::Store(_) | FsError::Fetch(_) => log::Level::Error,
+            FsError::Store(_)
+            | FsError::Fetch(_)
+            | FsError::NotCached(_)
+            | FsError::NoNetwork
+            | FsError::NotFetched { .. }
+            | FsError::Poisoned(_) => log::Level::Error,
         }
     }
 }
@@ -129,13 +153,71 @@ impl FsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Hash;
 
+    /// Every variant, with the errno it must give: a new variant fails to compile here until it
+    /// is listed.
     #[test]
     fn errno_table() {
-        assert_eq!(FsError::ReadOnlyAttr.errno(), libc::EPERM);
-        assert_eq!(FsError::NoAttr.errno(), libc::ENODATA);
-        assert_eq!(FsError::from(io::Error::from_raw_os_error(libc::ENOSPC)).errno(), libc::ENOSPC);
-        assert_eq!(FsError::from(io::Error::from_raw_os_error(libc::EACCES)).errno(), libc::EIO);
-        assert_eq!(FsError::Store(StoreError::Poisoned).errno(), libc::EIO);
+        let io = |code| FsError::from(io::Error::from_raw_os_error(code));
+        let cases: Vec<(FsError, i32)> = vec![
+            (FsError::NotFound, libc::ENOENT),
+            (FsError::Exists, libc::EEXIST),
+            (FsError::NotDir, libc::ENOTDIR),
+            (FsError::IsDir, libc::EISDIR),
+            (FsError::NotEmpty, libc::ENOTEMPTY),
+            (FsError::NameTooLong, libc::ENAMETOOLONG),
+            (FsError::Invalid, libc::EINVAL),
+            (FsError::NotPermitted, libc::EPERM),
+            (FsError::ReadOnlyAttr, libc::EPERM),
+            (FsError::NoAttr, libc::ENODATA),
+            (FsError::Range, libc::ERANGE),
+            (FsError::AttrTooBig, libc::E2BIG),
+            (FsError::Unsupported, libc::EOPNOTSUPP),
+            (FsError::BadHandle, libc::EBADF),
+            (FsError::FileTooBig, libc::EFBIG),
+            (io(libc::ENOSPC), libc::ENOSPC),
+            (io(libc::EDQUOT), libc::EDQUOT),
+            (io(libc::EFBIG), libc::EFBIG),
+            (io(libc::EACCES), libc::EIO),
+            (FsError::Store(StoreError::Poisoned), libc::EIO),
+            (FsError::Store(StoreError::Corrupt { what: "inode" }), libc::EIO),
+            (FsError::Fetch(FetchError::NotStored(Hash::default())), libc::EIO),
+            (FsError::NotCached(1), libc::EIO),
+            (FsError::NoNetwork, libc::EIO),
+            (FsError::NotFetched { ino: 1, segment: 0 }, libc::EIO),
+            (FsError::Poisoned("why".into()), libc::EIO),
+            (FsError::NotEvictable("open".into()), libc::EBUSY),
+        ];
+        let variants: std::collections::HashSet<_> = cases.iter().map(|(e, _)| std::mem::discriminant(e)).collect();
+        assert_eq!(variants.len(), 22, "every variant of FsError is in the table");
+        for (e, errno) in &cases {
+            assert_eq!(e.errno(), *errno, "{e:?}");
+            // Exhaustive: adding a variant breaks this match until the table above lists it.
+            match e {
+                FsError::NotFound
+                | FsError::Exists
+                | FsError::NotDir
+                | FsError::IsDir
+                | FsError::NotEmpty
+                | FsError::NameTooLong
+                | FsError::Invalid
+                | FsError::NotPermitted
+                | FsError::ReadOnlyAttr
+                | FsError::NoAttr
+                | FsError::Range
+                | FsError::AttrTooBig
+                | FsError::Unsupported
+                | FsError::BadHandle
+                | FsError::FileTooBig
+                | FsError::Store(_)
+                | FsError::Fetch(_)
+                | FsError::NotCached(_)
+                | FsError::NoNetwork
+                | FsError::NotFetched { .. }
+                | FsError::Poisoned(_)
+                | FsError::NotEvictable(_) => {}
+            }
+        }
     }
 }

@@ -17,9 +17,10 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{Attr, Caller, Fs, FsError, NAME_MAX, Opened, SetAttr, TimeSet, lock};
+use super::{Attr, Caller, Fs, FsError, NAME_MAX, Opened, SetAttr, TimeSet};
 use crate::metrics;
 use crate::store::{Kind, Timestamp};
+use crate::sync::lock;
 
 /// How long the kernel may cache attributes and entries. Only this daemon changes the tree, and
 /// it answers every change, so the kernel's copy stays right; the timeout bounds staleness of
@@ -32,9 +33,16 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     want_passthrough: bool,
-    /// One backing id per inode while it has passthrough handles: the kernel requires every
-    /// passthrough open of an inode to use the same backing file.
-    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// The backing id of each passthrough handle. The kernel requires every passthrough open of
+    /// an inode to use the same backing file, so handles of one inode share one id, which closes
+    /// when the last of them does.
+    backing: Mutex<Backing>,
+}
+
+#[derive(Default)]
+struct Backing {
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    by_inode: HashMap<u64, std::sync::Weak<BackingId>>,
 }
 
 fn errno(e: &FsError, op: &str) -> Errno {
@@ -93,35 +101,41 @@ macro_rules! reply_or {
 impl FuseAdapter {
     /// An adapter over `fs`; passthrough is used if wanted and the kernel and privileges allow.
     pub fn new(fs: Arc<Fs>, want_passthrough: bool) -> FuseAdapter {
-        FuseAdapter { fs, want_passthrough, backing: Mutex::new(HashMap::new()) }
+        FuseAdapter { fs, want_passthrough, backing: Mutex::new(Backing::default()) }
     }
 
-    fn backing_for(&self, ino: u64, open: impl FnOnce() -> std::io::Result<BackingId>) -> Option<Arc<BackingId>> {
-        let mut map = lock(&self.backing);
-        if let Some((id, n)) = map.get_mut(&ino) {
-            *n += 1;
-            return Some(id.clone());
-        }
-        match open() {
-            Ok(id) => {
-                let id = Arc::new(id);
-                map.insert(ino, (id.clone(), 1));
-                Some(id)
-            }
-            Err(e) => {
-                log::warn!("passthrough refused for inode {ino}, serving it through the daemon: {e}");
-                None
-            }
-        }
+    /// The backing id for passthrough handle `fh` of `ino`: the inode's, or a new one.
+    fn backing_for(
+        &self,
+        ino: u64,
+        fh: u64,
+        open: impl FnOnce() -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut backing = lock(&self.backing);
+        let id = match backing.by_inode.get(&ino).and_then(|w| w.upgrade()) {
+            Some(id) => id,
+            None => match open() {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    backing.by_inode.insert(ino, Arc::downgrade(&id));
+                    id
+                }
+                Err(e) => {
+                    log::warn!("passthrough refused for inode {ino}, serving it through the daemon: {e}");
+                    return None;
+                }
+            },
+        };
+        backing.by_handle.insert(fh, id.clone());
+        Some(id)
     }
 
-    fn drop_backing(&self, ino: u64) {
-        let mut map = lock(&self.backing);
-        if let Some((_, n)) = map.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ino);
-            }
+    /// Handle `fh` of `ino` closed: its backing id goes with the inode's last passthrough handle.
+    fn drop_backing(&self, ino: u64, fh: u64) {
+        let mut backing = lock(&self.backing);
+        if backing.by_handle.remove(&fh).is_some() && backing.by_inode.get(&ino).is_some_and(|w| w.strong_count() == 0)
+        {
+            backing.by_inode.remove(&ino);
         }
     }
 
@@ -244,7 +258,8 @@ impl Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(errno(&e, "open")),
         };
-        let backing = opened.passthrough.as_ref().and_then(|f| self.backing_for(ino.0, || reply.open_backing(&**f)));
+        let backing =
+            opened.passthrough.as_ref().and_then(|f| self.backing_for(ino.0, opened.fh, || reply.open_backing(&**f)));
         match backing {
             Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
             None => reply.opened(FileHandle(opened.fh), FopenFlags::empty()),
@@ -266,7 +281,10 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno(&e, "create")),
         };
         let fh = FileHandle(opened.fh);
-        let backing = opened.passthrough.as_ref().and_then(|f| self.backing_for(attr.ino, || reply.open_backing(&**f)));
+        let backing = opened
+            .passthrough
+            .as_ref()
+            .and_then(|f| self.backing_for(attr.ino, opened.fh, || reply.open_backing(&**f)));
         match backing {
             Some(id) => reply.created_passthrough(&TTL, &file_attr(&attr), Generation(0), fh, FopenFlags::empty(), &id),
             None => reply.created(&TTL, &file_attr(&attr), Generation(0), fh, FopenFlags::empty()),
@@ -317,7 +335,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let r = self.fs.release(fh.0);
-        self.drop_backing(ino.0);
+        self.drop_backing(ino.0, fh.0);
         reply_or!(reply, "release", r, |()| reply.ok());
     }
 

@@ -3,9 +3,10 @@
 //! `user.cess.evict`, which is write-only and drops a stored file's cached content. Other
 //! namespaces (security, trusted, system) have no values here and cannot be set.
 
-use super::{Fs, FsError, FsResult, lock};
+use super::{Fs, FsError, FsResult};
 use crate::format::FRAGMENTS;
 use crate::store::{Batch, Kind, Timestamp, UploadRecord, UploadState};
+use crate::sync::lock;
 
 /// The short text of `user.cess.progress`.
 fn progress(up: &UploadRecord) -> String {
@@ -58,7 +59,7 @@ impl Fs {
         if let Some(e) = &up.error {
             attrs.push(("user.cess.error", e.clone()));
         }
-        let cached = match self.store.residency(ino)? {
+        let cached = match self.residency(ino)? {
             None => "yes".to_string(),
             Some(r) if r.count() == 0 => "no".to_string(),
             Some(r) => format!("partly ({}/{} segments)", r.count(), r.segments),

@@ -58,8 +58,10 @@ pub struct Store {
     content_dir_dirty: AtomicBool,
     poisoned: AtomicBool,
     doorbell: tokio::sync::Notify,
-    /// Serialises the start of deals against content changes and unlinks (outbox.rs).
+    /// Serialises the start and end of deals against content changes and unlinks (outbox.rs).
     deal_lock: std::sync::Mutex<()>,
+    /// One copy of a deal's bytes per inode at a time (outbox.rs).
+    copying: crate::sync::Holds,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -103,13 +105,26 @@ impl Batch {
     pub fn put_orphan(&mut self, ino: u64) {
         self.0.insert(&key::orphan(ino), &[]);
     }
-    /// Marks a regular file open for writing: after a crash, its content is re-staged.
-    pub fn put_writing(&mut self, ino: u64) {
-        self.0.insert(&key::writing(ino), &[]);
+    /// Marks a regular file open for writing: after a crash, its content is re-staged, first cut
+    /// to `truncate_to` if given (a truncation whose bytes beyond were never fetched).
+    pub fn put_writing(&mut self, ino: u64, truncate_to: Option<u64>) {
+        match truncate_to {
+            Some(size) => self.0.insert(&key::writing(ino), &size.to_be_bytes()),
+            None => self.0.insert(&key::writing(ino), &[]),
+        }
     }
     /// Clears the open-for-writing mark.
     pub fn remove_writing(&mut self, ino: u64) {
         self.0.remove(&key::writing(ino));
+    }
+    /// Marks the content of `ino` as possibly damaged (`why`): it is never uploaded and refuses
+    /// writes until it is removed or rewritten from scratch.
+    pub fn put_poisoned(&mut self, ino: u64, why: &str) {
+        self.0.insert(&key::poisoned(ino), why.as_bytes());
+    }
+    /// Clears the damaged mark: the content was replaced.
+    pub fn remove_poisoned(&mut self, ino: u64) {
+        self.0.remove(&key::poisoned(ino));
     }
 }
 
@@ -146,6 +161,7 @@ impl Store {
             poisoned: AtomicBool::new(false),
             doorbell: tokio::sync::Notify::new(),
             deal_lock: std::sync::Mutex::new(()),
+            copying: crate::sync::Holds::default(),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -223,6 +239,11 @@ impl Store {
         self.tree.get(key::upload(ino))?.map(|v| decode(&v, "upload")).transpose()
     }
 
+    /// Why the content of `ino` may be damaged, if it may be.
+    pub fn poisoned(&self, ino: u64) -> Result<Option<String>, StoreError> {
+        Ok(self.tree.get(key::poisoned(ino))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     /// Applies `batch` atomically (not yet durable: see [`Store::sync`]).
     pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if self.poisoned.load(Ordering::Relaxed) {
@@ -250,6 +271,7 @@ impl Store {
         let mut b = Batch::default();
         b.remove_inode(ino);
         b.remove_writing(ino);
+        b.remove_poisoned(ino);
         b.put_residency(ino, None);
         b.0.remove(&key::orphan(ino));
         for name in self.xattr_names(ino)? {
@@ -280,10 +302,28 @@ impl Store {
 
     /// Removes the content file of `ino` (absent is fine).
     pub fn remove_content(&self, ino: u64) -> Result<(), StoreError> {
-        match std::fs::remove_file(self.content_path(ino)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        outbox::remove_if_present(&self.content_path(ino))
+    }
+
+    /// Replaces the content file of `ino` with an empty one of `size` bytes (all hole) in one
+    /// rename. Returns the old file, open: its blocks are freed when the caller drops it.
+    pub fn replace_content_with_hole(&self, ino: u64, size: u64) -> Result<File, StoreError> {
+        let path = self.content_path(ino);
+        let old = File::open(&path)?;
+        let hole = path.with_extension("evict");
+        let made = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&hole)
+            .and_then(|f| f.set_len(size))
+            .and_then(|()| std::fs::rename(&hole, &path));
+        if let Err(e) = made {
+            outbox::remove_if_present(&hole)?;
+            return Err(e.into());
         }
+        Ok(old)
     }
 
     /// Makes the names of newly created content files durable.
@@ -320,12 +360,20 @@ impl Store {
             log::info!("removing inode {ino}, unlinked while open before the last shutdown");
             self.purge(ino)?;
         }
-        for k in self.tree.scan_prefix(key::WRITING_PREFIX).keys() {
-            let ino = key::ino_of(&k?);
+        for kv in self.tree.scan_prefix(key::WRITING_PREFIX) {
+            let (k, v) = kv?;
+            let ino = key::ino_of(&k);
             let mut b = Batch::default();
             b.remove_writing(ino);
-            if let Some(mut rec) = self.inode(ino)? {
-                let meta = std::fs::metadata(self.content_path(ino))?;
+            if let Some(why) = self.poisoned(ino)? {
+                log::warn!("inode {ino} stays as it was: {why}");
+            } else if let Some(mut rec) = self.inode(ino)? {
+                let content = self.open_content(ino)?;
+                if let Ok(size) = <[u8; 8]>::try_from(&v[..]) {
+                    content.set_len(u64::from_be_bytes(size))?;
+                    content.sync_data()?;
+                }
+                let meta = content.metadata()?;
                 rec.size = meta.len();
                 rec.mtime = meta.modified()?.into();
                 rec.content_version += 1;
@@ -337,6 +385,9 @@ impl Store {
         }
         for entry in std::fs::read_dir(&self.content_dir)? {
             let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
             let name = entry.file_name();
             let name = name.to_str().unwrap_or_default();
             let (hex, deal) = match name.strip_suffix(".deal") {

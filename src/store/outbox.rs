@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::records::{decode, encode, key};
 use super::{Batch, Store, StoreError, Timestamp};
 use crate::format::Hash;
+use crate::sync::lock;
 
 /// Where a file's content is on its way to CESS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,7 +193,7 @@ impl Store {
     /// Replaces (or with `None`, removes) the upload record of `ino` if it is still `old`.
     /// Returns whether it was: the filesystem may have staged a newer version in between.
     pub fn swap_upload(&self, ino: u64, old: &UploadRecord, new: Option<&UploadRecord>) -> Result<bool, StoreError> {
-        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _deal = lock(&self.deal_lock);
         self.swap_upload_locked(ino, old, new)
     }
 
@@ -248,11 +249,23 @@ impl Store {
     /// The point of no return of an upload: moves `rec` (which must still be current, with no
     /// writer open) to `Declared`, durably. From here on the filesystem keeps its bytes.
     pub fn begin_deal(&self, ino: u64, rec: &UploadRecord, declared: &UploadRecord) -> Result<bool, StoreError> {
-        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _deal = lock(&self.deal_lock);
         if self.is_writing(ino)? || !self.swap_upload_locked(ino, rec, Some(declared))? {
             return Ok(false);
         }
         self.sync()?;
+        Ok(true)
+    }
+
+    /// Moves a record out of a deal (to `new`, or removes it) if it is still `old`, and drops
+    /// the bytes set aside for the deal with it, so that set-aside bytes exist only while their
+    /// deal is in flight. Returns whether it was still `old`.
+    pub fn end_deal(&self, ino: u64, old: &UploadRecord, new: Option<&UploadRecord>) -> Result<bool, StoreError> {
+        let _deal = lock(&self.deal_lock);
+        if !self.swap_upload_locked(ino, old, new)? {
+            return Ok(false);
+        }
+        remove_if_present(&self.deal_snapshot_path(ino))?;
         Ok(true)
     }
 
@@ -267,50 +280,80 @@ impl Store {
         if snapshot.exists() { snapshot } else { self.content_path(ino) }
     }
 
-    /// Drops the set-aside bytes of a deal that has finished.
-    pub fn drop_deal_snapshot(&self, ino: u64) -> Result<(), StoreError> {
-        match std::fs::remove_file(self.deal_snapshot_path(ino)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+    /// Whether the bytes of `ino` may change now: its deal, if one is in flight, has its bytes
+    /// set aside. If so, marks it open for writing (in the same critical section, so no deal can
+    /// start between the check and the mark: [`Store::begin_deal`] refuses files being written).
+    /// If not, the caller makes the copy with [`Store::set_deal_bytes_aside`] and asks again.
+    /// With `truncate_to`, the mark records the truncation that follows, and the content counts
+    /// as whole: bytes beyond it that were never fetched are cut, even after a crash.
+    pub fn begin_write(&self, ino: u64, truncate_to: Option<u64>) -> Result<bool, StoreError> {
+        let _deal = lock(&self.deal_lock);
+        if self.needs_deal_copy(ino)? {
+            return Ok(false);
         }
+        let mut b = Batch::default();
+        b.put_writing(ino, truncate_to);
+        if truncate_to.is_some() {
+            b.put_residency(ino, None);
+        }
+        self.commit(b)?;
+        Ok(true)
     }
 
-    /// Called before the bytes of `ino` change: if a deal is in flight, its content is copied
-    /// aside first, so the deal can finish with the bytes it declared.
-    pub fn before_content_change(&self, ino: u64) -> Result<(), StoreError> {
-        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let in_flight = self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight());
-        let snapshot = self.deal_snapshot_path(ino);
-        if in_flight && !snapshot.exists() {
-            let tmp = snapshot.with_extension("tmp");
-            std::fs::copy(self.content_path(ino), &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &snapshot)?;
-            self.content_dir_handle.sync_all()?;
-            log::info!("inode {ino} changes while its deal is in flight: its declared bytes are kept aside");
+    /// Whether `ino` has a deal in flight whose bytes are not set aside yet.
+    pub fn needs_deal_copy(&self, ino: u64) -> Result<bool, StoreError> {
+        Ok(self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight()) && !self.deal_snapshot_path(ino).exists())
+    }
+
+    /// Copies the content of `ino` aside for its deal in flight (`content/<ino>.deal`), without
+    /// holding any lock the filesystem or the engine waits on: the copy of a large file takes
+    /// seconds. One copy per inode at a time; a deal that finished meanwhile gets none.
+    pub fn set_deal_bytes_aside(&self, ino: u64) -> Result<(), StoreError> {
+        let _copying = self.copying.hold(ino);
+        if !self.needs_deal_copy(ino)? {
+            return Ok(());
         }
+        let snapshot = self.deal_snapshot_path(ino);
+        let tmp = snapshot.with_extension("tmp");
+        let copied = std::fs::copy(self.content_path(ino), &tmp).and_then(|_| std::fs::File::open(&tmp)?.sync_all());
+        if let Err(e) = copied {
+            remove_if_present(&tmp)?;
+            return Err(e.into());
+        }
+        {
+            let _deal = lock(&self.deal_lock);
+            if !self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight()) {
+                return remove_if_present(&tmp);
+            }
+            std::fs::rename(&tmp, &snapshot)?;
+        }
+        if let Err(e) = self.content_dir_handle.sync_all() {
+            // Its name may not survive a crash: do not count on it.
+            remove_if_present(&snapshot)?;
+            return Err(e.into());
+        }
+        log::info!("inode {ino} changes while its deal is in flight: its declared bytes are kept aside");
         Ok(())
     }
 
-    /// Called in the batch that removes the last name of `ino` (`still_open`: its content file
-    /// stays in use until the last close): decides what becomes of its upload. A deal in flight
-    /// finishes with its bytes set aside and is then deleted from the chain. FIDs the file had on
-    /// chain are deleted, unless another file uses them; when `heir` replaces it (a rename over
-    /// it), only once the heir's upload is active, so a saved file is never absent from CESS.
-    pub fn retire(&self, batch: &mut Batch, ino: u64, still_open: bool, heir: Option<u64>) -> Result<(), StoreError> {
-        let _deal = self.deal_lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// Called in the batch that removes the last name of `ino`: decides what becomes of its
+    /// upload. A deal in flight finishes with its bytes set aside (the content file itself is
+    /// moved aside: handles still open read it by descriptor, and writers only exist once a copy
+    /// is aside) and is then deleted from the chain. FIDs the file had on chain are deleted,
+    /// unless another file uses them; when `heir` replaces it (a rename over it), only once the
+    /// heir's upload is active, so a saved file is never absent from CESS.
+    pub fn retire(&self, batch: &mut Batch, ino: u64, heir: Option<u64>) -> Result<(), StoreError> {
+        let _deal = lock(&self.deal_lock);
         let Some(mut rec) = self.upload(ino)? else { return Ok(()) };
         let mut obsolete = std::mem::take(&mut rec.replaces);
         if rec.state.deal_in_flight() {
             let snapshot = self.deal_snapshot_path(ino);
             if !snapshot.exists() {
-                if still_open {
-                    std::fs::copy(self.content_path(ino), &snapshot)?;
-                    std::fs::File::open(&snapshot)?.sync_all()?;
-                } else {
-                    std::fs::rename(self.content_path(ino), &snapshot)?;
+                std::fs::rename(self.content_path(ino), &snapshot)?;
+                if let Err(e) = self.content_dir_handle.sync_all() {
+                    std::fs::rename(&snapshot, self.content_path(ino))?;
+                    return Err(e.into());
                 }
-                self.content_dir_handle.sync_all()?;
             }
             rec.retired = true;
             rec.newer = None;
@@ -335,5 +378,13 @@ impl Store {
             _ => obsolete.iter().for_each(|fid| batch.put_tombstone(fid)),
         }
         Ok(())
+    }
+}
+
+/// Removes `path`; absent is fine.
+pub(super) fn remove_if_present(path: &std::path::Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }

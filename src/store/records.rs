@@ -173,6 +173,10 @@ pub mod key {
     }
     /// Prefix of every open-for-writing marker.
     pub const WRITING_PREFIX: &[u8] = b"w";
+    /// `p` ino → why: files whose content may be damaged (a failed fsync), never uploaded.
+    pub fn poisoned(ino: u64) -> [u8; 9] {
+        tagged(b'p', ino)
+    }
 
     fn tagged(tag: u8, ino: u64) -> [u8; 9] {
         let mut k = [tag; 9];

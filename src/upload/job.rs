@@ -223,8 +223,8 @@ impl Inner {
             Ok(r) => r,
             // Refused: no deal exists, so nothing holds the bytes any more.
             Err(e) if !e.is_transient() => {
-                self.update(ino, &rec, |r| r.state = UploadState::Failed)?;
-                self.store.drop_deal_snapshot(ino)?;
+                let failed = UploadRecord { state: UploadState::Failed, updated_at: Timestamp::now(), ..rec.clone() };
+                self.store.end_deal(ino, &rec, Some(&failed))?;
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -358,8 +358,7 @@ impl Inner {
             Some(UploadRecord { replaces: Vec::new(), ..rec.clone() })
         };
         self.store.commit(batch)?;
-        if self.store.swap_upload(ino, &rec, next.as_ref())? {
-            self.store.drop_deal_snapshot(ino)?;
+        if self.store.end_deal(ino, &rec, next.as_ref())? {
             lock(&self.manifests).remove(&ino);
             lock(&self.laggards).remove(&fid);
             if rec.retired {

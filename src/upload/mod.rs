@@ -31,6 +31,7 @@ use crate::format::{Encoder, FileManifest, Hash, MasterKey};
 use crate::miner::MinerClient;
 use crate::protocol::{AccountId, Chain, Signer};
 use crate::store::{Store, Timestamp, Tombstone, UploadRecord, UploadState};
+use crate::sync::lock;
 
 /// How the engine works.
 #[derive(Debug, Clone)]
@@ -71,10 +72,6 @@ struct Inner {
 /// The upload engine.
 #[derive(Clone)]
 pub struct Engine(Arc<Inner>);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Back-off after `attempts` failures in a row: 1 s doubling, at most 5 minutes.
 fn backoff(attempts: u32) -> Duration {

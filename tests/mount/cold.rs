@@ -232,3 +232,24 @@ fn the_cache_stays_within_its_limit() {
     wait_until(Duration::from_secs(20), "eviction down to the limit", || cached(&m) <= 2);
     assert_eq!(m.cess("file3", "cached").as_deref(), Some("yes"), "the most recently read stays");
 }
+
+/// A cold file opened through the daemon keeps that mode for every handle opened while it is
+/// open, even once all of it is fetched (the kernel refuses to mix passthrough and daemon opens
+/// of one inode); once closed, it opens by passthrough again (as root).
+#[test]
+fn handles_of_a_file_share_one_mode_while_it_is_open() {
+    let data = random_bytes(40 << 20, 41);
+    let m = stored_and_evicted(&[("f.bin", &data)]);
+    let first = File::open(m.path("f.bin")).unwrap();
+    let mut all = vec![0u8; data.len()];
+    first.read_exact_at(&mut all, 0).unwrap();
+    assert!(all == data);
+    assert_eq!(m.cess("f.bin", "cached").as_deref(), Some("yes"));
+    let second = File::open(m.path("f.bin")).expect("a second open while the first is open");
+    let mut part = vec![0u8; 1 << 20];
+    second.read_exact_at(&mut part, 7 << 20).unwrap();
+    assert!(part == data[7 << 20..8 << 20]);
+    let writer = File::options().append(true).open(m.path("f.bin")).expect("a writer too");
+    drop((first, second, writer));
+    assert!(fs::read(m.path("f.bin")).unwrap() == data);
+}

@@ -58,7 +58,14 @@ impl Mount {
     }
 
     fn with_args(args: &[&str]) -> Mount {
+        Mount::prepared(args, |_| {})
+    }
+
+    /// A fresh mount with `args` whose data dir `prepare` sets up first (a file system mounted
+    /// on its content dir, say).
+    pub fn prepared(args: &[&str], prepare: impl FnOnce(&Path)) -> Mount {
         let data = tempfile::tempdir().expect("data dir");
+        prepare(data.path());
         let key = data.path().join("key");
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -420,4 +427,45 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, Node> {
         }
     }
     out
+}
+
+/// A file system mounted by a test (a tmpfs of a given size, a loop device), unmounted on drop.
+pub struct TestFs {
+    dir: PathBuf,
+}
+
+impl TestFs {
+    /// A tmpfs of `size` (as mount(8) takes it: 64m) on `dir`, created if missing.
+    pub fn tmpfs(dir: &Path, size: &str) -> TestFs {
+        std::fs::create_dir_all(dir).expect("tmpfs mount point");
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir));
+        TestFs { dir: dir.to_path_buf() }
+    }
+
+    /// The ext4 image `image` mounted through a loop device on `dir`.
+    pub fn ext4(image: &Path, dir: &Path) -> TestFs {
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(image));
+        std::fs::create_dir_all(dir).expect("ext4 mount point");
+        run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(dir));
+        TestFs { dir: dir.to_path_buf() }
+    }
+}
+
+impl Drop for TestFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Fills the file system holding `dir` with `dir/name` until it is full; returns the file.
+pub fn fill(dir: &Path, name: &str) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut f = File::create(&path).expect("ballast");
+    let block = vec![0x5au8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    let small = [0x5au8; 4096];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    path
 }

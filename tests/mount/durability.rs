@@ -95,3 +95,94 @@ fn kill_9_with_an_existing_file_open_for_writing_restages_it() {
     assert_eq!(getxattr(&m.path("doc"), "user.cess.status").unwrap(), b"staged");
     assert!(m.log().contains("re-staging inode"), "{}", m.log());
 }
+
+/// Evicts `rel`, waiting for the daemon to learn of its last close (FUSE release comes after
+/// close(2) returns).
+fn evict_now(m: &Mount, rel: &str) {
+    wait_until(Duration::from_secs(10), "the file to be closed in the daemon", || {
+        match setxattr(&m.path(rel), "user.cess.evict", b"1", 0) {
+            Err(libc::EBUSY) => false,
+            r => {
+                r.unwrap();
+                true
+            }
+        }
+    });
+}
+
+/// An eviction interrupted by `kill -9` at any point leaves the file either whole on disk or
+/// recorded as not cached: it reads back byte for byte, never as zeros, and an append after the
+/// restart stores the right bytes.
+#[test]
+fn kill_9_right_after_an_eviction_never_reads_wrong_bytes() {
+    let data = random_bytes(50 << 20, 31);
+    let mut m = Mount::uploading("0", &[]);
+    fs::write(m.path("f.bin"), &data).unwrap();
+    m.wait_status("f.bin", &["active"], Duration::from_secs(120));
+    for (round, delay_ms) in [0u64, 0, 20, 50, 100, 150].into_iter().enumerate() {
+        // The kill point, not a wait for a condition: each round crashes at another moment.
+        evict_now(&m, "f.bin");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        m.kill9();
+        m.mount();
+        let cached = m.cess("f.bin", "cached").unwrap();
+        assert!(fs::read(m.path("f.bin")).unwrap() == data, "round {round}: f.bin was cached={cached} after the crash");
+    }
+    let mut f = OpenOptions::new().append(true).open(m.path("f.bin")).unwrap();
+    f.write_all(b"tail").unwrap();
+    close(f).unwrap();
+    m.wait_status("f.bin", &["active"], Duration::from_secs(120));
+    evict_now(&m, "f.bin");
+    let back = fs::read(m.path("f.bin")).unwrap();
+    assert!(back.len() == data.len() + 4 && back[..data.len()] == data[..] && back.ends_with(b"tail"));
+}
+
+/// When the disk cannot make a file's content durable (fdatasync fails: the kernel may have
+/// dropped its dirty pages), the file is poisoned: the close reports EIO, it is never uploaded,
+/// writes fail until it is rewritten from scratch, and that survives a restart. Other files go
+/// on as usual. The content dir is an ext4 image on a sparse file in a small tmpfs: once the
+/// tmpfs is full, the image's new blocks cannot be written, so the fdatasync fails for real.
+#[test]
+fn a_failed_fsync_poisons_the_file_until_it_is_rewritten() {
+    let area = tempfile::tempdir().unwrap();
+    let backing = TestFs::tmpfs(&area.path().join("backing"), "40m");
+    let image = area.path().join("backing/content.img");
+    File::create(&image).unwrap().set_len(200 << 20).unwrap();
+    let mut content_fs = None;
+    let mut m = Mount::prepared(&["--quiet-delay", "0"], |data| {
+        content_fs = Some(TestFs::ext4(&image, &data.join("content")));
+        fs::remove_dir(data.join("content/lost+found")).unwrap();
+    });
+    fs::write(m.path("good.txt"), b"stays good").unwrap();
+    m.wait_status("good.txt", &["active"], Duration::from_secs(60));
+
+    let ballast = fill(&area.path().join("backing"), "ballast");
+    let mut f = File::create(m.path("bad.bin")).unwrap();
+    let written = f.write_all(&random_bytes(4 << 20, 5));
+    let closed = written.and_then(|()| close(f));
+    let err = closed.expect_err("the close reports the failed fsync");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(m.cess("bad.bin", "status").as_deref(), Some("failed"));
+    let why = m.cess("bad.bin", "error").unwrap();
+    assert!(why.contains("may be damaged"), "{why}");
+    fs::remove_file(&ballast).unwrap();
+
+    // Space is back, the file is still refused, and nothing of it reached the chain.
+    let append = OpenOptions::new().append(true).open(m.path("bad.bin"));
+    assert_eq!(append.map(drop).unwrap_err().raw_os_error(), Some(libc::EIO), "writes refused");
+    m.remount();
+    assert_eq!(m.cess("bad.bin", "status").as_deref(), Some("failed"), "poisoned across a restart");
+    let append = OpenOptions::new().append(true).open(m.path("bad.bin"));
+    assert_eq!(append.map(drop).unwrap_err().raw_os_error(), Some(libc::EIO), "still refused after a restart");
+    assert!(m.log().contains("may be damaged"), "the log says why:\n{}", m.log());
+    assert_eq!(fs::read(m.path("good.txt")).unwrap(), b"stays good");
+
+    // Rewritten from scratch, it is a file like any other again.
+    let fresh = random_bytes(1 << 20, 6);
+    fs::write(m.path("bad.bin"), &fresh).unwrap();
+    m.wait_status("bad.bin", &["active"], Duration::from_secs(60));
+    assert!(fs::read(m.path("bad.bin")).unwrap() == fresh);
+    m.unmount();
+    drop(content_fs);
+    drop(backing);
+}

@@ -1,0 +1,125 @@
+//! What the filesystem's calls take and return: plain types, free of fuser's.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use crate::store::{Kind, Timestamp};
+
+/// How the filesystem is set up.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Whether open files may be served by kernel passthrough (the adapter decides at init).
+    pub passthrough: bool,
+    /// Most bytes of active files' content to keep cached.
+    pub cache_size: u64,
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File, directory or symlink.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last modification.
+    pub mtime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+    /// Creation.
+    pub crtime: Timestamp,
+}
+
+/// An opened file.
+pub struct Opened {
+    /// The handle for later calls.
+    pub fh: u64,
+    /// The content file, when the kernel may serve this handle's reads and writes itself.
+    pub passthrough: Option<Arc<File>>,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// The entry's inode.
+    pub ino: u64,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name.
+    pub name: Vec<u8>,
+}
+
+/// The space of a territory in bytes of file content (the chain charges 3 bytes per byte: 12
+/// fragments of which 4 carry data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageSpace {
+    /// Bytes bought.
+    pub total: u64,
+    /// Bytes that can still be stored.
+    pub free: u64,
+}
+
+/// Space figures for `statfs`.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Blocks available to unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+/// A time to set with `utimens`.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSet {
+    /// The current time.
+    Now,
+    /// This time.
+    At(Timestamp),
+}
+
+/// The changes of a `setattr`.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}

@@ -225,7 +225,9 @@ impl Settings {
             Some(name) => Path::new(SYSTEM_DATA_DIR).join(name),
             None => xdg_dir("XDG_DATA_HOME", ".local/share").join("cessfs"),
         };
-        self.data_dir.clone().unwrap_or_else(default)
+        // Absolute, so that the mount's source names it wherever `cessfs unmount` runs.
+        let dir = self.data_dir.clone().unwrap_or_else(default);
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 
     /// FUSE worker threads, defaulted.

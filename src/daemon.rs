@@ -126,13 +126,59 @@ const READ_AHEAD_KIB: u32 = 4096;
 const UPLOAD_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a mount runs: the runtime of the upload engine and the network clients, the chain
-/// connection, the engine and the FUSE session.
+/// connection, the engine, the FUSE session and the threads that keep the store and the cache.
+/// Each is stopped and waited for at shutdown, in [`run`].
 struct Daemon {
     runtime: tokio::runtime::Runtime,
     network: Network,
     engine: Engine,
     session: fuser::Session<FuseAdapter>,
     metrics: Option<crate::http::Server>,
+    store: Arc<Store>,
+    housekeeping: Housekeeping,
+    /// Tells the async tasks (the engine, the storage watcher) to stop.
+    stop: tokio::sync::watch::Sender<bool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+/// The threads that work now and then: the store's flush (every half second; sled's own flusher
+/// is off, see store/reserve.rs) and the cache limit.
+struct Housekeeping {
+    stop: Arc<crate::sync::Stop>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Housekeeping {
+    fn start(store: Arc<Store>, fs: Arc<Fs>) -> anyhow::Result<Housekeeping> {
+        let stop = Arc::new(crate::sync::Stop::default());
+        let flusher = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("flush".into()).spawn(move || {
+                while !stop.wait(Duration::from_millis(500)) {
+                    if let Err(e) = store.sync() {
+                        crate::log_limited!(log::Level::Error, "flush", "flushing the metadata database: {e}");
+                    }
+                    store.refill_reserve();
+                }
+            })?
+        };
+        let cache = {
+            let stop = stop.clone();
+            std::thread::Builder::new().name("cache".into()).spawn(move || {
+                while !stop.wait(Duration::from_secs(2)) {
+                    fs.enforce_cache_limit();
+                }
+            })?
+        };
+        Ok(Housekeeping { stop, threads: vec![flusher, cache] })
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Mounts the filesystem at `mountpoint` (already checked by `mountpoint::preflight`) and serves
@@ -166,9 +212,8 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
             }
         }
     })?;
-    let Daemon { runtime, network, engine, session, metrics } = daemon;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let uploads = runtime.spawn(async move { engine.run(stopped, UPLOAD_GRACE).await });
+    let Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, watcher } = daemon;
+    let uploads = runtime.spawn(async move { engine.run(UPLOAD_GRACE).await });
     let result = match session.run() {
         // The kernel ended the connection: a lazy unmount's last close can race the threads'
         // reads into this instead of a plain end, and so does an abort through
@@ -180,14 +225,32 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
         r => r.context("serving the mount"),
     };
     notify_systemd("STOPPING=1");
+    // Everything that works on the store stops and is waited for, then the store is made
+    // durable and closed; the pid file goes last, so that `cessfs unmount` returns only once
+    // the data dir can be mounted again.
     let _ = stop.send(true);
+    housekeeping.stop();
     runtime.block_on(async {
         let _ = uploads.await;
+        let _ = watcher.await;
         network.shutdown().await;
         if let Some(server) = metrics {
             server.stop().await;
         }
     });
+    // Blocking work still running (a fetch for a reader that is gone) ends at its next step.
+    runtime.shutdown_timeout(UPLOAD_GRACE);
+    if let Err(e) = store.sync() {
+        log::error!("final metadata flush failed: {e}");
+    }
+    let store = {
+        let weak = Arc::downgrade(&store);
+        drop(store);
+        weak
+    };
+    if store.strong_count() > 0 {
+        log::warn!("the metadata database is still in use at exit; it closes with the process");
+    }
     let _ = std::fs::remove_file(&pid_file);
     log::info!("unmounted {}", mountpoint.display());
     result
@@ -225,8 +288,9 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     };
     let fetcher =
         Fetcher::new(network.chain.clone(), network.signer.clone(), config.master.clone(), Duration::from_secs(15));
-    let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config);
-    let mut fs = Fs::new(store, FsConfig { passthrough: false, cache_size: settings.cache_size()? });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config, stopped.clone());
+    let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_cold_reader(ColdReader {
         fetcher: Arc::new(fetcher),
         runtime: runtime.handle().clone(),
@@ -234,9 +298,11 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         read_ahead: 2,
     });
     let fs = Arc::new(fs);
-    keep_cache_in_limit(Arc::downgrade(&fs));
+    let housekeeping = Housekeeping::start(store.clone(), fs.clone())?;
     let refresh = Duration::from_secs(if settings.chain.is_none() { 1 } else { 30 });
-    runtime.spawn(watch_storage_space(Arc::downgrade(&fs), network.chain.clone(), settings.territory(), refresh));
+    let watched =
+        watch_storage_space(Arc::downgrade(&fs), network.chain.clone(), settings.territory(), refresh, stopped);
+    let watcher = runtime.spawn(watched);
     let metrics = match settings.metrics_addr()? {
         Some(addr) => {
             let server = runtime.block_on(crate::metrics::serve(addr, fs.clone()))?;
@@ -271,26 +337,18 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     if let Err(e) = mountpoint::set_read_ahead(mountpoint, READ_AHEAD_KIB) {
         log::debug!("keeping the kernel's read-ahead: {e:#}");
     }
-    Ok(Daemon { runtime, network, engine, session, metrics })
-}
-
-/// Evicts cached content over the limit every few seconds, for as long as the filesystem lives.
-fn keep_cache_in_limit(fs: std::sync::Weak<Fs>) {
-    std::thread::Builder::new()
-        .name("cache".into())
-        .spawn(move || {
-            while let Some(fs) = fs.upgrade() {
-                fs.enforce_cache_limit();
-                drop(fs);
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        })
-        .expect("starting the cache thread");
+    Ok(Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, watcher })
 }
 
 /// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as
 /// the filesystem lives. An unreachable chain keeps the last figures.
-async fn watch_storage_space(fs: std::sync::Weak<Fs>, chain: Arc<dyn Chain>, territory: Vec<u8>, refresh: Duration) {
+async fn watch_storage_space(
+    fs: std::sync::Weak<Fs>,
+    chain: Arc<dyn Chain>,
+    territory: Vec<u8>,
+    refresh: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let owner = chain.account();
     loop {
         let space = match chain.territory(&owner, &territory).await {
@@ -306,7 +364,10 @@ async fn watch_storage_space(fs: std::sync::Weak<Fs>, chain: Arc<dyn Chain>, ter
             fs.set_storage_space(StorageSpace { total, free });
         }
         drop(fs);
-        tokio::time::sleep(refresh).await;
+        tokio::select! {
+            _ = tokio::time::sleep(refresh) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

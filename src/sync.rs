@@ -40,3 +40,26 @@ impl Drop for Hold<'_> {
         self.holds.released.notify_all();
     }
 }
+
+/// A stop signal for threads that work now and then: they wait on it between rounds.
+#[derive(Default)]
+pub struct Stop {
+    stopped: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Stop {
+    /// Tells every waiter to stop.
+    pub fn stop(&self) {
+        *lock(&self.stopped) = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout`; whether the signal came.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let stopped = lock(&self.stopped);
+        let (stopped, _) =
+            self.changed.wait_timeout_while(stopped, timeout, |s| !*s).unwrap_or_else(|poisoned| poisoned.into_inner());
+        *stopped
+    }
+}

@@ -209,9 +209,16 @@ fn every_storage_value_decodes_from_both_runtimes() {
 
         // One-item lists look like the single-field wrappers around lists: a file with one
         // segment, one owner (what the rig's runtime serves), one miner.
-        let f = codec::file_info(&served_with(&md, "FileBank", "File", &["Active"], 1)).unwrap();
-        assert_eq!((f.segments.len(), f.segments[0].fragments.len(), f.owners.len()), (1, 1, 1), "spec {spec}");
-        assert_eq!((f.owners[0].user, f.segments[0].fragments[0].hash), (account_a, hash_a));
+        // A segment with one fragment is no CESS file: refused, never indexed past its end.
+        let one = served_with(&md, "FileBank", "File", &["Active"], 1);
+        let segments = codec::structs(codec::field(&one, "segment_list").unwrap()).unwrap();
+        let fragments = codec::structs(codec::field(segments[0], "fragment_list").unwrap()).unwrap();
+        let owners = codec::structs(codec::field(&one, "owner").unwrap()).unwrap();
+        assert_eq!((segments.len(), fragments.len(), owners.len()), (1, 1, 1), "spec {spec}");
+        assert_eq!(codec::account(codec::field(owners[0], "user").unwrap()).unwrap(), account_a);
+        assert_eq!(codec::hash(codec::field(fragments[0], "hash").unwrap()).unwrap(), hash_a);
+        let refused = codec::file_info(&one).unwrap_err();
+        assert!(refused.to_string().contains("12 fragments"), "spec {spec}: {refused}");
         let all = served_with(&md, "Sminer", "AllMiner", &[], 1);
         let miners: Vec<_> = codec::byte_items(&all).unwrap().into_iter().map(codec::account).collect();
         assert_eq!(miners, vec![Ok(account_a)], "spec {spec}");

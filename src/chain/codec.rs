@@ -337,7 +337,10 @@ pub fn file_info(v: &Value) -> Result<FileInfo, ChainError> {
                         miner: account(field(f, "miner")?)?,
                     })
                 })
-                .collect::<Result<_, ChainError>>()?;
+                .collect::<Result<Vec<_>, ChainError>>()?;
+            if fragments.len() != FRAGMENTS {
+                return Err(bad("12 fragments per segment", s));
+            }
             Ok(SegmentInfo { hash: hash(field(s, "hash")?)?, fragments })
         })
         .collect::<Result<_, ChainError>>()?;
@@ -392,6 +395,118 @@ mod tests {
         assert_eq!(bucket_name(b"rig"), b"rig");
         assert_eq!(bucket_name(b"project"), b"cessfs");
         assert_eq!(bucket_name(b"ab"), b"cessfs");
+    }
+
+    mod arbitrary {
+        use proptest::prelude::*;
+        use scale_value::Value;
+
+        use super::super::*;
+
+        const NAMES: &[&str] = &[
+            "segment_list",
+            "fragment_list",
+            "hash",
+            "avail",
+            "miner",
+            "owner",
+            "user",
+            "file_name",
+            "territory_name",
+            "file_size",
+            "completion",
+            "stat",
+            "complete_list",
+            "index",
+            "state",
+            "total_space",
+            "used_space",
+            "locked_space",
+            "remaining_space",
+            "deadline",
+            "endpoint",
+            "idle_space",
+            "data",
+            "free",
+            "other",
+        ];
+
+        fn name() -> impl Strategy<Value = String> {
+            proptest::sample::select(NAMES).prop_map(str::to_string)
+        }
+
+        fn hash_bytes() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::from_bytes(crate::format::Hash::default().to_hex())),
+                proptest::collection::vec(any::<u8>(), 0..70).prop_map(Value::from_bytes),
+            ]
+        }
+
+        /// Any value of the shapes runtimes use, with the field names the decoders look for.
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                any::<u128>().prop_map(Value::u128),
+                any::<bool>().prop_map(Value::bool),
+                "[A-Za-z]{0,8}".prop_map(Value::string),
+                hash_bytes(),
+            ];
+            leaf.prop_recursive(5, 96, 14, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..14).prop_map(Value::unnamed_composite),
+                    proptest::collection::vec((name(), inner.clone()), 0..8).prop_map(Value::named_composite),
+                    (
+                        proptest::sample::select(&["Active", "Frozen", "Other"][..]),
+                        proptest::collection::vec(inner, 0..3)
+                    )
+                        .prop_map(|(n, v)| Value::unnamed_variant(n, v)),
+                ]
+            })
+        }
+
+        /// A `File` value that is right but for its fragment counts and hash lengths.
+        fn near_file() -> impl Strategy<Value = Value> {
+            let fragment = (hash_bytes(), any::<bool>()).prop_map(|(h, avail)| {
+                Value::named_composite([
+                    ("hash", h),
+                    ("avail", Value::bool(avail)),
+                    ("miner", Value::from_bytes([7u8; 32])),
+                ])
+            });
+            let segment = (hash_bytes(), proptest::collection::vec(fragment, 0..16)).prop_map(|(h, f)| {
+                Value::named_composite([("hash", h), ("fragment_list", Value::unnamed_composite(f))])
+            });
+            proptest::collection::vec(segment, 0..4).prop_map(|segments| {
+                Value::named_composite([
+                    ("segment_list", Value::unnamed_composite(segments)),
+                    ("owner", Value::unnamed_composite(Vec::<Value>::new())),
+                    ("file_size", Value::u128(5)),
+                    ("completion", Value::u128(9)),
+                    ("stat", Value::unnamed_variant("Active", Vec::<Value>::new())),
+                ])
+            })
+        }
+
+        proptest! {
+            /// Whatever a node serves, decoding gives a value or an error, never a panic.
+            #[test]
+            fn decoders_never_panic(v in value()) {
+                let _ = file_info(&v);
+                let _ = deal_info(&v);
+                let _ = territory_info(&v);
+                let _ = miner_info(AccountId([1; 32]), &v);
+                let _ = free_balance(&v);
+                let _ = structs(&v);
+                let _ = byte_items(&v);
+            }
+
+            /// A decoded `File` has 12 fragments in every segment: other counts are errors.
+            #[test]
+            fn files_decode_only_with_twelve_fragments(v in near_file()) {
+                if let Ok(file) = file_info(&v) {
+                    prop_assert!(file.segments.iter().all(|s| s.fragments.len() == FRAGMENTS));
+                }
+            }
+        }
     }
 
     #[test]

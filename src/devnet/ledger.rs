@@ -66,6 +66,7 @@ pub struct Ledger {
     tree: sled::Tree,
     _db: sled::Db,
     extrinsic: Mutex<()>,
+    dir: std::path::PathBuf,
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -88,7 +89,7 @@ impl Ledger {
     /// Opens (or creates) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Ledger, sled::Error> {
         let db = sled::Config::new().path(dir).cache_capacity(16 << 20).open()?;
-        Ok(Ledger { tree: db.open_tree("ledger")?, _db: db, extrinsic: Mutex::new(()) })
+        Ok(Ledger { tree: db.open_tree("ledger")?, _db: db, extrinsic: Mutex::new(()), dir: dir.to_path_buf() })
     }
 
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, ChainError> {
@@ -109,6 +110,14 @@ impl Ledger {
 
     /// Commits one extrinsic: its changes, its events, a new block. Returns the receipt.
     fn seal(&self, mut batch: sled::Batch, what: &str, events: Vec<Event>) -> Result<TxReceipt, ChainError> {
+        // sled refuses everything after a failed write: a nearly full disk refuses the block
+        // instead, and the ledger goes on once there is room.
+        if crate::disk::available(&self.dir).is_ok_and(|free| free < 1 << 20) {
+            return Err(ChainError::Unreachable(format!(
+                "the disk holding the devnet ledger {} is full",
+                self.dir.display()
+            )));
+        }
         let block = self.block() + 1;
         self.put(&mut batch, b"block", &block);
         for (i, e) in events.into_iter().enumerate() {
@@ -190,8 +199,10 @@ impl Ledger {
             .map(|kv| {
                 let (k, v) = kv.map_err(storage)?;
                 let rec: MinerRecord = postcard::from_bytes(&v).map_err(|e| ChainError::Decode(e.to_string()))?;
-                let mut acc = [0u8; 32];
-                acc.copy_from_slice(&k[1..33]);
+                let acc: [u8; 32] = k
+                    .get(1..33)
+                    .and_then(|a| a.try_into().ok())
+                    .ok_or_else(|| ChainError::Decode("a miner key of the wrong length".into()))?;
                 Ok(MinerInfo {
                     account: AccountId(acc),
                     endpoint: rec.endpoint,

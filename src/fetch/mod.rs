@@ -51,6 +51,9 @@ pub enum FetchError {
         /// What went wrong with the others.
         detail: String,
     },
+    /// A bug (a decoding task that panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The segment did not arrive in time.
     #[error("segment {segment} of {fid} did not arrive within {after:?}")]
     TimedOut {
@@ -108,7 +111,14 @@ impl Fetcher {
         if let Some(f) = lock(&self.files).get(fid) {
             return Ok(f.clone());
         }
-        let file = Arc::new(self.chain.file(fid).await?.ok_or(FetchError::NotStored(*fid))?);
+        let file = self.chain.file(fid).await?.ok_or(FetchError::NotStored(*fid))?;
+        if let Some(s) = file.segments.iter().position(|s| s.fragments.len() != FRAGMENTS) {
+            let n = file.segments[s].fragments.len();
+            return Err(
+                ChainError::Decode(format!("file {fid}: segment {s} lists {n} fragments, not {FRAGMENTS}")).into()
+            );
+        }
+        let file = Arc::new(file);
         let mut files = lock(&self.files);
         if files.len() > 256 {
             files.clear();
@@ -163,12 +173,12 @@ impl Fetcher {
                 Bytes::from(padded)
             }
         };
-        let data = tokio::task::spawn_blocking(move || {
+        let hashed = tokio::task::spawn_blocking(move || {
             let actual = sha256(&data);
             (data, actual)
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
+        let data = hashed.map_err(|e| e.to_string())?;
         if data.1 != info.hash {
             log::warn!(
                 "miner {} ({endpoint}) served fragment {index} of segment {segment} of {fid} with the wrong hash; using others",
@@ -190,7 +200,13 @@ impl Fetcher {
         segment: usize,
     ) -> Result<Arc<DecodedSegment>, FetchError> {
         let slot: Slot = lock(&self.inflight).entry((*fid, segment)).or_default().clone();
-        slot.get_or_init(|| async { self.fetch(fid, size, encrypted, segment).await.map(Arc::new) }).await.clone()
+        let result =
+            slot.get_or_init(|| async { self.fetch(fid, size, encrypted, segment).await.map(Arc::new) }).await.clone();
+        if result.is_err() {
+            // The record may be what was wrong (the file moved, a miner left): ask again next time.
+            lock(&self.files).remove(fid);
+        }
+        result
     }
 
     /// Whether a segment is being fetched (or was, and is not forgotten yet).
@@ -268,7 +284,7 @@ impl Fetcher {
             decoder.decode_verified_segment(segment, &expected, &refs, Vec::new())
         })
         .await
-        .expect("decoding does not panic");
+        .map_err(|e| FetchError::Internal(format!("decoding segment {segment} of {fid}: {e}")))?;
         if let Ok(decoded) = &out {
             metrics::FETCHED_BYTES.add(decoded.data().len() as u64);
         }

@@ -150,7 +150,7 @@ impl FileDecoder {
     }
 
     fn file_key(&self, master: &MasterKey, seed: &[u8; 32]) -> std::sync::Arc<FileKey> {
-        let mut cached = self.key.lock().expect("key cache lock");
+        let mut cached = crate::sync::lock(&self.key);
         match cached.as_ref() {
             Some(k) if k.seed() == seed => k.clone(),
             _ => {
@@ -236,13 +236,13 @@ where
                 let owned: Vec<Option<B>> = (0..FRAGMENTS).map(|f| fetch(s, f)).collect();
                 let borrowed: [Option<&[u8]>; FRAGMENTS] =
                     std::array::from_fn(|f| owned[f].as_ref().map(|b| b.as_ref()));
-                let buffer = buffers.lock().expect("buffer pool").pop().unwrap_or_default();
+                let buffer = crate::sync::lock(&buffers).pop().unwrap_or_default();
                 decoder.decode_segment(s, &manifest.segments[s], &borrowed, buffer)
             })
             .collect::<Result<_, _>>()?;
         for d in decoded {
             sink(d.data());
-            buffers.lock().expect("buffer pool").push(d.into_buffer());
+            crate::sync::lock(&buffers).push(d.into_buffer());
         }
     }
     Ok(())

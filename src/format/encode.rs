@@ -115,7 +115,7 @@ pub struct Encoder {
 
 impl Pool {
     fn take(&self) -> Buffers {
-        let recycled = self.0.lock().expect("pool lock").pop();
+        let recycled = crate::sync::lock(&self.0).pop();
         recycled.unwrap_or_else(|| Buffers {
             segment: vec![0; SEGMENT_SIZE],
             parity: vec![0; FRAGMENT_SIZE * PARITY_FRAGMENTS],
@@ -125,7 +125,7 @@ impl Pool {
     /// Keeps `b` for reuse, unless the pool holds what one encoding and one push use already
     /// (segments rebuilt for pushing several files at once would otherwise stay allocated).
     fn give(&self, b: Buffers) {
-        let mut free = self.0.lock().expect("pool lock");
+        let mut free = crate::sync::lock(&self.0);
         if free.len() < rayon::current_num_threads() + 4 {
             free.push(b);
         }
@@ -135,7 +135,7 @@ impl Pool {
 impl Encoder {
     /// Frees the buffers kept for the next file.
     pub fn release_buffers(&self) {
-        self.pool.0.lock().expect("pool lock").clear();
+        crate::sync::lock(&self.pool.0).clear();
     }
 
     /// Encodes a file of `size` bytes read from `source`: encrypted with a key derived from

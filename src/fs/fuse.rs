@@ -46,7 +46,7 @@ struct Backing {
 }
 
 fn errno(e: &FsError, op: &str) -> Errno {
-    log::log!(e.log_level(), "{op}: {e}");
+    crate::log_limited!(e.log_level(), &format!("{op}: {e}"), "{op}: {e}");
     Errno::from_i32(e.errno())
 }
 

@@ -176,8 +176,7 @@ impl Fs {
         if content_meta(&file)?.1 != rec.mtime {
             file.set_modified(rec.mtime.into())?;
         }
-        // The kernel reads passthrough files itself: only whole content may be handed over.
-        let passthrough = self.passthrough.load(Ordering::Relaxed) && presence.is_whole();
+        let passthrough = self.passthrough_for(&presence);
         let of = Arc::new(OpenFile {
             file: Arc::new(file),
             state: Mutex::new(OpenState {
@@ -196,6 +195,13 @@ impl Fs {
         });
         lock(&self.open).insert(ino, of.clone());
         Ok(of)
+    }
+
+    /// Whether a file opened now is served by passthrough: only whole content may be handed to
+    /// the kernel (it reads the content file itself), and not while the disk is down to the
+    /// database's reserve (the kernel's writes would not be held back by [`Fs::write`]'s check).
+    pub(super) fn passthrough_for(&self, presence: &Presence) -> bool {
+        self.passthrough.load(Ordering::Relaxed) && presence.is_whole() && !self.store.content_space_exhausted()
     }
 
     /// Opens a handle of `ino`. A first writer marks the file open for writing, durably, before
@@ -308,6 +314,7 @@ impl Fs {
         of.check_poison()?;
         let end = offset + data.len() as u64;
         check_size(end)?;
+        self.check_content_space(data.len() as u64)?;
         if let Err(e) = of.file.write_all_at(data, offset) {
             if e.raw_os_error() != Some(libc::ENOSPC) || self.make_cache_room(data.len() as u64, true) == 0 {
                 return Err(e.into());
@@ -316,6 +323,17 @@ impl Fs {
         }
         lock(&of.state).changes += 1;
         Ok(data.len() as u32)
+    }
+
+    /// Refuses new content (ENOSPC) once the disk is down to the database's reserve, unless
+    /// evicting cached copies makes room: unlinks and renames need that room to give space back.
+    fn check_content_space(&self, incoming: u64) -> FsResult<()> {
+        if self.store.content_space_exhausted()
+            && (self.make_cache_room(incoming, true) == 0 || self.store.content_space_exhausted())
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
+        Ok(())
     }
 
     /// fallocate: allocate (possibly growing the file), punch holes, zero ranges.
@@ -332,6 +350,9 @@ impl Fs {
         let end = offset.checked_add(length).ok_or(FsError::Invalid)?;
         if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
             check_size(end)?;
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE == 0 {
+            self.check_content_space(length)?;
         }
         // SAFETY: plain syscall on a file descriptor we own for the duration of the call.
         let r = unsafe { libc::fallocate(of.file.as_raw_fd(), mode, offset as i64, length as i64) };

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::cache::Presence;
 use super::handles::OpenFile;
 use super::{Attr, Caller, DirEntry, Fs, FsError, FsResult, Opened, check_name};
 use crate::store::{Batch, InodeRecord, Kind, ROOT_INO, Store, Timestamp, UploadRecord, UploadState};
@@ -173,7 +174,7 @@ impl Fs {
             return Err(e);
         }
         file.set_modified(rec.mtime.into())?;
-        let of = Arc::new(OpenFile::created(file, rec.mtime, self.passthrough.load(Ordering::Relaxed)));
+        let of = Arc::new(OpenFile::created(file, rec.mtime, self.passthrough_for(&Presence::whole())));
         lock(&self.open).insert(ino, of.clone());
         let opened = self.register_handle(ino, &of, write);
         Ok((attr, opened))

@@ -13,6 +13,7 @@
 
 mod outbox;
 mod records;
+mod reserve;
 mod residency;
 
 use std::fs::{File, OpenOptions};
@@ -62,6 +63,8 @@ pub struct Store {
     deal_lock: std::sync::Mutex<()>,
     /// One copy of a deal's bytes per inode at a time (outbox.rs).
     copying: crate::sync::Holds,
+    /// Room kept for the database on a full disk (reserve.rs).
+    reserve: reserve::Reserve,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -138,7 +141,7 @@ impl Store {
             .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((key::ino_of(&k), decode(&v, what)?))
+                Ok((key::ino_of(&k)?, decode(&v, what)?))
             })
             .collect()
     }
@@ -149,8 +152,10 @@ impl Store {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
         let content_dir = data_dir.join("content");
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&content_dir)?;
-        let db =
-            sled::Config::new().path(data_dir.join("db")).cache_capacity(32 << 20).flush_every_ms(Some(500)).open()?;
+        let reserve = reserve::Reserve::open(data_dir);
+        // No background flush: sled writes only in commits and syncs, after the reserve check.
+        // The daemon syncs every half second.
+        let db = sled::Config::new().path(data_dir.join("db")).cache_capacity(32 << 20).flush_every_ms(None).open()?;
         let tree = db.open_tree("fs")?;
         let store = Store {
             content_dir_handle: File::open(&content_dir)?,
@@ -162,6 +167,7 @@ impl Store {
             doorbell: tokio::sync::Notify::new(),
             deal_lock: std::sync::Mutex::new(()),
             copying: crate::sync::Holds::default(),
+            reserve,
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -249,6 +255,7 @@ impl Store {
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(StoreError::Poisoned);
         }
+        self.reserve.before_write();
         Ok(self.tree.apply_batch(batch.0)?)
     }
 
@@ -257,6 +264,7 @@ impl Store {
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(StoreError::Poisoned);
         }
+        self.reserve.before_write();
         if let Err(e) = self.db.flush() {
             self.poisoned.store(true, Ordering::Relaxed);
             log::error!("metadata flush failed, refusing further writes: {e}");
@@ -337,18 +345,20 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes and inodes of the file system holding the data dir: (total, free, available)
-    /// blocks of `bsize` bytes, then (files, free files).
+    /// Bytes and inodes of the file system holding the data dir.
     pub fn disk_space(&self) -> Result<libc::statvfs, StoreError> {
-        let path = std::ffi::CString::new(self.content_dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: an all-zero statvfs is a valid value for statvfs(3) to fill in.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is NUL-terminated and `st` is valid for writes.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        Ok(st)
+        Ok(crate::disk::statvfs(&self.content_dir)?)
+    }
+
+    /// Whether new file content must wait for space: the disk is nearly full and what is left
+    /// is the database's (its reserve is released).
+    pub fn content_space_exhausted(&self) -> bool {
+        self.reserve.holds_back_content()
+    }
+
+    /// Makes the database's reserve again once the disk has room (called now and then).
+    pub fn refill_reserve(&self) {
+        self.reserve.refill();
     }
 
     /// Finishes what a crash interrupted: removes unlinked inodes that were open, re-stages
@@ -356,13 +366,13 @@ impl Store {
     /// and removes content files that no record points to.
     fn recover(&self) -> Result<(), StoreError> {
         for k in self.tree.scan_prefix(key::ORPHAN_PREFIX).keys() {
-            let ino = key::ino_of(&k?);
+            let ino = key::ino_of(&k?)?;
             log::info!("removing inode {ino}, unlinked while open before the last shutdown");
             self.purge(ino)?;
         }
         for kv in self.tree.scan_prefix(key::WRITING_PREFIX) {
             let (k, v) = kv?;
-            let ino = key::ino_of(&k);
+            let ino = key::ino_of(&k)?;
             let mut b = Batch::default();
             b.remove_writing(ino);
             if let Some(why) = self.poisoned(ino)? {

@@ -225,9 +225,7 @@ impl Store {
             .scan_prefix(key::TOMBSTONE_PREFIX)
             .map(|kv| {
                 let (k, v) = kv?;
-                let mut fid = [0u8; 32];
-                fid.copy_from_slice(&k[1..33]);
-                Ok((Hash(fid), decode(&v, "tombstone")?))
+                Ok((key::fid_of(&k)?, decode(&v, "tombstone")?))
             })
             .collect()
     }

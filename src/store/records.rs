@@ -185,8 +185,18 @@ pub mod key {
     }
 
     /// The inode number in a key made by the functions above.
-    pub fn ino_of(key: &[u8]) -> u64 {
-        u64::from_be_bytes(key[1..9].try_into().expect("keys carry 8 bytes of inode number"))
+    pub fn ino_of(key: &[u8]) -> Result<u64, super::StoreError> {
+        let corrupt = super::StoreError::Corrupt { what: "key" };
+        Ok(u64::from_be_bytes(
+            key.get(1..9).ok_or(corrupt)?.try_into().map_err(|_| super::StoreError::Corrupt { what: "key" })?,
+        ))
+    }
+
+    /// The FID in a tombstone key.
+    pub fn fid_of(key: &[u8]) -> Result<crate::format::Hash, super::StoreError> {
+        let bytes: [u8; 32] =
+            key.get(1..33).and_then(|b| b.try_into().ok()).ok_or(super::StoreError::Corrupt { what: "key" })?;
+        Ok(crate::format::Hash(bytes))
     }
 }
 
@@ -214,7 +224,8 @@ pub fn decode_dirent(v: &[u8]) -> Result<(u64, Kind), StoreError> {
         2 => Kind::Symlink,
         _ => return Err(corrupt),
     };
-    Ok((u64::from_be_bytes(v[..8].try_into().expect("8 bytes")), kind))
+    let ino: [u8; 8] = v[..8].try_into().map_err(|_| StoreError::Corrupt { what: "directory entry" })?;
+    Ok((u64::from_be_bytes(ino), kind))
 }
 
 #[cfg(test)]

@@ -68,6 +68,12 @@ pub enum UploadError {
         /// Idle space each needs.
         needed_space: u128,
     },
+    /// cessfs is shutting down: the step resumes at the next start.
+    #[error("stopped for shutdown")]
+    ShuttingDown,
+    /// A bug: a record without what its state implies, or a panic.
+    #[error("{0}")]
+    Internal(String),
     /// Some columns could not be stored on any miner this round.
     #[error("{columns} columns could not be stored: {last}")]
     Push {
@@ -86,8 +92,10 @@ impl UploadError {
             UploadError::Store(_)
             | UploadError::Io(_)
             | UploadError::NotEnoughMiners { .. }
+            | UploadError::ShuttingDown
             | UploadError::Push { .. } => true,
             UploadError::Format(_)
+            | UploadError::Internal(_)
             | UploadError::Name { .. }
             | UploadError::NoTerritory { .. }
             | UploadError::TerritoryUnusable { .. }

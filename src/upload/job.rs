@@ -10,6 +10,11 @@ use crate::metrics;
 use crate::protocol::{TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
 
+/// The error of a record whose state needs a FID it lacks (a corrupt record).
+fn missing_fid(state: &str) -> UploadError {
+    UploadError::Internal(format!("the upload record is {state} but has no FID"))
+}
+
 /// What to do after a step.
 enum Flow {
     /// Look at the record again and take the next step.
@@ -88,17 +93,19 @@ impl Inner {
 
     /// Encodes the whole file in a blocking task: its manifest and key seed.
     async fn encode(self: &Arc<Self>, ino: u64, size: u64) -> Result<(Arc<FileManifest>, Option<Seed>), UploadError> {
-        let _cpu = self.cpu.acquire().await.expect("the semaphore is never closed");
+        let _cpu = self.cpu.acquire().await.map_err(|_| UploadError::ShuttingDown)?;
         let inner = self.clone();
         let path = self.store.upload_source(ino);
-        tokio::task::spawn_blocking(move || {
+        let encoded = tokio::task::spawn_blocking(move || {
             let source = FileSource::<UploadError>::new(std::fs::File::open(path)?);
             let (manifest, seed) =
-                inner.encoder.encode_with_seed(&source, size, inner.config.master.as_ref(), |_| Ok(()))?;
+                inner.encoder.encode_with_seed(&source, size, inner.config.master.as_ref(), |_| {
+                    if *inner.stop.borrow() { Err(UploadError::ShuttingDown) } else { Ok(()) }
+                })?;
             Ok((Arc::new(manifest), seed))
         })
-        .await
-        .expect("encoding does not panic")
+        .await;
+        encoded.map_err(|e| UploadError::Internal(format!("encoding inode {ino}: {e}")))?
     }
 
     /// The manifest of the declared file: from this run, or encoded again (its bytes are kept).
@@ -203,7 +210,7 @@ impl Inner {
 
     /// `declared`: place the storage order, unless it is there already.
     async fn declare_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
-        let fid = rec.fid.expect("a declared upload has a fid");
+        let fid = rec.fid.ok_or_else(|| missing_fid("declared"))?;
         let me = self.chain.account();
         let existing = self.chain.file(&fid).await?;
         if existing.as_ref().is_some_and(|f| f.owners.iter().any(|o| o.user == me)) {
@@ -244,7 +251,7 @@ impl Inner {
     /// `pushing`: send every column not yet reported to a miner of its own; a miner that fails
     /// is replaced by a spare, for up to three rounds.
     async fn push_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
-        let fid = rec.fid.expect("a pushing upload has a fid");
+        let fid = rec.fid.ok_or_else(|| missing_fid("pushing"))?;
         let Some(deal) = self.chain.deal(&fid).await? else {
             let stored = self.chain.file(&fid).await?.is_some();
             self.update(ino, &rec, |r| r.state = if stored { UploadState::Confirming } else { UploadState::Declared })?;
@@ -300,7 +307,7 @@ impl Inner {
     /// `confirming`: follow the miners' reports until the file is active; columns not reported
     /// in time go to other miners.
     async fn confirm_step(self: &Arc<Self>, ino: u64, mut rec: UploadRecord) -> Result<Flow, UploadError> {
-        let fid = rec.fid.expect("a confirming upload has a fid");
+        let fid = rec.fid.ok_or_else(|| missing_fid("confirming"))?;
         let deadline = tokio::time::Instant::now() + self.config.report_timeout;
         loop {
             if self.chain.file(&fid).await?.is_some() {
@@ -340,7 +347,7 @@ impl Inner {
     /// `active`: delete older versions from the chain, then start the next version, or finish a
     /// file that was deleted while its deal was open.
     fn active_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
-        let fid = rec.fid.expect("an active upload has a fid");
+        let fid = rec.fid.ok_or_else(|| missing_fid("active"))?;
         let mut batch = Batch::default();
         for old in rec.replaces.iter().filter(|f| **f != fid) {
             batch.put_tombstone(old);

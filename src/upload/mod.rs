@@ -67,6 +67,8 @@ struct Inner {
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
     /// Miners that took a column and did not report it, per FID: not chosen again for it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
+    /// Turns true at shutdown: encodings and pushes stop at their next step.
+    stop: watch::Receiver<bool>,
 }
 
 /// The upload engine.
@@ -89,7 +91,14 @@ fn until(t: Timestamp) -> Duration {
 
 impl Engine {
     /// An engine working from `store`'s queue against `chain`, signing miner requests as `signer`.
-    pub fn new(store: Arc<Store>, chain: Arc<dyn Chain>, signer: Signer, config: UploadConfig) -> Engine {
+    /// The engine stops when `stop` turns true.
+    pub fn new(
+        store: Arc<Store>,
+        chain: Arc<dyn Chain>,
+        signer: Signer,
+        config: UploadConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Engine {
         Engine(Arc::new(Inner {
             miners: MinerClient::new(signer, config.miner_timeout),
             store,
@@ -101,13 +110,15 @@ impl Engine {
             reaping: Mutex::new(false),
             manifests: Mutex::new(HashMap::new()),
             laggards: Mutex::new(HashMap::new()),
+            stop,
         }))
     }
 
-    /// Works the queue until `stop` turns true; then waits up to `grace` for the files in
-    /// progress to reach a safe point (they resume at the next start otherwise).
-    pub async fn run(&self, mut stop: watch::Receiver<bool>, grace: Duration) {
+    /// Works the queue until the engine's stop signal turns true; then waits up to `grace` for
+    /// the files in progress to reach a safe point (they resume at the next start otherwise).
+    pub async fn run(&self, grace: Duration) {
         let inner = &self.0;
+        let mut stop = inner.stop.clone();
         let mut jobs = tokio::task::JoinSet::new();
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
@@ -127,7 +138,7 @@ impl Engine {
                         }
                     }
                 }
-                Err(e) => log::error!("upload queue unreadable: {e}"),
+                Err(e) => crate::log_limited!(log::Level::Error, "upload queue", "upload queue unreadable: {e}"),
             }
             if let Some(d) = inner.clone().reap_tombstones(&mut jobs) {
                 wake = wake.min(d);
@@ -141,18 +152,27 @@ impl Engine {
             } else {
                 idle_since = None;
             }
+            if *stop.borrow() {
+                break;
+            }
             tokio::select! {
                 _ = inner.store.doorbell().notified() => {}
                 _ = tokio::time::sleep(wake) => {}
-                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                Some(joined) = jobs.join_next(), if !jobs.is_empty() => report_join(joined),
                 _ = stop.changed() => break,
             }
         }
         if !jobs.is_empty() {
             log::info!("waiting up to {}s for {} uploads to reach a safe point", grace.as_secs(), jobs.len());
-            if tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await.is_err() {
+            let drained = async {
+                while let Some(joined) = jobs.join_next().await {
+                    report_join(joined);
+                }
+            };
+            if tokio::time::timeout(grace, drained).await.is_err() {
                 log::info!("uploads still in progress resume at the next mount");
                 jobs.abort_all();
+                while jobs.join_next().await.is_some() {}
             }
         }
     }
@@ -180,9 +200,17 @@ impl Inner {
         }
     }
 
+    /// One file's upload as far as it goes now. A panic in it (a bug: inputs from disk, chain
+    /// and miners are checked) fails the file with the panic's message and frees its slot.
     async fn job(self: Arc<Self>, ino: u64) {
-        if let Err(e) = self.advance(ino).await {
-            self.record_failure(ino, e);
+        use futures_util::FutureExt;
+        let outcome = std::panic::AssertUnwindSafe(self.advance(ino)).catch_unwind().await;
+        let outcome = outcome.unwrap_or_else(|panic| Err(UploadError::Internal(panic_message(&panic))));
+        match outcome {
+            // Stopped at shutdown: it resumes at the next start, no attempt lost.
+            Err(UploadError::ShuttingDown) => {}
+            Err(e) => self.record_failure(ino, e),
+            Ok(()) => {}
         }
         lock(&self.running).remove(&ino);
         self.store.ring();
@@ -199,7 +227,9 @@ impl Inner {
         if e.is_transient() {
             let wait = backoff(next.attempts);
             next.retry_at = Some(later(wait));
-            log::warn!(
+            crate::log_limited!(
+                log::Level::Warn,
+                &format!("upload {}: {e}", rec.state.word()),
                 "inode {ino}: {} failed (attempt {}), retrying in {}s: {e}",
                 rec.state.word(),
                 next.attempts,
@@ -266,7 +296,11 @@ impl Inner {
                 t.attempts += 1;
                 t.retry_at = Some(later(backoff(t.attempts)));
                 t.error = Some(e.to_string());
-                log::warn!("deleting {fid} from the chain failed, retrying: {e}");
+                crate::log_limited!(
+                    log::Level::Warn,
+                    &format!("delete: {e}"),
+                    "deleting {fid} from the chain failed, retrying: {e}"
+                );
                 Some(t)
             }
             Err(e) => {
@@ -277,8 +311,134 @@ impl Inner {
     }
 }
 
+/// The message of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    format!("internal error: {}", text.unwrap_or_else(|| "a panic".into()))
+}
+
+/// Logs a task that ended by panicking (jobs catch their own; this is for the reaper).
+fn report_join(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        log::error!("an upload task panicked: {e}");
+    }
+}
+
 impl Timestamp {
     fn into_system_time(self) -> std::time::SystemTime {
         self.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::SegmentManifest;
+    use crate::protocol::{ChainError, DealInfo, FileInfo, MinerInfo, TerritoryInfo, TxReceipt, UserBrief};
+    use crate::store::{Batch, InodeRecord, Kind};
+
+    /// A chain whose answers are a bug: every read panics (fault injection, as a chain client
+    /// with a decoding bug would).
+    struct PanickingChain(AccountId);
+
+    #[async_trait::async_trait]
+    impl Chain for PanickingChain {
+        fn account(&self) -> AccountId {
+            self.0
+        }
+        async fn territory(&self, _: &AccountId, _: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
+            panic!("territory decoder bug")
+        }
+        async fn file(&self, _: &Hash) -> Result<Option<FileInfo>, ChainError> {
+            panic!("file decoder bug")
+        }
+        async fn deal(&self, _: &Hash) -> Result<Option<DealInfo>, ChainError> {
+            panic!("deal decoder bug")
+        }
+        async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
+            panic!("miners decoder bug")
+        }
+        async fn upload_declaration(
+            &self,
+            _: &Hash,
+            _: &[SegmentManifest],
+            _: &UserBrief,
+            _: u64,
+        ) -> Result<TxReceipt, ChainError> {
+            panic!("declaration bug")
+        }
+        async fn delete_file(&self, _: &Hash) -> Result<TxReceipt, ChainError> {
+            panic!("deletion bug")
+        }
+    }
+
+    fn stage(store: &Store, ino: u64, bytes: &[u8]) {
+        std::fs::write(store.content_path(ino), bytes).unwrap();
+        let now = Timestamp::now();
+        let rec = InodeRecord {
+            kind: Kind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size: bytes.len() as u64,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: 1,
+            target: Vec::new(),
+            content_version: 1,
+            name: format!("file{ino}").into_bytes(),
+        };
+        let mut b = Batch::default();
+        b.put_inode(ino, &rec);
+        b.put_upload(ino, &UploadRecord::staged(1));
+        store.commit(b).unwrap();
+    }
+
+    /// Jobs that panic fail their file with the panic's message and free their slot: with one
+    /// slot, both files get their turn.
+    #[test]
+    fn a_panicking_job_fails_its_file_and_frees_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 0, 0).unwrap());
+        stage(&store, 100, b"first file");
+        stage(&store, 101, b"second file");
+        let signer = Signer::from_uri("//Alice").unwrap();
+        let config = UploadConfig {
+            quiet_delay: Duration::ZERO,
+            parallel: 1,
+            territory: b"t".to_vec(),
+            master: None,
+            miner_timeout: Duration::from_secs(1),
+            report_timeout: Duration::from_secs(1),
+            poll: Duration::from_millis(10),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let engine = Engine::new(store.clone(), Arc::new(PanickingChain(signer.account())), signer, config, stopped);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let failed = rt.block_on(async {
+            let run = tokio::spawn(async move { engine.run(Duration::from_secs(1)).await });
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let failed = loop {
+                let records = store.uploads().unwrap();
+                if records.iter().all(|(_, r)| r.state == UploadState::Failed) {
+                    break records;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "files still not failed: {records:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            stop.send(true).unwrap();
+            run.await.unwrap();
+            failed
+        });
+        assert_eq!(failed.len(), 2);
+        for (_, r) in failed {
+            let error = r.error.unwrap_or_default();
+            assert!(error.contains("internal error") && error.contains("decoder bug"), "{error}");
+        }
     }
 }

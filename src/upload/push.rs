@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Inner, UploadError};
-use crate::format::{FRAGMENTS, Hash, Seed, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
+use crate::format::{FRAGMENTS, Hash, Mode, Seed, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
 use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
@@ -43,14 +43,25 @@ pub(super) async fn push_columns(
     segments: &[SegmentManifest],
     columns: Vec<(usize, MinerInfo)>,
 ) -> Result<Pushed, UploadError> {
+    let layout = crate::format::Layout::new(size, if seed.is_some() { Mode::Encrypted } else { Mode::Plain })?;
+    if layout.segments() != segments.len() {
+        return Err(UploadError::Chain(crate::protocol::ChainError::Decode(format!(
+            "the deal of {fid} lists {} segments; a file of {size} bytes has {}",
+            segments.len(),
+            layout.segments()
+        ))));
+    }
     let mut senders = Vec::with_capacity(columns.len());
-    let mut tasks = Vec::with_capacity(columns.len());
+    // Owned here: dropped (the job stopped), they are aborted with it.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut assigned = Vec::with_capacity(columns.len());
     for (column, miner) in columns {
+        assigned.push((column, miner.clone()));
         // One segment in flight per column: memory stays at one segment's fragments.
         let (tx, mut rx) = mpsc::channel::<FragmentBody>(1);
         senders.push((column, tx));
         let (inner, fid) = (inner.clone(), *fid);
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let endpoint = miner.endpoint.clone().unwrap_or_default();
             let mut result = Ok(());
             while let Some(body) = rx.recv().await {
@@ -64,7 +75,7 @@ pub(super) async fn push_columns(
                 }
             }
             (column, miner, result)
-        }));
+        });
     }
     let source: PathBuf = inner.store.upload_source(ino);
     let (regen, hashes) = (inner.clone(), segments.to_vec());
@@ -72,6 +83,9 @@ pub(super) async fn push_columns(
         let file = FileSource::<UploadError>::new(std::fs::File::open(source)?);
         let master = regen.config.master.as_ref().zip(seed.as_ref());
         regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
+            if *regen.stop.borrow() {
+                return Err(UploadError::ShuttingDown);
+            }
             for (column, tx) in &senders {
                 let hash = hashes[index].fragments[*column];
                 let data = if hash == ZERO_FRAGMENT_HASH {
@@ -86,10 +100,24 @@ pub(super) async fn push_columns(
         })
     })
     .await
-    .expect("rebuilding fragments does not panic");
+    .map_err(|e| UploadError::Internal(format!("rebuilding the fragments of {fid}: {e}")))
+    .and_then(|r| r);
     let mut outcome = Vec::with_capacity(FRAGMENTS);
-    for t in tasks {
-        outcome.push(t.await.expect("column tasks do not panic"));
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(done) => outcome.push(done),
+            Err(e) => log::error!("a column push of {fid} ended abnormally: {e}"),
+        }
+    }
+    // A column whose task panicked counts as not pushed.
+    for (column, miner) in assigned {
+        if !outcome.iter().any(|(c, _, _)| *c == column) {
+            let failure = MinerError::Malformed {
+                endpoint: miner.endpoint.clone().unwrap_or_default(),
+                what: "the push task failed".into(),
+            };
+            outcome.push((column, miner, Err(failure)));
+        }
     }
     produced?;
     Ok(outcome)

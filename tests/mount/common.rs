@@ -120,6 +120,11 @@ impl Mount {
         }
     }
 
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -427,6 +432,53 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, Node> {
         }
     }
     out
+}
+
+/// A `cessfs devnet` of its own, outside any mount's data dir (as a real chain is), stopped on
+/// drop.
+pub struct StandaloneDevnet {
+    dir: TempDir,
+    child: Child,
+    /// Its RPC URL, for `--chain`.
+    pub url: String,
+}
+
+impl StandaloneDevnet {
+    /// Starts one on free ports and waits until it answers.
+    pub fn start() -> StandaloneDevnet {
+        let dir = tempfile::tempdir().expect("devnet dir");
+        let log = File::create(dir.path().join("devnet.log")).expect("devnet log");
+        let child = Command::new(BIN)
+            .args(["devnet", "--rpc", "127.0.0.1:0", "--node-port", "0", "--dir"])
+            .arg(dir.path().join("net"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn cessfs devnet");
+        let info = dir.path().join("net/devnet.json");
+        let mut net = StandaloneDevnet { dir, child, url: String::new() };
+        wait_until(Duration::from_secs(30), "the devnet to start", || info.exists());
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&info).expect("devnet.json")).expect("json");
+        net.url = info["rpc"].as_str().expect("rpc").to_string();
+        net
+    }
+
+    /// The devnet's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("devnet.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for StandaloneDevnet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("── devnet log ──\n{}", self.log());
+        }
+    }
 }
 
 /// A file system mounted by a test (a tmpfs of a given size, a loop device), unmounted on drop.

@@ -186,3 +186,100 @@ fn a_failed_fsync_poisons_the_file_until_it_is_rewritten() {
     drop(content_fs);
     drop(backing);
 }
+
+/// With the data dir's disk full, new bytes get ENOSPC, but unlink, rmdir, truncate and rename
+/// still work (the database has a reserve), files already there stay intact, uploads go on
+/// (the chain is elsewhere, as a real one is), the log says each problem once, and the mount
+/// comes back after a restart on the full disk.
+#[test]
+fn a_full_disk_refuses_new_bytes_but_never_wedges_the_mount() {
+    let net = StandaloneDevnet::start();
+    let mut disk = None;
+    let mut m = Mount::prepared(&["--quiet-delay", "0", "--chain", &net.url], |data| {
+        disk = Some(TestFs::tmpfs(data, "160m"));
+    });
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("keep.txt"), b"kept").unwrap();
+    fs::write(m.path("note.txt"), b"a note to truncate").unwrap();
+    fs::write(m.path("old.txt"), b"renamed on a full disk").unwrap();
+    let big = random_bytes(20 << 20, 7);
+    fs::write(m.path("big.bin"), &big).unwrap();
+    m.wait_status("keep.txt", &["active"], Duration::from_secs(60));
+
+    // Fill the disk through the mount.
+    let mut filler = File::create(m.path("fill.bin")).unwrap();
+    let block = vec![9u8; 1 << 20];
+    let full = loop {
+        if let Err(e) = filler.write_all(&block) {
+            break e;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    let _ = close(filler);
+    for _ in 0..30 {
+        let more = fs::write(m.path("more.bin"), &block);
+        assert_eq!(more.unwrap_err().raw_os_error(), Some(libc::ENOSPC), "new bytes need space");
+    }
+
+    // What gives space back, and renames, work on the full disk.
+    fs::rename(m.path("old.txt"), m.path("new.txt")).unwrap();
+    fs::remove_dir(m.path("dir")).unwrap();
+    File::options().write(true).open(m.path("note.txt")).unwrap().set_len(4).unwrap();
+    fs::remove_file(m.path("big.bin")).unwrap();
+    File::options().write(true).open(m.path("fill.bin")).unwrap().set_len(1 << 20).unwrap();
+    fs::write(m.path("after.txt"), b"written once there was room").unwrap();
+    assert_eq!(fs::read(m.path("keep.txt")).unwrap(), b"kept");
+    assert_eq!(fs::read(m.path("note.txt")).unwrap(), b"a no");
+    assert_eq!(fs::read(m.path("new.txt")).unwrap(), b"renamed on a full disk");
+    for f in ["after.txt", "new.txt", "note.txt"] {
+        m.wait_status(f, &["active"], Duration::from_secs(60));
+    }
+    let log = m.log();
+    let repeats = log.lines().filter(|l| l.contains("write:") && l.contains("No space left")).count();
+    assert!(repeats <= 1, "a repeated problem is logged once a minute, not {repeats} times:\n{log}");
+
+    // A restart on a full disk.
+    let ballast = fill(m.data_dir(), "ballast");
+    m.remount();
+    assert_eq!(fs::read(m.path("keep.txt")).unwrap(), b"kept");
+    fs::remove_file(m.path("new.txt")).unwrap();
+    fs::remove_file(&ballast).unwrap();
+    fs::write(m.path("last.txt"), b"the disk has room again").unwrap();
+    m.wait_status("last.txt", &["active"], Duration::from_secs(60));
+    m.unmount();
+    drop(m);
+    drop(disk);
+}
+
+/// `cessfs unmount` waits for the daemon to finish, whatever the form of its data dir: once it
+/// returns, the data dir can be mounted again.
+#[test]
+fn unmount_waits_for_a_daemon_with_a_relative_data_dir() {
+    let area = tempfile::tempdir().unwrap();
+    let mountpoint = area.path().join("mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let key = area.path().join("key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = File::options().write(true).create_new(true).mode(0o600).open(&key).unwrap();
+        f.write_all("5a".repeat(32).as_bytes()).unwrap();
+    }
+    let mount = |dir: &str| {
+        run(std::process::Command::new(BIN).current_dir(area.path()).args([
+            "mount",
+            dir,
+            "--data-dir",
+            "data",
+            "--key-file",
+            "key",
+            "--quiet-delay",
+            "0",
+        ]));
+    };
+    mount("mnt");
+    fs::write(mountpoint.join("f.bin"), random_bytes(64 << 20, 3)).unwrap();
+    run(std::process::Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
+    // The daemon is gone: its data dir is free for the next mount.
+    mount("mnt");
+    run(std::process::Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
+}

@@ -153,21 +153,18 @@ impl Settings {
         std::time::Duration::from_secs_f64(self.quiet_delay.unwrap_or(2.0).max(0.0))
     }
 
-    /// The encryption key: `None` in plaintext mode. The default key file is created on first
-    /// use.
-    pub fn master_key(&self) -> anyhow::Result<Option<crate::format::MasterKey>> {
-        if self.plain.unwrap_or(false) {
-            return Ok(None);
+    /// Whether files are stored unencrypted.
+    pub fn plain(&self) -> bool {
+        self.plain.unwrap_or(false)
+    }
+
+    /// The encryption key file, and whether it was given (a default may be created; a given one
+    /// must exist). `keys.rs` decides what a missing one means.
+    pub fn key_path(&self) -> (PathBuf, bool) {
+        match &self.key_file {
+            Some(path) => (path.clone(), true),
+            None => (self.config_home().join("key"), false),
         }
-        let path = self.key_file.clone().unwrap_or_else(|| self.config_home().join("key"));
-        if self.key_file.is_none() && !path.exists() {
-            write_new_key(&path)?;
-            log::warn!("created the encryption key {}: back it up, files cannot be read without it", path.display());
-        }
-        let bytes = read_secret_file(&path)?;
-        let key =
-            crate::format::MasterKey::parse(&bytes).map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))?;
-        Ok(Some(key))
     }
 
     /// The account: from `account_file`, `account`, or //Alice on a devnet.
@@ -272,6 +269,12 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Reads the encryption key file `path`.
+pub fn load_key(path: &Path) -> anyhow::Result<crate::format::MasterKey> {
+    let bytes = read_secret_file(path)?;
+    crate::format::MasterKey::parse(&bytes).map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))
 }
 
 /// Writes a new random encryption key to `path` (mode 0600), refusing to overwrite one.

@@ -22,25 +22,41 @@ use crate::upload::{Engine, UploadConfig};
 
 /// How the process that asked for the mount learns that it is ready.
 pub enum Readiness {
-    /// Running in the foreground: nothing to tell.
+    /// Running in the foreground: nothing to tell but systemd.
     Foreground,
-    /// A daemon: the parent waits on this pipe for "ok" or an error line.
+    /// A daemon: the parent waits on this pipe for "ok" and what to tell the person, one line
+    /// each, or an error.
     Pipe(File),
 }
 
+/// Which side of [`daemonize`] this process is on.
+pub enum Role {
+    /// The command that asked for the mount: it is ready; these lines are for the person.
+    Parent(Vec<String>),
+    /// The daemon, which reports on this once it is ready.
+    Daemon(Readiness),
+}
+
 impl Readiness {
-    fn report(self, result: &anyhow::Result<()>) {
+    /// Reports the start-up: ready, with `notices` for the person, or failed.
+    fn report(self, result: &anyhow::Result<Vec<String>>) {
         match self {
             Readiness::Pipe(mut pipe) => {
                 let msg = match result {
-                    Ok(()) => "ok".to_string(),
+                    Ok(notices) => {
+                        std::iter::once("ok".to_string()).chain(notices.iter().cloned()).collect::<Vec<_>>().join("\n")
+                    }
                     Err(e) => format!("{e:#}"),
                 };
                 // The parent may be gone (killed); the daemon goes on regardless.
                 let _ = pipe.write_all(msg.as_bytes());
             }
-            Readiness::Foreground if result.is_ok() => notify_systemd("READY=1"),
-            Readiness::Foreground => {}
+            Readiness::Foreground => {
+                if let Ok(notices) = result {
+                    notices.iter().for_each(|n| log::warn!("{n}"));
+                    notify_systemd("READY=1");
+                }
+            }
         }
     }
 }
@@ -62,9 +78,10 @@ fn notify_systemd(state: &str) {
     }
 }
 
-/// Forks a daemon that logs to `log_file`. In the parent this waits until the daemon reports,
-/// then exits the process; in the daemon it returns the readiness pipe. Call before any thread.
-pub fn daemonize(log_file: &Path) -> anyhow::Result<Readiness> {
+/// Forks a daemon that logs to `log_file`. In the parent this waits until the daemon reports
+/// ([`Role::Parent`], or its error); in the daemon it returns the readiness pipe. Call before any
+/// thread.
+pub fn daemonize(log_file: &Path) -> anyhow::Result<Role> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is valid for two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -90,16 +107,17 @@ pub fn daemonize(log_file: &Path) -> anyhow::Result<Readiness> {
                 libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 1);
                 libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log), 2);
             }
-            Ok(Readiness::Pipe(File::from(write_end)))
+            Ok(Role::Daemon(Readiness::Pipe(File::from(write_end))))
         }
         _ => {
             drop(write_end);
             let mut msg = String::new();
             File::from(read_end).read_to_string(&mut msg)?;
-            match msg.as_str() {
-                "ok" => std::process::exit(0),
-                "" => bail!("the daemon exited during start-up; see {}", log_file.display()),
-                err => bail!("{err}"),
+            let mut lines = msg.lines();
+            match lines.next() {
+                Some("ok") => Ok(Role::Parent(lines.map(str::to_string).collect())),
+                None => bail!("the daemon exited during start-up; see {}", log_file.display()),
+                Some(_) => bail!("{msg}"),
             }
         }
     }
@@ -186,18 +204,18 @@ impl Housekeeping {
 pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::Result<()> {
     let signals = block_signals();
     let data_dir = settings.data_dir();
-    let daemon = match start(mountpoint, settings, &data_dir) {
+    let (daemon, notices) = match start(mountpoint, settings, &data_dir) {
         Ok(d) => d,
         Err(e) => {
             let result = Err(e);
             ready.report(&result);
-            return result;
+            return result.map(|_| ());
         }
     };
     let pid_file = data_dir.join("cessfs.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
     log::info!("mounted {} (data dir {})", mountpoint.display(), data_dir.display());
-    ready.report(&Ok(()));
+    ready.report(&Ok(notices));
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         let mut sig = 0;
@@ -256,7 +274,7 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
     result
 }
 
-fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Result<Daemon> {
+fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Result<(Daemon, Vec<String>)> {
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let store = Store::open(data_dir, uid, gid).map_err(|e| match e {
@@ -269,7 +287,6 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         e => anyhow::Error::from(e).context(format!("opening data dir {}", data_dir.display())),
     })?;
     let store = Arc::new(store);
-    let master = settings.master_key()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("cessfs-net")
@@ -277,6 +294,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         .build()
         .context("starting the runtime")?;
     let network = runtime.block_on(Network::connect(settings, data_dir))?;
+    let mut notices = Vec::new();
+    let master = runtime.block_on(crate::keys::resolve(settings, &store, &*network.chain, &mut notices))?;
     let config = UploadConfig {
         quiet_delay: settings.quiet_delay(),
         parallel: settings.parallel_uploads.unwrap_or(2).max(1),
@@ -337,7 +356,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     if let Err(e) = mountpoint::set_read_ahead(mountpoint, READ_AHEAD_KIB) {
         log::debug!("keeping the kernel's read-ahead: {e:#}");
     }
-    Ok(Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, watcher })
+    Ok((Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, watcher }, notices))
 }
 
 /// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as

@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod format;
 pub mod fs;
 pub mod http;
+pub mod keys;
 pub mod logline;
 pub mod metrics;
 pub mod miner;

@@ -15,7 +15,7 @@ use crate::devnet::{Devnet, DevnetChain, DevnetConfig};
 use crate::format::{Hash, SegmentManifest};
 use crate::metrics;
 use crate::protocol::{
-    AccountId, Chain, ChainError, DealInfo, FileInfo, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
+    AccountId, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
 };
 
 /// The chain client, the account it signs with, and the embedded devnet if it runs one.
@@ -112,6 +112,10 @@ impl Chain for Timed {
 
     async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
         timed("miners", self.0.miners()).await
+    }
+
+    async fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
+        timed("held_files", self.0.held_files(owner)).await
     }
 
     async fn upload_declaration(

@@ -14,8 +14,8 @@ use subxt::tx::DynamicPayload;
 
 use crate::format::{FRAGMENTS, Hash, SegmentManifest};
 use crate::protocol::{
-    AccountId, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, MinerInfo, SegmentInfo, TerritoryInfo,
-    TerritoryState, UserBrief,
+    AccountId, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo,
+    TerritoryInfo, TerritoryState, UserBrief,
 };
 
 /// A dynamic call: (pallet, call, fields).
@@ -354,6 +354,20 @@ pub fn file_info(v: &Value) -> Result<FileInfo, ChainError> {
     })
 }
 
+/// `FileBank.UserHoldFileList` value: the files an account holds.
+pub fn held_files(v: &Value) -> Result<Vec<HeldFile>, ChainError> {
+    structs(v)?
+        .into_iter()
+        .map(|f| {
+            Ok(HeldFile {
+                fid: hash(field(f, "file_hash")?)?,
+                territory: bytes(field(f, "territory_name")?)?,
+                charged: uint(field(f, "file_size")?)?,
+            })
+        })
+        .collect()
+}
+
 /// `Sminer.MinerItems` value of `account`. Runtimes without an `endpoint` field give `None`
 /// (such miners need a pinned endpoint from the config).
 pub fn miner_info(account: AccountId, v: &Value) -> Result<MinerInfo, ChainError> {
@@ -416,6 +430,7 @@ mod tests {
             "file_size",
             "completion",
             "stat",
+            "file_hash",
             "complete_list",
             "index",
             "state",
@@ -495,6 +510,7 @@ mod tests {
                 let _ = territory_info(&v);
                 let _ = miner_info(AccountId([1; 32]), &v);
                 let _ = free_balance(&v);
+                let _ = held_files(&v);
                 let _ = structs(&v);
                 let _ = byte_items(&v);
             }

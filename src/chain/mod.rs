@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::format::{Hash, SegmentManifest};
 use crate::protocol::{
-    AccountId, Chain, ChainError, DealInfo, FileInfo, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
+    AccountId, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
 };
 
 type Client = OnlineClient<SubstrateConfig>;
@@ -247,6 +247,13 @@ impl Chain for CessChain {
             miners.push(m);
         }
         Ok(miners)
+    }
+
+    async fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
+        match self.read("FileBank", "UserHoldFileList", codec::keys::account(owner)).await? {
+            Some(v) => codec::held_files(&v),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn upload_declaration(

@@ -35,6 +35,8 @@ pub struct DevnetArgs {
 pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     super::init_logging("info");
     let dir = args.dir.unwrap_or_else(|| crate::config::Settings::default().data_dir().join("devnet"));
+    super::mount::private_files();
+    super::mount::create_private_dir(&dir)?;
     let owner = Signer::from_uri(&args.owner).map_err(anyhow::Error::msg)?.account();
     let mut config = DevnetConfig::new(owner, args.territory.as_bytes());
     config.nodes = args.nodes.max(1);

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::Settings;
-use crate::daemon::{self, Readiness};
+use crate::daemon::{self, Readiness, Role};
 use crate::mountpoint;
 
 #[derive(Args)]
@@ -47,10 +47,35 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     settings.metrics_addr()?;
     let dir = mountpoint::preflight(&args.dir)?;
     let data_dir = settings.data_dir();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let ready = if args.foreground { Readiness::Foreground } else { daemon::daemonize(&data_dir.join("cessfs.log"))? };
+    private_files();
+    create_private_dir(&data_dir)?;
+    let ready = match args.foreground {
+        true => Readiness::Foreground,
+        false => match daemon::daemonize(&data_dir.join("cessfs.log"))? {
+            Role::Parent(notices) => {
+                notices.iter().for_each(|n| println!("{n}"));
+                return Ok(());
+            }
+            Role::Daemon(ready) => ready,
+        },
+    };
     super::init_logging(&settings.log_level());
     daemon::run(&dir, &settings, ready)
+}
+
+/// Everything the daemon writes (database, contents, log, the devnet's files) is its owner's
+/// alone: file names and contents of a mount are nobody else's business.
+pub(super) fn private_files() {
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
+}
+
+/// Creates `dir` (mode 0700), or narrows an existing one to 0700.
+pub(super) fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let what = || format!("creating data dir {}", dir.display());
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).with_context(what)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(what)
 }
 
 pub fn unmount(args: UnmountArgs) -> anyhow::Result<()> {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, MAX_SEGMENTS, SegmentManifest};
 use crate::protocol::{
-    AccountId, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, MinerInfo, SegmentInfo, TerritoryInfo,
-    TerritoryState, TxReceipt, UserBrief, charged_space,
+    AccountId, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo,
+    TerritoryInfo, TerritoryState, TxReceipt, UserBrief, charged_space,
 };
 
 /// Blocks in a day (6 s blocks).
@@ -218,6 +218,23 @@ impl Ledger {
     /// `FileBank.File[fid]`.
     pub fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError> {
         self.get(&key(b'f', &[&fid.0]))
+    }
+
+    /// `FileBank.UserHoldFileList[owner]`.
+    pub fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
+        let prefix = key(b'h', &[&owner.0]);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(storage)?;
+            let fid: [u8; 32] = k
+                .get(prefix.len()..)
+                .and_then(|f| f.try_into().ok())
+                .ok_or_else(|| ChainError::Decode("a hold key of the wrong length".into()))?;
+            let territory: Vec<u8> = postcard::from_bytes(&v).map_err(|e| ChainError::Decode(e.to_string()))?;
+            let segments = self.file(&Hash(fid))?.map_or(0, |f| f.segments.len());
+            out.push(HeldFile { fid: Hash(fid), territory, charged: charged_space(segments) });
+        }
+        Ok(out)
     }
 
     /// `FileBank.DealMap[fid]`.

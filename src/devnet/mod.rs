@@ -61,6 +61,21 @@ impl DevnetConfig {
     }
 }
 
+/// A new random token for node control, written to the devnet's dir readable by its owner
+/// only: chain calls are signed, but the fault switches would let any local user stop the nodes.
+fn control_token(dir: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let token = hex::encode(bytes);
+    let path = Devnet::control_token_path(dir);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    f.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
 /// One node as the control API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
@@ -109,10 +124,16 @@ impl Devnet {
             ledger.mint_territory(&config.owner, &config.territory, config.territory_gib, 365)?;
         }
         let nodes = Arc::new(nodes);
-        let rpc = rpc::serve(config.rpc_addr, ledger.clone(), nodes.clone())
+        let token = control_token(dir).context("writing the devnet's control token")?;
+        let rpc = rpc::serve(config.rpc_addr, ledger.clone(), nodes.clone(), token)
             .await
             .with_context(|| format!("starting the devnet RPC on {}", config.rpc_addr))?;
         Ok(Devnet { ledger, nodes, rpc })
+    }
+
+    /// The file holding the token that node control (fault switches) asks for.
+    pub fn control_token_path(dir: &Path) -> PathBuf {
+        dir.join("control.token")
     }
 
     /// The RPC URL clients connect to.

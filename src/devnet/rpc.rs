@@ -18,13 +18,19 @@ use super::{Fault, Ledger, Node, NodeView};
 use crate::format::{Hash, SegmentManifest};
 use crate::http::{self, Reply, Server, json};
 use crate::protocol::{
-    AccountId, Chain, ChainError, DealInfo, FileInfo, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief, verify,
+    AccountId, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
+    verify,
 };
 
 #[derive(Serialize, Deserialize)]
 struct TerritoryQuery {
     owner: AccountId,
     name: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OwnerQuery {
+    owner: AccountId,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,7 +94,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("ledger calls do not panic")
 }
 
-async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, req: Request<Incoming>) -> Reply {
+/// The header that carries the control token (`Devnet::control_token_path`).
+const CONTROL_HEADER: &str = "Devnet-Control";
+
+async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let headers = req.headers().clone();
@@ -117,6 +126,10 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, req: Request<Incomin
             answer(blocking(move || l.deal(&q.fid)).await)
         }
         (Method::POST, "/rpc/miners") => answer(blocking(move || l.miners()).await),
+        (Method::POST, "/rpc/held_files") => {
+            let q = params!(OwnerQuery);
+            answer(blocking(move || l.held_files(&q.owner)).await)
+        }
         (Method::POST, "/rpc/events") => answer(Ok(l.events())),
         (Method::POST, "/rpc/upload_declaration") => {
             let d = params!(Declaration);
@@ -146,6 +159,12 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, req: Request<Incomin
         }
         (Method::GET, "/nodes") => json(StatusCode::OK, &views(&nodes)),
         (Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/fault") => {
+            if headers.get(CONTROL_HEADER).and_then(|v| v.to_str().ok()) != Some(&*token) {
+                return json(
+                    StatusCode::FORBIDDEN,
+                    &serde_json::json!({ "error": "node control needs the devnet's control token" }),
+                );
+            }
             let index: Option<usize> = p.trim_start_matches("/nodes/").trim_end_matches("/fault").parse().ok();
             let Some(node) = index.and_then(|i| i.checked_sub(1)).and_then(|i| nodes.get(i)) else {
                 return bad_request(format!("no node in {p}"));
@@ -175,8 +194,14 @@ fn views(nodes: &[Node]) -> Vec<NodeView> {
 }
 
 /// Serves the RPC for `ledger` and `nodes` on `addr`.
-pub(super) async fn serve(addr: SocketAddr, ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>) -> std::io::Result<Server> {
-    Server::start(addr, move |req| handle(ledger.clone(), nodes.clone(), req)).await
+pub(super) async fn serve(
+    addr: SocketAddr,
+    ledger: Arc<Ledger>,
+    nodes: Arc<Vec<Node>>,
+    token: String,
+) -> std::io::Result<Server> {
+    let token: Arc<str> = token.into();
+    Server::start(addr, move |req| handle(ledger.clone(), nodes.clone(), token.clone(), req)).await
 }
 
 /// The client side of the devnet RPC: the devnet as a [`Chain`].
@@ -184,6 +209,7 @@ pub struct DevnetChain {
     url: String,
     http: reqwest::Client,
     signer: Signer,
+    control: Option<String>,
 }
 
 impl DevnetChain {
@@ -193,7 +219,13 @@ impl DevnetChain {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("an HTTP client without TLS always builds");
-        DevnetChain { url: url.trim_end_matches('/').to_string(), http, signer }
+        DevnetChain { url: url.trim_end_matches('/').to_string(), http, signer, control: None }
+    }
+
+    /// The same client, allowed to switch node faults with the devnet's control `token`.
+    pub fn with_control(mut self, token: &str) -> DevnetChain {
+        self.control = Some(token.trim().to_string());
+        self
     }
 
     async fn call<P: Serialize, T: DeserializeOwned>(
@@ -239,13 +271,18 @@ impl DevnetChain {
     /// Switches node `index` (1-based) into `fault`.
     pub async fn set_fault(&self, index: usize, fault: Fault) -> Result<Vec<NodeView>, ChainError> {
         let url = format!("{}/nodes/{index}/fault", self.url);
-        let resp = self
-            .http
-            .post(&url)
+        let mut req = self.http.post(&url);
+        if let Some(token) = &self.control {
+            req = req.header(CONTROL_HEADER, token);
+        }
+        let resp = req
             .json(&FaultSwitch { fault })
             .send()
             .await
             .map_err(|e| ChainError::Unreachable(format!("{url}: {e}")))?;
+        if resp.status() == StatusCode::FORBIDDEN {
+            return Err(ChainError::dispatch("Devnet", "ControlTokenRequired"));
+        }
         resp.json().await.map_err(|e| ChainError::Decode(format!("{url}: {e}")))
     }
 
@@ -275,6 +312,10 @@ impl Chain for DevnetChain {
 
     async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
         self.call("miners", &(), false).await
+    }
+
+    async fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
+        self.call("held_files", &OwnerQuery { owner: *owner }, false).await
     }
 
     async fn upload_declaration(

@@ -52,6 +52,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 pub struct MasterKey {
     seed_key: [u8; 32],
     file_key: [u8; 32],
+    fingerprint: [u8; 8],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -63,10 +64,18 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     /// A master key from its 32 bytes.
     pub fn from_bytes(master: [u8; 32]) -> MasterKey {
+        let fingerprint = hmac(&master, &[b"cessfs/v1/fingerprint"]);
         MasterKey {
             seed_key: hmac(&master, &[b"cessfs/v1/seed-key"]),
             file_key: hmac(&master, &[b"cessfs/v1/file-key"]),
+            fingerprint: fingerprint[..8].try_into().unwrap_or_default(),
         }
+    }
+
+    /// A short name of the key that reveals nothing of it (16 hex characters of a keyed
+    /// digest): what a data dir records to tell keys apart.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.fingerprint)
     }
 
     /// Parses a key file: 64 hex characters (surrounding whitespace ignored) or 32 raw bytes.

@@ -122,6 +122,17 @@ pub struct FileInfo {
     pub active: bool,
 }
 
+/// `UserFileSliceInfo`: a file an account holds, in one of its territories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldFile {
+    /// The FID.
+    pub fid: Hash,
+    /// The territory it is charged to.
+    pub territory: Vec<u8>,
+    /// The space it is charged (not its size).
+    pub charged: u128,
+}
+
 /// `MinerInfo`, the part a client uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MinerInfo {
@@ -203,6 +214,8 @@ pub trait Chain: Send + Sync {
     async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError>;
     /// Every registered miner.
     async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError>;
+    /// `FileBank.UserHoldFileList[owner]`: every file `owner` holds, with its territory.
+    async fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError>;
     /// `FileBank.upload_declaration`, returning once it is in a block.
     async fn upload_declaration(
         &self,

@@ -8,7 +8,7 @@ pub mod miner;
 
 pub use account::{AccountId, SS58_PREFIX, Signer, verify};
 pub use chain::{
-    Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, MinerInfo, SegmentInfo, TerritoryInfo,
+    Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo, TerritoryInfo,
     TerritoryState, TxReceipt, UserBrief,
 };
 

@@ -245,6 +245,27 @@ impl Store {
         self.tree.get(key::upload(ino))?.map(|v| decode(&v, "upload")).transpose()
     }
 
+    /// A fact about the data dir (`meta(b"key")`: the fingerprint of the key its files use).
+    pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key::meta(name))?.map(|v| v.to_vec()))
+    }
+
+    /// Records a fact about the data dir, durably.
+    pub fn set_meta(&self, name: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.0.insert(key::meta(name), value);
+        self.commit(b)?;
+        self.sync()
+    }
+
+    /// Whether anything of this data dir went to CESS under its key: a file encoded for upload,
+    /// a FID to delete, or evicted content.
+    pub fn stored_anything(&self) -> Result<bool, StoreError> {
+        let encoded = self.uploads()?.iter().any(|(_, r)| r.fid.is_some());
+        let other = |prefix: &[u8]| self.tree.scan_prefix(prefix).next().transpose().map(|kv| kv.is_some());
+        Ok(encoded || other(key::TOMBSTONE_PREFIX)? || other(key::RESIDENCY_PREFIX)?)
+    }
+
     /// Why the content of `ino` may be damaged, if it may be.
     pub fn poisoned(&self, ino: u64) -> Result<Option<String>, StoreError> {
         Ok(self.tree.get(key::poisoned(ino))?.map(|v| String::from_utf8_lossy(&v).into_owned()))

@@ -173,6 +173,12 @@ pub mod key {
     }
     /// Prefix of every open-for-writing marker.
     pub const WRITING_PREFIX: &[u8] = b"w";
+    /// `m` name → value: facts about the data dir (the fingerprint of its key).
+    pub fn meta(name: &[u8]) -> Vec<u8> {
+        let mut k = vec![b'm'];
+        k.extend_from_slice(name);
+        k
+    }
     /// `p` ino → why: files whose content may be damaged (a failed fsync), never uploaded.
     pub fn poisoned(ino: u64) -> [u8; 9] {
         tagged(b'p', ino)

@@ -336,7 +336,7 @@ impl Timestamp {
 mod tests {
     use super::*;
     use crate::format::SegmentManifest;
-    use crate::protocol::{ChainError, DealInfo, FileInfo, MinerInfo, TerritoryInfo, TxReceipt, UserBrief};
+    use crate::protocol::{ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, TerritoryInfo, TxReceipt, UserBrief};
     use crate::store::{Batch, InodeRecord, Kind};
 
     /// A chain whose answers are a bug: every read panics (fault injection, as a chain client
@@ -359,6 +359,9 @@ mod tests {
         }
         async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
             panic!("miners decoder bug")
+        }
+        async fn held_files(&self, _: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
+            panic!("hold list decoder bug")
         }
         async fn upload_declaration(
             &self,

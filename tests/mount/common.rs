@@ -189,9 +189,10 @@ impl Mount {
         let info: serde_json::Value = serde_json::from_slice(&info).expect("devnet.json");
         let signer = cessfs::protocol::Signer::from_uri("//Alice").expect("dev key");
         let rpc = info["rpc"].as_str().expect("rpc url").to_string();
+        let token = std::fs::read_to_string(self.data.path().join("devnet/control.token")).expect("control token");
         Devnet {
             rt: tokio::runtime::Runtime::new().expect("runtime"),
-            chain: cessfs::devnet::DevnetChain::new(&rpc, signer),
+            chain: cessfs::devnet::DevnetChain::new(&rpc, signer).with_control(&token),
         }
     }
 

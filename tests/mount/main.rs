@@ -5,6 +5,7 @@ mod cold;
 mod common;
 mod durability;
 mod file_managers;
+mod keys;
 mod model;
 mod posix;
 mod service;

@@ -319,8 +319,14 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let fs = Arc::new(fs);
     let housekeeping = Housekeeping::start(store.clone(), fs.clone())?;
     let refresh = Duration::from_secs(if settings.chain.is_none() { 1 } else { 30 });
-    let watched =
-        watch_storage_space(Arc::downgrade(&fs), network.chain.clone(), settings.territory(), refresh, stopped);
+    let watched = watch_storage_space(
+        Arc::downgrade(&fs),
+        engine.clone(),
+        network.chain.clone(),
+        settings.territory(),
+        refresh,
+        stopped,
+    );
     let watcher = runtime.spawn(watched);
     let metrics = match settings.metrics_addr()? {
         Some(addr) => {
@@ -360,17 +366,34 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
 }
 
 /// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as
-/// the filesystem lives. An unreachable chain keeps the last figures.
+/// the filesystem lives. An unreachable chain keeps the last figures. A territory that grows,
+/// frees space or changes state tells the engine, which tries again the files that failed for
+/// its sake.
 async fn watch_storage_space(
     fs: std::sync::Weak<Fs>,
+    engine: Engine,
     chain: Arc<dyn Chain>,
     territory: Vec<u8>,
     refresh: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let owner = chain.account();
+    let mut last: Option<Option<crate::protocol::TerritoryInfo>> = None;
     loop {
-        let space = match chain.territory(&owner, &territory).await {
+        let read = chain.territory(&owner, &territory).await;
+        if let (Ok(now), Some(before)) = (&read, &last)
+            && territory_grew(before.as_ref(), now.as_ref())
+        {
+            log::info!(
+                "territory {:?} changed: trying again the files that failed for its sake",
+                String::from_utf8_lossy(&territory)
+            );
+            engine.territory_changed();
+        }
+        if let Ok(now) = &read {
+            last = Some(now.clone());
+        }
+        let space = match read {
             Ok(Some(t)) => Some(t.content_space()),
             Ok(None) => Some((0, 0)),
             Err(e) => {
@@ -387,6 +410,21 @@ async fn watch_storage_space(
             _ = tokio::time::sleep(refresh) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Whether a territory changed in a way that may let in a file that could not go before: it
+/// appeared, changed state, or has more space in all or free.
+fn territory_grew(
+    before: Option<&crate::protocol::TerritoryInfo>,
+    now: Option<&crate::protocol::TerritoryInfo>,
+) -> bool {
+    match (before, now) {
+        (None, Some(_)) => true,
+        (Some(b), Some(n)) => {
+            b.state != n.state || n.total_space > b.total_space || n.remaining_space > b.remaining_space
+        }
+        _ => false,
     }
 }
 

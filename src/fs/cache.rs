@@ -2,10 +2,9 @@
 //! pass the limit, and fetched back segment by segment when read (fetch/). Content that is not
 //! active yet is never evicted: it exists nowhere else.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::os::unix::fs::FileExt;
 
@@ -43,14 +42,6 @@ pub(super) struct ColdSource {
 /// Why a file cannot be evicted.
 fn not_evictable(reason: &str) -> FsError {
     FsError::NotEvictable(reason.to_string())
-}
-
-/// Bytes of a file's content held locally.
-fn resident_bytes(size: u64, segments: u32, residency: Option<&Residency>) -> u64 {
-    match residency {
-        None => size,
-        Some(r) => (size * r.count() as u64).div_ceil(segments.max(1) as u64).min(size),
-    }
 }
 
 /// Which segments an open file's content holds, as the file sees them (`now`) and as its record
@@ -242,7 +233,7 @@ impl Fs {
 
     /// Notes that `ino` was used now (for the eviction order).
     pub(super) fn touch(&self, ino: u64) {
-        lock(&self.access).insert(ino, Instant::now());
+        self.store.touch(ino);
     }
 
     /// Drops the local content of active, closed file `ino`, keeping its size; reads fetch it
@@ -268,7 +259,7 @@ impl Fs {
                 return Err(not_evictable("open"));
             }
             let residency = self.store.residency(ino)?;
-            let freed = resident_bytes(rec.size, up.segments, residency.as_ref());
+            let freed = crate::store::resident_bytes(rec.size, up.segments, residency.as_ref());
             let mut b = Batch::default();
             b.put_residency(ino, Some(&Residency::empty(up.segments)));
             self.store.commit(b)?;
@@ -287,7 +278,6 @@ impl Fs {
             self.store.replace_content_with_hole(ino, size)?
         };
         drop(old);
-        lock(&self.access).remove(&ino);
         log::info!("evicted the local copy of inode {ino} ({freed} bytes); reads fetch it from CESS");
         Ok(freed)
     }
@@ -302,50 +292,39 @@ impl Fs {
     /// its reserve (`disk_full`: a write just found no room, whatever statfs says). Returns the
     /// bytes freed.
     pub(super) fn make_cache_room(&self, incoming: u64, disk_full: bool) -> u64 {
-        let (cached, candidates) = self.cached_files();
+        let before = self.store.cached_bytes();
         let room = match disk_full {
             true => 0,
             false => self.store.disk_space().map_or(u64::MAX, |st| st.f_bavail * st.f_frsize),
         };
-        let limit = self.config.cache_size.min((cached + room).saturating_sub(DISK_RESERVE)).saturating_sub(incoming);
-        cached - self.evict_down_to(cached, limit, candidates)
-    }
-
-    /// Bytes of cached content of active files, and those files from least to most recently used.
-    fn cached_files(&self) -> (u64, Vec<u64>) {
-        let Ok(uploads) = self.store.uploads() else { return (0, Vec::new()) };
-        let residencies: HashMap<u64, Residency> = self.store.residencies().unwrap_or_default().into_iter().collect();
-        let access = lock(&self.access).clone();
-        let mut cached = 0u64;
-        let mut candidates = Vec::new();
-        for (ino, up) in uploads.iter().filter(|(_, u)| u.state == UploadState::Active && !u.retired) {
-            let bytes = resident_bytes(up.size, up.segments, residencies.get(ino));
-            cached += bytes;
-            if bytes > 0 {
-                // Not used since the mount: as old as its upload.
-                candidates.push((access.get(ino).copied(), up.updated_at, *ino));
-            }
-        }
-        candidates.sort();
-        (cached, candidates.into_iter().map(|(_, _, ino)| ino).collect())
-    }
-
-    /// Evicts `candidates` in order until `cached` is at most `limit`; returns what is left.
-    fn evict_down_to(&self, mut cached: u64, limit: u64, candidates: Vec<u64>) -> u64 {
-        for ino in candidates {
-            if cached <= limit {
+        let limit = self.config.cache_size.min((before + room).saturating_sub(DISK_RESERVE)).saturating_sub(incoming);
+        // Files that cannot go now (open, just changed) are passed over; each round looks at the
+        // next ones in order.
+        let mut passed = 0;
+        while self.store.cached_bytes() > limit {
+            let candidates = self.store.eviction_order(passed + 16);
+            if candidates.len() <= passed {
                 break;
             }
-            match self.evict(ino) {
-                Ok(freed) => cached = cached.saturating_sub(freed),
-                Err(e) => log::debug!("not evicting inode {ino}: {e}"),
+            for ino in &candidates[passed..] {
+                if self.store.cached_bytes() <= limit {
+                    break;
+                }
+                match self.evict(*ino) {
+                    Ok(freed) if freed > 0 => {}
+                    Ok(_) => passed += 1,
+                    Err(e) => {
+                        log::debug!("not evicting inode {ino}: {e}");
+                        passed += 1;
+                    }
+                }
             }
         }
-        cached
+        before.saturating_sub(self.store.cached_bytes())
     }
 
     /// Bytes of cached content of active files (what eviction can free).
     pub fn evictable_bytes(&self) -> u64 {
-        self.cached_files().0
+        self.store.cached_bytes()
     }
 }

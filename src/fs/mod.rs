@@ -31,7 +31,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 pub use cache::ColdReader;
 pub use error::FsError;
@@ -61,8 +60,6 @@ pub struct Fs {
     passthrough: AtomicBool,
     /// Reads of evicted content from the network (none: evicted content cannot be read).
     cold: Option<Arc<ColdReader>>,
-    /// When each file was last read or opened, for least-recently-used eviction.
-    access: Mutex<HashMap<u64, Instant>>,
     /// The space of the territory files are stored in, once known.
     storage: Mutex<Option<StorageSpace>>,
 }
@@ -109,7 +106,6 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             passthrough,
             cold: None,
-            access: Mutex::new(HashMap::new()),
             storage: Mutex::new(None),
         }
     }

@@ -34,14 +34,9 @@ impl Fs {
 
 impl metrics::Gauges for Fs {
     fn render(&self, out: &mut String) {
-        let mut per_state: std::collections::BTreeMap<&str, (u64, u64)> = std::collections::BTreeMap::new();
-        for (_, up) in self.store.uploads().unwrap_or_default() {
-            let entry = per_state.entry(up.state.word()).or_default();
-            entry.0 += 1;
-            entry.1 += up.size;
-        }
-        let files: Vec<_> = per_state.iter().map(|(state, (n, _))| (*state, *n)).collect();
-        let bytes: Vec<_> = per_state.iter().map(|(state, (_, b))| (*state, *b)).collect();
+        let per_state = self.store.upload_states();
+        let files: Vec<_> = per_state.iter().map(|(state, n, _)| (state.word(), *n)).collect();
+        let bytes: Vec<_> = per_state.iter().map(|(state, _, b)| (state.word(), *b)).collect();
         metrics::gauge(out, "cessfs_files", "Files by upload state.", "state", &files);
         metrics::gauge(out, "cessfs_file_bytes", "Bytes of files by upload state.", "state", &bytes);
         let cached = [("", self.evictable_bytes())];

@@ -11,6 +11,7 @@
 //! commit fails, because sled's state on disk is no longer known.
 //! Why content is in plain files and not in sled: docs/STORE.md.
 
+mod catalog;
 mod outbox;
 mod records;
 mod reserve;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
+pub use catalog::resident_bytes;
 pub use outbox::{Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
@@ -61,6 +63,10 @@ pub struct Store {
     doorbell: tokio::sync::Notify,
     /// Serialises the start and end of deals against content changes and unlinks (outbox.rs).
     deal_lock: std::sync::Mutex<()>,
+    /// The index of upload and residency records; they are written under its lock.
+    catalog: std::sync::Mutex<catalog::Catalog>,
+    /// Rung when a FID is queued for deletion.
+    tombstone_bell: tokio::sync::Notify,
     /// One copy of a deal's bytes per inode at a time (outbox.rs).
     copying: crate::sync::Holds,
     /// Room kept for the database on a full disk (reserve.rs).
@@ -69,7 +75,16 @@ pub struct Store {
 
 /// A set of changes that [`Store::commit`] applies atomically.
 #[derive(Default)]
-pub struct Batch(sled::Batch);
+pub struct Batch(sled::Batch, Touched);
+
+/// What a batch changes that the catalog follows.
+#[derive(Default)]
+struct Touched {
+    /// Inodes whose upload record or residency is written, and whether the upload is.
+    inodes: Vec<(u64, bool)>,
+    /// A FID was queued for deletion.
+    tombstones: bool,
+}
 
 impl Batch {
     /// Writes an inode record.
@@ -99,10 +114,12 @@ impl Batch {
     /// Writes the upload record of an inode.
     pub fn put_upload(&mut self, ino: u64, rec: &UploadRecord) {
         self.0.insert(&key::upload(ino), encode(rec));
+        self.1.inodes.push((ino, true));
     }
     /// Removes the upload record of an inode.
     pub fn remove_upload(&mut self, ino: u64) {
         self.0.remove(&key::upload(ino));
+        self.1.inodes.push((ino, true));
     }
     /// Marks an unlinked inode that is still open, to be removed at the next start.
     pub fn put_orphan(&mut self, ino: u64) {
@@ -116,9 +133,11 @@ impl Batch {
             None => self.0.insert(&key::writing(ino), &[]),
         }
     }
-    /// Clears the open-for-writing mark.
+    /// Clears the open-for-writing mark; the upload engine looks at the file again (it waits
+    /// for files being written).
     pub fn remove_writing(&mut self, ino: u64) {
         self.0.remove(&key::writing(ino));
+        self.1.inodes.push((ino, true));
     }
     /// Marks the content of `ino` as possibly damaged (`why`): it is never uploaded and refuses
     /// writes until it is removed or rewritten from scratch.
@@ -166,6 +185,8 @@ impl Store {
             poisoned: AtomicBool::new(false),
             doorbell: tokio::sync::Notify::new(),
             deal_lock: std::sync::Mutex::new(()),
+            catalog: std::sync::Mutex::new(catalog::Catalog::default()),
+            tombstone_bell: tokio::sync::Notify::new(),
             copying: crate::sync::Holds::default(),
             reserve,
         };
@@ -193,6 +214,7 @@ impl Store {
         }
         store.recover()?;
         store.sync()?;
+        store.build_catalog()?;
         Ok(store)
     }
 
@@ -277,7 +299,51 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.reserve.before_write();
-        Ok(self.tree.apply_batch(batch.0)?)
+        let Batch(batch, touched) = batch;
+        if touched.inodes.is_empty() {
+            self.tree.apply_batch(batch)?;
+        } else {
+            let mut catalog = crate::sync::lock(&self.catalog);
+            self.tree.apply_batch(batch)?;
+            let mut uploads = false;
+            for &(ino, upload) in &touched.inodes {
+                self.refresh(&mut catalog, ino, upload);
+                uploads |= upload;
+            }
+            drop(catalog);
+            if uploads {
+                self.ring();
+            }
+        }
+        if touched.tombstones {
+            self.tombstone_bell.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Brings the catalog's view of `ino` up to date with its records (`upload`: its upload
+    /// record was written). Called under the catalog lock, right after the write.
+    fn refresh(&self, catalog: &mut catalog::Catalog, ino: u64, upload: bool) {
+        let up = self.upload(ino).unwrap_or_else(|e| {
+            log::error!("inode {ino}: upload record unreadable: {e}");
+            None
+        });
+        let residency = self.residency(ino).unwrap_or_default();
+        catalog.refresh(ino, up.as_ref(), residency.as_ref());
+        if upload {
+            catalog.mark_changed(ino);
+        }
+    }
+
+    /// Builds the catalog from one scan of the records.
+    fn build_catalog(&self) -> Result<(), StoreError> {
+        let residencies: std::collections::HashMap<u64, Residency> = self.residencies()?.into_iter().collect();
+        let mut catalog = crate::sync::lock(&self.catalog);
+        for (ino, up) in self.uploads()? {
+            catalog.refresh(ino, Some(&up), residencies.get(&ino));
+            catalog.mark_changed(ino);
+        }
+        Ok(())
     }
 
     /// Makes every committed change durable. A failure poisons the store.

@@ -171,6 +171,7 @@ impl Batch {
     pub fn put_tombstone(&mut self, fid: &Hash) {
         let t = Tombstone { attempts: 0, retry_at: None, error: None };
         self.0.insert(key::tombstone(fid), encode(&t));
+        self.1.tombstones = true;
     }
 }
 
@@ -198,8 +199,15 @@ impl Store {
     }
 
     fn swap_upload_locked(&self, ino: u64, old: &UploadRecord, new: Option<&UploadRecord>) -> Result<bool, StoreError> {
+        if self.poisoned.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Poisoned);
+        }
+        self.reserve.before_write();
+        let mut catalog = lock(&self.catalog);
         let swapped = self.tree.compare_and_swap(key::upload(ino), Some(encode(old)), new.map(encode))?.is_ok();
         if swapped {
+            self.refresh(&mut catalog, ino, true);
+            drop(catalog);
             self.ring();
         }
         Ok(swapped)
@@ -207,16 +215,49 @@ impl Store {
 
     /// Whether another inode's upload of `fid` is active (the same bytes under the same key).
     pub fn fid_active_elsewhere(&self, fid: &Hash, ino: u64) -> Result<Option<UploadRecord>, StoreError> {
-        Ok(self
-            .uploads()?
-            .into_iter()
-            .find(|(i, r)| *i != ino && r.fid == Some(*fid) && r.state == UploadState::Active && !r.retired)
-            .map(|(_, r)| r))
+        let others: Vec<u64> =
+            lock(&self.catalog).holders(fid).filter(|&(i, active, _)| i != ino && active).map(|(i, _, _)| i).collect();
+        for other in others {
+            if let Some(r) = self.upload(other)?.filter(|r| r.fid == Some(*fid) && r.state == UploadState::Active) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether any upload still needs `fid` on chain.
     pub fn fid_in_use(&self, fid: &Hash) -> Result<bool, StoreError> {
-        Ok(self.uploads()?.iter().any(|(_, r)| r.fid == Some(*fid) && !r.retired && r.state != UploadState::Failed))
+        Ok(lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed))
+    }
+
+    /// Waits for a FID to be queued for deletion.
+    pub fn tombstone_bell(&self) -> &tokio::sync::Notify {
+        &self.tombstone_bell
+    }
+
+    /// The inodes whose upload record changed since the last call (all of them, the first time).
+    pub fn changed_uploads(&self) -> Vec<u64> {
+        lock(&self.catalog).take_changed()
+    }
+
+    /// Bytes of cached content of stored files: what eviction can free.
+    pub fn cached_bytes(&self) -> u64 {
+        lock(&self.catalog).cached()
+    }
+
+    /// Up to `n` files with cached content, least recently used first.
+    pub fn eviction_order(&self, n: usize) -> Vec<u64> {
+        lock(&self.catalog).eviction_order(n)
+    }
+
+    /// Notes a use of `ino` (its place in the eviction order).
+    pub fn touch(&self, ino: u64) {
+        lock(&self.catalog).touch(ino);
+    }
+
+    /// Files and bytes by upload state.
+    pub fn upload_states(&self) -> Vec<(UploadState, u64, u64)> {
+        lock(&self.catalog).states()
     }
 
     /// Every FID waiting for deletion.

@@ -49,6 +49,7 @@ impl Residency {
 impl Batch {
     /// Records which segments of `ino` are present (`None`: all of them).
     pub fn put_residency(&mut self, ino: u64, r: Option<&Residency>) {
+        self.1.inodes.push((ino, false));
         match r {
             Some(r) if !r.complete() => self.0.insert(&key::residency(ino), encode(r)),
             _ => self.0.remove(&key::residency(ino)),

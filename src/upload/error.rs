@@ -85,6 +85,20 @@ pub enum UploadError {
 }
 
 impl UploadError {
+    /// Whether the upload failed for its territory's sake (missing, full, frozen, expired): it
+    /// may succeed once the territory changes.
+    pub fn waits_for_territory(&self) -> bool {
+        match self {
+            UploadError::NoTerritory { .. }
+            | UploadError::TerritoryUnusable { .. }
+            | UploadError::TerritoryFull { .. } => true,
+            UploadError::Chain(ChainError::Dispatch { error, .. }) => {
+                matches!(error.as_str(), "InsufficientAvailableSpace" | "NotActive" | "Expired" | "NotHaveTerritory")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether retrying later may succeed; permanent errors end in `failed`.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -36,14 +36,15 @@ impl Inner {
     /// Takes the upload of `ino` as far as it goes now.
     pub(super) async fn advance(self: &Arc<Self>, ino: u64) -> Result<(), UploadError> {
         for _ in 0..16 {
-            let Some(rec) = self.store.upload(ino)? else { return Ok(()) };
+            let Some(rec) = self.db(move |s| s.upload(ino)).await? else { return Ok(()) };
             let flow = match rec.state {
                 UploadState::Staged | UploadState::Encoding => self.encode_step(ino, rec).await?,
                 UploadState::Declared => self.declare_step(ino, rec).await?,
                 UploadState::Pushing => self.push_step(ino, rec).await?,
                 UploadState::Confirming => self.confirm_step(ino, rec).await?,
-                UploadState::Active => self.active_step(ino, rec)?,
-                UploadState::Failed | UploadState::Local => Flow::Wait,
+                UploadState::Active => self.active_step(ino, rec).await?,
+                UploadState::Failed => self.retry_step(ino, rec).await?,
+                UploadState::Local => Flow::Wait,
             };
             if let Flow::Wait = flow {
                 return Ok(());
@@ -55,14 +56,14 @@ impl Inner {
     /// Changes the record of `ino` with `change`, as long as it is still about version `of` in
     /// state `from` (what the filesystem adds meanwhile, a newer version or an heir's FIDs, is
     /// kept). Returns the new record, or `None` if the file moved on.
-    fn update(
+    async fn update(
         &self,
         ino: u64,
         of: &UploadRecord,
         change: impl Fn(&mut UploadRecord),
     ) -> Result<Option<UploadRecord>, UploadError> {
         loop {
-            let Some(cur) = self.store.upload(ino)? else { return Ok(None) };
+            let Some(cur) = self.db(move |s| s.upload(ino)).await? else { return Ok(None) };
             if cur.content_version != of.content_version || cur.state != of.state || cur.retired != of.retired {
                 return Ok(None);
             }
@@ -81,7 +82,8 @@ impl Inner {
                     next.fid.map(|f| format!(" (fid {f})")).unwrap_or_default()
                 );
             }
-            if self.store.swap_upload(ino, &cur, Some(&next))? {
+            let (old, new) = (cur.clone(), next.clone());
+            if self.db(move |s| s.swap_upload(ino, &old, Some(&new))).await? {
                 if next.state == UploadState::Active && cur.state != UploadState::Active {
                     metrics::UPLOADED_FILES.add(1);
                     metrics::UPLOADED_BYTES.add(next.size);
@@ -95,9 +97,8 @@ impl Inner {
     async fn encode(self: &Arc<Self>, ino: u64, size: u64) -> Result<(Arc<FileManifest>, Option<Seed>), UploadError> {
         let _cpu = self.cpu.acquire().await.map_err(|_| UploadError::ShuttingDown)?;
         let inner = self.clone();
-        let path = self.store.upload_source(ino);
         let encoded = tokio::task::spawn_blocking(move || {
-            let source = FileSource::<UploadError>::new(std::fs::File::open(path)?);
+            let source = FileSource::<UploadError>::new(std::fs::File::open(inner.store.upload_source(ino))?);
             let (manifest, seed) =
                 inner.encoder.encode_with_seed(&source, size, inner.config.master.as_ref(), |_| {
                     if *inner.stop.borrow() { Err(UploadError::ShuttingDown) } else { Ok(()) }
@@ -144,17 +145,21 @@ impl Inner {
             return Ok(Flow::Wait);
         }
         // Open for writing, gone, or changed since staged: the filesystem stages it again.
-        let Some(inode) = self.store.inode(ino)? else { return Ok(Flow::Wait) };
-        if self.store.is_writing(ino)? || inode.content_version != rec.content_version {
+        let (inode, writing) =
+            self.db(move |s| Ok((s.inode(ino)?, s.is_writing(ino)? || s.poisoned(ino)?.is_some()))).await?;
+        let Some(inode) = inode else { return Ok(Flow::Wait) };
+        if writing || inode.content_version != rec.content_version {
             return Ok(Flow::Wait);
         }
         let territory = self.config.territory.clone();
-        let encoding = self.update(ino, &rec, |r| {
-            r.state = if inode.size == 0 { UploadState::Local } else { UploadState::Encoding };
-            r.size = inode.size;
-            r.file_name = inode.name.clone();
-            r.territory = territory.clone();
-        })?;
+        let encoding = self
+            .update(ino, &rec, |r| {
+                r.state = if inode.size == 0 { UploadState::Local } else { UploadState::Encoding };
+                r.size = inode.size;
+                r.file_name = inode.name.clone();
+                r.territory = territory.clone();
+            })
+            .await?;
         let Some(encoding) = encoding.filter(|r| r.state == UploadState::Encoding) else { return Ok(Flow::Wait) };
         let (manifest, seed) = self.encode(ino, inode.size).await?;
         let fid = manifest.fid;
@@ -166,13 +171,14 @@ impl Inner {
             r.segments = segments;
         };
         // The same bytes under the same key are stored for another file here already.
-        if let Some(other) = self.store.fid_active_elsewhere(&fid, ino)? {
+        if let Some(other) = self.db(move |s| s.fid_active_elsewhere(&fid, ino)).await? {
             self.update(ino, &encoding, |r| {
                 encoded(r);
                 r.state = UploadState::Active;
                 (r.tx, r.block) = (other.tx.clone(), other.block);
                 (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
-            })?;
+            })
+            .await?;
             return Ok(Flow::Continue);
         }
         let me = self.chain.account();
@@ -183,7 +189,8 @@ impl Inner {
                 encoded(r);
                 r.state = UploadState::Active;
                 (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
-            })?;
+            })
+            .await?;
             return Ok(Flow::Continue);
         }
         let resume = self.chain.deal(&fid).await?.is_some();
@@ -192,12 +199,14 @@ impl Inner {
             self.check_territory(manifest.segments.len()).await?;
         }
         // The point of no return: refused if the file was opened for writing meanwhile.
-        let Some(current) = self.store.upload(ino)?.filter(|c| *c == encoding) else { return Ok(Flow::Continue) };
+        let current = self.db(move |s| s.upload(ino)).await?;
+        let Some(current) = current.filter(|c| *c == encoding) else { return Ok(Flow::Continue) };
         let mut declared = current.clone();
         encoded(&mut declared);
         declared.state = if resume { UploadState::Pushing } else { UploadState::Declared };
         declared.updated_at = Timestamp::now();
-        if self.store.begin_deal(ino, &current, &declared)? {
+        let (cur, next) = (current.clone(), declared.clone());
+        if self.db(move |s| s.begin_deal(ino, &cur, &next)).await? {
             log::info!(
                 "inode {ino} {:?}: encoding → {} (fid {fid}){}",
                 String::from_utf8_lossy(&declared.file_name),
@@ -217,11 +226,12 @@ impl Inner {
             self.update(ino, &rec, |r| {
                 r.state = UploadState::Active;
                 (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
-            })?;
+            })
+            .await?;
             return Ok(Flow::Continue);
         }
         if existing.is_none() && self.chain.deal(&fid).await?.is_some() {
-            self.update(ino, &rec, |r| r.state = UploadState::Pushing)?;
+            self.update(ino, &rec, |r| r.state = UploadState::Pushing).await?;
             return Ok(Flow::Continue);
         }
         let manifest = self.manifest(ino, &rec).await?;
@@ -231,7 +241,8 @@ impl Inner {
             // Refused: no deal exists, so nothing holds the bytes any more.
             Err(e) if !e.is_transient() => {
                 let failed = UploadRecord { state: UploadState::Failed, updated_at: Timestamp::now(), ..rec.clone() };
-                self.store.end_deal(ino, &rec, Some(&failed))?;
+                let old = rec.clone();
+                self.db(move |s| s.end_deal(ino, &old, Some(&failed))).await?;
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -244,7 +255,8 @@ impl Inner {
             if fly {
                 (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
             }
-        })?;
+        })
+        .await?;
         Ok(Flow::Continue)
     }
 
@@ -254,7 +266,8 @@ impl Inner {
         let fid = rec.fid.ok_or_else(|| missing_fid("pushing"))?;
         let Some(deal) = self.chain.deal(&fid).await? else {
             let stored = self.chain.file(&fid).await?.is_some();
-            self.update(ino, &rec, |r| r.state = if stored { UploadState::Confirming } else { UploadState::Declared })?;
+            self.update(ino, &rec, |r| r.state = if stored { UploadState::Confirming } else { UploadState::Declared })
+                .await?;
             return Ok(Flow::Continue);
         };
         let mut exclude: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
@@ -292,7 +305,7 @@ impl Inner {
                     }
                 }
             }
-            if self.update(ino, &rec, |r| r.pushed = pushed as u8)?.is_none() {
+            if self.update(ino, &rec, |r| r.pushed = pushed as u8).await?.is_none() {
                 return Ok(Flow::Continue);
             }
         }
@@ -300,7 +313,7 @@ impl Inner {
             return Err(UploadError::Push { columns: left.len(), last });
         }
         let pushing = UploadRecord { pushed: pushed as u8, ..rec };
-        self.update(ino, &pushing, |r| r.state = UploadState::Confirming)?;
+        self.update(ino, &pushing, |r| r.state = UploadState::Confirming).await?;
         Ok(Flow::Continue)
     }
 
@@ -314,13 +327,14 @@ impl Inner {
                 self.update(ino, &rec, |r| {
                     r.state = UploadState::Active;
                     (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
-                })?;
+                })
+                .await?;
                 return Ok(Flow::Continue);
             }
             if let Some(deal) = self.chain.deal(&fid).await? {
                 let reported = deal.complete_list.len() as u8;
                 if reported != rec.reported {
-                    match self.update(ino, &rec, |r| r.reported = reported)? {
+                    match self.update(ino, &rec, |r| r.reported = reported).await? {
                         Some(next) => rec = next,
                         None => return Ok(Flow::Continue),
                     }
@@ -336,7 +350,8 @@ impl Inner {
                     self.update(ino, &rec, |r| {
                         r.state = UploadState::Pushing;
                         r.pushed = reported;
-                    })?;
+                    })
+                    .await?;
                     return Ok(Flow::Continue);
                 }
             }
@@ -346,16 +361,9 @@ impl Inner {
 
     /// `active`: delete older versions from the chain, then start the next version, or finish a
     /// file that was deleted while its deal was open.
-    fn active_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
+    async fn active_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
         let fid = rec.fid.ok_or_else(|| missing_fid("active"))?;
-        let mut batch = Batch::default();
-        for old in rec.replaces.iter().filter(|f| **f != fid) {
-            batch.put_tombstone(old);
-        }
         let next = if rec.retired {
-            if self.store.fid_active_elsewhere(&fid, ino)?.is_none() {
-                batch.put_tombstone(&fid);
-            }
             None
         } else if let Some(version) = rec.newer {
             let mut staged = UploadRecord::staged(version);
@@ -364,8 +372,21 @@ impl Inner {
         } else {
             Some(UploadRecord { replaces: Vec::new(), ..rec.clone() })
         };
-        self.store.commit(batch)?;
-        if self.store.end_deal(ino, &rec, next.as_ref())? {
+        let (old, new) = (rec.clone(), next.clone());
+        let ended = self
+            .db(move |s| {
+                let mut batch = Batch::default();
+                for obsolete in old.replaces.iter().filter(|f| **f != fid) {
+                    batch.put_tombstone(obsolete);
+                }
+                if old.retired && s.fid_active_elsewhere(&fid, ino)?.is_none() {
+                    batch.put_tombstone(&fid);
+                }
+                s.commit(batch)?;
+                s.end_deal(ino, &old, new.as_ref())
+            })
+            .await?;
+        if ended {
             lock(&self.manifests).remove(&ino);
             lock(&self.laggards).remove(&fid);
             if rec.retired {
@@ -373,5 +394,19 @@ impl Inner {
             }
         }
         Ok(if next.is_some_and(|n| n.state == UploadState::Staged) { Flow::Continue } else { Flow::Wait })
+    }
+
+    /// `failed` for the territory's sake (it has a time to try again), and due or the territory
+    /// changed: staged again, to be tried from the start. Other failures wait for a change.
+    async fn retry_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
+        if rec.retry_at.is_none() {
+            return Ok(Flow::Wait);
+        }
+        let mut next = UploadRecord::restaged(Some(rec.clone()), rec.content_version);
+        // Tried now: the quiet delay was long over.
+        next.staged_at = rec.staged_at;
+        next.error = rec.error.clone();
+        let swapped = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await?;
+        Ok(if swapped { Flow::Continue } else { Flow::Wait })
     }
 }

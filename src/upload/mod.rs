@@ -6,8 +6,13 @@
 //! looking at the chain: an existing `File` is a fly upload (no data moves), an existing deal is
 //! resumed (only the columns not yet reported are pushed), and a FID is never declared twice.
 //! After a crash every record resumes where it was. Transient failures back off exponentially
-//! (1 s doubling to 5 min); permanent ones (territory missing or full, a name the chain refuses)
-//! end in `failed` until the file changes or is renamed.
+//! (1 s doubling to 5 min); permanent ones end in `failed` until the file changes or is renamed,
+//! but for those of the territory (missing, full, frozen), tried again when it changes and every
+//! 10 minutes.
+//!
+//! The scheduler learns which records changed from the store's catalog and keeps when each needs
+//! work in a heap, so no per-event work grows with the number of files. Store calls run in
+//! blocking threads (`Inner::db`), never on the runtime's workers.
 //!
 //! Encoding runs one file at a time on all cores; pushes and confirmations of several files
 //! overlap. Memory: the encoder's buffers (about 96 MiB per core plus one) and, while pushing,
@@ -19,9 +24,12 @@ mod job;
 mod placement;
 mod push;
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::{Semaphore, watch};
 
@@ -30,7 +38,7 @@ pub use error::UploadError;
 use crate::format::{Encoder, FileManifest, Hash, MasterKey};
 use crate::miner::MinerClient;
 use crate::protocol::{AccountId, Chain, Signer};
-use crate::store::{Store, Timestamp, Tombstone, UploadRecord, UploadState};
+use crate::store::{Store, StoreError, Timestamp, Tombstone, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// How the engine works.
@@ -62,13 +70,14 @@ struct Inner {
     cpu: Semaphore,
     config: UploadConfig,
     running: Mutex<HashSet<u64>>,
-    reaping: Mutex<bool>,
     /// Manifests computed in this run, so a declaration right after encoding needs no re-read.
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
     /// Miners that took a column and did not report it, per FID: not chosen again for it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
     /// Turns true at shutdown: encodings and pushes stop at their next step.
     stop: watch::Receiver<bool>,
+    /// Rung when the territory changed: files that failed for its sake are tried again.
+    territory_changed: tokio::sync::Notify,
 }
 
 /// The upload engine.
@@ -80,6 +89,10 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
+/// How often a file that failed for its territory's sake (missing, full, frozen) is tried again
+/// when nothing about the territory was seen to change.
+const TERRITORY_RECHECK: Duration = Duration::from_secs(600);
+
 fn later(d: Duration) -> Timestamp {
     Timestamp::from(std::time::SystemTime::now() + d)
 }
@@ -87,6 +100,58 @@ fn later(d: Duration) -> Timestamp {
 /// Time until `t`, zero if past.
 fn until(t: Timestamp) -> Duration {
     std::time::SystemTime::from(t).duration_since(std::time::SystemTime::now()).unwrap_or_default()
+}
+
+/// When each inode's upload needs work next: a heap by time, with the latest time per inode
+/// (older heap entries of an inode are skipped when they come up). Per change O(log n).
+#[derive(Default)]
+struct Schedule {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    due: HashMap<u64, Instant>,
+}
+
+impl Schedule {
+    /// Sets when `ino` needs work (`None`: not until its record changes).
+    fn set(&mut self, ino: u64, at: Option<Instant>) {
+        match at {
+            Some(at) if self.due.get(&ino) != Some(&at) => {
+                self.due.insert(ino, at);
+                self.heap.push(Reverse((at, ino)));
+            }
+            Some(_) => {}
+            None => {
+                self.due.remove(&ino);
+            }
+        }
+    }
+
+    /// The next inode due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<u64> {
+        while let Some(Reverse((at, ino))) = self.heap.peek().copied() {
+            if self.due.get(&ino) != Some(&at) {
+                self.heap.pop();
+                continue;
+            }
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            self.due.remove(&ino);
+            return Some(ino);
+        }
+        None
+    }
+
+    /// When the next inode is due.
+    fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, ino))) = self.heap.peek().copied() {
+            if self.due.get(&ino) == Some(&at) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
 }
 
 impl Engine {
@@ -107,11 +172,17 @@ impl Engine {
             cpu: Semaphore::new(1),
             config,
             running: Mutex::new(HashSet::new()),
-            reaping: Mutex::new(false),
             manifests: Mutex::new(HashMap::new()),
             laggards: Mutex::new(HashMap::new()),
             stop,
+            territory_changed: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Tells the engine that the territory changed (expanded, renewed, minted): files that
+    /// failed for its sake are tried again now.
+    pub fn territory_changed(&self) {
+        self.0.territory_changed.notify_one();
     }
 
     /// Works the queue until the engine's stop signal turns true; then waits up to `grace` for
@@ -120,28 +191,49 @@ impl Engine {
         let inner = &self.0;
         let mut stop = inner.stop.clone();
         let mut jobs = tokio::task::JoinSet::new();
+        let mut schedule = Schedule::default();
+        // Files that failed for the territory's sake, tried again when it changes.
+        let mut waiting_for_territory: HashSet<u64> = HashSet::new();
+        // Files due while their job was running: looked at again when it ends.
+        let mut again: HashSet<u64> = HashSet::new();
+        let reaper = tokio::spawn(inner.clone().reap_tombstones());
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
-            let mut wake = Duration::from_secs(2);
-            match inner.store.uploads() {
-                Ok(records) => {
-                    for (ino, rec) in records {
-                        let Some(due) = inner.due_in(&rec) else { continue };
-                        if !due.is_zero() {
-                            wake = wake.min(due);
-                            continue;
-                        }
-                        let mut running = lock(&inner.running);
-                        if running.len() < inner.config.parallel && running.insert(ino) {
-                            let inner = inner.clone();
-                            jobs.spawn(async move { inner.job(ino).await });
-                        }
+            if *stop.borrow() {
+                break;
+            }
+            match inner.db(|s| Ok(s.changed_uploads())).await {
+                Ok(changed) => {
+                    let records =
+                        inner.db(move |s| changed.into_iter().map(|ino| Ok((ino, s.upload(ino)?))).collect()).await;
+                    for (ino, rec) in records.unwrap_or_else(|e| {
+                        crate::log_limited!(log::Level::Error, "upload queue", "upload queue unreadable: {e}");
+                        Vec::new()
+                    }) {
+                        let due = rec.as_ref().and_then(|r| inner.due_in(r));
+                        schedule.set(ino, due.map(|d| Instant::now() + d));
+                        match rec {
+                            Some(r) if r.state == UploadState::Failed && r.retry_at.is_some() => {
+                                waiting_for_territory.insert(ino)
+                            }
+                            _ => waiting_for_territory.remove(&ino),
+                        };
                     }
                 }
                 Err(e) => crate::log_limited!(log::Level::Error, "upload queue", "upload queue unreadable: {e}"),
             }
-            if let Some(d) = inner.clone().reap_tombstones(&mut jobs) {
-                wake = wake.min(d);
+            let now = Instant::now();
+            while lock(&inner.running).len() < inner.config.parallel {
+                let Some(ino) = schedule.pop_due(now) else { break };
+                if !lock(&inner.running).insert(ino) {
+                    again.insert(ino);
+                    continue;
+                }
+                let inner = inner.clone();
+                jobs.spawn(async move {
+                    inner.job(ino).await;
+                    ino
+                });
             }
             // Give the encoder's buffers back once nothing has run for a while.
             if jobs.is_empty() {
@@ -152,13 +244,24 @@ impl Engine {
             } else {
                 idle_since = None;
             }
-            if *stop.borrow() {
-                break;
-            }
+            let slot_free = lock(&inner.running).len() < inner.config.parallel;
+            let wake = match schedule.next() {
+                Some(at) if slot_free => at.saturating_duration_since(Instant::now()),
+                _ => Duration::from_secs(5),
+            };
             tokio::select! {
                 _ = inner.store.doorbell().notified() => {}
                 _ = tokio::time::sleep(wake) => {}
-                Some(joined) = jobs.join_next(), if !jobs.is_empty() => report_join(joined),
+                _ = inner.territory_changed.notified() => {
+                    for ino in &waiting_for_territory {
+                        schedule.set(*ino, Some(Instant::now()));
+                    }
+                }
+                Some(joined) = jobs.join_next(), if !jobs.is_empty() => {
+                    if let Some(ino) = report_join(joined) && again.remove(&ino) {
+                        schedule.set(ino, Some(Instant::now()));
+                    }
+                }
                 _ = stop.changed() => break,
             }
         }
@@ -175,6 +278,9 @@ impl Engine {
                 while jobs.join_next().await.is_some() {}
             }
         }
+        if let Err(e) = reaper.await {
+            log::error!("the deletion task ended abnormally: {e}");
+        }
     }
 
     /// The store the engine works from.
@@ -184,11 +290,25 @@ impl Engine {
 }
 
 impl Inner {
+    /// Runs `f` on the store in a blocking thread: sled calls (and the locks the filesystem
+    /// holds around them) never stall the runtime's workers.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, UploadError> {
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || f(&store)).await;
+        done.map_err(|e| UploadError::Internal(format!("a store call ended abnormally: {e}")))?
+            .map_err(UploadError::from)
+    }
+
     /// When the record needs work: `None` for never (until something changes it).
     fn due_in(&self, rec: &UploadRecord) -> Option<Duration> {
         let retry = rec.retry_at.map(until).unwrap_or_default();
         match rec.state {
-            UploadState::Failed | UploadState::Local => None,
+            // Failed for the territory's sake: tried again at `retry_at` (or when it changes).
+            UploadState::Failed => rec.retry_at.map(until),
+            UploadState::Local => None,
             UploadState::Active if rec.newer.is_none() && !rec.retired && rec.replaces.is_empty() => None,
             UploadState::Active => Some(Duration::ZERO),
             UploadState::Staged => {
@@ -209,7 +329,7 @@ impl Inner {
         match outcome {
             // Stopped at shutdown: it resumes at the next start, no attempt lost.
             Err(UploadError::ShuttingDown) => {}
-            Err(e) => self.record_failure(ino, e),
+            Err(e) => self.record_failure(ino, e).await,
             Ok(()) => {}
         }
         lock(&self.running).remove(&ino);
@@ -217,9 +337,17 @@ impl Inner {
     }
 
     /// Records a failure: a transient one is retried after a back-off, a permanent one ends the
-    /// upload in `failed`.
-    fn record_failure(&self, ino: u64, e: UploadError) {
-        let Ok(Some(rec)) = self.store.upload(ino) else { return };
+    /// upload in `failed` (one for the territory's sake is tried again when it changes, and
+    /// every 10 minutes).
+    async fn record_failure(&self, ino: u64, e: UploadError) {
+        let rec = match self.db(move |s| s.upload(ino)).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return,
+            Err(err) => {
+                crate::log_limited!(log::Level::Error, "record failure", "inode {ino}: recording {e}: {err}");
+                return;
+            }
+        };
         let mut next = rec.clone();
         next.attempts += 1;
         next.error = Some(e.to_string());
@@ -239,44 +367,67 @@ impl Inner {
             // A declared deal cannot be cancelled: keep trying, slowly.
             next.retry_at = Some(later(Duration::from_secs(300)));
             log::error!("inode {ino}: {e}; the deal stays open and is retried");
+        } else if e.waits_for_territory() {
+            next.state = UploadState::Failed;
+            next.retry_at = Some(later(TERRITORY_RECHECK));
+            next.error = Some(format!("{e}; tried again when the territory changes, and every 10 minutes"));
+            crate::log_limited!(
+                log::Level::Error,
+                &format!("territory: {e}"),
+                "inode {ino}: {} → failed: {e}",
+                rec.state.word()
+            );
         } else {
             next.state = UploadState::Failed;
             next.retry_at = None;
             log::error!("inode {ino}: {} → failed: {e}", rec.state.word());
         }
-        if let Err(e) = self.store.swap_upload(ino, &rec, Some(&next)) {
-            log::error!("inode {ino}: recording the failure: {e}");
+        if let Err(e) = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await {
+            crate::log_limited!(log::Level::Error, "record failure", "inode {ino}: recording the failure: {e}");
         }
     }
 
-    /// Deletes queued FIDs from the chain, one task at a time. Returns when to look again.
-    fn reap_tombstones(self: Arc<Self>, jobs: &mut tokio::task::JoinSet<()>) -> Option<Duration> {
-        let stones = self.store.tombstones().ok()?;
-        let next = stones.iter().map(|(_, t)| t.retry_at.map(until).unwrap_or_default()).min()?;
-        let mut reaping = lock(&self.reaping);
-        if next.is_zero() && !*reaping {
-            *reaping = true;
-            let inner = self.clone();
-            jobs.spawn(async move {
-                for (fid, t) in stones {
-                    if t.retry_at.is_some_and(|r| !until(r).is_zero()) {
-                        continue;
-                    }
-                    let outcome = inner.delete(&fid, t).await;
-                    if let Err(e) = inner.store.settle_tombstone(&fid, outcome) {
-                        log::error!("tombstone of {fid}: {e}");
+    /// Deletes queued FIDs from the chain, one at a time, until the engine stops.
+    async fn reap_tombstones(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let mut next = Duration::from_secs(300);
+            match self.db(|s| s.tombstones()).await {
+                Ok(stones) => {
+                    for (fid, t) in stones {
+                        if *stop.borrow() {
+                            return;
+                        }
+                        if let Some(wait) = t.retry_at.map(until).filter(|w| !w.is_zero()) {
+                            next = next.min(wait);
+                            continue;
+                        }
+                        let outcome = self.delete(&fid, t).await;
+                        if let Some(retry) = &outcome {
+                            next = next.min(retry.retry_at.map(until).unwrap_or_default());
+                        }
+                        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid, outcome)).await {
+                            log::error!("tombstone of {fid}: {e}");
+                        }
                     }
                 }
-                *lock(&inner.reaping) = false;
-                inner.store.ring();
-            });
+                Err(e) => crate::log_limited!(log::Level::Error, "tombstones", "the deletion queue is unreadable: {e}"),
+            }
+            tokio::select! {
+                _ = self.store.tombstone_bell().notified() => {}
+                _ = tokio::time::sleep(next.max(Duration::from_millis(200))) => {}
+                _ = stop.changed() => return,
+            }
         }
-        Some(next.max(Duration::from_millis(200)))
     }
 
     /// Deletes `fid` from the chain unless a file still uses it. `Some` to retry later.
     async fn delete(&self, fid: &Hash, mut t: Tombstone) -> Option<Tombstone> {
-        match self.store.fid_in_use(fid) {
+        let fid_copy = *fid;
+        match self.db(move |s| s.fid_in_use(&fid_copy)).await {
             Ok(true) => return None,
             Ok(false) => {}
             Err(e) => log::error!("checking whether {fid} is in use: {e}"),
@@ -317,12 +468,16 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("internal error: {}", text.unwrap_or_else(|| "a panic".into()))
 }
 
-/// Logs a task that ended by panicking (jobs catch their own; this is for the reaper).
-fn report_join(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = joined
-        && e.is_panic()
-    {
-        log::error!("an upload task panicked: {e}");
+/// The inode of a job that ended; logs one that ended abnormally (jobs catch their own panics).
+fn report_join(joined: Result<u64, tokio::task::JoinError>) -> Option<u64> {
+    match joined {
+        Ok(ino) => Some(ino),
+        Err(e) => {
+            if e.is_panic() {
+                log::error!("an upload task panicked: {e}");
+            }
+            None
+        }
     }
 }
 

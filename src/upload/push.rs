@@ -4,7 +4,6 @@
 //! column queues one fragment), so a file holds up to three segments while pushing.
 //! A column whose miner fails stops there; the caller sends it whole to another miner.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -77,10 +76,9 @@ pub(super) async fn push_columns(
             (column, miner, result)
         });
     }
-    let source: PathBuf = inner.store.upload_source(ino);
     let (regen, hashes) = (inner.clone(), segments.to_vec());
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
-        let file = FileSource::<UploadError>::new(std::fs::File::open(source)?);
+        let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
         let master = regen.config.master.as_ref().zip(seed.as_ref());
         regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
             if *regen.stop.borrow() {

@@ -255,3 +255,23 @@ fn sigterm_during_an_upload_loses_nothing_and_unmount_wait_waits_for_active() {
     m.mount();
     assert_eq!(m.cess("second.bin", "status").as_deref(), Some("active"), "unmount --wait returned after active");
 }
+
+/// A file that failed because the territory was full is tried again once the territory has
+/// room (here: another file deleted), without being touched, and says so meanwhile.
+#[test]
+fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
+    // 1 GiB holds 10 segments' charge (96 MiB each, and never to the last byte).
+    let m = Mount::uploading("0", &["--devnet-territory-gib", "1"]);
+    for i in 0..10 {
+        fs::write(m.path(&format!("file{i}")), format!("file {i}")).unwrap();
+    }
+    for i in 0..10 {
+        m.wait_status(&format!("file{i}"), &["active"], MIN);
+    }
+    fs::write(m.path("late.txt"), b"one too many").unwrap();
+    m.wait_status("late.txt", &["failed"], MIN);
+    let error = m.cess("late.txt", "error").unwrap();
+    assert!(error.contains("expand it") && error.contains("tried again when the territory changes"), "{error}");
+    fs::remove_file(m.path("file0")).unwrap();
+    m.wait_status("late.txt", &["active"], MIN);
+}

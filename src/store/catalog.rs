@@ -1,0 +1,203 @@
+//! An in-memory index of the upload and residency records, built by one scan at open and kept
+//! exact on every write of those records (they are written under its lock), so that no
+//! per-event work grows with the number of files: FIDs to inodes, the cached bytes of stored
+//! files and their least-recently-used order, counts and bytes by upload state, and the inodes
+//! whose upload changed since the engine last looked.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::{Residency, Timestamp, UploadRecord, UploadState};
+use crate::format::Hash;
+
+/// What the catalog keeps of one inode with an upload record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    state: UploadState,
+    size: u64,
+    fid: Option<Hash>,
+    retired: bool,
+    /// Bytes of content cached locally, for an active file (others are not a cache).
+    cached: u64,
+    /// Its place in the eviction order, if it has cached bytes.
+    order: Option<Order>,
+}
+
+/// Least recently used first: files not used since the mount (as old as their upload), then
+/// by last use.
+type Order = (bool, i128, u64);
+
+/// Bytes of a file's content held locally.
+pub fn resident_bytes(size: u64, segments: u32, residency: Option<&Residency>) -> u64 {
+    match residency {
+        None => size,
+        Some(r) => (size.saturating_mul(r.count() as u64)).div_ceil(segments.max(1) as u64).min(size),
+    }
+}
+
+fn nanos(t: Timestamp) -> i128 {
+    t.secs as i128 * 1_000_000_000 + t.nanos as i128
+}
+
+const STATES: [UploadState; 8] = [
+    UploadState::Staged,
+    UploadState::Encoding,
+    UploadState::Declared,
+    UploadState::Pushing,
+    UploadState::Confirming,
+    UploadState::Active,
+    UploadState::Failed,
+    UploadState::Local,
+];
+
+fn state_index(s: UploadState) -> usize {
+    STATES.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// The index. See the module docs.
+#[derive(Default)]
+pub(super) struct Catalog {
+    entries: HashMap<u64, Entry>,
+    by_fid: HashMap<Hash, Vec<u64>>,
+    order: BTreeSet<Order>,
+    /// Last use of files used since the mount.
+    used: HashMap<u64, i128>,
+    cached: u64,
+    states: [(u64, u64); 8],
+    changed: HashSet<u64>,
+}
+
+impl Catalog {
+    /// Records what the store now holds for `ino`: its upload record and its residency.
+    pub(super) fn refresh(&mut self, ino: u64, up: Option<&UploadRecord>, residency: Option<&Residency>) {
+        let new = up.map(|u| {
+            let stored = u.state == UploadState::Active && !u.retired;
+            let cached = if stored { resident_bytes(u.size, u.segments, residency) } else { 0 };
+            let order = (cached > 0).then(|| match self.used.get(&ino) {
+                Some(t) => (true, *t, ino),
+                None => (false, nanos(u.updated_at), ino),
+            });
+            Entry { state: u.state, size: u.size, fid: u.fid, retired: u.retired, cached, order }
+        });
+        let old = match &new {
+            Some(e) => self.entries.insert(ino, e.clone()),
+            None => self.entries.remove(&ino),
+        };
+        if let Some(old) = old {
+            self.cached -= old.cached;
+            let s = &mut self.states[state_index(old.state)];
+            *s = (s.0 - 1, s.1 - old.size);
+            if let Some(o) = old.order {
+                self.order.remove(&o);
+            }
+            if let Some(fid) = old.fid
+                && new.as_ref().is_none_or(|n| n.fid != Some(fid))
+                && let Some(inos) = self.by_fid.get_mut(&fid)
+            {
+                inos.retain(|i| *i != ino);
+                if inos.is_empty() {
+                    self.by_fid.remove(&fid);
+                }
+            }
+        }
+        if let Some(new) = new {
+            self.cached += new.cached;
+            let s = &mut self.states[state_index(new.state)];
+            *s = (s.0 + 1, s.1 + new.size);
+            if let Some(o) = new.order {
+                self.order.insert(o);
+            }
+            if let Some(fid) = new.fid {
+                let inos = self.by_fid.entry(fid).or_default();
+                if !inos.contains(&ino) {
+                    inos.push(ino);
+                }
+            }
+        } else {
+            self.used.remove(&ino);
+        }
+    }
+
+    /// The inodes whose upload record names `fid`, with whether each is active (and not
+    /// retired) and whether it still needs the FID on chain (not retired, not failed).
+    pub(super) fn holders(&self, fid: &Hash) -> impl Iterator<Item = (u64, bool, bool)> + '_ {
+        self.by_fid.get(fid).into_iter().flatten().filter_map(|ino| {
+            let e = self.entries.get(ino)?;
+            let active = e.state == UploadState::Active && !e.retired;
+            Some((*ino, active, !e.retired && e.state != UploadState::Failed))
+        })
+    }
+
+    /// Notes a use of `ino` now (its place in the eviction order).
+    pub(super) fn touch(&mut self, ino: u64) {
+        let now = nanos(Timestamp::now());
+        self.used.insert(ino, now);
+        if let Some(e) = self.entries.get_mut(&ino)
+            && let Some(old) = e.order.replace((true, now, ino))
+        {
+            self.order.remove(&old);
+            self.order.insert((true, now, ino));
+        }
+    }
+
+    /// Bytes of cached content of stored files (what eviction can free).
+    pub(super) fn cached(&self) -> u64 {
+        self.cached
+    }
+
+    /// Up to `n` files with cached content, least recently used first.
+    pub(super) fn eviction_order(&self, n: usize) -> Vec<u64> {
+        self.order.iter().take(n).map(|(_, _, ino)| *ino).collect()
+    }
+
+    /// Files and bytes by upload state.
+    pub(super) fn states(&self) -> Vec<(UploadState, u64, u64)> {
+        STATES.iter().zip(self.states).filter(|(_, (n, _))| *n > 0).map(|(s, (n, b))| (*s, n, b)).collect()
+    }
+
+    /// Notes that the upload record of `ino` was written.
+    pub(super) fn mark_changed(&mut self, ino: u64) {
+        self.changed.insert(ino);
+    }
+
+    /// The inodes whose upload changed since the last call.
+    pub(super) fn take_changed(&mut self) -> Vec<u64> {
+        self.changed.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: UploadState, fid: u8, size: u64) -> UploadRecord {
+        let mut r = UploadRecord::staged(1);
+        r.state = state;
+        r.fid = Some(Hash([fid; 32]));
+        r.size = size;
+        r.segments = 1;
+        r
+    }
+
+    #[test]
+    fn counts_fids_cached_bytes_and_order_follow_every_change() {
+        let mut c = Catalog::default();
+        c.refresh(1, Some(&record(UploadState::Active, 7, 100)), None);
+        c.refresh(2, Some(&record(UploadState::Staged, 7, 50)), None);
+        c.refresh(3, Some(&record(UploadState::Active, 8, 30)), None);
+        assert_eq!(c.cached(), 130);
+        assert_eq!(c.holders(&Hash([7; 32])).collect::<Vec<_>>(), vec![(1, true, true), (2, false, true)]);
+        c.touch(1);
+        assert_eq!(c.eviction_order(10), vec![3, 1], "used files go last");
+        c.refresh(1, Some(&record(UploadState::Active, 7, 100)), Some(&Residency::empty(1)));
+        assert_eq!((c.cached(), c.eviction_order(10)), (30, vec![3]), "an evicted file leaves the order");
+        c.refresh(2, Some(&record(UploadState::Staged, 9, 50)), None);
+        assert_eq!(c.holders(&Hash([7; 32])).count(), 1, "a FID no longer named is forgotten");
+        c.refresh(3, None, None);
+        assert_eq!(c.cached(), 0);
+        let states: Vec<_> = c.states().into_iter().map(|(s, n, b)| (s.word(), n, b)).collect();
+        assert_eq!(states, vec![("staged", 1, 50), ("active", 1, 100)]);
+        c.mark_changed(2);
+        assert_eq!(c.take_changed(), vec![2]);
+        assert!(c.take_changed().is_empty());
+    }
+}

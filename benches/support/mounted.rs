@@ -36,13 +36,16 @@ impl Drop for Mounted {
     }
 }
 
-/// Mounts with `--quiet-delay 0` and waits until the mount is ready.
+/// Mounts (with `--quiet-delay 0` unless `args` set it) and waits until the mount is ready.
 pub fn mount(data: &Path, key: &Path, args: &[&str]) -> Mounted {
     let dir = tempfile::tempdir().expect("mount point");
+    let quiet: &[&str] = if args.contains(&"--quiet-delay") { &[] } else { &["--quiet-delay", "0"] };
     let child = Command::new(env!("CARGO_BIN_EXE_cessfs"))
         .arg("mount")
         .arg(dir.path())
-        .args(["--foreground", "--quiet-delay", "0", "--data-dir"])
+        .arg("--foreground")
+        .args(quiet)
+        .arg("--data-dir")
         .arg(data)
         .arg("--key-file")
         .arg(key)

@@ -62,14 +62,17 @@ pub(super) async fn push_columns(
         let (inner, fid) = (inner.clone(), *fid);
         tasks.spawn(async move {
             let endpoint = miner.endpoint.clone().unwrap_or_default();
+            // A column stops at its first failure: its receiver goes, and the producer stops
+            // rebuilding once every column has stopped.
             let mut result = Ok(());
             while let Some(body) = rx.recv().await {
-                if result.is_ok() {
-                    let miner = miner.account.to_string();
-                    result = inner.miners.put_fragment(&endpoint, &fid, body).await;
-                    match result {
-                        Ok(()) => metrics::FRAGMENTS_PUSHED.add(&miner, 1),
-                        Err(_) => metrics::FRAGMENT_PUSH_FAILURES.add(&miner, 1),
+                let account = miner.account.to_string();
+                result = inner.miners.put_fragment(&endpoint, &fid, body).await;
+                match result {
+                    Ok(()) => metrics::FRAGMENTS_PUSHED.add(&account, 1),
+                    Err(_) => {
+                        metrics::FRAGMENT_PUSH_FAILURES.add(&account, 1);
+                        break;
                     }
                 }
             }
@@ -84,6 +87,7 @@ pub(super) async fn push_columns(
             if *regen.stop.borrow() {
                 return Err(UploadError::ShuttingDown);
             }
+            let mut sent = false;
             for (column, tx) in &senders {
                 let hash = hashes[index].fragments[*column];
                 let data = if hash == ZERO_FRAGMENT_HASH {
@@ -91,10 +95,10 @@ pub(super) async fn push_columns(
                 } else {
                     Bytes::from_owner(Fragment { fragments: fragments.clone(), index: *column })
                 };
-                // A column task that stopped on an error drains its channel.
-                let _ = tx.blocking_send(FragmentBody::new(hash, data));
+                // A column that failed has dropped its receiver: the send fails, nothing waits.
+                sent |= tx.blocking_send(FragmentBody::new(hash, data)).is_ok();
             }
-            Ok(())
+            if sent { Ok(()) } else { Err(UploadError::Internal("every column failed".into())) }
         })
     })
     .await
@@ -117,6 +121,9 @@ pub(super) async fn push_columns(
             outcome.push((column, miner, Err(failure)));
         }
     }
-    produced?;
+    // Every column failed: the outcome says why, and the rebuild stopped for that reason.
+    if outcome.iter().any(|(_, _, r)| r.is_ok()) {
+        produced?;
+    }
     Ok(outcome)
 }

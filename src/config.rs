@@ -189,7 +189,7 @@ impl Settings {
                 .split_once('@')
                 .ok_or_else(|| anyhow::anyhow!("miner {entry:?}: write it as ACCOUNT@http://HOST:PORT"))?;
             let account = account.parse().map_err(|e| anyhow::anyhow!("miner {entry:?}: {e}"))?;
-            let url = crate::chain::codec::endpoint(url.as_bytes())
+            let url = crate::protocol::miner::endpoint_url(url.as_bytes())
                 .ok_or_else(|| anyhow::anyhow!("miner {entry:?}: no URL after the @"))?;
             out.insert(account, url);
         }

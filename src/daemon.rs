@@ -293,7 +293,10 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let network = runtime.block_on(Network::connect(settings, data_dir))?;
+    // A data dir mounted before mounts without the chain; a fresh one needs it (its tree may be
+    // on the chain, and a key may be needed).
+    let mounted_before = crate::keys::mounted_before(&store)?;
+    let network = runtime.block_on(Network::connect(settings, data_dir, mounted_before))?;
     let mut notices = Vec::new();
     let master = runtime.block_on(crate::keys::resolve(settings, &store, &*network.chain, &mut notices))?;
     let config = UploadConfig {
@@ -310,6 +313,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config, stopped.clone());
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
+    fs.set_chain_health(network.health.clone());
     fs.set_cold_reader(ColdReader {
         fetcher: Arc::new(fetcher),
         runtime: runtime.handle().clone(),

@@ -17,6 +17,11 @@ const FINGERPRINT: &[u8] = b"key";
 /// The fingerprint a plaintext mount records.
 const PLAIN: &str = "none (plain)";
 
+/// Whether this data dir was mounted before (it recorded a key's fingerprint).
+pub fn mounted_before(store: &Store) -> anyhow::Result<bool> {
+    Ok(store.meta(FINGERPRINT)?.is_some())
+}
+
 /// The key of a mount (`None`: plaintext), checked against the data dir and the territory.
 /// What a person should know (a key created) is added to `notices`.
 pub async fn resolve(

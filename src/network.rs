@@ -15,7 +15,8 @@ use crate::devnet::{Devnet, DevnetChain, DevnetConfig};
 use crate::format::{Hash, SegmentManifest};
 use crate::metrics;
 use crate::protocol::{
-    AccountId, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
+    AccountId, Chain, ChainError, ChainHealth, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo,
+    TxReceipt, UserBrief,
 };
 
 /// The chain client, the account it signs with, and the embedded devnet if it runs one.
@@ -24,20 +25,40 @@ pub struct Network {
     pub chain: Arc<dyn Chain>,
     /// The account.
     pub signer: Signer,
+    /// Whether the chain answers, as its calls see it.
+    pub health: Arc<ChainHealth>,
     devnet: Option<Devnet>,
 }
 
 impl Network {
     /// Connects as the settings say. An embedded devnet keeps its state in `data_dir/devnet`
     /// and writes its RPC URL and nodes to `data_dir/devnet/devnet.json`. Every chain call is
-    /// timed for the metrics.
-    pub async fn connect(settings: &Settings, data_dir: &Path) -> anyhow::Result<Network> {
-        let mut network = Self::connect_untimed(settings, data_dir).await?;
-        network.chain = Arc::new(Timed(network.chain));
-        Ok(network)
+    /// timed for the metrics and watched for the chain's health. With `offline_ok` (a data dir
+    /// mounted before), a chain that does not answer is no error: the mount works from what is
+    /// local, and calls reach the chain once it answers.
+    pub async fn connect(settings: &Settings, data_dir: &Path, offline_ok: bool) -> anyhow::Result<Network> {
+        let health = Arc::new(ChainHealth::default());
+        let (chain, signer, devnet) = Self::connect_untimed(settings, data_dir, offline_ok, &health).await?;
+        let chain = Arc::new(Observed { chain, health: health.clone() });
+        Ok(Network { chain, signer, health, devnet })
     }
 
-    async fn connect_untimed(settings: &Settings, data_dir: &Path) -> anyhow::Result<Network> {
+    async fn connect_untimed(
+        settings: &Settings,
+        data_dir: &Path,
+        offline_ok: bool,
+        health: &ChainHealth,
+    ) -> anyhow::Result<(Arc<dyn Chain>, Signer, Option<Devnet>)> {
+        // An unreachable chain, where that is no error: noted, and the mount goes on.
+        let offline = |e: ChainError, url: &str| -> anyhow::Result<()> {
+            if offline_ok && e.is_transient() {
+                log::warn!("the chain at {url} does not answer ({e}): mounting from what is local");
+                health.record::<()>(&Err(e));
+                Ok(())
+            } else {
+                Err(e.into())
+            }
+        };
         match settings.chain.as_deref() {
             None | Some("embedded") => {
                 let signer = settings.signer(true)?;
@@ -51,21 +72,24 @@ impl Network {
                 let info = serde_json::json!({ "rpc": devnet.rpc_url(), "nodes": devnet.nodes().iter().map(|n| n.endpoint()).collect::<Vec<_>>() });
                 std::fs::write(dir.join("devnet.json"), serde_json::to_vec_pretty(&info)?)?;
                 log::info!("embedded devnet: RPC {}, {} storage nodes", devnet.rpc_url(), devnet.nodes().len());
-                Ok(Network { chain, signer, devnet: Some(devnet) })
+                Ok((chain, signer, Some(devnet)))
             }
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                 let signer = settings.signer(true)?;
                 let chain = DevnetChain::new(url, signer.clone());
-                chain.miners().await.with_context(|| format!("reaching the devnet at {url}"))?;
-                Ok(Network { chain: Arc::new(chain), signer, devnet: None })
+                if let Err(e) = chain.miners().await {
+                    offline(e, url).with_context(|| format!("reaching the devnet at {url}"))?;
+                }
+                Ok((Arc::new(chain), signer, None))
             }
             Some(url) if url.starts_with("ws://") || url.starts_with("wss://") => {
                 let signer = settings.signer(false)?;
-                let chain = CessChain::connect(url, signer.clone(), settings.pinned_miners()?)
-                    .await
-                    .with_context(|| format!("connecting to the CESS chain at {url}"))?;
-                log::info!("connected to the CESS chain at {url} as {}", signer.account());
-                Ok(Network { chain: Arc::new(chain), signer, devnet: None })
+                let chain = CessChain::new(url, signer.clone(), settings.pinned_miners()?);
+                match chain.connect().await {
+                    Ok(()) => log::info!("connected to the CESS chain at {url} as {}", signer.account()),
+                    Err(e) => offline(e, url).with_context(|| format!("connecting to the CESS chain at {url}"))?,
+                }
+                Ok((Arc::new(chain), signer, None))
             }
             Some(url) => bail!("unsupported chain URL {url:?}: use ws://, wss:// or http:// (a cessfs devnet)"),
         }
@@ -79,43 +103,57 @@ impl Network {
     }
 }
 
-/// A chain whose every call is timed into [`metrics::CHAIN_CALL_SECONDS`].
-struct Timed(Arc<dyn Chain>);
+/// A chain whose every call is timed into [`metrics::CHAIN_CALL_SECONDS`] and recorded in its
+/// health; right after a failure to reach it, calls fail at once ([`ChainHealth::refusal`]).
+struct Observed {
+    chain: Arc<dyn Chain>,
+    health: Arc<ChainHealth>,
+}
 
-async fn timed<T>(call: &'static str, f: impl Future<Output = Result<T, ChainError>>) -> Result<T, ChainError> {
-    let start = Instant::now();
-    let result = f.await;
-    metrics::CHAIN_CALL_SECONDS.observe(call, start.elapsed());
-    if result.is_err() {
-        metrics::CHAIN_CALL_ERRORS.add(call, 1);
+impl Observed {
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        f: impl Future<Output = Result<T, ChainError>>,
+    ) -> Result<T, ChainError> {
+        if let Some(e) = self.health.refusal() {
+            return Err(e);
+        }
+        let start = Instant::now();
+        let result = f.await;
+        metrics::CHAIN_CALL_SECONDS.observe(call, start.elapsed());
+        if result.is_err() {
+            metrics::CHAIN_CALL_ERRORS.add(call, 1);
+        }
+        self.health.record(&result);
+        result
     }
-    result
 }
 
 #[async_trait]
-impl Chain for Timed {
+impl Chain for Observed {
     fn account(&self) -> AccountId {
-        self.0.account()
+        self.chain.account()
     }
 
     async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
-        timed("territory", self.0.territory(owner, name)).await
+        self.call("territory", self.chain.territory(owner, name)).await
     }
 
     async fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError> {
-        timed("file", self.0.file(fid)).await
+        self.call("file", self.chain.file(fid)).await
     }
 
     async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError> {
-        timed("deal", self.0.deal(fid)).await
+        self.call("deal", self.chain.deal(fid)).await
     }
 
     async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError> {
-        timed("miners", self.0.miners()).await
+        self.call("miners", self.chain.miners()).await
     }
 
     async fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
-        timed("held_files", self.0.held_files(owner)).await
+        self.call("held_files", self.chain.held_files(owner)).await
     }
 
     async fn upload_declaration(
@@ -125,10 +163,10 @@ impl Chain for Timed {
         user: &UserBrief,
         file_size: u64,
     ) -> Result<TxReceipt, ChainError> {
-        timed("upload_declaration", self.0.upload_declaration(fid, segments, user, file_size)).await
+        self.call("upload_declaration", self.chain.upload_declaration(fid, segments, user, file_size)).await
     }
 
     async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
-        timed("delete_file", self.0.delete_file(fid)).await
+        self.call("delete_file", self.chain.delete_file(fid)).await
     }
 }

@@ -372,7 +372,7 @@ pub fn held_files(v: &Value) -> Result<Vec<HeldFile>, ChainError> {
 /// (such miners need a pinned endpoint from the config).
 pub fn miner_info(account: AccountId, v: &Value) -> Result<MinerInfo, ChainError> {
     let endpoint = match field(v, "endpoint") {
-        Ok(e) => endpoint(&bytes(e)?),
+        Ok(e) => crate::protocol::miner::endpoint_url(&bytes(e)?),
         Err(_) => None,
     };
     Ok(MinerInfo {
@@ -381,18 +381,6 @@ pub fn miner_info(account: AccountId, v: &Value) -> Result<MinerInfo, ChainError
         state: String::from_utf8_lossy(&bytes(field(v, "state")?)?).into_owned(),
         idle_space: uint(field(v, "idle_space")?)?,
     })
-}
-
-/// A miner's registered endpoint as a base URL: cut at the first NUL, `http://` added when
-/// missing (as the Go SDK does); `None` if empty.
-pub fn endpoint(raw: &[u8]) -> Option<String> {
-    let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
-    let text = String::from_utf8_lossy(raw).trim().trim_end_matches('/').to_string();
-    match text.as_str() {
-        "" => None,
-        t if t.contains("://") => Some(text),
-        t => Some(format!("http://{t}")),
-    }
 }
 
 /// `System.Account` value: the free balance.
@@ -523,12 +511,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn endpoints() {
-        assert_eq!(endpoint(b"1.2.3.4:15001\0\0").as_deref(), Some("http://1.2.3.4:15001"));
-        assert_eq!(endpoint(b"https://m.example/").as_deref(), Some("https://m.example"));
-        assert_eq!(endpoint(b""), None);
     }
 }

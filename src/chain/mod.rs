@@ -42,15 +42,14 @@ fn unreachable(e: impl std::fmt::Display) -> ChainError {
 }
 
 impl CessChain {
-    /// Connects to the node at `url` (ws:// or wss://), failing if it does not answer.
-    pub async fn connect(
-        url: &str,
-        signer: Signer,
-        pinned: HashMap<AccountId, String>,
-    ) -> Result<CessChain, ChainError> {
-        let chain = CessChain { url: url.to_string(), signer, client: Mutex::new(None), pinned };
-        chain.client().await?;
-        Ok(chain)
+    /// A client of the node at `url` (ws:// or wss://), connecting on its first call.
+    pub fn new(url: &str, signer: Signer, pinned: HashMap<AccountId, String>) -> CessChain {
+        CessChain { url: url.to_string(), signer, client: Mutex::new(None), pinned }
+    }
+
+    /// Connects now: an error if the node does not answer.
+    pub async fn connect(&self) -> Result<(), ChainError> {
+        self.client().await.map(|_| ())
     }
 
     async fn client(&self) -> Result<Client, ChainError> {

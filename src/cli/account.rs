@@ -67,7 +67,9 @@ async fn connect(args: ChainArgs) -> anyhow::Result<CessChain> {
         bail!("this needs a CESS chain: give --chain wss://... (or chain = \"wss://...\" in the config)");
     };
     let signer = settings.signer(false)?;
-    CessChain::connect(&url, signer, settings.pinned_miners()?).await.with_context(|| format!("connecting to {url}"))
+    let chain = CessChain::new(&url, signer, settings.pinned_miners()?);
+    chain.connect().await.with_context(|| format!("connecting to {url}"))?;
+    Ok(chain)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

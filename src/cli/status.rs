@@ -138,6 +138,9 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths.clone() };
     let files = if args.wait { wait(&paths, args.timeout.map(Duration::from_secs))? } else { scan(&paths) };
+    if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {
+        println!("the chain is unreachable since {since}: uploads wait, and resume when it answers");
+    }
     if args.json {
         for (p, mut v) in files.clone() {
             v["path"] = Value::String(p.display().to_string());

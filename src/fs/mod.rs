@@ -37,6 +37,7 @@ pub use error::FsError;
 pub use types::{Attr, Caller, DirEntry, FsConfig, Opened, SetAttr, StatFs, StorageSpace, TimeSet};
 
 use crate::format::{Layout, Mode};
+use crate::protocol::ChainHealth;
 use crate::store::{InodeRecord, Store, Timestamp};
 use crate::sync::lock;
 use handles::{Handle, OpenFile};
@@ -62,6 +63,8 @@ pub struct Fs {
     cold: Option<Arc<ColdReader>>,
     /// The space of the territory files are stored in, once known.
     storage: Mutex<Option<StorageSpace>>,
+    /// Whether the chain answers (for what the upload attributes say).
+    chain_health: Option<Arc<ChainHealth>>,
 }
 
 /// The one rule for a name in a directory: 1 to 255 bytes, any but `/` and NUL, not `.` or `..`.
@@ -107,12 +110,18 @@ impl Fs {
             passthrough,
             cold: None,
             storage: Mutex::new(None),
+            chain_health: None,
         }
     }
 
     /// Records the space of the territory files are stored in, which `statfs` reports.
     pub fn set_storage_space(&self, space: StorageSpace) {
         *lock(&self.storage) = Some(space);
+    }
+
+    /// Lets the upload attributes say when the chain does not answer.
+    pub fn set_chain_health(&mut self, health: Arc<ChainHealth>) {
+        self.chain_health = Some(health);
     }
 
     /// Lets reads fetch evicted content from the network.

@@ -5,11 +5,18 @@
 
 use super::{Fs, FsError, FsResult};
 use crate::format::FRAGMENTS;
+use crate::protocol::utc;
 use crate::store::{Batch, Kind, Timestamp, UploadRecord, UploadState};
 use crate::sync::lock;
 
-/// The short text of `user.cess.progress`.
-fn progress(up: &UploadRecord) -> String {
+/// The short text of `user.cess.progress`; `chain_down`: since when the chain does not answer.
+fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, String)>) -> String {
+    if let Some((since, why)) = chain_down.filter(|_| !up.state.settled()) {
+        return format!(
+            "waiting: the chain is unreachable since {} ({why}); the upload resumes when it answers",
+            utc(*since)
+        );
+    }
     let waiting = |what: &str| match (&up.error, up.attempts) {
         (Some(e), n) if n > 0 => format!("{what}; attempt {n} failed ({e}), retrying"),
         _ => what.to_string(),
@@ -42,6 +49,8 @@ impl Fs {
     /// with an upload record.
     fn cess_attributes(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
         let Some(up) = self.store.upload(ino)? else { return Ok(Vec::new()) };
+        let chain_down = self.chain_health.as_ref().and_then(|h| h.unreachable_since());
+        let progress = |up: &UploadRecord| progress(up, chain_down.as_ref());
         let mut attrs = vec![("user.cess.status", up.state.word().to_string())];
         if let Some(fid) = up.fid {
             attrs.push(("user.cess.fid", fid.to_hex()));
@@ -77,6 +86,7 @@ impl Fs {
             "block": up.block,
             "territory": String::from_utf8_lossy(&up.territory),
             "name_on_chain": String::from_utf8_lossy(&up.file_name),
+            "chain_unreachable_since": chain_down.as_ref().map(|(since, _)| utc(*since)),
             "error": up.error,
             "cached": cached,
             "attempts": up.attempts,

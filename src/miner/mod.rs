@@ -112,11 +112,9 @@ pub struct MinerClient {
     counter: AtomicU64,
 }
 
-/// A miner endpoint as a base URL: `http://` added if missing, cut at the first NUL, no trailing
-/// slash (as the Go SDK reads `MinerInfo.endpoint`).
-pub fn base_url(endpoint: &str) -> String {
-    let e = endpoint.split('\0').next().unwrap_or_default().trim().trim_end_matches('/');
-    if e.starts_with("http://") || e.starts_with("https://") { e.to_string() } else { format!("http://{e}") }
+/// A miner endpoint as a base URL (see [`proto::endpoint_url`]).
+fn base_url(endpoint: &str) -> String {
+    proto::endpoint_url(endpoint.as_bytes()).unwrap_or_default()
 }
 
 impl MinerClient {
@@ -214,17 +212,5 @@ impl MinerClient {
             });
         }
         Ok(bytes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_become_base_urls() {
-        assert_eq!(base_url("1.2.3.4:15001"), "http://1.2.3.4:15001");
-        assert_eq!(base_url("http://h:1/\0\0garbage"), "http://h:1");
-        assert_eq!(base_url("https://m.example"), "https://m.example");
     }
 }

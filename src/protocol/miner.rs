@@ -102,10 +102,31 @@ pub fn check_signature(account: &str, message: &[u8], signature: &str) -> bool {
     verify(&account, message, &sig) || verify(&account, &wrapped, &sig)
 }
 
+/// A miner's endpoint as a base URL, however it was written (on chain, in a config): cut at the
+/// first NUL, trimmed, no trailing slash, `http://` added when it has no scheme (as the Go SDK
+/// reads `MinerInfo.endpoint`); `None` if empty.
+pub fn endpoint_url(raw: &[u8]) -> Option<String> {
+    let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+    let text = String::from_utf8_lossy(raw).trim().trim_end_matches('/').to_string();
+    match text.as_str() {
+        "" => None,
+        t if t.contains("://") => Some(text),
+        t => Some(format!("http://{t}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::Signer;
+
+    #[test]
+    fn endpoints_become_base_urls() {
+        assert_eq!(endpoint_url(b"1.2.3.4:15001\0\0").as_deref(), Some("http://1.2.3.4:15001"));
+        assert_eq!(endpoint_url(b"http://h:1/\0\0garbage").as_deref(), Some("http://h:1"));
+        assert_eq!(endpoint_url(b"https://m.example/").as_deref(), Some("https://m.example"));
+        assert_eq!(endpoint_url(b" \0"), None);
+    }
 
     #[test]
     fn ranges_end_exclusive() {

@@ -4,6 +4,7 @@
 
 mod account;
 mod chain;
+mod health;
 pub mod miner;
 
 pub use account::{AccountId, SS58_PREFIX, Signer, verify};
@@ -11,6 +12,7 @@ pub use chain::{
     Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo, TerritoryInfo,
     TerritoryState, TxReceipt, UserBrief,
 };
+pub use health::{ChainHealth, utc};
 
 /// Bytes of territory space a file of `segments` segments locks: 12 fragments of 8 MiB each.
 pub fn charged_space(segments: usize) -> u128 {

@@ -436,34 +436,72 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, Node> {
 }
 
 /// A `cessfs devnet` of its own, outside any mount's data dir (as a real chain is), stopped on
-/// drop.
+/// drop. It keeps its ports across a restart.
 pub struct StandaloneDevnet {
     dir: TempDir,
-    child: Child,
+    child: Option<Child>,
+    rpc_port: u16,
+    node_port: u16,
     /// Its RPC URL, for `--chain`.
     pub url: String,
+}
+
+/// A base port with 16 free ports from it, on loopback.
+fn free_ports(count: u16) -> u16 {
+    let mut x = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ 0x9e37_79b9;
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 20_000 + (x % 30_000) as u16;
+        let free = (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
 }
 
 impl StandaloneDevnet {
     /// Starts one on free ports and waits until it answers.
     pub fn start() -> StandaloneDevnet {
         let dir = tempfile::tempdir().expect("devnet dir");
-        let log = File::create(dir.path().join("devnet.log")).expect("devnet log");
+        let base = free_ports(17);
+        let mut net = StandaloneDevnet {
+            dir,
+            child: None,
+            rpc_port: base,
+            node_port: base + 1,
+            url: format!("http://127.0.0.1:{base}"),
+        };
+        net.resume();
+        net
+    }
+
+    /// Starts it again (after [`StandaloneDevnet::stop`]), with its state and ports.
+    pub fn resume(&mut self) {
+        let info = self.dir.path().join("net/devnet.json");
+        let _ = std::fs::remove_file(&info);
+        let log = File::options().create(true).append(true).open(self.dir.path().join("devnet.log")).expect("log");
         let child = Command::new(BIN)
-            .args(["devnet", "--rpc", "127.0.0.1:0", "--node-port", "0", "--dir"])
-            .arg(dir.path().join("net"))
+            .args(["devnet", "--rpc", &format!("127.0.0.1:{}", self.rpc_port), "--node-port"])
+            .arg(self.node_port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path().join("net"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("spawn cessfs devnet");
-        let info = dir.path().join("net/devnet.json");
-        let mut net = StandaloneDevnet { dir, child, url: String::new() };
+        self.child = Some(child);
         wait_until(Duration::from_secs(30), "the devnet to start", || info.exists());
-        let info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&info).expect("devnet.json")).expect("json");
-        net.url = info["rpc"].as_str().expect("rpc").to_string();
-        net
+    }
+
+    /// Stops it, as a chain that goes away.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// The devnet's log.
@@ -474,8 +512,7 @@ impl StandaloneDevnet {
 
 impl Drop for StandaloneDevnet {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         if std::thread::panicking() {
             eprintln!("── devnet log ──\n{}", self.log());
         }

@@ -292,3 +292,35 @@ fn unmount_waits_for_a_daemon_with_a_relative_data_dir() {
     mount("mnt");
     run(std::process::Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
 }
+
+/// A data dir mounted before mounts without the chain: local files read and write as usual,
+/// uploads wait (and say why) and resume when the chain answers, and a read that needs the
+/// network fails with EIO instead of hanging.
+#[test]
+fn without_the_chain_a_mounted_data_dir_still_mounts_and_catches_up_later() {
+    let mut net = StandaloneDevnet::start();
+    let mut m = Mount::uploading("0", &["--chain", &net.url]);
+    fs::write(m.path("local.txt"), b"kept on this disk").unwrap();
+    fs::write(m.path("evicted.txt"), b"only on CESS").unwrap();
+    for f in ["local.txt", "evicted.txt"] {
+        m.wait_status(f, &["active"], Duration::from_secs(60));
+    }
+    evict_now(&m, "evicted.txt");
+    m.unmount();
+    net.stop();
+
+    m.mount();
+    assert_eq!(fs::read(m.path("local.txt")).unwrap(), b"kept on this disk");
+    let err = fs::read(m.path("evicted.txt")).expect_err("the network is needed and gone");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    fs::write(m.path("offline.txt"), b"written on the train").unwrap();
+    wait_until(Duration::from_secs(30), "the upload to say the chain is unreachable", || {
+        m.cess("offline.txt", "progress").is_some_and(|p| p.contains("the chain is unreachable since"))
+    });
+    let status = run(std::process::Command::new(BIN).arg("status").arg(m.root()));
+    assert!(status.contains("the chain is unreachable since"), "{status}");
+
+    net.resume();
+    m.wait_status("offline.txt", &["active"], Duration::from_secs(120));
+    assert_eq!(fs::read(m.path("evicted.txt")).unwrap(), b"only on CESS");
+}

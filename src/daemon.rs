@@ -418,7 +418,8 @@ async fn watch_storage_space(
 }
 
 /// Whether a territory changed in a way that may let in a file that could not go before: it
-/// appeared, changed state, or has more space in all or free.
+/// appeared, changed state, or has more space in all or free. (This mount's own deletions tell
+/// the engine directly, so a file that took room between two reads cannot hide them.)
 fn territory_grew(
     before: Option<&crate::protocol::TerritoryInfo>,
     now: Option<&crate::protocol::TerritoryInfo>,

@@ -11,8 +11,8 @@ use std::os::unix::fs::FileExt;
 use super::handles::OpenFile;
 use super::{Fs, FsError, FsResult};
 use crate::fetch::Fetcher;
-use crate::format::{Hash, Layout, Mode, SEGMENT_SIZE};
-use crate::store::{Batch, Kind, Residency, UploadRecord, UploadState};
+use crate::format::{DecodedSegment, Hash, Layout, Mode, SEGMENT_SIZE};
+use crate::store::{Batch, Kind, Residency, Store, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// Disk space eviction keeps free for new files when the disk holding the cache fills up.
@@ -117,10 +117,24 @@ impl Presence {
 
 /// Writes fetched segment `s` into an open file's content, unless the content changed
 /// meanwhile (truncated, made whole, closed): the presence lock orders the two.
-fn install(of: &OpenFile, source: &ColdSource, s: usize, data: &[u8]) -> FsResult<()> {
+/// Writes fetched segment `s` into an open file's content, unless the content changed
+/// meanwhile (truncated, made whole, closed): the presence lock orders the two. A cached copy
+/// never takes the database's reserve: without room, it is not written (`Ok(false)`); a writer's
+/// bytes (`essential`) are, if small.
+fn install(
+    store: &Store,
+    of: &OpenFile,
+    source: &ColdSource,
+    s: usize,
+    data: &[u8],
+    essential: bool,
+) -> FsResult<bool> {
     let mut p = lock(&of.presence);
     if p.closed || !p.missing(s) {
-        return Ok(());
+        return Ok(true);
+    }
+    if !store.has_room_for(data.len() as u64, essential) {
+        return Ok(false);
     }
     of.file.write_all_at(data, source.layout.chunk(s).start)?;
     if let Some(r) = p.now.as_mut() {
@@ -129,15 +143,48 @@ fn install(of: &OpenFile, source: &ColdSource, s: usize, data: &[u8]) -> FsResul
             p.now = None;
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// What a read found: how many segments it waited for, and those it got without room to keep
+/// them (served from memory).
+pub(super) struct Fetched {
+    pub(super) waited: usize,
+    uncached: Vec<(usize, Arc<DecodedSegment>)>,
+}
+
+impl Fetched {
+    /// Puts the bytes of the segments not kept into `buf`, the bytes of `of` from `offset`
+    /// (read from its content file, where they are a hole).
+    pub(super) fn fill(&self, of: &OpenFile, offset: u64, buf: &mut [u8]) {
+        let Some(source) = &of.cold else { return };
+        for (s, segment) in &self.uncached {
+            let chunk = source.layout.chunk(*s);
+            let (from, to) = (chunk.start.max(offset), chunk.end.min(offset + buf.len() as u64));
+            if from < to {
+                let src = &segment.data()[(from - chunk.start) as usize..(to - chunk.start) as usize];
+                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            }
+        }
+    }
 }
 
 impl ColdReader {
     /// Fetches segment `s` of an open file into its content, waiting at most the deadline.
-    fn load(&self, of: &OpenFile, source: &ColdSource, s: usize) -> FsResult<()> {
+    /// Returns the segment if there was no room to keep it.
+    fn load(
+        &self,
+        store: &Store,
+        of: &OpenFile,
+        source: &ColdSource,
+        s: usize,
+        essential: bool,
+    ) -> FsResult<Option<Arc<DecodedSegment>>> {
         let fetch = self.fetcher.segment(&source.fid, source.size, source.encrypted, s);
         let result = match self.runtime.block_on(async { tokio::time::timeout(self.deadline, fetch).await }) {
-            Ok(Ok(decoded)) => install(of, source, s, decoded.data()),
+            Ok(Ok(decoded)) => {
+                install(store, of, source, s, decoded.data(), essential).map(|kept| (!kept).then_some(decoded))
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(FsError::Fetch(crate::fetch::FetchError::TimedOut {
                 fid: source.fid,
@@ -150,10 +197,10 @@ impl ColdReader {
     }
 
     /// Starts fetching segment `s` in the background, for a reader that will want it soon.
-    fn prefetch(self: &Arc<Self>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
+    fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
         let this = self.clone();
         self.runtime.spawn_blocking(move || {
-            if let Err(e) = this.load(&of, &source, s) {
+            if let Err(e) = this.load(&store, &of, &source, s, false) {
                 log::debug!("read-ahead of segment {s} of inode {ino}: {e}");
             }
         });
@@ -178,44 +225,60 @@ impl Fs {
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
     /// starting on the next ones, for sequential readers). Returns how many segments the caller
     /// waited for.
-    pub(super) fn ensure_present(&self, ino: u64, of: &Arc<OpenFile>, range: Range<u64>) -> FsResult<usize> {
-        let Some(source) = of.cold else { return Ok(0) };
+    pub(super) fn ensure_present(
+        &self,
+        ino: u64,
+        of: &Arc<OpenFile>,
+        range: Range<u64>,
+        read_ahead: bool,
+    ) -> FsResult<Fetched> {
+        let mut fetched = Fetched { waited: 0, uncached: Vec::new() };
+        let Some(source) = of.cold else { return Ok(fetched) };
         if range.start >= source.size || range.is_empty() {
-            return Ok(0);
+            return Ok(fetched);
         }
         let missing = |s: usize| lock(&of.presence).missing(s);
         let first = source.layout.segment_of(range.start);
         let last = source.layout.segment_of(range.end.min(source.size) - 1);
         let needed: Vec<usize> = (first..=last).filter(|&s| missing(s)).collect();
-        let read_ahead = self.cold.as_ref().map_or(0, |c| c.read_ahead);
+        let writer = !read_ahead;
+        let read_ahead = if read_ahead { self.cold.as_ref().map_or(0, |c| c.read_ahead) } else { 0 };
         let ahead: Vec<usize> = (last + 1..source.layout.segments())
             .take(read_ahead)
             .filter(|&s| missing(s) && self.cold.as_ref().is_some_and(|c| !c.fetcher.busy(&source.fid, s)))
             .collect();
         if needed.is_empty() && ahead.is_empty() {
-            return Ok(0);
+            return Ok(fetched);
         }
         let cold = self.cold.as_ref().ok_or(FsError::NoNetwork)?;
         // Room first, so that the cache stays within its limit once these segments are in.
         self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64, false);
         // What the reader waits for first: read-ahead started alongside would slow the first byte.
         for &s in &needed {
-            cold.load(of, &source, s)?;
+            // Without read-ahead, it is for a writer (`localize`), which needs it kept.
+            if let Some(segment) = cold.load(&self.store, of, &source, s, writer)? {
+                if writer {
+                    return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+                }
+                fetched.uncached.push((s, segment));
+            }
         }
         for &s in &ahead {
-            cold.prefetch(ino, of.clone(), source, s);
+            cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
         }
-        Ok(needed.len())
+        fetched.waited = needed.len();
+        Ok(fetched)
     }
 
-    /// Makes bytes `0..end` of closed or open file `ino` local before its content changes.
-    /// Returns a read handle, to release after the change, that keeps the file from eviction.
+    /// Makes bytes `0..end` of closed or open file `ino` local before its content changes (no
+    /// read-ahead: segments past `end` may be cut away). Returns a read handle, to release after
+    /// the change, that keeps the file from eviction.
     pub(super) fn localize(&self, ino: u64, end: u64) -> FsResult<Option<u64>> {
         if self.store.residency(ino)?.is_none() {
             return Ok(None);
         }
         let opened = self.open(ino, libc::O_RDONLY)?;
-        let fetched = self.handle_file(opened.fh).and_then(|of| self.ensure_present(ino, &of, 0..end));
+        let fetched = self.handle_file(opened.fh).and_then(|of| self.ensure_present(ino, &of, 0..end, false).map(drop));
         if let Err(e) = fetched {
             let _ = self.release(opened.fh);
             return Err(e);

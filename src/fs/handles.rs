@@ -210,18 +210,25 @@ impl Fs {
     /// must be present: callers fetch it first.
     fn open_handle(&self, ino: u64, write: bool, truncate_to: Option<u64>) -> FsResult<Opened> {
         let (opened, of, marked) = loop {
-            if write
-                && truncate_to.is_none()
-                && let Some(of) = self.open_file(ino)
-            {
+            if write && let Some(of) = self.open_file(ino) {
                 // The bytes fetched for this writer must be durable before the mark that says
-                // the content file is whole.
+                // the content file is whole (a truncation's mark says so too).
                 self.persist_presence(ino, &of)?;
             }
-            if write && self.store.needs_deal_copy(ino)? {
+            // A file truncated that nobody has open gives its content file to the deal and
+            // keeps a copy of what stays (under `ns`, so that no handle opens it meanwhile);
+            // otherwise all of it is copied.
+            let cut = truncate_to.filter(|_| write && self.open_file(ino).is_none());
+            if write && cut.is_none() && self.store.needs_deal_copy(ino)? {
                 self.store.set_deal_bytes_aside(ino)?;
             }
             let _ns = lock(&self.ns);
+            if let Some(keep) = cut
+                && self.open_file(ino).is_none()
+                && self.store.needs_deal_copy(ino)?
+            {
+                self.store.move_deal_bytes_aside(ino, keep)?;
+            }
             let of = self.open_file_locked(ino)?;
             match self.prepare_writer(ino, &of, write, truncate_to) {
                 Ok(Some(marked)) => break (self.register_handle(ino, &of, write), of, marked),
@@ -237,8 +244,12 @@ impl Fs {
         let prepared = if marked { self.store.sync().map_err(FsError::from) } else { Ok(()) };
         let prepared = prepared.and_then(|()| {
             if let Some(size) = truncate_to {
-                of.file.set_len(size)?;
-                lock(&of.presence).make_whole();
+                // Under the presence lock: a fetch finishing late must not write past the cut.
+                {
+                    let mut presence = lock(&of.presence);
+                    of.file.set_len(size)?;
+                    presence.make_whole();
+                }
                 let mut st = lock(&of.state);
                 st.changes += 1;
                 if size == 0 {
@@ -289,8 +300,8 @@ impl Fs {
     /// read.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let (ino, _, of) = self.handle(fh)?;
-        let fetched = self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64))?;
-        metrics::CACHE_READS.add(if fetched == 0 { "hit" } else { "miss" }, 1);
+        let fetched = self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64), true)?;
+        metrics::CACHE_READS.add(if fetched.waited == 0 { "hit" } else { "miss" }, 1);
         let len = of.file.metadata()?.len().saturating_sub(offset).min(size as u64) as usize;
         let mut buf = vec![0u8; len];
         let mut done = 0;
@@ -301,6 +312,7 @@ impl Fs {
             }
         }
         buf.truncate(done);
+        fetched.fill(&of, offset, &mut buf);
         metrics::READ_BYTES.add(done as u64);
         Ok(buf)
     }
@@ -437,16 +449,23 @@ impl Fs {
             let _ns = lock(&self.ns);
             let mut b = Batch::default();
             b.put_poisoned(ino, &why);
-            let mut up = self.store.upload(ino)?.unwrap_or_else(|| UploadRecord::staged(0));
-            if up.state.deal_in_flight() {
-                up.newer = None;
-            } else {
-                up.state = UploadState::Failed;
-                up.retry_at = None;
+            // An unlinked file's upload was retired with its name: nothing to fail.
+            if !lock(&of.state).unlinked {
+                let mut up = self.store.upload(ino)?.unwrap_or_else(|| UploadRecord::staged(0));
+                if up.state.deal_in_flight() {
+                    up.newer = None;
+                } else {
+                    // The version on chain stays until a good one replaces it or the file goes.
+                    if let (UploadState::Active, Some(fid)) = (up.state, up.fid) {
+                        up.replaces.push(fid);
+                    }
+                    up.state = UploadState::Failed;
+                    up.retry_at = None;
+                }
+                up.error = Some(why.clone());
+                up.updated_at = Timestamp::now();
+                b.put_upload(ino, &up);
             }
-            up.error = Some(why.clone());
-            up.updated_at = Timestamp::now();
-            b.put_upload(ino, &up);
             self.store.commit(b)?;
             Ok(self.store.sync()?)
         })();
@@ -582,12 +601,15 @@ impl Fs {
             return Err(e.into());
         }
         let _ns = lock(&self.ns);
-        if self.store.inode(ino)?.is_some() {
-            let mut b = Batch::default();
-            b.put_residency(ino, now.as_ref());
-            self.store.commit(b)?;
+        let mut presence = lock(&of.presence);
+        // Changed meanwhile (truncated, made whole by a writer's mark): that path records it.
+        if presence.unrecorded().as_ref() != Some(&now) || self.store.inode(ino)?.is_none() {
+            return Ok(());
         }
-        lock(&of.presence).recorded(now);
+        let mut b = Batch::default();
+        b.put_residency(ino, now.as_ref());
+        self.store.commit(b)?;
+        presence.recorded(now);
         Ok(())
     }
 }

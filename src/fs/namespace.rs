@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::cache::Presence;
 use super::handles::OpenFile;
 use super::{Attr, Caller, DirEntry, Fs, FsError, FsResult, Opened, check_name};
-use crate::store::{Batch, InodeRecord, Kind, ROOT_INO, Store, Timestamp, UploadRecord, UploadState};
+use crate::store::{Batch, DealGuard, InodeRecord, Kind, ROOT_INO, Store, Timestamp, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// Records loaded for one operation, modified in place and written back together, so that an
@@ -17,11 +17,13 @@ struct Changes<'a> {
     store: &'a Store,
     records: HashMap<u64, InodeRecord>,
     batch: Batch,
+    /// The deal lock, once an upload is retired in this change: held until it is committed.
+    deals: Option<DealGuard<'a>>,
 }
 
 impl<'a> Changes<'a> {
     fn new(store: &'a Store) -> Self {
-        Changes { store, records: HashMap::new(), batch: Batch::default() }
+        Changes { store, records: HashMap::new(), batch: Batch::default(), deals: None }
     }
 
     fn get(&mut self, ino: u64) -> FsResult<&mut InodeRecord> {
@@ -214,7 +216,9 @@ impl Fs {
         if rec.nlink > 0 {
             return Ok(None);
         }
-        self.store.retire(&mut ch.batch, ino, heir)?;
+        let store = ch.store;
+        let deals = ch.deals.get_or_insert_with(|| store.deals());
+        self.store.retire(deals, &mut ch.batch, ino, heir)?;
         if let Some(of) = self.open_file(ino) {
             let mut st = lock(&of.state);
             if st.handles > 0 {
@@ -356,7 +360,7 @@ impl Fs {
         if let Some(mut up) = self.store.upload(src)?
             && up.state == UploadState::Failed
         {
-            let version = up.content_version;
+            let version = up.newer.unwrap_or(up.content_version);
             up = UploadRecord::restaged(Some(up), version);
             ch.batch.put_upload(src, &up);
         }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 pub use catalog::resident_bytes;
-pub use outbox::{Tombstone, UploadRecord, UploadState};
+pub use outbox::{DealGuard, Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
 
@@ -58,7 +58,9 @@ pub struct Store {
     tree: sled::Tree,
     content_dir: PathBuf,
     content_dir_handle: File,
-    content_dir_dirty: AtomicBool,
+    /// Content files created, and how many of them have durable names (sync_content_dir).
+    content_dir_created: std::sync::atomic::AtomicU64,
+    content_dir_synced: std::sync::Mutex<u64>,
     poisoned: AtomicBool,
     doorbell: tokio::sync::Notify,
     /// Serialises the start and end of deals against content changes and unlinks (outbox.rs).
@@ -71,6 +73,7 @@ pub struct Store {
     copying: crate::sync::Holds,
     /// Room kept for the database on a full disk (reserve.rs).
     reserve: reserve::Reserve,
+    db_dir: PathBuf,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -181,7 +184,8 @@ impl Store {
             content_dir,
             db,
             tree,
-            content_dir_dirty: AtomicBool::new(false),
+            content_dir_created: std::sync::atomic::AtomicU64::new(0),
+            content_dir_synced: std::sync::Mutex::new(0),
             poisoned: AtomicBool::new(false),
             doorbell: tokio::sync::Notify::new(),
             deal_lock: std::sync::Mutex::new(()),
@@ -189,6 +193,7 @@ impl Store {
             tombstone_bell: tokio::sync::Notify::new(),
             copying: crate::sync::Holds::default(),
             reserve,
+            db_dir: data_dir.join("db"),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -215,6 +220,7 @@ impl Store {
         store.recover()?;
         store.sync()?;
         store.build_catalog()?;
+        store.refill_reserve();
         Ok(store)
     }
 
@@ -339,9 +345,16 @@ impl Store {
     fn build_catalog(&self) -> Result<(), StoreError> {
         let residencies: std::collections::HashMap<u64, Residency> = self.residencies()?.into_iter().collect();
         let mut catalog = crate::sync::lock(&self.catalog);
-        for (ino, up) in self.uploads()? {
-            catalog.refresh(ino, Some(&up), residencies.get(&ino));
-            catalog.mark_changed(ino);
+        for kv in self.tree.scan_prefix(key::UPLOAD_PREFIX) {
+            let (k, v) = kv?;
+            // A record that does not decode is left out (and logged), not the whole mount.
+            match key::ino_of(&k).and_then(|ino| Ok((ino, decode::<UploadRecord>(&v, "upload")?))) {
+                Ok((ino, up)) => {
+                    catalog.refresh(ino, Some(&up), residencies.get(&ino));
+                    catalog.mark_changed(ino);
+                }
+                Err(e) => log::error!("an upload record is unreadable and left out: {e}"),
+            }
         }
         Ok(())
     }
@@ -386,7 +399,7 @@ impl Store {
     /// Creates the empty content file of a new regular file.
     pub fn create_content(&self, ino: u64) -> Result<File, StoreError> {
         let f = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(self.content_path(ino))?;
-        self.content_dir_dirty.store(true, Ordering::Release);
+        self.content_dir_created.fetch_add(1, Ordering::AcqRel);
         Ok(f)
     }
 
@@ -422,13 +435,16 @@ impl Store {
     }
 
     /// Makes the names of newly created content files durable.
+    /// Returns once every file created before the call has a durable name (a caller never
+    /// returns early because another one's fsync is still under way).
     pub fn sync_content_dir(&self) -> Result<(), StoreError> {
-        if self.content_dir_dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.content_dir_handle.sync_all()
-        {
-            self.content_dir_dirty.store(true, Ordering::Release);
-            return Err(e.into());
+        let created = self.content_dir_created.load(Ordering::Acquire);
+        let mut synced = crate::sync::lock(&self.content_dir_synced);
+        if *synced >= created {
+            return Ok(());
         }
+        self.content_dir_handle.sync_all()?;
+        *synced = created;
         Ok(())
     }
 
@@ -443,9 +459,40 @@ impl Store {
         self.reserve.holds_back_content()
     }
 
-    /// Makes the database's reserve again once the disk has room (called now and then).
+    /// Whether `len` more bytes fit on the disk and leave the database its reserve's room (a few
+    /// bytes a truncation needs, `essential`, may use it).
+    pub fn has_room_for(&self, len: u64, essential: bool) -> bool {
+        self.reserve.has_room_for(len, essential)
+    }
+
+    /// Makes the database's reserve again once the disk has room, and keeps room after its log
+    /// (called now and then).
     pub fn refill_reserve(&self) {
         self.reserve.refill();
+        self.reserve.keep_room_after(&self.db_dir.join("db"));
+    }
+
+    /// Gives back a live file its content file if a crash lost it: an unlink that moved it
+    /// aside for a deal (`.deal`) and did not commit, or a name that never became durable (an
+    /// empty file then, its loss logged).
+    fn restore_content_file(&self, ino: u64) -> Result<(), StoreError> {
+        let path = self.content_path(ino);
+        if path.exists() {
+            return Ok(());
+        }
+        let deal = self.deal_snapshot_path(ino);
+        if deal.exists() {
+            log::warn!(
+                "inode {ino}: its content was set aside for a deal by an unlink that did not happen; taking it back"
+            );
+            std::fs::copy(&deal, &path)?;
+        } else {
+            log::error!("inode {ino}: its content file is missing after a crash; it is empty now");
+            OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        }
+        File::open(&path)?.sync_all()?;
+        self.content_dir_handle.sync_all()?;
+        Ok(())
     }
 
     /// Finishes what a crash interrupted: removes unlinked inodes that were open, re-stages
@@ -465,6 +512,7 @@ impl Store {
             if let Some(why) = self.poisoned(ino)? {
                 log::warn!("inode {ino} stays as it was: {why}");
             } else if let Some(mut rec) = self.inode(ino)? {
+                self.restore_content_file(ino)?;
                 let content = self.open_content(ino)?;
                 if let Ok(size) = <[u8; 8]>::try_from(&v[..]) {
                     content.set_len(u64::from_be_bytes(size))?;
@@ -476,6 +524,8 @@ impl Store {
                 rec.content_version += 1;
                 b.put_inode(ino, &rec);
                 b.put_upload(ino, &UploadRecord::restaged(self.upload(ino)?, rec.content_version));
+                // A writer had the whole content (fetched first, or cut by the mark's truncation).
+                b.put_residency(ino, None);
                 log::info!("re-staging inode {ino}: it was open for writing at the last shutdown");
             }
             self.commit(b)?;
@@ -492,7 +542,13 @@ impl Store {
                 None => (name, false),
             };
             let keep = match u64::from_str_radix(hex, 16) {
-                Ok(ino) if deal => self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight()),
+                Ok(ino) if deal => {
+                    let up = self.upload(ino)?.filter(|r| r.state.deal_in_flight());
+                    if up.as_ref().is_some_and(|r| !r.retired) && self.inode(ino)?.is_some() {
+                        self.restore_content_file(ino)?;
+                    }
+                    up.is_some()
+                }
                 Ok(ino) => self.inode(ino)?.is_some(),
                 Err(_) => false,
             };

@@ -15,6 +15,8 @@ use super::records::{decode, encode, key};
 use super::{Batch, Store, StoreError, Timestamp};
 use crate::format::Hash;
 use crate::sync::lock;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Where a file's content is on its way to CESS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +232,22 @@ impl Store {
         Ok(lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed))
     }
 
+    /// Holds the deal lock: no deal starts or ends while it lives (for [`Store::retire`]).
+    pub fn deals(&self) -> DealGuard<'_> {
+        DealGuard { _held: lock(&self.deal_lock) }
+    }
+
+    /// Makes the failed uploads of `inos` that wait for a time to try again due now.
+    pub fn bring_retries_forward(&self, inos: &[u64]) -> Result<(), StoreError> {
+        for &ino in inos {
+            if let Some(rec) = self.upload(ino)?.filter(|r| r.state == UploadState::Failed && r.retry_at.is_some()) {
+                let due = UploadRecord { retry_at: Some(Timestamp::now()), ..rec.clone() };
+                self.swap_upload(ino, &rec, Some(&due))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for a FID to be queued for deletion.
     pub fn tombstone_bell(&self) -> &tokio::sync::Notify {
         &self.tombstone_bell
@@ -352,6 +370,10 @@ impl Store {
         if !self.needs_deal_copy(ino)? {
             return Ok(());
         }
+        let len = std::fs::metadata(self.content_path(ino))?.len();
+        if !self.has_room_for(len, true) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
         let snapshot = self.deal_snapshot_path(ino);
         let tmp = snapshot.with_extension("tmp");
         let copied = copy_durably(&self.content_path(ino), &tmp);
@@ -359,20 +381,68 @@ impl Store {
             remove_if_present(&tmp)?;
             return Err(e.into());
         }
-        {
-            let _deal = lock(&self.deal_lock);
-            if !self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight()) {
-                return remove_if_present(&tmp);
-            }
-            std::fs::rename(&tmp, &snapshot)?;
+        let placed = self.put_deal_bytes_aside(ino, |snapshot| std::fs::rename(&tmp, snapshot), remove_if_present);
+        if !placed.as_ref().is_ok_and(|p| *p) {
+            remove_if_present(&tmp)?;
         }
-        if let Err(e) = self.content_dir_handle.sync_all() {
-            // Its name may not survive a crash: do not count on it.
-            remove_if_present(&snapshot)?;
-            return Err(e.into());
-        }
+        placed?;
         log::info!("inode {ino} changes while its deal is in flight: its declared bytes are kept aside");
         Ok(())
+    }
+
+    /// For a file about to be truncated to `keep` bytes and not open: its content file itself
+    /// becomes the deal's bytes, and a new one with its first `keep` bytes takes its place (no
+    /// copy of the rest, so a rewrite from scratch works on a full disk).
+    pub fn move_deal_bytes_aside(&self, ino: u64, keep: u64) -> Result<(), StoreError> {
+        let _copying = self.copying.hold(ino);
+        if !self.needs_deal_copy(ino)? {
+            return Ok(());
+        }
+        if !self.has_room_for(keep, true) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
+        }
+        let content = self.content_path(ino);
+        let back = |snapshot: &std::path::Path| std::fs::rename(snapshot, &content);
+        let place = |snapshot: &std::path::Path| {
+            std::fs::rename(&content, snapshot)?;
+            let fresh = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&content).and_then(|mut f| {
+                let mut kept = std::io::Read::take(std::fs::File::open(snapshot)?, keep);
+                std::io::copy(&mut kept, &mut f)?;
+                f.sync_all()
+            });
+            if let Err(e) = fresh {
+                let _ = std::fs::remove_file(&content);
+                back(snapshot)?;
+                return Err(e);
+            }
+            Ok(())
+        };
+        self.put_deal_bytes_aside(ino, place, |snapshot| Ok(back(snapshot)?))?;
+        log::info!("inode {ino} is rewritten while its deal is in flight: its declared bytes are kept aside");
+        Ok(())
+    }
+
+    /// Puts a deal's bytes in place with `place` (given their path) if the deal is still in
+    /// flight, durably, under the deal lock: no writer can start before they are there for good.
+    /// Returns whether they were put there. If their name cannot be made durable, `undo` puts
+    /// things back as they were (no writer started yet).
+    fn put_deal_bytes_aside(
+        &self,
+        ino: u64,
+        place: impl FnOnce(&std::path::Path) -> std::io::Result<()>,
+        undo: impl FnOnce(&std::path::Path) -> Result<(), StoreError>,
+    ) -> Result<bool, StoreError> {
+        let _deal = lock(&self.deal_lock);
+        if !self.upload(ino)?.is_some_and(|r| r.state.deal_in_flight()) {
+            return Ok(false);
+        }
+        let snapshot = self.deal_snapshot_path(ino);
+        place(&snapshot)?;
+        if let Err(e) = self.content_dir_handle.sync_all() {
+            undo(&snapshot)?;
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// Called in the batch that removes the last name of `ino`: decides what becomes of its
@@ -381,8 +451,15 @@ impl Store {
     /// is aside) and is then deleted from the chain. FIDs the file had on chain are deleted,
     /// unless another file uses them; when `heir` replaces it (a rename over it), only once the
     /// heir's upload is active, so a saved file is never absent from CESS.
-    pub fn retire(&self, batch: &mut Batch, ino: u64, heir: Option<u64>) -> Result<(), StoreError> {
-        let _deal = lock(&self.deal_lock);
+    /// The caller holds the deal lock (`_deals`) until the batch is committed, so that no deal
+    /// starts between the decision and the commit.
+    pub fn retire(
+        &self,
+        _deals: &DealGuard<'_>,
+        batch: &mut Batch,
+        ino: u64,
+        heir: Option<u64>,
+    ) -> Result<(), StoreError> {
         let Some(mut rec) = self.upload(ino)? else { return Ok(()) };
         let mut obsolete = std::mem::take(&mut rec.replaces);
         if rec.state.deal_in_flight() {
@@ -454,6 +531,11 @@ fn copy_durably(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
     }
     dst.set_len(len)?;
     dst.sync_all()
+}
+
+/// The deal lock, held ([`Store::deals`]).
+pub struct DealGuard<'a> {
+    _held: std::sync::MutexGuard<'a, ()>,
 }
 
 /// Removes `path`; absent is fine.

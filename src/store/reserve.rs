@@ -1,9 +1,13 @@
 //! The database's reserve. sled refuses every call, reads too, from its first failed write until
 //! it is reopened, so a full disk must never reach it: a full data dir would then refuse the
-//! very unlinks, renames and truncations that give space back. While the disk has room, the
-//! data dir holds `DATA/reserve`, a file of [`Reserve::size`] allocated bytes; when free space
-//! falls below a low mark, the reserve is released before sled writes, and sled writes into
-//! the room it leaves. It is made again once there is room for it several times over.
+//! very unlinks, renames and truncations that give space back. Two things keep room for it:
+//! - its log file has blocks allocated past its end (`fallocate` with `KEEP_SIZE`), as many as
+//!   the reserve's size, topped up now and then: its appends land there and need no new blocks,
+//!   so writers that nothing can hold back (kernel passthrough) cannot take them;
+//! - while the disk has room, the data dir holds `DATA/reserve`, a file of [`Reserve::size`]
+//!   allocated bytes, released before sled writes once free space falls below a low mark, for
+//!   whatever else sled writes (its snapshots). It is made again once there is room for it
+//!   several times over.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +63,30 @@ impl Reserve {
     /// than it and the low mark, which are the database's.
     pub(super) fn holds_back_content(&self) -> bool {
         !self.held.load(Ordering::Relaxed) && disk::available(&self.dir).is_ok_and(|free| free < self.size + LOW)
+    }
+
+    /// Whether `len` more bytes fit and leave the database a reserve's room. A few bytes that
+    /// a truncation needs (`essential`: at most 1 MiB) may use it.
+    pub(super) fn has_room_for(&self, len: u64, essential: bool) -> bool {
+        if essential && len <= 1 << 20 {
+            return true;
+        }
+        let room = if self.held.load(Ordering::Relaxed) { LOW } else { self.size + LOW };
+        disk::available(&self.dir).map_or(true, |free| free >= len.saturating_add(room))
+    }
+
+    /// Keeps blocks allocated past the end of the database's log file `log` (see the module
+    /// docs). A disk too full for them keeps what is there.
+    pub(super) fn keep_room_after(&self, log: &Path) {
+        use std::os::fd::AsRawFd;
+        let Ok(f) = std::fs::OpenOptions::new().write(true).open(log) else { return };
+        let Ok(len) = f.metadata().map(|m| m.len()) else { return };
+        // SAFETY: fallocate on a descriptor we own; KEEP_SIZE changes neither size nor content.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, len as i64, self.size as i64) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            crate::log_limited!(log::Level::Debug, "log room", "keeping room after {}: {e}", log.display());
+        }
     }
 
     /// Makes the reserve again if it is released and the disk has room for it four times over.

@@ -68,6 +68,9 @@ pub enum UploadError {
         /// Idle space each needs.
         needed_space: u128,
     },
+    /// The bytes read are not the declared ones: the file changed while it was read.
+    #[error("the file changed while it was read; reading its declared bytes again")]
+    Changed,
     /// cessfs is shutting down: the step resumes at the next start.
     #[error("stopped for shutdown")]
     ShuttingDown,
@@ -107,6 +110,7 @@ impl UploadError {
             | UploadError::Io(_)
             | UploadError::NotEnoughMiners { .. }
             | UploadError::ShuttingDown
+            | UploadError::Changed
             | UploadError::Push { .. } => true,
             UploadError::Format(_)
             | UploadError::Internal(_)

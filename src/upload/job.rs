@@ -115,6 +115,10 @@ impl Inner {
             return Ok(m.clone());
         }
         let (manifest, _) = self.encode(ino, rec.size).await?;
+        // The file may have changed while it was read (its bytes set aside meanwhile): read again.
+        if Some(manifest.fid) != rec.fid {
+            return Err(UploadError::Changed);
+        }
         lock(&self.manifests).insert(ino, manifest.clone());
         Ok(manifest)
     }
@@ -148,8 +152,16 @@ impl Inner {
         let (inode, writing) =
             self.db(move |s| Ok((s.inode(ino)?, s.is_writing(ino)? || s.poisoned(ino)?.is_some()))).await?;
         let Some(inode) = inode else { return Ok(Flow::Wait) };
-        if writing || inode.content_version != rec.content_version {
+        if writing {
             return Ok(Flow::Wait);
+        }
+        if inode.content_version != rec.content_version {
+            // A newer version is closed but its record lags (a failure kept the old version):
+            // it is the one to upload.
+            let version = inode.content_version;
+            let (old, new) = (rec.clone(), UploadRecord::restaged(Some(rec), version));
+            self.db(move |s| s.swap_upload(ino, &old, Some(&new))).await?;
+            return Ok(Flow::Continue);
         }
         let territory = self.config.territory.clone();
         let encoding = self
@@ -396,13 +408,14 @@ impl Inner {
         Ok(if next.is_some_and(|n| n.state == UploadState::Staged) { Flow::Continue } else { Flow::Wait })
     }
 
-    /// `failed` for the territory's sake (it has a time to try again), and due or the territory
-    /// changed: staged again, to be tried from the start. Other failures wait for a change.
+    /// `failed` for the territory's sake, and its time to try again came (or the territory
+    /// changed, which brings it forward): staged again, to be tried from the start. Other
+    /// failures wait for a change of the file.
     async fn retry_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
-        if rec.retry_at.is_none() {
+        if !rec.retry_at.is_some_and(|t| super::until(t).is_zero()) {
             return Ok(Flow::Wait);
         }
-        let mut next = UploadRecord::restaged(Some(rec.clone()), rec.content_version);
+        let mut next = UploadRecord::restaged(Some(rec.clone()), rec.newer.unwrap_or(rec.content_version));
         // Tried now: the quiet delay was long over.
         next.staged_at = rec.staged_at;
         next.error = rec.error.clone();

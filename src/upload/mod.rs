@@ -204,12 +204,24 @@ impl Engine {
             }
             match inner.db(|s| Ok(s.changed_uploads())).await {
                 Ok(changed) => {
-                    let records =
-                        inner.db(move |s| changed.into_iter().map(|ino| Ok((ino, s.upload(ino)?))).collect()).await;
-                    for (ino, rec) in records.unwrap_or_else(|e| {
-                        crate::log_limited!(log::Level::Error, "upload queue", "upload queue unreadable: {e}");
-                        Vec::new()
-                    }) {
+                    let read =
+                        inner.db(move |s| Ok(changed.into_iter().map(|ino| (ino, s.upload(ino))).collect::<Vec<_>>()));
+                    let mut records = Vec::new();
+                    for (ino, rec) in read.await.unwrap_or_default() {
+                        match rec {
+                            Ok(rec) => records.push((ino, rec)),
+                            // Unreadable now: looked at again in a while.
+                            Err(e) => {
+                                crate::log_limited!(
+                                    log::Level::Error,
+                                    "upload record",
+                                    "inode {ino}: upload record unreadable: {e}"
+                                );
+                                schedule.set(ino, Some(Instant::now() + Duration::from_secs(60)));
+                            }
+                        }
+                    }
+                    for (ino, rec) in records {
                         let due = rec.as_ref().and_then(|r| inner.due_in(r));
                         schedule.set(ino, due.map(|d| Instant::now() + d));
                         match rec {
@@ -253,8 +265,9 @@ impl Engine {
                 _ = inner.store.doorbell().notified() => {}
                 _ = tokio::time::sleep(wake) => {}
                 _ = inner.territory_changed.notified() => {
-                    for ino in &waiting_for_territory {
-                        schedule.set(*ino, Some(Instant::now()));
+                    let waiting: Vec<u64> = waiting_for_territory.iter().copied().collect();
+                    if let Err(e) = inner.db(move |s| s.bring_retries_forward(&waiting)).await {
+                        log::error!("trying again the files that failed for the territory: {e}");
                     }
                 }
                 Some(joined) = jobs.join_next(), if !jobs.is_empty() => {
@@ -324,23 +337,37 @@ impl Inner {
     /// and miners are checked) fails the file with the panic's message and frees its slot.
     async fn job(self: Arc<Self>, ino: u64) {
         use futures_util::FutureExt;
-        let outcome = std::panic::AssertUnwindSafe(self.advance(ino)).catch_unwind().await;
-        let outcome = outcome.unwrap_or_else(|panic| Err(UploadError::Internal(panic_message(&panic))));
-        match outcome {
-            // Stopped at shutdown: it resumes at the next start, no attempt lost.
-            Err(UploadError::ShuttingDown) => {}
-            Err(e) => self.record_failure(ino, e).await,
-            Ok(()) => {}
+        /// Frees the job's slot however it ends.
+        struct Slot<'a>(&'a Inner, u64);
+        impl Drop for Slot<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.running).remove(&self.1);
+                self.0.store.ring();
+            }
         }
-        lock(&self.running).remove(&ino);
-        self.store.ring();
+        let _slot = Slot(&self, ino);
+        let work = async {
+            let version = self.db(move |s| s.upload(ino)).await.ok().flatten().map(|r| r.content_version);
+            match std::panic::AssertUnwindSafe(self.advance(ino)).catch_unwind().await {
+                Ok(Ok(())) => {}
+                // Stopped at shutdown: it resumes at the next start, no attempt lost.
+                Ok(Err(UploadError::ShuttingDown)) => {}
+                Ok(Err(e)) => self.record_failure(ino, version, e).await,
+                Err(panic) => self.record_failure(ino, version, UploadError::Internal(panic_message(&panic))).await,
+            }
+        };
+        if let Err(panic) = std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            log::error!("inode {ino}: recording an upload failure failed: {}", panic_message(&panic));
+        }
     }
 
     /// Records a failure: a transient one is retried after a back-off, a permanent one ends the
     /// upload in `failed` (one for the territory's sake is tried again when it changes, and
     /// every 10 minutes).
-    async fn record_failure(&self, ino: u64, e: UploadError) {
+    async fn record_failure(&self, ino: u64, version: Option<u64>, e: UploadError) {
         let rec = match self.db(move |s| s.upload(ino)).await {
+            // The failure was of an earlier version: the newer one gets its own chance.
+            Ok(Some(rec)) if version.is_some_and(|v| v != rec.content_version) => return,
             Ok(Some(rec)) => rec,
             Ok(None) => return,
             Err(err) => {
@@ -435,6 +462,10 @@ impl Inner {
         match self.chain.delete_file(fid).await {
             Ok(r) => {
                 log::info!("deleted {fid} from the chain (tx {}, block {})", r.tx_hash, r.block);
+                // The territory has room again: files that failed for want of it go now, not
+                // when the watcher next reads the territory, which may also see a file that
+                // became active meanwhile and miss the net gain.
+                self.territory_changed.notify_one();
                 None
             }
             Err(crate::protocol::ChainError::Dispatch { error, .. })

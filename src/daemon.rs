@@ -299,6 +299,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let network = runtime.block_on(Network::connect(settings, data_dir, mounted_before))?;
     let mut notices = Vec::new();
     let master = runtime.block_on(crate::keys::resolve(settings, &store, &*network.chain, &mut notices))?;
+    // Each territory has its own keys, so equal bytes in two territories never share a FID.
+    let master = master.map(|m| m.for_territory(&settings.territory()));
     let config = UploadConfig {
         quiet_delay: settings.quiet_delay(),
         parallel: settings.parallel_uploads.unwrap_or(2).max(1),

@@ -17,6 +17,9 @@ pub struct FidArgs {
     /// The encryption key file (64 hex characters or 32 raw bytes).
     #[arg(long, value_name = "K")]
     key_file: Option<PathBuf>,
+    /// The territory the file is stored in: each has its own keys.
+    #[arg(long, value_name = "NAME", default_value = "cessfs")]
+    territory: String,
 }
 
 pub fn run(args: FidArgs) -> anyhow::Result<()> {
@@ -24,7 +27,7 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
         (_, true) => None,
         (Some(path), false) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
-            Some(MasterKey::parse(&bytes).map_err(anyhow::Error::msg)?)
+            Some(MasterKey::parse(&bytes).map_err(anyhow::Error::msg)?.for_territory(args.territory.as_bytes()))
         }
         (None, false) => bail!("no encryption key: pass --key-file K, or --plain for the unencrypted layout"),
     };

@@ -77,6 +77,11 @@ fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
+/// The key of one entry of `UserHoldFileList[owner]`: (territory, fid).
+fn hold_key(owner: &AccountId, fid: &Hash, territory: &[u8]) -> Vec<u8> {
+    key(b'h', &[&owner.0, &fid.0, territory])
+}
+
 fn storage(e: sled::Error) -> ChainError {
     ChainError::Unreachable(format!("devnet ledger storage: {e}"))
 }
@@ -224,13 +229,14 @@ impl Ledger {
     pub fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
         let prefix = key(b'h', &[&owner.0]);
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(&prefix) {
-            let (k, v) = kv.map_err(storage)?;
-            let fid: [u8; 32] = k
-                .get(prefix.len()..)
+        for k in self.tree.scan_prefix(&prefix).keys() {
+            let k = k.map_err(storage)?;
+            let rest = &k[prefix.len()..];
+            let fid: [u8; 32] = rest
+                .get(..32)
                 .and_then(|f| f.try_into().ok())
                 .ok_or_else(|| ChainError::Decode("a hold key of the wrong length".into()))?;
-            let territory: Vec<u8> = postcard::from_bytes(&v).map_err(|e| ChainError::Decode(e.to_string()))?;
+            let territory = rest[32..].to_vec();
             let segments = self.file(&Hash(fid))?.map_or(0, |f| f.segments.len());
             out.push(HeldFile { fid: Hash(fid), territory, charged: charged_space(segments) });
         }
@@ -287,12 +293,17 @@ impl Ledger {
         let mut b = sled::Batch::default();
         let events = vec![Event::UploadDeclaration { operator: *origin, owner: user.user, deal_hash: *fid }];
         if let Some(mut file) = self.file(fid)? {
-            // Fly upload: the content is already stored; this user becomes an owner.
+            // Fly upload: the content is already stored; this user becomes an owner, once per
+            // territory (add_user_hold_fileslice refuses a second hold of one).
+            let hold = hold_key(&user.user, fid, &user.territory_name);
+            if self.tree.contains_key(&hold).map_err(storage)? {
+                return Err(file_bank("Existed"));
+            }
             t.remaining_space -= need;
             t.used_space += need;
             file.owners.push(user.clone());
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
-            self.put(&mut b, &key(b'h', &[&user.user.0, &fid.0]), &user.territory_name);
+            b.insert(hold, &[]);
         } else {
             // As the runtime does, an existing deal is overwritten and the space locked again:
             // clients must look DealMap up first.
@@ -361,7 +372,7 @@ impl Ledger {
                 self.put(&mut b, &tkey, &t);
             }
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
-            self.put(&mut b, &key(b'h', &[&deal.user.user.0, &fid.0]), &deal.user.territory_name);
+            b.insert(hold_key(&deal.user.user, fid, &deal.user.territory_name), &[]);
             b.remove(dkey);
             events.push(Event::StorageCompleted { file_hash: *fid });
         } else {
@@ -378,17 +389,25 @@ impl Ledger {
         }
         let fkey = key(b'f', &[&fid.0]);
         let mut file: FileInfo = self.get(&fkey)?.ok_or_else(|| file_bank("NonExistent"))?;
-        let pos = file.owners.iter().position(|u| u.user == *owner).ok_or_else(|| file_bank("NotOwner"))?;
-        let brief = file.owners.remove(pos);
+        if !file.owners.iter().any(|u| u.user == *owner) {
+            return Err(file_bank("NotOwner"));
+        }
+        // As the pallet does: every ownership of the account goes, each territory charged back,
+        // and every hold of the FID leaves its list.
         let need = charged_space(file.segments.len());
         let mut b = sled::Batch::default();
-        let tkey = key(b't', &[&owner.0, &brief.territory_name]);
-        if let Some(mut t) = self.get::<TerritoryInfo>(&tkey)? {
-            t.used_space = t.used_space.saturating_sub(need);
-            t.remaining_space += need;
-            self.put(&mut b, &tkey, &t);
+        for brief in file.owners.iter().filter(|u| u.user == *owner) {
+            let tkey = key(b't', &[&owner.0, &brief.territory_name]);
+            if let Some(mut t) = self.get::<TerritoryInfo>(&tkey)? {
+                t.used_space = t.used_space.saturating_sub(need);
+                t.remaining_space += need;
+                self.put(&mut b, &tkey, &t);
+            }
         }
-        b.remove(key(b'h', &[&owner.0, &fid.0]));
+        file.owners.retain(|u| u.user != *owner);
+        for hold in self.tree.scan_prefix(key(b'h', &[&owner.0, &fid.0])).keys() {
+            b.remove(hold.map_err(storage)?);
+        }
         if file.owners.is_empty() {
             for column in 0..FRAGMENTS {
                 let miner = file.segments[0].fragments[column].miner;
@@ -464,5 +483,36 @@ mod tests {
         assert!(l.file(&fid).unwrap().is_none());
         assert_eq!(l.territory(&alice, b"t").unwrap().unwrap().used_space, 0);
         assert_eq!(l.delete_file(&alice, &alice, &fid).unwrap_err(), file_bank("NonExistent"));
+    }
+
+    #[test]
+    fn holds_are_per_territory_and_deletion_drops_them_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let alice = Signer::from_uri("//Alice").unwrap().account();
+        l.mint_territory(&alice, b"one", 1, 30).unwrap();
+        l.mint_territory(&alice, b"two", 1, 30).unwrap();
+        let miners: Vec<AccountId> =
+            (1..=12).map(|i| Signer::from_uri(&format!("//Miner{i}")).unwrap().account()).collect();
+        for m in &miners {
+            l.register_miner(m, "http://127.0.0.1:1", 1 << 40).unwrap();
+        }
+        let fid = crate::format::sha256(b"fid");
+        let one = UserBrief { user: alice, file_name: b"name.txt".to_vec(), territory_name: b"one".to_vec() };
+        let two = UserBrief { territory_name: b"two".to_vec(), ..one.clone() };
+        l.upload_declaration(&alice, &fid, &manifest(1), &one, 1).unwrap();
+        for (j, m) in miners.iter().enumerate() {
+            l.transfer_report(m, j as u8 + 1, &fid).unwrap();
+        }
+        assert_eq!(l.upload_declaration(&alice, &fid, &manifest(1), &one, 1).unwrap_err(), file_bank("Existed"));
+        l.upload_declaration(&alice, &fid, &manifest(1), &two, 1).unwrap();
+        let held: Vec<Vec<u8>> = l.held_files(&alice).unwrap().into_iter().map(|h| h.territory).collect();
+        assert_eq!(held, vec![b"one".to_vec(), b"two".to_vec()]);
+        l.delete_file(&alice, &alice, &fid).unwrap();
+        assert!(l.held_files(&alice).unwrap().is_empty(), "every hold of the FID goes");
+        assert!(l.file(&fid).unwrap().is_none());
+        for t in [&b"one"[..], b"two"] {
+            assert_eq!(l.territory(&alice, t).unwrap().unwrap().used_space, 0);
+        }
     }
 }

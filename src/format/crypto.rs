@@ -1,4 +1,7 @@
-//! Encrypted segments (format version 1): keys, the per-file key derivation and AES-256-GCM-SIV.
+//! Encrypted segments: keys, the per-file key derivation and AES-256-GCM-SIV. Format version 2
+//! derives the keys of each territory from the master key, so equal bytes in two territories are
+//! two FIDs; version 1 (one set of keys per master key) is still read, and still written for the
+//! deals that began under it.
 //!
 //! Encryption must be deterministic, so that re-processing a file after a crash yields the same
 //! FID and resumes its deal instead of paying for a second one. It is built like SIV: a keyed
@@ -14,9 +17,19 @@
 //! k_file   = HMAC-SHA256(master, "cessfs/v1/file-key")
 //! seed     = HMAC-SHA256(k_seed, le64(size) || BLAKE3(chunk_0) || ... || BLAKE3(chunk_n-1))
 //! file_key = HMAC-SHA256(k_file, seed)
-//! segment_i = "CFS" 0x01 || seed || AES-256-GCM-SIV(file_key, nonce_i, aad_i, chunk_i) || zeros
+//! segment_i = "CFS" v || seed || AES-256-GCM-SIV(file_key, nonce_i, aad_i, chunk_i) || zeros
 //! nonce_i  = le32(i) || 8 zero bytes
-//! aad_i    = "CFS" 0x01 || le64(size) || le32(i) || le32(n)
+//! aad_i    = "CFS" v || le64(size) || le32(i) || le32(n)
+//! ```
+//!
+//! Version 2 (`v` = 0x02) takes `k_seed` and `k_file` from the territory's key instead:
+//!
+//! ```text
+//! k_root      = HMAC-SHA256(master, "cessfs/v2/root")
+//! k_territory = HMAC-SHA256(k_root, "territory" || territory name)
+//! k_seed      = HMAC-SHA256(k_territory, "seed-key")
+//! k_file      = HMAC-SHA256(k_territory, "file-key")
+//! k_name      = HMAC-SHA256(k_territory, "name-key")
 //! ```
 
 use std::ops::Range;
@@ -26,12 +39,17 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::names::NameKey;
 use super::{FormatError, Layout, SEGMENT_SIZE};
 
 /// First bytes of every encrypted segment: "CFS" and the format version.
-pub const MAGIC: [u8; 4] = *b"CFS\x01";
+const MAGIC_PREFIX: [u8; 3] = *b"CFS";
+/// The format version of keys per master key.
+pub const FORMAT_V1: u8 = 1;
+/// The format version of keys per territory: what new files are written with.
+pub const FORMAT_V2: u8 = 2;
 /// Bytes before the ciphertext: magic and seed.
-pub const HEADER_LEN: usize = MAGIC.len() + 32;
+pub const HEADER_LEN: usize = MAGIC_PREFIX.len() + 1 + 32;
 /// Bytes of the GCM-SIV tag after the ciphertext.
 pub const TAG_LEN: usize = 16;
 /// Bytes of a segment that do not carry file content.
@@ -39,7 +57,7 @@ pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(super) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in parts {
         mac.update(part);
@@ -47,11 +65,27 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// The user's 32-byte master key: every file key is derived from it.
+/// The two keys of one format version: the seed's and the file keys'.
 #[derive(Clone)]
-pub struct MasterKey {
+struct ContentKeys {
     seed_key: [u8; 32],
     file_key: [u8; 32],
+}
+
+/// The keys of a territory (format version 2): its content keys and its name key.
+#[derive(Clone)]
+struct TerritoryKeys {
+    content: ContentKeys,
+    names: NameKey,
+}
+
+/// The user's 32-byte master key: every file key is derived from it. Bound to a territory
+/// ([`MasterKey::for_territory`]) it writes format version 2; it reads both versions.
+#[derive(Clone)]
+pub struct MasterKey {
+    root: [u8; 32],
+    v1: ContentKeys,
+    territory: Option<TerritoryKeys>,
     fingerprint: [u8; 8],
 }
 
@@ -66,9 +100,50 @@ impl MasterKey {
     pub fn from_bytes(master: [u8; 32]) -> MasterKey {
         let fingerprint = hmac(&master, &[b"cessfs/v1/fingerprint"]);
         MasterKey {
-            seed_key: hmac(&master, &[b"cessfs/v1/seed-key"]),
-            file_key: hmac(&master, &[b"cessfs/v1/file-key"]),
+            root: hmac(&master, &[b"cessfs/v2/root"]),
+            v1: ContentKeys {
+                seed_key: hmac(&master, &[b"cessfs/v1/seed-key"]),
+                file_key: hmac(&master, &[b"cessfs/v1/file-key"]),
+            },
+            territory: None,
             fingerprint: fingerprint[..8].try_into().unwrap_or_default(),
+        }
+    }
+
+    /// This key bound to `territory`: it writes format version 2 with that territory's keys.
+    pub fn for_territory(&self, territory: &[u8]) -> MasterKey {
+        let t = hmac(&self.root, &[b"territory", territory]);
+        let keys = TerritoryKeys {
+            content: ContentKeys { seed_key: hmac(&t, &[b"seed-key"]), file_key: hmac(&t, &[b"file-key"]) },
+            names: NameKey::new(hmac(&t, &[b"name-key"])),
+        };
+        MasterKey { territory: Some(keys), ..self.clone() }
+    }
+
+    /// This key writing `version` (1, or 2 once bound to a territory); `None` if it cannot.
+    pub fn writing(&self, version: u8) -> Option<MasterKey> {
+        match version {
+            FORMAT_V1 => Some(MasterKey { territory: None, ..self.clone() }),
+            FORMAT_V2 if self.territory.is_some() => Some(self.clone()),
+            _ => None,
+        }
+    }
+
+    /// The format version this key writes.
+    pub fn version(&self) -> u8 {
+        if self.territory.is_some() { FORMAT_V2 } else { FORMAT_V1 }
+    }
+
+    /// The key of names on chain (bound to a territory only).
+    pub fn names(&self) -> Option<&NameKey> {
+        self.territory.as_ref().map(|t| &t.names)
+    }
+
+    fn content(&self, version: u8) -> Option<&ContentKeys> {
+        match version {
+            FORMAT_V1 => Some(&self.v1),
+            FORMAT_V2 => self.territory.as_ref().map(|t| &t.content),
+            _ => None,
         }
     }
 
@@ -94,7 +169,8 @@ impl MasterKey {
 
     /// The file seed: a keyed digest of the file size and its chunks' digests ([`chunk_digest`]).
     pub(super) fn seed(&self, size: u64, chunk_digests: &[[u8; 32]]) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.seed_key).expect("HMAC takes keys of any length");
+        let keys = self.content(self.version()).unwrap_or(&self.v1);
+        let mut mac = HmacSha256::new_from_slice(&keys.seed_key).expect("HMAC takes keys of any length");
         mac.update(&size.to_le_bytes());
         for d in chunk_digests {
             mac.update(d);
@@ -102,20 +178,32 @@ impl MasterKey {
         mac.finalize().into_bytes().into()
     }
 
-    /// The key of the file whose segments carry `seed`.
+    /// The key of the file whose segments carry `seed`, in the version this key writes.
     pub fn file_key(&self, seed: &[u8; 32]) -> FileKey {
-        let key = hmac(&self.file_key, &[seed]);
-        FileKey { seed: *seed, cipher: Aes256GcmSiv::new(&key.into()) }
+        self.file_key_of(self.version(), seed).expect("a key has the keys of the version it writes")
+    }
+
+    /// The key of a file of format `version` whose segments carry `seed`; `None` if this key
+    /// lacks that version's keys (version 2 of a key bound to no territory).
+    pub fn file_key_of(&self, version: u8, seed: &[u8; 32]) -> Option<FileKey> {
+        let key = hmac(&self.content(version)?.file_key, &[seed]);
+        Some(FileKey { version, seed: *seed, cipher: Aes256GcmSiv::new(&key.into()) })
     }
 }
 
 /// The key of one file, with the seed it came from.
 pub struct FileKey {
+    version: u8,
     seed: [u8; 32],
     cipher: Aes256GcmSiv,
 }
 
 impl FileKey {
+    /// The format version of the segments this key seals.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
     /// The seed this key was derived from (carried in every segment header).
     pub fn seed(&self) -> &[u8; 32] {
         &self.seed
@@ -126,11 +214,15 @@ impl FileKey {
     pub(super) fn seal(&self, layout: &Layout, index: usize, len: usize, segment: &mut [u8]) {
         debug_assert_eq!(segment.len(), SEGMENT_SIZE);
         let end = HEADER_LEN + len;
-        segment[..MAGIC.len()].copy_from_slice(&MAGIC);
-        segment[MAGIC.len()..HEADER_LEN].copy_from_slice(&self.seed);
+        segment[..4].copy_from_slice(&magic(self.version));
+        segment[4..HEADER_LEN].copy_from_slice(&self.seed);
         let tag = self
             .cipher
-            .encrypt_inout_detached(&nonce(index), &aad(layout, index), (&mut segment[HEADER_LEN..end]).into())
+            .encrypt_inout_detached(
+                &nonce(index),
+                &aad(self.version, layout, index),
+                (&mut segment[HEADER_LEN..end]).into(),
+            )
             .expect("a segment is far below the GCM-SIV message limit");
         segment[end..end + TAG_LEN].copy_from_slice(&tag);
         segment[end + TAG_LEN..].fill(0);
@@ -142,7 +234,12 @@ impl FileKey {
         let end = HEADER_LEN + (chunk.end - chunk.start) as usize;
         let tag = Tag::try_from(&segment[end..end + TAG_LEN]).expect("TAG_LEN bytes");
         self.cipher
-            .decrypt_inout_detached(&nonce(index), &aad(layout, index), (&mut segment[HEADER_LEN..end]).into(), &tag)
+            .decrypt_inout_detached(
+                &nonce(index),
+                &aad(self.version, layout, index),
+                (&mut segment[HEADER_LEN..end]).into(),
+                &tag,
+            )
             .map_err(|_| FormatError::Decrypt { segment: index })?;
         Ok(HEADER_LEN..end)
     }
@@ -153,12 +250,19 @@ pub(super) fn chunk_digest(chunk: &[u8]) -> [u8; 32] {
     *blake3::hash(chunk).as_bytes()
 }
 
-/// The seed in the header of an encrypted segment, if it has the version-1 header.
-pub(super) fn header_seed(segment: &[u8]) -> Option<[u8; 32]> {
-    if segment.len() < HEADER_LEN || segment[..MAGIC.len()] != MAGIC {
+/// The format version and seed in the header of an encrypted segment, if it has a header of a
+/// version this code reads.
+pub(super) fn header_seed(segment: &[u8]) -> Option<(u8, [u8; 32])> {
+    let header = segment.get(..HEADER_LEN)?;
+    let version = header[3];
+    if header[..3] != MAGIC_PREFIX || !(FORMAT_V1..=FORMAT_V2).contains(&version) {
         return None;
     }
-    segment[MAGIC.len()..HEADER_LEN].try_into().ok()
+    Some((version, header[4..].try_into().ok()?))
+}
+
+fn magic(version: u8) -> [u8; 4] {
+    [MAGIC_PREFIX[0], MAGIC_PREFIX[1], MAGIC_PREFIX[2], version]
 }
 
 fn nonce(index: usize) -> Nonce {
@@ -167,9 +271,9 @@ fn nonce(index: usize) -> Nonce {
     n.into()
 }
 
-fn aad(layout: &Layout, index: usize) -> [u8; 20] {
+fn aad(version: u8, layout: &Layout, index: usize) -> [u8; 20] {
     let mut a = [0u8; 20];
-    a[..4].copy_from_slice(&MAGIC);
+    a[..4].copy_from_slice(&magic(version));
     a[4..12].copy_from_slice(&layout.size().to_le_bytes());
     a[12..16].copy_from_slice(&(index as u32).to_le_bytes());
     a[16..20].copy_from_slice(&(layout.segments() as u32).to_le_bytes());
@@ -198,12 +302,33 @@ mod tests {
         let mut seg = vec![0xffu8; SEGMENT_SIZE];
         seg[HEADER_LEN..HEADER_LEN + 1000].copy_from_slice(&chunk);
         key.seal(&layout, 0, 1000, &mut seg);
-        assert_eq!(header_seed(&seg), Some(*key.seed()));
+        assert_eq!(header_seed(&seg), Some((FORMAT_V1, *key.seed())));
         assert!(seg[HEADER_LEN + 1000 + TAG_LEN..].iter().all(|&b| b == 0));
         let mut copy = seg.clone();
         let range = key.open(&layout, 0, &mut copy).unwrap();
         assert_eq!(&copy[range], &chunk[..]);
         seg[HEADER_LEN + 3] ^= 1;
         assert_eq!(key.open(&layout, 0, &mut seg), Err(FormatError::Decrypt { segment: 0 }));
+    }
+
+    #[test]
+    fn territories_have_their_own_keys_and_version_one_stays_readable() {
+        let master = MasterKey::from_bytes([1; 32]);
+        let (a, b) = (master.for_territory(b"alpha"), master.for_territory(b"beta"));
+        let digests = [chunk_digest(b"same bytes")];
+        assert_eq!(a.version(), FORMAT_V2);
+        assert_ne!(a.seed(10, &digests), b.seed(10, &digests), "equal bytes, two territories, two seeds");
+        assert_eq!(master.seed(10, &digests), a.writing(FORMAT_V1).unwrap().seed(10, &digests));
+        assert!(master.writing(FORMAT_V2).is_none());
+        let layout = Layout::new(10, Mode::Encrypted).unwrap();
+        let key = a.file_key(&a.seed(10, &digests));
+        let mut seg = vec![0u8; SEGMENT_SIZE];
+        seg[HEADER_LEN..HEADER_LEN + 10].copy_from_slice(b"same bytes");
+        key.seal(&layout, 0, 10, &mut seg);
+        let (version, seed) = header_seed(&seg).unwrap();
+        assert_eq!(version, FORMAT_V2);
+        assert!(b.file_key_of(version, &seed).unwrap().open(&layout, 0, &mut seg.clone()).is_err());
+        assert!(a.file_key_of(version, &seed).unwrap().open(&layout, 0, &mut seg).is_ok());
+        assert_ne!(a.names().unwrap().tag(), b.names().unwrap().tag());
     }
 }

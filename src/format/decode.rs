@@ -141,22 +141,22 @@ impl FileDecoder {
                 0..(range.end - range.start) as usize
             }
             Some(master) => {
-                let seed = header_seed(&buffer).ok_or(FormatError::NotEncrypted { segment: index })?;
-                let key = self.file_key(master, &seed);
+                let (version, seed) = header_seed(&buffer).ok_or(FormatError::NotEncrypted { segment: index })?;
+                let key = self.file_key(master, version, &seed).ok_or(FormatError::NotEncrypted { segment: index })?;
                 key.open(&self.layout, index, &mut buffer)?
             }
         };
         Ok(DecodedSegment { buffer, chunk, corrupt })
     }
 
-    fn file_key(&self, master: &MasterKey, seed: &[u8; 32]) -> std::sync::Arc<FileKey> {
+    fn file_key(&self, master: &MasterKey, version: u8, seed: &[u8; 32]) -> Option<std::sync::Arc<FileKey>> {
         let mut cached = crate::sync::lock(&self.key);
         match cached.as_ref() {
-            Some(k) if k.seed() == seed => k.clone(),
+            Some(k) if k.seed() == seed && k.version() == version => Some(k.clone()),
             _ => {
-                let k = std::sync::Arc::new(master.file_key(seed));
+                let k = std::sync::Arc::new(master.file_key_of(version, seed)?);
                 *cached = Some(k.clone());
-                k
+                Some(k)
             }
         }
     }

@@ -19,8 +19,9 @@ mod error;
 mod fid;
 mod hash;
 mod layout;
+mod names;
 
-pub use crypto::{FileKey, MasterKey};
+pub use crypto::{FORMAT_V1, FORMAT_V2, FileKey, MasterKey};
 pub use decode::{DecodedSegment, FileDecoder, decode_file};
 pub use encode::{ChunkSource, EncodedSegment, Encoder, Seed, SharedFragments};
 pub use erasure::Erasure;
@@ -28,6 +29,7 @@ pub use error::FormatError;
 pub use fid::merkle_fid;
 pub use hash::{Hash, sha256};
 pub use layout::{Layout, Mode};
+pub use names::{CHAIN_NAME_LEN, NameKey, NameKind, readable_name};
 
 use serde::{Deserialize, Serialize};
 

@@ -177,7 +177,7 @@ pub enum ChainError {
 fn explain(error: &str) -> &'static str {
     match error {
         "InsufficientAvailableSpace" => ": the territory has not enough free space for this file",
-        "SpecError" => ": refused by the chain's rules (a file name must have 3 to 63 bytes)",
+        "SpecError" => ": refused by the chain's rules (12 fragments a segment, a name of 3 to 63 bytes)",
         "NoPermission" => ": this account may not act for the file's owner",
         "NonExistent" => ": no such file on chain",
         "NotOwner" => ": this account does not own the file",

@@ -116,7 +116,7 @@ impl Batch {
     }
     /// Writes the upload record of an inode.
     pub fn put_upload(&mut self, ino: u64, rec: &UploadRecord) {
-        self.0.insert(&key::upload(ino), encode(rec));
+        self.0.insert(&key::upload(ino), outbox::encode_upload(rec));
         self.1.inodes.push((ino, true));
     }
     /// Removes the upload record of an inode.
@@ -270,7 +270,7 @@ impl Store {
 
     /// The upload record of `ino`.
     pub fn upload(&self, ino: u64) -> Result<Option<UploadRecord>, StoreError> {
-        self.tree.get(key::upload(ino))?.map(|v| decode(&v, "upload")).transpose()
+        self.tree.get(key::upload(ino))?.map(|v| outbox::decode_upload(&v)).transpose()
     }
 
     /// A fact about the data dir (`meta(b"key")`: the fingerprint of the key its files use).
@@ -348,7 +348,7 @@ impl Store {
         for kv in self.tree.scan_prefix(key::UPLOAD_PREFIX) {
             let (k, v) = kv?;
             // A record that does not decode is left out (and logged), not the whole mount.
-            match key::ino_of(&k).and_then(|ino| Ok((ino, decode::<UploadRecord>(&v, "upload")?))) {
+            match key::ino_of(&k).and_then(|ino| Ok((ino, outbox::decode_upload(&v)?))) {
                 Ok((ino, up)) => {
                     catalog.refresh(ino, Some(&up), residencies.get(&ino));
                     catalog.mark_changed(ino);
@@ -499,6 +499,7 @@ impl Store {
     /// files that were open for writing (their content may have changed after the last commit),
     /// and removes content files that no record points to.
     fn recover(&self) -> Result<(), StoreError> {
+        self.migrate_upload_records()?;
         for k in self.tree.scan_prefix(key::ORPHAN_PREFIX).keys() {
             let ino = key::ino_of(&k?)?;
             log::info!("removing inode {ino}, unlinked while open before the last shutdown");

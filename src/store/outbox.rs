@@ -108,6 +108,31 @@ pub struct UploadRecord {
     pub retired: bool,
     /// Last change of this record.
     pub updated_at: Timestamp,
+    /// The encryption format version of its FID ([`crate::format::FORMAT_V2`] for new content;
+    /// deals begun under version 1 finish under it).
+    pub format: u8,
+}
+
+/// The version byte of upload records: 2 since they end with `format`. Version 1 records,
+/// from before, are those bytes without it, all of format version 1; [`Store::open`] rewrites
+/// them, since records are swapped by comparing their bytes.
+const UPLOAD_RECORD_VERSION: u8 = 2;
+
+/// Encodes an upload record.
+pub(super) fn encode_upload(rec: &UploadRecord) -> Vec<u8> {
+    let mut out = vec![UPLOAD_RECORD_VERSION];
+    out.extend(postcard::to_stdvec(rec).expect("records always serialize"));
+    out
+}
+
+/// Decodes an upload record of either version.
+pub(super) fn decode_upload(bytes: &[u8]) -> Result<UploadRecord, StoreError> {
+    let corrupt = || StoreError::Corrupt { what: "upload" };
+    match bytes.split_first() {
+        Some((&UPLOAD_RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| corrupt()),
+        Some((&1, rest)) => postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1]].concat()).map_err(|_| corrupt()),
+        _ => Err(corrupt()),
+    }
 }
 
 impl UploadRecord {
@@ -135,6 +160,7 @@ impl UploadRecord {
             replaces: Vec::new(),
             retired: false,
             updated_at: now,
+            format: crate::format::FORMAT_V2,
         }
     }
 
@@ -190,7 +216,37 @@ impl Store {
 
     /// Every upload record.
     pub fn uploads(&self) -> Result<Vec<(u64, UploadRecord)>, StoreError> {
-        self.records_by_ino(key::UPLOAD_PREFIX, "upload")
+        self.tree
+            .scan_prefix(key::UPLOAD_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key::ino_of(&k)?, decode_upload(&v)?))
+            })
+            .collect()
+    }
+
+    /// Rewrites the upload records of version 1 in the current version.
+    pub(super) fn migrate_upload_records(&self) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        let mut count = 0;
+        for kv in self.tree.scan_prefix(key::UPLOAD_PREFIX) {
+            let (k, v) = kv?;
+            if v.first() == Some(&UPLOAD_RECORD_VERSION) {
+                continue;
+            }
+            match decode_upload(&v) {
+                Ok(rec) => {
+                    b.put_upload(key::ino_of(&k)?, &rec);
+                    count += 1;
+                }
+                Err(e) => log::error!("an upload record is unreadable and left as it is: {e}"),
+            }
+        }
+        if count > 0 {
+            self.commit(b)?;
+            log::info!("rewrote {count} upload records in the current layout");
+        }
+        Ok(())
     }
 
     /// Replaces (or with `None`, removes) the upload record of `ino` if it is still `old`.
@@ -206,7 +262,8 @@ impl Store {
         }
         self.reserve.before_write();
         let mut catalog = lock(&self.catalog);
-        let swapped = self.tree.compare_and_swap(key::upload(ino), Some(encode(old)), new.map(encode))?.is_ok();
+        let swapped =
+            self.tree.compare_and_swap(key::upload(ino), Some(encode_upload(old)), new.map(encode_upload))?.is_ok();
         if swapped {
             self.refresh(&mut catalog, ino, true);
             drop(catalog);
@@ -543,5 +600,32 @@ pub(super) fn remove_if_present(path: &std::path::Path) -> Result<(), StoreError
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_records_of_version_one_read_as_format_one_and_are_rewritten() {
+        let mut rec = UploadRecord::staged(3);
+        rec.fid = Some(Hash([4; 32]));
+        let current = encode_upload(&rec);
+        // A version 1 record: the same fields without the trailing format byte.
+        let old = [&[1u8][..], &current[1..current.len() - 1]].concat();
+        let read = decode_upload(&old).unwrap();
+        assert_eq!(read.format, crate::format::FORMAT_V1);
+        assert_eq!(UploadRecord { format: rec.format, ..read }, rec);
+        assert_eq!(decode_upload(&current).unwrap(), rec);
+        assert!(decode_upload(&[9, 1]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 0, 0).unwrap();
+        store.tree.insert(key::upload(7), old).unwrap();
+        store.migrate_upload_records().unwrap();
+        let raw = store.tree.get(key::upload(7)).unwrap().unwrap();
+        assert_eq!(raw[0], UPLOAD_RECORD_VERSION);
+        assert_eq!(store.upload(7).unwrap().unwrap().format, crate::format::FORMAT_V1);
     }
 }

@@ -48,14 +48,6 @@ pub enum UploadError {
         /// Bytes the file locks.
         needed: u128,
     },
-    /// CESS refuses the file's name.
-    #[error("the name {name:?} has {len} bytes; CESS takes names of 3 to 63 bytes: rename the file to upload it")]
-    Name {
-        /// The name.
-        name: String,
-        /// Its length in bytes.
-        len: usize,
-    },
     /// Not enough usable miners to place 12 columns.
     #[error(
         "only {found} usable storage miners (positive, with an endpoint and {needed_space} bytes idle) for {needed} columns"
@@ -114,7 +106,6 @@ impl UploadError {
             | UploadError::Push { .. } => true,
             UploadError::Format(_)
             | UploadError::Internal(_)
-            | UploadError::Name { .. }
             | UploadError::NoTerritory { .. }
             | UploadError::TerritoryUnusable { .. }
             | UploadError::TerritoryFull { .. } => false,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{Inner, UploadError, lock, placement, push};
-use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, Seed};
+use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
 use crate::metrics;
 use crate::protocol::{TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
@@ -23,16 +23,34 @@ enum Flow {
     Wait,
 }
 
-/// The chain takes file names of 3 to 63 bytes (`NameMinLength`, `NameStrLimit`).
-fn check_name(name: &[u8]) -> Result<(), UploadError> {
-    if (3..=63).contains(&name.len()) {
-        Ok(())
-    } else {
-        Err(UploadError::Name { name: String::from_utf8_lossy(name).into_owned(), len: name.len() })
-    }
+/// ` "name"`: the record's name on chain, for log lines, once it has one.
+fn chain_name_of(rec: &UploadRecord) -> String {
+    if rec.file_name.is_empty() { String::new() } else { format!(" {:?}", String::from_utf8_lossy(&rec.file_name)) }
+}
+
+/// The size declared on chain: in encrypted mode, whole segments, so the chain learns no more
+/// of a file's size than its segment count shows anyway; the true size is kept in the tree.
+fn declared_size(rec: &UploadRecord) -> u64 {
+    if rec.seed.is_some() { rec.segments as u64 * SEGMENT_SIZE as u64 } else { rec.size }
 }
 
 impl Inner {
+    /// The name a file of this FID, called `name` here, is declared under: opaque in encrypted
+    /// mode, readable (shortened where needed) in plaintext mode.
+    fn chain_name(&self, fid: &crate::format::Hash, name: &[u8]) -> Vec<u8> {
+        match self.config.master.as_ref().and_then(|m| m.names()) {
+            Some(names) => names.file_name(fid),
+            None => crate::format::readable_name(name),
+        }
+    }
+
+    /// Whether this tree holds `file`: the account owns it in this territory. (A FID the
+    /// account holds in another territory belongs to another tree.)
+    fn held_here(&self, file: &crate::protocol::FileInfo) -> bool {
+        let me = self.chain.account();
+        file.owners.iter().any(|o| o.user == me && o.territory_name == self.config.territory)
+    }
+
     /// Takes the upload of `ino` as far as it goes now.
     pub(super) async fn advance(self: &Arc<Self>, ino: u64) -> Result<(), UploadError> {
         for _ in 0..16 {
@@ -75,8 +93,8 @@ impl Inner {
                 next.error = None;
                 next.retry_at = None;
                 log::info!(
-                    "inode {ino} {:?}: {} → {}{}",
-                    String::from_utf8_lossy(&next.file_name),
+                    "inode {ino}{}: {} → {}{}",
+                    chain_name_of(&next),
                     cur.state.word(),
                     next.state.word(),
                     next.fid.map(|f| format!(" (fid {f})")).unwrap_or_default()
@@ -94,15 +112,20 @@ impl Inner {
     }
 
     /// Encodes the whole file in a blocking task: its manifest and key seed.
-    async fn encode(self: &Arc<Self>, ino: u64, size: u64) -> Result<(Arc<FileManifest>, Option<Seed>), UploadError> {
+    async fn encode(
+        self: &Arc<Self>,
+        ino: u64,
+        size: u64,
+        format: u8,
+    ) -> Result<(Arc<FileManifest>, Option<Seed>), UploadError> {
+        let key = self.key_for(format)?;
         let _cpu = self.cpu.acquire().await.map_err(|_| UploadError::ShuttingDown)?;
         let inner = self.clone();
         let encoded = tokio::task::spawn_blocking(move || {
             let source = FileSource::<UploadError>::new(std::fs::File::open(inner.store.upload_source(ino))?);
-            let (manifest, seed) =
-                inner.encoder.encode_with_seed(&source, size, inner.config.master.as_ref(), |_| {
-                    if *inner.stop.borrow() { Err(UploadError::ShuttingDown) } else { Ok(()) }
-                })?;
+            let (manifest, seed) = inner.encoder.encode_with_seed(&source, size, key.as_ref(), |_| {
+                if *inner.stop.borrow() { Err(UploadError::ShuttingDown) } else { Ok(()) }
+            })?;
             Ok((Arc::new(manifest), seed))
         })
         .await;
@@ -114,7 +137,7 @@ impl Inner {
         if let Some(m) = lock(&self.manifests).get(&ino).filter(|m| Some(m.fid) == rec.fid) {
             return Ok(m.clone());
         }
-        let (manifest, _) = self.encode(ino, rec.size).await?;
+        let (manifest, _) = self.encode(ino, rec.size, rec.format).await?;
         // The file may have changed while it was read (its bytes set aside meanwhile): read again.
         if Some(manifest.fid) != rec.fid {
             return Err(UploadError::Changed);
@@ -168,19 +191,20 @@ impl Inner {
             .update(ino, &rec, |r| {
                 r.state = if inode.size == 0 { UploadState::Local } else { UploadState::Encoding };
                 r.size = inode.size;
-                r.file_name = inode.name.clone();
                 r.territory = territory.clone();
             })
             .await?;
         let Some(encoding) = encoding.filter(|r| r.state == UploadState::Encoding) else { return Ok(Flow::Wait) };
-        let (manifest, seed) = self.encode(ino, inode.size).await?;
+        let (manifest, seed) = self.encode(ino, inode.size, encoding.format).await?;
         let fid = manifest.fid;
         lock(&self.manifests).insert(ino, manifest.clone());
         let segments = manifest.segments.len() as u32;
+        let chain_name = self.chain_name(&fid, &inode.name);
         let encoded = |r: &mut UploadRecord| {
             r.fid = Some(fid);
             r.seed = seed;
             r.segments = segments;
+            r.file_name = chain_name.clone();
         };
         // The same bytes under the same key are stored for another file here already.
         if let Some(other) = self.db(move |s| s.fid_active_elsewhere(&fid, ino)).await? {
@@ -193,9 +217,8 @@ impl Inner {
             .await?;
             return Ok(Flow::Continue);
         }
-        let me = self.chain.account();
         if let Some(file) = self.chain.file(&fid).await?
-            && file.owners.iter().any(|o| o.user == me)
+            && self.held_here(&file)
         {
             self.update(ino, &encoding, |r| {
                 encoded(r);
@@ -207,7 +230,6 @@ impl Inner {
         }
         let resume = self.chain.deal(&fid).await?.is_some();
         if !resume {
-            check_name(&encoding.file_name)?;
             self.check_territory(manifest.segments.len()).await?;
         }
         // The point of no return: refused if the file was opened for writing meanwhile.
@@ -220,8 +242,8 @@ impl Inner {
         let (cur, next) = (current.clone(), declared.clone());
         if self.db(move |s| s.begin_deal(ino, &cur, &next)).await? {
             log::info!(
-                "inode {ino} {:?}: encoding → {} (fid {fid}){}",
-                String::from_utf8_lossy(&declared.file_name),
+                "inode {ino}{}: encoding → {} (fid {fid}){}",
+                chain_name_of(&declared),
                 declared.state.word(),
                 if resume { ", resuming its deal" } else { "" }
             );
@@ -234,7 +256,7 @@ impl Inner {
         let fid = rec.fid.ok_or_else(|| missing_fid("declared"))?;
         let me = self.chain.account();
         let existing = self.chain.file(&fid).await?;
-        if existing.as_ref().is_some_and(|f| f.owners.iter().any(|o| o.user == me)) {
+        if existing.as_ref().is_some_and(|f| self.held_here(f)) {
             self.update(ino, &rec, |r| {
                 r.state = UploadState::Active;
                 (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
@@ -248,7 +270,7 @@ impl Inner {
         }
         let manifest = self.manifest(ino, &rec).await?;
         let user = UserBrief { user: me, file_name: rec.file_name.clone(), territory_name: rec.territory.clone() };
-        let receipt = match self.chain.upload_declaration(&fid, &manifest.segments, &user, rec.size).await {
+        let receipt = match self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec)).await {
             Ok(r) => r,
             // Refused: no deal exists, so nothing holds the bytes any more.
             Err(e) if !e.is_transient() => {
@@ -302,7 +324,7 @@ impl Inner {
                 break;
             }
             let assignment: Vec<_> = left.iter().copied().zip(candidates.drain(..left.len())).collect();
-            let outcome = push::push_columns(self, ino, &fid, rec.size, rec.seed, &deal.segments, assignment).await?;
+            let outcome = push::push_columns(self, ino, &fid, &rec, &deal.segments, assignment).await?;
             left.clear();
             for (column, miner, result) in outcome {
                 match result {

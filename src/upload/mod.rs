@@ -361,6 +361,13 @@ impl Inner {
         }
     }
 
+    /// The key that writes content of format version `format` (`None`: plaintext mode).
+    fn key_for(&self, format: u8) -> Result<Option<MasterKey>, UploadError> {
+        let Some(master) = &self.config.master else { return Ok(None) };
+        let key = master.writing(format);
+        key.map(Some).ok_or_else(|| UploadError::Internal(format!("no keys for encryption format version {format}")))
+    }
+
     /// Records a failure: a transient one is retried after a back-off, a permanent one ends the
     /// upload in `failed` (one for the territory's sake is tried again when it changes, and
     /// every 10 minutes).
@@ -458,6 +465,22 @@ impl Inner {
             Ok(true) => return None,
             Ok(false) => {}
             Err(e) => log::error!("checking whether {fid} is in use: {e}"),
+        }
+        // `delete_file` drops the account's every hold of the FID: one it also holds in another
+        // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
+        let me = self.chain.account();
+        match self.chain.file(fid).await {
+            Ok(Some(file)) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
+                log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                t.attempts += 1;
+                t.retry_at = Some(later(backoff(t.attempts)));
+                t.error = Some(format!("reading the file before deleting it: {e}"));
+                return Some(t);
+            }
         }
         match self.chain.delete_file(fid).await {
             Ok(r) => {

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Inner, UploadError};
-use crate::format::{FRAGMENTS, Hash, Mode, Seed, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
+use crate::format::{FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
 use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
 use crate::store::FileSource;
+use crate::store::UploadRecord;
 
 /// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay alive until
 /// every fragment of it is sent.
@@ -32,16 +33,16 @@ impl AsRef<[u8]> for Fragment {
 /// What became of each column: its miner and whether it holds the whole column now.
 pub(super) type Pushed = Vec<(usize, MinerInfo, Result<(), MinerError>)>;
 
-/// Sends `columns` (column index, miner) of file `fid` (`size` bytes, encrypted with `seed`).
+/// Sends `columns` (column index, miner) of the file of upload record `rec`, whose FID is `fid`.
 pub(super) async fn push_columns(
     inner: &Arc<Inner>,
     ino: u64,
     fid: &Hash,
-    size: u64,
-    seed: Option<Seed>,
+    rec: &UploadRecord,
     segments: &[SegmentManifest],
     columns: Vec<(usize, MinerInfo)>,
 ) -> Result<Pushed, UploadError> {
+    let (size, seed) = (rec.size, rec.seed);
     let layout = crate::format::Layout::new(size, if seed.is_some() { Mode::Encrypted } else { Mode::Plain })?;
     if layout.segments() != segments.len() {
         return Err(UploadError::Chain(crate::protocol::ChainError::Decode(format!(
@@ -79,10 +80,11 @@ pub(super) async fn push_columns(
             (column, miner, result)
         });
     }
+    let key = inner.key_for(rec.format)?;
     let (regen, hashes) = (inner.clone(), segments.to_vec());
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
         let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
-        let master = regen.config.master.as_ref().zip(seed.as_ref());
+        let master = key.as_ref().zip(seed.as_ref());
         regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
             if *regen.stop.borrow() {
                 return Err(UploadError::ShuttingDown);

@@ -196,9 +196,10 @@ impl Mount {
         }
     }
 
-    /// The encryption key the mount uses.
+    /// The encryption key the mount uses, bound to the default territory.
     pub fn master_key(&self) -> cessfs::format::MasterKey {
-        cessfs::format::MasterKey::parse(&std::fs::read(self.data.path().join("key")).expect("key")).expect("key")
+        let key = std::fs::read(self.data.path().join("key")).expect("key");
+        cessfs::format::MasterKey::parse(&key).expect("key").for_territory(b"cessfs")
     }
 
     /// Unmounts and mounts again.
@@ -507,6 +508,16 @@ impl StandaloneDevnet {
     /// The devnet's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("devnet.log")).unwrap_or_default()
+    }
+
+    /// A client of it, as //Alice (who mounts use by default).
+    pub fn client(&self) -> Devnet {
+        let signer = cessfs::protocol::Signer::from_uri("//Alice").expect("dev key");
+        let token = std::fs::read_to_string(self.dir.path().join("net/control.token")).expect("control token");
+        Devnet {
+            rt: tokio::runtime::Runtime::new().expect("runtime"),
+            chain: cessfs::devnet::DevnetChain::new(&self.url, signer).with_control(&token),
+        }
     }
 }
 

@@ -9,4 +9,5 @@ mod keys;
 mod model;
 mod posix;
 mod service;
+mod tree;
 mod upload;

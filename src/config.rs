@@ -70,6 +70,22 @@ pub struct Settings {
     /// or a port alone) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Keep the tree in encrypted snapshots on CESS (encrypted mode only) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub snapshots: Option<bool>,
+    /// The longest a change waits for a tree snapshot while changes keep coming, in seconds
+    /// (snapshots are otherwise written once changes settle) [default: 600].
+    #[arg(long, value_name = "SECS")]
+    pub snapshot_interval: Option<f64>,
+    /// Tree snapshots kept on CESS; older ones, and the files only they refer to, are deleted
+    /// [default: 3].
+    #[arg(long, value_name = "N")]
+    pub snapshots_kept: Option<usize>,
+    /// Start an empty tree in an empty data dir instead of restoring the newest snapshot of the
+    /// territory (nothing stored is touched).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip)]
+    pub fresh: Option<bool>,
     /// Size in GiB of the territory the embedded devnet creates [default: 1024].
     #[arg(long, value_name = "GIB")]
     pub devnet_territory_gib: Option<u32>,
@@ -138,6 +154,10 @@ impl Settings {
             parallel_uploads,
             cache_size,
             metrics,
+            snapshots,
+            snapshot_interval,
+            snapshots_kept,
+            fresh,
             devnet_territory_gib,
             system
         ))
@@ -151,6 +171,19 @@ impl Settings {
     /// The quiet delay, defaulted.
     pub fn quiet_delay(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.quiet_delay.unwrap_or(2.0).max(0.0))
+    }
+
+    /// When tree snapshots are written, and how many are kept; `None` when there are none
+    /// (turned off, or plaintext mode, which has no key to encrypt them with).
+    pub fn snapshot_config(&self) -> Option<crate::snapshots::SnapshotConfig> {
+        if !self.snapshots.unwrap_or(true) || self.plain() {
+            return None;
+        }
+        Some(crate::snapshots::SnapshotConfig {
+            quiet: self.quiet_delay(),
+            interval: std::time::Duration::from_secs_f64(self.snapshot_interval.unwrap_or(600.0).max(1.0)),
+            keep: self.snapshots_kept.unwrap_or(3).max(1),
+        })
     }
 
     /// Whether files are stored unencrypted.

@@ -154,9 +154,10 @@ struct Daemon {
     metrics: Option<crate::http::Server>,
     store: Arc<Store>,
     housekeeping: Housekeeping,
-    /// Tells the async tasks (the engine, the storage watcher) to stop.
+    /// Tells the async tasks (the engine, the storage watcher, the snapshot writer) to stop.
     stop: tokio::sync::watch::Sender<bool>,
-    watcher: tokio::task::JoinHandle<()>,
+    /// The storage watcher and the snapshot writer.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The threads that work now and then: the store's flush (every half second; sled's own flusher
@@ -230,7 +231,7 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
             }
         }
     })?;
-    let Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, watcher } = daemon;
+    let Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, tasks } = daemon;
     let uploads = runtime.spawn(async move { engine.run(UPLOAD_GRACE).await });
     let result = match session.run() {
         // The kernel ended the connection: a lazy unmount's last close can race the threads'
@@ -249,8 +250,10 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
     let _ = stop.send(true);
     housekeeping.stop();
     runtime.block_on(async {
+        for task in tasks {
+            let _ = task.await;
+        }
         let _ = uploads.await;
-        let _ = watcher.await;
         network.shutdown().await;
         if let Some(server) = metrics {
             server.stop().await;
@@ -296,7 +299,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     // A data dir mounted before mounts without the chain; a fresh one needs it (its tree may be
     // on the chain, and a key may be needed).
     let mounted_before = crate::keys::mounted_before(&store)?;
-    let network = runtime.block_on(Network::connect(settings, data_dir, mounted_before))?;
+    let tree_undecided = store.meta(TREE_ORIGIN)?.is_none() && store.dir_is_empty(crate::store::ROOT_INO)?;
+    let network = runtime.block_on(Network::connect(settings, data_dir, mounted_before && !tree_undecided))?;
     let mut notices = Vec::new();
     let master = runtime.block_on(crate::keys::resolve(settings, &store, &*network.chain, &mut notices))?;
     // Each territory has its own keys, so equal bytes in two territories never share a FID.
@@ -312,6 +316,28 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     };
     let fetcher =
         Fetcher::new(network.chain.clone(), network.signer.clone(), config.master.clone(), Duration::from_secs(15));
+    let names = config.master.as_ref().and_then(|m| m.names()).cloned();
+    if tree_undecided {
+        let territory = settings.territory();
+        let origin = match (&names, settings.fresh.unwrap_or(false)) {
+            (Some(names), false) => {
+                let restore =
+                    crate::snapshots::restore::restore_newest(&*network.chain, &fetcher, &store, &territory, names);
+                match runtime.block_on(restore)? {
+                    Some(outcome) => {
+                        let said = describe_restore(&outcome);
+                        log::info!("{said}");
+                        notices.push(said);
+                        format!("restored {}", outcome.generation)
+                    }
+                    None => "new".to_string(),
+                }
+            }
+            (_, true) => "fresh".to_string(),
+            (None, false) => "new".to_string(),
+        };
+        store.set_meta(TREE_ORIGIN, origin.as_bytes())?;
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config, stopped.clone());
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
@@ -333,7 +359,11 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         refresh,
         stopped,
     );
-    let watcher = runtime.spawn(watched);
+    let mut tasks = vec![runtime.spawn(watched)];
+    if let (Some(config), Some(names)) = (settings.snapshot_config(), names) {
+        let writer = crate::snapshots::Writer::new(store.clone(), names, config)?;
+        tasks.push(runtime.spawn(writer.run(stop.subscribe())));
+    }
     let metrics = match settings.metrics_addr()? {
         Some(addr) => {
             let server = runtime.block_on(crate::metrics::serve(addr, fs.clone()))?;
@@ -368,7 +398,29 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     if let Err(e) = mountpoint::set_read_ahead(mountpoint, READ_AHEAD_KIB) {
         log::debug!("keeping the kernel's read-ahead: {e:#}");
     }
-    Ok((Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, watcher }, notices))
+    Ok((Daemon { runtime, network, engine, session, metrics, store, housekeeping, stop, tasks }, notices))
+}
+
+/// The meta record of where this data dir's tree came from: `new`, `fresh` (`--fresh`), or
+/// `restored G` (snapshot G). Until it is written, an empty data dir restores its tree first.
+const TREE_ORIGIN: &[u8] = b"tree-origin";
+
+/// What a restore brought back, in words.
+fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {
+    let written = std::time::UNIX_EPOCH + Duration::from_secs(o.written_at.max(0) as u64);
+    let mut said = format!(
+        "restored the tree from snapshot {} (written {}): {} files, {} directories, {} symlinks; \
+         files are fetched from CESS when read",
+        o.generation,
+        crate::protocol::utc(written),
+        o.restored.files,
+        o.restored.dirs,
+        o.restored.others
+    );
+    for (generation, why) in &o.skipped {
+        said.push_str(&format!("\nthe newer snapshot {generation} could not be read: {why}"));
+    }
+    said
 }
 
 /// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as

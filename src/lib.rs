@@ -25,6 +25,7 @@ pub mod miner;
 pub mod mountpoint;
 pub mod network;
 pub mod protocol;
+pub mod snapshots;
 pub mod store;
 pub mod sync;
 pub mod upload;

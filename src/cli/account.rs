@@ -20,9 +20,9 @@ const TOKEN: f64 = 1e18;
 pub struct ChainArgs {
     /// The config file [default: $XDG_CONFIG_HOME/cessfs/config.toml, if it exists].
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    settings: Settings,
+    pub settings: Settings,
 }
 
 #[derive(Args)]

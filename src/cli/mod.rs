@@ -5,6 +5,7 @@ mod devnet;
 mod fid;
 mod fstab;
 mod mount;
+mod snapshots;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Keygen(KeygenArgs),
     /// Show the account's address, balance and territories on the CESS chain.
     Account(account::ChainArgs),
+    /// List the tree snapshots of the territory on CESS, newest first (generation, time, state).
+    Snapshots(account::ChainArgs),
     /// Buy, grow or renew a territory (the space files are stored in); shows the price first.
     Territory(account::TerritoryArgs),
     /// Write the man pages and shell completions into DIR (for packaging).
@@ -135,6 +138,7 @@ pub fn main() -> i32 {
         Command::Devnet(args) => devnet::run(args),
         Command::Account(args) => account::account(args),
         Command::Territory(args) => account::territory(args),
+        Command::Snapshots(args) => snapshots::run(args),
         Command::GenerateAssets { dir } => generate_assets(&dir),
         Command::Keygen(args) => {
             let path = args.out.unwrap_or_else(|| crate::config::config_dir().join("key"));

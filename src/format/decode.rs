@@ -23,6 +23,11 @@ pub struct DecodedSegment {
 }
 
 impl DecodedSegment {
+    /// The key seed in its header (encrypted segments).
+    pub fn seed(&self) -> Option<[u8; 32]> {
+        header_seed(&self.buffer).map(|(_, seed)| seed)
+    }
+
     /// The file bytes this segment carries.
     pub fn data(&self) -> &[u8] {
         &self.buffer[self.chunk.clone()]

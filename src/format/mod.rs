@@ -20,6 +20,7 @@ mod fid;
 mod hash;
 mod layout;
 mod names;
+mod snapshot;
 
 pub use crypto::{FORMAT_V1, FORMAT_V2, FileKey, MasterKey};
 pub use decode::{DecodedSegment, FileDecoder, decode_file};
@@ -30,6 +31,7 @@ pub use fid::merkle_fid;
 pub use hash::{Hash, sha256};
 pub use layout::{Layout, Mode};
 pub use names::{CHAIN_NAME_LEN, NameKey, NameKind, readable_name};
+pub use snapshot::{Link, Location, Node, NodeKind, Snapshot, SnapshotError, snapshot_file_len, snapshot_len_of};
 
 use serde::{Deserialize, Serialize};
 

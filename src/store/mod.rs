@@ -16,6 +16,7 @@ mod outbox;
 mod records;
 mod reserve;
 mod residency;
+mod tree;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -29,6 +30,7 @@ pub use catalog::resident_bytes;
 pub use outbox::{DealGuard, Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
+pub use tree::{KeptSnapshot, Restored};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
 
@@ -74,6 +76,10 @@ pub struct Store {
     /// Room kept for the database on a full disk (reserve.rs).
     reserve: reserve::Reserve,
     db_dir: PathBuf,
+    /// Commits so far: a tree read twice with the same count in between is consistent.
+    commits: std::sync::atomic::AtomicU64,
+    /// The FIDs kept snapshots refer to, once read (tree.rs).
+    kept_fids: std::sync::Mutex<Option<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>>,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -194,6 +200,8 @@ impl Store {
             copying: crate::sync::Holds::default(),
             reserve,
             db_dir: data_dir.join("db"),
+            commits: std::sync::atomic::AtomicU64::new(0),
+            kept_fids: std::sync::Mutex::new(None),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -305,6 +313,7 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.reserve.before_write();
+        self.commits.fetch_add(1, Ordering::AcqRel);
         let Batch(batch, touched) = batch;
         if touched.inodes.is_empty() {
             self.tree.apply_batch(batch)?;

@@ -261,6 +261,7 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.reserve.before_write();
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let mut catalog = lock(&self.catalog);
         let swapped =
             self.tree.compare_and_swap(key::upload(ino), Some(encode_upload(old)), new.map(encode_upload))?.is_ok();
@@ -284,9 +285,9 @@ impl Store {
         Ok(None)
     }
 
-    /// Whether any upload still needs `fid` on chain.
+    /// Whether any upload, or a kept snapshot of the tree, still needs `fid` on chain.
     pub fn fid_in_use(&self, fid: &Hash) -> Result<bool, StoreError> {
-        Ok(lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed))
+        Ok(lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed) || self.kept_snapshot_fids()?.contains(fid))
     }
 
     /// Holds the deal lock: no deal starts or ends while it lives (for [`Store::retire`]).

@@ -179,6 +179,12 @@ pub mod key {
         k.extend_from_slice(name);
         k
     }
+    /// `s` ino → [`KeptSnapshot`](super::KeptSnapshot): the hidden inodes holding tree snapshots.
+    pub fn snapshot(ino: u64) -> [u8; 9] {
+        tagged(b's', ino)
+    }
+    /// Prefix of every snapshot record.
+    pub const SNAPSHOT_PREFIX: &[u8] = b"s";
     /// `p` ino → why: files whose content may be damaged (a failed fsync), never uploaded.
     pub fn poisoned(ino: u64) -> [u8; 9] {
         tagged(b'p', ino)

@@ -36,11 +36,13 @@ fn declared_size(rec: &UploadRecord) -> u64 {
 
 impl Inner {
     /// The name a file of this FID, called `name` here, is declared under: opaque in encrypted
-    /// mode, readable (shortened where needed) in plaintext mode.
-    fn chain_name(&self, fid: &crate::format::Hash, name: &[u8]) -> Vec<u8> {
-        match self.config.master.as_ref().and_then(|m| m.names()) {
-            Some(names) => names.file_name(fid),
-            None => crate::format::readable_name(name),
+    /// mode (a tree snapshot's carries its generation), readable (shortened where needed) in
+    /// plaintext mode.
+    fn chain_name(&self, fid: &crate::format::Hash, name: &[u8], snapshot: Option<u64>) -> Vec<u8> {
+        match (self.config.master.as_ref().and_then(|m| m.names()), snapshot) {
+            (Some(names), Some(generation)) => names.snapshot_name(generation),
+            (Some(names), None) => names.file_name(fid),
+            (None, _) => crate::format::readable_name(name),
         }
     }
 
@@ -199,7 +201,8 @@ impl Inner {
         let fid = manifest.fid;
         lock(&self.manifests).insert(ino, manifest.clone());
         let segments = manifest.segments.len() as u32;
-        let chain_name = self.chain_name(&fid, &inode.name);
+        let snapshot = self.db(move |s| s.snapshot_generation(ino)).await?;
+        let chain_name = self.chain_name(&fid, &inode.name, snapshot);
         let encoded = |r: &mut UploadRecord| {
             r.fid = Some(fid);
             r.seed = seed;

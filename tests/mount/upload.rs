@@ -153,7 +153,7 @@ fn stopped_nodes_are_replaced_by_spares() {
 
 #[test]
 fn a_file_too_large_for_the_territory_fails_clearly_and_the_mount_goes_on() {
-    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "1"]);
+    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "1", "--snapshots", "false"]);
     // 1 GiB of territory takes at most 10 segments (96 MiB each, strictly less than the total).
     File::create(m.path("huge.bin")).unwrap().set_len(400 << 20).unwrap();
     m.wait_status("huge.bin", &["failed"], MIN);
@@ -168,7 +168,7 @@ fn a_file_too_large_for_the_territory_fails_clearly_and_the_mount_goes_on() {
 
 #[test]
 fn df_shows_the_territory_space_in_bytes_of_content() {
-    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "3"]);
+    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "3", "--snapshots", "false"]);
     let space = || {
         let st = statvfs(m.root());
         (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
@@ -257,7 +257,7 @@ fn sigterm_during_an_upload_loses_nothing_and_unmount_wait_waits_for_active() {
 #[test]
 fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     // 1 GiB holds 10 segments' charge (96 MiB each, and never to the last byte).
-    let m = Mount::uploading("0", &["--devnet-territory-gib", "1"]);
+    let m = Mount::uploading("0", &["--devnet-territory-gib", "1", "--snapshots", "false"]);
     for i in 0..10 {
         fs::write(m.path(&format!("file{i}")), format!("file {i}")).unwrap();
     }

@@ -1,0 +1,46 @@
+//! `cessfs snapshots`: the tree snapshots of a territory on CESS, newest first.
+
+use anyhow::Context;
+
+use super::account::ChainArgs;
+use crate::network::Network;
+
+/// `cessfs snapshots`.
+pub fn run(args: ChainArgs) -> anyhow::Result<()> {
+    let mut settings = args.settings.with_file(args.config.as_deref())?;
+    if settings.plain() {
+        anyhow::bail!("plaintext mode keeps no tree snapshots (they need the encryption key)");
+    }
+    let data_dir = settings.data_dir();
+    // The embedded devnet runs inside its mount: reach it where that mount said it is.
+    if settings.chain.is_none() {
+        let info = std::fs::read(data_dir.join("devnet/devnet.json")).with_context(|| {
+            format!("no --chain given, and no mount of {} runs its embedded devnet", data_dir.display())
+        })?;
+        let info: serde_json::Value = serde_json::from_slice(&info).context("devnet.json")?;
+        settings.chain = info["rpc"].as_str().map(str::to_string);
+    }
+    let key = crate::config::load_key(&settings.key_path().0)?.for_territory(&settings.territory());
+    let names = key.names().context("a key bound to a territory names its snapshots")?.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let network = Network::connect(&settings, &data_dir, false).await?;
+        let found = crate::snapshots::restore::find(&*network.chain, &settings.territory(), &names).await?;
+        if found.is_empty() {
+            println!("no tree snapshots of this key in territory {:?}", String::from_utf8_lossy(&settings.territory()));
+        }
+        for f in &found {
+            let written = std::time::UNIX_EPOCH + std::time::Duration::from_millis(f.generation);
+            println!(
+                "{}  {}  {:<7}  {} segment(s)  {}",
+                f.generation,
+                crate::protocol::utc(written),
+                if f.active { "active" } else { "pending" },
+                f.segments,
+                f.fid
+            );
+        }
+        network.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,284 @@
+//! Tree snapshots: the whole namespace of a tree (every inode's metadata, every name, where each
+//! regular file's bytes are) as one file, stored on CESS like any other (so encrypted with the
+//! territory's key) under a snapshot name (`names.rs`).
+//!
+//! ```text
+//! "CFSTREE" 0x01 ‖ le64(n) ‖ n bytes: zstd(postcard(Snapshot)) ‖ zeros
+//! ```
+//!
+//! The zeros fill the file to whole segments (`segments × chunk capacity`), so a reader knows
+//! its size from the segment count alone (the chain's declared size is whole segments).
+
+use serde::{Deserialize, Serialize};
+
+use super::Hash;
+
+/// First bytes of a snapshot file: "CFSTREE" and the snapshot format version.
+const MAGIC: [u8; 8] = *b"CFSTREE\x01";
+/// The largest snapshot decoded (its encoded tree): far above 100,000 files' worth.
+const MAX_TREE_BYTES: u64 = 1 << 30;
+
+/// File bytes an encrypted segment carries.
+const CHUNK: u64 = (super::SEGMENT_SIZE - super::crypto::OVERHEAD) as u64;
+
+/// The size of the snapshot file of `encoded` bytes: whole encrypted segments.
+pub fn snapshot_file_len(encoded: u64) -> u64 {
+    encoded.div_ceil(CHUNK).max(1) * CHUNK
+}
+
+/// The size of a snapshot file stored in `segments` segments.
+pub fn snapshot_len_of(segments: usize) -> u64 {
+    segments as u64 * CHUNK
+}
+
+/// A point in time: seconds and nanoseconds since the Unix epoch.
+pub type Time = (i64, u32);
+
+/// What an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+/// Where a regular file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Location {
+    /// Empty: nothing stored.
+    Empty,
+    /// Stored on CESS under `fid` (the size is the node's).
+    Fid {
+        /// The file id.
+        fid: Hash,
+        /// Its encryption format version.
+        format: u8,
+        /// Its key seed (also in every segment's header); `None`: plaintext layout.
+        seed: Option<[u8; 32]>,
+    },
+    /// Its bytes, in the snapshot itself.
+    Inline(Vec<u8>),
+}
+
+/// One inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Its number in this snapshot (names refer to it; hard links share it). The root is 1.
+    pub id: u64,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Permission bits with setuid, setgid and sticky.
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last access.
+    pub atime: Time,
+    /// Last content change.
+    pub mtime: Time,
+    /// Last status change.
+    pub ctime: Time,
+    /// Creation.
+    pub crtime: Time,
+    /// A symlink's target.
+    pub target: Vec<u8>,
+    /// A device's number.
+    pub rdev: u32,
+    /// Extended attributes (`user.` ones and the like; none of cessfs's own).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A regular file's bytes.
+    pub location: Location,
+}
+
+/// One name: `name` in directory `parent` is node `child`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The directory's node.
+    pub parent: u64,
+    /// The name (1 to 255 bytes, no `/`, no NUL).
+    pub name: Vec<u8>,
+    /// The node it names.
+    pub child: u64,
+}
+
+/// A tree at one generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Its generation: larger is newer; never repeats within a tree.
+    pub generation: u64,
+    /// The mount that wrote it (a random id per data dir).
+    pub writer: [u8; 16],
+    /// When it was written.
+    pub written_at: Time,
+    /// Every inode, the root (id 1) first.
+    pub nodes: Vec<Node>,
+    /// Every name.
+    pub links: Vec<Link>,
+}
+
+/// Why bytes are not a snapshot.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Not the snapshot layout, or a version this code does not read.
+    #[error("not a cessfs tree snapshot (unknown header or version)")]
+    NotASnapshot,
+    /// The layout is right but its content does not decode.
+    #[error("the tree snapshot is damaged: {0}")]
+    Damaged(String),
+}
+
+impl Snapshot {
+    /// The snapshot file's bytes, before padding to whole segments.
+    pub fn encode(&self) -> Vec<u8> {
+        let tree = postcard::to_stdvec(self).expect("snapshots always serialize");
+        let packed = ruzstd::encoding::compress_to_vec(&tree[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let mut out = Vec::with_capacity(16 + packed.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&(packed.len() as u64).to_le_bytes());
+        out.extend_from_slice(&packed);
+        out
+    }
+
+    /// Reads a snapshot file (padding included).
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        use std::io::Read;
+        let rest = bytes.strip_prefix(&MAGIC[..]).ok_or(SnapshotError::NotASnapshot)?;
+        let len = rest.get(..8).and_then(|l| l.try_into().ok()).map(u64::from_le_bytes);
+        let packed = len
+            .and_then(|n| rest.get(8..8usize.checked_add(usize::try_from(n).ok()?)?))
+            .ok_or_else(|| SnapshotError::Damaged("shorter than its length says".into()))?;
+        let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged(e.to_string());
+        let decoder = ruzstd::decoding::StreamingDecoder::new(packed).map_err(|e| damaged(&e))?;
+        let mut tree = Vec::new();
+        decoder.take(MAX_TREE_BYTES + 1).read_to_end(&mut tree).map_err(|e| damaged(&e))?;
+        if tree.len() as u64 > MAX_TREE_BYTES {
+            return Err(SnapshotError::Damaged("larger than any tree cessfs writes".into()));
+        }
+        let snapshot: Snapshot = postcard::from_bytes(&tree).map_err(|e| damaged(&e))?;
+        snapshot.check()?;
+        Ok(snapshot)
+    }
+
+    /// Checks what a restore relies on: the root first, unique ids, names that POSIX allows
+    /// between nodes that exist, directories as parents.
+    fn check(&self) -> Result<(), SnapshotError> {
+        let bad = |what: &str| Err(SnapshotError::Damaged(what.to_string()));
+        let mut kinds = std::collections::HashMap::new();
+        for n in &self.nodes {
+            if kinds.insert(n.id, n.kind).is_some() {
+                return bad("two nodes with one id");
+            }
+        }
+        if self.nodes.first().map(|n| (n.id, n.kind)) != Some((1, NodeKind::Dir)) {
+            return bad("the root is not the first node");
+        }
+        let mut linked = std::collections::HashMap::new();
+        for l in &self.links {
+            *linked.entry(l.child).or_insert(0u32) += 1;
+        }
+        for n in &self.nodes[1..] {
+            match linked.get(&n.id) {
+                None => return bad("a node without a name"),
+                Some(&count) if count > 1 && n.kind == NodeKind::Dir => return bad("a directory with two names"),
+                _ => {}
+            }
+        }
+        for l in &self.links {
+            if l.name.is_empty() || l.name.len() > 255 || l.name.iter().any(|&b| b == b'/' || b == 0) {
+                return bad("a name POSIX does not allow");
+            }
+            if matches!(&l.name[..], b"." | b"..") || l.child == 1 {
+                return bad("a link to the root or a dot name");
+            }
+            if kinds.get(&l.parent) != Some(&NodeKind::Dir) || !kinds.contains_key(&l.child) {
+                return bad("a name in no directory, or of no node");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, kind: NodeKind, location: Location) -> Node {
+        Node {
+            id,
+            kind,
+            perm: 0o644,
+            uid: 1000,
+            gid: 1000,
+            size: 3,
+            atime: (1, 2),
+            mtime: (-5, 999_999_999),
+            ctime: (3, 4),
+            crtime: (5, 6),
+            target: Vec::new(),
+            rdev: 0,
+            xattrs: vec![(b"user.tag".to_vec(), b"v".to_vec())],
+            location,
+        }
+    }
+
+    fn sample() -> Snapshot {
+        let fid = Location::Fid { fid: Hash([9; 32]), format: 2, seed: Some([3; 32]) };
+        Snapshot {
+            generation: 7,
+            writer: [1; 16],
+            written_at: (1_800_000_000, 0),
+            nodes: vec![
+                node(1, NodeKind::Dir, Location::Empty),
+                node(2, NodeKind::File, fid),
+                node(3, NodeKind::File, Location::Inline(b"abc".to_vec())),
+            ],
+            links: vec![
+                Link { parent: 1, name: "长名字".repeat(20).into_bytes(), child: 2 },
+                Link { parent: 1, name: b"hard".to_vec(), child: 2 },
+                Link { parent: 1, name: b"x".to_vec(), child: 3 },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_its_padded_file() {
+        let s = sample();
+        let mut bytes = s.encode();
+        bytes.resize(bytes.len() + 1000, 0);
+        assert_eq!(Snapshot::decode(&bytes).unwrap(), s);
+    }
+
+    #[test]
+    fn damage_is_an_error_never_a_panic() {
+        let bytes = sample().encode();
+        assert_eq!(Snapshot::decode(b"CFSTREE\x02"), Err(SnapshotError::NotASnapshot));
+        for cut in [0, 8, 12, 16, bytes.len() - 1] {
+            assert!(Snapshot::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for i in 16..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x5a;
+            let _ = Snapshot::decode(&b);
+        }
+        let mut s = sample();
+        s.links.push(Link { parent: 2, name: b"in a file".to_vec(), child: 3 });
+        assert!(Snapshot::decode(&s.encode()).is_err());
+        let mut s = sample();
+        s.links[0].name = b"a/b".to_vec();
+        assert!(Snapshot::decode(&s.encode()).is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! Tree snapshots on CESS: the writer that keeps the newest tree there ([`Writer`]) and the
+//! search for the newest snapshot of a tree, to restore on a fresh machine ([`restore`]).
+//!
+//! A snapshot is written once changes settle: the tree changed since the last one, no upload is
+//! under way (a snapshot refers to a file only once it is active), and nothing changed for the
+//! quiet delay; or, while changes keep coming, once `interval` has passed since the first one.
+//! Its file goes to CESS as a hidden inode, through the upload engine, so a crash resumes its
+//! deal byte for byte. Once a snapshot is active, all but the newest `keep` active ones are
+//! dropped, and with them the FIDs only they referred to.
+
+pub mod restore;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::format::{NameKey, Snapshot};
+use crate::store::{KeptSnapshot, Store, StoreError, UploadState};
+
+/// When snapshots are written and how many are kept.
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    /// No change for this long: the tree has settled.
+    pub quiet: Duration,
+    /// The longest a change waits for a snapshot while changes keep coming.
+    pub interval: Duration,
+    /// Active snapshots kept.
+    pub keep: usize,
+}
+
+/// The meta record of the digest of the last tree written (generation and time left out).
+const LAST_TREE: &[u8] = b"snapshot-tree";
+/// The meta record of this data dir's writer id.
+const WRITER: &[u8] = b"snapshot-writer";
+
+/// Writes snapshots of one tree (see the module docs).
+pub struct Writer {
+    store: Arc<Store>,
+    names: NameKey,
+    config: SnapshotConfig,
+    writer: [u8; 16],
+}
+
+impl Writer {
+    /// A writer for the tree of `store`, naming its snapshots with `names`.
+    pub fn new(store: Arc<Store>, names: NameKey, config: SnapshotConfig) -> Result<Writer, StoreError> {
+        let writer = match store.meta(WRITER)?.and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()) {
+            Some(w) => w,
+            None => {
+                let w: [u8; 16] = rand::random();
+                store.set_meta(WRITER, &w)?;
+                w
+            }
+        };
+        Ok(Writer { store, names, config, writer })
+    }
+
+    /// Runs until `stop`; then writes a last snapshot locally if the tree changed (the next
+    /// mount uploads it).
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut seen = this.store.commits();
+        let mut first_change: Option<Instant> = None;
+        let mut last_change = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.changed() => break,
+            }
+            let now = this.store.commits();
+            if now != seen {
+                seen = now;
+                last_change = Instant::now();
+                first_change.get_or_insert(last_change);
+                // A snapshot may have become active: older ones may go.
+                let me = this.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.prune()).await {
+                    crate::log_limited!(log::Level::Error, "snapshot prune", "dropping old tree snapshots: {e}");
+                }
+            }
+            let Some(since) = first_change else { continue };
+            let settled = this.uploads_settled() && last_change.elapsed() >= this.config.quiet;
+            if !settled && since.elapsed() < this.config.interval {
+                continue;
+            }
+            first_change = None;
+            let me = this.clone();
+            match tokio::task::spawn_blocking(move || me.write()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => crate::log_limited!(log::Level::Error, "snapshot", "writing a tree snapshot: {e}"),
+                Err(e) => log::error!("writing a tree snapshot: {e}"),
+            }
+            seen = this.store.commits();
+        }
+        let me = this.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.write()).await {
+            log::error!("writing the last tree snapshot: {e}");
+        }
+    }
+
+    fn uploads_settled(&self) -> bool {
+        self.store.upload_states().iter().all(|(state, files, _)| *files == 0 || state.settled())
+    }
+
+    /// Writes a snapshot if the tree differs from the last one written.
+    fn write(&self) -> Result<(), StoreError> {
+        let kept = self.store.kept_snapshots()?;
+        let last = kept.last().map_or(0, |(_, s)| s.generation);
+        let now = crate::store::Timestamp::now();
+        let now_ms = now.secs.max(0) as u64 * 1000 + u64::from(now.nanos / 1_000_000);
+        let generation = (last + 1).max(now_ms);
+        let Some(snapshot) = self.store.build_snapshot(generation, self.writer)? else {
+            log::debug!("the tree kept changing while read: its snapshot waits");
+            return Ok(());
+        };
+        let digest = tree_digest(&snapshot);
+        if self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]) {
+            return Ok(());
+        }
+        let record = KeptSnapshot::of(&snapshot);
+        let bytes = snapshot.encode();
+        let ino = self.store.stage_snapshot(&record, &bytes, &self.names.snapshot_name(generation))?;
+        self.store.set_meta(LAST_TREE, &digest.0)?;
+        log::info!(
+            "tree snapshot {generation} written ({} entries, {} bytes, inode {ino}); on its way to CESS",
+            snapshot.nodes.len(),
+            bytes.len()
+        );
+        Ok(())
+    }
+
+    /// Drops the snapshots older than the newest `keep` active ones.
+    fn prune(&self) -> Result<(), StoreError> {
+        let kept = self.store.kept_snapshots()?;
+        let mut active = Vec::new();
+        for (ino, s) in &kept {
+            if self.store.upload(*ino)?.is_some_and(|u| u.state == UploadState::Active) {
+                active.push(s.generation);
+            }
+        }
+        let Some(&cutoff) = active.iter().rev().nth(self.config.keep.max(1) - 1) else { return Ok(()) };
+        for (ino, s) in kept.iter().filter(|(_, s)| s.generation < cutoff) {
+            log::info!("tree snapshot {} is older than the {} kept: deleted", s.generation, self.config.keep);
+            self.store.drop_snapshot(*ino)?;
+        }
+        Ok(())
+    }
+}
+
+/// A digest of what a snapshot says of the tree, its generation, writer and time aside.
+fn tree_digest(s: &Snapshot) -> crate::format::Hash {
+    let body = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), ..s.clone() };
+    crate::format::sha256(&postcard::to_stdvec(&body).unwrap_or_default())
+}

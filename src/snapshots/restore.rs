@@ -1,0 +1,116 @@
+//! Finding a tree's snapshots on chain and bringing the newest readable one back into an empty
+//! data dir. Only what the chain offers is used: the account's `UserHoldFileList` and the owner
+//! names of the `File` records, whose tag tells this key's snapshots from any other's.
+
+use futures_util::StreamExt;
+
+use crate::fetch::Fetcher;
+use crate::format::{Hash, NameKey, NameKind, Snapshot, snapshot_len_of};
+use crate::protocol::{Chain, ChainError};
+use crate::store::{Restored, Store};
+
+/// File records read at once while looking for snapshots.
+const READS_IN_FLIGHT: usize = 16;
+
+/// A snapshot of this tree on chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its generation.
+    pub generation: u64,
+    /// Its FID.
+    pub fid: Hash,
+    /// Its segments.
+    pub segments: usize,
+    /// Whether the chain has it active (else its deal is still open).
+    pub active: bool,
+}
+
+/// The snapshots of the tree of this account in `territory` named with `names`, newest first
+/// (ties of generation: the larger FID first, the rule of docs/FORMAT.md).
+pub async fn find(chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Found>, ChainError> {
+    let me = chain.account();
+    let held: Vec<Hash> =
+        chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
+    let mut reads = futures_util::stream::iter(held)
+        .map(|fid| async move { (fid, chain.file(&fid).await) })
+        .buffer_unordered(READS_IN_FLIGHT);
+    let mut found = Vec::new();
+    while let Some((fid, file)) = reads.next().await {
+        let Some(file) = file? else { continue };
+        let generation = file.owners.iter().filter(|o| o.user == me && o.territory_name == territory).find_map(|o| {
+            match names.parse(&o.file_name) {
+                Some((NameKind::Snapshot, generation)) => generation,
+                _ => None,
+            }
+        });
+        if let Some(generation) = generation {
+            found.push(Found { generation, fid, segments: file.segments.len(), active: file.active });
+        }
+    }
+    found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
+    Ok(found)
+}
+
+/// Reads snapshot `found` from CESS: its tree, and the seed its segments carry.
+pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<[u8; 32]>), String> {
+    let size = snapshot_len_of(found.segments);
+    let mut bytes = Vec::new();
+    let mut seed = None;
+    for s in 0..found.segments {
+        let segment = fetcher.segment(&found.fid, size, true, s).await.map_err(|e| e.to_string())?;
+        seed = seed.or(segment.seed());
+        bytes.extend_from_slice(segment.data());
+        fetcher.forget(&found.fid, s);
+    }
+    Ok((Snapshot::decode(&bytes).map_err(|e| e.to_string())?, seed))
+}
+
+/// What a restore did, for the person who asked for it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The generation restored.
+    pub generation: u64,
+    /// When it was written (Unix seconds).
+    pub written_at: i64,
+    /// What came back.
+    pub restored: Restored,
+    /// The newer generations that could not be read, and why.
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// Restores the newest snapshot of the tree that reads back into the empty `store`. `None`:
+/// the territory holds no snapshot of this tree.
+pub async fn restore_newest(
+    chain: &dyn Chain,
+    fetcher: &Fetcher,
+    store: &Store,
+    territory: &[u8],
+    names: &NameKey,
+) -> anyhow::Result<Option<Outcome>> {
+    let found = find(chain, territory, names).await?;
+    let mut skipped = Vec::new();
+    for f in found.iter().filter(|f| f.active) {
+        let (snapshot, seed) = match read(fetcher, f).await {
+            Ok(read) => read,
+            Err(why) => {
+                log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
+                skipped.push((f.generation, why));
+                continue;
+            }
+        };
+        let restored = store.restore_snapshot(&snapshot, territory, |fid| names.file_name(fid))?;
+        store.adopt_snapshot(
+            &snapshot,
+            f.fid,
+            seed,
+            f.segments as u32,
+            territory,
+            &names.snapshot_name(f.generation),
+        )?;
+        return Ok(Some(Outcome { generation: f.generation, written_at: snapshot.written_at.0, restored, skipped }));
+    }
+    if let Some((generation, why)) = skipped.first() {
+        anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
+    }
+    Ok(None)
+}

@@ -1,0 +1,418 @@
+//! The tree as a snapshot, and back: what a snapshot records of the store, the hidden inodes
+//! that hold snapshot files on their way to CESS, and the FIDs kept snapshots refer to (never
+//! deleted from the chain while one does).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::records::{decode, encode, key};
+use super::{Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, StoreError, Timestamp, UploadRecord, UploadState};
+use crate::format::{FRAGMENTS, Hash, Layout, Link, Location, Mode, Node, NodeKind, Snapshot};
+use crate::sync::lock;
+
+/// A snapshot this tree keeps: its generation and the FIDs it refers to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptSnapshot {
+    /// Its generation.
+    pub generation: u64,
+    /// The FIDs of the files it refers to.
+    pub fids: Vec<Hash>,
+}
+
+impl KeptSnapshot {
+    /// The record of `snapshot`.
+    pub fn of(snapshot: &Snapshot) -> KeptSnapshot {
+        let fids = snapshot
+            .nodes
+            .iter()
+            .filter_map(|n| match n.location {
+                Location::Fid { fid, .. } => Some(fid),
+                _ => None,
+            })
+            .collect();
+        KeptSnapshot { generation: snapshot.generation, fids }
+    }
+}
+
+/// What a restore brought back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Regular files.
+    pub files: u64,
+    /// Directories, the root included.
+    pub dirs: u64,
+    /// Everything else (symlinks).
+    pub others: u64,
+}
+
+fn time(t: Timestamp) -> (i64, u32) {
+    (t.secs, t.nanos)
+}
+
+fn timestamp((secs, nanos): (i64, u32)) -> Timestamp {
+    Timestamp { secs, nanos: nanos.min(999_999_999) }
+}
+
+impl Store {
+    /// How many commits the store has seen since it opened: unchanged, nothing changed.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
+    }
+
+    /// The tree as it is, as a snapshot of `generation` by `writer`. A regular file appears once
+    /// its content is active on CESS (or empty): until then it is left out, and the next
+    /// snapshot has it. `None` if the tree kept changing while it was read.
+    pub fn build_snapshot(&self, generation: u64, writer: [u8; 16]) -> Result<Option<Snapshot>, StoreError> {
+        for _ in 0..5 {
+            let before = self.commits.load(Ordering::Acquire);
+            let snapshot = self.read_tree(generation, writer)?;
+            if self.commits.load(Ordering::Acquire) == before {
+                return Ok(Some(snapshot));
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_tree(&self, generation: u64, writer: [u8; 16]) -> Result<Snapshot, StoreError> {
+        let mut ids: HashMap<u64, u64> = HashMap::from([(ROOT_INO, 1)]);
+        let mut nodes = Vec::new();
+        let mut links = Vec::new();
+        let mut queue = std::collections::VecDeque::from([ROOT_INO]);
+        while let Some(ino) = queue.pop_front() {
+            let Some(rec) = self.inode(ino)? else { continue };
+            let Some(node) = self.node(ino, ids[&ino], &rec)? else { continue };
+            nodes.push(node);
+            if rec.kind != Kind::Dir {
+                continue;
+            }
+            for (name, child, _) in self.dir_entries(ino)? {
+                let next = ids.len() as u64 + 1;
+                let id = *ids.entry(child).or_insert_with(|| {
+                    queue.push_back(child);
+                    next
+                });
+                links.push(Link { parent: ids[&ino], name, child: id });
+            }
+        }
+        // Names of files left out go too.
+        let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
+        links.retain(|l| present.contains(&l.child));
+        let written_at = Timestamp::now();
+        Ok(Snapshot { generation, writer, written_at: time(written_at), nodes, links })
+    }
+
+    /// The node of inode `ino`, or `None` for a regular file not on CESS yet.
+    fn node(&self, ino: u64, id: u64, rec: &InodeRecord) -> Result<Option<Node>, StoreError> {
+        let kind = match rec.kind {
+            Kind::File => NodeKind::File,
+            Kind::Dir => NodeKind::Dir,
+            Kind::Symlink => NodeKind::Symlink,
+        };
+        let location = match rec.kind {
+            Kind::File if rec.size == 0 => Location::Empty,
+            Kind::File => match self.upload(ino)? {
+                Some(UploadRecord {
+                    state: UploadState::Active,
+                    fid: Some(fid),
+                    content_version,
+                    format,
+                    seed,
+                    ..
+                }) if content_version == rec.content_version => Location::Fid { fid, format, seed },
+                _ => return Ok(None),
+            },
+            _ => Location::Empty,
+        };
+        let mut xattrs = Vec::new();
+        for name in self.xattr_names(ino)? {
+            if let Some(value) = self.xattr(ino, &name)? {
+                xattrs.push((name, value));
+            }
+        }
+        Ok(Some(Node {
+            id,
+            kind,
+            perm: rec.perm,
+            uid: rec.uid,
+            gid: rec.gid,
+            size: rec.size,
+            atime: time(rec.atime),
+            mtime: time(rec.mtime),
+            ctime: time(rec.ctime),
+            crtime: time(rec.crtime),
+            target: rec.target.clone(),
+            rdev: 0,
+            xattrs,
+            location,
+        }))
+    }
+
+    /// Writes the snapshot file `bytes` (padded with zeros to whole segments) as hidden inode,
+    /// durably, and queues its upload under `name`. Returns the inode.
+    pub fn stage_snapshot(&self, kept: &KeptSnapshot, bytes: &[u8], name: &[u8]) -> Result<u64, StoreError> {
+        let ino = self.allocate_ino()?;
+        let size = crate::format::snapshot_file_len(bytes.len() as u64);
+        let mut file = self.create_content(ino)?;
+        let written = file.write_all(bytes).and_then(|()| file.set_len(size)).and_then(|()| file.sync_all());
+        if let Err(e) = written.map_err(StoreError::from).and_then(|()| self.sync_content_dir()) {
+            self.remove_content(ino)?;
+            return Err(e);
+        }
+        let now = Timestamp::now();
+        let rec = InodeRecord {
+            kind: Kind::File,
+            perm: 0o600,
+            uid: 0,
+            gid: 0,
+            nlink: 0,
+            size,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: 0,
+            target: Vec::new(),
+            content_version: 1,
+            name: name.to_vec(),
+        };
+        let mut b = Batch::default();
+        b.put_inode(ino, &rec);
+        b.0.insert(&key::snapshot(ino), encode(kept));
+        b.put_upload(ino, &UploadRecord::staged(1));
+        self.commit(b)?;
+        self.sync()?;
+        *lock(&self.kept_fids) = None;
+        Ok(ino)
+    }
+
+    /// Keeps `snapshot`, restored from CESS where it is active under `fid`, as a hidden inode
+    /// whose content is not cached: its FIDs are protected and it is dropped in its turn.
+    pub fn adopt_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        fid: Hash,
+        seed: Option<[u8; 32]>,
+        segments: u32,
+        territory: &[u8],
+        name: &[u8],
+    ) -> Result<u64, StoreError> {
+        let ino = self.allocate_ino()?;
+        let size = crate::format::snapshot_len_of(segments as usize);
+        self.create_content(ino)?.set_len(size)?;
+        self.sync_content_dir()?;
+        let now = Timestamp::now();
+        let rec = InodeRecord {
+            kind: Kind::File,
+            perm: 0o600,
+            uid: 0,
+            gid: 0,
+            nlink: 0,
+            size,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: 0,
+            target: Vec::new(),
+            content_version: 1,
+            name: name.to_vec(),
+        };
+        let mut up = UploadRecord::staged(1);
+        up.state = UploadState::Active;
+        (up.size, up.fid, up.seed, up.segments) = (size, Some(fid), seed, segments);
+        up.territory = territory.to_vec();
+        up.file_name = name.to_vec();
+        (up.pushed, up.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+        let mut b = Batch::default();
+        b.put_inode(ino, &rec);
+        b.0.insert(&key::snapshot(ino), encode(&KeptSnapshot::of(snapshot)));
+        b.put_upload(ino, &up);
+        b.put_residency(ino, Some(&Residency::empty(segments)));
+        self.commit(b)?;
+        self.sync()?;
+        *lock(&self.kept_fids) = None;
+        Ok(ino)
+    }
+
+    /// The snapshots this tree keeps (hidden inode and record), oldest first.
+    pub fn kept_snapshots(&self) -> Result<Vec<(u64, KeptSnapshot)>, StoreError> {
+        let mut out: Vec<(u64, KeptSnapshot)> = self
+            .tree
+            .scan_prefix(key::SNAPSHOT_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key::ino_of(&k)?, decode(&v, "snapshot")?))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        out.sort_by_key(|(_, s)| s.generation);
+        Ok(out)
+    }
+
+    /// The generation of the snapshot hidden inode `ino` holds, if it holds one.
+    pub fn snapshot_generation(&self, ino: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tree
+            .get(key::snapshot(ino))?
+            .map(|v| decode::<KeptSnapshot>(&v, "snapshot"))
+            .transpose()?
+            .map(|s| s.generation))
+    }
+
+    /// Every FID a kept snapshot refers to.
+    pub(super) fn kept_snapshot_fids(&self) -> Result<Arc<HashSet<Hash>>, StoreError> {
+        if let Some(set) = lock(&self.kept_fids).clone() {
+            return Ok(set);
+        }
+        let set: HashSet<Hash> = self.kept_snapshots()?.into_iter().flat_map(|(_, s)| s.fids).collect();
+        let set = Arc::new(set);
+        *lock(&self.kept_fids) = Some(set.clone());
+        Ok(set)
+    }
+
+    /// Forgets the snapshot of hidden inode `ino`: its file is deleted from the chain, and so is
+    /// every FID it alone still referred to.
+    pub fn drop_snapshot(&self, ino: u64) -> Result<(), StoreError> {
+        let Some(dropped) =
+            self.tree.get(key::snapshot(ino))?.map(|v| decode::<KeptSnapshot>(&v, "snapshot")).transpose()?
+        else {
+            return Ok(());
+        };
+        let deals = self.deals();
+        let mut b = Batch::default();
+        b.0.remove(&key::snapshot(ino));
+        self.retire(&deals, &mut b, ino, None)?;
+        b.remove_inode(ino);
+        b.put_residency(ino, None);
+        let others: HashSet<Hash> =
+            self.kept_snapshots()?.into_iter().filter(|(i, _)| *i != ino).flat_map(|(_, s)| s.fids).collect();
+        let catalog_uses = |fid: &Hash| lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed);
+        for fid in dropped.fids.iter().filter(|f| !others.contains(f) && !catalog_uses(f)) {
+            b.put_tombstone(fid);
+        }
+        self.commit(b)?;
+        drop(deals);
+        *lock(&self.kept_fids) = None;
+        self.remove_content(ino)
+    }
+
+    /// Fills an empty store with `snapshot`: every node, name and xattr; regular files stored
+    /// on CESS are present and cold (fetched on read); `chain_name` gives the name a FID was
+    /// declared under, for the records. `territory` is where the files are.
+    pub fn restore_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        territory: &[u8],
+        chain_name: impl Fn(&Hash) -> Vec<u8>,
+    ) -> Result<Restored, StoreError> {
+        let mut inos: HashMap<u64, u64> = HashMap::from([(1, ROOT_INO)]);
+        for n in &snapshot.nodes[1..] {
+            inos.insert(n.id, self.allocate_ino()?);
+        }
+        let mut nlink: HashMap<u64, u32> = HashMap::new();
+        let mut parent: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
+        let mut subdirs: HashMap<u64, u32> = HashMap::new();
+        let kinds: HashMap<u64, NodeKind> = snapshot.nodes.iter().map(|n| (n.id, n.kind)).collect();
+        let mut b = Batch::default();
+        for l in &snapshot.links {
+            let kind = kinds[&l.child];
+            *nlink.entry(l.child).or_default() += 1;
+            parent.insert(l.child, (l.parent, l.name.clone()));
+            if kind == NodeKind::Dir {
+                *subdirs.entry(l.parent).or_default() += 1;
+            }
+            b.put_dirent(inos[&l.parent], &l.name, inos[&l.child], store_kind(kind));
+        }
+        let mut restored = Restored::default();
+        for n in &snapshot.nodes {
+            let ino = inos[&n.id];
+            let kind = store_kind(n.kind);
+            let (up, name) = parent.get(&n.id).map_or((ROOT_INO, Vec::new()), |(p, name)| (inos[p], name.clone()));
+            let rec = InodeRecord {
+                kind,
+                perm: n.perm & 0o7777,
+                uid: n.uid,
+                gid: n.gid,
+                nlink: if kind == Kind::Dir {
+                    2 + subdirs.get(&n.id).copied().unwrap_or(0)
+                } else {
+                    nlink.get(&n.id).copied().unwrap_or(1)
+                },
+                size: if kind == Kind::Symlink { n.target.len() as u64 } else { n.size },
+                atime: timestamp(n.atime),
+                mtime: timestamp(n.mtime),
+                ctime: timestamp(n.ctime),
+                crtime: timestamp(n.crtime),
+                parent: if kind == Kind::Dir { up } else { 0 },
+                target: n.target.clone(),
+                content_version: 1,
+                name,
+            };
+            b.put_inode(ino, &rec);
+            for (name, value) in &n.xattrs {
+                b.put_xattr(ino, name, value);
+            }
+            match kind {
+                Kind::Dir => restored.dirs += 1,
+                Kind::Symlink => restored.others += 1,
+                Kind::File => {
+                    restored.files += 1;
+                    self.restore_file(&mut b, ino, n, territory, &chain_name)?;
+                }
+            }
+        }
+        self.sync_content_dir()?;
+        self.commit(b)?;
+        self.sync()?;
+        Ok(restored)
+    }
+
+    /// A regular file of a snapshot: its content file and upload record.
+    fn restore_file(
+        &self,
+        b: &mut Batch,
+        ino: u64,
+        n: &Node,
+        territory: &[u8],
+        chain_name: &impl Fn(&Hash) -> Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let file = self.create_content(ino)?;
+        let mut up = UploadRecord::staged(1);
+        match &n.location {
+            Location::Empty => {}
+            Location::Inline(bytes) => {
+                (&file).write_all(bytes)?;
+                file.sync_all()?;
+            }
+            Location::Fid { fid, format, seed } => {
+                file.set_len(n.size)?;
+                let mode = if seed.is_some() { Mode::Encrypted } else { Mode::Plain };
+                let segments = Layout::new(n.size, mode).map(|l| l.segments() as u32).unwrap_or(0);
+                up.state = UploadState::Active;
+                up.size = n.size;
+                up.fid = Some(*fid);
+                up.seed = *seed;
+                up.format = *format;
+                up.segments = segments;
+                up.territory = territory.to_vec();
+                up.file_name = chain_name(fid);
+                (up.pushed, up.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+                b.put_residency(ino, Some(&Residency::empty(segments)));
+            }
+        }
+        b.put_upload(ino, &up);
+        Ok(())
+    }
+}
+
+fn store_kind(kind: NodeKind) -> Kind {
+    match kind {
+        NodeKind::Dir => Kind::Dir,
+        NodeKind::Symlink => Kind::Symlink,
+        // The store keeps no special files yet (the POSIX issue): they come back as empty files.
+        _ => Kind::File,
+    }
+}

@@ -342,6 +342,11 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config, stopped.clone());
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_chain_health(network.health.clone());
+    let snapshot_flags = Arc::new(crate::fs::SnapshotFlags::default());
+    let snapshot_config = settings.snapshot_config().zip(names);
+    if snapshot_config.is_some() {
+        fs.set_snapshot_flags(snapshot_flags.clone());
+    }
     fs.set_cold_reader(ColdReader {
         fetcher: Arc::new(fetcher),
         runtime: runtime.handle().clone(),
@@ -360,8 +365,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         stopped,
     );
     let mut tasks = vec![runtime.spawn(watched)];
-    if let (Some(config), Some(names)) = (settings.snapshot_config(), names) {
-        let writer = crate::snapshots::Writer::new(store.clone(), names, config)?;
+    if let Some((config, names)) = snapshot_config {
+        let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, names, config)?;
         tasks.push(runtime.spawn(writer.run(stop.subscribe())));
     }
     let metrics = match settings.metrics_addr()? {

@@ -19,16 +19,60 @@ pub struct StatusArgs {
     timeout: Option<u64>,
 }
 
-/// The `user.cess.json` of a file, if it has one.
-fn status_of(path: &Path) -> Option<Value> {
+/// The JSON attribute `name` of `path`, if it has one.
+fn json_attr(path: &Path, name: &std::ffi::CStr) -> Option<Value> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut buf = vec![0u8; 16 << 10];
     // SAFETY: a NUL-terminated path, a NUL-terminated name and a buffer of the given length.
-    let n = unsafe { libc::getxattr(c.as_ptr(), c"user.cess.json".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return None;
     }
     serde_json::from_slice(&buf[..n as usize]).ok()
+}
+
+/// The `user.cess.json` of a file, if it has one.
+fn status_of(path: &Path) -> Option<Value> {
+    json_attr(path, c"user.cess.json")
+}
+
+/// The `user.cess.snapshot` of a mount's root, for the roots among `paths`.
+fn snapshots_of(paths: &[PathBuf]) -> Vec<(PathBuf, Value)> {
+    paths.iter().filter_map(|p| Some((p.clone(), json_attr(p, c"user.cess.snapshot")?))).collect()
+}
+
+/// Whether the tree's newest changes are in an active snapshot (or this mount stopped writing
+/// them, or one failed: nothing to wait for).
+fn snapshot_settled(v: &Value) -> bool {
+    let waiting = v["changes_waiting"].as_bool().unwrap_or(false);
+    !v["stopped"].is_null()
+        || match v["status"].as_str() {
+            None => !waiting,
+            Some(state) => (state == "active" && !waiting) || state == "failed",
+        }
+}
+
+/// One line on the state of a tree's snapshots.
+fn describe_snapshots(v: &Value) -> String {
+    let mib = v["space"].as_u64().unwrap_or(0) >> 20;
+    let mut line = match (v["generation"].as_u64(), v["status"].as_str()) {
+        (Some(g), Some(state)) => format!(
+            "tree snapshot {g} ({state}, written {}); {} kept, {mib} MiB of territory",
+            v["written_at"].as_str().unwrap_or("?"),
+            v["kept"]
+        ),
+        _ => "no tree snapshot yet".to_string(),
+    };
+    if v["changes_waiting"].as_bool() == Some(true) {
+        line.push_str("; newer changes wait for the next one");
+    }
+    if let Some(n) = v["held_back_fids"].as_u64().filter(|&n| n > 0) {
+        line.push_str(&format!("; {n} removed files stay on CESS until no kept snapshot refers to them"));
+    }
+    if let Some(why) = v["stopped"].as_str() {
+        line.push_str(&format!("; snapshots stopped: {why}"));
+    }
+    line
 }
 
 fn collect(path: &Path, out: &mut Vec<(PathBuf, Value)>) {
@@ -123,12 +167,20 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
         let done = files.iter().filter(|(_, v)| settled(v)).count();
         let bar = if files.is_empty() { 20 } else { 20 * done / files.len() };
         eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
-        if done == files.len() {
+        let trees = snapshots_of(paths);
+        let trees_done = trees.iter().all(|(_, v)| snapshot_settled(v));
+        if done == files.len() && !trees_done {
+            eprint!("(waiting for the tree snapshot) ");
+        }
+        if done == files.len() && trees_done {
             eprintln!();
             return Ok(files);
         }
         if deadline.is_some_and(|d| std::time::Instant::now() > d) {
             eprintln!();
+            if done == files.len() {
+                anyhow::bail!("timed out waiting for the tree snapshot to be active");
+            }
             anyhow::bail!("timed out: {} of {} files still uploading", files.len() - done, files.len());
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -138,6 +190,9 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths.clone() };
     let files = if args.wait { wait(&paths, args.timeout.map(Duration::from_secs))? } else { scan(&paths) };
+    for (root, v) in snapshots_of(&paths) {
+        println!("{}: {}", root.display(), describe_snapshots(&v));
+    }
     if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {
         println!("the chain is unreachable since {since}: uploads wait, and resume when it answers");
     }

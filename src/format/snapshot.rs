@@ -208,6 +208,27 @@ impl Snapshot {
                 return bad("a name in no directory, or of no node");
             }
         }
+        let mut names = std::collections::HashSet::new();
+        if !self.links.iter().all(|l| names.insert((l.parent, &l.name[..]))) {
+            return bad("one name twice in a directory");
+        }
+        // Every node hangs from the root (no directory cycles).
+        let mut children: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+        for l in &self.links {
+            children.entry(l.parent).or_default().push(l.child);
+        }
+        let mut reached = std::collections::HashSet::from([1u64]);
+        let mut stack = vec![1u64];
+        while let Some(dir) = stack.pop() {
+            for &c in children.get(&dir).into_iter().flatten() {
+                if reached.insert(c) {
+                    stack.push(c);
+                }
+            }
+        }
+        if reached.len() != kinds.len() {
+            return bad("a node the root does not reach");
+        }
         Ok(())
     }
 }
@@ -280,5 +301,14 @@ mod tests {
         let mut s = sample();
         s.links[0].name = b"a/b".to_vec();
         assert!(Snapshot::decode(&s.encode()).is_err());
+        let mut s = sample();
+        s.links[1].name = s.links[0].name.clone();
+        assert!(Snapshot::decode(&s.encode()).is_err(), "one name twice");
+        let mut s = sample();
+        s.nodes.push(node(4, NodeKind::Dir, Location::Empty));
+        s.nodes.push(node(5, NodeKind::Dir, Location::Empty));
+        s.links.push(Link { parent: 4, name: b"b".to_vec(), child: 5 });
+        s.links.push(Link { parent: 5, name: b"a".to_vec(), child: 4 });
+        assert!(Snapshot::decode(&s.encode()).is_err(), "a cycle apart from the root");
     }
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 pub use cache::ColdReader;
 pub use error::FsError;
-pub use types::{Attr, Caller, DirEntry, FsConfig, Opened, SetAttr, StatFs, StorageSpace, TimeSet};
+pub use types::{Attr, Caller, DirEntry, FsConfig, Opened, SetAttr, SnapshotFlags, StatFs, StorageSpace, TimeSet};
 
 use crate::format::{Layout, Mode};
 use crate::protocol::ChainHealth;
@@ -65,6 +65,8 @@ pub struct Fs {
     storage: Mutex<Option<StorageSpace>>,
     /// Whether the chain answers (for what the upload attributes say).
     chain_health: Option<Arc<ChainHealth>>,
+    /// Set when the tree is kept in snapshots.
+    snapshots: Option<Arc<SnapshotFlags>>,
 }
 
 /// The one rule for a name in a directory: 1 to 255 bytes, any but `/` and NUL, not `.` or `..`.
@@ -111,6 +113,7 @@ impl Fs {
             cold: None,
             storage: Mutex::new(None),
             chain_health: None,
+            snapshots: None,
         }
     }
 
@@ -122,6 +125,11 @@ impl Fs {
     /// Lets the upload attributes say when the chain does not answer.
     pub fn set_chain_health(&mut self, health: Arc<ChainHealth>) {
         self.chain_health = Some(health);
+    }
+
+    /// Shows the state of the tree's snapshots in `user.cess.snapshot` on the root.
+    pub fn set_snapshot_flags(&mut self, flags: Arc<SnapshotFlags>) {
+        self.snapshots = Some(flags);
     }
 
     /// Lets reads fetch evicted content from the network.

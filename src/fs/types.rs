@@ -123,3 +123,13 @@ pub struct Caller {
     /// Group id.
     pub gid: u32,
 }
+
+/// What the snapshot writer tells the filesystem, for `user.cess.snapshot` on the root.
+#[derive(Debug, Default)]
+pub struct SnapshotFlags {
+    /// The store's commit count up to which the tree is in a snapshot: later commits may be
+    /// changes waiting for the next one.
+    pub covered: std::sync::atomic::AtomicU64,
+    /// Why this mount stopped writing snapshots, if it did.
+    pub stopped: std::sync::Mutex<Option<String>>,
+}

@@ -48,6 +48,11 @@ impl Fs {
     /// The cessfs attributes of `ino` (docs/XATTRS.md): empty for anything but a regular file
     /// with an upload record.
     fn cess_attributes(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
+        if ino == crate::store::ROOT_INO
+            && let Some(flags) = &self.snapshots
+        {
+            return Ok(vec![("user.cess.snapshot", self.snapshot_json(flags)?.to_string())]);
+        }
         let Some(up) = self.store.upload(ino)? else { return Ok(Vec::new()) };
         let chain_down = self.chain_health.as_ref().and_then(|h| h.unreachable_since());
         let progress = |up: &UploadRecord| progress(up, chain_down.as_ref());
@@ -96,6 +101,24 @@ impl Fs {
         });
         attrs.push(("user.cess.json", json.to_string()));
         Ok(attrs)
+    }
+
+    /// `user.cess.snapshot`: the state of the tree's snapshots.
+    fn snapshot_json(&self, flags: &super::SnapshotFlags) -> FsResult<serde_json::Value> {
+        let summary = self.store.snapshot_summary()?;
+        let written = |generation: u64| utc(std::time::UNIX_EPOCH + std::time::Duration::from_millis(generation));
+        Ok(serde_json::json!({
+            "generation": summary.newest.map(|(g, _)| g),
+            "status": summary.newest.map(|(_, state)| state.word()),
+            "written_at": summary.newest.map(|(g, _)| written(g)),
+            "fid": summary.newest_fid.map(|f| f.to_hex()),
+            "active_generation": summary.newest_active,
+            "changes_waiting": self.store.commits() > flags.covered.load(std::sync::atomic::Ordering::Acquire),
+            "kept": summary.kept,
+            "space": summary.segments * (crate::format::FRAGMENT_SIZE * FRAGMENTS) as u64,
+            "held_back_fids": summary.held_back,
+            "stopped": lock(&flags.stopped).clone(),
+        }))
     }
 
     /// getxattr.

@@ -11,9 +11,11 @@
 pub mod restore;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::format::{NameKey, Snapshot};
+use crate::fs::SnapshotFlags;
 use crate::store::{KeptSnapshot, Store, StoreError, UploadState};
 
 /// When snapshots are written and how many are kept.
@@ -35,6 +37,7 @@ const WRITER: &[u8] = b"snapshot-writer";
 /// Writes snapshots of one tree (see the module docs).
 pub struct Writer {
     store: Arc<Store>,
+    flags: Arc<SnapshotFlags>,
     names: NameKey,
     config: SnapshotConfig,
     writer: [u8; 16],
@@ -42,7 +45,12 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for the tree of `store`, naming its snapshots with `names`.
-    pub fn new(store: Arc<Store>, names: NameKey, config: SnapshotConfig) -> Result<Writer, StoreError> {
+    pub fn new(
+        store: Arc<Store>,
+        flags: Arc<SnapshotFlags>,
+        names: NameKey,
+        config: SnapshotConfig,
+    ) -> Result<Writer, StoreError> {
         let writer = match store.meta(WRITER)?.and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()) {
             Some(w) => w,
             None => {
@@ -51,16 +59,17 @@ impl Writer {
                 w
             }
         };
-        Ok(Writer { store, names, config, writer })
+        Ok(Writer { store, flags, names, config, writer })
     }
 
     /// Runs until `stop`; then writes a last snapshot locally if the tree changed (the next
-    /// mount uploads it).
+    /// mount uploads it). Changes made before a crash count as changes at the start.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut seen = this.store.commits();
-        let mut first_change: Option<Instant> = None;
+        let mut first_change = Some(Instant::now());
         let mut last_change = Instant::now();
+        let mut retry_at = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -79,17 +88,20 @@ impl Writer {
             }
             let Some(since) = first_change else { continue };
             let settled = this.uploads_settled() && last_change.elapsed() >= this.config.quiet;
-            if !settled && since.elapsed() < this.config.interval {
+            if (!settled && since.elapsed() < this.config.interval) || Instant::now() < retry_at {
                 continue;
             }
-            first_change = None;
             let me = this.clone();
             match tokio::task::spawn_blocking(move || me.write()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => crate::log_limited!(log::Level::Error, "snapshot", "writing a tree snapshot: {e}"),
+                Ok(Ok(true)) => first_change = None,
+                // The tree kept changing while read: tried again in a moment.
+                Ok(Ok(false)) => retry_at = Instant::now() + Duration::from_secs(1),
+                Ok(Err(e)) => {
+                    crate::log_limited!(log::Level::Error, "snapshot", "writing a tree snapshot: {e}");
+                    retry_at = Instant::now() + Duration::from_secs(30);
+                }
                 Err(e) => log::error!("writing a tree snapshot: {e}"),
             }
-            seen = this.store.commits();
         }
         let me = this.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.write()).await {
@@ -101,31 +113,52 @@ impl Writer {
         self.store.upload_states().iter().all(|(state, files, _)| *files == 0 || state.settled())
     }
 
-    /// Writes a snapshot if the tree differs from the last one written.
-    fn write(&self) -> Result<(), StoreError> {
+    /// Writes a snapshot if the tree differs from the last one written. `false`: the tree kept
+    /// changing while it was read.
+    fn write(&self) -> Result<bool, StoreError> {
         let kept = self.store.kept_snapshots()?;
         let last = kept.last().map_or(0, |(_, s)| s.generation);
         let now = crate::store::Timestamp::now();
         let now_ms = now.secs.max(0) as u64 * 1000 + u64::from(now.nanos / 1_000_000);
         let generation = (last + 1).max(now_ms);
+        // No FID the tree refers to may leave the chain before the snapshot protects it.
+        let _hold = self.store.hold_deletions();
+        let covered = self.store.commits();
         let Some(snapshot) = self.store.build_snapshot(generation, self.writer)? else {
             log::debug!("the tree kept changing while read: its snapshot waits");
-            return Ok(());
+            return Ok(false);
         };
         let digest = tree_digest(&snapshot);
-        if self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]) {
-            return Ok(());
+        // An empty tree with nothing kept before has nothing to keep.
+        let nothing = kept.is_empty() && snapshot.links.is_empty();
+        if nothing || self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]) {
+            self.flags.covered.fetch_max(covered, Ordering::AcqRel);
+            return Ok(true);
         }
         let record = KeptSnapshot::of(&snapshot);
         let bytes = snapshot.encode();
+        // What a restore would refuse is never stored.
+        if let Err(e) = Snapshot::decode(&bytes) {
+            log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
+            return Ok(true);
+        }
         let ino = self.store.stage_snapshot(&record, &bytes, &self.names.snapshot_name(generation))?;
         self.store.set_meta(LAST_TREE, &digest.0)?;
+        self.flags.covered.fetch_max(covered, Ordering::AcqRel);
         log::info!(
             "tree snapshot {generation} written ({} entries, {} bytes, inode {ino}); on its way to CESS",
             snapshot.nodes.len(),
             bytes.len()
         );
-        Ok(())
+        // Older snapshots whose deal has not begun will never be needed: this one replaces them.
+        for (old, s) in &kept {
+            let state = self.store.upload(*old)?.map(|u| u.state);
+            if matches!(state, Some(UploadState::Staged | UploadState::Encoding | UploadState::Failed) | None) {
+                log::info!("tree snapshot {} was not stored yet and is replaced by {generation}", s.generation);
+                self.store.drop_snapshot(*old)?;
+            }
+        }
+        Ok(true)
     }
 
     /// Drops the snapshots older than the newest `keep` active ones.

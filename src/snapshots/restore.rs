@@ -4,7 +4,7 @@
 
 use futures_util::StreamExt;
 
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchError, Fetcher};
 use crate::format::{Hash, NameKey, NameKind, Snapshot, snapshot_len_of};
 use crate::protocol::{Chain, ChainError};
 use crate::store::{Restored, Store};
@@ -51,18 +51,34 @@ pub async fn find(chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Resul
     Ok(found)
 }
 
+/// Why a snapshot was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Its bytes are damaged or not a snapshot of this key: an older one may serve.
+    #[error("{0}")]
+    Damaged(String),
+    /// It could not be fetched now (the chain or the miners): trying later may work, and an
+    /// older snapshot would bring back an older tree.
+    #[error("{0}")]
+    Unavailable(FetchError),
+}
+
 /// Reads snapshot `found` from CESS: its tree, and the seed its segments carry.
-pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<[u8; 32]>), String> {
+pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<[u8; 32]>), ReadError> {
     let size = snapshot_len_of(found.segments);
     let mut bytes = Vec::new();
     let mut seed = None;
     for s in 0..found.segments {
-        let segment = fetcher.segment(&found.fid, size, true, s).await.map_err(|e| e.to_string())?;
+        let segment = fetcher.segment(&found.fid, size, true, s).await.map_err(|e| match e {
+            FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
+            e => ReadError::Unavailable(e),
+        })?;
         seed = seed.or(segment.seed());
         bytes.extend_from_slice(segment.data());
         fetcher.forget(&found.fid, s);
     }
-    Ok((Snapshot::decode(&bytes).map_err(|e| e.to_string())?, seed))
+    let snapshot = Snapshot::decode(&bytes).map_err(|e| ReadError::Damaged(e.to_string()))?;
+    Ok((snapshot, seed))
 }
 
 /// What a restore did, for the person who asked for it.
@@ -89,14 +105,20 @@ pub async fn restore_newest(
 ) -> anyhow::Result<Option<Outcome>> {
     let found = find(chain, territory, names).await?;
     let mut skipped = Vec::new();
-    for f in found.iter().filter(|f| f.active) {
+    let mut active = found.iter().filter(|f| f.active);
+    for f in active.by_ref() {
         let (snapshot, seed) = match read(fetcher, f).await {
             Ok(read) => read,
-            Err(why) => {
+            Err(ReadError::Damaged(why)) => {
                 log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
                 skipped.push((f.generation, why));
                 continue;
             }
+            Err(ReadError::Unavailable(e)) => anyhow::bail!(
+                "tree snapshot {} of this territory could not be fetched now ({e}); nothing was restored: \
+                 mount again once the chain and the miners answer (or use --fresh to start an empty tree)",
+                f.generation
+            ),
         };
         let restored = store.restore_snapshot(&snapshot, territory, |fid| names.file_name(fid))?;
         store.adopt_snapshot(
@@ -107,6 +129,16 @@ pub async fn restore_newest(
             territory,
             &names.snapshot_name(f.generation),
         )?;
+        // The older ones are kept too, and dropped in their turn with what only they refer to.
+        for older in active {
+            match read(fetcher, older).await {
+                Ok((old, seed)) => {
+                    let name = names.snapshot_name(older.generation);
+                    store.adopt_snapshot(&old, older.fid, seed, older.segments as u32, territory, &name)?;
+                }
+                Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", older.generation),
+            }
+        }
         return Ok(Some(Outcome { generation: f.generation, written_at: snapshot.written_at.0, restored, skipped }));
     }
     if let Some((generation, why)) = skipped.first() {

@@ -20,6 +20,8 @@ struct Entry {
     cached: u64,
     /// Its place in the eviction order, if it has cached bytes.
     order: Option<Order>,
+    /// The older FIDs it keeps until its newer version is active.
+    replaces: Vec<Hash>,
 }
 
 /// Least recently used first: files not used since the mount (as old as their upload), then
@@ -58,6 +60,8 @@ fn state_index(s: UploadState) -> usize {
 pub(super) struct Catalog {
     entries: HashMap<u64, Entry>,
     by_fid: HashMap<Hash, Vec<u64>>,
+    /// Older FIDs records keep until their newer version is active (`replaces`), and how many.
+    replaced: HashMap<Hash, usize>,
     order: BTreeSet<Order>,
     /// Last use of files used since the mount.
     used: HashMap<u64, i128>,
@@ -76,13 +80,29 @@ impl Catalog {
                 Some(t) => (true, *t, ino),
                 None => (false, nanos(u.updated_at), ino),
             });
-            Entry { state: u.state, size: u.size, fid: u.fid, retired: u.retired, cached, order }
+            Entry {
+                state: u.state,
+                size: u.size,
+                fid: u.fid,
+                retired: u.retired,
+                cached,
+                order,
+                replaces: u.replaces.clone(),
+            }
         });
         let old = match &new {
             Some(e) => self.entries.insert(ino, e.clone()),
             None => self.entries.remove(&ino),
         };
         if let Some(old) = old {
+            for fid in &old.replaces {
+                if let Some(n) = self.replaced.get_mut(fid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.replaced.remove(fid);
+                    }
+                }
+            }
             self.cached -= old.cached;
             let s = &mut self.states[state_index(old.state)];
             *s = (s.0 - 1, s.1 - old.size);
@@ -100,6 +120,9 @@ impl Catalog {
             }
         }
         if let Some(new) = new {
+            for fid in &new.replaces {
+                *self.replaced.entry(*fid).or_default() += 1;
+            }
             self.cached += new.cached;
             let s = &mut self.states[state_index(new.state)];
             *s = (s.0 + 1, s.1 + new.size);
@@ -125,6 +148,12 @@ impl Catalog {
             let active = e.state == UploadState::Active && !e.retired;
             Some((*ino, active, !e.retired && e.state != UploadState::Failed))
         })
+    }
+
+    /// Whether a file still needs `fid` on chain: as its content (not retired, not failed), or
+    /// as the last good version it keeps until a newer one is active.
+    pub(super) fn needed(&self, fid: &Hash) -> bool {
+        self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
     }
 
     /// Notes a use of `ino` now (its place in the eviction order).

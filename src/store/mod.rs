@@ -30,7 +30,7 @@ pub use catalog::resident_bytes;
 pub use outbox::{DealGuard, Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
-pub use tree::{KeptSnapshot, Restored};
+pub use tree::{KeptSnapshot, Restored, SnapshotSummary};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
 
@@ -76,10 +76,15 @@ pub struct Store {
     /// Room kept for the database on a full disk (reserve.rs).
     reserve: reserve::Reserve,
     db_dir: PathBuf,
-    /// Commits so far: a tree read twice with the same count in between is consistent.
+    /// Commits begun and commits applied: a tree read while no commit began or was under way
+    /// is consistent (tree.rs).
     commits: std::sync::atomic::AtomicU64,
+    applied: std::sync::atomic::AtomicU64,
+    /// Snapshots being built and staged: no FID is deleted meanwhile (tree.rs).
+    building: std::sync::atomic::AtomicUsize,
     /// The FIDs kept snapshots refer to, once read (tree.rs).
-    kept_fids: std::sync::Mutex<Option<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>>,
+    /// (bumped on every change of the kept snapshots, so a set read before one is not kept)
+    kept_fids: std::sync::Mutex<(u64, Option<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>)>,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -201,7 +206,9 @@ impl Store {
             reserve,
             db_dir: data_dir.join("db"),
             commits: std::sync::atomic::AtomicU64::new(0),
-            kept_fids: std::sync::Mutex::new(None),
+            applied: std::sync::atomic::AtomicU64::new(0),
+            building: std::sync::atomic::AtomicUsize::new(0),
+            kept_fids: std::sync::Mutex::new((0, None)),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -313,7 +320,7 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.reserve.before_write();
-        self.commits.fetch_add(1, Ordering::AcqRel);
+        let _applying = self.applying();
         let Batch(batch, touched) = batch;
         if touched.inodes.is_empty() {
             self.tree.apply_batch(batch)?;

@@ -261,7 +261,7 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.reserve.before_write();
-        self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _applying = self.applying();
         let mut catalog = lock(&self.catalog);
         let swapped =
             self.tree.compare_and_swap(key::upload(ino), Some(encode_upload(old)), new.map(encode_upload))?.is_ok();
@@ -287,7 +287,8 @@ impl Store {
 
     /// Whether any upload, or a kept snapshot of the tree, still needs `fid` on chain.
     pub fn fid_in_use(&self, fid: &Hash) -> Result<bool, StoreError> {
-        Ok(lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed) || self.kept_snapshot_fids()?.contains(fid))
+        let needed = lock(&self.catalog).needed(fid);
+        Ok(needed || self.kept_snapshot_fids()?.contains(fid))
     }
 
     /// Holds the deal lock: no deal starts or ends while it lives (for [`Store::retire`]).

@@ -38,6 +38,24 @@ impl KeptSnapshot {
     }
 }
 
+/// The state of a tree's snapshots, for `user.cess.snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// The newest snapshot written: its generation and upload state.
+    pub newest: Option<(u64, UploadState)>,
+    /// Its FID, once encoded.
+    pub newest_fid: Option<Hash>,
+    /// The newest active one.
+    pub newest_active: Option<u64>,
+    /// Snapshots kept (in flight or active).
+    pub kept: usize,
+    /// Segments the kept snapshots' files take.
+    pub segments: u64,
+    /// FIDs of removed or replaced files that stay on chain because a kept snapshot refers to
+    /// them (deleted once none does).
+    pub held_back: usize,
+}
+
 /// What a restore brought back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -57,10 +75,45 @@ fn timestamp((secs, nanos): (i64, u32)) -> Timestamp {
     Timestamp { secs, nanos: nanos.min(999_999_999) }
 }
 
+/// A commit under way: counted as begun now, as applied when dropped.
+pub(super) struct Applying<'a>(&'a Store);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.0.applied.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// While it lives, no FID is deleted from the chain: a snapshot being built may refer to it.
+pub struct DeletionHold<'a>(&'a Store);
+
+impl Drop for DeletionHold<'_> {
+    fn drop(&mut self) {
+        self.0.building.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Store {
-    /// How many commits the store has seen since it opened: unchanged, nothing changed.
+    /// How many commits the store has begun since it opened: unchanged, nothing changed.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Acquire)
+    }
+
+    pub(super) fn applying(&self) -> Applying<'_> {
+        self.commits.fetch_add(1, Ordering::AcqRel);
+        Applying(self)
+    }
+
+    /// Holds deletions from the chain back until the guard is dropped (a snapshot is built and
+    /// staged meanwhile: a FID it read must not go before it protects it).
+    pub fn hold_deletions(&self) -> DeletionHold<'_> {
+        self.building.fetch_add(1, Ordering::AcqRel);
+        DeletionHold(self)
+    }
+
+    /// Whether deletions from the chain are held back now.
+    pub fn deletions_held(&self) -> bool {
+        self.building.load(Ordering::Acquire) > 0
     }
 
     /// The tree as it is, as a snapshot of `generation` by `writer`. A regular file appears once
@@ -68,11 +121,13 @@ impl Store {
     /// snapshot has it. `None` if the tree kept changing while it was read.
     pub fn build_snapshot(&self, generation: u64, writer: [u8; 16]) -> Result<Option<Snapshot>, StoreError> {
         for _ in 0..5 {
-            let before = self.commits.load(Ordering::Acquire);
+            // Consistent: no commit under way when the read began, none begun since.
+            let (begun, applied) = (self.commits.load(Ordering::Acquire), self.applied.load(Ordering::Acquire));
             let snapshot = self.read_tree(generation, writer)?;
-            if self.commits.load(Ordering::Acquire) == before {
+            if begun == applied && self.commits.load(Ordering::Acquire) == begun {
                 return Ok(Some(snapshot));
             }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(None)
     }
@@ -184,8 +239,8 @@ impl Store {
         b.0.insert(&key::snapshot(ino), encode(kept));
         b.put_upload(ino, &UploadRecord::staged(1));
         self.commit(b)?;
+        self.kept_snapshots_changed();
         self.sync()?;
-        *lock(&self.kept_fids) = None;
         Ok(ino)
     }
 
@@ -233,8 +288,8 @@ impl Store {
         b.put_upload(ino, &up);
         b.put_residency(ino, Some(&Residency::empty(segments)));
         self.commit(b)?;
+        self.kept_snapshots_changed();
         self.sync()?;
-        *lock(&self.kept_fids) = None;
         Ok(ino)
     }
 
@@ -252,6 +307,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The state of the kept snapshots.
+    pub fn snapshot_summary(&self) -> Result<SnapshotSummary, StoreError> {
+        let mut summary = SnapshotSummary::default();
+        for (ino, s) in self.kept_snapshots()? {
+            let up = self.upload(ino)?;
+            summary.segments += up.as_ref().map_or(0, |u| u64::from(u.segments));
+            summary.newest_fid = up.as_ref().and_then(|u| u.fid);
+            let state = up.map_or(UploadState::Failed, |u| u.state);
+            if state == UploadState::Active {
+                summary.newest_active = Some(s.generation);
+            }
+            summary.newest = Some((s.generation, state));
+            summary.kept += 1;
+        }
+        let kept = self.kept_snapshot_fids()?;
+        let catalog = lock(&self.catalog);
+        summary.held_back = kept.iter().filter(|f| !catalog.needed(f)).count();
+        Ok(summary)
+    }
+
     /// The generation of the snapshot hidden inode `ino` holds, if it holds one.
     pub fn snapshot_generation(&self, ino: u64) -> Result<Option<u64>, StoreError> {
         Ok(self
@@ -264,13 +339,26 @@ impl Store {
 
     /// Every FID a kept snapshot refers to.
     pub(super) fn kept_snapshot_fids(&self) -> Result<Arc<HashSet<Hash>>, StoreError> {
-        if let Some(set) = lock(&self.kept_fids).clone() {
-            return Ok(set);
-        }
+        let version = {
+            let cached = lock(&self.kept_fids);
+            if let Some(set) = cached.1.clone() {
+                return Ok(set);
+            }
+            cached.0
+        };
         let set: HashSet<Hash> = self.kept_snapshots()?.into_iter().flat_map(|(_, s)| s.fids).collect();
         let set = Arc::new(set);
-        *lock(&self.kept_fids) = Some(set.clone());
+        let mut cached = lock(&self.kept_fids);
+        if cached.0 == version {
+            cached.1 = Some(set.clone());
+        }
         Ok(set)
+    }
+
+    /// Forgets the FIDs of kept snapshots read so far (they changed).
+    fn kept_snapshots_changed(&self) {
+        let mut cached = lock(&self.kept_fids);
+        *cached = (cached.0 + 1, None);
     }
 
     /// Forgets the snapshot of hidden inode `ino`: its file is deleted from the chain, and so is
@@ -289,13 +377,13 @@ impl Store {
         b.put_residency(ino, None);
         let others: HashSet<Hash> =
             self.kept_snapshots()?.into_iter().filter(|(i, _)| *i != ino).flat_map(|(_, s)| s.fids).collect();
-        let catalog_uses = |fid: &Hash| lock(&self.catalog).holders(fid).any(|(_, _, needed)| needed);
+        let catalog_uses = |fid: &Hash| lock(&self.catalog).needed(fid);
         for fid in dropped.fids.iter().filter(|f| !others.contains(f) && !catalog_uses(f)) {
             b.put_tombstone(fid);
         }
         self.commit(b)?;
+        self.kept_snapshots_changed();
         drop(deals);
-        *lock(&self.kept_fids) = None;
         self.remove_content(ino)
     }
 

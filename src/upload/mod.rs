@@ -460,6 +460,11 @@ impl Inner {
 
     /// Deletes `fid` from the chain unless a file still uses it. `Some` to retry later.
     async fn delete(&self, fid: &Hash, mut t: Tombstone) -> Option<Tombstone> {
+        // A snapshot being built may refer to it: ask again in a moment.
+        if self.store.deletions_held() {
+            t.retry_at = Some(later(Duration::from_secs(1)));
+            return Some(t);
+        }
         let fid_copy = *fid;
         match self.db(move |s| s.fid_in_use(&fid_copy)).await {
             Ok(true) => return None,

@@ -64,13 +64,18 @@ impl Mount {
     /// A fresh mount with `args` whose data dir `prepare` sets up first (a file system mounted
     /// on its content dir, say).
     pub fn prepared(args: &[&str], prepare: impl FnOnce(&Path)) -> Mount {
+        Mount::keyed("5a", args, prepare)
+    }
+
+    /// [`Mount::prepared`] with the key of 32 bytes `byte` (two hex digits).
+    pub fn keyed(byte: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Mount {
         let data = tempfile::tempdir().expect("data dir");
         prepare(data.path());
         let key = data.path().join("key");
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = File::options().write(true).create_new(true).mode(0o600).open(&key).expect("key file");
-            std::io::Write::write_all(&mut f, "5a".repeat(32).as_bytes()).expect("write key");
+            std::io::Write::write_all(&mut f, byte.repeat(32).as_bytes()).expect("write key");
         }
         let mut all: Vec<String> = vec!["--key-file".into(), key.display().to_string()];
         all.extend(args.iter().map(|s| s.to_string()));

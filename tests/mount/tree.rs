@@ -140,7 +140,7 @@ fn stats(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, u32, u32, u64,
 #[test]
 fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
     let net = StandaloneDevnet::start();
-    let first = Mount::uploading("0", &["--chain", &net.url]);
+    let mut first = Mount::uploading("0", &["--chain", &net.url]);
     let long = format!("{}.txt", "长".repeat(30));
     fs::create_dir_all(first.path("docs/深い/nested")).unwrap();
     fs::write(first.path("docs/a"), b"one-byte name").unwrap();
@@ -156,17 +156,79 @@ fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
     for f in ["docs/a", "big.bin", &format!("docs/深い/{long}")] {
         first.wait_status(f, &["active"], MIN);
     }
-    let settled = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    wait_until(2 * MIN, "a snapshot written after every file was active", || {
-        snapshots(&first, &net.url).iter().any(|l| {
-            l.contains("active") && l.split_whitespace().next().and_then(|g| g.parse::<u64>().ok()) > Some(settled)
-        })
-    });
     let before = (snapshot(first.root()), stats(first.root()));
+    // --wait waits for the files and for a snapshot of the tree as it is.
+    first.unmount_with(&["--wait", "--timeout", "120"]);
+    let listed = snapshots(&first, &net.url);
+    assert!(listed.first().is_some_and(|l| l.contains("active")), "{listed:?}");
+
+    // Another key sees no tree there, and touches nothing.
+    let stranger = Mount::keyed("77", &["--quiet-delay", "0", "--chain", &net.url], |_| {});
+    assert!(fs::read_dir(stranger.root()).unwrap().next().is_none(), "another key's tree is not shown");
+    drop(stranger);
 
     let second = Mount::uploading("0", &["--chain", &net.url]);
     assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
     assert_eq!(second.cess("big.bin", "cached").as_deref(), Some("no"), "restored files are cold");
     assert_eq!(stats(second.root()), before.1, "modes, owners, sizes, times and links");
     assert!(snapshot(second.root()) == before.0, "every name, byte, target and xattr");
+    assert_eq!(snapshots(&first, &net.url), listed, "the stranger and the restore deleted no snapshot");
+}
+
+/// The root's `user.cess.snapshot`.
+fn tree_state(m: &Mount) -> serde_json::Value {
+    serde_json::from_slice(&getxattr(m.root(), "user.cess.snapshot").expect("user.cess.snapshot")).unwrap()
+}
+
+/// Waits until the tree as it is now is in an active snapshot.
+fn wait_for_snapshot(m: &Mount) {
+    run(std::process::Command::new(BIN).args(["status", "--wait", "--timeout", "120"]).arg(m.root()));
+}
+
+/// A removed file's FID stays on CESS while a kept snapshot refers to it, and goes once none
+/// does.
+#[test]
+fn a_removed_file_stays_on_cess_while_a_kept_snapshot_refers_to_it() {
+    let m = Mount::uploading("0", &["--snapshots-kept", "2"]);
+    fs::write(m.path("gone.txt"), b"removed later").unwrap();
+    m.wait_status("gone.txt", &["active"], MIN);
+    let fid = m.cess("gone.txt", "fid").unwrap();
+    wait_for_snapshot(&m);
+    fs::remove_file(m.path("gone.txt")).unwrap();
+    wait_for_snapshot(&m);
+    let state = tree_state(&m);
+    assert_eq!(state["kept"], 2, "{state}");
+    assert_eq!(state["held_back_fids"], 1, "{state}");
+    let net = m.devnet();
+    assert!(net.file(&fid).is_some(), "the older snapshot still refers to it");
+    fs::write(m.path("new.txt"), b"a third generation").unwrap();
+    m.wait_status("new.txt", &["active"], MIN);
+    wait_for_snapshot(&m);
+    wait_until(MIN, "the FID to leave the chain once no kept snapshot refers to it", || net.file(&fid).is_none());
+    assert_eq!(tree_state(&m)["held_back_fids"], 0);
+}
+
+/// kill -9 while a snapshot's deal is open: the next mount finishes that deal, with the same
+/// FID, and declares nothing twice.
+#[test]
+fn kill_9_during_a_snapshot_upload_resumes_its_deal() {
+    // While b.txt waits for reports, the interval forces a snapshot; it waits for reports too.
+    let mut m = Mount::uploading("0", &["--snapshot-interval", "1"]);
+    fs::write(m.path("a.txt"), b"some content").unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    let net = m.devnet();
+    let nodes = net.nodes().len();
+    for i in 1..=nodes {
+        net.fault(i, "noreport");
+    }
+    fs::write(m.path("b.txt"), b"more content").unwrap();
+    wait_until(MIN, "a snapshot deal waiting for reports", || tree_state(&m)["status"] == "confirming");
+    let fid = tree_state(&m)["fid"].as_str().unwrap().to_string();
+    // The embedded devnet goes down with the daemon and comes back with healthy nodes.
+    m.kill9();
+    m.mount();
+    wait_for_snapshot(&m);
+    assert_eq!(m.devnet().declarations(&fid), 1, "the snapshot's deal resumed, not declared again");
+    let net = m.devnet();
+    wait_until(MIN, "the snapshot's resumed deal to complete", || net.file(&fid).is_some());
 }

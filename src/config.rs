@@ -81,6 +81,17 @@ pub struct Settings {
     /// [default: 3].
     #[arg(long, value_name = "N")]
     pub snapshots_kept: Option<usize>,
+    /// Show the tree of the territory's newest snapshot, read-only, and follow newer ones (a second
+    /// machine; writes get EROFS). Use a data dir of its own.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub read_only: Option<bool>,
+    /// With --read-only: show snapshot generation G (see `cessfs snapshots`) and stay on it.
+    #[arg(long, value_name = "G")]
+    #[serde(skip)]
+    pub generation: Option<u64>,
+    /// With --read-only: seconds between looks for a newer snapshot [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<f64>,
     /// Start an empty tree in an empty data dir instead of restoring the newest snapshot of the
     /// territory (nothing stored is touched).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -155,6 +166,9 @@ impl Settings {
             cache_size,
             metrics,
             snapshots,
+            read_only,
+            generation,
+            poll_interval,
             snapshot_interval,
             snapshots_kept,
             fresh,
@@ -173,10 +187,15 @@ impl Settings {
         std::time::Duration::from_secs_f64(self.quiet_delay.unwrap_or(2.0).max(0.0))
     }
 
+    /// Whether this is a read-only view of the territory's snapshots.
+    pub fn read_only(&self) -> bool {
+        self.read_only.unwrap_or(false) || self.generation.is_some()
+    }
+
     /// When tree snapshots are written, and how many are kept; `None` when there are none
     /// (turned off, or plaintext mode, which has no key to encrypt them with).
     pub fn snapshot_config(&self) -> Option<crate::snapshots::SnapshotConfig> {
-        if !self.snapshots.unwrap_or(true) || self.plain() {
+        if !self.snapshots.unwrap_or(true) || self.plain() || self.read_only() {
             return None;
         }
         Some(crate::snapshots::SnapshotConfig {

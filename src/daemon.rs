@@ -314,30 +314,15 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         report_timeout: Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
         poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
     };
-    let fetcher =
-        Fetcher::new(network.chain.clone(), network.signer.clone(), config.master.clone(), Duration::from_secs(15));
+    let fetcher = Arc::new(Fetcher::new(
+        network.chain.clone(),
+        network.signer.clone(),
+        config.master.clone(),
+        Duration::from_secs(15),
+    ));
     let names = config.master.as_ref().and_then(|m| m.names()).cloned();
-    if tree_undecided {
-        let territory = settings.territory();
-        let origin = match (&names, settings.fresh.unwrap_or(false)) {
-            (Some(names), false) => {
-                let restore =
-                    crate::snapshots::restore::restore_newest(&*network.chain, &fetcher, &store, &territory, names);
-                match runtime.block_on(restore)? {
-                    Some(outcome) => {
-                        let said = describe_restore(&outcome);
-                        log::info!("{said}");
-                        notices.push(said);
-                        format!("restored {}", outcome.generation)
-                    }
-                    None => "new".to_string(),
-                }
-            }
-            (_, true) => "fresh".to_string(),
-            (None, false) => "new".to_string(),
-        };
-        store.set_meta(TREE_ORIGIN, origin.as_bytes())?;
-    }
+    let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
+    let follower = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config, stopped.clone());
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
@@ -348,7 +333,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
     fs.set_cold_reader(ColdReader {
-        fetcher: Arc::new(fetcher),
+        fetcher: fetcher.clone(),
         runtime: runtime.handle().clone(),
         deadline: Duration::from_secs(120),
         read_ahead: 2,
@@ -365,6 +350,10 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         stopped,
     );
     let mut tasks = vec![runtime.spawn(watched)];
+    if let Some(follower) = follower {
+        let every = Duration::from_secs_f64(settings.poll_interval.unwrap_or(60.0).max(1.0));
+        tasks.push(runtime.spawn(follower.run(every, stop.subscribe())));
+    }
     if let Some((config, names)) = snapshot_config {
         let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, names, config)?;
         tasks.push(runtime.spawn(writer.run(stop.subscribe())));
@@ -386,7 +375,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     config.clone_fd = true;
     let mounting = || format!("mounting {}", mountpoint.display());
     let session = if mountpoint::is_root() {
-        let fd = mountpoint::mount_as_root(mountpoint, &source, allow_other).with_context(mounting)?;
+        let fd =
+            mountpoint::mount_as_root(mountpoint, &source, allow_other, settings.read_only()).with_context(mounting)?;
         let acl = config.acl;
         fuser::Session::from_fd(adapter, fd, acl, config).with_context(mounting)?
     } else {
@@ -396,6 +386,9 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
             fuser::MountOption::DefaultPermissions,
             fuser::MountOption::NoAtime,
         ];
+        if settings.read_only() {
+            config.mount_options.push(fuser::MountOption::RO);
+        }
         fuser::Session::new(adapter, mountpoint, &config).with_context(mounting)?
     };
     // Larger read requests for reads through the daemon (cold files); passthrough reads use the
@@ -409,6 +402,78 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
 /// The meta record of where this data dir's tree came from: `new`, `fresh` (`--fresh`), or
 /// `restored G` (snapshot G). Until it is written, an empty data dir restores its tree first.
 const TREE_ORIGIN: &[u8] = b"tree-origin";
+
+/// What a mount needs to set its tree up.
+struct TreeSetup<'a> {
+    settings: &'a Settings,
+    runtime: &'a tokio::runtime::Runtime,
+    network: &'a Network,
+    store: &'a Arc<Store>,
+    fetcher: &'a Arc<Fetcher>,
+}
+
+impl TreeSetup<'_> {
+    /// Sets the tree up before the mount shows it: a read-only view shows the newest snapshot
+    /// (and returns the follower that keeps it so); an empty data dir whose tree is undecided
+    /// restores the newest snapshot, unless `--fresh`.
+    fn prepare(
+        &self,
+        names: Option<&crate::format::NameKey>,
+        undecided: bool,
+        notices: &mut Vec<String>,
+    ) -> anyhow::Result<Option<crate::snapshots::restore::Follower>> {
+        let territory = self.settings.territory();
+        if self.settings.read_only() {
+            let Some(names) = names else {
+                bail!("a read-only view shows the tree's snapshots, which need the encryption key (not --plain)");
+            };
+            let follower = crate::snapshots::restore::Follower {
+                chain: self.network.chain.clone(),
+                fetcher: self.fetcher.clone(),
+                store: self.store.clone(),
+                territory,
+                names: names.clone(),
+                pinned: self.settings.generation,
+            };
+            match self.runtime.block_on(follower.sync()) {
+                Ok(Some(g)) => notices.push(format!("read-only: showing tree snapshot {g}")),
+                Ok(None) => notices.push("read-only: the territory holds no tree snapshot of this key yet".into()),
+                Err(e) if !undecided && self.settings.generation.is_none() => {
+                    log::warn!("showing the snapshot shown before: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
+            return Ok(self.settings.generation.is_none().then_some(follower));
+        }
+        if !undecided {
+            return Ok(None);
+        }
+        let origin = match (names, self.settings.fresh.unwrap_or(false)) {
+            (_, true) => "fresh".to_string(),
+            (None, false) => "new".to_string(),
+            (Some(names), false) => {
+                let restore = crate::snapshots::restore::restore_newest(
+                    &*self.network.chain,
+                    self.fetcher,
+                    self.store,
+                    &territory,
+                    names,
+                );
+                match self.runtime.block_on(restore)? {
+                    Some(outcome) => {
+                        let said = describe_restore(&outcome);
+                        log::info!("{said}");
+                        notices.push(said);
+                        format!("restored {}", outcome.generation)
+                    }
+                    None => "new".to_string(),
+                }
+            }
+        };
+        self.store.set_meta(TREE_ORIGIN, origin.as_bytes())?;
+        Ok(None)
+    }
+}
 
 /// What a restore brought back, in words.
 fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {

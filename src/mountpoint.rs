@@ -188,7 +188,7 @@ pub fn cessfs_mount(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 
 /// Mounts a FUSE file system of type `fuse.cessfs` at `dir` with mount(2), as root, and returns
 /// the /dev/fuse descriptor to serve it on. (fuser's own mount would show type `fuse`.)
-pub fn mount_as_root(dir: &Path, source: &str, allow_other: bool) -> io::Result<std::os::fd::OwnedFd> {
+pub fn mount_as_root(dir: &Path, source: &str, allow_other: bool, read_only: bool) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     let fuse = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
     // SAFETY: getuid/getgid have no preconditions.
@@ -200,7 +200,10 @@ pub fn mount_as_root(dir: &Path, source: &str, allow_other: bool) -> io::Result<
     let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let (src, target, fstype, data) =
         (c(source.as_bytes())?, c(dir.as_os_str().as_encoded_bytes())?, c(FSTYPE.as_bytes())?, c(data.as_bytes())?);
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
     // SAFETY: all pointers are NUL-terminated strings that outlive the call.
     if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) } != 0 {
         return Err(io::Error::last_os_error());

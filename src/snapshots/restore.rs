@@ -146,3 +146,74 @@ pub async fn restore_newest(
     }
     Ok(None)
 }
+
+/// A read-only view of a tree: its store shows one snapshot, the newest active one (or a
+/// pinned generation), and follows newer ones.
+pub struct Follower {
+    /// The chain.
+    pub chain: std::sync::Arc<dyn Chain>,
+    /// Reads snapshots from the miners.
+    pub fetcher: std::sync::Arc<Fetcher>,
+    /// The view's store.
+    pub store: std::sync::Arc<Store>,
+    /// The tree's territory.
+    pub territory: Vec<u8>,
+    /// The tree's name key.
+    pub names: NameKey,
+    /// A generation to show and stay on.
+    pub pinned: Option<u64>,
+}
+
+/// The meta record of the generation a read-only view shows.
+const SHOWN: &[u8] = b"view-generation";
+
+impl Follower {
+    /// Brings the view to the newest snapshot (or the pinned one) if it shows another. Returns
+    /// what it now shows.
+    pub async fn sync(&self) -> anyhow::Result<Option<u64>> {
+        let shown = self.store.meta(SHOWN)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_be_bytes);
+        let found = find(&*self.chain, &self.territory, &self.names).await?;
+        let want = match self.pinned {
+            Some(g) => found.iter().find(|f| f.generation == g && f.active).ok_or_else(|| {
+                anyhow::anyhow!("no active tree snapshot of generation {g} in this territory (see cessfs snapshots)")
+            })?,
+            None => match found.iter().find(|f| f.active) {
+                Some(f) => f,
+                None => return Ok(shown),
+            },
+        };
+        if shown == Some(want.generation) {
+            return Ok(shown);
+        }
+        let (snapshot, _) = read(&self.fetcher, want).await?;
+        let store = self.store.clone();
+        let (territory, names) = (self.territory.clone(), self.names.clone());
+        let restored = tokio::task::spawn_blocking(move || {
+            let restored = store.replace_tree(&snapshot, &territory, |fid| names.file_name(fid))?;
+            store.set_meta(SHOWN, &snapshot.generation.to_be_bytes())?;
+            Ok::<_, crate::store::StoreError>(restored)
+        })
+        .await??;
+        log::info!(
+            "showing tree snapshot {} ({} files, {} directories, {} symlinks)",
+            want.generation,
+            restored.files,
+            restored.dirs,
+            restored.others
+        );
+        Ok(Some(want.generation))
+    }
+
+    /// Looks for a newer snapshot every `interval` until `stop`.
+    pub async fn run(self, interval: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.sync().await {
+                crate::log_limited!(log::Level::Warn, "follow", "looking for a newer tree snapshot: {e:#}");
+            }
+        }
+    }
+}

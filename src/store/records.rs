@@ -121,6 +121,10 @@ pub mod key {
     pub fn inode(ino: u64) -> [u8; 9] {
         tagged(b'i', ino)
     }
+    /// Prefix of every inode record.
+    pub const INODE_PREFIX: &[u8] = b"i";
+    /// Prefix of every directory entry.
+    pub const DIRENT_PREFIX: &[u8] = b"d";
     /// `d` parent name → child ino and kind
     pub fn dirent(parent: u64, name: &[u8]) -> Vec<u8> {
         let mut k = tagged(b'd', parent).to_vec();

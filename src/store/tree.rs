@@ -133,24 +133,24 @@ impl Store {
     }
 
     fn read_tree(&self, generation: u64, writer: [u8; 16]) -> Result<Snapshot, StoreError> {
-        let mut ids: HashMap<u64, u64> = HashMap::from([(ROOT_INO, 1)]);
+        // Node ids are inode numbers (the root's is 1): stable from one generation to the next,
+        // so a read-only view keeps the names the kernel knows.
+        let mut seen: HashSet<u64> = HashSet::from([ROOT_INO]);
         let mut nodes = Vec::new();
         let mut links = Vec::new();
         let mut queue = std::collections::VecDeque::from([ROOT_INO]);
         while let Some(ino) = queue.pop_front() {
             let Some(rec) = self.inode(ino)? else { continue };
-            let Some(node) = self.node(ino, ids[&ino], &rec)? else { continue };
+            let Some(node) = self.node(ino, ino, &rec)? else { continue };
             nodes.push(node);
             if rec.kind != Kind::Dir {
                 continue;
             }
             for (name, child, _) in self.dir_entries(ino)? {
-                let next = ids.len() as u64 + 1;
-                let id = *ids.entry(child).or_insert_with(|| {
+                if seen.insert(child) {
                     queue.push_back(child);
-                    next
-                });
-                links.push(Link { parent: ids[&ino], name, child: id });
+                }
+                links.push(Link { parent: ino, name, child });
             }
         }
         // Names of files left out go too.
@@ -400,11 +400,78 @@ impl Store {
         for n in &snapshot.nodes[1..] {
             inos.insert(n.id, self.allocate_ino()?);
         }
+        self.fill(snapshot, &inos, Batch::default(), territory, &chain_name)
+    }
+
+    /// Makes the tree of this store (a read-only view) `snapshot`'s, with the inode numbers it
+    /// records, so names the kernel knows stay valid: what is gone goes, everything else is
+    /// written again, and a file whose FID did not change keeps its cached bytes.
+    pub fn replace_tree(
+        &self,
+        snapshot: &Snapshot,
+        territory: &[u8],
+        chain_name: impl Fn(&Hash) -> Vec<u8>,
+    ) -> Result<Restored, StoreError> {
+        let inos: HashMap<u64, u64> = snapshot.nodes.iter().map(|n| (n.id, n.id)).collect();
+        let wanted: HashMap<u64, &Node> = snapshot.nodes.iter().map(|n| (n.id, n)).collect();
+        let mut b = Batch::default();
+        for k in self.tree.scan_prefix(key::DIRENT_PREFIX).keys() {
+            b.0.remove(k?);
+        }
+        let (mut gone, mut same) = (Vec::new(), HashSet::new());
+        for k in self.tree.scan_prefix(key::INODE_PREFIX).keys() {
+            let ino = key::ino_of(&k?)?;
+            for name in self.xattr_names(ino)? {
+                b.remove_xattr(ino, &name);
+            }
+            let same_bytes = match (wanted.get(&ino).map(|n| &n.location), self.upload(ino)?) {
+                (Some(Location::Fid { fid, .. }), Some(up)) => up.fid == Some(*fid),
+                _ => false,
+            };
+            if same_bytes {
+                same.insert(ino);
+                continue;
+            }
+            if !wanted.contains_key(&ino) {
+                b.remove_inode(ino);
+            }
+            b.remove_upload(ino);
+            b.put_residency(ino, None);
+            gone.push(ino);
+        }
+        // Content files of files gone or changed go before the new ones are made.
+        for &ino in &gone {
+            self.remove_content(ino)?;
+        }
+        self.fill_except(snapshot, &inos, b, territory, &chain_name, &same)
+    }
+
+    fn fill(
+        &self,
+        snapshot: &Snapshot,
+        inos: &HashMap<u64, u64>,
+        b: Batch,
+        territory: &[u8],
+        chain_name: &impl Fn(&Hash) -> Vec<u8>,
+    ) -> Result<Restored, StoreError> {
+        self.fill_except(snapshot, inos, b, territory, chain_name, &HashSet::new())
+    }
+
+    /// Writes every node and name of `snapshot` into `b` (node ids mapped by `inos`) and
+    /// commits it; the files of `keep` keep their content and upload record as they are.
+    fn fill_except(
+        &self,
+        snapshot: &Snapshot,
+        inos: &HashMap<u64, u64>,
+        mut b: Batch,
+        territory: &[u8],
+        chain_name: &impl Fn(&Hash) -> Vec<u8>,
+        keep: &HashSet<u64>,
+    ) -> Result<Restored, StoreError> {
         let mut nlink: HashMap<u64, u32> = HashMap::new();
         let mut parent: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
         let mut subdirs: HashMap<u64, u32> = HashMap::new();
         let kinds: HashMap<u64, NodeKind> = snapshot.nodes.iter().map(|n| (n.id, n.kind)).collect();
-        let mut b = Batch::default();
         for l in &snapshot.links {
             let kind = kinds[&l.child];
             *nlink.entry(l.child).or_default() += 1;
@@ -448,7 +515,9 @@ impl Store {
                 Kind::Symlink => restored.others += 1,
                 Kind::File => {
                     restored.files += 1;
-                    self.restore_file(&mut b, ino, n, territory, &chain_name)?;
+                    if !keep.contains(&ino) {
+                        self.restore_file(&mut b, ino, n, territory, chain_name)?;
+                    }
                 }
             }
         }

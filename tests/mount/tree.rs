@@ -232,3 +232,26 @@ fn kill_9_during_a_snapshot_upload_resumes_its_deal() {
     let net = m.devnet();
     wait_until(MIN, "the snapshot's resumed deal to complete", || net.file(&fid).is_some());
 }
+
+/// A read-only mount on a second data dir shows another mount's tree and follows its newer
+/// snapshots; writes get EROFS.
+#[test]
+fn a_read_only_mount_follows_the_tree_of_another() {
+    let net = StandaloneDevnet::start();
+    let writer = Mount::uploading("0", &["--chain", &net.url]);
+    fs::write(writer.path("first.txt"), b"first").unwrap();
+    wait_for_snapshot(&writer);
+    let first_generation = tree_state(&writer)["generation"].as_u64().unwrap().to_string();
+    let reader = Mount::uploading("0", &["--chain", &net.url, "--read-only", "--poll-interval", "1"]);
+    assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    let refused = fs::write(reader.path("new.txt"), b"x").unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
+    fs::write(writer.path("second.txt"), b"second").unwrap();
+    wait_for_snapshot(&writer);
+    wait_until(Duration::from_secs(10), "the reader to show the new file", || reader.path("second.txt").exists());
+    assert_eq!(fs::read(reader.path("second.txt")).unwrap(), b"second");
+    assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    // An older generation, opened on purpose, stays as it was.
+    let old = Mount::uploading("0", &["--chain", &net.url, "--generation", &first_generation]);
+    assert!(old.path("first.txt").exists() && !old.path("second.txt").exists());
+}

@@ -355,7 +355,9 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         tasks.push(runtime.spawn(follower.run(every, stop.subscribe())));
     }
     if let Some((config, names)) = snapshot_config {
-        let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, names, config)?;
+        let tree =
+            crate::snapshots::TreeOnChain { chain: network.chain.clone(), territory: settings.territory(), names };
+        let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, tree, config)?;
         tasks.push(runtime.spawn(writer.run(stop.subscribe())));
     }
     let metrics = match settings.metrics_addr()? {

@@ -34,21 +34,31 @@ const LAST_TREE: &[u8] = b"snapshot-tree";
 /// The meta record of this data dir's writer id.
 const WRITER: &[u8] = b"snapshot-writer";
 
+/// The tree a writer keeps on chain: where, and under which names.
+pub struct TreeOnChain {
+    /// The chain.
+    pub chain: Arc<dyn crate::protocol::Chain>,
+    /// The tree's territory.
+    pub territory: Vec<u8>,
+    /// The tree's name key.
+    pub names: NameKey,
+}
+
 /// Writes snapshots of one tree (see the module docs).
 pub struct Writer {
     store: Arc<Store>,
     flags: Arc<SnapshotFlags>,
-    names: NameKey,
+    tree: TreeOnChain,
     config: SnapshotConfig,
     writer: [u8; 16],
 }
 
 impl Writer {
-    /// A writer for the tree of `store`, naming its snapshots with `names`.
+    /// A writer for the tree of `store`, kept on chain as `tree` says.
     pub fn new(
         store: Arc<Store>,
         flags: Arc<SnapshotFlags>,
-        names: NameKey,
+        tree: TreeOnChain,
         config: SnapshotConfig,
     ) -> Result<Writer, StoreError> {
         let writer = match store.meta(WRITER)?.and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()) {
@@ -59,7 +69,7 @@ impl Writer {
                 w
             }
         };
-        Ok(Writer { store, flags, names, config, writer })
+        Ok(Writer { store, flags, tree, config, writer })
     }
 
     /// Runs until `stop`; then writes a last snapshot locally if the tree changed (the next
@@ -91,6 +101,12 @@ impl Writer {
             if (!settled && since.elapsed() < this.config.interval) || Instant::now() < retry_at {
                 continue;
             }
+            if let Some(why) = this.newer_elsewhere().await {
+                log::warn!("{why}: this mount stops writing tree snapshots and deleting files from the chain");
+                *crate::sync::lock(&this.flags.stopped) = Some(why);
+                this.store.stop_deletions();
+                break;
+            }
             let me = this.clone();
             match tokio::task::spawn_blocking(move || me.write()).await {
                 Ok(Ok(true)) => first_change = None,
@@ -103,10 +119,44 @@ impl Writer {
                 Err(e) => log::error!("writing a tree snapshot: {e}"),
             }
         }
+        if crate::sync::lock(&this.flags.stopped).is_some() {
+            // Another mount writes this tree: wait for the end, writing nothing.
+            let _ = stop.changed().await;
+            return;
+        }
         let me = this.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.write()).await {
             log::error!("writing the last tree snapshot: {e}");
         }
+    }
+
+    /// Whether another mount wrote a snapshot of this tree newer than every one this mount
+    /// keeps: then two mounts write one tree, and this one must not clobber the other's. An
+    /// unreachable chain is no answer (the snapshot waits in the queue anyway).
+    async fn newer_elsewhere(&self) -> Option<String> {
+        let found = restore::find(&*self.tree.chain, &self.tree.territory, &self.tree.names).await.ok()?;
+        let newest = found.first()?;
+        let store = self.store.clone();
+        let ours = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let mut ours = Vec::new();
+            for (ino, kept) in store.kept_snapshots()? {
+                ours.push((kept.generation, store.upload(ino)?.and_then(|u| u.fid)));
+            }
+            Ok(ours)
+        })
+        .await
+        .ok()?
+        .ok()?;
+        let newest_ours = ours.iter().map(|(g, _)| *g).max().unwrap_or(0);
+        let mine = ours.iter().any(|(_, fid)| *fid == Some(newest.fid));
+        (!mine && newest.generation > newest_ours).then(|| {
+            let written = std::time::UNIX_EPOCH + Duration::from_millis(newest.generation);
+            format!(
+                "another mount wrote tree snapshot {} ({}), newer than this mount's",
+                newest.generation,
+                crate::protocol::utc(written)
+            )
+        })
     }
 
     fn uploads_settled(&self) -> bool {
@@ -142,7 +192,7 @@ impl Writer {
             log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
             return Ok(true);
         }
-        let ino = self.store.stage_snapshot(&record, &bytes, &self.names.snapshot_name(generation))?;
+        let ino = self.store.stage_snapshot(&record, &bytes, &self.tree.names.snapshot_name(generation))?;
         self.store.set_meta(LAST_TREE, &digest.0)?;
         self.flags.covered.fetch_max(covered, Ordering::AcqRel);
         log::info!(

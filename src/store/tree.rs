@@ -111,6 +111,12 @@ impl Store {
         DeletionHold(self)
     }
 
+    /// Holds deletions from the chain back for good (another mount writes this tree: what this
+    /// one would delete may be in the other's snapshots).
+    pub fn stop_deletions(&self) {
+        self.building.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Whether deletions from the chain are held back now.
     pub fn deletions_held(&self) -> bool {
         self.building.load(Ordering::Acquire) > 0

@@ -255,3 +255,24 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     let old = Mount::uploading("0", &["--chain", &net.url, "--generation", &first_generation]);
     assert!(old.path("first.txt").exists() && !old.path("second.txt").exists());
 }
+
+/// Two writable mounts of one tree: the one that finds a newer snapshot written by the other
+/// stops writing snapshots and deleting FIDs, and says so, instead of clobbering it.
+#[test]
+fn a_mount_that_finds_a_newer_snapshot_by_another_stops_writing_its_own() {
+    let net = StandaloneDevnet::start();
+    let first = Mount::uploading("0", &["--chain", &net.url]);
+    fs::write(first.path("a.txt"), b"from the first").unwrap();
+    wait_for_snapshot(&first);
+    let second = Mount::uploading("0", &["--chain", &net.url]);
+    fs::write(second.path("b.txt"), b"from the second").unwrap();
+    second.wait_status("b.txt", &["active"], MIN);
+    wait_for_snapshot(&second);
+    let before = snapshots(&first, &net.url);
+    fs::remove_file(first.path("a.txt")).unwrap();
+    wait_until(MIN, "the first mount to notice the second's snapshot", || !tree_state(&first)["stopped"].is_null());
+    let said = run(std::process::Command::new(BIN).arg("status").arg(first.root()));
+    assert!(said.contains("another mount wrote tree snapshot"), "{said}");
+    assert_eq!(snapshots(&first, &net.url), before, "no snapshot written, none deleted");
+    assert!(first.log().contains("stops writing tree snapshots"), "{}", first.log());
+}

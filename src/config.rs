@@ -85,7 +85,8 @@ pub struct Settings {
     /// machine; writes get EROFS). Use a data dir of its own.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub read_only: Option<bool>,
-    /// With --read-only: show snapshot generation G (see `cessfs snapshots`) and stay on it.
+    /// Show snapshot generation G (see `cessfs snapshots`), read-only, and stay on it (implies
+    /// --read-only).
     #[arg(long, value_name = "G")]
     #[serde(skip)]
     pub generation: Option<u64>,

@@ -329,7 +329,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     fs.set_chain_health(network.health.clone());
     let snapshot_flags = Arc::new(crate::fs::SnapshotFlags::default());
     let snapshot_config = settings.snapshot_config().zip(names);
-    if snapshot_config.is_some() {
+    if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
     fs.set_cold_reader(ColdReader {
@@ -468,12 +468,35 @@ impl TreeSetup<'_> {
                         notices.push(said);
                         format!("restored {}", outcome.generation)
                     }
-                    None => "new".to_string(),
+                    None => {
+                        self.note_other_trees(notices);
+                        "new".to_string()
+                    }
                 }
             }
         };
         self.store.set_meta(TREE_ORIGIN, origin.as_bytes())?;
         Ok(None)
+    }
+}
+
+impl TreeSetup<'_> {
+    /// Says so when the territory holds files of the account but no tree of this key: a wrong
+    /// key file would otherwise look like an empty tree.
+    fn note_other_trees(&self, notices: &mut Vec<String>) {
+        let territory = self.settings.territory();
+        let account = self.network.chain.account();
+        let held = self.runtime.block_on(self.network.chain.held_files(&account));
+        let count = held.map_or(0, |h| h.iter().filter(|f| f.territory == territory).count());
+        if count > 0 {
+            let said = format!(
+                "territory {:?} holds {count} files of this account but no tree snapshot of this key: \
+                 starting an empty tree. If a tree was kept there, it was with another key (--key-file)",
+                String::from_utf8_lossy(&territory)
+            );
+            log::warn!("{said}");
+            notices.push(said);
+        }
     }
 }
 

@@ -215,15 +215,23 @@ pub fn mount_as_root(dir: &Path, source: &str, allow_other: bool, read_only: boo
 pub fn unmount(dir: &Path) -> anyhow::Result<()> {
     if is_root() {
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-        // SAFETY: `c` is a NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        // A file closed a moment ago may still be held by a process forked meanwhile (until it
+        // execs): busy is asked again for up to two seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            // SAFETY: `c` is a NUL-terminated path.
+            if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+                return Ok(());
+            }
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EBUSY) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(e).with_context(|| format!("unmounting {}", dir.display()));
+            }
+            if std::time::Instant::now() > deadline {
                 bail!("{} is busy: close the files and shells open there (fuser -vm {})", dir.display(), dir.display());
             }
-            return Err(e).with_context(|| format!("unmounting {}", dir.display()));
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        return Ok(());
     }
     let out = Command::new("fusermount3").arg("-u").arg(dir).output().context("running fusermount3")?;
     if !out.status.success() {

@@ -129,6 +129,12 @@ pub fn main() -> i32 {
         },
         _ => Cli::parse_from(args),
     };
+    // Commands that print a report end quietly when their reader goes (`| head`), as other
+    // tools do; the daemon keeps SIGPIPE ignored (a miner that hangs up is an error to handle).
+    if matches!(cli.command, Command::Status(_) | Command::Snapshots(_) | Command::Fid(_) | Command::Account(_)) {
+        // SAFETY: setting a signal's disposition to its default has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Mount(args) => mount::mount(args),
         Command::Unmount(args) => mount::unmount(args),

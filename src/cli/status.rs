@@ -54,6 +54,10 @@ fn snapshot_settled(v: &Value) -> bool {
 
 /// One line on the state of a tree's snapshots.
 fn describe_snapshots(v: &Value) -> String {
+    if let Some(g) = v["read_only_view_of"].as_u64() {
+        let written = std::time::UNIX_EPOCH + Duration::from_millis(g);
+        return format!("read-only view of tree snapshot {g} (written {})", crate::protocol::utc(written));
+    }
     let mib = v["space"].as_u64().unwrap_or(0) >> 20;
     let mut line = match (v["generation"].as_u64(), v["status"].as_str()) {
         (Some(g), Some(state)) => format!(

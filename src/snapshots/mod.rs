@@ -229,6 +229,15 @@ impl Writer {
     }
 }
 
+/// Records the tree as it is now as written (restored from a snapshot, it is that snapshot), so
+/// that no new snapshot repeats it.
+pub(crate) fn mark_written(store: &Store) -> Result<(), StoreError> {
+    if let Some(snapshot) = store.build_snapshot(0, [0; 16])? {
+        store.set_meta(LAST_TREE, &tree_digest(&snapshot).0)?;
+    }
+    Ok(())
+}
+
 /// A digest of what a snapshot says of the tree, its generation, writer and time aside.
 fn tree_digest(s: &Snapshot) -> crate::format::Hash {
     let body = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), ..s.clone() };

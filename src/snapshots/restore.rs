@@ -129,6 +129,8 @@ pub async fn restore_newest(
             territory,
             &names.snapshot_name(f.generation),
         )?;
+        // The tree is that snapshot's: no new one repeats it.
+        super::mark_written(store)?;
         // The older ones are kept too, and dropped in their turn with what only they refer to.
         for older in active {
             match read(fetcher, older).await {
@@ -164,14 +166,11 @@ pub struct Follower {
     pub pinned: Option<u64>,
 }
 
-/// The meta record of the generation a read-only view shows.
-const SHOWN: &[u8] = b"view-generation";
-
 impl Follower {
     /// Brings the view to the newest snapshot (or the pinned one) if it shows another. Returns
     /// what it now shows.
     pub async fn sync(&self) -> anyhow::Result<Option<u64>> {
-        let shown = self.store.meta(SHOWN)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_be_bytes);
+        let shown = self.store.view_generation()?;
         let found = find(&*self.chain, &self.territory, &self.names).await?;
         let want = match self.pinned {
             Some(g) => found.iter().find(|f| f.generation == g && f.active).ok_or_else(|| {
@@ -190,7 +189,7 @@ impl Follower {
         let (territory, names) = (self.territory.clone(), self.names.clone());
         let restored = tokio::task::spawn_blocking(move || {
             let restored = store.replace_tree(&snapshot, &territory, |fid| names.file_name(fid))?;
-            store.set_meta(SHOWN, &snapshot.generation.to_be_bytes())?;
+            store.set_view_generation(snapshot.generation)?;
             Ok::<_, crate::store::StoreError>(restored)
         })
         .await??;

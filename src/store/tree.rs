@@ -14,6 +14,9 @@ use super::{Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, StoreError, Ti
 use crate::format::{FRAGMENTS, Hash, Layout, Link, Location, Mode, Node, NodeKind, Snapshot};
 use crate::sync::lock;
 
+/// The meta record of the generation a read-only view shows.
+const VIEW_GENERATION: &[u8] = b"view-generation";
+
 /// A snapshot this tree keeps: its generation and the FIDs it refers to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptSnapshot {
@@ -115,6 +118,16 @@ impl Store {
     /// one would delete may be in the other's snapshots).
     pub fn stop_deletions(&self) {
         self.building.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The snapshot generation a read-only view shows.
+    pub fn view_generation(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.meta(VIEW_GENERATION)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Records the generation a read-only view shows.
+    pub fn set_view_generation(&self, generation: u64) -> Result<(), StoreError> {
+        self.set_meta(VIEW_GENERATION, &generation.to_be_bytes())
     }
 
     /// Whether deletions from the chain are held back now.

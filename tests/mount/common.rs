@@ -468,23 +468,28 @@ fn free_ports(count: u16) -> u16 {
 }
 
 impl StandaloneDevnet {
-    /// Starts one on free ports and waits until it answers.
+    /// Starts one on free ports and waits until it answers. Ports found free may be taken
+    /// before the devnet binds them (tests run in parallel): then it starts on others.
     pub fn start() -> StandaloneDevnet {
         let dir = tempfile::tempdir().expect("devnet dir");
-        let base = free_ports(17);
-        let mut net = StandaloneDevnet {
-            dir,
-            child: None,
-            rpc_port: base,
-            node_port: base + 1,
-            url: format!("http://127.0.0.1:{base}"),
-        };
-        net.resume();
-        net
+        let mut net = StandaloneDevnet { dir, child: None, rpc_port: 0, node_port: 0, url: String::new() };
+        for _ in 0..5 {
+            let base = free_ports(17);
+            (net.rpc_port, net.node_port, net.url) = (base, base + 1, format!("http://127.0.0.1:{base}"));
+            if net.try_resume() {
+                return net;
+            }
+        }
+        panic!("the devnet did not start:\n{}", net.log());
     }
 
     /// Starts it again (after [`StandaloneDevnet::stop`]), with its state and ports.
     pub fn resume(&mut self) {
+        assert!(self.try_resume(), "the devnet did not start:\n{}", self.log());
+    }
+
+    /// Starts it and waits until it answers; `false` if it exited first.
+    fn try_resume(&mut self) -> bool {
         let info = self.dir.path().join("net/devnet.json");
         let _ = std::fs::remove_file(&info);
         let log = File::options().create(true).append(true).open(self.dir.path().join("devnet.log")).expect("log");
@@ -499,7 +504,15 @@ impl StandaloneDevnet {
             .spawn()
             .expect("spawn cessfs devnet");
         self.child = Some(child);
-        wait_until(Duration::from_secs(30), "the devnet to start", || info.exists());
+        let mut exited = false;
+        wait_until(Duration::from_secs(30), "the devnet to start", || {
+            exited = self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            exited || info.exists()
+        });
+        if exited {
+            self.child = None;
+        }
+        !exited
     }
 
     /// Stops it, as a chain that goes away.

@@ -165,6 +165,7 @@ fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
     // Another key sees no tree there, and touches nothing.
     let stranger = Mount::keyed("77", &["--quiet-delay", "0", "--chain", &net.url], |_| {});
     assert!(fs::read_dir(stranger.root()).unwrap().next().is_none(), "another key's tree is not shown");
+    assert!(stranger.log().contains("no tree snapshot of this key"), "a wrong key is said: {}", stranger.log());
     drop(stranger);
 
     let second = Mount::uploading("0", &["--chain", &net.url]);
@@ -172,7 +173,8 @@ fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
     assert_eq!(second.cess("big.bin", "cached").as_deref(), Some("no"), "restored files are cold");
     assert_eq!(stats(second.root()), before.1, "modes, owners, sizes, times and links");
     assert!(snapshot(second.root()) == before.0, "every name, byte, target and xattr");
-    assert_eq!(snapshots(&first, &net.url), listed, "the stranger and the restore deleted no snapshot");
+    wait_for_snapshot(&second);
+    assert_eq!(snapshots(&first, &net.url), listed, "the restore wrote no snapshot, the stranger deleted none");
 }
 
 /// The root's `user.cess.snapshot`.
@@ -244,6 +246,8 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     let first_generation = tree_state(&writer)["generation"].as_u64().unwrap().to_string();
     let reader = Mount::uploading("0", &["--chain", &net.url, "--read-only", "--poll-interval", "1"]);
     assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    let view = run(std::process::Command::new(BIN).arg("status").arg(reader.root()));
+    assert!(view.contains(&format!("read-only view of tree snapshot {first_generation}")), "{view}");
     let refused = fs::write(reader.path("new.txt"), b"x").unwrap_err();
     assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
     fs::write(writer.path("second.txt"), b"second").unwrap();

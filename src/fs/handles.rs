@@ -458,6 +458,8 @@ impl Fs {
                     // The version on chain stays until a good one replaces it or the file goes.
                     if let (UploadState::Active, Some(fid)) = (up.state, up.fid) {
                         up.replaces.push(fid);
+                        up.previous =
+                            Some(crate::store::StoredVersion { fid, size: up.size, seed: up.seed, format: up.format });
                     }
                     up.state = UploadState::Failed;
                     up.retry_at = None;

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 pub use catalog::resident_bytes;
-pub use outbox::{DealGuard, Tombstone, UploadRecord, UploadState};
+pub use outbox::{DealGuard, StoredVersion, Tombstone, UploadRecord, UploadState};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
 pub use tree::{KeptSnapshot, Restored, SnapshotSummary};

@@ -111,12 +111,29 @@ pub struct UploadRecord {
     /// The encryption format version of its FID ([`crate::format::FORMAT_V2`] for new content;
     /// deals begun under version 1 finish under it).
     pub format: u8,
+    /// The last version that was active, while a newer one is not: tree snapshots refer to it
+    /// meanwhile (its FID stays on chain, in `replaces`).
+    pub previous: Option<StoredVersion>,
 }
 
-/// The version byte of upload records: 2 since they end with `format`. Version 1 records,
-/// from before, are those bytes without it, all of format version 1; [`Store::open`] rewrites
-/// them, since records are swapped by comparing their bytes.
-const UPLOAD_RECORD_VERSION: u8 = 2;
+/// A version of a file's content stored on CESS: what reading it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredVersion {
+    /// Its FID.
+    pub fid: Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its key seed (`None`: plaintext layout).
+    pub seed: Option<[u8; 32]>,
+    /// Its encryption format version.
+    pub format: u8,
+}
+
+/// The version byte of upload records: 3 since they end with `format` and `previous`. Records
+/// of versions 1 (without both: all of format version 1) and 2 (without `previous`) are those
+/// bytes with fewer fields; [`Store::open`] rewrites them, since records are swapped by comparing
+/// their bytes.
+const UPLOAD_RECORD_VERSION: u8 = 3;
 
 /// Encodes an upload record.
 pub(super) fn encode_upload(rec: &UploadRecord) -> Vec<u8> {
@@ -130,7 +147,11 @@ pub(super) fn decode_upload(bytes: &[u8]) -> Result<UploadRecord, StoreError> {
     let corrupt = || StoreError::Corrupt { what: "upload" };
     match bytes.split_first() {
         Some((&UPLOAD_RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| corrupt()),
-        Some((&1, rest)) => postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1]].concat()).map_err(|_| corrupt()),
+        // The fields a version lacks, as postcard writes them: format 1, and `previous` None.
+        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0]].concat()).map_err(|_| corrupt()),
+        Some((&1, rest)) => {
+            postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1, 0]].concat()).map_err(|_| corrupt())
+        }
         _ => Err(corrupt()),
     }
 }
@@ -161,6 +182,7 @@ impl UploadRecord {
             retired: false,
             updated_at: now,
             format: crate::format::FORMAT_V2,
+            previous: None,
         }
     }
 
@@ -176,8 +198,10 @@ impl UploadRecord {
         }
         let mut r = UploadRecord::staged(version);
         r.replaces = old.replaces;
+        r.previous = old.previous;
         if let (UploadState::Active, Some(fid)) = (old.state, old.fid) {
             r.replaces.push(fid);
+            r.previous = Some(StoredVersion { fid, size: old.size, seed: old.seed, format: old.format });
         }
         r
     }
@@ -614,11 +638,14 @@ mod tests {
         let mut rec = UploadRecord::staged(3);
         rec.fid = Some(Hash([4; 32]));
         let current = encode_upload(&rec);
-        // A version 1 record: the same fields without the trailing format byte.
-        let old = [&[1u8][..], &current[1..current.len() - 1]].concat();
+        // A version 1 record: the same fields without the trailing format and previous.
+        let old = [&[1u8][..], &current[1..current.len() - 2]].concat();
         let read = decode_upload(&old).unwrap();
         assert_eq!(read.format, crate::format::FORMAT_V1);
         assert_eq!(UploadRecord { format: rec.format, ..read }, rec);
+        // A version 2 record: without the trailing previous.
+        let v2 = [&[2u8][..], &current[1..current.len() - 1]].concat();
+        assert_eq!(decode_upload(&v2).unwrap(), rec);
         assert_eq!(decode_upload(&current).unwrap(), rec);
         assert!(decode_upload(&[9, 1]).is_err());
 

@@ -186,17 +186,22 @@ impl Store {
             Kind::Dir => NodeKind::Dir,
             Kind::Symlink => NodeKind::Symlink,
         };
+        let mut size = rec.size;
         let location = match rec.kind {
             Kind::File if rec.size == 0 => Location::Empty,
+            // The last stored version stands for a newer one on its way (being written, or
+            // uploading, or failed): its FID stays on chain until the newer one is active.
             Kind::File => match self.upload(ino)? {
                 Some(UploadRecord {
-                    state: UploadState::Active,
-                    fid: Some(fid),
-                    content_version,
-                    format,
-                    seed,
-                    ..
-                }) if content_version == rec.content_version => Location::Fid { fid, format, seed },
+                    state: UploadState::Active, fid: Some(fid), format, seed, size: stored, ..
+                }) => {
+                    size = stored;
+                    Location::Fid { fid, format, seed }
+                }
+                Some(UploadRecord { previous: Some(p), .. }) => {
+                    size = p.size;
+                    Location::Fid { fid: p.fid, format: p.format, seed: p.seed }
+                }
                 _ => return Ok(None),
             },
             _ => Location::Empty,
@@ -213,7 +218,7 @@ impl Store {
             perm: rec.perm,
             uid: rec.uid,
             gid: rec.gid,
-            size: rec.size,
+            size,
             atime: time(rec.atime),
             mtime: time(rec.mtime),
             ctime: time(rec.ctime),

@@ -8,7 +8,7 @@ use super::{Inner, UploadError, lock, placement, push};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
 use crate::metrics;
 use crate::protocol::{TerritoryState, UserBrief, charged_space};
-use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
+use crate::store::{Batch, FileSource, StoredVersion, Timestamp, UploadRecord, UploadState};
 
 /// The error of a record whose state needs a FID it lacks (a corrupt record).
 fn missing_fid(state: &str) -> UploadError {
@@ -405,9 +405,10 @@ impl Inner {
         } else if let Some(version) = rec.newer {
             let mut staged = UploadRecord::staged(version);
             staged.replaces.push(fid);
+            staged.previous = Some(StoredVersion { fid, size: rec.size, seed: rec.seed, format: rec.format });
             Some(staged)
         } else {
-            Some(UploadRecord { replaces: Vec::new(), ..rec.clone() })
+            Some(UploadRecord { replaces: Vec::new(), previous: None, ..rec.clone() })
         };
         let (old, new) = (rec.clone(), next.clone());
         let ended = self

@@ -448,6 +448,7 @@ pub struct StandaloneDevnet {
     child: Option<Child>,
     rpc_port: u16,
     node_port: u16,
+    args: Vec<String>,
     /// Its RPC URL, for `--chain`.
     pub url: String,
 }
@@ -471,8 +472,14 @@ impl StandaloneDevnet {
     /// Starts one on free ports and waits until it answers. Ports found free may be taken
     /// before the devnet binds them (tests run in parallel): then it starts on others.
     pub fn start() -> StandaloneDevnet {
+        StandaloneDevnet::start_with(&[])
+    }
+
+    /// [`StandaloneDevnet::start`] with extra `cessfs devnet` flags.
+    pub fn start_with(args: &[&str]) -> StandaloneDevnet {
         let dir = tempfile::tempdir().expect("devnet dir");
-        let mut net = StandaloneDevnet { dir, child: None, rpc_port: 0, node_port: 0, url: String::new() };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut net = StandaloneDevnet { dir, child: None, rpc_port: 0, node_port: 0, url: String::new(), args };
         for _ in 0..5 {
             let base = free_ports(17);
             (net.rpc_port, net.node_port, net.url) = (base, base + 1, format!("http://127.0.0.1:{base}"));
@@ -498,6 +505,7 @@ impl StandaloneDevnet {
             .arg(self.node_port.to_string())
             .arg("--dir")
             .arg(self.dir.path().join("net"))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1,6 +1,6 @@
 //! The tree on CESS: what the chain learns of names and sizes, and which tree holds a FID.
 
-use std::fs;
+use std::fs::{self, File};
 use std::time::Duration;
 
 use crate::common::*;
@@ -279,4 +279,24 @@ fn a_mount_that_finds_a_newer_snapshot_by_another_stops_writing_its_own() {
     assert!(said.contains("another mount wrote tree snapshot"), "{said}");
     assert_eq!(snapshots(&first, &net.url), before, "no snapshot written, none deleted");
     assert!(first.log().contains("stops writing tree snapshots"), "{}", first.log());
+}
+
+/// A file whose newer version cannot be stored stays in the tree's snapshots with its last
+/// stored version, so a restore brings that back.
+#[test]
+fn a_file_whose_new_version_fails_is_restored_at_its_last_stored_version() {
+    let net = StandaloneDevnet::start_with(&["--territory-gib", "1"]);
+    let mut first = Mount::uploading("0", &["--chain", &net.url]);
+    fs::write(first.path("doc.bin"), b"version one").unwrap();
+    first.wait_status("doc.bin", &["active"], MIN);
+    wait_for_snapshot(&first);
+    // 400 MiB need more segments than 1 GiB of territory takes: this version fails.
+    File::create(first.path("doc.bin")).unwrap().set_len(400 << 20).unwrap();
+    first.wait_status("doc.bin", &["failed"], MIN);
+    fs::write(first.path("other.txt"), b"a change after it").unwrap();
+    first.wait_status("other.txt", &["active"], MIN);
+    first.unmount_with(&["--wait", "--timeout", "120"]);
+    let second = Mount::uploading("0", &["--chain", &net.url]);
+    assert_eq!(fs::read(second.path("doc.bin")).unwrap(), b"version one");
+    assert_eq!(fs::read(second.path("other.txt")).unwrap(), b"a change after it");
 }

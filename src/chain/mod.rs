@@ -23,6 +23,9 @@ use crate::protocol::{
 
 type Client = OnlineClient<SubstrateConfig>;
 
+/// The largest RPC response taken from a node.
+const MAX_RESPONSE_BYTES: u32 = 256 << 20;
+
 /// How long connecting, one read or one transaction may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,7 +60,19 @@ impl CessChain {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let connect = Client::from_url(&self.url);
+        let connect = async {
+            if !subxt::rpcs::utils::url_is_secure(&self.url).map_err(|e| e.to_string())? {
+                return Err(format!("{} is neither wss:// nor on this machine", self.url));
+            }
+            // UserHoldFileList alone passes jsonrpsee's default 10 MB at 100,000 files (and may
+            // hold 500,000): responses of up to 256 MiB are taken.
+            let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+                .max_response_size(MAX_RESPONSE_BYTES)
+                .build(&self.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            Client::from_rpc_client(subxt::rpcs::RpcClient::new(ws)).await.map_err(|e| e.to_string())
+        };
         let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| unreachable(format!("{} did not answer within {CONNECT_TIMEOUT:?}", self.url)))?

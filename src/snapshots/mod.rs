@@ -31,6 +31,9 @@ pub struct SnapshotConfig {
 
 /// The meta record of the digest of the last tree written (generation and time left out).
 const LAST_TREE: &[u8] = b"snapshot-tree";
+/// The meta record of the newest snapshot generation on chain when this tree began (restored,
+/// fresh or new): snapshots up to it are the past, not another writer.
+pub const BASELINE: &[u8] = b"snapshot-baseline";
 /// The meta record of this data dir's writer id.
 const WRITER: &[u8] = b"snapshot-writer";
 
@@ -137,19 +140,20 @@ impl Writer {
         let found = restore::find(&*self.tree.chain, &self.tree.territory, &self.tree.names).await.ok()?;
         let newest = found.first()?;
         let store = self.store.clone();
-        let ours = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let (ours, baseline) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut ours = Vec::new();
             for (ino, kept) in store.kept_snapshots()? {
                 ours.push((kept.generation, store.upload(ino)?.and_then(|u| u.fid)));
             }
-            Ok(ours)
+            let baseline = store.meta(BASELINE)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok());
+            Ok((ours, baseline.map_or(0, u64::from_be_bytes)))
         })
         .await
         .ok()?
         .ok()?;
-        let newest_ours = ours.iter().map(|(g, _)| *g).max().unwrap_or(0);
+        let floor = ours.iter().map(|(g, _)| *g).max().unwrap_or(0).max(baseline);
         let mine = ours.iter().any(|(_, fid)| *fid == Some(newest.fid));
-        (!mine && newest.generation > newest_ours).then(|| {
+        (!mine && newest.generation > floor).then(|| {
             let written = std::time::UNIX_EPOCH + Duration::from_millis(newest.generation);
             format!(
                 "another mount wrote tree snapshot {} ({}), newer than this mount's",

@@ -572,6 +572,10 @@ impl Store {
         match heir {
             Some((h, mut r)) if !obsolete.is_empty() => {
                 r.replaces.extend(obsolete);
+                // Until the heir is stored, snapshots show the file it replaced under its name.
+                if let (UploadState::Active, Some(fid)) = (rec.state, rec.fid) {
+                    r.previous.get_or_insert(StoredVersion { fid, size: rec.size, seed: rec.seed, format: rec.format });
+                }
                 batch.put_upload(h, &r);
             }
             _ => obsolete.iter().for_each(|fid| batch.put_tombstone(fid)),

@@ -244,7 +244,7 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     fs::write(writer.path("first.txt"), b"first").unwrap();
     wait_for_snapshot(&writer);
     let first_generation = tree_state(&writer)["generation"].as_u64().unwrap().to_string();
-    let reader = Mount::uploading("0", &["--chain", &net.url, "--read-only", "--poll-interval", "1"]);
+    let mut reader = Mount::uploading("0", &["--chain", &net.url, "--read-only", "--poll-interval", "1"]);
     assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
     let view = run(std::process::Command::new(BIN).arg("status").arg(reader.root()));
     assert!(view.contains(&format!("read-only view of tree snapshot {first_generation}")), "{view}");
@@ -255,6 +255,21 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     wait_until(Duration::from_secs(10), "the reader to show the new file", || reader.path("second.txt").exists());
     assert_eq!(fs::read(reader.path("second.txt")).unwrap(), b"second");
     assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    // A view and a writable tree never share a data dir.
+    reader.unmount();
+    let view_dir = reader.data_dir().to_path_buf();
+    let spot = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(BIN)
+        .arg("mount")
+        .arg(spot.path())
+        .arg("--data-dir")
+        .arg(&view_dir)
+        .args(["--chain", &net.url, "--key-file"])
+        .arg(view_dir.join("key"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("read-only view"), "{said}");
     // An older generation, opened on purpose, stays as it was.
     let old = Mount::uploading("0", &["--chain", &net.url, "--generation", &first_generation]);
     assert!(old.path("first.txt").exists() && !old.path("second.txt").exists());
@@ -288,15 +303,22 @@ fn a_file_whose_new_version_fails_is_restored_at_its_last_stored_version() {
     let net = StandaloneDevnet::start_with(&["--territory-gib", "1"]);
     let mut first = Mount::uploading("0", &["--chain", &net.url]);
     fs::write(first.path("doc.bin"), b"version one").unwrap();
+    fs::write(first.path("saved.bin"), b"saved before").unwrap();
     first.wait_status("doc.bin", &["active"], MIN);
+    first.wait_status("saved.bin", &["active"], MIN);
     wait_for_snapshot(&first);
-    // 400 MiB need more segments than 1 GiB of territory takes: this version fails.
+    // 400 MiB need more segments than 1 GiB of territory takes: these versions fail, one
+    // written in place, one saved as editors do (a temporary file renamed over the old one).
     File::create(first.path("doc.bin")).unwrap().set_len(400 << 20).unwrap();
+    File::create(first.path(".saved.tmp")).unwrap().set_len(400 << 20).unwrap();
+    fs::rename(first.path(".saved.tmp"), first.path("saved.bin")).unwrap();
     first.wait_status("doc.bin", &["failed"], MIN);
+    first.wait_status("saved.bin", &["failed"], MIN);
     fs::write(first.path("other.txt"), b"a change after it").unwrap();
     first.wait_status("other.txt", &["active"], MIN);
     first.unmount_with(&["--wait", "--timeout", "120"]);
     let second = Mount::uploading("0", &["--chain", &net.url]);
     assert_eq!(fs::read(second.path("doc.bin")).unwrap(), b"version one");
+    assert_eq!(fs::read(second.path("saved.bin")).unwrap(), b"saved before");
     assert_eq!(fs::read(second.path("other.txt")).unwrap(), b"a change after it");
 }

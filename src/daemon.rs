@@ -466,17 +466,16 @@ impl TreeSetup<'_> {
         if !undecided {
             return Ok(None);
         }
+        // The tree's snapshots on chain, looked for once: what to restore, and the baseline below.
+        let found =
+            names.map(|n| self.runtime.block_on(crate::snapshots::restore::find(&*self.network.chain, &territory, n)));
         let origin = match (names, self.settings.fresh.unwrap_or(false)) {
             (_, true) => "fresh".to_string(),
             (None, false) => "new".to_string(),
             (Some(names), false) => {
-                let restore = crate::snapshots::restore::restore_newest(
-                    &*self.network.chain,
-                    self.fetcher,
-                    self.store,
-                    &territory,
-                    names,
-                );
+                let found = found.clone().transpose()?.unwrap_or_default();
+                let restore =
+                    crate::snapshots::restore::restore_newest(&found, self.fetcher, self.store, &territory, names);
                 match self.runtime.block_on(restore)? {
                     Some(outcome) => {
                         let said = describe_restore(&outcome);
@@ -493,8 +492,7 @@ impl TreeSetup<'_> {
         };
         // Snapshots already on chain are this tree's past (a dead machine's last one may be
         // newer than what was restored): only newer ones tell of another writer.
-        if let Some(names) = names {
-            let found = self.runtime.block_on(crate::snapshots::restore::find(&*self.network.chain, &territory, names));
+        if let Some(found) = found {
             let baseline = found.ok().and_then(|f| f.iter().map(|s| s.generation).max()).unwrap_or(0);
             self.store.set_meta(crate::snapshots::BASELINE, &baseline.to_be_bytes())?;
         }

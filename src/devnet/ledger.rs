@@ -442,17 +442,26 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn declaration_reports_and_deletion_follow_the_pallet() {
+    /// A ledger where //Alice has 1 GiB territories `territories` and `count` miners are
+    /// registered.
+    fn ledger(territories: &[&[u8]], count: usize) -> (tempfile::TempDir, Ledger, AccountId, Vec<AccountId>) {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(dir.path()).unwrap();
         let alice = Signer::from_uri("//Alice").unwrap().account();
-        l.mint_territory(&alice, b"t", 1, 30).unwrap();
+        for t in territories {
+            l.mint_territory(&alice, t, 1, 30).unwrap();
+        }
         let miners: Vec<AccountId> =
-            (1..=13).map(|i| Signer::from_uri(&format!("//Miner{i}")).unwrap().account()).collect();
+            (1..=count).map(|i| Signer::from_uri(&format!("//Miner{i}")).unwrap().account()).collect();
         for m in &miners {
             l.register_miner(m, "http://127.0.0.1:1", 1 << 40).unwrap();
         }
+        (dir, l, alice, miners)
+    }
+
+    #[test]
+    fn declaration_reports_and_deletion_follow_the_pallet() {
+        let (_dir, l, alice, miners) = ledger(&[b"t"], 13);
         let fid = crate::format::sha256(b"fid");
         let user = UserBrief { user: alice, file_name: b"name.txt".to_vec(), territory_name: b"t".to_vec() };
         // 1 GiB holds at most 10 segments: remaining must stay strictly above 96 MiB x segments.
@@ -487,16 +496,7 @@ mod tests {
 
     #[test]
     fn holds_are_per_territory_and_deletion_drops_them_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
-        let alice = Signer::from_uri("//Alice").unwrap().account();
-        l.mint_territory(&alice, b"one", 1, 30).unwrap();
-        l.mint_territory(&alice, b"two", 1, 30).unwrap();
-        let miners: Vec<AccountId> =
-            (1..=12).map(|i| Signer::from_uri(&format!("//Miner{i}")).unwrap().account()).collect();
-        for m in &miners {
-            l.register_miner(m, "http://127.0.0.1:1", 1 << 40).unwrap();
-        }
+        let (_dir, l, alice, miners) = ledger(&[b"one", b"two"], 12);
         let fid = crate::format::sha256(b"fid");
         let one = UserBrief { user: alice, file_name: b"name.txt".to_vec(), territory_name: b"one".to_vec() };
         let two = UserBrief { territory_name: b"two".to_vec(), ..one.clone() };

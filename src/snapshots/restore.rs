@@ -94,16 +94,15 @@ pub struct Outcome {
     pub skipped: Vec<(u64, String)>,
 }
 
-/// Restores the newest snapshot of the tree that reads back into the empty `store`. `None`:
-/// the territory holds no snapshot of this tree.
+/// Restores the newest of `found` (the tree's snapshots, [`find`]) that reads back into the
+/// empty `store`. `None`: the territory holds no snapshot of this tree.
 pub async fn restore_newest(
-    chain: &dyn Chain,
+    found: &[Found],
     fetcher: &Fetcher,
     store: &Store,
     territory: &[u8],
     names: &NameKey,
 ) -> anyhow::Result<Option<Outcome>> {
-    let found = find(chain, territory, names).await?;
     let mut skipped = Vec::new();
     let mut active = found.iter().filter(|f| f.active);
     for f in active.by_ref() {

@@ -186,6 +186,19 @@ impl UploadRecord {
         }
     }
 
+    /// The record of a file stored on CESS as `stored` (restored from a snapshot: nothing to
+    /// upload), in `segments` segments, declared in `territory` under `file_name`.
+    pub fn stored(stored: StoredVersion, segments: u32, territory: &[u8], file_name: Vec<u8>) -> UploadRecord {
+        let mut up = UploadRecord::staged(1);
+        up.state = UploadState::Active;
+        (up.size, up.fid, up.seed, up.format) = (stored.size, Some(stored.fid), stored.seed, stored.format);
+        up.segments = segments;
+        up.territory = territory.to_vec();
+        up.file_name = file_name;
+        (up.pushed, up.reported) = (crate::format::FRAGMENTS as u8, crate::format::FRAGMENTS as u8);
+        up
+    }
+
     /// The record after content version `version` is closed: a new upload, unless a deal is in
     /// flight, which finishes first. An active FID is remembered, to be deleted once the new
     /// version is active.

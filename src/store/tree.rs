@@ -10,8 +10,11 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::records::{decode, encode, key};
-use super::{Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, StoreError, Timestamp, UploadRecord, UploadState};
-use crate::format::{FRAGMENTS, Hash, Layout, Link, Location, Mode, Node, NodeKind, Snapshot};
+use super::{
+    Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, StoreError, StoredVersion, Timestamp, UploadRecord,
+    UploadState,
+};
+use crate::format::{Hash, Layout, Link, Location, Mode, Node, NodeKind, Snapshot};
 use crate::sync::lock;
 
 /// The meta record of the generation a read-only view shows.
@@ -241,6 +244,43 @@ impl Store {
             self.remove_content(ino)?;
             return Err(e);
         }
+        self.keep_hidden_snapshot(ino, size, name, kept, &UploadRecord::staged(1), None)?;
+        Ok(ino)
+    }
+
+    /// Keeps `snapshot`, restored from CESS where it is active under `fid`, as a hidden inode
+    /// whose content is not cached: its FIDs are protected and it is dropped in its turn.
+    pub fn adopt_snapshot(
+        &self,
+        snapshot: &Snapshot,
+        fid: Hash,
+        seed: Option<[u8; 32]>,
+        segments: u32,
+        territory: &[u8],
+        name: &[u8],
+    ) -> Result<u64, StoreError> {
+        let ino = self.allocate_ino()?;
+        let size = crate::format::snapshot_len_of(segments as usize);
+        self.create_content(ino)?.set_len(size)?;
+        self.sync_content_dir()?;
+        let stored = StoredVersion { fid, size, seed, format: crate::format::FORMAT_V2 };
+        let up = UploadRecord::stored(stored, segments, territory, name.to_vec());
+        let cold = Residency::empty(segments);
+        self.keep_hidden_snapshot(ino, size, name, &KeptSnapshot::of(snapshot), &up, Some(&cold))?;
+        Ok(ino)
+    }
+
+    /// Records hidden inode `ino` (its content file made, `size` bytes) as the kept snapshot
+    /// `kept` named `name` on chain, with its upload record and residency, durably.
+    fn keep_hidden_snapshot(
+        &self,
+        ino: u64,
+        size: u64,
+        name: &[u8],
+        kept: &KeptSnapshot,
+        up: &UploadRecord,
+        residency: Option<&Residency>,
+    ) -> Result<(), StoreError> {
         let now = Timestamp::now();
         let rec = InodeRecord {
             kind: Kind::File,
@@ -261,60 +301,11 @@ impl Store {
         let mut b = Batch::default();
         b.put_inode(ino, &rec);
         b.0.insert(&key::snapshot(ino), encode(kept));
-        b.put_upload(ino, &UploadRecord::staged(1));
+        b.put_upload(ino, up);
+        b.put_residency(ino, residency);
         self.commit(b)?;
         self.kept_snapshots_changed();
-        self.sync()?;
-        Ok(ino)
-    }
-
-    /// Keeps `snapshot`, restored from CESS where it is active under `fid`, as a hidden inode
-    /// whose content is not cached: its FIDs are protected and it is dropped in its turn.
-    pub fn adopt_snapshot(
-        &self,
-        snapshot: &Snapshot,
-        fid: Hash,
-        seed: Option<[u8; 32]>,
-        segments: u32,
-        territory: &[u8],
-        name: &[u8],
-    ) -> Result<u64, StoreError> {
-        let ino = self.allocate_ino()?;
-        let size = crate::format::snapshot_len_of(segments as usize);
-        self.create_content(ino)?.set_len(size)?;
-        self.sync_content_dir()?;
-        let now = Timestamp::now();
-        let rec = InodeRecord {
-            kind: Kind::File,
-            perm: 0o600,
-            uid: 0,
-            gid: 0,
-            nlink: 0,
-            size,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            parent: 0,
-            target: Vec::new(),
-            content_version: 1,
-            name: name.to_vec(),
-        };
-        let mut up = UploadRecord::staged(1);
-        up.state = UploadState::Active;
-        (up.size, up.fid, up.seed, up.segments) = (size, Some(fid), seed, segments);
-        up.territory = territory.to_vec();
-        up.file_name = name.to_vec();
-        (up.pushed, up.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
-        let mut b = Batch::default();
-        b.put_inode(ino, &rec);
-        b.0.insert(&key::snapshot(ino), encode(&KeptSnapshot::of(snapshot)));
-        b.put_upload(ino, &up);
-        b.put_residency(ino, Some(&Residency::empty(segments)));
-        self.commit(b)?;
-        self.kept_snapshots_changed();
-        self.sync()?;
-        Ok(ino)
+        self.sync()
     }
 
     /// The snapshots this tree keeps (hidden inode and record), oldest first.
@@ -424,7 +415,7 @@ impl Store {
         for n in &snapshot.nodes[1..] {
             inos.insert(n.id, self.allocate_ino()?);
         }
-        self.fill(snapshot, &inos, Batch::default(), territory, &chain_name)
+        self.fill_except(snapshot, &inos, Batch::default(), territory, &chain_name, &HashSet::new())
     }
 
     /// Makes the tree of this store (a read-only view) `snapshot`'s, with the inode numbers it
@@ -468,17 +459,6 @@ impl Store {
             self.remove_content(ino)?;
         }
         self.fill_except(snapshot, &inos, b, territory, &chain_name, &same)
-    }
-
-    fn fill(
-        &self,
-        snapshot: &Snapshot,
-        inos: &HashMap<u64, u64>,
-        b: Batch,
-        territory: &[u8],
-        chain_name: &impl Fn(&Hash) -> Vec<u8>,
-    ) -> Result<Restored, StoreError> {
-        self.fill_except(snapshot, inos, b, territory, chain_name, &HashSet::new())
     }
 
     /// Writes every node and name of `snapshot` into `b` (node ids mapped by `inos`) and
@@ -572,15 +552,8 @@ impl Store {
                 file.set_len(n.size)?;
                 let mode = if seed.is_some() { Mode::Encrypted } else { Mode::Plain };
                 let segments = Layout::new(n.size, mode).map(|l| l.segments() as u32).unwrap_or(0);
-                up.state = UploadState::Active;
-                up.size = n.size;
-                up.fid = Some(*fid);
-                up.seed = *seed;
-                up.format = *format;
-                up.segments = segments;
-                up.territory = territory.to_vec();
-                up.file_name = chain_name(fid);
-                (up.pushed, up.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+                let stored = StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format };
+                up = UploadRecord::stored(stored, segments, territory, chain_name(fid));
                 b.put_residency(ino, Some(&Residency::empty(segments)));
             }
         }

@@ -452,6 +452,7 @@ impl TreeSetup<'_> {
                 territory,
                 names: names.clone(),
                 pinned: self.settings.generation,
+                finder: Default::default(),
             };
             match self.runtime.block_on(follower.sync()) {
                 Ok(Some(g)) => notices.push(format!("read-only: showing tree snapshot {g}")),

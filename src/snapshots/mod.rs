@@ -54,6 +54,7 @@ pub struct Writer {
     tree: TreeOnChain,
     config: SnapshotConfig,
     writer: [u8; 16],
+    finder: restore::Finder,
 }
 
 impl Writer {
@@ -72,7 +73,7 @@ impl Writer {
                 w
             }
         };
-        Ok(Writer { store, flags, tree, config, writer })
+        Ok(Writer { store, flags, tree, config, writer, finder: restore::Finder::default() })
     }
 
     /// Runs until `stop`; then writes a last snapshot locally if the tree changed (the next
@@ -137,7 +138,7 @@ impl Writer {
     /// keeps: then two mounts write one tree, and this one must not clobber the other's. An
     /// unreachable chain is no answer (the snapshot waits in the queue anyway).
     async fn newer_elsewhere(&self) -> Option<String> {
-        let found = restore::find(&*self.tree.chain, &self.tree.territory, &self.tree.names).await.ok()?;
+        let found = self.finder.find(&*self.tree.chain, &self.tree.territory, &self.tree.names).await.ok()?;
         let newest = found.first()?;
         let store = self.store.clone();
         let (ours, baseline) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {

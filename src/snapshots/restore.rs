@@ -2,6 +2,8 @@
 //! data dir. Only what the chain offers is used: the account's `UserHoldFileList` and the owner
 //! names of the `File` records, whose tag tells this key's snapshots from any other's.
 
+use std::collections::HashSet;
+
 use futures_util::StreamExt;
 
 use crate::fetch::{FetchError, Fetcher};
@@ -28,27 +30,64 @@ pub struct Found {
 /// The snapshots of the tree of this account in `territory` named with `names`, newest first
 /// (ties of generation: the larger FID first, the rule of docs/FORMAT.md).
 pub async fn find(chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Found>, ChainError> {
-    let me = chain.account();
-    let held: Vec<Hash> =
-        chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
-    let mut reads = futures_util::stream::iter(held)
-        .map(|fid| async move { (fid, chain.file(&fid).await) })
-        .buffer_unordered(READS_IN_FLIGHT);
-    let mut found = Vec::new();
-    while let Some((fid, file)) = reads.next().await {
-        let Some(file) = file? else { continue };
-        let generation = file.owners.iter().filter(|o| o.user == me && o.territory_name == territory).find_map(|o| {
-            match names.parse(&o.file_name) {
-                Some((NameKind::Snapshot, generation)) => generation,
-                _ => None,
+    Finder::default().find(chain, territory, names).await
+}
+
+/// Looks for a tree's snapshots again and again, reading each held file's record once: the
+/// name an owner gave a FID never changes, so a FID found not to be a snapshot of this tree is
+/// not read again. Only snapshots are read each time (their deals become active).
+#[derive(Default)]
+pub struct Finder {
+    others: std::sync::Mutex<HashSet<Hash>>,
+}
+
+impl Finder {
+    /// As [`find`], reading only the records of FIDs not seen before.
+    pub async fn find(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Found>, ChainError> {
+        let me = chain.account();
+        let held: Vec<Hash> =
+            chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
+        let known = std::mem::take(&mut *crate::sync::lock(&self.others));
+        let mut others: HashSet<Hash> = held.iter().filter(|fid| known.contains(fid)).copied().collect();
+        let unread: Vec<Hash> = held.into_iter().filter(|fid| !others.contains(fid)).collect();
+        let mut reads = futures_util::stream::iter(unread)
+            .map(|fid| async move { (fid, chain.file(&fid).await) })
+            .buffer_unordered(READS_IN_FLIGHT);
+        let mut found = Vec::new();
+        let mut failed = None;
+        while let Some((fid, file)) = reads.next().await {
+            let file = match file {
+                Ok(Some(file)) => file,
+                Ok(None) => continue,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let generation =
+                file.owners.iter().filter(|o| o.user == me && o.territory_name == territory).find_map(|o| {
+                    match names.parse(&o.file_name) {
+                        Some((NameKind::Snapshot, generation)) => generation,
+                        _ => None,
+                    }
+                });
+            match generation {
+                Some(generation) => {
+                    found.push(Found { generation, fid, segments: file.segments.len(), active: file.active })
+                }
+                None => {
+                    others.insert(fid);
+                }
             }
-        });
-        if let Some(generation) = generation {
-            found.push(Found { generation, fid, segments: file.segments.len(), active: file.active });
         }
+        drop(reads);
+        *crate::sync::lock(&self.others) = others;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
+        Ok(found)
     }
-    found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
-    Ok(found)
 }
 
 /// Why a snapshot was not read.
@@ -163,6 +202,8 @@ pub struct Follower {
     pub names: NameKey,
     /// A generation to show and stay on.
     pub pinned: Option<u64>,
+    /// Looks for snapshots.
+    pub finder: Finder,
 }
 
 impl Follower {
@@ -170,7 +211,7 @@ impl Follower {
     /// what it now shows.
     pub async fn sync(&self) -> anyhow::Result<Option<u64>> {
         let shown = self.store.view_generation()?;
-        let found = find(&*self.chain, &self.territory, &self.names).await?;
+        let found = self.finder.find(&*self.chain, &self.territory, &self.names).await?;
         let want = match self.pinned {
             Some(g) => found.iter().find(|f| f.generation == g && f.active).ok_or_else(|| {
                 anyhow::anyhow!("no active tree snapshot of generation {g} in this territory (see cessfs snapshots)")

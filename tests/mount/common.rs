@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,6 +104,7 @@ impl Mount {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
+            .dies_with_the_test()
             .spawn()
             .expect("spawn cessfs mount");
         self.child = Some(child);
@@ -509,6 +511,7 @@ impl StandaloneDevnet {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
+            .dies_with_the_test()
             .spawn()
             .expect("spawn cessfs devnet");
         self.child = Some(child);
@@ -595,4 +598,25 @@ pub fn fill(dir: &Path, name: &str) -> PathBuf {
     while f.write_all(&small).is_ok() {}
     let _ = f.sync_all();
     path
+}
+
+/// Daemons a test starts end with it, even when the harness is killed: one left running keeps
+/// uploading into its data dir until the disk is full.
+trait DiesWithTheTest {
+    fn dies_with_the_test(&mut self) -> &mut Self;
+}
+
+impl DiesWithTheTest for Command {
+    fn dies_with_the_test(&mut self) -> &mut Self {
+        // SAFETY: prctl(2) is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        }
+    }
 }

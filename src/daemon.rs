@@ -313,6 +313,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         miner_timeout: Duration::from_secs(60),
         report_timeout: Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
         poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
+        pack_below: settings.pack_below()?,
     };
     let fetcher = Arc::new(Fetcher::new(
         network.chain.clone(),

@@ -19,8 +19,8 @@ use thiserror::Error;
 use tokio::sync::OnceCell;
 
 use crate::format::{
-    DATA_FRAGMENTS, DecodedSegment, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey,
-    SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
+    BlobPlace, DATA_FRAGMENTS, DecodedSegment, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey,
+    SEGMENT_SIZE, SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
 };
 use crate::metrics;
 use crate::miner::MinerClient;
@@ -207,6 +207,49 @@ impl Fetcher {
             lock(&self.files).remove(fid);
         }
         result
+    }
+
+    /// The content of blob `id` at `place` in pack `fid`: one ranged read of the data fragment
+    /// holding it, opened with its key; if that miner fails or its bytes do not open, the pack's
+    /// segment is rebuilt from any 4 of its fragments (each checked against its hash) and the
+    /// blob cut from it. The blob's tag checks it either way: never wrong bytes.
+    pub async fn blob(&self, fid: &Hash, id: &Hash, place: BlobPlace, size: u64) -> Result<Vec<u8>, FetchError> {
+        let keys = self.master.as_ref().and_then(|m| m.blobs()).ok_or(FetchError::NoKey(*fid))?;
+        let decode = |error| FetchError::Decode { fid: *fid, segment: 0, error };
+        let range =
+            place.range().ok_or_else(|| decode(FormatError::Pack(format!("a blob outside the pack: {place:?}"))))?;
+        let file = self.file(fid).await?;
+        let (index, in_fragment) = place.in_fragment();
+        if let Some(info) = file.segments.first().and_then(|s| s.fragments.get(index)) {
+            let fetched = match self.endpoint(&info.miner).await {
+                Some(endpoint) => self
+                    .miners
+                    .get_fragment(&endpoint, fid, &info.hash, Some(in_fragment))
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("no endpoint".to_string()),
+            };
+            match fetched.map(|bytes| keys.open(id, &bytes)) {
+                Ok(Ok(content)) if content.len() as u64 == size => {
+                    metrics::FETCHED_BYTES.add(content.len() as u64);
+                    return Ok(content);
+                }
+                Ok(Ok(_)) => {
+                    log::warn!("blob {id} of pack {fid} is not of the size the tree says; rebuilding the pack")
+                }
+                Ok(Err(e)) => {
+                    log::warn!("miner {} served blob {id} of pack {fid} wrong ({e}); rebuilding the pack", info.miner)
+                }
+                Err(e) => log::debug!("blob {id} of pack {fid} from miner {}: {e}; rebuilding the pack", info.miner),
+            }
+        }
+        let segment = self.segment(fid, SEGMENT_SIZE as u64, false, 0).await;
+        self.forget(fid, 0);
+        let content = keys.open(id, &segment?.data()[range]).map_err(decode)?;
+        if content.len() as u64 != size {
+            return Err(decode(FormatError::Pack(format!("blob {id} has {} bytes, not {size}", content.len()))));
+        }
+        Ok(content)
     }
 
     /// Whether a segment is being fetched (or was, and is not forgotten yet).

@@ -30,6 +30,7 @@
 //! k_seed      = HMAC-SHA256(k_territory, "seed-key")
 //! k_file      = HMAC-SHA256(k_territory, "file-key")
 //! k_name      = HMAC-SHA256(k_territory, "name-key")
+//! k_blob      = HMAC-SHA256(k_territory, "blob-key")      (packs: format/pack.rs)
 //! ```
 
 use std::ops::Range;
@@ -40,6 +41,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::names::NameKey;
+use super::pack::BlobKeys;
 use super::{FormatError, Layout, SEGMENT_SIZE};
 
 /// First bytes of every encrypted segment: "CFS" and the format version.
@@ -48,6 +50,8 @@ const MAGIC_PREFIX: [u8; 3] = *b"CFS";
 pub const FORMAT_V1: u8 = 1;
 /// The format version of keys per territory: what new files are written with.
 pub const FORMAT_V2: u8 = 2;
+/// The plaintext layout, whatever the mode: packs, whose blobs are sealed one by one.
+pub const FORMAT_PLAIN: u8 = 0;
 /// Bytes before the ciphertext: magic and seed.
 pub const HEADER_LEN: usize = MAGIC_PREFIX.len() + 1 + 32;
 /// Bytes of the GCM-SIV tag after the ciphertext.
@@ -77,6 +81,7 @@ struct ContentKeys {
 struct TerritoryKeys {
     content: ContentKeys,
     names: NameKey,
+    blobs: BlobKeys,
 }
 
 /// The user's 32-byte master key: every file key is derived from it. Bound to a territory
@@ -116,6 +121,7 @@ impl MasterKey {
         let keys = TerritoryKeys {
             content: ContentKeys { seed_key: hmac(&t, &[b"seed-key"]), file_key: hmac(&t, &[b"file-key"]) },
             names: NameKey::new(hmac(&t, &[b"name-key"])),
+            blobs: BlobKeys::new(hmac(&t, &[b"blob-key"])),
         };
         MasterKey { territory: Some(keys), ..self.clone() }
     }
@@ -137,6 +143,11 @@ impl MasterKey {
     /// The key of names on chain (bound to a territory only).
     pub fn names(&self) -> Option<&NameKey> {
         self.territory.as_ref().map(|t| &t.names)
+    }
+
+    /// The keys of packed blobs (bound to a territory only).
+    pub fn blobs(&self) -> Option<&BlobKeys> {
+        self.territory.as_ref().map(|t| &t.blobs)
     }
 
     fn content(&self, version: u8) -> Option<&ContentKeys> {

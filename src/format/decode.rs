@@ -23,6 +23,11 @@ pub struct DecodedSegment {
 }
 
 impl DecodedSegment {
+    /// A segment's worth of file bytes read some other way (a packed blob).
+    pub fn of_bytes(bytes: Vec<u8>) -> DecodedSegment {
+        DecodedSegment { chunk: 0..bytes.len(), buffer: bytes, corrupt: Vec::new() }
+    }
+
     /// The key seed in its header (encrypted segments).
     pub fn seed(&self) -> Option<[u8; 32]> {
         header_seed(&self.buffer).map(|(_, seed)| seed)

@@ -58,4 +58,7 @@ pub enum FormatError {
         /// File size in bytes.
         size: u64,
     },
+    /// A packed blob, or a pack's index, did not open: a wrong key, wrong bytes, or no pack.
+    #[error("pack: {0}")]
+    Pack(String),
 }

@@ -20,9 +20,10 @@ mod fid;
 mod hash;
 mod layout;
 mod names;
+mod pack;
 mod snapshot;
 
-pub use crypto::{FORMAT_V1, FORMAT_V2, FileKey, MasterKey};
+pub use crypto::{FORMAT_PLAIN, FORMAT_V1, FORMAT_V2, FileKey, MasterKey};
 pub use decode::{DecodedSegment, FileDecoder, decode_file};
 pub use encode::{ChunkSource, EncodedSegment, Encoder, Seed, SharedFragments};
 pub use erasure::Erasure;
@@ -31,6 +32,9 @@ pub use fid::merkle_fid;
 pub use hash::{Hash, sha256};
 pub use layout::{Layout, Mode};
 pub use names::{CHAIN_NAME_LEN, NameKey, NameKind, readable_name};
+pub use pack::{
+    BlobKeys, BlobPlace, MAX_BLOB, MAX_BLOBS, PACK_HEADER_LEN, PackSpace, read_index, seal_index, sealed_len,
+};
 pub use snapshot::{Link, Location, Node, NodeKind, Snapshot, SnapshotError, snapshot_file_len, snapshot_len_of};
 
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,7 @@
 //! ```text
 //! file      tag ‖ "f" ‖ hex(HMAC(k_name, "file" ‖ fid))[..16]     25 bytes
 //! snapshot  tag ‖ "s" ‖ hex16(generation)                         25 bytes
+//! pack      tag ‖ "p" ‖ hex16(pack number)                        25 bytes
 //! tag       hex(HMAC(k_name, "tag"))[..8]
 //! ```
 //!
@@ -27,6 +28,8 @@ pub enum NameKind {
     File,
     /// A tree snapshot.
     Snapshot,
+    /// A pack of small files' blobs.
+    Pack,
 }
 
 impl NameKind {
@@ -34,6 +37,7 @@ impl NameKind {
         match self {
             NameKind::File => b'f',
             NameKind::Snapshot => b's',
+            NameKind::Pack => b'p',
         }
     }
 }
@@ -75,7 +79,13 @@ impl NameKey {
         self.name(NameKind::Snapshot, &format!("{generation:016x}"))
     }
 
-    /// What a name on chain is, if this key made it: its kind, and a snapshot's generation.
+    /// The name of pack number `number`.
+    pub fn pack_name(&self, number: u64) -> Vec<u8> {
+        self.name(NameKind::Pack, &format!("{number:016x}"))
+    }
+
+    /// What a name on chain is, if this key made it: its kind, and a snapshot's generation or a
+    /// pack's number.
     pub fn parse(&self, name: &[u8]) -> Option<(NameKind, Option<u64>)> {
         let rest = name.strip_prefix(&self.tag[..])?;
         let (&letter, body) = rest.split_first()?;
@@ -84,9 +94,9 @@ impl NameKey {
         }
         match letter {
             b'f' => Some((NameKind::File, None)),
-            b's' => {
-                let generation = u64::from_str_radix(std::str::from_utf8(body).ok()?, 16).ok()?;
-                Some((NameKind::Snapshot, Some(generation)))
+            b's' | b'p' => {
+                let number = u64::from_str_radix(std::str::from_utf8(body).ok()?, 16).ok()?;
+                Some((if letter == b's' { NameKind::Snapshot } else { NameKind::Pack }, Some(number)))
             }
             _ => None,
         }
@@ -149,6 +159,7 @@ mod tests {
         assert!(a < b, "names sort as generations do");
         assert_eq!(k.parse(&b), Some((NameKind::Snapshot, Some(10))));
         assert_eq!(k.parse(&k.snapshot_name(u64::MAX)), Some((NameKind::Snapshot, Some(u64::MAX))));
+        assert_eq!(k.parse(&k.pack_name(7)), Some((NameKind::Pack, Some(7))));
         let mut bad = b.clone();
         bad[20] = b'G';
         assert_eq!(k.parse(&bad), None);

@@ -69,6 +69,17 @@ pub enum Location {
     },
     /// Its bytes, in the snapshot itself.
     Inline(Vec<u8>),
+    /// A blob in the pack stored on CESS under `fid` (format/pack.rs).
+    Packed {
+        /// The pack's FID.
+        fid: Hash,
+        /// The blob's id (its key derives from it).
+        id: Hash,
+        /// Its first byte in the pack's segment.
+        offset: u32,
+        /// Its sealed length.
+        len: u32,
+    },
 }
 
 /// One inode.

@@ -37,6 +37,8 @@ pub(super) struct ColdSource {
     size: u64,
     encrypted: bool,
     layout: Layout,
+    /// A packed file's blob: its id and place in the pack `fid`.
+    blob: Option<(Hash, crate::format::BlobPlace)>,
 }
 
 /// Why a file cannot be evicted.
@@ -180,7 +182,16 @@ impl ColdReader {
         s: usize,
         essential: bool,
     ) -> FsResult<Option<Arc<DecodedSegment>>> {
-        let fetch = self.fetcher.segment(&source.fid, source.size, source.encrypted, s);
+        let fetch = async {
+            match source.blob {
+                Some((id, place)) => self
+                    .fetcher
+                    .blob(&source.fid, &id, place, source.size)
+                    .await
+                    .map(|b| Arc::new(DecodedSegment::of_bytes(b))),
+                None => self.fetcher.segment(&source.fid, source.size, source.encrypted, s).await,
+            }
+        };
         let result = match self.runtime.block_on(async { tokio::time::timeout(self.deadline, fetch).await }) {
             Ok(Ok(decoded)) => {
                 install(store, of, source, s, decoded.data(), essential).map(|kept| (!kept).then_some(decoded))
@@ -218,7 +229,8 @@ impl Fs {
         let encrypted = up.seed.is_some();
         let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
         let layout = Layout::new(up.size, mode).map_err(|_| FsError::NotCached(ino))?;
-        let source = ColdSource { fid, size: up.size, encrypted, layout };
+        let blob = up.blob.map(|b| (b.id, b.place));
+        let source = ColdSource { fid, size: up.size, encrypted, layout, blob };
         Ok((Some(source), Presence::from_record(Some(residency), Some(layout))))
     }
 

@@ -456,10 +456,9 @@ impl Fs {
                     up.newer = None;
                 } else {
                     // The version on chain stays until a good one replaces it or the file goes.
-                    if let (UploadState::Active, Some(fid)) = (up.state, up.fid) {
-                        up.replaces.push(fid);
-                        up.previous =
-                            Some(crate::store::StoredVersion { fid, size: up.size, seed: up.seed, format: up.format });
+                    if let Some(stored) = up.stored_version() {
+                        up.replaces.push(stored.fid);
+                        up.previous = Some(stored);
                     }
                     up.state = UploadState::Failed;
                     up.retry_at = None;

@@ -31,6 +31,7 @@ fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, Strin
         UploadState::Active => format!("stored: {} segments on {FRAGMENTS} miners", up.segments),
         UploadState::Failed => format!("failed after {} attempts", up.attempts.max(1)),
         UploadState::Local => "kept locally: CESS cannot store empty files".to_string(),
+        UploadState::Packed => "in an open pack, sealed once full or once no file comes for a moment".to_string(),
     }
 }
 
@@ -56,22 +57,37 @@ impl Fs {
         let Some(up) = self.store.upload(ino)? else { return Ok(Vec::new()) };
         let chain_down = self.chain_health.as_ref().and_then(|h| h.unreachable_since());
         let progress = |up: &UploadRecord| progress(up, chain_down.as_ref());
-        let mut attrs = vec![("user.cess.status", up.state.word().to_string())];
-        if let Some(fid) = up.fid {
+        // A file waiting in a sealed pack shows the pack's upload.
+        let pack = match (up.state, up.blob) {
+            (UploadState::Packed, Some(blob)) => self.store.upload(blob.pack)?,
+            _ => None,
+        };
+        let shown = pack.as_ref().unwrap_or(&up);
+        let mut attrs = vec![("user.cess.status", shown.state.word().to_string())];
+        if let Some(fid) = shown.fid {
             attrs.push(("user.cess.fid", fid.to_hex()));
         }
-        attrs.push(("user.cess.progress", progress(&up)));
-        if let Some(tx) = &up.tx {
+        attrs.push(("user.cess.progress", progress(shown)));
+        if let Some(tx) = &shown.tx {
             attrs.push(("user.cess.tx", tx.clone()));
         }
-        if let Some(block) = up.block {
+        if let Some(block) = shown.block {
             attrs.push(("user.cess.block", block.to_string()));
         }
         if !up.territory.is_empty() {
             attrs.push(("user.cess.territory", String::from_utf8_lossy(&up.territory).into_owned()));
         }
-        if let Some(e) = &up.error {
+        if let Some(e) = &shown.error {
             attrs.push(("user.cess.error", e.clone()));
+        }
+        let placed = up.blob.map(|b| {
+            let (fragment, range) = b.place.in_fragment();
+            (b, fragment, range)
+        });
+        if let Some((b, fragment, range)) = &placed {
+            let where_ =
+                format!("{} bytes at {} (data fragment {fragment}, bytes {range:?})", b.place.len, b.place.offset);
+            attrs.push(("user.cess.pack", where_));
         }
         let cached = match self.residency(ino)? {
             None => "yes".to_string(),
@@ -80,19 +96,24 @@ impl Fs {
         };
         attrs.push(("user.cess.cached", cached.clone()));
         let json = serde_json::json!({
-            "status": up.state.word(),
-            "fid": up.fid.map(|f| f.to_hex()),
+            "status": shown.state.word(),
+            "fid": shown.fid.map(|f| f.to_hex()),
             "size": up.size,
-            "segments": up.segments,
-            "pushed": up.pushed,
-            "reported": up.reported,
-            "progress": progress(&up),
-            "tx": up.tx,
-            "block": up.block,
+            "segments": shown.segments,
+            "pushed": shown.pushed,
+            "reported": shown.reported,
+            "progress": progress(shown),
+            "tx": shown.tx,
+            "block": shown.block,
+            "pack": placed.map(|(b, fragment, _)| serde_json::json!({
+                "offset": b.place.offset,
+                "length": b.place.len,
+                "data_fragment": fragment,
+            })),
             "territory": String::from_utf8_lossy(&up.territory),
             "name_on_chain": String::from_utf8_lossy(&up.file_name),
             "chain_unreachable_since": chain_down.as_ref().map(|(since, _)| utc(*since)),
-            "error": up.error,
+            "error": shown.error,
             "cached": cached,
             "attempts": up.attempts,
             "newer_version_waiting": up.newer.is_some(),

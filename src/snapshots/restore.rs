@@ -65,11 +65,11 @@ impl Finder {
                 }
             };
             let generation =
-                file.owners.iter().filter(|o| o.user == me && o.territory_name == territory).find_map(|o| {
-                    match names.parse(&o.file_name) {
-                        Some((NameKind::Snapshot, generation)) => generation,
-                        _ => None,
-                    }
+                file.owners.iter().filter(|o| o.user == me && o.territory_name == territory).find_map(|o| match names
+                    .parse(&o.file_name)
+                {
+                    Some((NameKind::Snapshot, generation)) => generation,
+                    _ => None,
                 });
             match generation {
                 Some(generation) => {

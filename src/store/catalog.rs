@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::{Residency, Timestamp, UploadRecord, UploadState};
+use super::{PackedBlob, Residency, Timestamp, UploadRecord, UploadState};
 use crate::format::Hash;
 
 /// What the catalog keeps of one inode with an upload record.
@@ -22,6 +22,8 @@ struct Entry {
     order: Option<Order>,
     /// The older FIDs it keeps until its newer version is active.
     replaces: Vec<Hash>,
+    /// Its blob, if packed.
+    blob: Option<PackedBlob>,
 }
 
 /// Least recently used first: files not used since the mount (as old as their upload), then
@@ -40,7 +42,7 @@ fn nanos(t: Timestamp) -> i128 {
     t.secs as i128 * 1_000_000_000 + t.nanos as i128
 }
 
-const STATES: [UploadState; 8] = [
+const STATES: [UploadState; 9] = [
     UploadState::Staged,
     UploadState::Encoding,
     UploadState::Declared,
@@ -49,6 +51,7 @@ const STATES: [UploadState; 8] = [
     UploadState::Active,
     UploadState::Failed,
     UploadState::Local,
+    UploadState::Packed,
 ];
 
 fn state_index(s: UploadState) -> usize {
@@ -66,8 +69,14 @@ pub(super) struct Catalog {
     /// Last use of files used since the mount.
     used: HashMap<u64, i128>,
     cached: u64,
-    states: [(u64, u64); 8],
+    states: [(u64, u64); 9],
     changed: HashSet<u64>,
+    /// Files by the id of their blob (equal contents are packed once).
+    blobs: HashMap<Hash, HashSet<u64>>,
+    /// Files waiting in each pack (by the pack's hidden inode).
+    packed: HashMap<u64, HashSet<u64>>,
+    /// Stored packs by FID: the files in them, and the sealed bytes those take.
+    live: HashMap<Hash, (HashSet<u64>, u64)>,
 }
 
 impl Catalog {
@@ -88,6 +97,7 @@ impl Catalog {
                 cached,
                 order,
                 replaces: u.replaces.clone(),
+                blob: u.blob.filter(|_| !u.retired),
             }
         });
         let old = match &new {
@@ -95,6 +105,21 @@ impl Catalog {
             None => self.entries.remove(&ino),
         };
         if let Some(old) = old {
+            if let Some(blob) = old.blob {
+                remove_from(&mut self.blobs, &blob.id, ino);
+                if old.state == UploadState::Packed {
+                    remove_from(&mut self.packed, &blob.pack, ino);
+                }
+                if let (UploadState::Active, Some(fid)) = (old.state, old.fid)
+                    && let Some((files, bytes)) = self.live.get_mut(&fid)
+                    && files.remove(&ino)
+                {
+                    *bytes -= u64::from(blob.place.len);
+                    if files.is_empty() {
+                        self.live.remove(&fid);
+                    }
+                }
+            }
             for fid in &old.replaces {
                 if let Some(n) = self.replaced.get_mut(fid) {
                     *n -= 1;
@@ -120,6 +145,18 @@ impl Catalog {
             }
         }
         if let Some(new) = new {
+            if let Some(blob) = new.blob {
+                self.blobs.entry(blob.id).or_default().insert(ino);
+                if new.state == UploadState::Packed {
+                    self.packed.entry(blob.pack).or_default().insert(ino);
+                }
+                if let (UploadState::Active, Some(fid)) = (new.state, new.fid) {
+                    let (files, bytes) = self.live.entry(fid).or_default();
+                    if files.insert(ino) {
+                        *bytes += u64::from(blob.place.len);
+                    }
+                }
+            }
             for fid in &new.replaces {
                 *self.replaced.entry(*fid).or_default() += 1;
             }
@@ -154,6 +191,21 @@ impl Catalog {
     /// as the last good version it keeps until a newer one is active.
     pub(super) fn needed(&self, fid: &Hash) -> bool {
         self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
+    }
+
+    /// A file other than `ino` whose content is blob `id`.
+    pub(super) fn blob_holder(&self, id: &Hash, ino: u64) -> Option<u64> {
+        self.blobs.get(id)?.iter().copied().find(|&i| i != ino)
+    }
+
+    /// The files waiting in pack `pack`.
+    pub(super) fn pack_members(&self, pack: u64) -> Vec<u64> {
+        self.packed.get(&pack).map(|m| m.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Stored packs: FID, the files in them, and the sealed bytes those take.
+    pub(super) fn stored_packs(&self) -> Vec<(Hash, Vec<u64>, u64)> {
+        self.live.iter().map(|(fid, (files, bytes))| (*fid, files.iter().copied().collect(), *bytes)).collect()
     }
 
     /// Notes a use of `ino` now (its place in the eviction order).
@@ -191,6 +243,15 @@ impl Catalog {
     /// The inodes whose upload changed since the last call.
     pub(super) fn take_changed(&mut self) -> Vec<u64> {
         self.changed.drain().collect()
+    }
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: &K, ino: u64) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(&ino);
+        if set.is_empty() {
+            map.remove(key);
+        }
     }
 }
 

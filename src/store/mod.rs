@@ -13,6 +13,7 @@
 
 mod catalog;
 mod outbox;
+mod packs;
 mod records;
 mod reserve;
 mod residency;
@@ -27,7 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 pub use catalog::resident_bytes;
-pub use outbox::{DealGuard, StoredVersion, Tombstone, UploadRecord, UploadState};
+pub use outbox::{DealGuard, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
+pub use packs::PackRecord;
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
 pub use tree::{KeptSnapshot, Restored, SnapshotSummary};
@@ -67,6 +69,8 @@ pub struct Store {
     doorbell: tokio::sync::Notify,
     /// Serialises the start and end of deals against content changes and unlinks (outbox.rs).
     deal_lock: std::sync::Mutex<()>,
+    /// One file packed at a time: packs are filled in order.
+    packer: std::sync::Mutex<()>,
     /// The index of upload and residency records; they are written under its lock.
     catalog: std::sync::Mutex<catalog::Catalog>,
     /// Rung when a FID is queued for deletion.
@@ -200,6 +204,7 @@ impl Store {
             poisoned: AtomicBool::new(false),
             doorbell: tokio::sync::Notify::new(),
             deal_lock: std::sync::Mutex::new(()),
+            packer: std::sync::Mutex::new(()),
             catalog: std::sync::Mutex::new(catalog::Catalog::default()),
             tombstone_bell: tokio::sync::Notify::new(),
             copying: crate::sync::Holds::default(),

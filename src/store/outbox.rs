@@ -37,6 +37,9 @@ pub enum UploadState {
     Failed,
     /// Kept locally only: CESS cannot store empty files.
     Local,
+    /// Its content is a blob in a pack (`blob`) on its way to CESS: the pack's upload carries
+    /// it, and makes it `active` with the pack.
+    Packed,
 }
 
 impl UploadState {
@@ -51,6 +54,7 @@ impl UploadState {
             UploadState::Active => "active",
             UploadState::Failed => "failed",
             UploadState::Local => "local",
+            UploadState::Packed => "packed",
         }
     }
 
@@ -114,6 +118,20 @@ pub struct UploadRecord {
     /// The last version that was active, while a newer one is not: tree snapshots refer to it
     /// meanwhile (its FID stays on chain, in `replaces`).
     pub previous: Option<StoredVersion>,
+    /// Where its content went when packed (store/packs.rs): `fid` is then its pack's, once the
+    /// pack is stored.
+    pub blob: Option<PackedBlob>,
+}
+
+/// A file's content as a blob in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedBlob {
+    /// The pack's hidden inode.
+    pub pack: u64,
+    /// The blob's id (its key derives from it).
+    pub id: Hash,
+    /// Where it lies in the pack.
+    pub place: crate::format::BlobPlace,
 }
 
 /// A version of a file's content stored on CESS: what reading it needs.
@@ -127,13 +145,15 @@ pub struct StoredVersion {
     pub seed: Option<[u8; 32]>,
     /// Its encryption format version.
     pub format: u8,
+    /// Its blob (id and place) in the pack `fid`, if packed.
+    pub blob: Option<(Hash, crate::format::BlobPlace)>,
 }
 
-/// The version byte of upload records: 3 since they end with `format` and `previous`. Records
-/// of versions 1 (without both: all of format version 1) and 2 (without `previous`) are those
-/// bytes with fewer fields; [`Store::open`] rewrites them, since records are swapped by comparing
-/// their bytes.
-const UPLOAD_RECORD_VERSION: u8 = 3;
+/// The version byte of upload records: 4 since they end with `blob` (and `previous` with its
+/// own). Records of versions 1 (without `format` and `previous`: all of format version 1), 2
+/// (without `previous`) and 3 (without the blobs) are those bytes with fewer fields at the end;
+/// [`Store::open`] rewrites them, since records are swapped by comparing their bytes.
+const UPLOAD_RECORD_VERSION: u8 = 4;
 
 /// Encodes an upload record.
 pub(super) fn encode_upload(rec: &UploadRecord) -> Vec<u8> {
@@ -147,10 +167,13 @@ pub(super) fn decode_upload(bytes: &[u8]) -> Result<UploadRecord, StoreError> {
     let corrupt = || StoreError::Corrupt { what: "upload" };
     match bytes.split_first() {
         Some((&UPLOAD_RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| corrupt()),
-        // The fields a version lacks, as postcard writes them: format 1, and `previous` None.
-        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0]].concat()).map_err(|_| corrupt()),
+        // The fields a version lacks, as postcard writes them: format 1, `previous` None, no
+        // blobs. A version 3 record ends with `previous`: its blob and the record's follow (one
+        // zero left over if `previous` is None, which postcard ignores).
+        Some((&3, rest)) => postcard::from_bytes(&[rest, &[0, 0]].concat()).map_err(|_| corrupt()),
+        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0, 0]].concat()).map_err(|_| corrupt()),
         Some((&1, rest)) => {
-            postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1, 0]].concat()).map_err(|_| corrupt())
+            postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1, 0, 0]].concat()).map_err(|_| corrupt())
         }
         _ => Err(corrupt()),
     }
@@ -183,7 +206,15 @@ impl UploadRecord {
             updated_at: now,
             format: crate::format::FORMAT_V2,
             previous: None,
+            blob: None,
         }
+    }
+
+    /// The version this record has stored on CESS, if it is active.
+    pub fn stored_version(&self) -> Option<StoredVersion> {
+        let fid = self.fid.filter(|_| self.state == UploadState::Active)?;
+        let blob = self.blob.map(|b| (b.id, b.place));
+        Some(StoredVersion { fid, size: self.size, seed: self.seed, format: self.format, blob })
     }
 
     /// The record of a file stored on CESS as `stored` (restored from a snapshot: nothing to
@@ -192,6 +223,9 @@ impl UploadRecord {
         let mut up = UploadRecord::staged(1);
         up.state = UploadState::Active;
         (up.size, up.fid, up.seed, up.format) = (stored.size, Some(stored.fid), stored.seed, stored.format);
+        if let Some((id, place)) = stored.blob {
+            up.blob = Some(PackedBlob { pack: 0, id, place });
+        }
         up.segments = segments;
         up.territory = territory.to_vec();
         up.file_name = file_name;
@@ -210,11 +244,16 @@ impl UploadRecord {
             return old;
         }
         let mut r = UploadRecord::staged(version);
+        // A pack tried again stays in the plaintext layout.
+        if old.format == crate::format::FORMAT_PLAIN {
+            r.format = old.format;
+        }
+        let stored = old.stored_version();
         r.replaces = old.replaces;
         r.previous = old.previous;
-        if let (UploadState::Active, Some(fid)) = (old.state, old.fid) {
-            r.replaces.push(fid);
-            r.previous = Some(StoredVersion { fid, size: old.size, seed: old.seed, format: old.format });
+        if let Some(stored) = stored {
+            r.replaces.push(stored.fid);
+            r.previous = Some(stored);
         }
         r
     }
@@ -293,7 +332,12 @@ impl Store {
         self.swap_upload_locked(ino, old, new)
     }
 
-    fn swap_upload_locked(&self, ino: u64, old: &UploadRecord, new: Option<&UploadRecord>) -> Result<bool, StoreError> {
+    pub(super) fn swap_upload_locked(
+        &self,
+        ino: u64,
+        old: &UploadRecord,
+        new: Option<&UploadRecord>,
+    ) -> Result<bool, StoreError> {
         if self.poisoned.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Poisoned);
         }
@@ -586,8 +630,8 @@ impl Store {
             Some((h, mut r)) if !obsolete.is_empty() => {
                 r.replaces.extend(obsolete);
                 // Until the heir is stored, snapshots show the file it replaced under its name.
-                if let (UploadState::Active, Some(fid)) = (rec.state, rec.fid) {
-                    r.previous.get_or_insert(StoredVersion { fid, size: rec.size, seed: rec.seed, format: rec.format });
+                if let Some(stored) = rec.stored_version() {
+                    r.previous.get_or_insert(stored);
                 }
                 batch.put_upload(h, &r);
             }
@@ -655,14 +699,23 @@ mod tests {
         let mut rec = UploadRecord::staged(3);
         rec.fid = Some(Hash([4; 32]));
         let current = encode_upload(&rec);
-        // A version 1 record: the same fields without the trailing format and previous.
-        let old = [&[1u8][..], &current[1..current.len() - 2]].concat();
+        // A version 1 record: the same fields without the trailing format, previous and blob.
+        let old = [&[1u8][..], &current[1..current.len() - 3]].concat();
         let read = decode_upload(&old).unwrap();
         assert_eq!(read.format, crate::format::FORMAT_V1);
         assert_eq!(UploadRecord { format: rec.format, ..read }, rec);
-        // A version 2 record: without the trailing previous.
-        let v2 = [&[2u8][..], &current[1..current.len() - 1]].concat();
+        // Versions 2 (without previous and blob) and 3 (without blob).
+        let v2 = [&[2u8][..], &current[1..current.len() - 2]].concat();
         assert_eq!(decode_upload(&v2).unwrap(), rec);
+        let v3 = [&[3u8][..], &current[1..current.len() - 1]].concat();
+        assert_eq!(decode_upload(&v3).unwrap(), rec);
+        // A version 3 record with a previous version: without its blob, nor the record's.
+        let mut with_previous = rec.clone();
+        with_previous.previous =
+            Some(StoredVersion { fid: Hash([5; 32]), size: 9, seed: Some([6; 32]), format: 2, blob: None });
+        let bytes = encode_upload(&with_previous);
+        let v3 = [&[3u8][..], &bytes[1..bytes.len() - 2]].concat();
+        assert_eq!(decode_upload(&v3).unwrap(), with_previous);
         assert_eq!(decode_upload(&current).unwrap(), rec);
         assert!(decode_upload(&[9, 1]).is_err());
 

@@ -194,6 +194,23 @@ pub mod key {
         tagged(b'p', ino)
     }
 
+    /// `k` ino → [`PackRecord`](super::PackRecord): the hidden inodes holding packs.
+    pub fn pack(ino: u64) -> [u8; 9] {
+        tagged(b'k', ino)
+    }
+    /// Prefix of every pack record.
+    pub const PACK_PREFIX: &[u8] = b"k";
+    /// `b` pack blob-id → place: the blobs of a pack being filled (its index once sealed).
+    pub fn blob(pack: u64, id: &crate::format::Hash) -> Vec<u8> {
+        let mut k = tagged(b'b', pack).to_vec();
+        k.extend_from_slice(&id.0);
+        k
+    }
+    /// All blobs of a pack being filled start with this.
+    pub fn blob_prefix(pack: u64) -> [u8; 9] {
+        tagged(b'b', pack)
+    }
+
     fn tagged(tag: u8, ino: u64) -> [u8; 9] {
         let mut k = [tag; 9];
         k[1..].copy_from_slice(&ino.to_be_bytes());

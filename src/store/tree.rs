@@ -36,7 +36,7 @@ impl KeptSnapshot {
             .nodes
             .iter()
             .filter_map(|n| match n.location {
-                Location::Fid { fid, .. } => Some(fid),
+                Location::Fid { fid, .. } | Location::Packed { fid, .. } => Some(fid),
                 _ => None,
             })
             .collect();
@@ -194,19 +194,16 @@ impl Store {
             Kind::File if rec.size == 0 => Location::Empty,
             // The last stored version stands for a newer one on its way (being written, or
             // uploading, or failed): its FID stays on chain until the newer one is active.
-            Kind::File => match self.upload(ino)? {
-                Some(UploadRecord {
-                    state: UploadState::Active, fid: Some(fid), format, seed, size: stored, ..
-                }) => {
-                    size = stored;
-                    Location::Fid { fid, format, seed }
+            Kind::File => {
+                let up = self.upload(ino)?;
+                let stored = up.as_ref().and_then(|u| u.stored_version().or(u.previous));
+                let Some(stored) = stored else { return Ok(None) };
+                size = stored.size;
+                match stored.blob {
+                    Some((id, place)) => Location::Packed { fid: stored.fid, id, offset: place.offset, len: place.len },
+                    None => Location::Fid { fid: stored.fid, format: stored.format, seed: stored.seed },
                 }
-                Some(UploadRecord { previous: Some(p), .. }) => {
-                    size = p.size;
-                    Location::Fid { fid: p.fid, format: p.format, seed: p.seed }
-                }
-                _ => return Ok(None),
-            },
+            }
             _ => Location::Empty,
         };
         let mut xattrs = Vec::new();
@@ -263,7 +260,7 @@ impl Store {
         let size = crate::format::snapshot_len_of(segments as usize);
         self.create_content(ino)?.set_len(size)?;
         self.sync_content_dir()?;
-        let stored = StoredVersion { fid, size, seed, format: crate::format::FORMAT_V2 };
+        let stored = StoredVersion { fid, size, seed, format: crate::format::FORMAT_V2, blob: None };
         let up = UploadRecord::stored(stored, segments, territory, name.to_vec());
         let cold = Residency::empty(segments);
         self.keep_hidden_snapshot(ino, size, name, &KeptSnapshot::of(snapshot), &up, Some(&cold))?;
@@ -281,23 +278,7 @@ impl Store {
         up: &UploadRecord,
         residency: Option<&Residency>,
     ) -> Result<(), StoreError> {
-        let now = Timestamp::now();
-        let rec = InodeRecord {
-            kind: Kind::File,
-            perm: 0o600,
-            uid: 0,
-            gid: 0,
-            nlink: 0,
-            size,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            parent: 0,
-            target: Vec::new(),
-            content_version: 1,
-            name: name.to_vec(),
-        };
+        let rec = hidden_inode(size, name);
         let mut b = Batch::default();
         b.put_inode(ino, &rec);
         b.0.insert(&key::snapshot(ino), encode(kept));
@@ -552,13 +533,44 @@ impl Store {
                 file.set_len(n.size)?;
                 let mode = if seed.is_some() { Mode::Encrypted } else { Mode::Plain };
                 let segments = Layout::new(n.size, mode).map(|l| l.segments() as u32).unwrap_or(0);
-                let stored = StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format };
+                let stored = StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format, blob: None };
                 up = UploadRecord::stored(stored, segments, territory, chain_name(fid));
                 b.put_residency(ino, Some(&Residency::empty(segments)));
+            }
+            Location::Packed { fid, id, offset, len } => {
+                file.set_len(n.size)?;
+                let place = crate::format::BlobPlace { offset: *offset, len: *len };
+                let blob = Some((*id, place));
+                let stored =
+                    StoredVersion { fid: *fid, size: n.size, seed: None, format: crate::format::FORMAT_V2, blob };
+                up = UploadRecord::stored(stored, 1, territory, chain_name(fid));
+                b.put_residency(ino, Some(&Residency::empty(1)));
             }
         }
         b.put_upload(ino, &up);
         Ok(())
+    }
+}
+
+/// The inode record of a hidden inode (a snapshot's or a pack's file): in no directory, named
+/// by its name on chain.
+pub(super) fn hidden_inode(size: u64, name: &[u8]) -> InodeRecord {
+    let now = Timestamp::now();
+    InodeRecord {
+        kind: Kind::File,
+        perm: 0o600,
+        uid: 0,
+        gid: 0,
+        nlink: 0,
+        size,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        parent: 0,
+        target: Vec::new(),
+        content_version: 1,
+        name: name.to_vec(),
     }
 }
 

@@ -8,7 +8,7 @@ use super::{Inner, UploadError, lock, placement, push};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
 use crate::metrics;
 use crate::protocol::{TerritoryState, UserBrief, charged_space};
-use crate::store::{Batch, FileSource, StoredVersion, Timestamp, UploadRecord, UploadState};
+use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
 
 /// The error of a record whose state needs a FID it lacks (a corrupt record).
 fn missing_fid(state: &str) -> UploadError {
@@ -64,7 +64,7 @@ impl Inner {
                 UploadState::Confirming => self.confirm_step(ino, rec).await?,
                 UploadState::Active => self.active_step(ino, rec).await?,
                 UploadState::Failed => self.retry_step(ino, rec).await?,
-                UploadState::Local => Flow::Wait,
+                UploadState::Local | UploadState::Packed => Flow::Wait,
             };
             if let Flow::Wait = flow {
                 return Ok(());
@@ -197,12 +197,25 @@ impl Inner {
             })
             .await?;
         let Some(encoding) = encoding.filter(|r| r.state == UploadState::Encoding) else { return Ok(Flow::Wait) };
+        let hidden = self.db(move |s| Ok(s.snapshot_generation(ino)?.is_some() || s.pack(ino)?.is_some())).await?;
+        if let Some(keys) = self.packing().filter(|_| !hidden && inode.size < self.config.pack_below) {
+            let names = self.config.master.as_ref().and_then(|m| m.names()).cloned();
+            let (keys, names) = (keys.clone(), names.ok_or_else(|| UploadError::Internal("no name key".into()))?);
+            let packed = self.db(move |s| s.pack_file(ino, &encoding, &keys, &names)).await?;
+            log::info!("inode {ino}: encoding → packed{}", if packed { "" } else { " (it changed meanwhile)" });
+            return Ok(Flow::Continue);
+        }
         let (manifest, seed) = self.encode(ino, inode.size, encoding.format).await?;
         let fid = manifest.fid;
         lock(&self.manifests).insert(ino, manifest.clone());
         let segments = manifest.segments.len() as u32;
         let snapshot = self.db(move |s| s.snapshot_generation(ino)).await?;
-        let chain_name = self.chain_name(&fid, &inode.name, snapshot);
+        // A pack's hidden inode is named by its name on chain.
+        let chain_name = if hidden && snapshot.is_none() {
+            inode.name.clone()
+        } else {
+            self.chain_name(&fid, &inode.name, snapshot)
+        };
         let encoded = |r: &mut UploadRecord| {
             r.fid = Some(fid);
             r.seed = seed;
@@ -400,12 +413,19 @@ impl Inner {
     /// file that was deleted while its deal was open.
     async fn active_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
         let fid = rec.fid.ok_or_else(|| missing_fid("active"))?;
+        if rec.format == crate::format::FORMAT_PLAIN {
+            let live = self.db(move |s| s.finish_pack(ino, &rec)).await?;
+            lock(&self.manifests).remove(&ino);
+            lock(&self.laggards).remove(&fid);
+            log::info!("pack {fid} stored: its {live} files are active");
+            return Ok(Flow::Wait);
+        }
         let next = if rec.retired {
             None
         } else if let Some(version) = rec.newer {
             let mut staged = UploadRecord::staged(version);
             staged.replaces.push(fid);
-            staged.previous = Some(StoredVersion { fid, size: rec.size, seed: rec.seed, format: rec.format });
+            staged.previous = rec.stored_version();
             Some(staged)
         } else {
             Some(UploadRecord { replaces: Vec::new(), previous: None, ..rec.clone() })

@@ -59,6 +59,8 @@ pub struct UploadConfig {
     pub report_timeout: Duration,
     /// How often to look at the chain while waiting for reports.
     pub poll: Duration,
+    /// Files of fewer bytes than this go into packs (encrypted mode; 0: none do).
+    pub pack_below: u64,
 }
 
 struct Inner {
@@ -256,11 +258,20 @@ impl Engine {
             } else {
                 idle_since = None;
             }
+            // An open pack is sealed even with packing turned off since: its files wait for it.
+            if let Some(keys) = inner.config.master.as_ref().and_then(|m| m.blobs()) {
+                let (keys, quiet) = (keys.clone(), inner.pack_quiet());
+                if let Err(e) = inner.db(move |s| s.seal_quiet_pack(quiet, &keys)).await {
+                    crate::log_limited!(log::Level::Error, "pack", "sealing a pack: {e}");
+                }
+            }
             let slot_free = lock(&inner.running).len() < inner.config.parallel;
             let wake = match schedule.next() {
                 Some(at) if slot_free => at.saturating_duration_since(Instant::now()),
                 _ => Duration::from_secs(5),
             };
+            // An open pack is sealed once quiet.
+            let wake = if inner.config.master.is_some() { wake.min(Duration::from_millis(500)) } else { wake };
             tokio::select! {
                 _ = inner.store.doorbell().notified() => {}
                 _ = tokio::time::sleep(wake) => {}
@@ -321,7 +332,9 @@ impl Inner {
         match rec.state {
             // Failed for the territory's sake: tried again at `retry_at` (or when it changes).
             UploadState::Failed => rec.retry_at.map(until),
-            UploadState::Local => None,
+            UploadState::Local | UploadState::Packed => None,
+            // A stored pack is finished (its files made active) as soon as it is stored.
+            UploadState::Active if rec.format == crate::format::FORMAT_PLAIN => Some(Duration::ZERO),
             UploadState::Active if rec.newer.is_none() && !rec.retired && rec.replaces.is_empty() => None,
             UploadState::Active => Some(Duration::ZERO),
             UploadState::Staged => {
@@ -361,9 +374,21 @@ impl Inner {
         }
     }
 
+    /// The keys of packed blobs and the names of packs, if small files are packed.
+    fn packing(&self) -> Option<&crate::format::BlobKeys> {
+        self.config.master.as_ref().and_then(|m| m.blobs()).filter(|_| self.config.pack_below > 0)
+    }
+
+    /// How long an open pack waits for more files before it is sealed.
+    fn pack_quiet(&self) -> Duration {
+        self.config.quiet_delay.max(Duration::from_secs(1))
+    }
+
     /// The key that writes content of format version `format` (`None`: plaintext mode).
     fn key_for(&self, format: u8) -> Result<Option<MasterKey>, UploadError> {
-        let Some(master) = &self.config.master else { return Ok(None) };
+        let Some(master) = self.config.master.as_ref().filter(|_| format != crate::format::FORMAT_PLAIN) else {
+            return Ok(None);
+        };
         let key = master.writing(format);
         key.map(Some).ok_or_else(|| UploadError::Internal(format!("no keys for encryption format version {format}")))
     }
@@ -413,7 +438,9 @@ impl Inner {
             );
         } else {
             next.state = UploadState::Failed;
-            next.retry_at = None;
+            // A pack never changes, and its files wait for it: it is tried again in a while.
+            let pack = rec.format == crate::format::FORMAT_PLAIN;
+            next.retry_at = pack.then(|| later(TERRITORY_RECHECK));
             log::error!("inode {ino}: {} → failed: {e}", rec.state.word());
         }
         if let Err(e) = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await {
@@ -633,6 +660,7 @@ mod tests {
             miner_timeout: Duration::from_secs(1),
             report_timeout: Duration::from_secs(1),
             poll: Duration::from_millis(10),
+            pack_below: 0,
         };
         let (stop, stopped) = watch::channel(false);
         let engine = Engine::new(store.clone(), Arc::new(PanickingChain(signer.account())), signer, config, stopped);

@@ -7,6 +7,7 @@ mod durability;
 mod file_managers;
 mod keys;
 mod model;
+mod packs;
 mod posix;
 mod service;
 mod tree;

@@ -1,0 +1,302 @@
+//! Packs: the bytes of many small files in one CESS file, so that each costs what it weighs
+//! instead of a whole segment (96 MiB of territory). Pack format version 1:
+//!
+//! A pack is one segment (32 MiB) stored in the plaintext layout, so its 4 data fragments are
+//! its quarters: fragment `q` holds bytes `q × 8 MiB .. (q + 1) × 8 MiB`. Each file's content is
+//! a *blob*, sealed on its own so that it reads alone:
+//!
+//! ```text
+//! blob id  = HMAC-SHA256(k_id, content)            k_id   = HMAC-SHA256(k_blob, "id")
+//! blob key = HMAC-SHA256(k_seal, blob id)          k_seal = HMAC-SHA256(k_blob, "seal")
+//! sealed   = AES-256-GCM-SIV(blob key, 0^12, "CFSB" 01 ‖ le64(len), content) ‖ tag
+//! ```
+//!
+//! A key seals exactly one plaintext (equal contents are one blob), so the fixed nonce never
+//! meets a second message. A sealed blob lies inside one quarter, so reading it is one ranged
+//! `GET /fragment` of one data fragment; its tag rejects wrong bytes, and the reader then
+//! rebuilds the segment from any 4 of its 12 fragments, each checked against its hash.
+//!
+//! ```text
+//! header   bytes 0..32: "CFSPACK" 01 ‖ le64(number) ‖ le32(index offset) ‖ le32(index len) ‖ 0^8
+//! index    at the end of the segment, sealed as a blob of id HMAC(k_id, "index" ‖ le64(number)):
+//!          le32(count) ‖ count × (blob id ‖ le32(offset) ‖ le32(sealed len))
+//! ```
+//!
+//! Readers find a blob by the location the tree snapshot records (pack FID, offset, length,
+//! blob id); the index lets a pack be read without the tree (merges, repairs).
+
+use aes_gcm_siv::Aes256GcmSiv;
+use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{TAG_LEN, hmac};
+use super::{DATA_FRAGMENTS, FRAGMENT_SIZE, FormatError, Hash, SEGMENT_SIZE};
+
+/// The first bytes of a pack: "CFSPACK" and the pack format version.
+pub const PACK_MAGIC: [u8; 8] = *b"CFSPACK\x01";
+/// Bytes of a pack's header.
+pub const PACK_HEADER_LEN: usize = 32;
+/// Most blobs in one pack (bounds its index to about 2.5 MiB).
+pub const MAX_BLOBS: u32 = 65_536;
+/// Bytes of an index entry.
+const INDEX_ENTRY: usize = 32 + 4 + 4;
+/// The largest content a blob holds: a sealed blob fits one quarter beside the header.
+pub const MAX_BLOB: usize = FRAGMENT_SIZE - PACK_HEADER_LEN - TAG_LEN;
+
+/// The keys of blobs (from a territory's key: [`super::MasterKey::blobs`]).
+#[derive(Clone)]
+pub struct BlobKeys {
+    id_key: [u8; 32],
+    seal_key: [u8; 32],
+}
+
+impl std::fmt::Debug for BlobKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobKeys(..)")
+    }
+}
+
+fn aad(len: usize) -> [u8; 13] {
+    let mut a = [0u8; 13];
+    a[..5].copy_from_slice(b"CFSB\x01");
+    a[5..].copy_from_slice(&(len as u64).to_le_bytes());
+    a
+}
+
+impl BlobKeys {
+    pub(super) fn new(key: [u8; 32]) -> BlobKeys {
+        BlobKeys { id_key: hmac(&key, &[b"id"]), seal_key: hmac(&key, &[b"seal"]) }
+    }
+
+    /// The id of a blob of `content`: equal contents, one blob.
+    pub fn id(&self, content: &[u8]) -> Hash {
+        Hash(hmac(&self.id_key, &[content]))
+    }
+
+    fn cipher(&self, id: &Hash) -> Aes256GcmSiv {
+        Aes256GcmSiv::new(&hmac(&self.seal_key, &[&id.0]).into())
+    }
+
+    /// `content` sealed as blob `id` (its length plus [`TAG_LEN`]).
+    pub fn seal(&self, id: &Hash, content: &[u8]) -> Vec<u8> {
+        let payload = Payload { msg: content, aad: &aad(content.len()) };
+        self.cipher(id).encrypt(&[0u8; 12].into(), payload).expect("a blob is far below the GCM-SIV message limit")
+    }
+
+    /// The content of blob `id` from its sealed bytes; an error for wrong bytes or a wrong key.
+    pub fn open(&self, id: &Hash, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        let len = sealed.len().checked_sub(TAG_LEN).ok_or_else(|| FormatError::Pack("a blob too short".into()))?;
+        let payload = Payload { msg: sealed, aad: &aad(len) };
+        self.cipher(id)
+            .decrypt(&[0u8; 12].into(), payload)
+            .map_err(|_| FormatError::Pack(format!("blob {id} did not open: wrong bytes or a wrong key")))
+    }
+
+    fn index_id(&self, number: u64) -> Hash {
+        Hash(hmac(&self.id_key, &[b"index", &number.to_le_bytes()]))
+    }
+}
+
+/// Where a sealed blob lies in its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobPlace {
+    /// Its first byte in the segment.
+    pub offset: u32,
+    /// Its sealed length.
+    pub len: u32,
+}
+
+impl BlobPlace {
+    /// The data fragment holding it, and where in that fragment (end exclusive).
+    pub fn in_fragment(&self) -> (usize, std::ops::Range<usize>) {
+        let (offset, len) = (self.offset as usize, self.len as usize);
+        (offset / FRAGMENT_SIZE, offset % FRAGMENT_SIZE..offset % FRAGMENT_SIZE + len)
+    }
+
+    /// Its bytes in the whole segment, if they lie inside it.
+    pub fn range(&self) -> Option<std::ops::Range<usize>> {
+        let end = (self.offset as usize).checked_add(self.len as usize)?;
+        (end <= SEGMENT_SIZE).then_some(self.offset as usize..end)
+    }
+}
+
+/// The sealed length of a blob of `size` content bytes.
+pub fn sealed_len(size: usize) -> usize {
+    size + TAG_LEN
+}
+
+fn index_len(blobs: u32) -> usize {
+    sealed_len(4 + INDEX_ENTRY * blobs as usize)
+}
+
+/// The room of a pack being filled: bytes used in each quarter, and blobs placed. The last
+/// quarter keeps room for the index of every blob placed and one more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackSpace {
+    used: [u32; DATA_FRAGMENTS],
+    blobs: u32,
+}
+
+impl Default for PackSpace {
+    fn default() -> PackSpace {
+        PackSpace { used: [PACK_HEADER_LEN as u32, 0, 0, 0], blobs: 0 }
+    }
+}
+
+impl PackSpace {
+    /// Blobs placed.
+    pub fn blobs(&self) -> u32 {
+        self.blobs
+    }
+
+    /// Bytes placed (header and blobs).
+    pub fn used(&self) -> u64 {
+        self.used.iter().map(|&u| u64::from(u)).sum()
+    }
+
+    /// Places a sealed blob of `len` bytes in the first quarter with room; `None` if the pack
+    /// has none.
+    pub fn place(&mut self, len: usize) -> Option<BlobPlace> {
+        if self.blobs >= MAX_BLOBS {
+            return None;
+        }
+        let index = index_len(self.blobs + 1);
+        let last = DATA_FRAGMENTS - 1;
+        for q in 0..DATA_FRAGMENTS {
+            let room = if q == last { FRAGMENT_SIZE - index } else { FRAGMENT_SIZE };
+            let used = self.used[q] as usize;
+            if used + len <= room && (q == last || self.used[last] as usize <= FRAGMENT_SIZE - index) {
+                self.used[q] += len as u32;
+                self.blobs += 1;
+                return Some(BlobPlace { offset: (q * FRAGMENT_SIZE + used) as u32, len: len as u32 });
+            }
+        }
+        None
+    }
+}
+
+/// The header and the sealed index of pack `number` holding `blobs`: write the header at
+/// offset 0 and the index at the offset returned (the segment's end).
+pub fn seal_index(
+    keys: &BlobKeys,
+    number: u64,
+    blobs: &[(Hash, BlobPlace)],
+) -> ([u8; PACK_HEADER_LEN], usize, Vec<u8>) {
+    let mut plain = Vec::with_capacity(4 + INDEX_ENTRY * blobs.len());
+    plain.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
+    for (id, place) in blobs {
+        plain.extend_from_slice(&id.0);
+        plain.extend_from_slice(&place.offset.to_le_bytes());
+        plain.extend_from_slice(&place.len.to_le_bytes());
+    }
+    let index = keys.seal(&keys.index_id(number), &plain);
+    let offset = SEGMENT_SIZE - index.len();
+    let mut header = [0u8; PACK_HEADER_LEN];
+    header[..8].copy_from_slice(&PACK_MAGIC);
+    header[8..16].copy_from_slice(&number.to_le_bytes());
+    header[16..20].copy_from_slice(&(offset as u32).to_le_bytes());
+    header[20..24].copy_from_slice(&(index.len() as u32).to_le_bytes());
+    (header, offset, index)
+}
+
+/// The number and the blobs of the pack `segment`, from its header and index.
+pub fn read_index(keys: &BlobKeys, segment: &[u8]) -> Result<(u64, Vec<(Hash, BlobPlace)>), FormatError> {
+    let bad = |why: &str| FormatError::Pack(why.to_string());
+    let header = segment.get(..PACK_HEADER_LEN).ok_or_else(|| bad("no header"))?;
+    if header[..8] != PACK_MAGIC {
+        return Err(bad("not a pack of format version 1"));
+    }
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
+    let number = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let place = BlobPlace { offset: le32(&header[16..20]), len: le32(&header[20..24]) };
+    let range = place.range().ok_or_else(|| bad("an index outside the segment"))?;
+    let plain = keys.open(&keys.index_id(number), &segment[range])?;
+    let count = plain.get(..4).map(le32).ok_or_else(|| bad("an empty index"))? as usize;
+    let entries = plain.get(4..).unwrap_or_default();
+    if entries.len() != count * INDEX_ENTRY {
+        return Err(bad("an index of the wrong length"));
+    }
+    let blobs = entries
+        .chunks_exact(INDEX_ENTRY)
+        .map(|e| {
+            let id = Hash(e[..32].try_into().unwrap_or_default());
+            (id, BlobPlace { offset: le32(&e[32..36]), len: le32(&e[36..40]) })
+        })
+        .collect();
+    Ok((number, blobs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> BlobKeys {
+        BlobKeys::new([5; 32])
+    }
+
+    #[test]
+    fn a_blob_opens_alone_and_only_with_its_bytes_and_key() {
+        let k = keys();
+        let id = k.id(b"hello");
+        assert_eq!(id, k.id(b"hello"), "equal contents, one blob");
+        assert_ne!(id, BlobKeys::new([6; 32]).id(b"hello"), "another key, another id");
+        let sealed = k.seal(&id, b"hello");
+        assert_eq!(sealed.len(), sealed_len(5));
+        assert!(!sealed.windows(5).any(|w| w == b"hello"));
+        assert_eq!(k.open(&id, &sealed).unwrap(), b"hello");
+        let mut bad = sealed.clone();
+        bad[2] ^= 1;
+        assert!(k.open(&id, &bad).is_err());
+        assert!(BlobKeys::new([6; 32]).open(&id, &sealed).is_err());
+        assert!(k.open(&id, &sealed[..3]).is_err());
+    }
+
+    #[test]
+    fn blobs_stay_inside_one_quarter_and_leave_room_for_the_index() {
+        let mut space = PackSpace::default();
+        let mut placed = Vec::new();
+        while let Some(p) = space.place(3 << 20) {
+            let (q, r) = p.in_fragment();
+            assert!(r.end <= FRAGMENT_SIZE, "quarter {q}: {r:?}");
+            placed.push(p);
+        }
+        assert_eq!(placed.len(), 8, "two 3 MiB blobs per quarter");
+        assert_eq!(placed[0].offset as usize, PACK_HEADER_LEN);
+        let small = space.place(1 << 20).expect("a smaller blob still fits");
+        assert_eq!(small.in_fragment().0, 0);
+        assert!(space.place(FRAGMENT_SIZE).is_none());
+        let mut full = PackSpace::default();
+        let last = full.place(MAX_BLOB + TAG_LEN);
+        assert_eq!(last.map(|p| p.offset as usize), Some(PACK_HEADER_LEN), "the largest blob fits quarter 0");
+        let tiny = (0..MAX_BLOBS + 5).filter_map(|_| full.place(17)).count();
+        assert_eq!(tiny as u32, MAX_BLOBS - 1);
+    }
+
+    #[test]
+    fn the_index_reads_back_from_a_whole_pack() {
+        let k = keys();
+        let mut space = PackSpace::default();
+        let mut segment = vec![0u8; SEGMENT_SIZE];
+        let mut blobs = Vec::new();
+        for i in 0..100u32 {
+            let content = vec![i as u8; 1000 + i as usize * 3000];
+            let id = k.id(&content);
+            let sealed = k.seal(&id, &content);
+            let place = space.place(sealed.len()).unwrap();
+            segment[place.range().unwrap()].copy_from_slice(&sealed);
+            blobs.push((id, place));
+        }
+        let (header, offset, index) = seal_index(&k, 42, &blobs);
+        segment[..PACK_HEADER_LEN].copy_from_slice(&header);
+        segment[offset..].copy_from_slice(&index);
+        assert!(space.used() as usize <= offset, "blobs end before the index");
+        let (number, read) = read_index(&k, &segment).unwrap();
+        assert_eq!((number, &read), (42, &blobs));
+        for (i, (id, place)) in read.iter().enumerate() {
+            assert_eq!(k.open(id, &segment[place.range().unwrap()]).unwrap(), vec![i as u8; 1000 + i * 3000]);
+        }
+        segment[offset + 1] ^= 1;
+        assert!(read_index(&k, &segment).is_err());
+        assert!(read_index(&k, &vec![0u8; SEGMENT_SIZE]).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! Packs as the store keeps them (format/pack.rs): a pack is a hidden inode whose content file
+//! is its segment. While open it takes blobs, each written and synced before the file's record
+//! names it; sealed (when full, or once no file came for a moment) it gets its header and index
+//! and is uploaded like any file, in the plaintext layout. When its upload is active the files
+//! in it become active under its FID and the hidden inode goes: from then on the files' records
+//! alone hold the pack's FID, which leaves the chain when the last of them (and the last kept
+//! snapshot referring to it) does.
+
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+
+use serde::{Deserialize, Serialize};
+
+use super::records::{decode, encode, key};
+use super::{Batch, PackedBlob, Store, StoreError, Timestamp, UploadRecord, UploadState};
+use crate::format::{BlobKeys, BlobPlace, FORMAT_PLAIN, FRAGMENTS, Hash, NameKey, PackSpace, SEGMENT_SIZE};
+use crate::sync::lock;
+
+/// The meta record of the number the next pack takes.
+const NEXT_PACK: &[u8] = b"next-pack";
+
+/// A pack being filled or on its way to CESS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRecord {
+    /// Its number (in its name on chain and its header).
+    pub number: u64,
+    /// Its room.
+    pub space: PackSpace,
+    /// Whether it was sealed (its upload record then exists).
+    pub sealed: bool,
+    /// When the last blob went in.
+    pub last_add: Timestamp,
+}
+
+impl Store {
+    /// The pack hidden inode `ino` holds, if it holds one.
+    pub fn pack(&self, ino: u64) -> Result<Option<PackRecord>, StoreError> {
+        self.tree.get(key::pack(ino))?.map(|v| decode(&v, "pack")).transpose()
+    }
+
+    /// The packs not yet stored (hidden inode and record).
+    pub fn packs(&self) -> Result<Vec<(u64, PackRecord)>, StoreError> {
+        self.tree
+            .scan_prefix(key::PACK_PREFIX)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key::ino_of(&k)?, decode(&v, "pack")?))
+            })
+            .collect()
+    }
+
+    /// Puts the content of `ino`, whose upload record is `rec` (being encoded), in a pack: a
+    /// blob of an equal content already packed, or a new blob in the open pack (sealing it and
+    /// opening another when full). `false` if the file changed meanwhile (it is staged again).
+    pub fn pack_file(
+        &self,
+        ino: u64,
+        rec: &UploadRecord,
+        keys: &BlobKeys,
+        names: &NameKey,
+    ) -> Result<bool, StoreError> {
+        let content = std::fs::read(self.content_path(ino))?;
+        if content.len() as u64 != rec.size {
+            return Ok(false);
+        }
+        self.pack_content(ino, rec, rec.clone(), &content, keys, names, &HashSet::new())
+    }
+
+    /// Moves stored file `ino` (record `rec`, `content` its bytes) out of its pack, into the
+    /// open one: its old pack's FID goes once the new pack is stored and nothing else refers to
+    /// it. Equal contents in the packs `leaving` are not reused. `false` if the file changed.
+    pub fn repack_file(
+        &self,
+        ino: u64,
+        rec: &UploadRecord,
+        content: &[u8],
+        keys: &BlobKeys,
+        names: &NameKey,
+        leaving: &HashSet<Hash>,
+    ) -> Result<bool, StoreError> {
+        let Some(stored) = rec.stored_version().filter(|s| s.blob.is_some()) else { return Ok(false) };
+        let mut next = rec.clone();
+        next.replaces.push(stored.fid);
+        next.previous = Some(stored);
+        self.pack_content(ino, rec, next, content, keys, names, leaving)
+    }
+
+    /// Packs `content` for `ino`, whose record `rec` becomes `next` with its blob: one of an
+    /// equal content already packed (not in `leaving`), or a new one in the open pack.
+    #[allow(clippy::too_many_arguments)]
+    fn pack_content(
+        &self,
+        ino: u64,
+        rec: &UploadRecord,
+        mut next: UploadRecord,
+        content: &[u8],
+        keys: &BlobKeys,
+        names: &NameKey,
+        leaving: &HashSet<Hash>,
+    ) -> Result<bool, StoreError> {
+        let _packer = lock(&self.packer);
+        let id = keys.id(content);
+        (next.seed, next.segments, next.updated_at) = (None, 1, Timestamp::now());
+        let same = lock(&self.catalog).blob_holder(&id, ino);
+        if let Some(other) = same.map(|o| self.upload(o)).transpose()?.flatten()
+            && other.blob.is_some_and(|b| b.id == id)
+            && matches!(other.state, UploadState::Active | UploadState::Packed)
+            && other.fid.is_none_or(|fid| !leaving.contains(&fid))
+        {
+            (next.state, next.blob, next.fid) = (other.state, other.blob, other.fid);
+            (next.territory, next.file_name) = (other.territory.clone(), other.file_name.clone());
+            (next.tx, next.block, next.pushed, next.reported) =
+                (other.tx.clone(), other.block, other.pushed, other.reported);
+            let mut obsolete = Vec::new();
+            if next.state == UploadState::Active {
+                obsolete = take_replaced(&mut next);
+                obsolete.retain(|f| Some(*f) != next.fid);
+            }
+            return self.commit_packed(ino, rec, &next, Batch::default(), obsolete);
+        }
+        let sealed = keys.seal(&id, content);
+        let (pack, mut record, place) = loop {
+            let (pack, mut record) = match self.packs()?.into_iter().find(|(_, p)| !p.sealed) {
+                Some(open) => open,
+                None => self.open_pack(names)?,
+            };
+            if let Some(place) = record.space.place(sealed.len()) {
+                break (pack, record, place);
+            }
+            self.seal_pack(pack, &record, keys)?;
+        };
+        let file = self.open_content(pack)?;
+        file.write_all_at(&sealed, u64::from(place.offset))?;
+        file.sync_data()?;
+        record.last_add = Timestamp::now();
+        let mut b = Batch::default();
+        b.0.insert(&key::pack(pack), encode(&record));
+        b.0.insert(key::blob(pack, &id), encode(&place));
+        (next.state, next.fid, next.blob) = (UploadState::Packed, None, Some(PackedBlob { pack, id, place }));
+        self.commit_packed(ino, rec, &next, b, Vec::new())
+    }
+
+    /// Stored packs: FID, the files in them, and the sealed bytes those take.
+    pub fn stored_packs(&self) -> Vec<(Hash, Vec<u64>, u64)> {
+        lock(&self.catalog).stored_packs()
+    }
+
+    /// Commits `b` (the pack's room and the blob, kept either way) and tombstones for the
+    /// versions `next` replaces, then swaps the record of `ino` from `rec` to `next` if it is
+    /// still `rec` and not being written. (A tombstone whose FID the record still needs is
+    /// dropped by the deleter.)
+    fn commit_packed(
+        &self,
+        ino: u64,
+        rec: &UploadRecord,
+        next: &UploadRecord,
+        mut b: Batch,
+        obsolete: Vec<Hash>,
+    ) -> Result<bool, StoreError> {
+        let _deals = self.deals();
+        obsolete.iter().for_each(|fid| b.put_tombstone(fid));
+        self.commit(b)?;
+        Ok(!self.is_writing(ino)? && self.swap_upload_locked(ino, rec, Some(next))?)
+    }
+
+    /// A new open pack: its hidden inode, its content file (a hole of one segment), its record.
+    fn open_pack(&self, names: &NameKey) -> Result<(u64, PackRecord), StoreError> {
+        // Numbers start anywhere, so that a restored tree or a second machine does not repeat them.
+        let next = self.meta(NEXT_PACK)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_be_bytes);
+        let number = next.unwrap_or_else(|| rand::random::<u64>() >> 16);
+        let ino = self.allocate_ino()?;
+        self.create_content(ino)?.set_len(SEGMENT_SIZE as u64)?;
+        self.sync_content_dir()?;
+        let record = PackRecord { number, space: PackSpace::default(), sealed: false, last_add: Timestamp::now() };
+        let mut b = Batch::default();
+        b.put_inode(ino, &super::tree::hidden_inode(SEGMENT_SIZE as u64, &names.pack_name(number)));
+        b.0.insert(&key::pack(ino), encode(&record));
+        b.0.insert(key::meta(NEXT_PACK), (number + 1).to_be_bytes().to_vec());
+        self.commit(b)?;
+        Ok((ino, record))
+    }
+
+    /// Seals pack `pack`: header and index written and synced, its upload queued.
+    fn seal_pack(&self, pack: u64, record: &PackRecord, keys: &BlobKeys) -> Result<(), StoreError> {
+        let mut blobs = Vec::new();
+        let mut b = Batch::default();
+        for kv in self.tree.scan_prefix(key::blob_prefix(pack)) {
+            let (k, v) = kv?;
+            let id = Hash(k.get(9..41).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt { what: "blob" })?);
+            blobs.push((id, decode::<BlobPlace>(&v, "blob")?));
+            b.0.remove(k);
+        }
+        blobs.sort_by_key(|(_, p)| p.offset);
+        let (header, offset, index) = crate::format::seal_index(keys, record.number, &blobs);
+        let file = self.open_content(pack)?;
+        file.write_all_at(&header, 0)?;
+        file.write_all_at(&index, offset as u64)?;
+        file.sync_all()?;
+        let mut up = UploadRecord::staged(1);
+        (up.format, up.size) = (FORMAT_PLAIN, SEGMENT_SIZE as u64);
+        b.0.insert(&key::pack(pack), encode(&PackRecord { sealed: true, ..record.clone() }));
+        b.put_upload(pack, &up);
+        self.commit(b)?;
+        log::info!("pack {} sealed ({} files, inode {pack}); on its way to CESS", record.number, blobs.len());
+        Ok(())
+    }
+
+    /// Seals the open pack if no file went in for `quiet`.
+    pub fn seal_quiet_pack(&self, quiet: std::time::Duration, keys: &BlobKeys) -> Result<(), StoreError> {
+        let _packer = lock(&self.packer);
+        let Some((pack, record)) = self.packs()?.into_iter().find(|(_, p)| !p.sealed) else { return Ok(()) };
+        let idle = std::time::SystemTime::now().duration_since(record.last_add.into()).unwrap_or_default();
+        if record.space.blobs() > 0 && idle >= quiet {
+            self.seal_pack(pack, &record, keys)?;
+        }
+        Ok(())
+    }
+
+    /// Pack `pack` is stored, as its record `rec` says: the files in it become active under its
+    /// FID (the versions they replace leave the chain) and its hidden inode goes. With no file
+    /// left in it, the pack leaves the chain too (unless a kept snapshot refers to it).
+    pub fn finish_pack(&self, pack: u64, rec: &UploadRecord) -> Result<usize, StoreError> {
+        let _packer = lock(&self.packer);
+        let Some(fid) = rec.fid.filter(|_| rec.state == UploadState::Active) else { return Ok(0) };
+        let members = lock(&self.catalog).pack_members(pack);
+        let deals = self.deals();
+        let mut live = 0;
+        for ino in members {
+            let Some(old) = self.upload(ino)? else { continue };
+            if old.state != UploadState::Packed || old.blob.is_none_or(|blob| blob.pack != pack) {
+                continue;
+            }
+            let mut up = old.clone();
+            (up.state, up.fid, up.territory, up.file_name) =
+                (UploadState::Active, Some(fid), rec.territory.clone(), rec.file_name.clone());
+            (up.tx, up.block, up.pushed, up.reported) = (rec.tx.clone(), rec.block, FRAGMENTS as u8, FRAGMENTS as u8);
+            up.updated_at = Timestamp::now();
+            let mut b = Batch::default();
+            for obsolete in take_replaced(&mut up).iter().filter(|f| **f != fid) {
+                b.put_tombstone(obsolete);
+            }
+            self.commit(b)?;
+            // Changed meanwhile (a new version staged): that version goes its own way.
+            if self.swap_upload_locked(ino, &old, Some(&up))? {
+                live += 1;
+            }
+        }
+        let mut b = Batch::default();
+        if live == 0 {
+            b.put_tombstone(&fid);
+        }
+        b.remove_upload(pack);
+        b.remove_inode(pack);
+        b.put_residency(pack, None);
+        b.0.remove(&key::pack(pack));
+        self.commit(b)?;
+        drop(deals);
+        self.remove_content(pack)?;
+        Ok(live)
+    }
+}
+
+/// The FIDs a record that just became active replaced (to delete), taken from it, and its
+/// previous version forgotten.
+fn take_replaced(up: &mut UploadRecord) -> Vec<Hash> {
+    up.previous = None;
+    std::mem::take(&mut up.replaces)
+}

@@ -66,9 +66,9 @@ pub struct Settings {
     /// not yet stored are never evicted and do not count [default: 10G].
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
-    /// Files smaller than this, e.g. 1M, go into packs shared with other small files, so that
-    /// each costs what it weighs instead of a 32 MiB segment (encrypted mode; at most 8M; 0:
-    /// every file has its own segments) [default: 0].
+    /// Files smaller than this go into packs shared with other small files, so that each costs
+    /// what it weighs instead of a 32 MiB segment (encrypted mode; at most 8M, what fits in one
+    /// fragment; 0: every file has segments of its own) [default: 8M].
     #[arg(long, value_name = "SIZE")]
     pub pack_below: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics, on a loopback address (127.0.0.1:9464,
@@ -260,16 +260,11 @@ impl Settings {
         parse_size(self.cache_size.as_deref().unwrap_or("10G"))
     }
 
-    /// The size below which files are packed, defaulted; 0 in plaintext mode (other clients
-    /// read files, not packs).
+    /// The size below which files are packed, defaulted, at most what fits in one fragment; 0
+    /// in plaintext mode (other clients read files, not packs).
     pub fn pack_below(&self) -> anyhow::Result<u64> {
-        let size = parse_size(self.pack_below.as_deref().unwrap_or("0"))?;
-        anyhow::ensure!(
-            size <= crate::format::MAX_BLOB as u64,
-            "--pack-below {size}: a packed file fits in one 8 MiB fragment, so at most {} bytes",
-            crate::format::MAX_BLOB
-        );
-        Ok(if self.plain() { 0 } else { size })
+        let size = parse_size(self.pack_below.as_deref().unwrap_or("8M"))?;
+        Ok(if self.plain() { 0 } else { size.min(crate::format::MAX_BLOB as u64) })
     }
 
     /// Where to serve metrics, if anywhere: a port alone means 127.0.0.1.

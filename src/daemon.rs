@@ -325,7 +325,14 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
     let follower = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let engine = Engine::new(store.clone(), network.chain.clone(), network.signer.clone(), config, stopped.clone());
+    let engine = Engine::new(
+        store.clone(),
+        network.chain.clone(),
+        network.signer.clone(),
+        config,
+        Some(fetcher.clone()),
+        stopped.clone(),
+    );
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_chain_health(network.health.clone());
     let snapshot_flags = Arc::new(crate::fs::SnapshotFlags::default());

@@ -41,6 +41,30 @@ fn snapshots_of(paths: &[PathBuf]) -> Vec<(PathBuf, Value)> {
     paths.iter().filter_map(|p| Some((p.clone(), json_attr(p, c"user.cess.snapshot")?))).collect()
 }
 
+/// One line on the packs of a mount's root, if it has any.
+fn describe_packs(v: &Value) -> Option<String> {
+    let (stored, uploading) = (v["stored"].as_u64().unwrap_or(0), v["uploading"].as_u64().unwrap_or(0));
+    let filling = v["filling"]["files"].as_u64();
+    if stored + uploading == 0 && filling.is_none() {
+        return None;
+    }
+    let mut parts = vec![format!(
+        "{stored} stored, {:.0}% full, {} MiB of territory",
+        v["live_share"].as_f64().unwrap_or(0.0) * 100.0,
+        v["space"].as_u64().unwrap_or(0) >> 20
+    )];
+    if uploading > 0 {
+        parts.push(format!("{uploading} on their way"));
+    }
+    if let Some(files) = filling {
+        parts.push(format!("one filling ({files} files)"));
+    }
+    if let Some(n) = v["underfull"].as_u64().filter(|&n| n > 1) {
+        parts.push(format!("{n} under half full, to be merged"));
+    }
+    Some(format!("packs: {}", parts.join("; ")))
+}
+
 /// Whether the tree's newest changes are in an active snapshot (or this mount stopped writing
 /// them, or one failed: nothing to wait for).
 fn snapshot_settled(v: &Value) -> bool {
@@ -196,6 +220,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let files = if args.wait { wait(&paths, args.timeout.map(Duration::from_secs))? } else { scan(&paths) };
     for (root, v) in snapshots_of(&paths) {
         println!("{}: {}", root.display(), describe_snapshots(&v));
+    }
+    for root in &paths {
+        if let Some(line) = json_attr(root, c"user.cess.packs").as_ref().and_then(describe_packs) {
+            println!("{}: {line}", root.display());
+        }
     }
     if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {
         println!("the chain is unreachable since {since}: uploads wait, and resume when it answers");

@@ -222,15 +222,17 @@ impl Fs {
     /// Where to fetch `ino`'s content from, if it is not all here (read at open).
     pub(super) fn cold_source(&self, ino: u64) -> FsResult<(Option<ColdSource>, Presence)> {
         let Some(residency) = self.store.residency(ino)? else { return Ok((None, Presence::whole())) };
-        let up = self.store.upload(ino)?.filter(|u| u.state == UploadState::Active);
-        let Some((up, fid)) = up.and_then(|u| u.fid.map(|fid| (u, fid))) else {
-            return Err(FsError::NotCached(ino));
-        };
-        let encrypted = up.seed.is_some();
+        // A stored file moving to another pack reads from its old one meanwhile.
+        let stored = self.store.upload(ino)?.and_then(|u| match u.state {
+            UploadState::Active => u.stored_version(),
+            UploadState::Packed => u.previous,
+            _ => None,
+        });
+        let Some(stored) = stored else { return Err(FsError::NotCached(ino)) };
+        let encrypted = stored.seed.is_some();
         let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
-        let layout = Layout::new(up.size, mode).map_err(|_| FsError::NotCached(ino))?;
-        let blob = up.blob.map(|b| (b.id, b.place));
-        let source = ColdSource { fid, size: up.size, encrypted, layout, blob };
+        let layout = Layout::new(stored.size, mode).map_err(|_| FsError::NotCached(ino))?;
+        let source = ColdSource { fid: stored.fid, size: stored.size, encrypted, layout, blob: stored.blob };
         Ok((Some(source), Presence::from_record(Some(residency), Some(layout))))
     }
 

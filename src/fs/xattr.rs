@@ -49,10 +49,12 @@ impl Fs {
     /// The cessfs attributes of `ino` (docs/XATTRS.md): empty for anything but a regular file
     /// with an upload record.
     fn cess_attributes(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
-        if ino == crate::store::ROOT_INO
-            && let Some(flags) = &self.snapshots
-        {
-            return Ok(vec![("user.cess.snapshot", self.snapshot_json(flags)?.to_string())]);
+        if ino == crate::store::ROOT_INO {
+            let mut attrs = vec![("user.cess.packs", self.packs_json()?.to_string())];
+            if let Some(flags) = &self.snapshots {
+                attrs.push(("user.cess.snapshot", self.snapshot_json(flags)?.to_string()));
+            }
+            return Ok(attrs);
         }
         let Some(up) = self.store.upload(ino)? else { return Ok(Vec::new()) };
         let chain_down = self.chain_health.as_ref().and_then(|h| h.unreachable_since());
@@ -122,6 +124,20 @@ impl Fs {
         });
         attrs.push(("user.cess.json", json.to_string()));
         Ok(attrs)
+    }
+
+    /// `user.cess.packs`: the state of the packs of small files.
+    fn packs_json(&self) -> FsResult<serde_json::Value> {
+        let p = self.store.pack_summary()?;
+        let segment = crate::format::SEGMENT_SIZE as u64;
+        Ok(serde_json::json!({
+            "filling": p.filling.map(|(files, bytes)| serde_json::json!({"files": files, "bytes": bytes})),
+            "uploading": p.uploading,
+            "stored": p.stored,
+            "live_share": if p.stored == 0 { 0.0 } else { p.live as f64 / (p.stored as u64 * segment) as f64 },
+            "underfull": p.underfull,
+            "space": (p.stored + p.uploading) as u64 * (crate::format::FRAGMENT_SIZE * FRAGMENTS) as u64,
+        }))
     }
 
     /// `user.cess.snapshot`: the state of the tree's snapshots.

@@ -203,6 +203,11 @@ impl Catalog {
         self.packed.get(&pack).map(|m| m.iter().copied().collect()).unwrap_or_default()
     }
 
+    /// How many stored packs hold files here.
+    pub(super) fn stored_pack_count(&self) -> usize {
+        self.live.len()
+    }
+
     /// Stored packs: FID, the files in them, and the sealed bytes those take.
     pub(super) fn stored_packs(&self) -> Vec<(Hash, Vec<u64>, u64)> {
         self.live.iter().map(|(fid, (files, bytes))| (*fid, files.iter().copied().collect(), *bytes)).collect()

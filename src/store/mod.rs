@@ -29,7 +29,7 @@ use thiserror::Error;
 
 pub use catalog::resident_bytes;
 pub use outbox::{DealGuard, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
-pub use packs::PackRecord;
+pub use packs::{PackRecord, PackSummary};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
 pub use tree::{KeptSnapshot, Restored, SnapshotSummary};

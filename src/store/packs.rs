@@ -32,7 +32,40 @@ pub struct PackRecord {
     pub last_add: Timestamp,
 }
 
+/// The state of the packs, for `user.cess.packs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackSummary {
+    /// The open pack's files and bytes, if one is being filled.
+    pub filling: Option<(u32, u64)>,
+    /// Packs sealed and on their way to CESS.
+    pub uploading: usize,
+    /// Stored packs holding files here.
+    pub stored: usize,
+    /// The sealed bytes of the files in them.
+    pub live: u64,
+    /// Stored packs less than half full.
+    pub underfull: usize,
+}
+
 impl Store {
+    /// The state of the packs.
+    pub fn pack_summary(&self) -> Result<PackSummary, StoreError> {
+        let mut summary = PackSummary::default();
+        for (_, pack) in self.packs()? {
+            match pack.sealed {
+                true => summary.uploading += 1,
+                false => summary.filling = Some((pack.space.blobs(), pack.space.used())),
+            }
+        }
+        let half = SEGMENT_SIZE as u64 / 2;
+        for (_, _, bytes) in self.stored_packs() {
+            summary.stored += 1;
+            summary.live += bytes;
+            summary.underfull += usize::from(bytes < half);
+        }
+        Ok(summary)
+    }
+
     /// The pack hidden inode `ino` holds, if it holds one.
     pub fn pack(&self, ino: u64) -> Result<Option<PackRecord>, StoreError> {
         self.tree.get(key::pack(ino))?.map(|v| decode(&v, "pack")).transpose()
@@ -138,6 +171,11 @@ impl Store {
         b.0.insert(key::blob(pack, &id), encode(&place));
         (next.state, next.fid, next.blob) = (UploadState::Packed, None, Some(PackedBlob { pack, id, place }));
         self.commit_packed(ino, rec, &next, b, Vec::new())
+    }
+
+    /// How many stored packs hold files here.
+    pub fn stored_pack_count(&self) -> usize {
+        lock(&self.catalog).stored_pack_count()
     }
 
     /// Stored packs: FID, the files in them, and the sealed bytes those take.

@@ -80,6 +80,8 @@ struct Inner {
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
     territory_changed: tokio::sync::Notify,
+    /// Reads the blobs of evicted files when their packs are merged.
+    fetcher: Option<Arc<crate::fetch::Fetcher>>,
 }
 
 /// The upload engine.
@@ -90,6 +92,9 @@ pub struct Engine(Arc<Inner>);
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
+
+/// How often under-full packs are looked for.
+const PACK_MERGE_EVERY: Duration = Duration::from_secs(60);
 
 /// How often a file that failed for its territory's sake (missing, full, frozen) is tried again
 /// when nothing about the territory was seen to change.
@@ -157,13 +162,15 @@ impl Schedule {
 }
 
 impl Engine {
-    /// An engine working from `store`'s queue against `chain`, signing miner requests as `signer`.
-    /// The engine stops when `stop` turns true.
+    /// An engine working from `store`'s queue against `chain`, signing miner requests as `signer`,
+    /// reading blobs of evicted files with `fetcher` when it merges packs. The engine stops when
+    /// `stop` turns true.
     pub fn new(
         store: Arc<Store>,
         chain: Arc<dyn Chain>,
         signer: Signer,
         config: UploadConfig,
+        fetcher: Option<Arc<crate::fetch::Fetcher>>,
         stop: watch::Receiver<bool>,
     ) -> Engine {
         Engine(Arc::new(Inner {
@@ -178,6 +185,7 @@ impl Engine {
             laggards: Mutex::new(HashMap::new()),
             stop,
             territory_changed: tokio::sync::Notify::new(),
+            fetcher,
         }))
     }
 
@@ -200,6 +208,11 @@ impl Engine {
         let mut again: HashSet<u64> = HashSet::new();
         let reaper = tokio::spawn(inner.clone().reap_tombstones());
         let mut idle_since: Option<std::time::Instant> = None;
+        // Under-full packs are looked for when a pack was stored or went, and once a minute; one
+        // merge at a time.
+        let mut merging: Option<tokio::task::JoinHandle<()>> = None;
+        let mut merged_at = Instant::now();
+        let mut packs_seen = 0;
         loop {
             if *stop.borrow() {
                 break;
@@ -265,6 +278,14 @@ impl Engine {
                     crate::log_limited!(log::Level::Error, "pack", "sealing a pack: {e}");
                 }
             }
+            let packs = inner.db(|s| Ok(s.stored_pack_count())).await.unwrap_or(packs_seen);
+            if inner.packing().is_some()
+                && (packs != packs_seen || merged_at.elapsed() >= PACK_MERGE_EVERY)
+                && merging.as_ref().is_none_or(|m| m.is_finished())
+            {
+                (merged_at, packs_seen) = (Instant::now(), packs);
+                merging = Some(tokio::spawn(inner.clone().merge_packs()));
+            }
             let slot_free = lock(&inner.running).len() < inner.config.parallel;
             let wake = match schedule.next() {
                 Some(at) if slot_free => at.saturating_duration_since(Instant::now()),
@@ -304,6 +325,12 @@ impl Engine {
         }
         if let Err(e) = reaper.await {
             log::error!("the deletion task ended abnormally: {e}");
+        }
+        if let Some(Err(e)) = match merging {
+            Some(m) => Some(m.await),
+            None => None,
+        } {
+            log::error!("the pack merge ended abnormally: {e}");
         }
     }
 
@@ -377,6 +404,69 @@ impl Inner {
     /// The keys of packed blobs and the names of packs, if small files are packed.
     fn packing(&self) -> Option<&crate::format::BlobKeys> {
         self.config.master.as_ref().and_then(|m| m.blobs()).filter(|_| self.config.pack_below > 0)
+    }
+
+    /// Merges under-full packs (less than half of their segment live) into the open pack, as
+    /// long as that leaves fewer packs: the files in them are packed again (an evicted one read
+    /// back from its pack first) and each old pack leaves the chain once its files are stored
+    /// elsewhere and no kept snapshot refers to it. Stops at shutdown; what is not moved yet is
+    /// looked at again next time.
+    async fn merge_packs(self: Arc<Self>) {
+        if let Err(e) = self.merge_underfull_packs().await {
+            crate::log_limited!(log::Level::Warn, "pack merge", "merging under-full packs: {e}");
+        }
+    }
+
+    async fn merge_underfull_packs(&self) -> Result<(), UploadError> {
+        let Some(keys) = self.packing().cloned() else { return Ok(()) };
+        let names = self.config.master.as_ref().and_then(|m| m.names()).cloned();
+        let names = names.ok_or_else(|| UploadError::Internal("no name key".into()))?;
+        let half = crate::format::SEGMENT_SIZE as u64 / 2;
+        let mut underfull: Vec<_> =
+            self.db(|s| Ok(s.stored_packs())).await?.into_iter().filter(|p| p.2 < half).collect();
+        underfull.sort_by_key(|p| p.2);
+        // As many as fit in one pack together, the emptiest first.
+        let mut total = 0;
+        underfull.retain(|p| {
+            total += p.2;
+            total <= 2 * half - (4 << 20)
+        });
+        if underfull.len() < 2 {
+            return Ok(());
+        }
+        let leaving: HashSet<Hash> = underfull.iter().map(|p| p.0).collect();
+        let (mut moved, mut files) = (0, 0);
+        for (fid, inos, _) in &underfull {
+            for &ino in inos {
+                if *self.stop.borrow() {
+                    return Ok(());
+                }
+                files += 1;
+                let Some(rec) = self.db(move |s| s.upload(ino)).await? else { continue };
+                let Some(blob) = rec.blob.filter(|_| rec.state == UploadState::Active && rec.fid == Some(*fid)) else {
+                    continue;
+                };
+                let local = self.db(move |s| Ok(s.residency(ino)?.is_none())).await?;
+                let content = if local {
+                    self.db(move |s| Ok(std::fs::read(s.content_path(ino))?)).await?
+                } else {
+                    let fetcher = self.fetcher.as_ref().ok_or_else(|| UploadError::Internal("no fetcher".into()))?;
+                    fetcher
+                        .blob(fid, &blob.id, blob.place, rec.size)
+                        .await
+                        .map_err(|e| UploadError::Internal(e.to_string()))?
+                };
+                if content.len() as u64 != rec.size {
+                    continue;
+                }
+                let (keys, names, leaving) = (keys.clone(), names.clone(), leaving.clone());
+                if self.db(move |s| s.repack_file(ino, &rec, &content, &keys, &names, &leaving)).await? {
+                    moved += 1;
+                }
+            }
+        }
+        log::info!("merged {} under-full packs: {moved} of their {files} files packed again", underfull.len());
+        Ok(())
     }
 
     /// How long an open pack waits for more files before it is sealed.
@@ -663,7 +753,8 @@ mod tests {
             pack_below: 0,
         };
         let (stop, stopped) = watch::channel(false);
-        let engine = Engine::new(store.clone(), Arc::new(PanickingChain(signer.account())), signer, config, stopped);
+        let chain = Arc::new(PanickingChain(signer.account()));
+        let engine = Engine::new(store.clone(), chain, signer, config, None, stopped);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let failed = rt.block_on(async {
             let run = tokio::spawn(async move { engine.run(Duration::from_secs(1)).await });

@@ -294,6 +294,14 @@ impl Devnet {
             .count()
     }
 
+    /// The bytes of the default territory that stored files and open deals take.
+    pub fn territory_charged(&self) -> u128 {
+        use cessfs::protocol::Chain;
+        let me = self.chain.account();
+        let t = self.run(self.chain.territory(&me, b"cessfs")).expect("territory").expect("the territory exists");
+        t.used_space + t.locked_space
+    }
+
     /// Switches node `index` (1-based) into `fault`.
     pub fn fault(&self, index: usize, fault: &str) {
         self.run(self.chain.set_fault(index, fault.parse().expect("fault"))).expect("set fault");

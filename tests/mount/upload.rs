@@ -55,7 +55,7 @@ fn fetch_from_nodes(m: &Mount, fid: &str, size: usize) -> Vec<u8> {
 
 #[test]
 fn big_file_and_tree_reach_active_and_decode_from_the_nodes() {
-    let m = Mount::uploading("0.3", &[]);
+    let m = Mount::uploading("0.3", &["--pack-below", "0"]);
     let big = random_bytes(100 << 20, 1);
     fs::write(m.path("big.bin"), &big).unwrap();
     let src = tempfile::tempdir().unwrap();
@@ -257,7 +257,7 @@ fn sigterm_during_an_upload_loses_nothing_and_unmount_wait_waits_for_active() {
 #[test]
 fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     // 1 GiB holds 10 segments' charge (96 MiB each, and never to the last byte).
-    let m = Mount::uploading("0", &["--devnet-territory-gib", "1", "--snapshots", "false"]);
+    let m = Mount::uploading("0", &["--devnet-territory-gib", "1", "--snapshots", "false", "--pack-below", "0"]);
     for i in 0..10 {
         fs::write(m.path(&format!("file{i}")), format!("file {i}")).unwrap();
     }

@@ -213,6 +213,12 @@ impl Catalog {
         self.live.iter().map(|(fid, (files, bytes))| (*fid, files.iter().copied().collect(), *bytes)).collect()
     }
 
+    /// Whether `fid` is needed only as the version records keep until their newer one is
+    /// active (which then deletes it).
+    pub(super) fn only_replaced(&self, fid: &Hash) -> bool {
+        self.replaced.contains_key(fid) && !self.holders(fid).any(|(_, _, needed)| needed)
+    }
+
     /// Notes a use of `ino` now (its place in the eviction order).
     pub(super) fn touch(&mut self, ino: u64) {
         let now = nanos(Timestamp::now());

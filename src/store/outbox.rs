@@ -372,6 +372,14 @@ impl Store {
         Ok(needed || self.kept_snapshot_fids()?.contains(fid))
     }
 
+    /// Whether `fid` is in use only as the version a record keeps until its newer one is
+    /// active: a deletion queued just before that record let go of it waits, rather than being
+    /// dropped.
+    pub fn fid_being_replaced(&self, fid: &Hash) -> Result<bool, StoreError> {
+        let only = lock(&self.catalog).only_replaced(fid);
+        Ok(only && !self.kept_snapshot_fids()?.contains(fid))
+    }
+
     /// Holds the deal lock: no deal starts or ends while it lives (for [`Store::retire`]).
     pub fn deals(&self) -> DealGuard<'_> {
         DealGuard { _held: lock(&self.deal_lock) }

@@ -583,9 +583,15 @@ impl Inner {
             return Some(t);
         }
         let fid_copy = *fid;
-        match self.db(move |s| s.fid_in_use(&fid_copy)).await {
-            Ok(true) => return None,
-            Ok(false) => {}
+        match self.db(move |s| Ok((s.fid_in_use(&fid_copy)?, s.fid_being_replaced(&fid_copy)?))).await {
+            // Queued by a record that lets go of it in a moment (a file moving to its newer
+            // version, or to another pack): asked again then.
+            Ok((true, true)) => {
+                t.retry_at = Some(later(Duration::from_secs(5)));
+                return Some(t);
+            }
+            Ok((true, false)) => return None,
+            Ok((false, _)) => {}
             Err(e) => log::error!("checking whether {fid} is in use: {e}"),
         }
         // `delete_file` drops the account's every hold of the FID: one it also holds in another

@@ -193,3 +193,31 @@ fn kill_9_while_packing_loses_nothing_and_declares_no_pack_twice() {
         assert!(fs::read(m.path(&format!("{i}.txt"))).unwrap() == note(i), "note {i}");
     }
 }
+
+/// 20,000 notes of 4 KiB take 3 packs; with 70% of them deleted, the packs fall under half full
+/// and are merged into one: the charge drops to one segment, and the rest reads back.
+#[test]
+fn deleting_most_files_merges_their_packs_and_the_charge_drops() {
+    let m = Mount::uploading("0.2", &["--snapshots", "false"]);
+    for d in 0..20 {
+        fs::create_dir(m.path(&format!("d{d}"))).unwrap();
+        for i in 0..1000 {
+            fs::write(m.path(&format!("d{d}/{i}")), note(d * 1000 + i)).unwrap();
+        }
+    }
+    let net = m.devnet();
+    let segment: u128 = 96 << 20;
+    wait_until(5 * MIN, "every note to be stored", || {
+        m.cess("d19/999", "status").as_deref() == Some("active") && net.territory_charged() == 3 * segment
+    });
+    for d in 0..20 {
+        for i in (0..1000).filter(|i| i % 10 < 7) {
+            fs::remove_file(m.path(&format!("d{d}/{i}"))).unwrap();
+        }
+    }
+    wait_until(5 * MIN, "the packs to be merged into one", || net.territory_charged() == segment);
+    run(std::process::Command::new(BIN).arg("evict").arg(m.root()));
+    for n in [7, 9_998, 19_999] {
+        assert!(fs::read(m.path(&format!("d{}/{}", n / 1000, n % 1000))).unwrap() == note(n), "note {n}");
+    }
+}

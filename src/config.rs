@@ -67,8 +67,8 @@ pub struct Settings {
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
     /// Files smaller than this go into packs shared with other small files, so that each costs
-    /// what it weighs instead of a 32 MiB segment (encrypted mode; at most 8M, what fits in one
-    /// fragment; 0: every file has segments of its own) [default: 8M].
+    /// what it weighs instead of a 32 MiB segment (encrypted mode; larger than 8M means 8M, what
+    /// fits in one fragment; 0: every file has segments of its own) [default: 8M].
     #[arg(long, value_name = "SIZE")]
     pub pack_below: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics, on a loopback address (127.0.0.1:9464,
@@ -264,7 +264,7 @@ impl Settings {
     /// in plaintext mode (other clients read files, not packs).
     pub fn pack_below(&self) -> anyhow::Result<u64> {
         let size = parse_size(self.pack_below.as_deref().unwrap_or("8M"))?;
-        Ok(if self.plain() { 0 } else { size.min(crate::format::MAX_BLOB as u64) })
+        Ok(if self.plain() { 0 } else { size.min(crate::format::MAX_BLOB as u64 + 1) })
     }
 
     /// Where to serve metrics, if anywhere: a port alone means 127.0.0.1.

@@ -29,3 +29,4 @@ pub mod snapshots;
 pub mod store;
 pub mod sync;
 pub mod upload;
+pub mod words;

@@ -172,6 +172,21 @@ pub fn preflight(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Checks that `path` exists and lies in a cessfs mount (what `status` and `evict` act on).
+pub fn in_cessfs_mount(path: &Path) -> anyhow::Result<()> {
+    let resolved = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let under = mounts()?.into_iter().filter(|m| resolved.starts_with(&m.mountpoint));
+    // The deepest mount holds it (the last of equals: the top of a stack).
+    let holder = under.fold(None::<MountEntry>, |best, m| match best {
+        Some(b) if b.mountpoint.components().count() > m.mountpoint.components().count() => Some(b),
+        _ => Some(m),
+    });
+    match holder {
+        Some(m) if m.fstype == FSTYPE => Ok(()),
+        _ => bail!("{} is not in a cessfs mount", path.display()),
+    }
+}
+
 /// The canonical mount point and the data dir of the cessfs mount at `dir`.
 pub fn cessfs_mount(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let resolved = std::fs::canonicalize(dir).or_else(|e| {

@@ -95,7 +95,8 @@ fn describe_snapshots(v: &Value) -> String {
         line.push_str("; newer changes wait for the next one");
     }
     if let Some(n) = v["held_back_fids"].as_u64().filter(|&n| n > 0) {
-        line.push_str(&format!("; {n} removed files stay on CESS until no kept snapshot refers to them"));
+        let files = crate::words::count(n, "removed file");
+        line.push_str(&format!("; {files} stay on CESS until no kept snapshot refers to them"));
     }
     if let Some(why) = v["stopped"].as_str() {
         line.push_str(&format!("; snapshots stopped: {why}"));
@@ -134,12 +135,16 @@ pub struct EvictArgs {
 
 /// Drops the cached content of every stored file under the paths; reads fetch it back.
 pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
+    for p in &args.paths {
+        crate::mountpoint::in_cessfs_mount(p)?;
+    }
     let mut files = Vec::new();
     args.paths.iter().for_each(|p| collect(p, &mut files));
     let (mut evicted, mut kept) = (0, 0);
     for (path, v) in &files {
         if state(v) != "active" {
-            println!("kept    {} ({}: not stored on CESS yet)", path.display(), state(v));
+            let why = if state(v) == "local" { "empty: nothing to store" } else { "not stored on CESS yet" };
+            println!("kept    {} ({}: {why})", path.display(), state(v));
             kept += 1;
             continue;
         }
@@ -155,7 +160,7 @@ pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("evicting {}: {e}", path.display()),
         }
     }
-    println!("evicted {evicted} files, kept {kept}");
+    println!("evicted {}, kept {kept}", crate::words::count(evicted as u64, "file"));
     Ok(())
 }
 
@@ -190,22 +195,30 @@ fn scan(paths: &[PathBuf]) -> Vec<(PathBuf, Value)> {
 /// failed, or `timeout` passes; returns their last status.
 pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<(PathBuf, Value)>> {
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // The progress bar is for a person watching, not for a log.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
         let files = scan(paths);
         let done = files.iter().filter(|(_, v)| settled(v)).count();
         let bar = if files.is_empty() { 20 } else { 20 * done / files.len() };
-        eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
+        if terminal {
+            eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
+        }
         let trees = snapshots_of(paths);
         let trees_done = trees.iter().all(|(_, v)| snapshot_settled(v));
-        if done == files.len() && !trees_done {
+        if terminal && done == files.len() && !trees_done {
             eprint!("(waiting for the tree snapshot) ");
         }
         if done == files.len() && trees_done {
-            eprintln!();
+            if terminal {
+                eprintln!();
+            }
             return Ok(files);
         }
         if deadline.is_some_and(|d| std::time::Instant::now() > d) {
-            eprintln!();
+            if terminal {
+                eprintln!();
+            }
             if done == files.len() {
                 anyhow::bail!("timed out waiting for the tree snapshot to be active");
             }
@@ -217,6 +230,9 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() { vec![PathBuf::from(".")] } else { args.paths.clone() };
+    for p in &paths {
+        crate::mountpoint::in_cessfs_mount(p)?;
+    }
     let files = if args.wait { wait(&paths, args.timeout.map(Duration::from_secs))? } else { scan(&paths) };
     for (root, v) in snapshots_of(&paths) {
         println!("{}: {}", root.display(), describe_snapshots(&v));

@@ -16,7 +16,9 @@ impl Fs {
         let (blocks, bfree, bavail) = match *lock(&self.storage) {
             Some(space) => {
                 let free = space.free / frsize;
-                (space.total / frsize, free.min(local_free), free.min(local_avail))
+                // Free is the territory's (so used is what it holds); what a writer can use now is
+                // also bounded by the staging disk.
+                (space.total / frsize, free, free.min(local_avail))
             }
             None => (st.f_blocks, local_free, local_avail),
         };

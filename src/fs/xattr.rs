@@ -28,10 +28,10 @@ fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, Strin
         UploadState::Pushing | UploadState::Confirming => {
             waiting(&format!("pushed {}/{FRAGMENTS}, reported {}/{FRAGMENTS}", up.pushed, up.reported))
         }
-        UploadState::Active => format!("stored: {} segments on {FRAGMENTS} miners", up.segments),
-        UploadState::Failed => format!("failed after {} attempts", up.attempts.max(1)),
+        UploadState::Active => format!("stored: {} on {FRAGMENTS} miners", crate::words::count(up.segments, "segment")),
+        UploadState::Failed => format!("failed after {}", crate::words::count(up.attempts.max(1), "attempt")),
         UploadState::Local => "kept locally: CESS cannot store empty files".to_string(),
-        UploadState::Packed => "in an open pack, sealed once full or once no file comes for a moment".to_string(),
+        UploadState::Packed => "in a pack being filled".to_string(),
     }
 }
 

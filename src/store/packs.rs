@@ -239,7 +239,8 @@ impl Store {
         b.0.insert(&key::pack(pack), encode(&PackRecord { sealed: true, ..record.clone() }));
         b.put_upload(pack, &up);
         self.commit(b)?;
-        log::info!("pack {} sealed ({} files, inode {pack}); on its way to CESS", record.number, blobs.len());
+        let blobs = crate::words::count(blobs.len() as u64, "blob");
+        log::info!("pack {} sealed ({blobs}, inode {pack}); on its way to CESS", record.number);
         Ok(())
     }
 

@@ -50,7 +50,8 @@ pub enum UploadError {
     },
     /// Not enough usable miners to place 12 columns.
     #[error(
-        "only {found} usable storage miners (positive, with an endpoint and {needed_space} bytes idle) for {needed} columns"
+        "only {} (positive, with an endpoint and {needed_space} bytes idle) for {needed} columns",
+        crate::words::count(*found as u64, "usable storage miner")
     )]
     NotEnoughMiners {
         /// Usable miners.

@@ -43,7 +43,7 @@ fn total(text: &str, name: &str) -> f64 {
 #[test]
 fn metrics_move_during_an_upload_and_a_cold_read() {
     let port = free_port();
-    let m = Mount::uploading("0.2", &["--metrics", &port.to_string()]);
+    let m = Mount::uploading("0.2", &["--metrics", &port.to_string(), "--snapshots", "false"]);
     let scrape = || http_get(port, "/metrics");
     let first = scrape();
     for name in ["cessfs_fragment_pushes_total", "cessfs_chain_call_seconds", "cessfs_fuse_unsupported_total"] {

@@ -1,0 +1,17 @@
+//! Counted nouns for what people read: "1 segment", "2 segments".
+
+/// `n` and `noun`, plural unless `n` is 1 (every noun cessfs counts takes an "s").
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_is_singular_and_the_rest_plural() {
+        assert_eq!(super::count(1u32, "segment"), "1 segment");
+        assert_eq!(super::count(0u32, "file"), "0 files");
+        assert_eq!(super::count(12u8, "miner"), "12 miners");
+    }
+}

@@ -221,3 +221,41 @@ fn deleting_most_files_merges_their_packs_and_the_charge_drops() {
         assert!(fs::read(m.path(&format!("d{}/{}", n / 1000, n % 1000))).unwrap() == note(n), "note {n}");
     }
 }
+
+/// kill -9 while under-full packs are merged: after the remount the merge finishes, every note
+/// reads back, the old packs leave the chain, and no pack was declared twice.
+#[test]
+fn kill_9_during_a_merge_loses_nothing_and_declares_no_pack_twice() {
+    let mut m = Mount::uploading("0", &["--snapshots", "false"]);
+    let fids = |m: &Mount| -> HashSet<String> { (0..600).filter_map(|i| m.cess(&format!("{i}.txt"), "fid")).collect() };
+    let stored = |m: &Mount| (0..600).all(|i| m.cess(&format!("{i}.txt"), "status").as_deref() == Some("active"));
+    // Two batches, each sealed alone: two under-full packs.
+    for i in 0..300 {
+        fs::write(m.path(&format!("{i}.txt")), note(i)).unwrap();
+    }
+    wait_until(MIN, "the first batch to be stored", || {
+        (0..300).all(|i| m.cess(&format!("{i}.txt"), "status").as_deref() == Some("active"))
+    });
+    for i in 300..600 {
+        fs::write(m.path(&format!("{i}.txt")), note(i)).unwrap();
+    }
+    // Killed once the files are packed again, before their new pack is stored.
+    wait_until(MIN, "the merge", || m.log().contains("under-full packs:"));
+    let before: HashSet<String> = fids(&m);
+    m.kill9();
+    m.mount();
+    wait_until(3 * MIN, "the notes to share one stored pack", || stored(&m) && fids(&m).len() == 1);
+    let net = m.devnet();
+    let all: HashSet<String> = before.union(&fids(&m)).cloned().collect();
+    for fid in &all {
+        assert!(net.declarations(fid) <= 1, "pack {fid} declared once");
+    }
+    let now = fids(&m);
+    wait_until(MIN, "the old packs to leave the chain", || {
+        before.iter().filter(|f| !now.contains(*f)).all(|f| net.file(f).is_none())
+    });
+    run(std::process::Command::new(BIN).arg("evict").arg(m.root()));
+    for i in (0..600).step_by(37) {
+        assert!(fs::read(m.path(&format!("{i}.txt"))).unwrap() == note(i), "note {i}");
+    }
+}

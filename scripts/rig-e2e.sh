@@ -112,8 +112,17 @@ grep -c "wrong hash" "$DATA/cessfs.log" >/dev/null && echo "the corrupt miner is
 curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=1&mode=none' >/dev/null
 curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=2&mode=none' >/dev/null
 
-step "a fresh data dir restores the tree from its snapshot, and reads the file from the miners"
+step "a fresh data dir restores the tree from its snapshot, and reads the files from the miners"
 mkdir -p "$WORK/dir" && touch -d '2001-02-03 04:05:06' "$WORK/dir" && cp -a "$WORK/dir" "$MNT/dir"
+mkdir -p "$WORK/notes" && for i in $(seq 20); do head -c 4096 /dev/urandom >"$WORK/notes/$i"; done
+cp -r "$WORK/notes" "$MNT/notes"
+packs() { for i in $(seq 20); do getfattr --only-values -n user.cess.fid "$MNT/notes/$i" 2>/dev/null; echo; done | sort -u; }
+for _ in $(seq 120); do  # a second pack, if the notes were sealed apart, is merged into one
+  [ "$(packs | wc -l)" = 1 ] && [ "$(onchain "$(packs)")" = "present Active" ] && break
+  sleep 1
+done
+[ "$(onchain "$(packs)")" = "present Active" ] || { echo "the notes are not in one Active pack: $(packs)"; exit 1; }
+echo "20 small files in pack $(packs), Active on chain"
 "$BIN" unmount --wait --timeout 600 "$MNT"
 "$BIN" snapshots --data-dir "$DATA" "${MOUNT_ARGS[@]}" | head -3
 mkdir -p "$WORK/mnt2" "$WORK/data2"
@@ -121,7 +130,8 @@ mkdir -p "$WORK/mnt2" "$WORK/data2"
 [ "$(getfattr --only-values -n user.cess.cached "$WORK/mnt2/file.bin")" = no ] || { echo "not restored cold"; exit 1; }
 [ "$(stat -c %Y "$WORK/mnt2/dir")" = "$(stat -c %Y "$WORK/dir")" ] || { echo "the directory's time did not come back"; exit 1; }
 cmp "$WORK/file.bin" "$WORK/mnt2/file.bin"
-echo "restored and read back byte for byte"
+diff -r "$WORK/notes" "$WORK/mnt2/notes"
+echo "restored and read back byte for byte, the small files from their pack"
 "$BIN" unmount "$WORK/mnt2"
 "$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}"
 

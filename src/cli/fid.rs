@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::format::{Encoder, MasterKey};
+use crate::format::Encoder;
 use crate::store::FileSource;
 
 #[derive(Args)]
@@ -14,7 +14,8 @@ pub struct FidArgs {
     /// Describe the plaintext layout (what other CESS clients produce) instead of the encrypted one.
     #[arg(long, conflicts_with = "key_file")]
     plain: bool,
-    /// The encryption key file (64 hex characters or 32 raw bytes).
+    /// The encryption key file (64 hex characters or 32 raw bytes) [default: the key mounts use
+    /// by default, $XDG_CONFIG_HOME/cessfs/key].
     #[arg(long, value_name = "K")]
     key_file: Option<PathBuf>,
     /// The territory the file is stored in: each has its own keys.
@@ -23,13 +24,18 @@ pub struct FidArgs {
 }
 
 pub fn run(args: FidArgs) -> anyhow::Result<()> {
-    let key = match (&args.key_file, args.plain) {
-        (_, true) => None,
-        (Some(path), false) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
-            Some(MasterKey::parse(&bytes).map_err(anyhow::Error::msg)?.for_territory(args.territory.as_bytes()))
+    let key = if args.plain {
+        None
+    } else {
+        // The key a mount would use: the one given, else the default one the first mount made.
+        let settings = crate::config::Settings { key_file: args.key_file.clone(), ..Default::default() };
+        let (path, given) = settings.key_path();
+        if !given && !path.exists() {
+            bail!("no encryption key at {}: pass --key-file K, or --plain for the unencrypted layout", path.display());
         }
-        (None, false) => bail!("no encryption key: pass --key-file K, or --plain for the unencrypted layout"),
+        let key = crate::config::load_key(&path)?;
+        eprintln!("key {} ({}), territory {}", path.display(), key.fingerprint(), args.territory);
+        Some(key.for_territory(args.territory.as_bytes()))
     };
     let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata()?.len();

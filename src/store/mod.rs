@@ -574,9 +574,12 @@ impl Store {
                 Ok(ino) => self.inode(ino)?.is_some(),
                 Err(_) => false,
             };
+            // A stray file is only wasted space: one that cannot go now (a read-only disk) waits.
             if !keep {
-                log::info!("removing stray content file {}", entry.path().display());
-                std::fs::remove_file(entry.path())?;
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => log::info!("removed stray content file {}", entry.path().display()),
+                    Err(e) => log::warn!("stray content file {} left: {e}", entry.path().display()),
+                }
             }
         }
         Ok(())

@@ -73,13 +73,7 @@ impl Store {
 
     /// The packs not yet stored (hidden inode and record).
     pub fn packs(&self) -> Result<Vec<(u64, PackRecord)>, StoreError> {
-        self.tree
-            .scan_prefix(key::PACK_PREFIX)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((key::ino_of(&k)?, decode(&v, "pack")?))
-            })
-            .collect()
+        self.records_by_ino(key::PACK_PREFIX, "pack")
     }
 
     /// Puts the content of `ino`, whose upload record is `rec` (being encoded), in a pack: a

@@ -291,14 +291,7 @@ impl Store {
 
     /// The snapshots this tree keeps (hidden inode and record), oldest first.
     pub fn kept_snapshots(&self) -> Result<Vec<(u64, KeptSnapshot)>, StoreError> {
-        let mut out: Vec<(u64, KeptSnapshot)> = self
-            .tree
-            .scan_prefix(key::SNAPSHOT_PREFIX)
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((key::ino_of(&k)?, decode(&v, "snapshot")?))
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let mut out: Vec<(u64, KeptSnapshot)> = self.records_by_ino(key::SNAPSHOT_PREFIX, "snapshot")?;
         out.sort_by_key(|(_, s)| s.generation);
         Ok(out)
     }

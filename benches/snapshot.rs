@@ -2,6 +2,8 @@
 //! then its snapshot built, encoded, decoded and restored into an empty store. Figures: bytes per
 //! file, and each step's time against a baseline of the same run: one plain scan of the store's
 //! inode records (what any whole-tree walk costs at least), and the time the tree took to create.
+//! Then the search for a tree's snapshots among as many files held by the account, on a devnet,
+//! against one read of the account's hold list (what any search costs at least).
 //!
 //! Run: `cargo bench --bench snapshot`. FILES=20000 for a shorter run.
 
@@ -94,4 +96,40 @@ fn main() {
     println!("encode  {:>7.0} ms  {:.2}x the scan", ms(encoded), ms(encoded) / ms(scan));
     println!("decode  {:>7.0} ms  {:.2}x the scan", ms(decode), ms(decode) / ms(scan));
     println!("restore {:>7.0} ms  {:.2}x creating the tree", ms(restore), ms(restore) / ms(created));
+    drop((store, fresh));
+
+    let (listed, found) = find_among(files, &work.path().join("net"));
+    println!("baseline: reading the hold list of {files} files on a devnet {:.0} ms", ms(listed));
+    println!(
+        "find    {:>7.0} ms  {:.1} µs per held file, {:.1}x the hold list",
+        ms(found),
+        found.as_secs_f64() * 1e6 / files as f64,
+        ms(found) / ms(listed)
+    );
+}
+
+/// Times, on a devnet whose account holds `files` files: one read of its hold list, and a
+/// search for a tree's snapshots among them.
+fn find_among(files: usize, dir: &std::path::Path) -> (std::time::Duration, std::time::Duration) {
+    use cessfs::protocol::{Chain, Signer};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let signer = Signer::from_uri("//Alice").expect("dev key");
+        let mut config = cessfs::devnet::DevnetConfig::new(signer.account(), b"cessfs");
+        config.held_files = files;
+        let net = cessfs::devnet::Devnet::start(dir, &config).await.expect("devnet");
+        let chain = cessfs::devnet::DevnetChain::new(&net.rpc_url(), signer.clone());
+        let start = Instant::now();
+        let held = chain.held_files(&signer.account()).await.expect("hold list");
+        let listed = start.elapsed();
+        assert_eq!(held.len(), files);
+        let key = cessfs::format::MasterKey::from_bytes([7; 32]).for_territory(b"cessfs");
+        let names = key.names().expect("a territory's names").clone();
+        let start = Instant::now();
+        let found = cessfs::snapshots::restore::find(&chain, b"cessfs", &names).await.expect("find");
+        let elapsed = start.elapsed();
+        assert!(found.is_empty());
+        net.stop().await;
+        (listed, elapsed)
+    })
 }

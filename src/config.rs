@@ -86,6 +86,11 @@ pub struct Settings {
     /// [default: 3].
     #[arg(long, value_name = "N")]
     pub snapshots_kept: Option<usize>,
+    /// Seconds after a restore before the tree is swept of FIDs that no snapshot refers to
+    /// (declared by the machine it was restored from after its last snapshot), if no other mount
+    /// wrote the tree meanwhile [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub sweep_after: Option<f64>,
     /// Show the tree of the territory's newest snapshot, read-only, and follow newer ones (a second
     /// machine; writes get EROFS). Use a data dir of its own.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -178,6 +183,7 @@ impl Settings {
             poll_interval,
             snapshot_interval,
             snapshots_kept,
+            sweep_after,
             fresh,
             devnet_territory_gib,
             system
@@ -209,6 +215,7 @@ impl Settings {
             quiet: self.quiet_delay(),
             interval: std::time::Duration::from_secs_f64(self.snapshot_interval.unwrap_or(600.0).max(1.0)),
             keep: self.snapshots_kept.unwrap_or(3).max(1),
+            sweep_after: std::time::Duration::from_secs_f64(self.sweep_after.unwrap_or(3600.0).max(0.0)),
         })
     }
 

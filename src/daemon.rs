@@ -487,6 +487,7 @@ impl TreeSetup<'_> {
                     crate::snapshots::restore::restore_newest(&found, self.fetcher, self.store, &territory, names);
                 match self.runtime.block_on(restore)? {
                     Some(outcome) => {
+                        crate::snapshots::sweep::schedule(self.store, outcome.lineage_from)?;
                         let said = describe_restore(&outcome);
                         log::info!("{said}");
                         notices.push(said);

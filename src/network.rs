@@ -144,6 +144,10 @@ impl Chain for Observed {
         self.call("file", self.chain.file(fid)).await
     }
 
+    async fn files(&self, fids: &[Hash]) -> Result<Vec<Option<FileInfo>>, ChainError> {
+        self.call("files", self.chain.files(fids)).await
+    }
+
     async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError> {
         self.call("deal", self.chain.deal(fid)).await
     }

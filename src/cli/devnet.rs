@@ -30,6 +30,10 @@ pub struct DevnetArgs {
     /// Its territory's size in GiB.
     #[arg(long, default_value_t = 1024)]
     territory_gib: u32,
+    /// Start with N files already stored for the account in its territory (random content
+    /// nobody holds, nothing charged), to try a tree among the many files of a large account.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    held_files: usize,
 }
 
 pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -43,6 +47,7 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     config.rpc_addr = args.rpc;
     config.node_base_port = args.node_port;
     config.territory_gib = args.territory_gib;
+    config.held_files = args.held_files;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let devnet = Devnet::start(&dir, &config).await?;

@@ -229,18 +229,71 @@ impl Ledger {
     pub fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError> {
         let prefix = key(b'h', &[&owner.0]);
         let mut out = Vec::new();
-        for k in self.tree.scan_prefix(&prefix).keys() {
-            let k = k.map_err(storage)?;
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(storage)?;
             let rest = &k[prefix.len()..];
             let fid: [u8; 32] = rest
                 .get(..32)
                 .and_then(|f| f.try_into().ok())
                 .ok_or_else(|| ChainError::Decode("a hold key of the wrong length".into()))?;
             let territory = rest[32..].to_vec();
-            let segments = self.file(&Hash(fid))?.map_or(0, |f| f.segments.len());
+            // A hold keeps the file's segment count (ledgers before it: read from the file).
+            let segments = match <[u8; 4]>::try_from(&v[..]) {
+                Ok(n) => u32::from_le_bytes(n) as usize,
+                Err(_) => self.file(&Hash(fid))?.map_or(0, |f| f.segments.len()),
+            };
             out.push(HeldFile { fid: Hash(fid), territory, charged: charged_space(segments) });
         }
         Ok(out)
+    }
+
+    /// Stores `count` active one-segment files of random FIDs for `owner` in `territory`, in one
+    /// block, as genesis storage would hold them: a devnet that starts as the chain of an account
+    /// with many files (to try finding a tree among them). Their fragments are listed on `miners`
+    /// in turn but held by none, and nothing is charged for them. Done once per ledger.
+    pub fn preload_files(
+        &self,
+        owner: &AccountId,
+        territory: &[u8],
+        miners: &[AccountId],
+        count: usize,
+    ) -> Result<(), ChainError> {
+        let _x = crate::sync::lock(&self.extrinsic);
+        if count == 0 || miners.is_empty() || self.tree.contains_key(b"preloaded").map_err(storage)? {
+            return Ok(());
+        }
+        let block = self.block() + 1;
+        let mut b = sled::Batch::default();
+        for i in 0..count {
+            let fid = Hash(rand::random());
+            let segment = SegmentInfo {
+                hash: Hash(rand::random()),
+                fragments: (0..FRAGMENTS)
+                    .map(|j| FragmentInfo {
+                        hash: Hash(rand::random()),
+                        avail: true,
+                        miner: miners[(i + j) % miners.len()],
+                    })
+                    .collect(),
+            };
+            let user = UserBrief {
+                user: *owner,
+                file_name: format!("preloaded-{i:07}.bin").into_bytes(),
+                territory_name: territory.to_vec(),
+            };
+            let file = FileInfo {
+                segments: vec![segment],
+                owners: vec![user],
+                file_size: 1 << 20,
+                completion: block,
+                active: true,
+            };
+            self.put(&mut b, &key(b'f', &[&fid.0]), &file);
+            b.insert(hold_key(owner, &fid, territory), &1u32.to_le_bytes()[..]);
+        }
+        b.insert(&b"preloaded"[..], &count.to_le_bytes()[..]);
+        self.seal(b, &format!("preload {count} files"), Vec::new())?;
+        Ok(())
     }
 
     /// `FileBank.DealMap[fid]`.
@@ -303,7 +356,7 @@ impl Ledger {
             t.used_space += need;
             file.owners.push(user.clone());
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
-            b.insert(hold, &[]);
+            b.insert(hold, &(segments.len() as u32).to_le_bytes()[..]);
         } else {
             // As the runtime does, an existing deal is overwritten and the space locked again:
             // clients must look DealMap up first.
@@ -372,7 +425,10 @@ impl Ledger {
                 self.put(&mut b, &tkey, &t);
             }
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
-            b.insert(hold_key(&deal.user.user, fid, &deal.user.territory_name), &[]);
+            b.insert(
+                hold_key(&deal.user.user, fid, &deal.user.territory_name),
+                &(deal.segments.len() as u32).to_le_bytes()[..],
+            );
             b.remove(dkey);
             events.push(Event::StorageCompleted { file_hash: *fid });
         } else {

@@ -43,6 +43,8 @@ pub struct DevnetConfig {
     pub node_space: u128,
     /// How long a node waits after a fragment arrives before checking what it can report.
     pub report_delay: Duration,
+    /// Files the owner holds in its territory from the start ([`Ledger::preload_files`]).
+    pub held_files: usize,
 }
 
 impl DevnetConfig {
@@ -57,6 +59,7 @@ impl DevnetConfig {
             territory_gib: 1024,
             node_space: 4 << 40,
             report_delay: Duration::from_millis(10),
+            held_files: 0,
         }
     }
 }
@@ -123,6 +126,8 @@ impl Devnet {
         if ledger.territory(&config.owner, &config.territory)?.is_none() {
             ledger.mint_territory(&config.owner, &config.territory, config.territory_gib, 365)?;
         }
+        let miners: Vec<AccountId> = nodes.iter().map(|n| n.account()).collect();
+        ledger.preload_files(&config.owner, &config.territory, &miners, config.held_files)?;
         let nodes = Arc::new(nodes);
         let token = control_token(dir).context("writing the devnet's control token")?;
         let rpc = rpc::serve(config.rpc_addr, ledger.clone(), nodes.clone(), token)

@@ -39,6 +39,11 @@ struct FidQuery {
 }
 
 #[derive(Serialize, Deserialize)]
+struct FidsQuery {
+    fids: Vec<Hash>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct Declaration {
     fid: Hash,
     segments: Vec<SegmentManifest>,
@@ -120,6 +125,10 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req
         (Method::POST, "/rpc/file") => {
             let q = params!(FidQuery);
             answer(blocking(move || l.file(&q.fid)).await)
+        }
+        (Method::POST, "/rpc/files") => {
+            let q = params!(FidsQuery);
+            answer(blocking(move || q.fids.iter().map(|fid| l.file(fid)).collect::<Result<Vec<_>, _>>()).await)
         }
         (Method::POST, "/rpc/deal") => {
             let q = params!(FidQuery);
@@ -304,6 +313,10 @@ impl Chain for DevnetChain {
 
     async fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError> {
         self.call("file", &FidQuery { fid: *fid }, false).await
+    }
+
+    async fn files(&self, fids: &[Hash]) -> Result<Vec<Option<FileInfo>>, ChainError> {
+        self.call("files", &FidsQuery { fids: fids.to_vec() }, false).await
     }
 
     async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError> {

@@ -1,5 +1,6 @@
 //! Accounts (sr25519 public keys), their SS58 addresses, and signing.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -77,15 +78,50 @@ impl FromStr for AccountId {
     }
 }
 
+/// Addresses of accounts seen lately, both ways: a chain's records name the same few miners
+/// over and over, and SS58 (base58 and a Blake2 checksum) is slow enough to dominate reading
+/// many of them.
+#[derive(Default)]
+struct Addresses {
+    by_text: HashMap<String, AccountId>,
+    by_account: HashMap<AccountId, String>,
+}
+
+static ADDRESSES: std::sync::LazyLock<std::sync::Mutex<Addresses>> = std::sync::LazyLock::new(Default::default);
+
+/// Accounts the address cache holds before it starts over.
+const ADDRESSES_KEPT: usize = 4096;
+
+fn remember(account: AccountId, text: String) {
+    let mut known = crate::sync::lock(&ADDRESSES);
+    if known.by_text.len() >= ADDRESSES_KEPT {
+        *known = Addresses::default();
+    }
+    known.by_account.insert(account, text.clone());
+    known.by_text.insert(text, account);
+}
+
 impl Serialize for AccountId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        let known = crate::sync::lock(&ADDRESSES).by_account.get(self).cloned();
+        let text = known.unwrap_or_else(|| {
+            let text = self.to_string();
+            remember(*self, text.clone());
+            text
+        });
+        s.serialize_str(&text)
     }
 }
 
 impl<'de> Deserialize<'de> for AccountId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AccountId, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        if let Some(account) = crate::sync::lock(&ADDRESSES).by_text.get(text.as_ref()) {
+            return Ok(*account);
+        }
+        let account: AccountId = text.parse().map_err(serde::de::Error::custom)?;
+        remember(account, text.into_owned());
+        Ok(account)
     }
 }
 

@@ -210,6 +210,14 @@ pub trait Chain: Send + Sync {
     async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError>;
     /// `FileBank.File[fid]`.
     async fn file(&self, fid: &Hash) -> Result<Option<FileInfo>, ChainError>;
+    /// `FileBank.File` of each of `fids`, in order (a client may read them in fewer round trips
+    /// than one each).
+    async fn files(&self, fids: &[Hash]) -> Result<Vec<Option<FileInfo>>, ChainError> {
+        use futures_util::StreamExt;
+        let reads =
+            futures_util::stream::iter(fids.iter().copied()).map(|fid: Hash| async move { self.file(&fid).await });
+        reads.buffered(16).collect::<Vec<_>>().await.into_iter().collect()
+    }
     /// `FileBank.DealMap[fid]`.
     async fn deal(&self, fid: &Hash) -> Result<Option<DealInfo>, ChainError>;
     /// Every registered miner.

@@ -9,6 +9,7 @@
 //! dropped, and with them the FIDs only they referred to.
 
 pub mod restore;
+pub mod sweep;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +28,8 @@ pub struct SnapshotConfig {
     pub interval: Duration,
     /// Active snapshots kept.
     pub keep: usize,
+    /// How long after a restore the tree is swept of FIDs no snapshot refers to ([`sweep`]).
+    pub sweep_after: Duration,
 }
 
 /// The meta record of the digest of the last tree written (generation and time left out).
@@ -34,8 +37,24 @@ const LAST_TREE: &[u8] = b"snapshot-tree";
 /// The meta record of the newest snapshot generation on chain when this tree began (restored,
 /// fresh or new): snapshots up to it are the past, not another writer.
 pub const BASELINE: &[u8] = b"snapshot-baseline";
-/// The meta record of this data dir's writer id.
+/// The meta record of this data dir's writer id: 8 bytes of the tree's lineage (drawn when a
+/// tree begins, new or `--fresh`; carried on by a restore), then 8 of this data dir's own.
 const WRITER: &[u8] = b"snapshot-writer";
+
+/// Bytes of a writer id that name its lineage.
+const LINEAGE: usize = 8;
+
+/// Whether two writer ids are of one lineage: one tree, restored from machine to machine.
+pub fn same_lineage(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a[..LINEAGE] == b[..LINEAGE]
+}
+
+/// Makes this data dir's writer id carry on the lineage of `restored`'s writer.
+pub(crate) fn continue_lineage(store: &Store, restored: &[u8; 16]) -> Result<(), StoreError> {
+    let mut writer: [u8; 16] = rand::random();
+    writer[..LINEAGE].copy_from_slice(&restored[..LINEAGE]);
+    store.set_meta(WRITER, &writer)
+}
 
 /// The tree a writer keeps on chain: where, and under which names.
 pub struct TreeOnChain {
@@ -84,6 +103,8 @@ impl Writer {
         let mut first_change = Some(Instant::now());
         let mut last_change = Instant::now();
         let mut retry_at = Instant::now();
+        let mut sweep = this.store_call(sweep::pending);
+        let mut sweep_at = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -99,6 +120,14 @@ impl Writer {
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.prune()).await {
                     crate::log_limited!(log::Level::Error, "snapshot prune", "dropping old tree snapshots: {e}");
                 }
+            }
+            if let Some(pending) = sweep
+                && Instant::now() >= sweep_at
+                && crate::store::Timestamp::now().secs >= pending.restored_at + this.config.sweep_after.as_secs() as i64
+                && crate::sync::lock(&this.flags.stopped).is_none()
+            {
+                sweep_at = Instant::now() + this.sweep(pending).await;
+                sweep = this.store_call(sweep::pending);
             }
             let Some(since) = first_change else { continue };
             let settled = this.uploads_settled() && last_change.elapsed() >= this.config.quiet;
@@ -131,6 +160,39 @@ impl Writer {
         let me = this.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.write()).await {
             log::error!("writing the last tree snapshot: {e}");
+        }
+    }
+
+    /// A store call whose failure is logged and taken as nothing.
+    fn store_call<T>(&self, f: impl FnOnce(&Store) -> Result<Option<T>, StoreError>) -> Option<T> {
+        f(&self.store).unwrap_or_else(|e| {
+            log::error!("reading the data dir: {e}");
+            None
+        })
+    }
+
+    /// Sweeps the restored tree ([`sweep`]); returns when to try again if it is not done.
+    async fn sweep(&self, pending: sweep::Pending) -> Duration {
+        match sweep::sweep(&self.store, &self.tree, &self.finder, pending).await {
+            Ok(sweep::Swept::Queued(n)) => {
+                log::info!(
+                    "swept the restored tree: {} that no snapshot refers to (declared after the last snapshot \
+                     of the machine it was restored from) queued for deletion",
+                    crate::words::count(n as u64, "FID")
+                );
+                if let Err(e) = sweep::done(&self.store) {
+                    log::error!("recording the sweep: {e}");
+                }
+                Duration::ZERO
+            }
+            Ok(sweep::Swept::Waiting(why)) => {
+                crate::log_limited!(log::Level::Info, "sweep", "the restored tree is not swept yet: {why}");
+                Duration::from_secs(600)
+            }
+            Err(e) => {
+                crate::log_limited!(log::Level::Warn, "sweep", "sweeping the restored tree: {e:#}");
+                Duration::from_secs(60)
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! data dir. Only what the chain offers is used: the account's `UserHoldFileList` and the owner
 //! names of the `File` records, whose tag tells this key's snapshots from any other's.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
 
@@ -11,8 +11,9 @@ use crate::format::{Hash, NameKey, NameKind, Snapshot, snapshot_len_of};
 use crate::protocol::{Chain, ChainError};
 use crate::store::{Restored, Store};
 
-/// File records read at once while looking for snapshots.
-const READS_IN_FLIGHT: usize = 16;
+/// File records asked for at once while looking for snapshots, and such batches in flight.
+const READ_BATCH: usize = 500;
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A snapshot of this tree on chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,25 @@ pub struct Found {
     pub segments: usize,
     /// Whether the chain has it active (else its deal is still open).
     pub active: bool,
+    /// The block at which it became active.
+    pub completion: u32,
+}
+
+/// A file the account holds in the territory under a name of this tree's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Named {
+    /// Its FID.
+    pub fid: Hash,
+    /// What the name says it is.
+    pub kind: NameKind,
+    /// A snapshot's generation or a pack's number.
+    pub number: Option<u64>,
+    /// Its segments.
+    pub segments: usize,
+    /// Whether the chain has it active.
+    pub active: bool,
+    /// The block at which it became active.
+    pub completion: u32,
 }
 
 /// The snapshots of the tree of this account in `territory` named with `names`, newest first
@@ -33,60 +53,83 @@ pub async fn find(chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Resul
     Finder::default().find(chain, territory, names).await
 }
 
-/// Looks for a tree's snapshots again and again, reading each held file's record once: the
-/// name an owner gave a FID never changes, so a FID found not to be a snapshot of this tree is
-/// not read again. Only snapshots are read each time (their deals become active).
+/// Looks for a tree's files on chain again and again, reading each held file's record once: the
+/// name an owner gave a FID and the block it became active at never change, so a FID is not
+/// read again. Only snapshots are read each time (their deals become active).
 #[derive(Default)]
 pub struct Finder {
-    others: std::sync::Mutex<HashSet<Hash>>,
+    known: std::sync::Mutex<HashMap<Hash, Option<Named>>>,
 }
 
 impl Finder {
     /// As [`find`], reading only the records of FIDs not seen before.
     pub async fn find(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Found>, ChainError> {
+        let mut found: Vec<Found> = self
+            .named(chain, territory, names)
+            .await?
+            .into_iter()
+            .filter(|n| n.kind == NameKind::Snapshot)
+            .map(|n| Found {
+                generation: n.number.unwrap_or_default(),
+                fid: n.fid,
+                segments: n.segments,
+                active: n.active,
+                completion: n.completion,
+            })
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
+        Ok(found)
+    }
+
+    /// Every file the account holds in `territory` under a name of `names`.
+    pub async fn named(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Named>, ChainError> {
         let me = chain.account();
-        let held: Vec<Hash> =
+        let held: HashSet<Hash> =
             chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
-        let known = std::mem::take(&mut *crate::sync::lock(&self.others));
-        let mut others: HashSet<Hash> = held.iter().filter(|fid| known.contains(fid)).copied().collect();
-        let unread: Vec<Hash> = held.into_iter().filter(|fid| !others.contains(fid)).collect();
-        let mut reads = futures_util::stream::iter(unread)
-            .map(|fid| async move { (fid, chain.file(&fid).await) })
-            .buffer_unordered(READS_IN_FLIGHT);
-        let mut found = Vec::new();
+        let mut known = std::mem::take(&mut *crate::sync::lock(&self.known));
+        known.retain(|fid, n| held.contains(fid) && n.is_none_or(|n| n.kind != NameKind::Snapshot));
+        let unread: Vec<Hash> = held.into_iter().filter(|fid| !known.contains_key(fid)).collect();
+        let batches: Vec<Vec<Hash>> = unread.chunks(READ_BATCH).map(<[Hash]>::to_vec).collect();
+        let mut reads = futures_util::stream::iter(batches)
+            .map(|fids: Vec<Hash>| async move {
+                let files = chain.files(&fids).await;
+                (fids, files)
+            })
+            .buffer_unordered(BATCHES_IN_FLIGHT);
         let mut failed = None;
-        while let Some((fid, file)) = reads.next().await {
-            let file = match file {
-                Ok(Some(file)) => file,
-                Ok(None) => continue,
+        while let Some((fids, files)) = reads.next().await {
+            let files = match files {
+                Ok(files) => files,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             };
-            let generation =
-                file.owners.iter().filter(|o| o.user == me && o.territory_name == territory).find_map(|o| match names
-                    .parse(&o.file_name)
-                {
-                    Some((NameKind::Snapshot, generation)) => generation,
-                    _ => None,
-                });
-            match generation {
-                Some(generation) => {
-                    found.push(Found { generation, fid, segments: file.segments.len(), active: file.active })
-                }
-                None => {
-                    others.insert(fid);
-                }
+            for (&fid, file) in fids.iter().zip(files) {
+                let Some(file) = file else { continue };
+                let named = file
+                    .owners
+                    .iter()
+                    .filter(|o| o.user == me && o.territory_name == territory)
+                    .find_map(|o| names.parse(&o.file_name))
+                    .map(|(kind, number)| Named {
+                        fid,
+                        kind,
+                        number,
+                        segments: file.segments.len(),
+                        active: file.active,
+                        completion: file.completion,
+                    });
+                known.insert(fid, named);
             }
         }
         drop(reads);
-        *crate::sync::lock(&self.others) = others;
-        if let Some(e) = failed {
-            return Err(e);
+        let named = known.values().flatten().copied().collect();
+        *crate::sync::lock(&self.known) = known;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(named),
         }
-        found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
-        Ok(found)
     }
 }
 
@@ -131,6 +174,10 @@ pub struct Outcome {
     pub restored: Restored,
     /// The newer generations that could not be read, and why.
     pub skipped: Vec<(u64, String)>,
+    /// The block at which the oldest kept snapshot of the writer of the one restored became
+    /// active: that writer's files that became active later and that no snapshot refers to
+    /// were declared by it after its last snapshot (see [`super::sweep`]).
+    pub lineage_from: u32,
 }
 
 /// Restores the newest of `found` (the tree's snapshots, [`find`]) that reads back into the
@@ -169,17 +216,33 @@ pub async fn restore_newest(
         )?;
         // The tree is that snapshot's: no new one repeats it.
         super::mark_written(store)?;
-        // The older ones are kept too, and dropped in their turn with what only they refer to.
+        super::continue_lineage(store, &snapshot.writer)?;
+        // The older ones of its lineage are kept too, and dropped in their turn with what only
+        // they refer to; another lineage's (a `--fresh` tree's predecessor) are its own past.
+        let mut lineage_from = f.completion;
         for older in active {
             match read(fetcher, older).await {
+                Ok((old, _)) if !super::same_lineage(&old.writer, &snapshot.writer) => {
+                    log::info!(
+                        "tree snapshot {} is an earlier tree's (before --fresh): left as it is",
+                        older.generation
+                    );
+                }
                 Ok((old, seed)) => {
+                    lineage_from = lineage_from.min(older.completion);
                     let name = names.snapshot_name(older.generation);
                     store.adopt_snapshot(&old, older.fid, seed, older.segments as u32, territory, &name)?;
                 }
                 Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", older.generation),
             }
         }
-        return Ok(Some(Outcome { generation: f.generation, written_at: snapshot.written_at.0, restored, skipped }));
+        return Ok(Some(Outcome {
+            generation: f.generation,
+            written_at: snapshot.written_at.0,
+            restored,
+            skipped,
+            lineage_from,
+        }));
     }
     if let Some((generation, why)) = skipped.first() {
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");

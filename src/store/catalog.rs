@@ -193,6 +193,11 @@ impl Catalog {
         self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
     }
 
+    /// Whether any record refers to `fid`: a file's content or kept version, or a stored pack.
+    pub(super) fn knows(&self, fid: &Hash) -> bool {
+        self.by_fid.contains_key(fid) || self.replaced.contains_key(fid) || self.live.contains_key(fid)
+    }
+
     /// A file other than `ino` whose content is blob `id`.
     pub(super) fn blob_holder(&self, id: &Hash, ino: u64) -> Option<u64> {
         self.blobs.get(id)?.iter().copied().find(|&i| i != ino)

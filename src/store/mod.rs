@@ -306,6 +306,14 @@ impl Store {
         self.sync()
     }
 
+    /// Forgets a fact about the data dir, durably.
+    pub fn remove_meta(&self, name: &[u8]) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.0.remove(key::meta(name));
+        self.commit(b)?;
+        self.sync()
+    }
+
     /// Whether anything of this data dir went to CESS under its key: a file encoded for upload,
     /// a FID to delete, or evicted content.
     pub fn stored_anything(&self) -> Result<bool, StoreError> {

@@ -380,6 +380,25 @@ impl Store {
         Ok(only && !self.kept_snapshot_fids()?.contains(fid))
     }
 
+    /// Queues for deletion those of `fids` that nothing here refers to (no record, kept
+    /// snapshot or queued deletion): FIDs of this tree declared elsewhere. Returns how many.
+    pub fn delete_unknown(&self, fids: &[Hash]) -> Result<usize, StoreError> {
+        let kept = self.kept_snapshot_fids()?;
+        let mut b = Batch::default();
+        let mut queued = 0;
+        {
+            let catalog = lock(&self.catalog);
+            for fid in fids {
+                if !catalog.knows(fid) && !kept.contains(fid) && !self.tree.contains_key(key::tombstone(fid))? {
+                    b.put_tombstone(fid);
+                    queued += 1;
+                }
+            }
+        }
+        self.commit(b)?;
+        Ok(queued)
+    }
+
     /// Holds the deal lock: no deal starts or ends while it lives (for [`Store::retire`]).
     pub fn deals(&self) -> DealGuard<'_> {
         DealGuard { _held: lock(&self.deal_lock) }

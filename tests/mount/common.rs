@@ -215,6 +215,13 @@ impl Mount {
         self.mount();
     }
 
+    /// Unmounts and mounts again with more flags (later flags win).
+    pub fn remount_with(&mut self, args: &[&str]) {
+        self.unmount();
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self.mount();
+    }
+
     /// Stops the daemon with SIGTERM (as systemd does) and waits for it to exit cleanly.
     pub fn sigterm(&mut self) {
         let mut child = self.child.take().expect("mounted");

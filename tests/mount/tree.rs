@@ -322,3 +322,70 @@ fn a_file_whose_new_version_fails_is_restored_at_its_last_stored_version() {
     assert_eq!(fs::read(second.path("saved.bin")).unwrap(), b"saved before");
     assert_eq!(fs::read(second.path("other.txt")).unwrap(), b"a change after it");
 }
+
+/// A machine lost before its next snapshot leaves FIDs that no snapshot refers to: the tree
+/// restored elsewhere deletes them once no other mount writes it. What a `--fresh` tree's
+/// predecessor left, snapshots and all, is never touched.
+#[test]
+fn a_restored_tree_deletes_what_its_lost_machine_declared_after_its_last_snapshot() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    // Each tree: a snapshot, then a file declared with no snapshot after it (as if the machine
+    // were lost before the next one).
+    let lose_a_tree = |args: &[&str]| {
+        let mut m = Mount::uploading("0", &[&["--chain", &net.url][..], args].concat());
+        fs::write(m.path("saved.txt"), b"in a snapshot").unwrap();
+        // A pack more than half full is never merged: the orphan stays the pack it went to.
+        for i in 0..3 {
+            fs::write(m.path(&format!("saved-{i}.bin")), random_bytes(6 << 20, i)).unwrap();
+        }
+        m.wait_status("saved.txt", &["active"], MIN);
+        wait_for_snapshot(&m);
+        m.remount_with(&["--snapshots", "false"]);
+        fs::write(m.path("unsaved.txt"), b"declared, in no snapshot").unwrap();
+        m.wait_status("unsaved.txt", &["active"], MIN);
+        let fids = (m.cess("saved.txt", "fid").unwrap(), m.cess("unsaved.txt", "fid").unwrap());
+        m.unmount();
+        fids
+    };
+    let (earlier_saved, earlier_unsaved) = lose_a_tree(&["--pack-below", "0"]);
+    // Packed files this time: the orphan is a pack.
+    let (saved, unsaved) = lose_a_tree(&["--fresh"]);
+    assert_ne!(saved, unsaved, "the file after the snapshot went into a pack of its own");
+
+    let restored = Mount::uploading("0", &["--chain", &net.url, "--sweep-after", "0", "--snapshots-kept", "1"]);
+    assert!(restored.log().contains("restored the tree from snapshot"), "{}", restored.log());
+    assert!(!restored.path("unsaved.txt").exists());
+    wait_until(MIN, "the lost machine's unsaved FID to leave the chain", || chain.file(&unsaved).is_none());
+    assert!(restored.log().contains("swept the restored tree: 1 FID"), "{}", restored.log());
+    assert_eq!(fs::read(restored.path("saved.txt")).unwrap(), b"in a snapshot");
+    assert!(chain.file(&saved).is_some());
+    // A new snapshot replaces the restored one (one kept), and only that one.
+    let before = snapshots(&restored, &net.url);
+    assert_eq!(before.len(), 2, "both trees' snapshots: {before:?}");
+    fs::write(restored.path("new.txt"), b"after the restore").unwrap();
+    restored.wait_status("new.txt", &["active"], MIN);
+    wait_for_snapshot(&restored);
+    wait_until(MIN, "the restored snapshot to be replaced", || !snapshots(&restored, &net.url).contains(&before[0]));
+    let after = snapshots(&restored, &net.url);
+    assert_eq!(after.len(), 2, "the earlier tree's snapshot stays: {after:?}");
+    assert!(after.contains(&before[1]), "{before:?} {after:?}");
+    for fid in [&earlier_saved, &earlier_unsaved] {
+        assert!(chain.file(fid).is_some(), "the earlier tree's {fid} is left as it is");
+    }
+}
+
+/// The tree is found among the 100,000 files of a large account: a hold list of several MB and
+/// as many records, read in batches.
+#[test]
+fn a_tree_is_found_among_100000_files_the_account_holds() {
+    let net = StandaloneDevnet::start_with(&["--held-files", "100000"]);
+    let mut first = Mount::uploading("0", &["--chain", &net.url]);
+    assert!(first.log().contains("holds 100000 files of this account but no tree snapshot of this key"));
+    fs::write(first.path("a.txt"), b"found among many").unwrap();
+    first.wait_status("a.txt", &["active"], MIN);
+    first.unmount_with(&["--wait", "--timeout", "120"]);
+    let second = Mount::uploading("0", &["--chain", &net.url]);
+    assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
+    assert_eq!(fs::read(second.path("a.txt")).unwrap(), b"found among many");
+}

@@ -5,7 +5,8 @@
 //!
 //! The deal stays in flight because every devnet node is switched off after the declaration
 //! (its pushes fail and are retried). Run: `cargo bench --bench locks` (as root or with
-//! fusermount3).
+//! fusermount3); `HOW=truncate` truncates the closed file to half instead of opening it (the
+//! path of `truncate(2)`).
 
 #[path = "support/data.rs"]
 mod data;
@@ -49,6 +50,7 @@ fn p99(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    let truncate = std::env::var("HOW").is_ok_and(|h| h == "truncate");
     let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
     let data_dir = work.path().join("data");
     let (key_path, _) = key_file(work.path());
@@ -90,10 +92,16 @@ fn main() {
     let (during, copy_secs) = std::thread::scope(|s| {
         let worker = s.spawn(|| rounds(&small, "copy", &stop, 100));
         let t = Instant::now();
-        let opened = std::fs::OpenOptions::new().append(true).open(&big).expect("open the big file for writing");
+        if truncate {
+            let path = std::ffi::CString::new(big.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: a NUL-terminated path.
+            assert_eq!(unsafe { libc::truncate(path.as_ptr(), (BIG / 2) as libc::off_t) }, 0, "truncate");
+        } else {
+            let opened = std::fs::OpenOptions::new().append(true).open(&big).expect("open the big file for writing");
+            drop(opened);
+        }
         let copy_secs = t.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        drop(opened);
         (worker.join().expect("rounds"), copy_secs)
     });
     for n in &nodes {
@@ -101,7 +109,8 @@ fn main() {
     }
     let (n_base, n_during) = (base.len(), during.len());
     let (base, during) = (p99(base), p99(during));
-    println!("open for writing of the 2 GiB file with its deal in flight (the copy aside): {copy_secs:.2} s");
+    let how = if truncate { "truncate to half" } else { "open for writing" };
+    println!("{how} of the 2 GiB file with its deal in flight (the copy aside): {copy_secs:.2} s");
     println!(
         "create+write+close+rename of other files, p99: {base:.0} us with no copy ({n_base} rounds), {during:.0} us during the copy ({n_during} rounds)"
     );

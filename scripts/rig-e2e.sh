@@ -61,8 +61,8 @@ onchain() {
 step "mount"
 openssl rand -hex 32 >"$WORK/key" && chmod 600 "$WORK/key"
 # One tree snapshot kept: a removed file's FID goes once the snapshot after its removal is active.
-MOUNT_ARGS=(--chain ws://127.0.0.1:9970 --account //Alice --territory rig --key-file "$WORK/key" --quiet-delay 0.5
-  --snapshots-kept 1 "${MINERS[@]}")
+TREE_ARGS=(--chain ws://127.0.0.1:9970 --account //Alice --territory rig --key-file "$WORK/key")
+MOUNT_ARGS=("${TREE_ARGS[@]}" --quiet-delay 0.5 --snapshots-kept 1 "${MINERS[@]}")
 "$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}"
 
 step "df shows the territory in bytes of content (10 GiB bought: 3.33 GiB to store)"
@@ -102,15 +102,32 @@ T0=$(date +%s.%N)
 cmp "$WORK/file.bin" "$MNT/file.bin"
 echo "read back byte for byte in $(echo "$(date +%s.%N) - $T0" | bc) s"
 
-step "cold read with a miner timing out and one serving corrupt bytes"
+step "cold read with a miner timing out and one serving corrupt bytes, both holding data fragments"
 "$BIN" evict "$MNT/file.bin"
-curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=1&mode=timeout' >/dev/null
-curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=2&mode=corrupt' >/dev/null
+# The rig miners holding the first two data fragments of the first segment: a read needs them.
+read -r SLOW BAD < <(cd "$DEPS" && "$NODE" -e '
+  const { ApiPromise, WsProvider } = require("@polkadot/api");
+  const { decodeAddress } = require("@polkadot/util-crypto");
+  const { u8aToHex } = require("@polkadot/util");
+  (async () => {
+    const api = await ApiPromise.create({ provider: new WsProvider("ws://127.0.0.1:9970"), noInitWarn: true });
+    const frags = (await api.query.fileBank.file(process.argv[1])).unwrap().segmentList[0].fragmentList;
+    const miners = await (await fetch("http://127.0.0.1:15000/miners")).json();
+    const index = (who) => miners.find((m) => u8aToHex(decodeAddress(m.account)) === u8aToHex(decodeAddress(who))).index;
+    console.log(index(frags[0].miner.toString()), index(frags[1].miner.toString()));
+    process.exit(0);
+  })();' "$FID")
+echo "fragment 0 on rig miner $SLOW (switched to timeout), fragment 1 on rig miner $BAD (switched to corrupt)"
+LINES=$(wc -l <"$DATA/cessfs.log")
+curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$SLOW&mode=timeout" >/dev/null
+curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$BAD&mode=corrupt" >/dev/null
 cmp "$WORK/file.bin" "$MNT/file.bin"
-grep -c "wrong hash" "$DATA/cessfs.log" >/dev/null && echo "the corrupt miner is named in the log:" &&
-  grep "wrong hash" "$DATA/cessfs.log" | tail -1
-curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=1&mode=none' >/dev/null
-curl -fsS -X POST 'http://127.0.0.1:15000/fault?miner=2&mode=none' >/dev/null
+tail -n +"$((LINES + 1))" "$DATA/cessfs.log" >"$WORK/faults.log"
+grep -q "wrong hash" "$WORK/faults.log" || { echo "no wrong hash met in the read"; exit 1; }
+grep -q "not answered within" "$WORK/faults.log" || { echo "no slow miner met in the read"; exit 1; }
+echo "met in the read:" && grep -m1 "wrong hash" "$WORK/faults.log" && grep -m1 "not answered within" "$WORK/faults.log"
+curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$SLOW&mode=none" >/dev/null
+curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$BAD&mode=none" >/dev/null
 
 step "a fresh data dir restores the tree from its snapshot, and reads the files from the miners"
 mkdir -p "$WORK/dir" && touch -d '2001-02-03 04:05:06' "$WORK/dir" && cp -a "$WORK/dir" "$MNT/dir"
@@ -124,7 +141,7 @@ done
 [ "$(onchain "$(packs)")" = "present Active" ] || { echo "the notes are not in one Active pack: $(packs)"; exit 1; }
 echo "20 small files in pack $(packs), Active on chain"
 "$BIN" unmount --wait --timeout 600 "$MNT"
-"$BIN" snapshots --data-dir "$DATA" "${MOUNT_ARGS[@]}" | head -3
+"$BIN" snapshots --data-dir "$DATA" "${TREE_ARGS[@]}" | head -3
 mkdir -p "$WORK/mnt2" "$WORK/data2"
 "$BIN" mount "$WORK/mnt2" --data-dir "$WORK/data2" "${MOUNT_ARGS[@]}"
 [ "$(getfattr --only-values -n user.cess.cached "$WORK/mnt2/file.bin")" = no ] || { echo "not restored cold"; exit 1; }
@@ -140,5 +157,25 @@ rm "$MNT/file.bin"
 for _ in $(seq 300); do [ "$(onchain "$FID")" = absent ] && break; sleep 1; done
 [ "$(onchain "$FID")" = absent ] || { echo "File[$FID] still on chain"; exit 1; }
 echo "FileBank.File[$FID]: absent"
+
+step "8 files declared at once: one nonce each, no retry"
+mkdir -p "$WORK/eight" && for i in $(seq 8); do head -c $((9 << 20)) /dev/urandom >"$WORK/eight/$i"; done
+LINES=$(wc -l <"$DATA/cessfs.log")
+"$BIN" unmount "$MNT"
+"$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}" --parallel-uploads 8
+cp -r "$WORK/eight" "$MNT/eight"
+"$BIN" status --wait --timeout 600 "$MNT/eight"
+tail -n +"$((LINES + 1))" "$DATA/cessfs.log" >"$WORK/eight.log"
+if grep -E "signing again|nonce|cannot deserialize|retrying" "$WORK/eight.log"; then
+  echo "a declaration was retried"; exit 1
+fi
+echo "8 files active, no transaction retried"
+
+step "territory price: shown before paying, and what the chain's event says was spent"
+OUT=$("$BIN" territory mint extra --gib 1 --days 30 --yes --chain ws://127.0.0.1:9970 --account //Alice)
+echo "$OUT"
+SHOWN=$(sed -n 's/^buy extra: 1 GiB for 30 days: \([0-9.]*\) CESS.*/\1/p' <<<"$OUT")
+SPENT=$(sed -n 's/.*spent \([0-9.]*\) CESS.*/\1/p' <<<"$OUT")
+[ -n "$SHOWN" ] && [ "$SHOWN" = "$SPENT" ] || { echo "shown $SHOWN CESS, spent $SPENT CESS"; exit 1; }
 
 step "all done"

@@ -22,8 +22,9 @@ pub struct Settings {
     /// Serve open files by kernel passthrough when possible (root, Linux 6.9+) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub passthrough: Option<bool>,
-    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root)
-    /// [default: false].
+    /// Let other users access the mount, with the kernel's permission checks (needs
+    /// user_allow_other in /etc/fuse.conf unless root) [default: true for system mounts (fstab,
+    /// cessfs@.service), false otherwise].
     #[arg(long, value_name = "BOOL")]
     pub allow_other: Option<bool>,
     /// Log filter, as RUST_LOG (error, warn, info, debug, or per module) [default: info].

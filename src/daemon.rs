@@ -378,7 +378,9 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     };
     let adapter = FuseAdapter::new(fs, settings.passthrough.unwrap_or(true));
     let source = format!("cessfs:{}", data_dir.display());
-    let allow_other = settings.allow_other.unwrap_or(false);
+    // A system mount (fstab, cessfs@.service) serves the machine's users, under the kernel's
+    // permission checks; a user's own mount serves that user.
+    let allow_other = settings.allow_other.unwrap_or(settings.system.is_some());
     let mut config = fuser::Config::default();
     config.acl = if allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
     config.n_threads = Some(settings.threads());

@@ -57,6 +57,7 @@ fn every_call_encodes_signs_and_decodes_against_both_runtimes() {
             ("mint_territory", codec::mint_territory(b"home", 10, 30)),
             ("expanding_territory", codec::expand_territory(b"home", 5)),
             ("renewal_territory", codec::renew_territory(b"home", 60)),
+            ("reactivate_territory", codec::reactivate_territory(b"home", 30)),
         ];
         let client = offline(&md, spec);
         let at = client.at_block(0u64).expect("client at block 0");
@@ -251,4 +252,21 @@ fn storage_keys_encode_against_both_runtimes() {
             assert!(key.len() > 32 + 16, "spec {spec} {pallet}.{entry}");
         }
     }
+}
+
+/// Spec 100 charges UnitPrice / 30 per GiB-day for mint, expand and renew (30 CESS for 1 GiB
+/// for 30 days at the testnet's 30 CESS UnitPrice, as paid on the rig); spec 137 charges
+/// UnitPrice; reactivation divides by 30 on both.
+#[test]
+fn prices_follow_the_runtime_spec() {
+    use codec::Purchase::*;
+    let unit = 30 * 10u128.pow(18);
+    for (_, spec) in METADATA {
+        for purchase in [Mint, Expand, Renew, Reactivate] {
+            let per_day = codec::price_per_gib_day(unit, spec, purchase);
+            let want = if spec < 121 || purchase == Reactivate { 10u128.pow(18) } else { unit };
+            assert_eq!(per_day, want, "spec {spec} {purchase:?}");
+        }
+    }
+    assert_eq!(codec::price_per_gib_day(unit, 100, Mint) * 30, 30 * 10u128.pow(18));
 }

@@ -102,6 +102,46 @@ pub fn delete_file(owner: &AccountId, fid: &Hash) -> Call {
 }
 
 /// `StorageHandler.mint_territory(gib_count, territory_name, days)`.
+/// A territory purchase, as the chain prices it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purchase {
+    /// `mint_territory`.
+    Mint,
+    /// `expanding_territory`.
+    Expand,
+    /// `renewal_territory`.
+    Renew,
+    /// `reactivate_territory`.
+    Reactivate,
+}
+
+/// The first runtime whose mint, expand and renew charge `UnitPrice` per GiB-day
+/// (CESSProject/cess PR #399); the ones before charged `UnitPrice / 30`.
+pub const FULL_UNIT_PRICE_FROM_SPEC: u32 = 121;
+
+/// What one GiB for one day costs on runtime `spec_version`, given `StorageHandler.UnitPrice`:
+/// reactivation always divides it by 30, the others only before
+/// [`FULL_UNIT_PRICE_FROM_SPEC`] (spec 120 is counted with the older ones).
+pub fn price_per_gib_day(unit_price: u128, spec_version: u32, purchase: Purchase) -> u128 {
+    if purchase == Purchase::Reactivate || spec_version < FULL_UNIT_PRICE_FROM_SPEC {
+        unit_price / 30
+    } else {
+        unit_price
+    }
+}
+
+/// `reactivate_territory(territory_name, days)`: an expired territory, active again.
+pub fn reactivate_territory(name: &[u8], days: u32) -> Call {
+    dynamic::tx(
+        "StorageHandler",
+        "reactivate_territory",
+        Composite::named([
+            ("territory_name".to_string(), Value::from_bytes(name)),
+            ("days".to_string(), Value::u128(days as u128)),
+        ]),
+    )
+}
+
 pub fn mint_territory(name: &[u8], gib: u32, days: u32) -> Call {
     dynamic::tx(
         "StorageHandler",

@@ -31,13 +31,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const TX_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Times a transaction is signed again after the pool refused its nonce (another process
+/// signed with the account meanwhile).
+const NONCE_RETRIES: usize = 3;
+
 /// A CESS chain reached over WebSocket RPC.
 pub struct CessChain {
     url: String,
     signer: Signer,
-    client: Mutex<Option<Client>>,
+    connection: Mutex<Option<(Client, subxt::rpcs::RpcClient)>>,
+    /// The account's next nonce, taken here for each transaction (two at once would otherwise
+    /// both take the chain's); `None`: asked of the node (`system_accountNextIndex`, which counts
+    /// the pool) before the next one. Held while a transaction is signed and handed to the pool,
+    /// so that the pool receives them in nonce order.
+    nonce: Mutex<Option<u64>>,
     /// Miner endpoints from the config, overriding (or standing in for) the chain's.
     pinned: HashMap<AccountId, String>,
+}
+
+/// What a territory payment did: its receipt and what the chain's event says it cost.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    /// The transaction.
+    pub receipt: TxReceipt,
+    /// The `spend` of the StorageHandler event, if it had one.
+    pub spent: Option<u128>,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> ChainError {
@@ -47,7 +65,7 @@ fn unreachable(e: impl std::fmt::Display) -> ChainError {
 impl CessChain {
     /// A client of the node at `url` (ws:// or wss://), connecting on its first call.
     pub fn new(url: &str, signer: Signer, pinned: HashMap<AccountId, String>) -> CessChain {
-        CessChain { url: url.to_string(), signer, client: Mutex::new(None), pinned }
+        CessChain { url: url.to_string(), signer, connection: Mutex::new(None), nonce: Mutex::new(None), pinned }
     }
 
     /// Connects now: an error if the node does not answer.
@@ -56,7 +74,15 @@ impl CessChain {
     }
 
     async fn client(&self) -> Result<Client, ChainError> {
-        let mut slot = self.client.lock().await;
+        Ok(self.connected().await?.0)
+    }
+
+    /// The client and its RPC connection, opened if need be. The legacy RPC methods serve
+    /// everything: with the newer ones also tried, a node lacking one (chopsticks has no
+    /// `transactionWatch_v1`) answered every refused transaction with "Method not found"
+    /// instead of the pool's reason.
+    async fn connected(&self) -> Result<(Client, subxt::rpcs::RpcClient), ChainError> {
+        let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -71,7 +97,10 @@ impl CessChain {
                 .build(&self.url)
                 .await
                 .map_err(|e| e.to_string())?;
-            Client::from_rpc_client(subxt::rpcs::RpcClient::new(ws)).await.map_err(|e| e.to_string())
+            let rpc = subxt::rpcs::RpcClient::new(ws);
+            let backend = subxt::backend::LegacyBackend::builder().build(rpc.clone());
+            let client = Client::from_backend(std::sync::Arc::new(backend)).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, rpc))
         };
         let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
@@ -83,7 +112,8 @@ impl CessChain {
 
     /// Forgets the connection after a failure, so the next call opens a new one.
     async fn drop_connection(&self) {
-        *self.client.lock().await = None;
+        *self.connection.lock().await = None;
+        *self.nonce.lock().await = None;
     }
 
     /// The value of storage entry `pallet.entry` at `keys`, at the current block.
@@ -120,47 +150,130 @@ impl CessChain {
     }
 
     /// Signs and submits `call`, returning once it is in a block; a refusal of the runtime is
-    /// [`ChainError::Dispatch`] with the pallet's error name.
+    /// [`ChainError::Dispatch`] with the pallet's error name, one of the pool
+    /// [`ChainError::Refused`] with its reason.
     pub async fn submit(&self, call: &codec::Call) -> Result<TxReceipt, ChainError> {
-        let result = tokio::time::timeout(TX_TIMEOUT, self.submit_inner(call))
-            .await
-            .unwrap_or_else(|_| Err(unreachable(format!("no block included the transaction within {TX_TIMEOUT:?}"))));
+        Ok(self.pay(call).await?.receipt)
+    }
+
+    /// [`CessChain::submit`], with what the chain's StorageHandler event says was spent.
+    pub async fn pay(&self, call: &codec::Call) -> Result<Payment, ChainError> {
+        let mut attempt = 0;
+        let result = loop {
+            let result = tokio::time::timeout(TX_TIMEOUT, self.submit_inner(call)).await.unwrap_or_else(|_| {
+                Err(Submission::Failed(unreachable(format!("no block included the transaction within {TX_TIMEOUT:?}"))))
+            });
+            match result {
+                Ok(paid) => break Ok(paid),
+                Err(Submission::StaleNonce(why)) if attempt < NONCE_RETRIES => {
+                    attempt += 1;
+                    log::info!("the account's nonce moved on ({why}): signing again");
+                }
+                Err(Submission::StaleNonce(why)) => {
+                    break Err(ChainError::Refused {
+                        reason: format!("the account's nonce kept moving ({why}): is another client signing with it?"),
+                        transient: true,
+                    });
+                }
+                Err(Submission::CannotPay) => {
+                    let balance = self.free_balance(&self.signer.account()).await;
+                    let balance = balance.map_or_else(|e| format!("unknown ({e})"), |b| format!("{} CESS", tokens(b)));
+                    break Err(ChainError::Refused {
+                        reason: format!("the account {} cannot pay the fee: balance {balance}", self.signer.account()),
+                        transient: false,
+                    });
+                }
+                Err(Submission::Failed(e)) => break Err(e),
+            }
+        };
         if let Err(ChainError::Unreachable(_)) = &result {
             self.drop_connection().await;
         }
         result
     }
 
-    async fn submit_inner(&self, call: &codec::Call) -> Result<TxReceipt, ChainError> {
-        use subxt::tx::TransactionStatus;
-        let client = self.client().await?;
+    /// The account's next nonce, from the node if not known here.
+    async fn next_nonce(&self, rpc: &subxt::rpcs::RpcClient, known: Option<u64>) -> Result<u64, ChainError> {
+        if let Some(n) = known {
+            return Ok(n);
+        }
+        let account = self.signer.account().to_string();
+        rpc.request::<u64>("system_accountNextIndex", subxt::rpcs::rpc_params![account]).await.map_err(unreachable)
+    }
+
+    async fn submit_inner(&self, call: &codec::Call) -> Result<Payment, Submission> {
+        let (client, rpc) = self.connected().await?;
         let at = client.at_current_block().await.map_err(unreachable)?;
-        let mut progress = at
-            .transactions()
-            .sign_and_submit_then_watch_default(call, self.signer.keypair())
-            .await
-            .map_err(|e| refusal(&e.to_string()))?;
+        let mut progress = {
+            let mut next = self.nonce.lock().await;
+            let nonce = self.next_nonce(&rpc, *next).await?;
+            let params = subxt::config::DefaultExtrinsicParamsBuilder::<SubstrateConfig>::new().nonce(nonce).build();
+            match at.transactions().sign_and_submit_then_watch(call, self.signer.keypair(), params).await {
+                Ok(progress) => {
+                    *next = Some(nonce + 1);
+                    progress
+                }
+                Err(e) => {
+                    let refused = pool_refusal(&format!("{e} {e:?}"));
+                    // A refusal that used no nonce keeps it; any other asks the node again.
+                    *next = matches!(refused, Submission::CannotPay).then_some(nonce);
+                    return Err(refused);
+                }
+            }
+        };
+        let outcome = self.follow(&mut progress).await;
+        if outcome.is_err() {
+            // Whether the transaction took its nonce is the node's to say.
+            *self.nonce.lock().await = None;
+        }
+        outcome
+    }
+
+    /// Follows a transaction the pool took until it is in a block.
+    async fn follow(
+        &self,
+        progress: &mut subxt::transactions::TransactionProgress<
+            SubstrateConfig,
+            subxt::client::OnlineClientAtBlockImpl<SubstrateConfig>,
+        >,
+    ) -> Result<Payment, Submission> {
+        use subxt::tx::TransactionStatus;
         while let Some(status) = progress.next().await {
             match status.map_err(unreachable)? {
                 TransactionStatus::InBestBlock(in_block) | TransactionStatus::InFinalizedBlock(in_block) => {
                     let tx_hash = format!("{:?}", in_block.extrinsic_hash());
-                    if let Err(e) = in_block.wait_for_success().await {
-                        return Err(match e {
-                            subxt::error::TransactionEventsError::ExtrinsicFailed(d) => dispatch_error(&d),
-                            other => unreachable(other),
-                        });
-                    }
+                    let events = match in_block.wait_for_success().await {
+                        Ok(events) => events,
+                        Err(subxt::error::TransactionEventsError::ExtrinsicFailed(d)) => {
+                            return Err(Submission::Failed(dispatch_error(&d)));
+                        }
+                        Err(other) => return Err(unreachable(other).into()),
+                    };
+                    let spent = events.iter().flatten().find_map(|ev| {
+                        if ev.pallet_name() != "StorageHandler" {
+                            return None;
+                        }
+                        let fields = ev.decode_fields_unchecked_as::<scale_value::Composite<()>>().ok()?;
+                        let value = Value { value: scale_value::ValueDef::Composite(fields), context: () };
+                        codec::uint(codec::field(&value, "spend").ok()?).ok()
+                    });
                     let block = in_block.at().await.map_err(unreachable)?.block_number() as u32;
-                    return Ok(TxReceipt { tx_hash, block });
+                    return Ok(Payment { receipt: TxReceipt { tx_hash, block }, spent });
                 }
                 TransactionStatus::Invalid { message } | TransactionStatus::Dropped { message } => {
-                    return Err(refusal(&message));
+                    return Err(pool_refusal(&message));
                 }
-                TransactionStatus::Error { message } => return Err(unreachable(message)),
+                TransactionStatus::Error { message } => return Err(unreachable(message).into()),
                 _ => {}
             }
         }
-        Err(unreachable("the node stopped reporting on the transaction"))
+        Err(unreachable("the node stopped reporting on the transaction").into())
+    }
+
+    /// The runtime's spec version (prices changed with it).
+    pub async fn spec_version(&self) -> Result<u32, ChainError> {
+        let at = self.client().await?.at_current_block().await.map_err(unreachable)?;
+        Ok(at.spec_version())
     }
 
     /// The free balance of `account`.
@@ -203,13 +316,50 @@ impl CessChain {
     }
 }
 
-/// A transaction the node would not take: a balance too low to pay the fee is the usual cause.
-fn refusal(message: &str) -> ChainError {
-    if message.contains("Inability to pay") || message.contains("Payment") {
-        ChainError::dispatch("Balances", "InsufficientBalance")
-    } else {
-        unreachable(format!("transaction not accepted: {message}"))
+/// How a transaction failed to get into a block.
+enum Submission {
+    /// The pool took another transaction with its nonce, or wants an earlier one first.
+    StaleNonce(String),
+    /// The account cannot pay the fee.
+    CannotPay,
+    /// Anything else, as the caller sees it.
+    Failed(ChainError),
+}
+
+impl From<ChainError> for Submission {
+    fn from(e: ChainError) -> Submission {
+        Submission::Failed(e)
     }
+}
+
+/// What the pool's answer (a node's `1010 Invalid Transaction: …` with its data, chopsticks'
+/// `{"invalid":{"payment":null}}`, an `Invalid` or `Dropped` status) means.
+fn pool_refusal(answer: &str) -> Submission {
+    let text = answer.to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    let refused = |reason: &str, transient: bool| {
+        Submission::Failed(ChainError::Refused { reason: reason.to_string(), transient })
+    };
+    if has(&["payment", "inability to pay"]) {
+        Submission::CannotPay
+    } else if has(&["stale", "outdated", "future", "already imported", "priority is too low", "1013", "1014"]) {
+        Submission::StaleNonce(answer.chars().take(200).collect())
+    } else if has(&["badproof", "bad proof", "bad signature"]) {
+        refused("the chain refused the signature (a key for another chain, or a client older than its runtime)", false)
+    } else if has(&["exhaust"]) {
+        refused("the blocks are full: tried again later", true)
+    } else if has(&["temporarily banned", "1012"]) {
+        refused("the node holds this transaction back for now: tried again later", true)
+    } else if has(&["ancient", "birth"]) {
+        refused("the transaction was signed against an old block: signed again next time", true)
+    } else {
+        Submission::Failed(unreachable(format!("transaction not accepted: {answer}")))
+    }
+}
+
+/// An amount of the chain's token (18 decimals), in CESS.
+pub fn tokens(amount: u128) -> String {
+    format!("{:.4}", amount as f64 / 1e18)
 }
 
 fn dispatch_error(d: &subxt::error::DispatchError) -> ChainError {

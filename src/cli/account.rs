@@ -7,22 +7,43 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use crate::chain::{CessChain, codec};
+use crate::chain::{CessChain, codec, tokens};
 use crate::config::Settings;
 use crate::protocol::{Chain, TerritoryInfo};
 
 /// Blocks per day on CESS (6-second blocks).
 const BLOCKS_PER_DAY: u32 = 14400;
-/// The chain's token has 18 decimals.
-const TOKEN: f64 = 1e18;
 
+/// Where the chain is and who signs: what `account` and `territory` need.
 #[derive(Args)]
-pub struct ChainArgs {
+pub struct AccountArgs {
     /// The config file [default: $XDG_CONFIG_HOME/cessfs/config.toml, if it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub settings: Settings,
+    /// The chain: a ws:// or wss:// RPC URL of a CESS chain, or the http:// URL of a `cessfs
+    /// devnet`.
+    #[arg(long, env = "CESSFS_CHAIN", value_name = "URL")]
+    pub chain: Option<String>,
+    /// The account, as a secret URI (mnemonic, 0x seed or dev path like //Alice) [default on a
+    /// devnet: //Alice].
+    #[arg(long, env = "CESSFS_ACCOUNT", value_name = "SURI")]
+    pub account: Option<String>,
+    /// A file holding the account's secret URI; refused if others can read it.
+    #[arg(long, value_name = "FILE")]
+    pub account_file: Option<PathBuf>,
+}
+
+impl AccountArgs {
+    /// These options over the config file's.
+    pub fn settings(self) -> anyhow::Result<Settings> {
+        let flags = Settings {
+            chain: self.chain,
+            account: self.account,
+            account_file: self.account_file,
+            ..Settings::default()
+        };
+        flags.with_file(self.config.as_deref())
+    }
 }
 
 #[derive(Args)]
@@ -32,8 +53,6 @@ pub struct TerritoryArgs {
     /// Pay without asking.
     #[arg(long, short, global = true)]
     yes: bool,
-    #[command(flatten)]
-    chain: ChainArgs,
 }
 
 #[derive(Subcommand)]
@@ -42,34 +61,76 @@ enum TerritoryAction {
     Mint {
         /// Its name (the one files are stored under).
         name: String,
+        /// Its size, in GiB of territory (files take 3 times their size: 12 fragments for 4).
         #[arg(long)]
         gib: u32,
+        /// Days it lasts.
         #[arg(long, default_value_t = 30)]
         days: u32,
+        #[command(flatten)]
+        chain: AccountArgs,
     },
     /// Add GIB GiB to an active territory, paid for the days it has left.
     Expand {
         name: String,
+        /// GiB added.
         #[arg(long)]
         gib: u32,
+        #[command(flatten)]
+        chain: AccountArgs,
     },
     /// Extend a territory by DAYS days.
     Renew {
         name: String,
+        /// Days added.
         #[arg(long)]
         days: u32,
+        #[command(flatten)]
+        chain: AccountArgs,
+    },
+    /// Make an expired territory active again, for DAYS days.
+    Reactivate {
+        name: String,
+        /// Days it lasts from now.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[command(flatten)]
+        chain: AccountArgs,
     },
 }
 
-async fn connect(args: ChainArgs) -> anyhow::Result<CessChain> {
-    let settings = args.settings.with_file(args.config.as_deref())?;
-    let Some(url) = settings.chain.clone().filter(|u| u.starts_with("ws")) else {
-        bail!("this needs a CESS chain: give --chain wss://... (or chain = \"wss://...\" in the config)");
-    };
-    let signer = settings.signer(false)?;
-    let chain = CessChain::new(&url, signer, settings.pinned_miners()?);
-    chain.connect().await.with_context(|| format!("connecting to {url}"))?;
-    Ok(chain)
+/// A real chain, or the devnet at an http:// URL.
+enum Connected {
+    Cess(CessChain),
+    Devnet(crate::devnet::DevnetChain),
+}
+
+async fn connect(args: AccountArgs) -> anyhow::Result<Connected> {
+    let settings = args.settings()?;
+    match settings.chain.clone() {
+        Some(url) if url.starts_with("ws") => {
+            let signer = settings.signer(false)?;
+            let chain = CessChain::new(&url, signer, settings.pinned_miners()?);
+            chain.connect().await.with_context(|| format!("connecting to {url}"))?;
+            Ok(Connected::Cess(chain))
+        }
+        Some(url) if url.starts_with("http") => {
+            Ok(Connected::Devnet(crate::devnet::DevnetChain::new(&url, settings.signer(true)?)))
+        }
+        _ => bail!(
+            "this needs a chain: give --chain wss://... for CESS, or the http:// URL of a `cessfs devnet` \
+             (or chain = \"...\" in the config)"
+        ),
+    }
+}
+
+async fn connect_cess(args: AccountArgs) -> anyhow::Result<CessChain> {
+    match connect(args).await? {
+        Connected::Cess(chain) => Ok(chain),
+        Connected::Devnet(_) => {
+            bail!("a devnet has no prices or payments: `cessfs devnet` gives its account a territory")
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -94,17 +155,25 @@ fn describe(name: &[u8], t: &TerritoryInfo, now: u32) -> String {
 }
 
 /// `cessfs account`.
-pub fn account(args: ChainArgs) -> anyhow::Result<()> {
+pub fn account(args: AccountArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let chain = connect(args).await?;
-        let me = chain.account();
-        let balance = chain.free_balance(&me).await?;
-        let now = chain.block_number().await?;
-        println!("account   {me}");
-        println!("balance   {:.4} CESS free", balance as f64 / TOKEN);
-        let territories = chain.territories(&me).await?;
+        let (me, territories, now) = match connect(args).await? {
+            Connected::Cess(chain) => {
+                let me = chain.account();
+                let balance = chain.free_balance(&me).await?;
+                println!("account   {me}");
+                println!("balance   {} CESS free", tokens(balance));
+                (me, chain.territories(&me).await?, chain.block_number().await?)
+            }
+            Connected::Devnet(chain) => {
+                let me = chain.account();
+                println!("account   {me}");
+                println!("balance   none: a devnet charges nothing");
+                (me, chain.territories(&me).await?, chain.block().await?)
+            }
+        };
         if territories.is_empty() {
-            println!("no territories: buy one with `cessfs territory mint NAME --gib N`");
+            println!("no territories for {me}: buy one with `cessfs territory mint NAME --gib N`");
         }
         for (name, t) in territories {
             println!("territory {}", describe(&name, &t, now));
@@ -113,47 +182,52 @@ pub fn account(args: ChainArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `cessfs territory mint|expand|renew`.
+/// `cessfs territory mint|expand|renew|reactivate`.
 pub fn territory(args: TerritoryArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let chain = connect(args.chain).await?;
+        use codec::Purchase;
+        // What is bought, of which territory, and its GiB and days where the verb takes them.
+        let (purchase, name, chain_args, gib, days) = match args.action {
+            TerritoryAction::Mint { name, gib, days, chain } => (Purchase::Mint, name, chain, gib, days),
+            TerritoryAction::Expand { name, gib, chain } => (Purchase::Expand, name, chain, gib, 0),
+            TerritoryAction::Renew { name, days, chain } => (Purchase::Renew, name, chain, 0, days),
+            TerritoryAction::Reactivate { name, days, chain } => (Purchase::Reactivate, name, chain, 0, days),
+        };
+        let chain = connect_cess(chain_args).await?;
         let me = chain.account();
-        let price = chain.unit_price().await?;
+        let spec = chain.spec_version().await?;
+        let per_day = codec::price_per_gib_day(chain.unit_price().await?, spec, purchase);
         let now = chain.block_number().await?;
-        let (call, what, cost) = match &args.action {
-            TerritoryAction::Mint { name, gib, days } => {
-                if *days < 30 {
+        let owned =
+            || async { chain.territory(&me, name.as_bytes()).await?.with_context(|| format!("no territory {name}")) };
+        let (call, what, gib_days) = match purchase {
+            Purchase::Mint => {
+                if days < 30 {
                     bail!("a territory is bought for at least 30 days");
                 }
-                let cost = price * *gib as u128 * *days as u128;
-                (
-                    codec::mint_territory(name.as_bytes(), *gib, *days),
-                    format!("buy {name}: {gib} GiB for {days} days"),
-                    cost,
-                )
+                let what = format!("buy {name}: {gib} GiB for {days} days");
+                (codec::mint_territory(name.as_bytes(), gib, days), what, gib as u128 * days as u128)
             }
-            TerritoryAction::Expand { name, gib } => {
-                let t = chain.territory(&me, name.as_bytes()).await?.with_context(|| format!("no territory {name}"))?;
-                let days = t.deadline.saturating_sub(now).div_ceil(BLOCKS_PER_DAY);
-                let cost = price * *gib as u128 * days as u128;
-                (
-                    codec::expand_territory(name.as_bytes(), *gib),
-                    format!("add {gib} GiB to {name} for its {days} days left"),
-                    cost,
-                )
+            Purchase::Expand => {
+                let left = owned().await?.deadline.saturating_sub(now).div_ceil(BLOCKS_PER_DAY);
+                let what = format!("add {gib} GiB to {name} for its {left} days left");
+                (codec::expand_territory(name.as_bytes(), gib), what, gib as u128 * left as u128)
             }
-            TerritoryAction::Renew { name, days } => {
-                let t = chain.territory(&me, name.as_bytes()).await?.with_context(|| format!("no territory {name}"))?;
-                let size = (t.total_space >> 30) as u32;
-                let cost = price * size as u128 * *days as u128;
-                (
-                    codec::renew_territory(name.as_bytes(), *days),
-                    format!("renew {name} ({size} GiB) for {days} days"),
-                    cost,
-                )
+            Purchase::Renew | Purchase::Reactivate => {
+                let size = (owned().await?.total_space >> 30) as u32;
+                let (call, verb) = if purchase == Purchase::Renew {
+                    (codec::renew_territory(name.as_bytes(), days), "renew")
+                } else {
+                    (codec::reactivate_territory(name.as_bytes(), days), "reactivate")
+                };
+                (call, format!("{verb} {name} ({size} GiB) for {days} days"), size as u128 * days as u128)
             }
         };
-        println!("{what}: {:.4} CESS (unit price {:.4} CESS per GiB-day)", cost as f64 / TOKEN, price as f64 / TOKEN);
+        println!(
+            "{what}: {} CESS ({} CESS per GiB-day, runtime spec {spec})",
+            tokens(per_day * gib_days),
+            tokens(per_day)
+        );
         if !args.yes {
             print!("pay? [y/N] ");
             std::io::stdout().flush()?;
@@ -163,8 +237,11 @@ pub fn territory(args: TerritoryArgs) -> anyhow::Result<()> {
                 bail!("nothing paid");
             }
         }
-        let receipt = chain.submit(&call).await?;
-        println!("done in block {} (transaction {})", receipt.block, receipt.tx_hash);
+        let paid = chain.pay(&call).await?;
+        let spent = paid
+            .spent
+            .map_or_else(|| "the chain reported no amount".to_string(), |s| format!("spent {} CESS", tokens(s)));
+        println!("done in block {} (transaction {}): {spent}, fees apart", paid.receipt.block, paid.receipt.tx_hash);
         Ok(())
     })
 }

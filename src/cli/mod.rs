@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Mount cessfs on an empty directory; returns once the mount is ready.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Unmount a cessfs mount; its daemon makes everything durable and exits.
     Unmount(mount::UnmountArgs),
     /// Show where files are on their way to CESS (state, progress, FID, errors).
@@ -35,10 +35,11 @@ enum Command {
     /// Create a new encryption key file (mode 0600).
     Keygen(KeygenArgs),
     /// Show the account's address, balance and territories on the CESS chain.
-    Account(account::ChainArgs),
+    Account(account::AccountArgs),
     /// List the tree snapshots of the territory on CESS, newest first (generation, time, state).
-    Snapshots(account::ChainArgs),
-    /// Buy, grow or renew a territory (the space files are stored in); shows the price first.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Buy, grow, renew or reactivate a territory (the space files are stored in); shows the
+    /// price first.
     Territory(account::TerritoryArgs),
     /// Write the man pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
@@ -136,7 +137,7 @@ pub fn main() -> i32 {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
-        Command::Mount(args) => mount::mount(args),
+        Command::Mount(args) => mount::mount(*args),
         Command::Unmount(args) => mount::unmount(args),
         Command::Status(args) => status::run(args),
         Command::Evict(args) => status::evict(args),

@@ -2,12 +2,30 @@
 
 use anyhow::Context;
 
-use super::account::ChainArgs;
+use super::account::AccountArgs;
 use crate::network::Network;
 
+#[derive(clap::Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    chain: AccountArgs,
+    /// The data dir of a mount whose embedded devnet to ask when no --chain is given.
+    #[arg(long, env = "CESSFS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// The territory [default: cessfs].
+    #[arg(long, value_name = "NAME")]
+    territory: Option<String>,
+    /// The encryption key file [default: $XDG_CONFIG_HOME/cessfs/key].
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<std::path::PathBuf>,
+}
+
 /// `cessfs snapshots`.
-pub fn run(args: ChainArgs) -> anyhow::Result<()> {
-    let mut settings = args.settings.with_file(args.config.as_deref())?;
+pub fn run(args: SnapshotsArgs) -> anyhow::Result<()> {
+    let mut settings = args.chain.settings()?;
+    settings.data_dir = args.data_dir.or(settings.data_dir);
+    settings.territory = args.territory.or(settings.territory);
+    settings.key_file = args.key_file.or(settings.key_file);
     if settings.plain() {
         anyhow::bail!("plaintext mode keeps no tree snapshots (they need the encryption key)");
     }

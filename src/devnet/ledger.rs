@@ -148,6 +148,18 @@ impl Ledger {
 
     // ── StorageHandler ───────────────────────────────────────────────────────────────────
 
+    /// Every territory of `owner`: (name, record).
+    pub fn territories(&self, owner: &AccountId) -> Result<Vec<(Vec<u8>, TerritoryInfo)>, ChainError> {
+        let prefix = key(b't', &[&owner.0]);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(storage)?;
+            let t = postcard::from_bytes(&v).map_err(|e| ChainError::Decode(format!("a territory record: {e}")))?;
+            out.push((k[prefix.len()..].to_vec(), t));
+        }
+        Ok(out)
+    }
+
     /// `StorageHandler.Territory[(owner, name)]`.
     pub fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
         self.get(&key(b't', &[&owner.0, name]))

@@ -140,6 +140,11 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req
             answer(blocking(move || l.held_files(&q.owner)).await)
         }
         (Method::POST, "/rpc/events") => answer(Ok(l.events())),
+        (Method::POST, "/rpc/territories") => {
+            let q = params!(OwnerQuery);
+            answer(blocking(move || l.territories(&q.owner)).await)
+        }
+        (Method::POST, "/rpc/block") => answer(Ok(l.block())),
         (Method::POST, "/rpc/upload_declaration") => {
             let d = params!(Declaration);
             let who = match signed() {
@@ -263,6 +268,16 @@ impl DevnetChain {
             Ok(Answer::Err(e)) => Err(e),
             Err(e) => Err(ChainError::Decode(format!("devnet {name} answered HTTP {status}: {e}"))),
         }
+    }
+
+    /// Every territory of `owner`: (name, record).
+    pub async fn territories(&self, owner: &AccountId) -> Result<Vec<(Vec<u8>, TerritoryInfo)>, ChainError> {
+        self.call("territories", &OwnerQuery { owner: *owner }, false).await
+    }
+
+    /// The devnet's block number.
+    pub async fn block(&self) -> Result<u32, ChainError> {
+        self.call("block", &(), false).await
     }
 
     /// Every event the devnet recorded, with its block.

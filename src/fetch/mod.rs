@@ -302,19 +302,40 @@ impl Fetcher {
                 (j, result)
             }
         };
-        let mut pending: FuturesUnordered<_> = candidates.by_ref().take(DATA_FRAGMENTS - good).map(ask).collect();
+        let mut asked: Vec<usize> = candidates.by_ref().take(DATA_FRAGMENTS - good).collect();
+        let mut pending: FuturesUnordered<_> = asked.iter().map(|&j| ask(j)).collect();
+        let mut ask_next = |asked: &mut Vec<usize>| {
+            let next = candidates.next();
+            asked.extend(next);
+            next.map(ask)
+        };
         while good < DATA_FRAGMENTS {
             match tokio::time::timeout(HEDGE_AFTER, pending.next()).await {
-                Ok(Some((j, Ok(data)))) => {
-                    got[j] = Some(data);
-                    good += 1;
-                }
-                Ok(Some((j, Err(e)))) => {
-                    errors.push(format!("fragment {j}: {e}"));
-                    pending.extend(candidates.next().map(ask));
+                Ok(Some((j, result))) => {
+                    asked.retain(|&a| a != j);
+                    match result {
+                        Ok(data) => {
+                            got[j] = Some(data);
+                            good += 1;
+                        }
+                        Err(e) => {
+                            errors.push(format!("fragment {j}: {e}"));
+                            pending.extend(ask_next(&mut asked));
+                        }
+                    }
                 }
                 Ok(None) => break,
-                Err(_slow) => pending.extend(candidates.next().map(ask)),
+                Err(_slow) => {
+                    let slow: Vec<String> =
+                        asked.iter().map(|&j| file.segments[segment].fragments[j].miner.to_string()).collect();
+                    crate::log_limited!(
+                        log::Level::Info,
+                        &format!("slow miners {slow:?}"),
+                        "segment {segment} of {fid}: {} not answered within {HEDGE_AFTER:?}; asking another",
+                        slow.join(", ")
+                    );
+                    pending.extend(ask_next(&mut asked));
+                }
             }
         }
         drop(pending);

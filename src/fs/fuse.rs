@@ -64,7 +64,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -75,6 +75,10 @@ fn file_type(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -230,6 +234,23 @@ impl Filesystem for FuseAdapter {
         reply_or!(reply, "rmdir", self.fs.rmdir(parent.0, name.as_bytes()), |()| reply.ok());
     }
 
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let (name, mode) = (name.as_bytes(), mode & !umask);
+        if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            // mknod(2) of a regular file: created and closed at once.
+            let created = self.fs.create(
+                parent.0,
+                name,
+                mode & 0o7777,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+                caller(req),
+            );
+            let entry = created.and_then(|(attr, opened)| self.fs.release(opened.fh).map(|()| attr));
+            return self.entry(reply, entry, "mknod");
+        }
+        self.entry(reply, self.fs.mknod(parent.0, name, mode, rdev, caller(req)), "mknod");
+    }
+
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let r = self.fs.symlink(parent.0, link_name.as_bytes(), target.as_os_str().as_bytes(), caller(req));
         self.entry(reply, r, "symlink");
@@ -253,7 +274,16 @@ impl Filesystem for FuseAdapter {
         self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()), "link");
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // An O_TRUNC open by someone else than root cuts privileges as a truncation does (the
+        // kernel's FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
+        if flags.0 & libc::O_TRUNC != 0
+            && flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+            && req.uid() != 0
+            && let Err(e) = self.fs.kill_suid_sgid(ino.0)
+        {
+            return reply.error(errno(&e, "open"));
+        }
         let opened: Opened = match self.fs.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(errno(&e, "open")),
@@ -308,15 +338,20 @@ impl Filesystem for FuseAdapter {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && let Err(e) = self.fs.kill_suid_sgid(ino.0)
+        {
+            return reply.error(errno(&e, "write"));
+        }
         reply_or!(reply, "write", self.fs.write(fh.0, offset, data), |n| reply.written(n));
     }
 
@@ -443,10 +478,6 @@ impl Filesystem for FuseAdapter {
 
     // Requests cessfs does not implement: counted for the metrics, answered ENOSYS. The kernel
     // falls back by itself for lseek (SEEK_DATA/SEEK_HOLE), copy_file_range and poll.
-
-    fn mknod(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, _: u32, _: u32, reply: ReplyEntry) {
-        reply.error(unsupported("mknod"));
-    }
 
     fn getlk(
         &self,

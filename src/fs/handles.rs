@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use super::cache::{ColdSource, Presence};
 use super::{Attr, Caller, Fs, FsError, FsResult, Opened, SetAttr, check_size, content_meta, resolve};
 use crate::metrics;
-use crate::store::{Batch, Kind, Timestamp, UploadRecord, UploadState};
+use crate::store::{Batch, InodeRecord, Kind, Timestamp, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// An inode while it has handles.
@@ -167,8 +167,9 @@ impl Fs {
         let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         match rec.kind {
             Kind::Dir => return Err(FsError::IsDir),
-            Kind::Symlink => return Err(FsError::Invalid),
             Kind::File => {}
+            // The kernel opens FIFOs, sockets and devices itself.
+            _ => return Err(FsError::Invalid),
         }
         let (cold, presence) = self.cold_source(ino)?;
         let file = self.store.open_content(ino)?;
@@ -176,7 +177,7 @@ impl Fs {
         if content_meta(&file)?.1 != rec.mtime {
             file.set_modified(rec.mtime.into())?;
         }
-        let passthrough = self.passthrough_for(&presence);
+        let passthrough = self.passthrough_for(&presence, rec.perm);
         let of = Arc::new(OpenFile {
             file: Arc::new(file),
             state: Mutex::new(OpenState {
@@ -199,9 +200,29 @@ impl Fs {
 
     /// Whether a file opened now is served by passthrough: only whole content may be handed to
     /// the kernel (it reads the content file itself), and not while the disk is down to the
-    /// database's reserve (the kernel's writes would not be held back by [`Fs::write`]'s check).
-    pub(super) fn passthrough_for(&self, presence: &Presence) -> bool {
-        self.passthrough.load(Ordering::Relaxed) && presence.is_whole() && !self.store.content_space_exhausted()
+    /// database's reserve (the kernel's writes would not be held back by [`Fs::write`]'s check),
+    /// and not with setuid or setgid bits (which writes by others clear: the daemon sees those
+    /// writes, the kernel's passthrough does not clear them).
+    pub(super) fn passthrough_for(&self, presence: &Presence, perm: u16) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+            && presence.is_whole()
+            && perm & SUID_SGID == 0
+            && !self.store.content_space_exhausted()
+    }
+
+    /// Clears setuid, and setgid if group-executable, as a write, truncation or chown by someone
+    /// without CAP_FSETID does (the kernel leaves it to the filesystem: `HANDLE_KILLPRIV_V2`).
+    pub fn kill_suid_sgid(&self, ino: u64) -> FsResult<()> {
+        if self.store.inode(ino)?.is_none_or(|r| r.perm & SUID_SGID == 0) {
+            return Ok(());
+        }
+        let _ns = lock(&self.ns);
+        let mut rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+        drop_privileges(&mut rec);
+        rec.ctime = Timestamp::now();
+        let mut batch = Batch::default();
+        batch.put_inode(ino, &rec);
+        Ok(self.store.commit(batch)?)
     }
 
     /// Opens a handle of `ino`. A first writer marks the file open for writing, durably, before
@@ -215,19 +236,16 @@ impl Fs {
                 // the content file is whole (a truncation's mark says so too).
                 self.persist_presence(ino, &of)?;
             }
-            // A file truncated that nobody has open gives its content file to the deal and
-            // keeps a copy of what stays (under `ns`, so that no handle opens it meanwhile);
-            // otherwise all of it is copied.
-            let cut = truncate_to.filter(|_| write && self.open_file(ino).is_none());
-            if write && cut.is_none() && self.store.needs_deal_copy(ino)? {
+            // A file rewritten from scratch that nobody has open gives its content file to the
+            // deal and starts empty (under `ns`, so that no handle opens it meanwhile: renames,
+            // no copy); otherwise all of it is copied, outside every lock.
+            let from_scratch = write && truncate_to == Some(0) && self.open_file(ino).is_none();
+            if write && !from_scratch && self.store.needs_deal_copy(ino)? {
                 self.store.set_deal_bytes_aside(ino)?;
             }
             let _ns = lock(&self.ns);
-            if let Some(keep) = cut
-                && self.open_file(ino).is_none()
-                && self.store.needs_deal_copy(ino)?
-            {
-                self.store.move_deal_bytes_aside(ino, keep)?;
+            if from_scratch && self.open_file(ino).is_none() && self.store.needs_deal_copy(ino)? {
+                self.store.move_deal_bytes_aside(ino)?;
             }
             let of = self.open_file_locked(ino)?;
             match self.prepare_writer(ino, &of, write, truncate_to) {
@@ -545,13 +563,14 @@ impl Fs {
             if let Some(gid) = set.gid {
                 rec.gid = gid;
             }
-            // As Linux does: a chown drops setuid, and setgid on group-executable files.
-            if rec.kind == Kind::File && caller.uid != 0 {
-                rec.perm &= !(libc::S_ISUID as u16);
-                if rec.perm & 0o010 != 0 {
-                    rec.perm &= !(libc::S_ISGID as u16);
-                }
+            // As Linux does (since 2.2.13, root included): a chown of anything but a directory
+            // drops setuid, and setgid if group-executable.
+            if rec.kind != Kind::Dir {
+                drop_privileges(&mut rec);
             }
+        }
+        if set.size.is_some() && set.mode.is_none() && caller.uid != 0 {
+            drop_privileges(&mut rec);
         }
         if let Some(t) = set.atime {
             rec.atime = resolve(t);
@@ -576,8 +595,8 @@ impl Fs {
         let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         match rec.kind {
             Kind::Dir => return Err(FsError::IsDir),
-            Kind::Symlink => return Err(FsError::Invalid),
             Kind::File => {}
+            _ => return Err(FsError::Invalid),
         }
         check_size(size)?;
         let keep = self.localize(ino, size)?;
@@ -612,5 +631,16 @@ impl Fs {
         self.store.commit(b)?;
         presence.recorded(now);
         Ok(())
+    }
+}
+
+/// The setuid and setgid bits.
+const SUID_SGID: u16 = (libc::S_ISUID | libc::S_ISGID) as u16;
+
+/// Drops setuid, and setgid if the group may execute (else setgid means mandatory locking).
+fn drop_privileges(rec: &mut InodeRecord) {
+    rec.perm &= !(libc::S_ISUID as u16);
+    if rec.perm & 0o010 != 0 {
+        rec.perm &= !(libc::S_ISGID as u16);
     }
 }

@@ -160,6 +160,7 @@ impl Fs {
             mtime: rec.mtime,
             ctime: rec.ctime,
             crtime: rec.crtime,
+            rdev: rec.rdev(),
         };
         if let Some(of) = self.open_file(ino) {
             (attr.size, attr.mtime) = content_meta(&of.file)?;

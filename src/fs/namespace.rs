@@ -136,6 +136,25 @@ impl Fs {
         })
     }
 
+    /// mknod of a FIFO, socket or device node (`mode` says which, with its permissions; `rdev`
+    /// a device's number). Regular files are [`Fs::create`]d.
+    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, rdev: u32, caller: Caller) -> FsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            _ => return Err(FsError::Invalid),
+        };
+        self.add_entry(parent, name, |p| {
+            let mut rec = self.new_record(kind, mode, p, name, caller);
+            if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+                rec.target = rdev.to_le_bytes().to_vec();
+            }
+            rec
+        })
+    }
+
     /// readlink.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
@@ -176,7 +195,7 @@ impl Fs {
             return Err(e);
         }
         file.set_modified(rec.mtime.into())?;
-        let of = Arc::new(OpenFile::created(file, rec.mtime, self.passthrough_for(&Presence::whole())));
+        let of = Arc::new(OpenFile::created(file, rec.mtime, self.passthrough_for(&Presence::whole(), rec.perm)));
         lock(&self.open).insert(ino, of.clone());
         let opened = self.register_handle(ino, &of, write);
         Ok((attr, opened))

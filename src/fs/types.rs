@@ -39,6 +39,8 @@ pub struct Attr {
     pub ctime: Timestamp,
     /// Creation.
     pub crtime: Timestamp,
+    /// A device node's number.
+    pub rdev: u32,
 }
 
 /// An opened file.

@@ -207,7 +207,7 @@ impl Fs {
         }
         let _ns = lock(&self.ns);
         let mut rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
-        if rec.kind == Kind::Symlink {
+        if !matches!(rec.kind, Kind::File | Kind::Dir) {
             // Linux allows user.* only on regular files and directories.
             return Err(FsError::NotPermitted);
         }

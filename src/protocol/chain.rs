@@ -172,6 +172,14 @@ pub enum ChainError {
     /// An answer that does not decode as expected.
     #[error("unexpected chain data: {0}")]
     Decode(String),
+    /// The node's transaction pool would not take a transaction (before any block).
+    #[error("transaction refused: {reason}")]
+    Refused {
+        /// Why, in words.
+        reason: String,
+        /// Whether the same transaction may be taken later.
+        transient: bool,
+    },
 }
 
 fn explain(error: &str) -> &'static str {
@@ -197,7 +205,7 @@ impl ChainError {
 
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ChainError::Unreachable(_))
+        matches!(self, ChainError::Unreachable(_) | ChainError::Refused { transient: true, .. })
     }
 }
 

@@ -557,26 +557,20 @@ impl Store {
         Ok(())
     }
 
-    /// For a file about to be truncated to `keep` bytes and not open: its content file itself
-    /// becomes the deal's bytes, and a new one with its first `keep` bytes takes its place (no
-    /// copy of the rest, so a rewrite from scratch works on a full disk).
-    pub fn move_deal_bytes_aside(&self, ino: u64, keep: u64) -> Result<(), StoreError> {
+    /// For a file about to be rewritten from scratch (truncated to 0) and not open: its content
+    /// file itself becomes the deal's bytes, and an empty one takes its place (no copy, so a
+    /// rewrite works on a full disk, and quickly under the namespace lock).
+    pub fn move_deal_bytes_aside(&self, ino: u64) -> Result<(), StoreError> {
         let _copying = self.copying.hold(ino);
         if !self.needs_deal_copy(ino)? {
             return Ok(());
-        }
-        if !self.has_room_for(keep, true) {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
         }
         let content = self.content_path(ino);
         let back = |snapshot: &std::path::Path| std::fs::rename(snapshot, &content);
         let place = |snapshot: &std::path::Path| {
             std::fs::rename(&content, snapshot)?;
-            let fresh = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&content).and_then(|mut f| {
-                let mut kept = std::io::Read::take(std::fs::File::open(snapshot)?, keep);
-                std::io::copy(&mut kept, &mut f)?;
-                f.sync_all()
-            });
+            let fresh =
+                OpenOptions::new().write(true).create_new(true).mode(0o600).open(&content).and_then(|f| f.sync_all());
             if let Err(e) = fresh {
                 let _ = std::fs::remove_file(&content);
                 back(snapshot)?;

@@ -21,6 +21,21 @@ pub enum Kind {
     Dir,
     /// A symbolic link; its target is in the record.
     Symlink,
+    /// A named pipe (FIFO): a local object, never uploaded.
+    Fifo,
+    /// A UNIX socket's name: a local object, never uploaded.
+    Socket,
+    /// A character device node; its device number is in the record ([`InodeRecord::rdev`]).
+    CharDevice,
+    /// A block device node; its device number is in the record.
+    BlockDevice,
+}
+
+impl Kind {
+    /// Whether this is a FIFO, socket or device node: an entry with no content of its own.
+    pub fn is_special(self) -> bool {
+        matches!(self, Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice)
+    }
 }
 
 /// A point in time with nanoseconds, as POSIX timestamps are.
@@ -92,12 +107,22 @@ pub struct InodeRecord {
     pub crtime: Timestamp,
     /// The parent directory (directories only: they have exactly one).
     pub parent: u64,
-    /// A symlink's target.
+    /// A symlink's target; a device node's number (4 bytes, little-endian).
     pub target: Vec<u8>,
     /// Bumped on every change of a regular file's bytes; the upload queue refers to it.
     pub content_version: u64,
     /// The name it was last given (a file's name on chain; hard links share one record).
     pub name: Vec<u8>,
+}
+
+impl InodeRecord {
+    /// A device node's number (0 for anything else).
+    pub fn rdev(&self) -> u32 {
+        match self.kind {
+            Kind::CharDevice | Kind::BlockDevice => <[u8; 4]>::try_from(&self.target[..]).map_or(0, u32::from_le_bytes),
+            _ => 0,
+        }
+    }
 }
 
 /// Encodes a record with its version byte.
@@ -241,6 +266,10 @@ pub fn encode_dirent(ino: u64, kind: Kind) -> [u8; 9] {
         Kind::File => 0,
         Kind::Dir => 1,
         Kind::Symlink => 2,
+        Kind::Fifo => 3,
+        Kind::Socket => 4,
+        Kind::CharDevice => 5,
+        Kind::BlockDevice => 6,
     };
     v
 }
@@ -255,6 +284,10 @@ pub fn decode_dirent(v: &[u8]) -> Result<(u64, Kind), StoreError> {
         0 => Kind::File,
         1 => Kind::Dir,
         2 => Kind::Symlink,
+        3 => Kind::Fifo,
+        4 => Kind::Socket,
+        5 => Kind::CharDevice,
+        6 => Kind::BlockDevice,
         _ => return Err(corrupt),
     };
     let ino: [u8; 8] = v[..8].try_into().map_err(|_| StoreError::Corrupt { what: "directory entry" })?;

@@ -188,6 +188,10 @@ impl Store {
             Kind::File => NodeKind::File,
             Kind::Dir => NodeKind::Dir,
             Kind::Symlink => NodeKind::Symlink,
+            Kind::Fifo => NodeKind::Fifo,
+            Kind::Socket => NodeKind::Socket,
+            Kind::CharDevice => NodeKind::CharDevice,
+            Kind::BlockDevice => NodeKind::BlockDevice,
         };
         let mut size = rec.size;
         let location = match rec.kind {
@@ -223,8 +227,8 @@ impl Store {
             mtime: time(rec.mtime),
             ctime: time(rec.ctime),
             crtime: time(rec.crtime),
-            target: rec.target.clone(),
-            rdev: 0,
+            target: if rec.kind == Kind::Symlink { rec.target.clone() } else { Vec::new() },
+            rdev: rec.rdev(),
             xattrs,
             location,
         }))
@@ -474,13 +478,21 @@ impl Store {
                 } else {
                     nlink.get(&n.id).copied().unwrap_or(1)
                 },
-                size: if kind == Kind::Symlink { n.target.len() as u64 } else { n.size },
+                size: match kind {
+                    Kind::Symlink => n.target.len() as u64,
+                    k if k.is_special() => 0,
+                    _ => n.size,
+                },
                 atime: timestamp(n.atime),
                 mtime: timestamp(n.mtime),
                 ctime: timestamp(n.ctime),
                 crtime: timestamp(n.crtime),
                 parent: if kind == Kind::Dir { up } else { 0 },
-                target: n.target.clone(),
+                target: match kind {
+                    Kind::Symlink => n.target.clone(),
+                    Kind::CharDevice | Kind::BlockDevice => n.rdev.to_le_bytes().to_vec(),
+                    _ => Vec::new(),
+                },
                 content_version: 1,
                 name,
             };
@@ -490,7 +502,9 @@ impl Store {
             }
             match kind {
                 Kind::Dir => restored.dirs += 1,
-                Kind::Symlink => restored.others += 1,
+                Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+                    restored.others += 1
+                }
                 Kind::File => {
                     restored.files += 1;
                     if !keep.contains(&ino) {
@@ -569,9 +583,12 @@ pub(super) fn hidden_inode(size: u64, name: &[u8]) -> InodeRecord {
 
 fn store_kind(kind: NodeKind) -> Kind {
     match kind {
+        NodeKind::File => Kind::File,
         NodeKind::Dir => Kind::Dir,
         NodeKind::Symlink => Kind::Symlink,
-        // The store keeps no special files yet (the POSIX issue): they come back as empty files.
-        _ => Kind::File,
+        NodeKind::Fifo => Kind::Fifo,
+        NodeKind::Socket => Kind::Socket,
+        NodeKind::CharDevice => Kind::CharDevice,
+        NodeKind::BlockDevice => Kind::BlockDevice,
     }
 }

@@ -355,7 +355,13 @@ impl Inner {
                     }
                 }
             }
-            if self.update(ino, &rec, |r| r.pushed = pushed as u8).await?.is_none() {
+            // Miners report while others are still pushed to: the count is the deal's.
+            let reported = match self.chain.deal(&fid).await? {
+                Some(deal) => deal.complete_list.len() as u8,
+                None => FRAGMENTS as u8,
+            };
+            let counted = |r: &mut UploadRecord| (r.pushed, r.reported) = (pushed as u8, reported);
+            if self.update(ino, &rec, counted).await?.is_none() {
                 return Ok(Flow::Continue);
             }
         }

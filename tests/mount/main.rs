@@ -8,6 +8,7 @@ mod file_managers;
 mod keys;
 mod model;
 mod packs;
+mod pjdfstest;
 mod posix;
 mod service;
 mod tree;

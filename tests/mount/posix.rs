@@ -298,3 +298,89 @@ fn fallocate_and_fsync(m: &Mount) {
     File::open(m.root()).unwrap().sync_all().unwrap();
 }
 both_modes!(fallocate_and_fsync);
+
+fn cpath(p: &std::path::Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// FIFOs, sockets and device nodes are entries like any other: made, listed with their type,
+/// renamed, linked, chmod'ed and removed, kept across a remount; a FIFO carries data between two
+/// processes (the kernel's pipe).
+#[test]
+fn fifos_sockets_and_device_nodes_are_entries_like_any_other() {
+    use std::os::unix::fs::FileTypeExt;
+    let mut m = Mount::start();
+    let (fifo, dev, sock) = (m.path("pipe"), m.path("null"), m.path("sock"));
+    // SAFETY: NUL-terminated paths.
+    assert_eq!(unsafe { libc::mkfifo(cpath(&fifo).as_ptr(), 0o644) }, 0, "{}", std::io::Error::last_os_error());
+    let rdev = libc::makedev(1, 3);
+    // SAFETY: as above.
+    let made = unsafe { libc::mknod(cpath(&dev).as_ptr(), libc::S_IFCHR | 0o600, rdev) };
+    assert_eq!(made, 0, "mknod of a char device (as root): {}", std::io::Error::last_os_error());
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind a socket in the mount");
+    drop(listener);
+    let check = |m: &Mount| {
+        let types: Vec<_> = ["pipe", "null", "sock"].iter().map(|n| fs::symlink_metadata(m.path(n)).unwrap()).collect();
+        assert!(types[0].file_type().is_fifo() && types[0].mode() & 0o7777 == 0o644);
+        assert!(types[1].file_type().is_char_device() && types[1].rdev() == rdev);
+        assert!(types[2].file_type().is_socket());
+        let listed: Vec<_> = fs::read_dir(m.root()).unwrap().map(|e| e.unwrap().file_type().unwrap()).collect();
+        assert_eq!(listed.iter().filter(|t| t.is_fifo() || t.is_char_device() || t.is_socket()).count(), 3);
+    };
+    check(&m);
+    // Data through the FIFO: a writer in another thread, the reader here.
+    let writer = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || fs::write(fifo, b"through the pipe").unwrap()
+    });
+    assert_eq!(fs::read(&fifo).unwrap(), b"through the pipe");
+    writer.join().unwrap();
+    m.remount();
+    check(&m);
+    fs::rename(m.path("pipe"), m.path("pipe2")).unwrap();
+    fs::hard_link(m.path("pipe2"), m.path("pipe3")).unwrap();
+    assert_eq!(fs::symlink_metadata(m.path("pipe2")).unwrap().nlink(), 2);
+    fs::set_permissions(m.path("null"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::symlink_metadata(m.path("null")).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(
+        errno(setxattr(&m.path("pipe2"), "user.x", b"1", 0).map_err(std::io::Error::from_raw_os_error)),
+        libc::EPERM
+    );
+    for n in ["pipe2", "pipe3", "null", "sock"] {
+        fs::remove_file(m.path(n)).unwrap();
+    }
+    assert!(fs::read_dir(m.root()).unwrap().next().is_none());
+}
+
+/// A write, a truncation or an `O_TRUNC` open by another user clears setuid, and setgid if the
+/// group may execute, as ext4 does; root's writes keep them.
+#[test]
+fn writes_by_other_users_clear_setuid_and_setgid() {
+    let m = Mount::start_with(&["--allow-other", "true"]);
+    let as_nobody = |script: &str| {
+        run(std::process::Command::new("setpriv").args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ]))
+    };
+    let mode = |n: &str| fs::metadata(m.path(n)).unwrap().mode() & 0o7777;
+    for (name, how) in [("w", "echo more >> {}"), ("t", "truncate -s 1 {}"), ("o", ": > {}")] {
+        fs::write(m.path(name), b"content").unwrap();
+        fs::set_permissions(m.path(name), fs::Permissions::from_mode(0o6777)).unwrap();
+        fs::OpenOptions::new().append(true).open(m.path(name)).unwrap().write_all(b"root").unwrap();
+        assert_eq!(mode(name), 0o6777, "root's write keeps the bits");
+        as_nobody(&how.replace("{}", &m.path(name).display().to_string()));
+        assert_eq!(mode(name), 0o777, "{how} by another user");
+    }
+    // setgid without group execute (mandatory locking) stays.
+    fs::write(m.path("l"), b"content").unwrap();
+    fs::set_permissions(m.path("l"), fs::Permissions::from_mode(0o6766)).unwrap();
+    as_nobody(&format!("echo more >> {}", m.path("l").display()));
+    assert_eq!(mode("l"), 0o2766);
+}

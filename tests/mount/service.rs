@@ -230,3 +230,22 @@ fn a_lazy_unmount_finishes_the_open_files_and_the_next_mount_uploads_them() {
     assert_eq!(fs::read(m.path("open.txt")).unwrap(), b"written before, and after the lazy unmount");
     m.wait_status("open.txt", &["active"], MIN);
 }
+
+/// `cessfs account` reads a devnet over http; `account` and `territory` take their options after
+/// the verb, and their help lists only the options they use.
+#[test]
+fn account_and_territory_take_their_options_after_the_verb() {
+    let net = StandaloneDevnet::start();
+    let out = run(Command::new(BIN).args(["account", "--chain", &net.url]));
+    assert!(out.contains("territory cessfs") && out.contains("a devnet charges nothing"), "{out}");
+    let refused = Command::new(BIN)
+        .args(["territory", "mint", "more", "--gib", "1", "--chain", &net.url, "--yes"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("a devnet has no prices"), "{said}");
+    for verb in [&["territory"][..], &["territory", "mint"], &["account"]] {
+        let help = run(Command::new(BIN).args(verb).arg("--help"));
+        assert!(!help.contains("--cache-size") && !help.contains("--threads"), "{help}");
+    }
+}

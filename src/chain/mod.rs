@@ -342,13 +342,21 @@ fn pool_refusal(answer: &str) -> Submission {
     };
     if has(&["payment", "inability to pay"]) {
         Submission::CannotPay
-    } else if has(&["stale", "outdated", "future", "already imported", "priority is too low", "1013", "1014"]) {
+    } else if has(&[
+        "stale",
+        "outdated",
+        "valid in the future",
+        "already imported",
+        "priority is too low",
+        "code: 1013",
+        "code: 1014",
+    ]) {
         Submission::StaleNonce(answer.chars().take(200).collect())
     } else if has(&["badproof", "bad proof", "bad signature"]) {
         refused("the chain refused the signature (a key for another chain, or a client older than its runtime)", false)
     } else if has(&["exhaust"]) {
         refused("the blocks are full: tried again later", true)
-    } else if has(&["temporarily banned", "1012"]) {
+    } else if has(&["temporarily banned", "code: 1012"]) {
         refused("the node holds this transaction back for now: tried again later", true)
     } else if has(&["ancient", "birth"]) {
         refused("the transaction was signed against an old block: signed again next time", true)
@@ -434,5 +442,42 @@ impl Chain for CessChain {
 
     async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
         self.submit(&codec::delete_file(&self.signer.account(), fid)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(answer: &str) -> String {
+        match pool_refusal(answer) {
+            Submission::StaleNonce(_) => "nonce".into(),
+            Submission::CannotPay => "pay".into(),
+            Submission::Failed(ChainError::Refused { transient, .. }) => format!("refused {transient}"),
+            Submission::Failed(e) => format!("{e}"),
+        }
+    }
+
+    /// The pool's answers as a node and chopsticks give them, in what they mean.
+    #[test]
+    fn pool_answers_are_told_apart() {
+        for (answer, want) in [
+            (
+                r#"ErrorSubmittingTransaction(Rpc(ClientError(User(UserError { code: 1010, message: "Invalid Transaction", data: Some(RawValue("Inability to pay some fees (e.g. account balance too low)")) }))))"#,
+                "pay",
+            ),
+            (r#"User(UserError { code: 1010, message: "{\"invalid\":{\"payment\":null}}", data: None })"#, "pay"),
+            (r#"{"invalid":{"stale":null}}"#, "nonce"),
+            ("Invalid Transaction: Transaction is outdated", "nonce"),
+            ("Invalid Transaction: Transaction will be valid in the future", "nonce"),
+            ("code: 1014, message: \"Priority is too low: (100 vs 100)\"", "nonce"),
+            ("Invalid Transaction: Transaction has a bad signature", "refused false"),
+            (r#"{"invalid":{"badProof":null}}"#, "refused false"),
+            ("Invalid Transaction: Transaction would exhaust the block limits", "refused true"),
+            ("code: 1012, message: \"Transaction is temporarily banned\"", "refused true"),
+        ] {
+            assert_eq!(kind(answer), want, "{answer}");
+        }
+        assert!(kind("connection closed").starts_with("chain unreachable: transaction not accepted"));
     }
 }

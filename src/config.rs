@@ -156,7 +156,11 @@ impl Settings {
         let Some(path) = path else { return Ok(self) };
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
         let file: ConfigFile = toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
-        let f = file.settings;
+        let mut f = file.settings;
+        // An account given by flag is the account: the file's, in either form, steps aside.
+        if self.account.is_some() || self.account_file.is_some() {
+            (f.account, f.account_file) = (None, None);
+        }
         macro_rules! merged {
             ($($field:ident),*) => { Settings { $($field: self.$field.or(f.$field)),* } };
         }

@@ -203,9 +203,10 @@ impl CessChain {
 
     async fn submit_inner(&self, call: &codec::Call) -> Result<Payment, Submission> {
         let (client, rpc) = self.connected().await?;
-        let at = client.at_current_block().await.map_err(unreachable)?;
         let mut progress = {
             let mut next = self.nonce.lock().await;
+            // The block signed against, taken now: a wait for the lock must not age it.
+            let at = client.at_current_block().await.map_err(unreachable)?;
             let nonce = self.next_nonce(&rpc, *next).await?;
             let params = subxt::config::DefaultExtrinsicParamsBuilder::<SubstrateConfig>::new().nonce(nonce).build();
             match at.transactions().sign_and_submit_then_watch(call, self.signer.keypair(), params).await {
@@ -340,7 +341,8 @@ fn pool_refusal(answer: &str) -> Submission {
     let refused = |reason: &str, transient: bool| {
         Submission::Failed(ChainError::Refused { reason: reason.to_string(), transient })
     };
-    if has(&["payment", "inability to pay"]) {
+    // Quoted: subxt's errors name the ChargeTransactionPayment extension too.
+    if has(&["inability to pay", "\"payment", "\\\"payment"]) {
         Submission::CannotPay
     } else if has(&[
         "stale",
@@ -348,6 +350,8 @@ fn pool_refusal(answer: &str) -> Submission {
         "valid in the future",
         "already imported",
         "priority is too low",
+        "usurped",
+        "bad nonce",
         "code: 1013",
         "code: 1014",
     ]) {

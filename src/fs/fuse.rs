@@ -275,6 +275,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened: Opened = match self.fs.open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno(&e, "open")),
+        };
         // An O_TRUNC open by someone else than root cuts privileges as a truncation does (the
         // kernel's FUSE_OPEN_KILL_SUIDGID, which fuser does not pass on).
         if flags.0 & libc::O_TRUNC != 0
@@ -282,12 +286,9 @@ impl Filesystem for FuseAdapter {
             && req.uid() != 0
             && let Err(e) = self.fs.kill_suid_sgid(ino.0)
         {
+            let _ = self.fs.release(opened.fh);
             return reply.error(errno(&e, "open"));
         }
-        let opened: Opened = match self.fs.open(ino.0, flags.0) {
-            Ok(o) => o,
-            Err(e) => return reply.error(errno(&e, "open")),
-        };
         let backing =
             opened.passthrough.as_ref().and_then(|f| self.backing_for(ino.0, opened.fh, || reply.open_backing(&**f)));
         match backing {

@@ -92,12 +92,15 @@ static ADDRESSES: std::sync::LazyLock<std::sync::Mutex<Addresses>> = std::sync::
 /// Accounts the address cache holds before it starts over.
 const ADDRESSES_KEPT: usize = 4096;
 
-fn remember(account: AccountId, text: String) {
+/// Remembers `text` as the address of `account`; it prints so only in this chain's prefix.
+fn remember(account: AccountId, text: String, prefix: u16) {
     let mut known = crate::sync::lock(&ADDRESSES);
     if known.by_text.len() >= ADDRESSES_KEPT {
         *known = Addresses::default();
     }
-    known.by_account.insert(account, text.clone());
+    if prefix == SS58_PREFIX {
+        known.by_account.insert(account, text.clone());
+    }
     known.by_text.insert(text, account);
 }
 
@@ -106,7 +109,7 @@ impl Serialize for AccountId {
         let known = crate::sync::lock(&ADDRESSES).by_account.get(self).cloned();
         let text = known.unwrap_or_else(|| {
             let text = self.to_string();
-            remember(*self, text.clone());
+            remember(*self, text.clone(), SS58_PREFIX);
             text
         });
         s.serialize_str(&text)
@@ -119,8 +122,8 @@ impl<'de> Deserialize<'de> for AccountId {
         if let Some(account) = crate::sync::lock(&ADDRESSES).by_text.get(text.as_ref()) {
             return Ok(*account);
         }
-        let account: AccountId = text.parse().map_err(serde::de::Error::custom)?;
-        remember(account, text.into_owned());
+        let (account, prefix) = AccountId::from_ss58(&text).map_err(serde::de::Error::custom)?;
+        remember(account, text.into_owned(), prefix);
         Ok(account)
     }
 }

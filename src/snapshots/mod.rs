@@ -185,6 +185,7 @@ impl Writer {
                 }
                 Duration::ZERO
             }
+            Ok(sweep::Swept::NotYet) => Duration::from_secs(30),
             Ok(sweep::Swept::Waiting(why)) => {
                 crate::log_limited!(log::Level::Info, "sweep", "the restored tree is not swept yet: {why}");
                 Duration::from_secs(600)

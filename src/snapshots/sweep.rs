@@ -53,6 +53,8 @@ pub enum Swept {
     Queued(usize),
     /// Nothing was, for this reason; a later sweep may.
     Waiting(String),
+    /// Nothing was: this mount has not written the newest snapshot on chain yet.
+    NotYet,
 }
 
 /// Looks for the FIDs of `pending` (see the module docs) and queues them for deletion.
@@ -74,6 +76,16 @@ pub async fn sweep(
         })
         .await??
     };
+    // Only once this mount wrote the newest snapshot on chain itself: a machine thought lost
+    // that comes back then finds a newer tree than its own and stops, before it refers to any
+    // of these FIDs again.
+    let baseline =
+        store.meta(super::BASELINE)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map_or(0, u64::from_be_bytes);
+    let newest = named.iter().filter(|n| n.kind == NameKind::Snapshot).max_by_key(|n| (n.number, n.fid.0));
+    match newest {
+        Some(n) if n.active && kept.contains(&n.fid) && n.number.unwrap_or_default() > baseline => {}
+        _ => return Ok(Swept::NotYet),
+    }
     let since = |n: &&super::restore::Named| !n.active || n.completion > pending.lineage_from;
     if let Some(other) = named.iter().filter(since).find(|n| n.kind == NameKind::Snapshot && !kept.contains(&n.fid)) {
         return Ok(Swept::Waiting(format!(

@@ -384,15 +384,16 @@ impl Store {
     /// snapshot or queued deletion): FIDs of this tree declared elsewhere. Returns how many.
     pub fn delete_unknown(&self, fids: &[Hash]) -> Result<usize, StoreError> {
         let kept = self.kept_snapshot_fids()?;
+        let unknown: Vec<&Hash> = {
+            let catalog = lock(&self.catalog);
+            fids.iter().filter(|fid| !catalog.knows(fid) && !kept.contains(fid)).collect()
+        };
         let mut b = Batch::default();
         let mut queued = 0;
-        {
-            let catalog = lock(&self.catalog);
-            for fid in fids {
-                if !catalog.knows(fid) && !kept.contains(fid) && !self.tree.contains_key(key::tombstone(fid))? {
-                    b.put_tombstone(fid);
-                    queued += 1;
-                }
+        for fid in unknown {
+            if !self.tree.contains_key(key::tombstone(fid))? {
+                b.put_tombstone(fid);
+                queued += 1;
             }
         }
         self.commit(b)?;

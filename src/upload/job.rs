@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Inner, UploadError, lock, placement, push};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
 use crate::metrics;
-use crate::protocol::{TerritoryState, UserBrief, charged_space};
+use crate::protocol::{ChainError, TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
 
 /// The error of a record whose state needs a FID it lacks (a corrupt record).
@@ -27,6 +27,10 @@ enum Flow {
 fn chain_name_of(rec: &UploadRecord) -> String {
     if rec.file_name.is_empty() { String::new() } else { format!(" {:?}", String::from_utf8_lossy(&rec.file_name)) }
 }
+
+/// How long a declaration whose block was not seen may still land (transactions are signed
+/// mortal for 32 blocks: 3.2 minutes of 6-second blocks; a slow test chain takes longer).
+const DECLARATION_SETTLES: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The size declared on chain: in encrypted mode, whole segments, so the chain learns no more
 /// of a file's size than its segment count shows anyway; the true size is kept in the tree.
@@ -284,9 +288,21 @@ impl Inner {
             self.update(ino, &rec, |r| r.state = UploadState::Pushing).await?;
             return Ok(Flow::Continue);
         }
+        if let Some(sent) = lock(&self.unsettled).get(&fid).filter(|t| t.elapsed() < DECLARATION_SETTLES) {
+            return Err(ChainError::Unreachable(format!(
+                "a declaration sent {}s ago may still land: it is waited for before another is sent",
+                sent.elapsed().as_secs()
+            ))
+            .into());
+        }
         let manifest = self.manifest(ino, &rec).await?;
         let user = UserBrief { user: me, file_name: rec.file_name.clone(), territory_name: rec.territory.clone() };
-        let receipt = match self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec)).await {
+        let declared = self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec)).await;
+        match &declared {
+            Err(e) if e.is_transient() => lock(&self.unsettled).insert(fid, std::time::Instant::now()),
+            _ => lock(&self.unsettled).remove(&fid),
+        };
+        let receipt = match declared {
             Ok(r) => r,
             // Refused: no deal exists, so nothing holds the bytes any more.
             Err(e) if !e.is_transient() => {
@@ -356,9 +372,10 @@ impl Inner {
                 }
             }
             // Miners report while others are still pushed to: the count is the deal's.
-            let reported = match self.chain.deal(&fid).await? {
-                Some(deal) => deal.complete_list.len() as u8,
-                None => FRAGMENTS as u8,
+            let reported = match self.chain.deal(&fid).await {
+                Ok(Some(deal)) => deal.complete_list.len() as u8,
+                Ok(None) => FRAGMENTS as u8,
+                Err(_) => rec.reported,
             };
             let counted = |r: &mut UploadRecord| (r.pushed, r.reported) = (pushed as u8, reported);
             if self.update(ino, &rec, counted).await?.is_none() {

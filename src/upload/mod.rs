@@ -76,6 +76,9 @@ struct Inner {
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
     /// Miners that took a column and did not report it, per FID: not chosen again for it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
+    /// Declarations sent whose block was not seen, per FID, and when: one may still land, and
+    /// a second would lock the territory's space again.
+    unsettled: Mutex<HashMap<Hash, std::time::Instant>>,
     /// Turns true at shutdown: encodings and pushes stop at their next step.
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
@@ -183,6 +186,7 @@ impl Engine {
             running: Mutex::new(HashSet::new()),
             manifests: Mutex::new(HashMap::new()),
             laggards: Mutex::new(HashMap::new()),
+            unsettled: Mutex::new(HashMap::new()),
             stop,
             territory_changed: tokio::sync::Notify::new(),
             fetcher,
@@ -633,6 +637,19 @@ impl Inner {
                     log::Level::Warn,
                     &format!("delete: {e}"),
                     "deleting {fid} from the chain failed, retrying: {e}"
+                );
+                Some(t)
+            }
+            // Refused before any block (the account cannot pay the fee, say): the space stays
+            // charged until it can, so it is asked again, slowly.
+            Err(e @ crate::protocol::ChainError::Refused { .. }) => {
+                t.attempts += 1;
+                t.retry_at = Some(later(Duration::from_secs(600)));
+                t.error = Some(e.to_string());
+                crate::log_limited!(
+                    log::Level::Warn,
+                    "delete refused",
+                    "deleting {fid} from the chain refused, asked again in 10 minutes: {e}"
                 );
                 Some(t)
             }

@@ -132,14 +132,7 @@ pub fn price_per_gib_day(unit_price: u128, spec_version: u32, purchase: Purchase
 
 /// `reactivate_territory(territory_name, days)`: an expired territory, active again.
 pub fn reactivate_territory(name: &[u8], days: u32) -> Call {
-    dynamic::tx(
-        "StorageHandler",
-        "reactivate_territory",
-        Composite::named([
-            ("territory_name".to_string(), Value::from_bytes(name)),
-            ("days".to_string(), Value::u128(days as u128)),
-        ]),
-    )
+    territory_days("reactivate_territory", name, days)
 }
 
 pub fn mint_territory(name: &[u8], gib: u32, days: u32) -> Call {
@@ -168,9 +161,14 @@ pub fn expand_territory(name: &[u8], gib: u32) -> Call {
 
 /// `StorageHandler.renewal_territory(territory_name, days)`.
 pub fn renew_territory(name: &[u8], days: u32) -> Call {
+    territory_days("renewal_territory", name, days)
+}
+
+/// A StorageHandler call of `(territory_name, days)`.
+fn territory_days(call: &str, name: &[u8], days: u32) -> Call {
     dynamic::tx(
         "StorageHandler",
-        "renewal_territory",
+        call,
         Composite::named([
             ("territory_name".to_string(), Value::from_bytes(name)),
             ("days".to_string(), Value::u128(days as u128)),

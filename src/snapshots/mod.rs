@@ -37,6 +37,11 @@ const LAST_TREE: &[u8] = b"snapshot-tree";
 /// The meta record of the newest snapshot generation on chain when this tree began (restored,
 /// fresh or new): snapshots up to it are the past, not another writer.
 pub const BASELINE: &[u8] = b"snapshot-baseline";
+
+/// The newest generation on chain when this tree began ([`BASELINE`]; 0 if none was).
+pub(crate) fn baseline(store: &Store) -> Result<u64, StoreError> {
+    Ok(store.meta(BASELINE)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map_or(0, u64::from_be_bytes))
+}
 /// The meta record of this data dir's writer id: 8 bytes of the tree's lineage (drawn when a
 /// tree begins, new or `--fresh`; carried on by a restore), then 8 of this data dir's own.
 const WRITER: &[u8] = b"snapshot-writer";
@@ -209,8 +214,7 @@ impl Writer {
             for (ino, kept) in store.kept_snapshots()? {
                 ours.push((kept.generation, store.upload(ino)?.and_then(|u| u.fid)));
             }
-            let baseline = store.meta(BASELINE)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok());
-            Ok((ours, baseline.map_or(0, u64::from_be_bytes)))
+            Ok((ours, baseline(&store)?))
         })
         .await
         .ok()?

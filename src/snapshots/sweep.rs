@@ -79,8 +79,7 @@ pub async fn sweep(
     // Only once this mount wrote the newest snapshot on chain itself: a machine thought lost
     // that comes back then finds a newer tree than its own and stops, before it refers to any
     // of these FIDs again.
-    let baseline =
-        store.meta(super::BASELINE)?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map_or(0, u64::from_be_bytes);
+    let baseline = super::baseline(store)?;
     let newest = named.iter().filter(|n| n.kind == NameKind::Snapshot).max_by_key(|n| (n.number, n.fid.0));
     match newest {
         Some(n) if n.active && kept.contains(&n.fid) && n.number.unwrap_or_default() > baseline => {}

@@ -3,7 +3,9 @@
 # a copied file reaches `active` with its FileBank.File record on chain, a cold read comes back
 # from the miners, unlink removes the File record, and miners switched to `timeout` and `corrupt`
 # are routed around; a fresh data dir with the same key restores the tree from its snapshot on
-# chain, and reads the file back from the miners.
+# chain, and reads the file back from the miners. Also: a territory's price as shown, as spent
+# (the chain's event) and as the balance dropped; an account with no funds told so; 8 files
+# declared at once with one nonce each.
 #
 #   scripts/rig-e2e.sh --rig ../shared/rig --deps DIR --cess-repo PATH [--size-mib N]
 #
@@ -58,6 +60,38 @@ onchain() {
     })();' "$1")
 }
 
+# Alice's free balance in CESS (18 decimals), through the rig's polkadot.js.
+balance() {
+  (cd "$DEPS" && "$NODE" -e '
+    const { ApiPromise, WsProvider } = require("@polkadot/api");
+    (async () => {
+      const api = await ApiPromise.create({ provider: new WsProvider("ws://127.0.0.1:9970"), noInitWarn: true });
+      const alice = "0xd43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d";
+      const free = (await api.query.system.account(alice)).data.free.toBigInt();
+      console.log(`${free / 10n ** 18n}.${(free % 10n ** 18n).toString().padStart(18, "0")}`);
+      process.exit(0);
+    })();')
+}
+
+# (chopsticks has no randomness: every territory gets the same token, so a second mint is refused
+# as DuplicateTokens; the price is checked on an expansion of the rig's territory).
+step "territory price: shown before paying, what the chain's event says was spent, the balance's drop"
+BEFORE=$(balance)
+OUT=$("$BIN" territory expand rig --gib 1 --yes --chain ws://127.0.0.1:9970 --account //Alice)
+AFTER=$(balance)
+echo "$OUT"
+SHOWN=$(sed -n 's/^add 1 GiB to rig for its [0-9]* days left: \([0-9.]*\) CESS.*/\1/p' <<<"$OUT")
+SPENT=$(sed -n 's/.*spent \([0-9.]*\) CESS.*/\1/p' <<<"$OUT")
+[ -n "$SHOWN" ] && [ "$SHOWN" = "$SPENT" ] || { echo "shown $SHOWN CESS, spent $SPENT CESS"; exit 1; }
+FEE=$(echo "$BEFORE - $AFTER - $SHOWN" | bc)
+echo "balance $BEFORE -> $AFTER CESS: the price shown and a fee of $FEE CESS"
+[ "$(echo "$FEE > 0 && $FEE < 1" | bc)" = 1 ] || { echo "the balance dropped by more than the price and a fee"; exit 1; }
+if OUT=$("$BIN" territory mint poor --gib 1 --days 30 --yes --chain ws://127.0.0.1:9970 --account //NoFunds 2>&1); then
+  echo "an account with no funds paid: $OUT"; exit 1
+fi
+grep -q "cannot pay the fee" <<<"$OUT" || { echo "an account with no funds was told: $OUT"; exit 1; }
+echo "an account with no funds: $(grep -o 'cannot pay the fee.*' <<<"$OUT")"
+
 step "mount"
 openssl rand -hex 32 >"$WORK/key" && chmod 600 "$WORK/key"
 # One tree snapshot kept: a removed file's FID goes once the snapshot after its removal is active.
@@ -65,8 +99,8 @@ TREE_ARGS=(--chain ws://127.0.0.1:9970 --account //Alice --territory rig --key-f
 MOUNT_ARGS=("${TREE_ARGS[@]}" --quiet-delay 0.5 --snapshots-kept 1 "${MINERS[@]}")
 "$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}"
 
-step "df shows the territory in bytes of content (10 GiB bought: 3.33 GiB to store)"
-territory_size() { [ $(( (10 << 30) / 3 - SIZE0 )) -lt $((1 << 20)) ] && [ $(( SIZE0 - (10 << 30) / 3 )) -lt $((1 << 20)) ]; }
+step "df shows the territory in bytes of content (10 GiB bought, 1 added: 3.67 GiB to store)"
+territory_size() { [ $(( (11 << 30) / 3 - SIZE0 )) -lt $((1 << 20)) ] && [ $(( SIZE0 - (11 << 30) / 3 )) -lt $((1 << 20)) ]; }
 for _ in $(seq 30); do  # the first read of the territory is under way
   read -r SIZE0 AVAIL0 < <(df -B1 --output=size,avail "$MNT" | tail -1)
   territory_size && break
@@ -167,7 +201,7 @@ cp -r "$WORK/eight" "$MNT/eight"
 # Declared: past `declared` (chopsticks takes minutes for the 96 reports that follow).
 declared() { for i in $(seq 8); do getfattr --only-values -n user.cess.status "$MNT/eight/$i"; echo; done |
   grep -cE "^(pushing|confirming|active)$"; }
-for _ in $(seq 600); do [ "$(declared)" = 8 ] && break; sleep 1; done
+for _ in $(seq 1800); do [ "$(declared)" = 8 ] && break; sleep 1; done  # chopsticks: minutes a block
 [ "$(declared)" = 8 ] || { echo "only $(declared) of 8 files declared"; exit 1; }
 tail -n +"$((LINES + 1))" "$DATA/cessfs.log" >"$WORK/eight.log"
 # One nonce each: no transaction signed again or refused for its nonce (chopsticks may still take
@@ -176,17 +210,5 @@ if grep -E -i "signing again|nonce|cannot deserialize|stale|not accepted" "$WORK
   echo "a transaction met another's nonce"; exit 1
 fi
 echo "8 files declared, no nonce conflict; $(grep -c "may still land" "$WORK/eight.log") waits for a declaration still in the pool"
-
-step "territory price: shown before paying, and what the chain's event says was spent"
-OUT=$("$BIN" territory mint extra --gib 1 --days 30 --yes --chain ws://127.0.0.1:9970 --account //Alice)
-echo "$OUT"
-SHOWN=$(sed -n 's/^buy extra: 1 GiB for 30 days: \([0-9.]*\) CESS.*/\1/p' <<<"$OUT")
-SPENT=$(sed -n 's/.*spent \([0-9.]*\) CESS.*/\1/p' <<<"$OUT")
-[ -n "$SHOWN" ] && [ "$SHOWN" = "$SPENT" ] || { echo "shown $SHOWN CESS, spent $SPENT CESS"; exit 1; }
-if OUT=$("$BIN" territory mint poor --gib 1 --days 30 --yes --chain ws://127.0.0.1:9970 --account //NoFunds 2>&1); then
-  echo "an account with no funds paid: $OUT"; exit 1
-fi
-grep -q "cannot pay the fee" <<<"$OUT" || { echo "an account with no funds was told: $OUT"; exit 1; }
-echo "an account with no funds: $(grep -o 'cannot pay the fee.*' <<<"$OUT")"
 
 step "all done"

@@ -161,7 +161,9 @@ impl CessChain {
         let mut attempt = 0;
         let result = loop {
             let result = tokio::time::timeout(TX_TIMEOUT, self.submit_inner(call)).await.unwrap_or_else(|_| {
-                Err(Submission::Failed(unreachable(format!("no block included the transaction within {TX_TIMEOUT:?}"))))
+                Err(Submission::Failed(ChainError::Pending(format!(
+                    "no block included the transaction within {TX_TIMEOUT:?}; it may still land"
+                ))))
             });
             match result {
                 Ok(paid) => break Ok(paid),
@@ -186,7 +188,8 @@ impl CessChain {
                 Err(Submission::Failed(e)) => break Err(e),
             }
         };
-        if let Err(ChainError::Unreachable(_)) = &result {
+        // A block not seen in time may also be a connection silently gone: a new one is made.
+        if let Err(ChainError::Unreachable(_) | ChainError::Pending(_)) = &result {
             self.drop_connection().await;
         }
         result

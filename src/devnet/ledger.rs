@@ -191,6 +191,23 @@ impl Ledger {
         self.seal(b, "mint_territory", Vec::new())
     }
 
+    /// `StorageHandler::expanding_territory`: `gib` more GiB for the days left.
+    pub fn expand_territory(&self, owner: &AccountId, name: &[u8], gib: u32) -> Result<TxReceipt, ChainError> {
+        let _x = crate::sync::lock(&self.extrinsic);
+        let Some(mut info) = self.territory(owner, name)? else {
+            return Err(ChainError::dispatch("StorageHandler", "NotHaveTerritory"));
+        };
+        if info.state != TerritoryState::Active {
+            return Err(ChainError::dispatch("StorageHandler", "NotActive"));
+        }
+        let space = gib as u128 * GIB;
+        info.total_space += space;
+        info.remaining_space += space;
+        let mut b = sled::Batch::default();
+        self.put(&mut b, &key(b't', &[&owner.0, name]), &info);
+        self.seal(b, "expanding_territory", Vec::new())
+    }
+
     // ── Sminer ───────────────────────────────────────────────────────────────────────────
 
     /// Registers (or updates) a positive miner with `idle_space` bytes at `endpoint`.

@@ -1,7 +1,8 @@
 //! The devnet's RPC: `POST /rpc/<call>` with JSON parameters, answered `{"ok": …}` or
 //! `{"err": ChainError}`; extrinsics carry `Account` and `Signature` headers (sr25519 over the
 //! body) and are refused without them. `GET /nodes` and `POST /nodes/<i>/fault` switch node
-//! faults for tests. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
+//! faults for tests; `POST /control/deletions` holds `delete_file` calls back until released (a
+//! deletion waiting for its block, as on a real chain). Both need the control token. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
 //! chain client.
 
 use std::net::SocketAddr;
@@ -65,8 +66,26 @@ struct Mint {
 }
 
 #[derive(Serialize, Deserialize)]
+struct Expansion {
+    name: Vec<u8>,
+    gib: u32,
+}
+
+#[derive(Serialize, Deserialize)]
 struct FaultSwitch {
     fault: Fault,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HoldSwitch {
+    held: bool,
+}
+
+/// What the control token guards, besides the nodes.
+struct Control {
+    token: Arc<str>,
+    /// Whether `delete_file` calls wait (until switched off).
+    deletions_held: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,7 +121,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// The header that carries the control token (`Devnet::control_token_path`).
 const CONTROL_HEADER: &str = "Devnet-Control";
 
-async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req: Request<Incoming>) -> Reply {
+async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let headers = req.headers().clone();
@@ -116,6 +135,9 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req
         };
     }
     let signed = || origin(&headers, &body).ok_or_else(|| ChainError::dispatch("System", "BadOrigin"));
+    let controlled = || headers.get(CONTROL_HEADER).and_then(|v| v.to_str().ok()) == Some(&*control.token);
+    let forbidden =
+        || json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": "control needs the devnet's control token" }));
     let l = ledger.clone();
     match (method, path.as_str()) {
         (Method::POST, "/rpc/territory") => {
@@ -161,7 +183,17 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req
                 Ok(w) => w,
                 Err(e) => return answer::<()>(Err(e)),
             };
+            let mut held = control.deletions_held.subscribe();
+            let _ = held.wait_for(|held| !*held).await;
             answer(blocking(move || l.delete_file(&who, &d.owner, &d.fid)).await)
+        }
+        (Method::POST, "/control/deletions") => {
+            if !controlled() {
+                return forbidden();
+            }
+            let h = params!(HoldSwitch);
+            control.deletions_held.send_replace(h.held);
+            json(StatusCode::OK, &h)
         }
         (Method::POST, "/rpc/mint_territory") => {
             let m = params!(Mint);
@@ -171,13 +203,18 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, token: Arc<str>, req
             };
             answer(blocking(move || l.mint_territory(&who, &m.name, m.gib, m.days)).await)
         }
+        (Method::POST, "/rpc/expand_territory") => {
+            let x = params!(Expansion);
+            let who = match signed() {
+                Ok(w) => w,
+                Err(e) => return answer::<()>(Err(e)),
+            };
+            answer(blocking(move || l.expand_territory(&who, &x.name, x.gib)).await)
+        }
         (Method::GET, "/nodes") => json(StatusCode::OK, &views(&nodes)),
         (Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/fault") => {
-            if headers.get(CONTROL_HEADER).and_then(|v| v.to_str().ok()) != Some(&*token) {
-                return json(
-                    StatusCode::FORBIDDEN,
-                    &serde_json::json!({ "error": "node control needs the devnet's control token" }),
-                );
+            if !controlled() {
+                return forbidden();
             }
             let index: Option<usize> = p.trim_start_matches("/nodes/").trim_end_matches("/fault").parse().ok();
             let Some(node) = index.and_then(|i| i.checked_sub(1)).and_then(|i| nodes.get(i)) else {
@@ -214,8 +251,8 @@ pub(super) async fn serve(
     nodes: Arc<Vec<Node>>,
     token: String,
 ) -> std::io::Result<Server> {
-    let token: Arc<str> = token.into();
-    Server::start(addr, move |req| handle(ledger.clone(), nodes.clone(), token.clone(), req)).await
+    let control = Arc::new(Control { token: token.into(), deletions_held: tokio::sync::watch::Sender::new(false) });
+    Server::start(addr, move |req| handle(ledger.clone(), nodes.clone(), control.clone(), req)).await
 }
 
 /// The client side of the devnet RPC: the devnet as a [`Chain`].
@@ -294,16 +331,22 @@ impl DevnetChain {
 
     /// Switches node `index` (1-based) into `fault`.
     pub async fn set_fault(&self, index: usize, fault: Fault) -> Result<Vec<NodeView>, ChainError> {
-        let url = format!("{}/nodes/{index}/fault", self.url);
+        self.control(&format!("nodes/{index}/fault"), &FaultSwitch { fault }).await
+    }
+
+    /// Holds `delete_file` calls back (they wait, as for a block) until called with `false`.
+    pub async fn hold_deletions(&self, held: bool) -> Result<(), ChainError> {
+        self.control::<_, HoldSwitch>("control/deletions", &HoldSwitch { held }).await.map(drop)
+    }
+
+    /// A control request (with the control token) to `path`.
+    async fn control<P: Serialize, T: DeserializeOwned>(&self, path: &str, params: &P) -> Result<T, ChainError> {
+        let url = format!("{}/{path}", self.url);
         let mut req = self.http.post(&url);
         if let Some(token) = &self.control {
             req = req.header(CONTROL_HEADER, token);
         }
-        let resp = req
-            .json(&FaultSwitch { fault })
-            .send()
-            .await
-            .map_err(|e| ChainError::Unreachable(format!("{url}: {e}")))?;
+        let resp = req.json(params).send().await.map_err(|e| ChainError::Unreachable(format!("{url}: {e}")))?;
         if resp.status() == StatusCode::FORBIDDEN {
             return Err(ChainError::dispatch("Devnet", "ControlTokenRequired"));
         }
@@ -313,6 +356,11 @@ impl DevnetChain {
     /// `mint_territory` for this account.
     pub async fn mint_territory(&self, name: &[u8], gib: u32, days: u32) -> Result<TxReceipt, ChainError> {
         self.call("mint_territory", &Mint { name: name.to_vec(), gib, days }, true).await
+    }
+
+    /// `expand_territory` for this account.
+    pub async fn expand_territory(&self, name: &[u8], gib: u32) -> Result<TxReceipt, ChainError> {
+        self.call("expand_territory", &Expansion { name: name.to_vec(), gib }, true).await
     }
 }
 

@@ -117,7 +117,9 @@ impl FsError {
                 Some(code @ (libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) => code,
                 _ => libc::EIO,
             },
-            FsError::Store(StoreError::Sled(_) | StoreError::Corrupt { .. } | StoreError::Poisoned) => libc::EIO,
+            FsError::Store(
+                StoreError::Sled(_) | StoreError::Corrupt { .. } | StoreError::Poisoned | StoreError::BeingDeleted(_),
+            ) => libc::EIO,
         }
     }
 
@@ -182,6 +184,7 @@ mod tests {
             (io(libc::EACCES), libc::EIO),
             (FsError::Store(StoreError::Poisoned), libc::EIO),
             (FsError::Store(StoreError::Corrupt { what: "inode" }), libc::EIO),
+            (FsError::Store(StoreError::BeingDeleted(Hash::default())), libc::EIO),
             (FsError::Fetch(FetchError::NotStored(Hash::default())), libc::EIO),
             (FsError::NotCached(1), libc::EIO),
             (FsError::NoNetwork, libc::EIO),

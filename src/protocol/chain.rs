@@ -172,6 +172,10 @@ pub enum ChainError {
     /// An answer that does not decode as expected.
     #[error("unexpected chain data: {0}")]
     Decode(String),
+    /// A transaction was taken but no block seen to include it yet: it may still land (a slow
+    /// chain), so it is waited for rather than sent again.
+    #[error("waiting for a block: {0}")]
+    Pending(String),
     /// The node's transaction pool would not take a transaction (before any block).
     #[error("transaction refused: {reason}")]
     Refused {
@@ -205,7 +209,10 @@ impl ChainError {
 
     /// Whether trying again later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ChainError::Unreachable(_) | ChainError::Refused { transient: true, .. })
+        matches!(
+            self,
+            ChainError::Unreachable(_) | ChainError::Pending(_) | ChainError::Refused { transient: true, .. }
+        )
     }
 }
 

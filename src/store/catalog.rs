@@ -77,6 +77,8 @@ pub(super) struct Catalog {
     packed: HashMap<u64, HashSet<u64>>,
     /// Stored packs by FID: the files in them, and the sealed bytes those take.
     live: HashMap<Hash, (HashSet<u64>, u64)>,
+    /// FIDs whose deletion from the chain is under way (`Store::claim_deletion`).
+    deleting: HashSet<Hash>,
 }
 
 impl Catalog {
@@ -191,6 +193,22 @@ impl Catalog {
     /// as the last good version it keeps until a newer one is active.
     pub(super) fn needed(&self, fid: &Hash) -> bool {
         self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
+    }
+
+    /// Claims `fid` for a deletion from the chain, unless a record needs it.
+    pub(super) fn claim_deletion(&mut self, fid: &Hash) -> bool {
+        !self.needed(fid) && self.deleting.insert(*fid)
+    }
+
+    /// Ends the claim of [`Catalog::claim_deletion`].
+    pub(super) fn end_deletion(&mut self, fid: &Hash) {
+        self.deleting.remove(fid);
+    }
+
+    /// Whether `up` would need a FID whose deletion is under way: such a record must wait for
+    /// the deletion to land, or it would claim bytes about to be gone.
+    pub(super) fn needs_deleted(&self, up: &UploadRecord) -> Option<Hash> {
+        up.fid.filter(|fid| !up.retired && up.state != UploadState::Failed && self.deleting.contains(fid))
     }
 
     /// Whether any record refers to `fid`: a file's content or kept version, or a stored pack.

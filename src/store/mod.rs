@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 pub use catalog::resident_bytes;
-pub use outbox::{DealGuard, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
+pub use outbox::{DealGuard, Deletion, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
 pub use packs::{PackRecord, PackSummary};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
@@ -54,6 +54,11 @@ pub enum StoreError {
     /// An earlier flush failed; writes are refused until restart.
     #[error("the store is poisoned by an earlier failed flush; restart cessfs")]
     Poisoned,
+    /// The record would take a FID whose deletion from the chain is under way.
+    #[error(
+        "the same bytes (fid {0}) are being deleted from the chain for a file removed earlier; stored again once that is done"
+    )]
+    BeingDeleted(crate::format::Hash),
 }
 
 /// The local store. See the module docs.

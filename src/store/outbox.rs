@@ -270,6 +270,17 @@ pub struct Tombstone {
     pub error: Option<String>,
 }
 
+/// Whether a queued FID may be deleted from the chain now ([`Store::claim_deletion`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Claimed: delete it, then end the claim.
+    Claimed,
+    /// A file or a kept snapshot needs it: the deletion is dropped.
+    InUse,
+    /// Needed only as a version a record keeps until its newer one is active: ask again soon.
+    Replacing,
+}
+
 impl Batch {
     /// Queues `fid` for deletion from the chain.
     pub fn put_tombstone(&mut self, fid: &Hash) {
@@ -344,6 +355,9 @@ impl Store {
         self.reserve.before_write();
         let _applying = self.applying();
         let mut catalog = lock(&self.catalog);
+        if let Some(fid) = new.and_then(|n| catalog.needs_deleted(n)) {
+            return Err(StoreError::BeingDeleted(fid));
+        }
         let swapped =
             self.tree.compare_and_swap(key::upload(ino), Some(encode_upload(old)), new.map(encode_upload))?.is_ok();
         if swapped {
@@ -366,18 +380,27 @@ impl Store {
         Ok(None)
     }
 
-    /// Whether any upload, or a kept snapshot of the tree, still needs `fid` on chain.
-    pub fn fid_in_use(&self, fid: &Hash) -> Result<bool, StoreError> {
-        let needed = lock(&self.catalog).needed(fid);
-        Ok(needed || self.kept_snapshot_fids()?.contains(fid))
+    /// Claims `fid` for its deletion from the chain, unless something here still needs it. While
+    /// claimed, no upload record takes it ([`Store::swap_upload`] answers
+    /// [`StoreError::BeingDeleted`]): a file with the same bytes written meanwhile is not
+    /// adopted as held, nor declared, until [`Store::end_deletion`], once the deletion landed.
+    pub fn claim_deletion(&self, fid: &Hash) -> Result<Deletion, StoreError> {
+        let kept = self.kept_snapshot_fids()?.contains(fid);
+        let mut catalog = lock(&self.catalog);
+        Ok(if kept {
+            Deletion::InUse
+        } else if catalog.only_replaced(fid) {
+            Deletion::Replacing
+        } else if catalog.claim_deletion(fid) {
+            Deletion::Claimed
+        } else {
+            Deletion::InUse
+        })
     }
 
-    /// Whether `fid` is in use only as the version a record keeps until its newer one is
-    /// active: a deletion queued just before that record let go of it waits, rather than being
-    /// dropped.
-    pub fn fid_being_replaced(&self, fid: &Hash) -> Result<bool, StoreError> {
-        let only = lock(&self.catalog).only_replaced(fid);
-        Ok(only && !self.kept_snapshot_fids()?.contains(fid))
+    /// Ends the claim of [`Store::claim_deletion`]: the deletion landed or is to be tried later.
+    pub fn end_deletion(&self, fid: &Hash) {
+        lock(&self.catalog).end_deletion(fid);
     }
 
     /// Queues for deletion those of `fids` that nothing here refers to (no record, kept

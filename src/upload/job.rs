@@ -289,7 +289,7 @@ impl Inner {
             return Ok(Flow::Continue);
         }
         if let Some(sent) = lock(&self.unsettled).get(&fid).filter(|t| t.elapsed() < DECLARATION_SETTLES) {
-            return Err(ChainError::Unreachable(format!(
+            return Err(ChainError::Pending(format!(
                 "a declaration sent {}s ago may still land: it is waited for before another is sent",
                 sent.elapsed().as_secs()
             ))

@@ -38,7 +38,7 @@ pub use error::UploadError;
 use crate::format::{Encoder, FileManifest, Hash, MasterKey};
 use crate::miner::MinerClient;
 use crate::protocol::{AccountId, Chain, Signer};
-use crate::store::{Store, StoreError, Timestamp, Tombstone, UploadRecord, UploadState};
+use crate::store::{Deletion, Store, StoreError, Timestamp, Tombstone, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// How the engine works.
@@ -94,6 +94,16 @@ pub struct Engine(Arc<Inner>);
 /// Back-off after `attempts` failures in a row: 1 s doubling, at most 5 minutes.
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
+}
+
+/// A deletion claimed in the store ([`Store::claim_deletion`]), ended when dropped, however
+/// the deletion ends.
+struct ClaimedDeletion<'a>(&'a Store, Hash);
+
+impl Drop for ClaimedDeletion<'_> {
+    fn drop(&mut self) {
+        self.0.end_deletion(&self.1);
+    }
 }
 
 /// How often under-full packs are looked for.
@@ -587,17 +597,27 @@ impl Inner {
             return Some(t);
         }
         let fid_copy = *fid;
-        match self.db(move |s| Ok((s.fid_in_use(&fid_copy)?, s.fid_being_replaced(&fid_copy)?))).await {
+        match self.db(move |s| s.claim_deletion(&fid_copy)).await {
+            Ok(Deletion::Claimed) => {}
+            Ok(Deletion::InUse) => return None,
             // Queued by a record that lets go of it in a moment (a file moving to its newer
             // version, or to another pack): asked again then.
-            Ok((true, true)) => {
+            Ok(Deletion::Replacing) => {
                 t.retry_at = Some(later(Duration::from_secs(5)));
                 return Some(t);
             }
-            Ok((true, false)) => return None,
-            Ok((false, _)) => {}
-            Err(e) => log::error!("checking whether {fid} is in use: {e}"),
+            Err(e) => {
+                log::error!("checking whether {fid} is in use: {e}");
+                t.retry_at = Some(later(Duration::from_secs(60)));
+                return Some(t);
+            }
         }
+        let _claim = ClaimedDeletion(&self.store, *fid);
+        self.delete_claimed(fid, t).await
+    }
+
+    /// Deletes `fid`, claimed, from the chain. `Some` to retry later.
+    async fn delete_claimed(&self, fid: &Hash, mut t: Tombstone) -> Option<Tombstone> {
         // `delete_file` drops the account's every hold of the FID: one it also holds in another
         // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
         let me = self.chain.account();
@@ -614,6 +634,7 @@ impl Inner {
                 return Some(t);
             }
         }
+        log::info!("deleting {fid} from the chain");
         match self.chain.delete_file(fid).await {
             Ok(r) => {
                 log::info!("deleted {fid} from the chain (tx {}, block {})", r.tx_hash, r.block);

@@ -233,6 +233,36 @@ fn empty_and_identical_files() {
     assert!(m.devnet().file(&fid).is_some(), "two.txt still uses it");
 }
 
+/// The same bytes written again while the deletion of their FID waits for its block (the file
+/// that had them removed just before): the new file does not take the FID as held, or the
+/// deletion would then leave it with nothing on CESS; it waits for the deletion, and is
+/// declared again.
+#[test]
+fn the_same_bytes_written_while_their_deletion_is_on_its_way_are_stored_again() {
+    let m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0"]);
+    let net = m.devnet();
+    let data = random_bytes(1 << 20, 31);
+    fs::write(m.path("first.bin"), &data).unwrap();
+    m.wait_status("first.bin", &["active"], MIN);
+    let fid = m.cess("first.bin", "fid").unwrap();
+    net.run(net.chain.hold_deletions(true)).unwrap();
+    fs::remove_file(m.path("first.bin")).unwrap();
+    wait_until(MIN, "the deletion to be sent", || m.log().contains(&format!("deleting {fid}")));
+    fs::write(m.path("second.bin"), &data).unwrap();
+    wait_until(MIN, "the new file to wait for the deletion", || {
+        m.cess("second.bin", "error").is_some_and(|e| e.contains("being deleted"))
+    });
+    assert!(net.file(&fid).is_some(), "the deletion is still held back");
+    net.run(net.chain.hold_deletions(false)).unwrap();
+    wait_until(MIN, "the deletion to land", || m.log().contains(&format!("deleted {fid}")));
+    m.wait_status("second.bin", &["active"], MIN);
+    assert_eq!(m.cess("second.bin", "fid").unwrap(), fid, "same key, same bytes: same FID");
+    assert!(net.file(&fid).is_some(), "the new file's bytes are on CESS");
+    assert_eq!(net.declarations(&fid), 2, "declared again after the deletion");
+    setxattr(&m.path("second.bin"), "user.cess.evict", b"1", 0).unwrap();
+    assert!(fs::read(m.path("second.bin")).unwrap() == data, "read back from the nodes");
+}
+
 #[test]
 fn sigterm_during_an_upload_loses_nothing_and_unmount_wait_waits_for_active() {
     let mut m = Mount::uploading("0", &[]);
@@ -253,7 +283,8 @@ fn sigterm_during_an_upload_loses_nothing_and_unmount_wait_waits_for_active() {
 }
 
 /// A file that failed because the territory was full is tried again once the territory has
-/// room (here: another file deleted), without being touched, and says so meanwhile.
+/// room (another file deleted, or the territory expanded), without being touched, and says so
+/// meanwhile.
 #[test]
 fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     // 1 GiB holds 10 segments' charge (96 MiB each, and never to the last byte).
@@ -270,4 +301,10 @@ fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     assert!(error.contains("expand it") && error.contains("tried again when the territory changes"), "{error}");
     fs::remove_file(m.path("file0")).unwrap();
     m.wait_status("late.txt", &["active"], MIN);
+
+    fs::write(m.path("later.txt"), b"one too many again").unwrap();
+    m.wait_status("later.txt", &["failed"], MIN);
+    let net = m.devnet();
+    net.run(net.chain.expand_territory(b"cessfs", 1)).unwrap();
+    m.wait_status("later.txt", &["active"], MIN);
 }

@@ -204,9 +204,13 @@ fn a_full_disk_refuses_new_bytes_but_never_wedges_the_mount() {
     fs::write(m.path("old.txt"), b"renamed on a full disk").unwrap();
     let big = random_bytes(20 << 20, 7);
     fs::write(m.path("big.bin"), &big).unwrap();
-    m.wait_status("keep.txt", &["active"], Duration::from_secs(60));
+    // Stored first: a file that became active during the fill would free its cached copy later.
+    for f in ["keep.txt", "note.txt", "old.txt", "big.bin"] {
+        m.wait_status(f, &["active"], Duration::from_secs(60));
+    }
 
-    // Fill the disk through the mount.
+    // Fill the disk through the mount. The filling files stay open, so they are not uploaded
+    // (and then evictable) during the checks.
     let lines_before = m.log().lines().count();
     let mut filler = File::create(m.path("fill.bin")).unwrap();
     let block = vec![9u8; 1 << 20];
@@ -216,7 +220,6 @@ fn a_full_disk_refuses_new_bytes_but_never_wedges_the_mount() {
         }
     };
     assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
-    let _ = close(filler);
     // New bytes first take the room of cached copies of stored files, then get ENOSPC.
     let mut more = File::create(m.path("more.bin")).unwrap();
     let full = loop {
@@ -225,11 +228,12 @@ fn a_full_disk_refuses_new_bytes_but_never_wedges_the_mount() {
         }
     };
     assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
-    drop(more);
     for _ in 0..30 {
-        let more = fs::write(m.path("more.bin"), &block);
-        assert_eq!(more.unwrap_err().raw_os_error(), Some(libc::ENOSPC), "new bytes need space");
+        let extra = fs::write(m.path("extra.bin"), &block);
+        assert_eq!(extra.unwrap_err().raw_os_error(), Some(libc::ENOSPC), "new bytes need space");
     }
+    let _ = close(filler);
+    drop(more);
 
     // What gives space back, and renames, work on the full disk.
     fs::rename(m.path("old.txt"), m.path("new.txt")).unwrap();

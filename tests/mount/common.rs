@@ -108,7 +108,9 @@ impl Mount {
             .spawn()
             .expect("spawn cessfs mount");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A mount that looks for its tree among 100,000 held files takes seconds, more on a
+        // loaded machine; a healthy one appears at once.
+        let deadline = Instant::now() + Duration::from_secs(120);
         // The daemon writes its pid file once the mount is ready. (A dead daemon's mount stays
         // listed in mountinfo until the new daemon detaches it, so mountinfo alone cannot tell.)
         let pid = self.child.as_ref().map(|c| c.id().to_string());

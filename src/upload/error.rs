@@ -95,6 +95,12 @@ impl UploadError {
         }
     }
 
+    /// Whether nothing went wrong: the step waits for something under way (a block, a
+    /// deletion of the same bytes) and looks again.
+    pub fn is_wait(&self) -> bool {
+        matches!(self, UploadError::Chain(ChainError::Pending(_)) | UploadError::Store(StoreError::BeingDeleted(_)))
+    }
+
     /// Whether retrying later may succeed; permanent errors end in `failed`.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -518,10 +518,11 @@ impl Inner {
         if e.is_transient() {
             let wait = backoff(next.attempts);
             next.retry_at = Some(later(wait));
+            let (level, verb) = if e.is_wait() { (log::Level::Info, "waits") } else { (log::Level::Warn, "failed") };
             crate::log_limited!(
-                log::Level::Warn,
+                level,
                 &format!("upload {}: {e}", rec.state.word()),
-                "inode {ino}: {} failed (attempt {}), retrying in {}s: {e}",
+                "inode {ino}: {} {verb} (attempt {}), looking again in {}s: {e}",
                 rec.state.word(),
                 next.attempts,
                 wait.as_secs()

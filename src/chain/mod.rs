@@ -26,7 +26,8 @@ type Client = OnlineClient<SubstrateConfig>;
 /// The largest RPC response taken from a node.
 const MAX_RESPONSE_BYTES: u32 = 256 << 20;
 
-/// How long connecting, one read or one transaction may take.
+/// How long connecting, one read (or handing a transaction to the pool), and a transaction's
+/// way into a block may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const TX_TIMEOUT: Duration = Duration::from_secs(180);
@@ -160,12 +161,7 @@ impl CessChain {
     pub async fn pay(&self, call: &codec::Call) -> Result<Payment, ChainError> {
         let mut attempt = 0;
         let result = loop {
-            let result = tokio::time::timeout(TX_TIMEOUT, self.submit_inner(call)).await.unwrap_or_else(|_| {
-                Err(Submission::Failed(ChainError::Pending(format!(
-                    "no block included the transaction within {TX_TIMEOUT:?}; it may still land"
-                ))))
-            });
-            match result {
+            match self.submit_inner(call).await {
                 Ok(paid) => break Ok(paid),
                 Err(Submission::StaleNonce(why)) if attempt < NONCE_RETRIES => {
                     attempt += 1;
@@ -204,9 +200,43 @@ impl CessChain {
         rpc.request::<u64>("system_accountNextIndex", subxt::rpcs::rpc_params![account]).await.map_err(unreachable)
     }
 
+    /// Submits `call` (within [`READ_TIMEOUT`]: else the node is unreachable) and follows it
+    /// into a block (within [`TX_TIMEOUT`]: else it is pending, and may still land).
     async fn submit_inner(&self, call: &codec::Call) -> Result<Payment, Submission> {
+        let mut progress = match tokio::time::timeout(READ_TIMEOUT, self.sign_and_submit(call)).await {
+            Ok(submitted) => submitted?,
+            Err(_) => {
+                // Cut off half-way: whether the node took the nonce is its to say.
+                *self.nonce.lock().await = None;
+                let why = format!("the node did not take the transaction within {READ_TIMEOUT:?}");
+                return Err(Submission::Failed(unreachable(why)));
+            }
+        };
+        let outcome = tokio::time::timeout(TX_TIMEOUT, self.follow(&mut progress)).await.unwrap_or_else(|_| {
+            Err(Submission::Failed(ChainError::Pending(format!(
+                "no block included the transaction within {TX_TIMEOUT:?}; it may still land"
+            ))))
+        });
+        if outcome.is_err() {
+            // Whether the transaction took its nonce is the node's to say.
+            *self.nonce.lock().await = None;
+        }
+        outcome
+    }
+
+    /// Signs `call` with the account's next nonce and hands it to the node's pool.
+    async fn sign_and_submit(
+        &self,
+        call: &codec::Call,
+    ) -> Result<
+        subxt::transactions::TransactionProgress<
+            SubstrateConfig,
+            subxt::client::OnlineClientAtBlockImpl<SubstrateConfig>,
+        >,
+        Submission,
+    > {
         let (client, rpc) = self.connected().await?;
-        let mut progress = {
+        let progress = {
             let mut next = self.nonce.lock().await;
             // The block signed against, taken now: a wait for the lock must not age it.
             let at = client.at_current_block().await.map_err(unreachable)?;
@@ -225,12 +255,7 @@ impl CessChain {
                 }
             }
         };
-        let outcome = self.follow(&mut progress).await;
-        if outcome.is_err() {
-            // Whether the transaction took its nonce is the node's to say.
-            *self.nonce.lock().await = None;
-        }
-        outcome
+        Ok(progress)
     }
 
     /// Follows a transaction the pool took until it is in a block.

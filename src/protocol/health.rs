@@ -50,6 +50,8 @@ impl ChainHealth {
                 state.down = Some((since, why.clone()));
                 state.last_failure = Some(Instant::now());
             }
+            // A transaction whose block was not seen: says nothing either way.
+            Err(ChainError::Pending(_)) => {}
             _ => {
                 if let Some((since, _)) = state.down.take() {
                     log::info!("the chain answers again (unreachable since {})", utc(since));
@@ -99,6 +101,8 @@ mod tests {
         assert!(h.refusal().is_some(), "calls right after a failure fail at once");
         h.record::<()>(&Err(ChainError::Unreachable("again".into())));
         assert_eq!(h.unreachable_since().unwrap().0, since, "since the first failure");
+        h.record::<()>(&Err(ChainError::Pending("no block yet".into())));
+        assert_eq!(h.unreachable_since().unwrap().0, since, "a block not seen yet says nothing either way");
         h.record::<()>(&Err(ChainError::dispatch("FileBank", "NonExistent")));
         assert!(h.unreachable_since().is_none() && h.refusal().is_none());
     }

@@ -195,8 +195,12 @@ impl Catalog {
         self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
     }
 
-    /// Claims `fid` for a deletion from the chain, unless a record needs it.
+    /// Claims `fid` for a deletion from the chain, unless a record needs it. A FID already
+    /// claimed stays so (an earlier attempt's outcome is not known yet).
     pub(super) fn claim_deletion(&mut self, fid: &Hash) -> bool {
+        if self.deleting.contains(fid) {
+            return true;
+        }
         !self.needed(fid) && self.deleting.insert(*fid)
     }
 

@@ -390,6 +390,14 @@ impl Store {
                 Err(e) => log::error!("an upload record is unreadable and left out: {e}"),
             }
         }
+        // A deletion sent before a crash may still land: its FID stays claimed until the
+        // reaper sees how it ended (`Store::claim_deletion`).
+        for kv in self.tree.scan_prefix(key::TOMBSTONE_PREFIX) {
+            let (k, _) = kv?;
+            if let Ok(fid) = key::fid_of(&k) {
+                catalog.claim_deletion(&fid);
+            }
+        }
         Ok(())
     }
 

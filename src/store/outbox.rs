@@ -398,7 +398,8 @@ impl Store {
         })
     }
 
-    /// Ends the claim of [`Store::claim_deletion`]: the deletion landed or is to be tried later.
+    /// Ends the claim of [`Store::claim_deletion`]: the chain no longer holds the FID here, or
+    /// no deletion of it can still land.
     pub fn end_deletion(&self, fid: &Hash) {
         lock(&self.catalog).end_deletion(fid);
     }

@@ -96,15 +96,29 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
-/// A deletion claimed in the store ([`Store::claim_deletion`]), ended when dropped, however
-/// the deletion ends.
-struct ClaimedDeletion<'a>(&'a Store, Hash);
+/// A deletion claimed in the store ([`Store::claim_deletion`]), ended when dropped unless
+/// `kept` (its outcome is not known yet). Kept too if the attempt is dropped half-way (at
+/// shutdown): the tombstone reclaims it at the next start.
+struct ClaimedDeletion<'a> {
+    store: &'a Store,
+    fid: Hash,
+    kept: bool,
+}
 
 impl Drop for ClaimedDeletion<'_> {
     fn drop(&mut self) {
-        self.0.end_deletion(&self.1);
+        if !self.kept {
+            self.store.end_deletion(&self.fid);
+        }
     }
 }
+
+/// How long a landed deletion may take to show in the chain's reads (finalized blocks) before
+/// the reaper looks again later.
+const DELETION_SEEN_WITHIN: Duration = Duration::from_secs(60);
+
+/// How often a step that waits for something under way (a block, a deletion) looks again.
+const WAIT_PACE: Duration = Duration::from_secs(5);
 
 /// How often under-full packs are looked for.
 const PACK_MERGE_EVERY: Duration = Duration::from_secs(60);
@@ -512,21 +526,34 @@ impl Inner {
             }
         };
         let mut next = rec.clone();
-        next.attempts += 1;
+        // A wait is not a failure: it looks again at a steady pace, without backing off.
+        if !e.is_wait() {
+            next.attempts += 1;
+        }
         next.error = Some(e.to_string());
         next.updated_at = Timestamp::now();
         if e.is_transient() {
-            let wait = backoff(next.attempts);
+            let wait = if e.is_wait() { WAIT_PACE } else { backoff(next.attempts) };
             next.retry_at = Some(later(wait));
-            let (level, verb) = if e.is_wait() { (log::Level::Info, "waits") } else { (log::Level::Warn, "failed") };
-            crate::log_limited!(
-                level,
-                &format!("upload {}: {e}", rec.state.word()),
-                "inode {ino}: {} {verb} (attempt {}), looking again in {}s: {e}",
-                rec.state.word(),
-                next.attempts,
-                wait.as_secs()
-            );
+            let key = format!("upload {}: {e}", rec.state.word());
+            if e.is_wait() {
+                crate::log_limited!(
+                    log::Level::Info,
+                    &key,
+                    "inode {ino}: {} waits, looking again in {}s: {e}",
+                    rec.state.word(),
+                    wait.as_secs()
+                );
+            } else {
+                crate::log_limited!(
+                    log::Level::Warn,
+                    &key,
+                    "inode {ino}: {} failed (attempt {}), retrying in {}s: {e}",
+                    rec.state.word(),
+                    next.attempts,
+                    wait.as_secs()
+                );
+            }
         } else if rec.state.deal_in_flight() {
             // A declared deal cannot be cancelled: keep trying, slowly.
             next.retry_at = Some(later(Duration::from_secs(300)));
@@ -613,26 +640,40 @@ impl Inner {
                 return Some(t);
             }
         }
-        let _claim = ClaimedDeletion(&self.store, *fid);
-        self.delete_claimed(fid, t).await
+        let mut claim = ClaimedDeletion { store: &self.store, fid: *fid, kept: true };
+        let (retry, settled) = self.delete_claimed(fid, t).await;
+        claim.kept = !settled;
+        retry
     }
 
-    /// Deletes `fid`, claimed, from the chain. `Some` to retry later.
-    async fn delete_claimed(&self, fid: &Hash, mut t: Tombstone) -> Option<Tombstone> {
+    /// Whether the chain, as its reads see it, holds `fid` for this tree (`None`: unknown now).
+    async fn held_here_now(&self, fid: &Hash) -> Option<bool> {
+        let me = self.chain.account();
+        let file = self.chain.file(fid).await.ok()?;
+        Some(file.is_some_and(|f| f.owners.iter().any(|o| o.user == me && o.territory_name == self.config.territory)))
+    }
+
+    /// Deletes `fid`, claimed, from the chain: `Some` to retry later, and whether the claim may
+    /// end (the chain's reads no longer show it held here, or no deletion sent can still land).
+    async fn delete_claimed(&self, fid: &Hash, mut t: Tombstone) -> (Option<Tombstone>, bool) {
         // `delete_file` drops the account's every hold of the FID: one it also holds in another
         // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
         let me = self.chain.account();
         match self.chain.file(fid).await {
             Ok(Some(file)) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
                 log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
-                return None;
+                return (None, true);
             }
-            Ok(_) => {}
+            Ok(Some(file)) if file.owners.iter().any(|o| o.user == me) => {}
+            Ok(_) => {
+                log::info!("{fid} is not on the chain any more");
+                return (None, true);
+            }
             Err(e) => {
                 t.attempts += 1;
                 t.retry_at = Some(later(backoff(t.attempts)));
                 t.error = Some(format!("reading the file before deleting it: {e}"));
-                return Some(t);
+                return (Some(t), false);
             }
         }
         log::info!("deleting {fid} from the chain");
@@ -643,14 +684,26 @@ impl Inner {
                 // when the watcher next reads the territory, which may also see a file that
                 // became active meanwhile and miss the net gain.
                 self.territory_changed.notify_one();
-                None
+                // Reads follow finalized blocks, a few behind the one the deletion is in: until
+                // they see it, a file of the same bytes would still find the FID held.
+                let seen = tokio::time::Instant::now() + DELETION_SEEN_WITHIN;
+                while self.held_here_now(fid).await != Some(false) {
+                    if tokio::time::Instant::now() > seen {
+                        t.retry_at = Some(later(Duration::from_secs(10)));
+                        return (Some(t), false);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                (None, true)
             }
             Err(crate::protocol::ChainError::Dispatch { error, .. })
                 if error == "NonExistent" || error == "NotOwner" =>
             {
                 log::info!("{fid} is not on the chain any more");
-                None
+                (None, true)
             }
+            // Sent, and how it ended is not known (no block seen, the connection lost): it may
+            // still land, so the claim stays until a later attempt sees.
             Err(e) if e.is_transient() => {
                 t.attempts += 1;
                 t.retry_at = Some(later(backoff(t.attempts)));
@@ -660,7 +713,7 @@ impl Inner {
                     &format!("delete: {e}"),
                     "deleting {fid} from the chain failed, retrying: {e}"
                 );
-                Some(t)
+                (Some(t), false)
             }
             // Refused before any block (the account cannot pay the fee, say): the space stays
             // charged until it can, so it is asked again, slowly.
@@ -673,11 +726,11 @@ impl Inner {
                     "delete refused",
                     "deleting {fid} from the chain refused, asked again in 10 minutes: {e}"
                 );
-                Some(t)
+                (Some(t), true)
             }
             Err(e) => {
                 log::error!("deleting {fid} from the chain refused: {e}");
-                None
+                (None, true)
             }
         }
     }

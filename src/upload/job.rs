@@ -52,7 +52,7 @@ impl Inner {
 
     /// Whether this tree holds `file`: the account owns it in this territory. (A FID the
     /// account holds in another territory belongs to another tree.)
-    fn held_here(&self, file: &crate::protocol::FileInfo) -> bool {
+    pub(super) fn held_here(&self, file: &crate::protocol::FileInfo) -> bool {
         let me = self.chain.account();
         file.owners.iter().any(|o| o.user == me && o.territory_name == self.config.territory)
     }

@@ -535,25 +535,18 @@ impl Inner {
         if e.is_transient() {
             let wait = if e.is_wait() { WAIT_PACE } else { backoff(next.attempts) };
             next.retry_at = Some(later(wait));
-            let key = format!("upload {}: {e}", rec.state.word());
-            if e.is_wait() {
-                crate::log_limited!(
-                    log::Level::Info,
-                    &key,
-                    "inode {ino}: {} waits, looking again in {}s: {e}",
-                    rec.state.word(),
-                    wait.as_secs()
-                );
+            let (level, what) = if e.is_wait() {
+                (log::Level::Info, "waits, looking again".to_string())
             } else {
-                crate::log_limited!(
-                    log::Level::Warn,
-                    &key,
-                    "inode {ino}: {} failed (attempt {}), retrying in {}s: {e}",
-                    rec.state.word(),
-                    next.attempts,
-                    wait.as_secs()
-                );
-            }
+                (log::Level::Warn, format!("failed (attempt {}), retrying", next.attempts))
+            };
+            crate::log_limited!(
+                level,
+                &format!("upload {}: {e}", rec.state.word()),
+                "inode {ino}: {} {what} in {}s: {e}",
+                rec.state.word(),
+                wait.as_secs()
+            );
         } else if rec.state.deal_in_flight() {
             // A declared deal cannot be cancelled: keep trying, slowly.
             next.retry_at = Some(later(Duration::from_secs(300)));
@@ -648,9 +641,8 @@ impl Inner {
 
     /// Whether the chain, as its reads see it, holds `fid` for this tree (`None`: unknown now).
     async fn held_here_now(&self, fid: &Hash) -> Option<bool> {
-        let me = self.chain.account();
         let file = self.chain.file(fid).await.ok()?;
-        Some(file.is_some_and(|f| f.owners.iter().any(|o| o.user == me && o.territory_name == self.config.territory)))
+        Some(file.is_some_and(|f| self.held_here(&f)))
     }
 
     /// Deletes `fid`, claimed, from the chain: `Some` to retry later, and whether the claim may
@@ -664,7 +656,7 @@ impl Inner {
                 log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
                 return (None, true);
             }
-            Ok(Some(file)) if file.owners.iter().any(|o| o.user == me) => {}
+            Ok(Some(file)) if self.held_here(&file) => {}
             Ok(_) => {
                 log::info!("{fid} is not on the chain any more");
                 return (None, true);

@@ -17,6 +17,7 @@ pub mod disk;
 pub mod fetch;
 pub mod format;
 pub mod fs;
+pub mod hooks;
 pub mod http;
 pub mod keys;
 pub mod logline;

@@ -375,8 +375,9 @@ impl Fs {
         }
         ch.touch_dir(parent, now)?;
         ch.touch_dir(new_parent, now)?;
-        // A failed upload may have failed for its name: a new name is a new chance.
-        if let Some(mut up) = self.store.upload(src)?
+        // A failed upload may have failed for its name: a new name is a new chance. (Renamed
+        // over a stored file, its record already carries that file's FIDs in this batch.)
+        if let Some(mut up) = self.store.upload_after(&ch.batch, src)?
             && up.state == UploadState::Failed
         {
             let version = up.newer.unwrap_or(up.content_version);

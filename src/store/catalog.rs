@@ -79,6 +79,8 @@ pub(super) struct Catalog {
     live: HashMap<Hash, (HashSet<u64>, u64)>,
     /// FIDs whose deletion from the chain is under way (`Store::claim_deletion`).
     deleting: HashSet<Hash>,
+    /// Inodes whose upload record cannot be read: the FIDs they need are not known.
+    unreadable: HashSet<u64>,
 }
 
 impl Catalog {
@@ -195,13 +197,31 @@ impl Catalog {
         self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
     }
 
-    /// Claims `fid` for a deletion from the chain, unless a record needs it. A FID already
-    /// claimed stays so (an earlier attempt's outcome is not known yet).
+    /// Claims `fid` for a deletion from the chain, unless a record needs it.
     pub(super) fn claim_deletion(&mut self, fid: &Hash) -> bool {
-        if self.deleting.contains(fid) {
-            return true;
-        }
         !self.needed(fid) && self.deleting.insert(*fid)
+    }
+
+    /// Whether `fid` is claimed for a deletion.
+    pub(super) fn claimed(&self, fid: &Hash) -> bool {
+        self.deleting.contains(fid)
+    }
+
+    /// Notes whether the upload record of `ino` can be read.
+    pub(super) fn set_unreadable(&mut self, ino: u64, unreadable: bool) {
+        match unreadable {
+            true => self.unreadable.insert(ino),
+            false => self.unreadable.remove(&ino),
+        };
+    }
+
+    /// Why no FID can be said to be free now, if none can: some upload record cannot be read.
+    pub(super) fn doubt(&self) -> Option<String> {
+        let ino = self.unreadable.iter().min()?;
+        Some(format!(
+            "{} cannot be read (inode {ino}): nothing is deleted from the chain until it can",
+            crate::words::count(self.unreadable.len() as u64, "upload record")
+        ))
     }
 
     /// Ends the claim of [`Catalog::claim_deletion`].

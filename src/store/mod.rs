@@ -107,6 +107,8 @@ struct Touched {
     inodes: Vec<(u64, bool)>,
     /// A FID was queued for deletion.
     tombstones: bool,
+    /// The upload records written (`None`: removed), as they will be once committed.
+    uploads: std::collections::HashMap<u64, Option<UploadRecord>>,
 }
 
 impl Batch {
@@ -138,11 +140,13 @@ impl Batch {
     pub fn put_upload(&mut self, ino: u64, rec: &UploadRecord) {
         self.0.insert(&key::upload(ino), outbox::encode_upload(rec));
         self.1.inodes.push((ino, true));
+        self.1.uploads.insert(ino, Some(rec.clone()));
     }
     /// Removes the upload record of an inode.
     pub fn remove_upload(&mut self, ino: u64) {
         self.0.remove(&key::upload(ino));
         self.1.inodes.push((ino, true));
+        self.1.uploads.insert(ino, None);
     }
     /// Marks an unlinked inode that is still open, to be removed at the next start.
     pub fn put_orphan(&mut self, ino: u64) {
@@ -298,6 +302,15 @@ impl Store {
         self.tree.get(key::upload(ino))?.map(|v| outbox::decode_upload(&v)).transpose()
     }
 
+    /// The upload record of `ino` as it will be once `batch` is committed: a change that writes
+    /// a record twice builds on its own first write, not on the committed one.
+    pub fn upload_after(&self, batch: &Batch, ino: u64) -> Result<Option<UploadRecord>, StoreError> {
+        match batch.1.uploads.get(&ino) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.upload(ino),
+        }
+    }
+
     /// A fact about the data dir (`meta(b"key")`: the fingerprint of the key its files use).
     pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(key::meta(name))?.map(|v| v.to_vec()))
@@ -364,10 +377,16 @@ impl Store {
     /// Brings the catalog's view of `ino` up to date with its records (`upload`: its upload
     /// record was written). Called under the catalog lock, right after the write.
     fn refresh(&self, catalog: &mut catalog::Catalog, ino: u64, upload: bool) {
-        let up = self.upload(ino).unwrap_or_else(|e| {
-            log::error!("inode {ino}: upload record unreadable: {e}");
-            None
-        });
+        // An unreadable record keeps what the catalog knew of it, and holds deletions back.
+        let up = match self.upload(ino) {
+            Ok(up) => up,
+            Err(e) => {
+                log::error!("inode {ino}: upload record unreadable: {e}");
+                catalog.set_unreadable(ino, true);
+                return;
+            }
+        };
+        catalog.set_unreadable(ino, false);
         let residency = self.residency(ino).unwrap_or_default();
         catalog.refresh(ino, up.as_ref(), residency.as_ref());
         if upload {
@@ -381,20 +400,27 @@ impl Store {
         let mut catalog = crate::sync::lock(&self.catalog);
         for kv in self.tree.scan_prefix(key::UPLOAD_PREFIX) {
             let (k, v) = kv?;
-            // A record that does not decode is left out (and logged), not the whole mount.
-            match key::ino_of(&k).and_then(|ino| Ok((ino, outbox::decode_upload(&v)?))) {
-                Ok((ino, up)) => {
+            // A record that does not decode is left out (and logged), not the whole mount; what
+            // it needs is not known, so nothing is deleted from the chain meanwhile.
+            let ino = key::ino_of(&k)?;
+            match outbox::decode_upload(&v) {
+                Ok(up) => {
                     catalog.refresh(ino, Some(&up), residencies.get(&ino));
                     catalog.mark_changed(ino);
                 }
-                Err(e) => log::error!("an upload record is unreadable and left out: {e}"),
+                Err(e) => {
+                    log::error!("the upload record of inode {ino} is unreadable: {e}; no FID is deleted until it is");
+                    catalog.set_unreadable(ino, true);
+                }
             }
         }
         // A deletion sent before a crash may still land: its FID stays claimed until the
-        // reaper sees how it ended (`Store::claim_deletion`).
+        // reaper sees how it ended (`Store::claim_deletion`). One never sent claims nothing.
         for kv in self.tree.scan_prefix(key::TOMBSTONE_PREFIX) {
-            let (k, _) = kv?;
-            if let Ok(fid) = key::fid_of(&k) {
+            let (k, v) = kv?;
+            if let (Ok(fid), Ok(t)) = (key::fid_of(&k), outbox::decode_tombstone(&v))
+                && t.sent
+            {
                 catalog.claim_deletion(&fid);
             }
         }

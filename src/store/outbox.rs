@@ -268,10 +268,21 @@ pub struct Tombstone {
     pub retry_at: Option<Timestamp>,
     /// What went wrong last.
     pub error: Option<String>,
+    /// A deletion was sent and how it ended is not known yet: it may still land, so the FID
+    /// stays claimed, across restarts too, until the chain shows how it ended.
+    pub sent: bool,
+    /// When it was queued: an attempt settles the tombstone it read, not one queued again
+    /// meanwhile (by a file that let go of the FID while the attempt found it in use).
+    pub queued_at: Timestamp,
+}
+
+/// Decodes a tombstone; one written before `sent` and `queued_at` reads as never sent.
+pub(super) fn decode_tombstone(bytes: &[u8]) -> Result<Tombstone, StoreError> {
+    decode(bytes, "tombstone").or_else(|_| decode(&[bytes, &[0, 0, 0]].concat(), "tombstone"))
 }
 
 /// Whether a queued FID may be deleted from the chain now ([`Store::claim_deletion`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deletion {
     /// Claimed: delete it, then end the claim.
     Claimed,
@@ -279,12 +290,15 @@ pub enum Deletion {
     InUse,
     /// Needed only as a version a record keeps until its newer one is active: ask again soon.
     Replacing,
+    /// What needs it cannot be told now (a record that cannot be read): when in doubt, keep,
+    /// and ask again later.
+    InDoubt(String),
 }
 
 impl Batch {
     /// Queues `fid` for deletion from the chain.
     pub fn put_tombstone(&mut self, fid: &Hash) {
-        let t = Tombstone { attempts: 0, retry_at: None, error: None };
+        let t = Tombstone { attempts: 0, retry_at: None, error: None, sent: false, queued_at: Timestamp::now() };
         self.0.insert(key::tombstone(fid), encode(&t));
         self.1.tombstones = true;
     }
@@ -384,10 +398,16 @@ impl Store {
     /// claimed, no upload record takes it ([`Store::swap_upload`] answers
     /// [`StoreError::BeingDeleted`]): a file with the same bytes written meanwhile is not
     /// adopted as held, nor declared, until [`Store::end_deletion`], once the deletion landed.
+    /// A FID claimed already (a deletion sent before a restart) stays claimed: its deletion is
+    /// followed to its end.
     pub fn claim_deletion(&self, fid: &Hash) -> Result<Deletion, StoreError> {
         let kept = self.kept_snapshot_fids()?.contains(fid);
         let mut catalog = lock(&self.catalog);
-        Ok(if kept {
+        Ok(if catalog.claimed(fid) {
+            Deletion::Claimed
+        } else if let Some(why) = catalog.doubt() {
+            Deletion::InDoubt(why)
+        } else if kept {
             Deletion::InUse
         } else if catalog.only_replaced(fid) {
             Deletion::Replacing
@@ -476,18 +496,34 @@ impl Store {
             .scan_prefix(key::TOMBSTONE_PREFIX)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((key::fid_of(&k)?, decode(&v, "tombstone")?))
+                Ok((key::fid_of(&k)?, decode_tombstone(&v)?))
             })
             .collect()
     }
 
-    /// Records the outcome of a deletion attempt: done (`None`) or to retry.
-    pub fn settle_tombstone(&self, fid: &Hash, retry: Option<Tombstone>) -> Result<(), StoreError> {
-        match retry {
-            None => self.tree.remove(key::tombstone(fid))?,
-            Some(t) => self.tree.insert(key::tombstone(fid), encode(&t))?,
-        };
+    /// Records the outcome of the deletion attempt that read `read`: done (`None`) or to retry.
+    /// A tombstone queued again meanwhile is left for its own attempt.
+    pub fn settle_tombstone(&self, fid: &Hash, read: &Tombstone, outcome: Option<Tombstone>) -> Result<(), StoreError> {
+        let swapped =
+            self.tree.compare_and_swap(key::tombstone(fid), Some(encode(read)), outcome.map(|t| encode(&t)))?;
+        if swapped.is_err() {
+            log::info!("{fid} was queued for deletion again meanwhile: looked at again");
+        }
         Ok(())
+    }
+
+    /// Records durably, before the transaction goes, that a deletion of `fid` is sent (the
+    /// attempt read `read`). Returns the tombstone as it now is.
+    pub fn mark_deletion_sent(&self, fid: &Hash, read: &Tombstone) -> Result<Tombstone, StoreError> {
+        loop {
+            let current = self.tree.get(key::tombstone(fid))?;
+            let base = current.as_deref().map(decode_tombstone).transpose()?.unwrap_or_else(|| read.clone());
+            let sent = Tombstone { sent: true, ..base };
+            if self.tree.compare_and_swap(key::tombstone(fid), current, Some(encode(&sent)))?.is_ok() {
+                self.sync()?;
+                return Ok(sent);
+            }
+        }
     }
 
     /// Whether `ino` is open for writing right now.
@@ -669,7 +705,9 @@ impl Store {
             batch.remove_upload(ino);
         }
         let heir = match heir {
-            Some(h) => self.upload(h)?.filter(|r| !r.retired && r.state != UploadState::Active).map(|r| (h, r)),
+            Some(h) => {
+                self.upload_after(batch, h)?.filter(|r| !r.retired && r.state != UploadState::Active).map(|r| (h, r))
+            }
             None => None,
         };
         match heir {

@@ -23,6 +23,7 @@ mod error;
 mod job;
 mod placement;
 mod push;
+mod reaper;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -38,7 +39,7 @@ pub use error::UploadError;
 use crate::format::{Encoder, FileManifest, Hash, MasterKey};
 use crate::miner::MinerClient;
 use crate::protocol::{AccountId, Chain, Signer};
-use crate::store::{Deletion, Store, StoreError, Timestamp, Tombstone, UploadRecord, UploadState};
+use crate::store::{Store, StoreError, Timestamp, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// How the engine works.
@@ -95,27 +96,6 @@ pub struct Engine(Arc<Inner>);
 fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
-
-/// A deletion claimed in the store ([`Store::claim_deletion`]), ended when dropped unless
-/// `kept` (its outcome is not known yet). Kept too if the attempt is dropped half-way (at
-/// shutdown): the tombstone reclaims it at the next start.
-struct ClaimedDeletion<'a> {
-    store: &'a Store,
-    fid: Hash,
-    kept: bool,
-}
-
-impl Drop for ClaimedDeletion<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.store.end_deletion(&self.fid);
-        }
-    }
-}
-
-/// How long a landed deletion may take to show in the chain's reads (finalized blocks) before
-/// the reaper looks again later.
-const DELETION_SEEN_WITHIN: Duration = Duration::from_secs(60);
 
 /// How often a step that waits for something under way (a block, a deletion) looks again.
 const WAIT_PACE: Duration = Duration::from_secs(5);
@@ -570,160 +550,6 @@ impl Inner {
         }
         if let Err(e) = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await {
             crate::log_limited!(log::Level::Error, "record failure", "inode {ino}: recording the failure: {e}");
-        }
-    }
-
-    /// Deletes queued FIDs from the chain, one at a time, until the engine stops.
-    async fn reap_tombstones(self: Arc<Self>) {
-        let mut stop = self.stop.clone();
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let mut next = Duration::from_secs(300);
-            match self.db(|s| s.tombstones()).await {
-                Ok(stones) => {
-                    for (fid, t) in stones {
-                        if *stop.borrow() {
-                            return;
-                        }
-                        if let Some(wait) = t.retry_at.map(until).filter(|w| !w.is_zero()) {
-                            next = next.min(wait);
-                            continue;
-                        }
-                        let outcome = self.delete(&fid, t).await;
-                        if let Some(retry) = &outcome {
-                            next = next.min(retry.retry_at.map(until).unwrap_or_default());
-                        }
-                        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid, outcome)).await {
-                            log::error!("tombstone of {fid}: {e}");
-                        }
-                    }
-                }
-                Err(e) => crate::log_limited!(log::Level::Error, "tombstones", "the deletion queue is unreadable: {e}"),
-            }
-            tokio::select! {
-                _ = self.store.tombstone_bell().notified() => {}
-                _ = tokio::time::sleep(next.max(Duration::from_millis(200))) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    /// Deletes `fid` from the chain unless a file still uses it. `Some` to retry later.
-    async fn delete(&self, fid: &Hash, mut t: Tombstone) -> Option<Tombstone> {
-        // A snapshot being built may refer to it: ask again in a moment.
-        if self.store.deletions_held() {
-            t.retry_at = Some(later(Duration::from_secs(1)));
-            return Some(t);
-        }
-        let fid_copy = *fid;
-        match self.db(move |s| s.claim_deletion(&fid_copy)).await {
-            Ok(Deletion::Claimed) => {}
-            Ok(Deletion::InUse) => return None,
-            // Queued by a record that lets go of it in a moment (a file moving to its newer
-            // version, or to another pack): asked again then.
-            Ok(Deletion::Replacing) => {
-                t.retry_at = Some(later(Duration::from_secs(5)));
-                return Some(t);
-            }
-            Err(e) => {
-                log::error!("checking whether {fid} is in use: {e}");
-                t.retry_at = Some(later(Duration::from_secs(60)));
-                return Some(t);
-            }
-        }
-        let mut claim = ClaimedDeletion { store: &self.store, fid: *fid, kept: true };
-        let (retry, settled) = self.delete_claimed(fid, t).await;
-        claim.kept = !settled;
-        retry
-    }
-
-    /// Whether the chain, as its reads see it, holds `fid` for this tree (`None`: unknown now).
-    async fn held_here_now(&self, fid: &Hash) -> Option<bool> {
-        let file = self.chain.file(fid).await.ok()?;
-        Some(file.is_some_and(|f| self.held_here(&f)))
-    }
-
-    /// Deletes `fid`, claimed, from the chain: `Some` to retry later, and whether the claim may
-    /// end (the chain's reads no longer show it held here, or no deletion sent can still land).
-    async fn delete_claimed(&self, fid: &Hash, mut t: Tombstone) -> (Option<Tombstone>, bool) {
-        // `delete_file` drops the account's every hold of the FID: one it also holds in another
-        // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
-        let me = self.chain.account();
-        match self.chain.file(fid).await {
-            Ok(Some(file)) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
-                log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
-                return (None, true);
-            }
-            Ok(Some(file)) if self.held_here(&file) => {}
-            Ok(_) => {
-                log::info!("{fid} is not on the chain any more");
-                return (None, true);
-            }
-            Err(e) => {
-                t.attempts += 1;
-                t.retry_at = Some(later(backoff(t.attempts)));
-                t.error = Some(format!("reading the file before deleting it: {e}"));
-                return (Some(t), false);
-            }
-        }
-        log::info!("deleting {fid} from the chain");
-        match self.chain.delete_file(fid).await {
-            Ok(r) => {
-                log::info!("deleted {fid} from the chain (tx {}, block {})", r.tx_hash, r.block);
-                // The territory has room again: files that failed for want of it go now, not
-                // when the watcher next reads the territory, which may also see a file that
-                // became active meanwhile and miss the net gain.
-                self.territory_changed.notify_one();
-                // Reads follow finalized blocks, a few behind the one the deletion is in: until
-                // they see it, a file of the same bytes would still find the FID held.
-                let seen = tokio::time::Instant::now() + DELETION_SEEN_WITHIN;
-                while self.held_here_now(fid).await != Some(false) {
-                    if tokio::time::Instant::now() > seen {
-                        t.retry_at = Some(later(Duration::from_secs(10)));
-                        return (Some(t), false);
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                (None, true)
-            }
-            Err(crate::protocol::ChainError::Dispatch { error, .. })
-                if error == "NonExistent" || error == "NotOwner" =>
-            {
-                log::info!("{fid} is not on the chain any more");
-                (None, true)
-            }
-            // Sent, and how it ended is not known (no block seen, the connection lost): it may
-            // still land, so the claim stays until a later attempt sees.
-            Err(e) if e.is_transient() => {
-                t.attempts += 1;
-                t.retry_at = Some(later(backoff(t.attempts)));
-                t.error = Some(e.to_string());
-                crate::log_limited!(
-                    log::Level::Warn,
-                    &format!("delete: {e}"),
-                    "deleting {fid} from the chain failed, retrying: {e}"
-                );
-                (Some(t), false)
-            }
-            // Refused before any block (the account cannot pay the fee, say): the space stays
-            // charged until it can, so it is asked again, slowly.
-            Err(e @ crate::protocol::ChainError::Refused { .. }) => {
-                t.attempts += 1;
-                t.retry_at = Some(later(Duration::from_secs(600)));
-                t.error = Some(e.to_string());
-                crate::log_limited!(
-                    log::Level::Warn,
-                    "delete refused",
-                    "deleting {fid} from the chain refused, asked again in 10 minutes: {e}"
-                );
-                (Some(t), true)
-            }
-            Err(e) => {
-                log::error!("deleting {fid} from the chain refused: {e}");
-                (None, true)
-            }
         }
     }
 }

@@ -16,6 +16,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cessfs");
 pub struct Mount {
     mountpoint: TempDir,
     data: TempDir,
+    /// Where the daemon looks for armed hooks (src/hooks.rs).
+    hooks: TempDir,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -80,9 +82,32 @@ impl Mount {
         }
         let mut all: Vec<String> = vec!["--key-file".into(), key.display().to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut m = Mount { mountpoint: tempfile::tempdir().expect("mountpoint"), data, args: all, child: None };
+        let mut m = Mount {
+            mountpoint: tempfile::tempdir().expect("mountpoint"),
+            data,
+            hooks: tempfile::tempdir().expect("hooks dir"),
+            args: all,
+            child: None,
+        };
         m.mount();
         m
+    }
+
+    /// Arms hook `name`: the daemon stops there until [`Mount::release`].
+    pub fn arm(&self, name: &str) {
+        File::create(self.hooks.path().join(name)).expect("arm a hook");
+    }
+
+    /// Waits until the daemon waits at hook `name`.
+    pub fn wait_hook(&self, name: &str, timeout: Duration) {
+        let reached = self.hooks.path().join(format!("{name}.reached"));
+        wait_until(timeout, &format!("hook {name}"), || reached.exists());
+    }
+
+    /// Releases hook `name`: the daemon goes on.
+    pub fn release(&self, name: &str) {
+        let _ = std::fs::remove_file(self.hooks.path().join(name));
+        let _ = std::fs::remove_file(self.hooks.path().join(format!("{name}.reached")));
     }
 
     fn log_path(&self) -> PathBuf {
@@ -91,6 +116,12 @@ impl Mount {
 
     /// Mounts (again) on the same mount point and data dir.
     pub fn mount(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the daemon without waiting for the mount (for a kill during start-up).
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already mounted");
         let log = File::options().create(true).append(true).open(self.log_path()).expect("log file");
         let child = Command::new(BIN)
@@ -101,6 +132,7 @@ impl Mount {
             .arg(self.data.path())
             .args(&self.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("CESSFS_HOOKS", self.hooks.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -108,6 +140,10 @@ impl Mount {
             .spawn()
             .expect("spawn cessfs mount");
         self.child = Some(child);
+    }
+
+    /// Waits until the daemon started by [`Mount::spawn`] has its mount ready.
+    pub fn wait_ready(&mut self) {
         // A mount that looks for its tree among 100,000 held files takes seconds, more on a
         // loaded machine; a healthy one appears at once.
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -10,6 +10,7 @@ mod model;
 mod packs;
 mod pjdfstest;
 mod posix;
+mod safety;
 mod service;
 mod tree;
 mod upload;

@@ -1,0 +1,214 @@
+//! The reaper: deletes the FIDs queued in tombstones from the chain, one at a time, each once
+//! nothing here needs it (`Store::claim_deletion`). A deletion is recorded as sent before its
+//! transaction goes, so that after a restart it is followed to its end, with its FID claimed
+//! meanwhile; a tombstone is settled only if it is still the one the attempt read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Inner, backoff, later, until};
+use crate::format::Hash;
+use crate::protocol::ChainError;
+use crate::store::{Deletion, Store, Tombstone};
+
+/// A deletion claimed in the store ([`Store::claim_deletion`]), ended when dropped unless
+/// `kept` (its outcome is not known yet). Kept too if the attempt is dropped half-way (at
+/// shutdown): the tombstone, marked sent, claims it again at the next start.
+struct ClaimedDeletion<'a> {
+    store: &'a Store,
+    fid: Hash,
+    kept: bool,
+}
+
+impl Drop for ClaimedDeletion<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.store.end_deletion(&self.fid);
+        }
+    }
+}
+
+/// How long a landed deletion may take to show in the chain's reads (finalized blocks) before
+/// the reaper looks again later.
+const DELETION_SEEN_WITHIN: Duration = Duration::from_secs(60);
+
+/// What one attempt did: the tombstone to keep (`None`: done), whether the claim may end, and
+/// the tombstone as stored when the attempt ended (what settling it compares with).
+struct Attempt {
+    retry: Option<Tombstone>,
+    settled: bool,
+    stored: Tombstone,
+}
+
+impl Inner {
+    /// Deletes queued FIDs from the chain, one at a time, until the engine stops.
+    pub(super) async fn reap_tombstones(self: Arc<Self>) {
+        let mut stop = self.stop.clone();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let mut next = Duration::from_secs(300);
+            match self.db(|s| s.tombstones()).await {
+                Ok(stones) => {
+                    for (fid, t) in stones {
+                        if *stop.borrow() {
+                            return;
+                        }
+                        if let Some(wait) = t.retry_at.map(until).filter(|w| !w.is_zero()) {
+                            next = next.min(wait);
+                            continue;
+                        }
+                        let Attempt { retry, stored, .. } = self.delete(&fid, t).await;
+                        if let Some(retry) = &retry {
+                            next = next.min(retry.retry_at.map(until).unwrap_or_default());
+                        }
+                        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid, &stored, retry)).await {
+                            log::error!("tombstone of {fid}: {e}");
+                        }
+                    }
+                }
+                Err(e) => crate::log_limited!(log::Level::Error, "tombstones", "the deletion queue is unreadable: {e}"),
+            }
+            tokio::select! {
+                _ = self.store.tombstone_bell().notified() => {}
+                _ = tokio::time::sleep(next.max(Duration::from_millis(200))) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Deletes `fid` from the chain unless something still needs it.
+    async fn delete(&self, fid: &Hash, read: Tombstone) -> Attempt {
+        let later_by = |d: Duration| {
+            let t = Tombstone { retry_at: Some(later(d)), ..read.clone() };
+            Attempt { retry: Some(t), settled: true, stored: read.clone() }
+        };
+        // A snapshot being built may refer to it: ask again in a moment.
+        if self.store.deletions_held() {
+            return later_by(Duration::from_secs(1));
+        }
+        let fid_copy = *fid;
+        let decided = self.db(move |s| s.claim_deletion(&fid_copy)).await;
+        crate::hooks::reached_async("reaper-decided").await;
+        match decided {
+            Ok(Deletion::Claimed) => {}
+            Ok(Deletion::InUse) => return Attempt { retry: None, settled: true, stored: read },
+            // Queued by a record that lets go of it in a moment (a file moving to its newer
+            // version, or to another pack): asked again then.
+            Ok(Deletion::Replacing) => return later_by(Duration::from_secs(5)),
+            Ok(Deletion::InDoubt(why)) => {
+                crate::log_limited!(log::Level::Warn, "deletion in doubt", "{fid} is not deleted now: {why}");
+                return later_by(Duration::from_secs(60));
+            }
+            Err(e) => {
+                log::error!("checking whether {fid} is in use: {e}");
+                return later_by(Duration::from_secs(60));
+            }
+        }
+        let mut claim = ClaimedDeletion { store: &self.store, fid: *fid, kept: true };
+        let attempt = self.delete_claimed(fid, read).await;
+        claim.kept = !attempt.settled;
+        attempt
+    }
+
+    /// Whether the chain, as its reads see it, holds `fid` for this tree (`None`: unknown now).
+    async fn held_here_now(&self, fid: &Hash) -> Option<bool> {
+        let file = self.chain.file(fid).await.ok()?;
+        Some(file.is_some_and(|f| self.held_here(&f)))
+    }
+
+    /// Deletes `fid`, claimed, from the chain (see [`Attempt`]): the claim may end once the
+    /// chain's reads no longer show it held here, or no deletion sent can still land.
+    async fn delete_claimed(&self, fid: &Hash, read: Tombstone) -> Attempt {
+        let done = |stored: Tombstone| Attempt { retry: None, settled: true, stored };
+        // `delete_file` drops the account's every hold of the FID: one it also holds in another
+        // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
+        let me = self.chain.account();
+        match self.chain.file(fid).await {
+            Ok(Some(file)) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
+                log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
+                return done(read);
+            }
+            Ok(Some(file)) if self.held_here(&file) => {}
+            Ok(_) => {
+                log::info!("{fid} is not on the chain any more");
+                return done(read);
+            }
+            Err(e) => {
+                let mut t = read.clone();
+                t.attempts += 1;
+                t.retry_at = Some(later(backoff(t.attempts)));
+                t.error = Some(format!("reading the file before deleting it: {e}"));
+                return Attempt { retry: Some(t), settled: !read.sent, stored: read };
+            }
+        }
+        let fid_copy = *fid;
+        let sent = read.clone();
+        let stored = match self.db(move |s| s.mark_deletion_sent(&fid_copy, &sent)).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                log::error!("recording the deletion of {fid} before sending it: {e}");
+                let t = Tombstone { retry_at: Some(later(Duration::from_secs(60))), ..read.clone() };
+                return Attempt { retry: Some(t), settled: !read.sent, stored: read };
+            }
+        };
+        let mut t = stored.clone();
+        log::info!("deleting {fid} from the chain");
+        match self.chain.delete_file(fid).await {
+            Ok(r) => {
+                log::info!("deleted {fid} from the chain (tx {}, block {})", r.tx_hash, r.block);
+                // The territory has room again: files that failed for want of it go now, not
+                // when the watcher next reads the territory, which may also see a file that
+                // became active meanwhile and miss the net gain.
+                self.territory_changed.notify_one();
+                // Reads follow finalized blocks, a few behind the one the deletion is in: until
+                // they see it, a file of the same bytes would still find the FID held.
+                let seen = tokio::time::Instant::now() + DELETION_SEEN_WITHIN;
+                while self.held_here_now(fid).await != Some(false) {
+                    if tokio::time::Instant::now() > seen {
+                        t.retry_at = Some(later(Duration::from_secs(10)));
+                        return Attempt { retry: Some(t), settled: false, stored };
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                done(stored)
+            }
+            Err(ChainError::Dispatch { error, .. }) if error == "NonExistent" || error == "NotOwner" => {
+                log::info!("{fid} is not on the chain any more");
+                done(stored)
+            }
+            // Sent, and how it ended is not known (no block seen, the connection lost): it may
+            // still land, so the claim stays until a later attempt sees.
+            Err(e) if e.is_transient() => {
+                t.attempts += 1;
+                t.retry_at = Some(later(backoff(t.attempts)));
+                t.error = Some(e.to_string());
+                crate::log_limited!(
+                    log::Level::Warn,
+                    &format!("delete: {e}"),
+                    "deleting {fid} from the chain failed, retrying: {e}"
+                );
+                Attempt { retry: Some(t), settled: false, stored }
+            }
+            // Refused before any block (the account cannot pay the fee, say): nothing was sent,
+            // and the space stays charged until it can, so it is asked again, slowly.
+            Err(e @ ChainError::Refused { .. }) => {
+                t.attempts += 1;
+                t.sent = false;
+                t.retry_at = Some(later(Duration::from_secs(600)));
+                t.error = Some(e.to_string());
+                crate::log_limited!(
+                    log::Level::Warn,
+                    "delete refused",
+                    "deleting {fid} from the chain refused, asked again in 10 minutes: {e}"
+                );
+                Attempt { retry: Some(t), settled: true, stored }
+            }
+            Err(e) => {
+                log::error!("deleting {fid} from the chain refused: {e}");
+                done(stored)
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Nothing lost in deletion, packing and restore: each test forces the race or the crash it is
+//! about (with a hook where timing alone would decide) and fails without its fix.
+
+use std::fs::{self, File};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// Waits until the tree as it is now is in an active snapshot.
+fn wait_for_snapshot(m: &Mount) {
+    run(Command::new(BIN).args(["status", "--wait", "--timeout", "120"]).arg(m.root()));
+}
+
+/// A file whose upload failed, renamed over a stored one (an editor's save of a version the
+/// territory cannot take), keeps the stored one in the tree's snapshots until its own version is
+/// stored, and the stored one's FID leaves the chain only then.
+#[test]
+fn a_failed_file_renamed_over_a_stored_one_keeps_its_place_in_the_tree() {
+    let net = StandaloneDevnet::start_with(&["--territory-gib", "1"]);
+    let chain = net.client();
+    let mut first = Mount::uploading("0", &["--chain", &net.url, "--snapshots-kept", "1"]);
+    fs::write(first.path("doc.bin"), b"version one").unwrap();
+    first.wait_status("doc.bin", &["active"], MIN);
+    let old = first.cess("doc.bin", "fid").unwrap();
+    wait_for_snapshot(&first);
+    // 400 MiB need more segments than 1 GiB of territory takes: this version fails.
+    File::create(first.path(".doc.tmp")).unwrap().set_len(400 << 20).unwrap();
+    first.wait_status(".doc.tmp", &["failed"], MIN);
+    fs::rename(first.path(".doc.tmp"), first.path("doc.bin")).unwrap();
+    first.wait_status("doc.bin", &["failed"], MIN);
+    fs::write(first.path("other.txt"), b"a change after it").unwrap();
+    first.wait_status("other.txt", &["active"], MIN);
+    first.unmount_with(&["--wait", "--timeout", "120"]);
+    assert!(chain.file(&old).is_some(), "the stored version stays on chain");
+
+    let second = Mount::uploading("0", &["--chain", &net.url, "--read-only"]);
+    assert_eq!(fs::read(second.path("doc.bin")).unwrap(), b"version one", "the tree keeps the stored version");
+    assert_eq!(fs::read(second.path("other.txt")).unwrap(), b"a change after it");
+    drop(second);
+
+    first.mount();
+    fs::write(first.path("doc.bin"), b"version two").unwrap();
+    first.wait_status("doc.bin", &["active"], MIN);
+    wait_for_snapshot(&first);
+    wait_until(MIN, "the replaced version to leave the chain", || chain.file(&old).is_none());
+}
+
+/// The root's `user.cess.snapshot`.
+fn tree_state(m: &Mount) -> serde_json::Value {
+    serde_json::from_slice(&getxattr(m.root(), "user.cess.snapshot").expect("user.cess.snapshot")).unwrap()
+}
+
+/// Makes every namespace change of the mount durable (fsync of its root: FUSE fsyncdir).
+fn sync_mount(m: &Mount) {
+    run(Command::new("sync").arg(m.root()));
+}
+
+/// A deletion queued before a crash, of a FID a kept snapshot still needs, claims nothing at the
+/// next start: a file written later with the same bytes is stored at once, not held back for a
+/// deletion that will never happen.
+#[test]
+fn a_deletion_queued_before_a_crash_does_not_hold_back_the_same_bytes_written_later() {
+    let mut m = Mount::uploading("0", &["--pack-below", "0"]);
+    fs::write(m.path("a.txt"), b"the same bytes twice").unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    let fid = m.cess("a.txt", "fid").unwrap();
+    wait_for_snapshot(&m);
+    m.arm("reaper-decided");
+    fs::remove_file(m.path("a.txt")).unwrap();
+    m.wait_hook("reaper-decided", MIN);
+    sync_mount(&m);
+    m.kill9();
+    m.release("reaper-decided");
+    m.mount();
+    fs::write(m.path("b.txt"), b"the same bytes twice").unwrap();
+    m.wait_status("b.txt", &["active"], MIN);
+    assert_eq!(m.cess("b.txt", "fid").unwrap(), fid);
+    assert!(m.devnet().file(&fid).is_some());
+}
+
+/// A FID queued for deletion again while an attempt found it in use (the snapshot that held it
+/// was dropped meanwhile) is not forgotten when that attempt ends: it leaves the chain.
+#[test]
+fn a_deletion_queued_again_during_an_attempt_is_not_lost() {
+    let m = Mount::uploading("0", &["--snapshots-kept", "1", "--pack-below", "0"]);
+    fs::write(m.path("a.txt"), b"removed while a snapshot holds it").unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    let fid = m.cess("a.txt", "fid").unwrap();
+    wait_for_snapshot(&m);
+    let held = tree_state(&m)["generation"].clone();
+    m.arm("reaper-decided");
+    fs::remove_file(m.path("a.txt")).unwrap();
+    // The attempt finds the FID in the kept snapshot and waits there; meanwhile a newer
+    // snapshot replaces that one, which queues the FID again.
+    m.wait_hook("reaper-decided", MIN);
+    fs::write(m.path("b.txt"), b"a later change").unwrap();
+    m.wait_status("b.txt", &["active"], MIN);
+    wait_until(MIN, "the snapshot holding the FID to be dropped", || {
+        let state = tree_state(&m);
+        state["active_generation"] != held && state["kept"] == 1
+    });
+    m.release("reaper-decided");
+    let net = m.devnet();
+    wait_until(MIN, "the removed file's FID to leave the chain", || net.file(&fid).is_none());
+}
+
+/// An upload record that cannot be read may need any FID: nothing is deleted from the chain while
+/// it cannot, not even a FID another file let go of.
+#[test]
+fn an_unreadable_upload_record_holds_deletions_back() {
+    let mut m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0"]);
+    fs::write(m.path("a.txt"), b"two files, one FID").unwrap();
+    fs::write(m.path("b.txt"), b"two files, one FID").unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    m.wait_status("b.txt", &["active"], MIN);
+    let fid = m.cess("a.txt", "fid").unwrap();
+    assert_eq!(m.cess("b.txt", "fid").unwrap(), fid);
+    let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path("b.txt")).unwrap());
+    m.unmount();
+    {
+        let db = sled::open(m.data_dir().join("db")).unwrap();
+        let tree = db.open_tree("fs").unwrap();
+        let key = [&b"u"[..], &ino.to_be_bytes()].concat();
+        assert!(tree.get(&key).unwrap().is_some(), "b's upload record");
+        tree.insert(key, &[9u8, 9, 9][..]).unwrap();
+        db.flush().unwrap();
+    }
+    m.mount();
+    fs::remove_file(m.path("a.txt")).unwrap();
+    let net = m.devnet();
+    wait_until(MIN, "the deletion to be held back or done", || {
+        net.file(&fid).is_none() || m.log().contains("cannot be read (inode")
+    });
+    assert!(net.file(&fid).is_some(), "b's bytes stay on CESS");
+}

@@ -81,6 +81,8 @@ pub(super) struct Catalog {
     deleting: HashSet<Hash>,
     /// Inodes whose upload record cannot be read: the FIDs they need are not known.
     unreadable: HashSet<u64>,
+    /// FIDs an upload is about to take as stored (`Store::pin_fid`), and how many times.
+    pinned: HashMap<Hash, usize>,
 }
 
 impl Catalog {
@@ -200,6 +202,30 @@ impl Catalog {
     /// Claims `fid` for a deletion from the chain, unless a record needs it.
     pub(super) fn claim_deletion(&mut self, fid: &Hash) -> bool {
         !self.needed(fid) && self.deleting.insert(*fid)
+    }
+
+    /// Pins `fid` (no claim while pinned), unless it is claimed already.
+    pub(super) fn pin(&mut self, fid: &Hash) -> bool {
+        if self.deleting.contains(fid) {
+            return false;
+        }
+        *self.pinned.entry(*fid).or_default() += 1;
+        true
+    }
+
+    /// Lets go of one pin of `fid`.
+    pub(super) fn unpin(&mut self, fid: &Hash) {
+        if let Some(n) = self.pinned.get_mut(fid) {
+            *n -= 1;
+            if *n == 0 {
+                self.pinned.remove(fid);
+            }
+        }
+    }
+
+    /// Whether an upload is about to take `fid` as stored.
+    pub(super) fn pinned(&self, fid: &Hash) -> bool {
+        self.pinned.contains_key(fid)
     }
 
     /// Whether `fid` is claimed for a deletion.

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 pub use catalog::resident_bytes;
-pub use outbox::{DealGuard, Deletion, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
+pub use outbox::{DealGuard, Deletion, FidPin, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
 pub use packs::{PackRecord, PackSummary};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;

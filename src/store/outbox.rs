@@ -290,6 +290,8 @@ pub enum Deletion {
     InUse,
     /// Needed only as a version a record keeps until its newer one is active: ask again soon.
     Replacing,
+    /// An upload is about to take it as stored ([`Store::pin_fid`]): ask again soon.
+    Pinned,
     /// What needs it cannot be told now (a record that cannot be read): when in doubt, keep,
     /// and ask again later.
     InDoubt(String),
@@ -409,6 +411,8 @@ impl Store {
             Deletion::InDoubt(why)
         } else if kept {
             Deletion::InUse
+        } else if catalog.pinned(fid) {
+            Deletion::Pinned
         } else if catalog.only_replaced(fid) {
             Deletion::Replacing
         } else if catalog.claim_deletion(fid) {
@@ -416,6 +420,17 @@ impl Store {
         } else {
             Deletion::InUse
         })
+    }
+
+    /// Keeps `fid` from being claimed for deletion while the pin lives. An upload that finds its
+    /// FID stored (on chain, or for another file here) takes it under a pin made before it
+    /// looked: a deletion cannot then land between the look and the record that takes it.
+    /// [`StoreError::BeingDeleted`] if a deletion is under way already.
+    pub fn pin_fid(self: &std::sync::Arc<Self>, fid: &Hash) -> Result<FidPin, StoreError> {
+        if !lock(&self.catalog).pin(fid) {
+            return Err(StoreError::BeingDeleted(*fid));
+        }
+        Ok(FidPin { store: self.clone(), fid: *fid })
     }
 
     /// Ends the claim of [`Store::claim_deletion`]: the chain no longer holds the FID here, or
@@ -759,6 +774,18 @@ fn copy_durably(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
     }
     dst.set_len(len)?;
     dst.sync_all()
+}
+
+/// A pin on a FID ([`Store::pin_fid`]), let go when dropped.
+pub struct FidPin {
+    store: std::sync::Arc<Store>,
+    fid: Hash,
+}
+
+impl Drop for FidPin {
+    fn drop(&mut self) {
+        lock(&self.store.catalog).unpin(&self.fid);
+    }
 }
 
 /// The deal lock, held ([`Store::deals`]).

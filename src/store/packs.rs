@@ -93,9 +93,24 @@ impl Store {
         self.pack_content(ino, rec, rec.clone(), &content, keys, names, &HashSet::new())
     }
 
+    /// The content of stored packed file `ino` if it is whole here and is its blob `id`, else
+    /// `None` (fetch it from its pack). Read under the rule a reader uses: present before the
+    /// read and still after it (an eviction records the content gone before it takes it away),
+    /// and checked against its id, as restic checks the blobs it repacks.
+    pub fn local_blob(&self, ino: u64, id: &Hash, keys: &BlobKeys) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.residency(ino)?.is_some() {
+            return Ok(None);
+        }
+        crate::hooks::reached("merge-read");
+        let content = std::fs::read(self.content_path(ino))?;
+        let whole = self.residency(ino)?.is_none();
+        Ok((whole && keys.id(&content) == *id).then_some(content))
+    }
+
     /// Moves stored file `ino` (record `rec`, `content` its bytes) out of its pack, into the
     /// open one: its old pack's FID goes once the new pack is stored and nothing else refers to
-    /// it. Equal contents in the packs `leaving` are not reused. `false` if the file changed.
+    /// it. Equal contents in the packs `leaving` are not reused. `false` if the file changed, or
+    /// if `content` is not its blob's (never packed: it would stand for the file's bytes).
     pub fn repack_file(
         &self,
         ino: u64,
@@ -106,6 +121,10 @@ impl Store {
         leaving: &HashSet<Hash>,
     ) -> Result<bool, StoreError> {
         let Some(stored) = rec.stored_version().filter(|s| s.blob.is_some()) else { return Ok(false) };
+        if stored.blob.is_some_and(|(id, _)| keys.id(content) != id) {
+            log::error!("inode {ino}: the bytes read to pack it again are not its own: left in its pack");
+            return Ok(false);
+        }
         let mut next = rec.clone();
         next.replaces.push(stored.fid);
         next.previous = Some(stored);

@@ -226,8 +226,12 @@ impl Inner {
             r.segments = segments;
             r.file_name = chain_name.clone();
         };
+        // Found stored (for another file here, or on chain), it is taken as such under a pin
+        // made before the look: no deletion of it lands in between.
+        let _pin = self.store.pin_fid(&fid)?;
         // The same bytes under the same key are stored for another file here already.
         if let Some(other) = self.db(move |s| s.fid_active_elsewhere(&fid, ino)).await? {
+            crate::hooks::reached_async("upload-held").await;
             self.update(ino, &encoding, |r| {
                 encoded(r);
                 r.state = UploadState::Active;
@@ -240,6 +244,7 @@ impl Inner {
         if let Some(file) = self.chain.file(&fid).await?
             && self.held_here(&file)
         {
+            crate::hooks::reached_async("upload-held").await;
             self.update(ino, &encoding, |r| {
                 encoded(r);
                 r.state = UploadState::Active;
@@ -396,7 +401,7 @@ impl Inner {
         let fid = rec.fid.ok_or_else(|| missing_fid("confirming"))?;
         let deadline = tokio::time::Instant::now() + self.config.report_timeout;
         loop {
-            if self.chain.file(&fid).await?.is_some() {
+            if self.chain.file(&fid).await?.is_some_and(|f| self.held_here(&f)) {
                 self.update(ino, &rec, |r| {
                     r.state = UploadState::Active;
                     (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);

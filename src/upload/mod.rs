@@ -454,15 +454,17 @@ impl Inner {
                 let Some(blob) = rec.blob.filter(|_| rec.state == UploadState::Active && rec.fid == Some(*fid)) else {
                     continue;
                 };
-                let local = self.db(move |s| Ok(s.residency(ino)?.is_none())).await?;
-                let content = if local {
-                    self.db(move |s| Ok(std::fs::read(s.content_path(ino))?)).await?
-                } else {
-                    let fetcher = self.fetcher.as_ref().ok_or_else(|| UploadError::Internal("no fetcher".into()))?;
-                    fetcher
-                        .blob(fid, &blob.id, blob.place, rec.size)
-                        .await
-                        .map_err(|e| UploadError::Internal(e.to_string()))?
+                let blob_keys = keys.clone();
+                let content = match self.db(move |s| s.local_blob(ino, &blob.id, &blob_keys)).await? {
+                    Some(local) => local,
+                    None => {
+                        let fetcher =
+                            self.fetcher.as_ref().ok_or_else(|| UploadError::Internal("no fetcher".into()))?;
+                        fetcher
+                            .blob(fid, &blob.id, blob.place, rec.size)
+                            .await
+                            .map_err(|e| UploadError::Internal(e.to_string()))?
+                    }
                 };
                 if content.len() as u64 != rec.size {
                     continue;

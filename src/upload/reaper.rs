@@ -93,10 +93,17 @@ impl Inner {
         crate::hooks::reached_async("reaper-decided").await;
         match decided {
             Ok(Deletion::Claimed) => {}
-            Ok(Deletion::InUse) => return Attempt { retry: None, settled: true, stored: read },
+            Ok(Deletion::InUse) => {
+                log::info!("{fid} is in use here (a file or a kept tree snapshot): not deleted");
+                return Attempt { retry: None, settled: true, stored: read };
+            }
             // Queued by a record that lets go of it in a moment (a file moving to its newer
             // version, or to another pack): asked again then.
             Ok(Deletion::Replacing) => return later_by(Duration::from_secs(5)),
+            Ok(Deletion::Pinned) => {
+                log::info!("{fid} is being taken as stored by an upload: asked again in 5 s");
+                return later_by(Duration::from_secs(5));
+            }
             Ok(Deletion::InDoubt(why)) => {
                 crate::log_limited!(log::Level::Warn, "deletion in doubt", "{fid} is not deleted now: {why}");
                 return later_by(Duration::from_secs(60));

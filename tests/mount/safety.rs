@@ -136,3 +136,62 @@ fn an_unreadable_upload_record_holds_deletions_back() {
     });
     assert!(net.file(&fid).is_some(), "b's bytes stay on CESS");
 }
+
+/// 4 KiB of a note, different for each `i`.
+fn note(i: usize) -> Vec<u8> {
+    let mut bytes = random_bytes(4096, i as u64);
+    bytes.extend_from_slice(format!("note {i}").as_bytes());
+    bytes
+}
+
+/// A file evicted while a merge of under-full packs is about to read it is packed again with
+/// its own bytes (read back from its pack), not with the hole eviction left.
+#[test]
+fn a_merge_racing_an_eviction_packs_each_file_with_its_own_bytes() {
+    let m = Mount::uploading("0.2", &["--pack-below", "64K", "--snapshots", "false"]);
+    fs::write(m.path("first.txt"), note(1)).unwrap();
+    m.wait_status("first.txt", &["active"], MIN);
+    let first = m.cess("first.txt", "fid").unwrap();
+    m.arm("merge-read");
+    fs::write(m.path("second.txt"), note(2)).unwrap();
+    m.wait_hook("merge-read", 2 * MIN);
+    run(Command::new(BIN).arg("evict").arg(m.path("first.txt")).arg(m.path("second.txt")));
+    m.release("merge-read");
+    wait_until(MIN, "the two notes to share a new pack", || {
+        let (a, b) = (m.cess("first.txt", "fid"), m.cess("second.txt", "fid"));
+        ["first.txt", "second.txt"].iter().all(|f| m.cess(f, "status").as_deref() == Some("active"))
+            && a == b
+            && a.as_deref() != Some(&first)
+    });
+    run(Command::new(BIN).arg("evict").arg(m.root()));
+    assert!(fs::read(m.path("first.txt")).unwrap() == note(1), "first.txt has its own bytes");
+    assert!(fs::read(m.path("second.txt")).unwrap() == note(2), "second.txt has its own bytes");
+}
+
+/// A file found stored under the bytes of another (same key, same FID) while that other is
+/// removed does not become active on a FID deleted meanwhile: the deletion waits for it, and
+/// the FID stays.
+#[test]
+fn a_file_found_stored_while_its_bytes_are_deleted_keeps_them_on_chain() {
+    let m = Mount::uploading("0", &["--pack-below", "0", "--snapshots", "false"]);
+    fs::write(m.path("a.txt"), b"one content, two names").unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    let fid = m.cess("a.txt", "fid").unwrap();
+    m.arm("upload-held");
+    fs::write(m.path("b.txt"), b"one content, two names").unwrap();
+    m.wait_hook("upload-held", MIN);
+    fs::remove_file(m.path("a.txt")).unwrap();
+    let net = m.devnet();
+    wait_until(MIN, "the deletion to land or to wait for b", || {
+        net.file(&fid).is_none() || m.log().contains(&format!("{fid} is being taken as stored"))
+    });
+    m.release("upload-held");
+    m.wait_status("b.txt", &["active"], MIN);
+    assert_eq!(m.cess("b.txt", "fid").unwrap(), fid);
+    wait_until(MIN, "the deletion to be dropped or done", || {
+        net.file(&fid).is_none() || m.log().contains(&format!("{fid} is in use here"))
+    });
+    assert!(net.file(&fid).is_some(), "b's FID stays on chain");
+    run(Command::new(BIN).arg("evict").arg(m.path("b.txt")));
+    assert_eq!(fs::read(m.path("b.txt")).unwrap(), b"one content, two names");
+}

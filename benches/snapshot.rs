@@ -85,7 +85,8 @@ fn main() {
 
     let fresh = Store::open(&work.path().join("b"), 1000, 1000).expect("store");
     let start = Instant::now();
-    let restored = fresh.restore_snapshot(&decoded, b"cessfs", |fid: &Hash| fid.0[..8].to_vec()).expect("restore");
+    let restored =
+        fresh.restore_snapshot(&decoded, b"cessfs", |fid: &Hash| fid.0[..8].to_vec(), &[], &[]).expect("restore");
     let restore = start.elapsed();
 
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

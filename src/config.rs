@@ -101,7 +101,8 @@ pub struct Settings {
     #[arg(long, value_name = "G")]
     #[serde(skip)]
     pub generation: Option<u64>,
-    /// With --read-only: seconds between looks for a newer snapshot [default: 60].
+    /// Seconds between looks at the tree's snapshots on chain: with --read-only for a newer one,
+    /// otherwise for another mount writing the tree [default: 60].
     #[arg(long, value_name = "SECS")]
     pub poll_interval: Option<f64>,
     /// Start an empty tree in an empty data dir instead of restoring the newest snapshot of the
@@ -221,7 +222,14 @@ impl Settings {
             interval: std::time::Duration::from_secs_f64(self.snapshot_interval.unwrap_or(600.0).max(1.0)),
             keep: self.snapshots_kept.unwrap_or(3).max(1),
             sweep_after: std::time::Duration::from_secs_f64(self.sweep_after.unwrap_or(3600.0).max(0.0)),
+            look_every: self.poll_interval(),
         })
+    }
+
+    /// How often the tree's snapshots on chain are looked at: by a read-only view for a newer
+    /// one, by a writer for another writer.
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.poll_interval.unwrap_or(60.0).max(1.0))
     }
 
     /// Whether files are stored unencrypted.

@@ -17,6 +17,7 @@ use crate::fs::{ColdReader, Fs, FsConfig, StorageSpace};
 use crate::mountpoint;
 use crate::network::Network;
 use crate::protocol::Chain;
+use crate::snapshots::watch::TreeWatch;
 use crate::store::{Store, StoreError};
 use crate::upload::{Engine, UploadConfig};
 
@@ -325,18 +326,27 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
     let follower = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let snapshot_flags = Arc::new(crate::fs::SnapshotFlags::default());
+    let snapshot_config = settings.snapshot_config().filter(|_| names.is_some());
+    // What the tree's snapshots on chain refer to is never deleted, whether this mount writes
+    // them or not.
+    let watch = names.filter(|_| !settings.read_only()).map(|names| {
+        let tree =
+            crate::snapshots::TreeOnChain { chain: network.chain.clone(), territory: settings.territory(), names };
+        let writes = snapshot_config.is_some();
+        Arc::new(TreeWatch::new(store.clone(), snapshot_flags.clone(), tree, fetcher.clone(), writes))
+    });
     let engine = Engine::new(
         store.clone(),
         network.chain.clone(),
         network.signer.clone(),
         config,
         Some(fetcher.clone()),
+        watch.clone(),
         stopped.clone(),
     );
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_chain_health(network.health.clone());
-    let snapshot_flags = Arc::new(crate::fs::SnapshotFlags::default());
-    let snapshot_config = settings.snapshot_config().zip(names);
     if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
@@ -359,13 +369,10 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     );
     let mut tasks = vec![runtime.spawn(watched)];
     if let Some(follower) = follower {
-        let every = Duration::from_secs_f64(settings.poll_interval.unwrap_or(60.0).max(1.0));
-        tasks.push(runtime.spawn(follower.run(every, stop.subscribe())));
+        tasks.push(runtime.spawn(follower.run(settings.poll_interval(), stop.subscribe())));
     }
-    if let Some((config, names)) = snapshot_config {
-        let tree =
-            crate::snapshots::TreeOnChain { chain: network.chain.clone(), territory: settings.territory(), names };
-        let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, tree, config)?;
+    if let (Some(config), Some(watch)) = (snapshot_config, watch) {
+        let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, watch, config)?;
         tasks.push(runtime.spawn(writer.run(stop.subscribe())));
     }
     let metrics = match settings.metrics_addr()? {
@@ -477,38 +484,52 @@ impl TreeSetup<'_> {
         if !undecided {
             return Ok(None);
         }
-        // The tree's snapshots on chain, looked for once: what to restore, and the baseline below.
-        let found =
-            names.map(|n| self.runtime.block_on(crate::snapshots::restore::find(&*self.network.chain, &territory, n)));
-        let origin = match (names, self.settings.fresh.unwrap_or(false)) {
-            (_, true) => "fresh".to_string(),
-            (None, false) => "new".to_string(),
-            (Some(names), false) => {
-                let found = found.clone().transpose()?.unwrap_or_default();
-                let restore =
-                    crate::snapshots::restore::restore_newest(&found, self.fetcher, self.store, &territory, names);
-                match self.runtime.block_on(restore)? {
-                    Some(outcome) => {
-                        crate::snapshots::sweep::schedule(self.store, outcome.lineage_from)?;
-                        let said = describe_restore(&outcome);
-                        log::info!("{said}");
-                        notices.push(said);
-                        format!("restored {}", outcome.generation)
-                    }
-                    None => {
-                        self.note_other_trees(notices);
-                        "new".to_string()
-                    }
-                }
-            }
-        };
+        // The tree's files on chain, looked for once: the snapshot to restore, the baseline of
+        // snapshots that are this tree's past, and the newest block a file of it was stored at.
+        let named = names.map(|n| {
+            let finder = crate::snapshots::restore::Finder::default();
+            self.runtime.block_on(finder.named(&*self.network.chain, &territory, n))
+        });
+        let found = named
+            .as_ref()
+            .map(|n| n.as_ref().map(|n| crate::snapshots::restore::snapshots_of(n)).map_err(Clone::clone));
         // Snapshots already on chain are this tree's past (a dead machine's last one may be
         // newer than what was restored): only newer ones tell of another writer.
-        if let Some(found) = found {
-            let baseline = found.ok().and_then(|f| f.iter().map(|s| s.generation).max()).unwrap_or(0);
-            self.store.set_meta(crate::snapshots::BASELINE, &baseline.to_be_bytes())?;
+        let mut meta: Vec<(&[u8], Vec<u8>)> = Vec::new();
+        if let Some(found) = &found {
+            let baseline = found.as_ref().ok().and_then(|f| f.iter().map(|s| s.generation).max()).unwrap_or(0);
+            meta.push((crate::snapshots::BASELINE, baseline.to_be_bytes().to_vec()));
         }
-        self.store.set_meta(TREE_ORIGIN, origin.as_bytes())?;
+        let chosen = match (names, self.settings.fresh.unwrap_or(false)) {
+            (Some(names), false) => {
+                let found = found.clone().transpose()?.unwrap_or_default();
+                self.runtime.block_on(crate::snapshots::restore::choose(&found, self.fetcher))?.map(|c| (c, names))
+            }
+            _ => None,
+        };
+        crate::hooks::reached("restore-chosen");
+        let Some((chosen, names)) = chosen else {
+            let origin = if self.settings.fresh.unwrap_or(false) { "fresh" } else { "new" };
+            if origin == "new" && names.is_some() {
+                self.note_other_trees(notices);
+            }
+            meta.push((TREE_ORIGIN, origin.as_bytes().to_vec()));
+            for (name, value) in &meta {
+                self.store.set_meta(name, value)?;
+            }
+            return Ok(None);
+        };
+        // Files of the tree stored after this block are another mount's (the sweep's rule).
+        let restored_block = named.and_then(Result::ok).and_then(|n| n.iter().map(|n| n.completion).max());
+        meta.push(crate::snapshots::sweep::pending_meta(chosen.lineage_from(), restored_block.unwrap_or(0)));
+        meta.push((TREE_ORIGIN, format!("restored {}", chosen.generation()).into_bytes()));
+        // One step: a crash before it ends leaves the data dir empty, and the next mount restores
+        // again from the start.
+        let outcome = chosen.restore(self.store, &territory, names, meta)?;
+        crate::hooks::reached("restore-done");
+        let said = describe_restore(&outcome);
+        log::info!("{said}");
+        notices.push(said);
         Ok(None)
     }
 }

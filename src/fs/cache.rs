@@ -335,6 +335,9 @@ impl Fs {
             if self.open_file(ino).is_some() {
                 return Err(not_evictable("open"));
             }
+            if self.store.another_writer() {
+                return Err(not_evictable("another mount writes this tree: local copies are kept"));
+            }
             let residency = self.store.residency(ino)?;
             let freed = crate::store::resident_bytes(rec.size, up.segments, residency.as_ref());
             let mut b = Batch::default();

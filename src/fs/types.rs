@@ -134,4 +134,6 @@ pub struct SnapshotFlags {
     pub covered: std::sync::atomic::AtomicU64,
     /// Why this mount stopped writing snapshots, if it did.
     pub stopped: std::sync::Mutex<Option<String>>,
+    /// Why the restored tree is not swept yet, if it waits for something.
+    pub sweep_waits: std::sync::Mutex<Option<String>>,
 }

@@ -155,6 +155,7 @@ impl Fs {
             "space": summary.segments * (crate::format::FRAGMENT_SIZE * FRAGMENTS) as u64,
             "held_back_fids": summary.held_back,
             "stopped": lock(&flags.stopped).clone(),
+            "sweep_waits": lock(&flags.sweep_waits).clone(),
             "read_only_view_of": self.store.view_generation()?,
         }))
     }

@@ -10,6 +10,7 @@
 
 pub mod restore;
 pub mod sweep;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,9 @@ pub struct SnapshotConfig {
     pub keep: usize,
     /// How long after a restore the tree is swept of FIDs no snapshot refers to ([`sweep`]).
     pub sweep_after: Duration,
+    /// How often the tree's snapshots on chain are looked at for another writer, besides
+    /// before each snapshot is written.
+    pub look_every: Duration,
 }
 
 /// The meta record of the digest of the last tree written (generation and time left out).
@@ -54,11 +58,12 @@ pub fn same_lineage(a: &[u8; 16], b: &[u8; 16]) -> bool {
     a[..LINEAGE] == b[..LINEAGE]
 }
 
-/// Makes this data dir's writer id carry on the lineage of `restored`'s writer.
-pub(crate) fn continue_lineage(store: &Store, restored: &[u8; 16]) -> Result<(), StoreError> {
+/// The meta record of a writer id for this data dir that carries on the lineage of `restored`'s
+/// writer.
+pub(crate) fn lineage_writer(restored: &[u8; 16]) -> (&'static [u8], Vec<u8>) {
     let mut writer: [u8; 16] = rand::random();
     writer[..LINEAGE].copy_from_slice(&restored[..LINEAGE]);
-    store.set_meta(WRITER, &writer)
+    (WRITER, writer.to_vec())
 }
 
 /// The tree a writer keeps on chain: where, and under which names.
@@ -75,18 +80,17 @@ pub struct TreeOnChain {
 pub struct Writer {
     store: Arc<Store>,
     flags: Arc<SnapshotFlags>,
-    tree: TreeOnChain,
+    watch: Arc<watch::TreeWatch>,
     config: SnapshotConfig,
     writer: [u8; 16],
-    finder: restore::Finder,
 }
 
 impl Writer {
-    /// A writer for the tree of `store`, kept on chain as `tree` says.
+    /// A writer for the tree of `store`, kept on chain as `watch` sees it.
     pub fn new(
         store: Arc<Store>,
         flags: Arc<SnapshotFlags>,
-        tree: TreeOnChain,
+        watch: Arc<watch::TreeWatch>,
         config: SnapshotConfig,
     ) -> Result<Writer, StoreError> {
         let writer = match store.meta(WRITER)?.and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()) {
@@ -97,7 +101,7 @@ impl Writer {
                 w
             }
         };
-        Ok(Writer { store, flags, tree, config, writer, finder: restore::Finder::default() })
+        Ok(Writer { store, flags, watch, config, writer })
     }
 
     /// Runs until `stop`; then writes a last snapshot locally if the tree changed (the next
@@ -110,6 +114,8 @@ impl Writer {
         let mut retry_at = Instant::now();
         let mut sweep = this.store_call(sweep::pending);
         let mut sweep_at = Instant::now();
+        // Another writer is looked for at once (this mount may have been away), then now and then.
+        let mut look_at = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -126,6 +132,15 @@ impl Writer {
                     crate::log_limited!(log::Level::Error, "snapshot prune", "dropping old tree snapshots: {e}");
                 }
             }
+            if Instant::now() >= look_at {
+                look_at = Instant::now() + this.config.look_every;
+                if let Err(e) = this.watch.look().await {
+                    crate::log_limited!(log::Level::Info, "tree watch", "{e}");
+                }
+                if this.watch.stopped() {
+                    break;
+                }
+            }
             if let Some(pending) = sweep
                 && Instant::now() >= sweep_at
                 && crate::store::Timestamp::now().secs >= pending.restored_at + this.config.sweep_after.as_secs() as i64
@@ -139,10 +154,12 @@ impl Writer {
             if (!settled && since.elapsed() < this.config.interval) || Instant::now() < retry_at {
                 continue;
             }
-            if let Some(why) = this.newer_elsewhere().await {
-                log::warn!("{why}: this mount stops writing tree snapshots and deleting files from the chain");
-                *crate::sync::lock(&this.flags.stopped) = Some(why);
-                this.store.stop_deletions();
+            // A snapshot written over another writer's would clobber its tree; an unreachable
+            // chain is no answer (the snapshot waits in the queue anyway).
+            if let Err(e) = this.watch.look().await {
+                crate::log_limited!(log::Level::Info, "tree watch", "{e}");
+            }
+            if this.watch.stopped() {
                 break;
             }
             let me = this.clone();
@@ -178,8 +195,10 @@ impl Writer {
 
     /// Sweeps the restored tree ([`sweep`]); returns when to try again if it is not done.
     async fn sweep(&self, pending: sweep::Pending) -> Duration {
-        match sweep::sweep(&self.store, &self.tree, &self.finder, pending).await {
+        let waiting = |why: Option<String>| *crate::sync::lock(&self.flags.sweep_waits) = why;
+        match sweep::sweep(&self.store, &self.watch, pending).await {
             Ok(sweep::Swept::Queued(n)) => {
+                waiting(None);
                 log::info!(
                     "swept the restored tree: {} that no snapshot refers to (declared after the last snapshot \
                      of the machine it was restored from) queued for deletion",
@@ -193,6 +212,7 @@ impl Writer {
             Ok(sweep::Swept::NotYet) => Duration::from_secs(30),
             Ok(sweep::Swept::Waiting(why)) => {
                 crate::log_limited!(log::Level::Info, "sweep", "the restored tree is not swept yet: {why}");
+                waiting(Some(why));
                 Duration::from_secs(600)
             }
             Err(e) => {
@@ -200,35 +220,6 @@ impl Writer {
                 Duration::from_secs(60)
             }
         }
-    }
-
-    /// Whether another mount wrote a snapshot of this tree newer than every one this mount
-    /// keeps: then two mounts write one tree, and this one must not clobber the other's. An
-    /// unreachable chain is no answer (the snapshot waits in the queue anyway).
-    async fn newer_elsewhere(&self) -> Option<String> {
-        let found = self.finder.find(&*self.tree.chain, &self.tree.territory, &self.tree.names).await.ok()?;
-        let newest = found.first()?;
-        let store = self.store.clone();
-        let (ours, baseline) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            let mut ours = Vec::new();
-            for (ino, kept) in store.kept_snapshots()? {
-                ours.push((kept.generation, store.upload(ino)?.and_then(|u| u.fid)));
-            }
-            Ok((ours, baseline(&store)?))
-        })
-        .await
-        .ok()?
-        .ok()?;
-        let floor = ours.iter().map(|(g, _)| *g).max().unwrap_or(0).max(baseline);
-        let mine = ours.iter().any(|(_, fid)| *fid == Some(newest.fid));
-        (!mine && newest.generation > floor).then(|| {
-            let written = std::time::UNIX_EPOCH + Duration::from_millis(newest.generation);
-            format!(
-                "another mount wrote tree snapshot {} ({}), newer than this mount's",
-                newest.generation,
-                crate::protocol::utc(written)
-            )
-        })
     }
 
     fn uploads_settled(&self) -> bool {
@@ -264,7 +255,7 @@ impl Writer {
             log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
             return Ok(true);
         }
-        let ino = self.store.stage_snapshot(&record, &bytes, &self.tree.names.snapshot_name(generation))?;
+        let ino = self.store.stage_snapshot(&record, &bytes, &self.watch.tree().names.snapshot_name(generation))?;
         self.store.set_meta(LAST_TREE, &digest.0)?;
         self.flags.covered.fetch_max(covered, Ordering::AcqRel);
         log::info!(
@@ -299,15 +290,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Records the tree as it is now as written (restored from a snapshot, it is that snapshot), so
-/// that no new snapshot repeats it.
-pub(crate) fn mark_written(store: &Store) -> Result<(), StoreError> {
-    if let Some(snapshot) = store.build_snapshot(0, [0; 16])? {
-        store.set_meta(LAST_TREE, &tree_digest(&snapshot).0)?;
-    }
-    Ok(())
 }
 
 /// A digest of what a snapshot says of the tree, its generation, writer and time aside.

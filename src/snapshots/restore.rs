@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use crate::fetch::{FetchError, Fetcher};
 use crate::format::{Hash, NameKey, NameKind, Snapshot, snapshot_len_of};
 use crate::protocol::{Chain, ChainError};
-use crate::store::{Restored, Store};
+use crate::store::{Adopted, Restored, Store};
 
 /// File records asked for at once while looking for snapshots, and such batches in flight.
 const READ_BATCH: usize = 500;
@@ -53,6 +53,24 @@ pub async fn find(chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Resul
     Finder::default().find(chain, territory, names).await
 }
 
+/// The snapshots among a tree's files `named`, newest first (ties of generation: the larger FID
+/// first, the rule of docs/FORMAT.md).
+pub fn snapshots_of(named: &[Named]) -> Vec<Found> {
+    let mut found: Vec<Found> = named
+        .iter()
+        .filter(|n| n.kind == NameKind::Snapshot)
+        .map(|n| Found {
+            generation: n.number.unwrap_or_default(),
+            fid: n.fid,
+            segments: n.segments,
+            active: n.active,
+            completion: n.completion,
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
+    found
+}
+
 /// Looks for a tree's files on chain again and again, reading each held file's record once: the
 /// name an owner gave a FID and the block it became active at never change, so a FID is not
 /// read again. Only snapshots are read each time (their deals become active).
@@ -64,21 +82,7 @@ pub struct Finder {
 impl Finder {
     /// As [`find`], reading only the records of FIDs not seen before.
     pub async fn find(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Found>, ChainError> {
-        let mut found: Vec<Found> = self
-            .named(chain, territory, names)
-            .await?
-            .into_iter()
-            .filter(|n| n.kind == NameKind::Snapshot)
-            .map(|n| Found {
-                generation: n.number.unwrap_or_default(),
-                fid: n.fid,
-                segments: n.segments,
-                active: n.active,
-                completion: n.completion,
-            })
-            .collect();
-        found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
-        Ok(found)
+        Ok(snapshots_of(&self.named(chain, territory, names).await?))
     }
 
     /// Every file the account holds in `territory` under a name of `names`.
@@ -174,21 +178,26 @@ pub struct Outcome {
     pub restored: Restored,
     /// The newer generations that could not be read, and why.
     pub skipped: Vec<(u64, String)>,
-    /// The block at which the oldest kept snapshot of the writer of the one restored became
-    /// active: that writer's files that became active later and that no snapshot refers to
-    /// were declared by it after its last snapshot (see [`super::sweep`]).
-    pub lineage_from: u32,
 }
 
-/// Restores the newest of `found` (the tree's snapshots, [`find`]) that reads back into the
-/// empty `store`. `None`: the territory holds no snapshot of this tree.
-pub async fn restore_newest(
-    found: &[Found],
-    fetcher: &Fetcher,
-    store: &Store,
-    territory: &[u8],
-    names: &NameKey,
-) -> anyhow::Result<Option<Outcome>> {
+/// A snapshot read from CESS, with where it is.
+struct ReadBack {
+    found: Found,
+    snapshot: Snapshot,
+    seed: Option<[u8; 32]>,
+}
+
+/// The snapshot a restore brings back, read from CESS with the older ones of its lineage: all
+/// the network part of a restore, before anything is written.
+pub struct Chosen {
+    newest: ReadBack,
+    older: Vec<ReadBack>,
+    skipped: Vec<(u64, String)>,
+}
+
+/// Reads the newest of `found` (the tree's snapshots, [`find`]) that reads back, and the older
+/// snapshots of its lineage. `None`: the territory holds no snapshot of this tree.
+pub async fn choose(found: &[Found], fetcher: &Fetcher) -> anyhow::Result<Option<Chosen>> {
     let mut skipped = Vec::new();
     let mut active = found.iter().filter(|f| f.active);
     for f in active.by_ref() {
@@ -205,49 +214,71 @@ pub async fn restore_newest(
                 f.generation
             ),
         };
-        let restored = store.restore_snapshot(&snapshot, territory, |fid| names.file_name(fid))?;
-        store.adopt_snapshot(
-            &snapshot,
-            f.fid,
-            seed,
-            f.segments as u32,
-            territory,
-            &names.snapshot_name(f.generation),
-        )?;
-        // The tree is that snapshot's: no new one repeats it.
-        super::mark_written(store)?;
-        super::continue_lineage(store, &snapshot.writer)?;
         // The older ones of its lineage are kept too, and dropped in their turn with what only
         // they refer to; another lineage's (a `--fresh` tree's predecessor) are its own past.
-        let mut lineage_from = f.completion;
-        for older in active {
-            match read(fetcher, older).await {
+        let mut older = Vec::new();
+        for o in active {
+            match read(fetcher, o).await {
                 Ok((old, _)) if !super::same_lineage(&old.writer, &snapshot.writer) => {
-                    log::info!(
-                        "tree snapshot {} is an earlier tree's (before --fresh): left as it is",
-                        older.generation
-                    );
+                    log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation);
                 }
-                Ok((old, seed)) => {
-                    lineage_from = lineage_from.min(older.completion);
-                    let name = names.snapshot_name(older.generation);
-                    store.adopt_snapshot(&old, older.fid, seed, older.segments as u32, territory, &name)?;
-                }
-                Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", older.generation),
+                Ok((old, seed)) => older.push(ReadBack { found: o.clone(), snapshot: old, seed }),
+                Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
             }
         }
-        return Ok(Some(Outcome {
-            generation: f.generation,
-            written_at: snapshot.written_at.0,
-            restored,
-            skipped,
-            lineage_from,
-        }));
+        let newest = ReadBack { found: f.clone(), snapshot, seed };
+        return Ok(Some(Chosen { newest, older, skipped }));
     }
     if let Some((generation, why)) = skipped.first() {
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
     }
     Ok(None)
+}
+
+impl Chosen {
+    /// The generation it restores.
+    pub fn generation(&self) -> u64 {
+        self.newest.found.generation
+    }
+
+    /// The block at which the oldest kept snapshot of its lineage became active: files of that
+    /// lineage that became active later and that no snapshot refers to were declared by its
+    /// lost machine after its last snapshot (see [`super::sweep`]).
+    pub fn lineage_from(&self) -> u32 {
+        self.older.iter().map(|o| o.found.completion).fold(self.newest.found.completion, u32::min)
+    }
+
+    /// Restores it into the empty `store` in one step (it completes, or a crash leaves the data
+    /// dir as empty as before and the next mount starts over), with the facts `meta` about the
+    /// data dir and a writer id that carries its lineage on.
+    pub fn restore(
+        &self,
+        store: &Store,
+        territory: &[u8],
+        names: &NameKey,
+        mut meta: Vec<(&[u8], Vec<u8>)>,
+    ) -> Result<Outcome, crate::store::StoreError> {
+        fn adopt<'a>(r: &'a ReadBack, names: &NameKey) -> Adopted<'a> {
+            Adopted {
+                snapshot: &r.snapshot,
+                fid: r.found.fid,
+                seed: r.seed,
+                segments: r.found.segments as u32,
+                name: names.snapshot_name(r.found.generation),
+            }
+        }
+        let adopted: Vec<Adopted<'_>> =
+            std::iter::once(&self.newest).chain(&self.older).map(|r| adopt(r, names)).collect();
+        meta.push(super::lineage_writer(&self.newest.snapshot.writer));
+        let snapshot = &self.newest.snapshot;
+        let restored = store.restore_snapshot(snapshot, territory, |fid| names.file_name(fid), &adopted, &meta)?;
+        Ok(Outcome {
+            generation: self.generation(),
+            written_at: snapshot.written_at.0,
+            restored,
+            skipped: self.skipped.clone(),
+        })
+    }
 }
 
 /// A read-only view of a tree: its store shows one snapshot, the newest active one (or a

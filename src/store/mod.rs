@@ -32,7 +32,7 @@ pub use outbox::{DealGuard, Deletion, FidPin, PackedBlob, StoredVersion, Tombsto
 pub use packs::{PackRecord, PackSummary};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use residency::Residency;
-pub use tree::{KeptSnapshot, Restored, SnapshotSummary};
+pub use tree::{Adopted, KeptSnapshot, Restored, SnapshotSummary};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
 
@@ -94,6 +94,11 @@ pub struct Store {
     /// The FIDs kept snapshots refer to, once read (tree.rs).
     /// (bumped on every change of the kept snapshots, so a set read before one is not kept)
     kept_fids: std::sync::Mutex<(u64, Option<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>)>,
+    /// The FIDs the tree's snapshots on chain that this mount neither keeps nor deletes refer
+    /// to, as last seen (snapshots/watch.rs): none of them is deleted.
+    refs_on_chain: std::sync::Mutex<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>,
+    /// Another mount writes this tree: nothing is deleted, nothing evicted.
+    another_writer: AtomicBool,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -141,6 +146,10 @@ impl Batch {
         self.0.insert(&key::upload(ino), outbox::encode_upload(rec));
         self.1.inodes.push((ino, true));
         self.1.uploads.insert(ino, Some(rec.clone()));
+    }
+    /// Records a fact about the data dir ([`Store::meta`]).
+    pub fn put_meta(&mut self, name: &[u8], value: &[u8]) {
+        self.0.insert(key::meta(name), value);
     }
     /// Removes the upload record of an inode.
     pub fn remove_upload(&mut self, ino: u64) {
@@ -223,6 +232,8 @@ impl Store {
             applied: std::sync::atomic::AtomicU64::new(0),
             building: std::sync::atomic::AtomicUsize::new(0),
             kept_fids: std::sync::Mutex::new((0, None)),
+            refs_on_chain: Default::default(),
+            another_writer: AtomicBool::new(false),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();

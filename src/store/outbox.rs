@@ -286,7 +286,8 @@ pub(super) fn decode_tombstone(bytes: &[u8]) -> Result<Tombstone, StoreError> {
 pub enum Deletion {
     /// Claimed: delete it, then end the claim.
     Claimed,
-    /// A file or a kept snapshot needs it: the deletion is dropped.
+    /// A file, a kept snapshot or a snapshot of the tree on chain needs it: the deletion is
+    /// dropped (what needs it deletes it in its turn, if it is this mount's).
     InUse,
     /// Needed only as a version a record keeps until its newer one is active: ask again soon.
     Replacing,
@@ -403,7 +404,7 @@ impl Store {
     /// A FID claimed already (a deletion sent before a restart) stays claimed: its deletion is
     /// followed to its end.
     pub fn claim_deletion(&self, fid: &Hash) -> Result<Deletion, StoreError> {
-        let kept = self.kept_snapshot_fids()?.contains(fid);
+        let kept = self.kept_snapshot_fids()?.contains(fid) || self.referred_on_chain(fid);
         let mut catalog = lock(&self.catalog);
         Ok(if catalog.claimed(fid) {
             Deletion::Claimed
@@ -439,24 +440,30 @@ impl Store {
         lock(&self.catalog).end_deletion(fid);
     }
 
-    /// Queues for deletion those of `fids` that nothing here refers to (no record, kept
-    /// snapshot or queued deletion): FIDs of this tree declared elsewhere. Returns how many.
-    pub fn delete_unknown(&self, fids: &[Hash]) -> Result<usize, StoreError> {
+    /// Those of `fids` that nothing here refers to: no record, kept snapshot or queued deletion.
+    pub fn unknown_fids(&self, fids: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         let kept = self.kept_snapshot_fids()?;
-        let unknown: Vec<&Hash> = {
+        let unknown: Vec<Hash> = {
             let catalog = lock(&self.catalog);
-            fids.iter().filter(|fid| !catalog.knows(fid) && !kept.contains(fid)).collect()
+            fids.iter().filter(|fid| !catalog.knows(fid) && !kept.contains(fid)).copied().collect()
         };
-        let mut b = Batch::default();
-        let mut queued = 0;
+        let mut out = Vec::new();
         for fid in unknown {
-            if !self.tree.contains_key(key::tombstone(fid))? {
-                b.put_tombstone(fid);
-                queued += 1;
+            if !self.tree.contains_key(key::tombstone(&fid))? {
+                out.push(fid);
             }
         }
+        Ok(out)
+    }
+
+    /// Queues for deletion those of `fids` that nothing here refers to: FIDs of this tree
+    /// declared elsewhere. Returns how many.
+    pub fn delete_unknown(&self, fids: &[Hash]) -> Result<usize, StoreError> {
+        let unknown = self.unknown_fids(fids)?;
+        let mut b = Batch::default();
+        unknown.iter().for_each(|fid| b.put_tombstone(fid));
         self.commit(b)?;
-        Ok(queued)
+        Ok(unknown.len())
     }
 
     /// Holds the deal lock: no deal starts or ends while it lives (for [`Store::retire`]).

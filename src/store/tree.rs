@@ -117,10 +117,29 @@ impl Store {
         DeletionHold(self)
     }
 
-    /// Holds deletions from the chain back for good (another mount writes this tree: what this
-    /// one would delete may be in the other's snapshots).
+    /// Holds deletions from the chain back for good, and eviction: another mount writes this
+    /// tree, and what this one would delete may be in the other's snapshots, while what only
+    /// this one refers to may be deleted by the other.
     pub fn stop_deletions(&self) {
-        self.building.fetch_add(1, Ordering::AcqRel);
+        if !self.another_writer.swap(true, Ordering::AcqRel) {
+            self.building.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether another mount writes this tree ([`Store::stop_deletions`]).
+    pub fn another_writer(&self) -> bool {
+        self.another_writer.load(Ordering::Acquire)
+    }
+
+    /// Records the FIDs that the tree's snapshots on chain which this mount neither keeps nor
+    /// deletes refer to: none of them is deleted.
+    pub fn set_refs_on_chain(&self, fids: HashSet<Hash>) {
+        *lock(&self.refs_on_chain) = Arc::new(fids);
+    }
+
+    /// Whether a snapshot of the tree on chain, not kept here, refers to `fid`.
+    pub(super) fn referred_on_chain(&self, fid: &Hash) -> bool {
+        lock(&self.refs_on_chain).contains(fid)
     }
 
     /// The snapshot generation a read-only view shows.
@@ -249,26 +268,20 @@ impl Store {
         Ok(ino)
     }
 
-    /// Keeps `snapshot`, restored from CESS where it is active under `fid`, as a hidden inode
-    /// whose content is not cached: its FIDs are protected and it is dropped in its turn.
-    pub fn adopt_snapshot(
-        &self,
-        snapshot: &Snapshot,
-        fid: Hash,
-        seed: Option<[u8; 32]>,
-        segments: u32,
-        territory: &[u8],
-        name: &[u8],
-    ) -> Result<u64, StoreError> {
+    /// Adds to `b` the records that keep `adopted` (restored from CESS, active there) as a
+    /// hidden inode whose content is not cached: its FIDs are protected and it is dropped in its
+    /// turn. Its content file (a hole) is made now; a crash before `b` is committed leaves it a
+    /// stray, removed at the next open.
+    fn adopt_into(&self, b: &mut Batch, adopted: &Adopted<'_>, territory: &[u8]) -> Result<(), StoreError> {
         let ino = self.allocate_ino()?;
-        let size = crate::format::snapshot_len_of(segments as usize);
+        let size = crate::format::snapshot_len_of(adopted.segments as usize);
         self.create_content(ino)?.set_len(size)?;
-        self.sync_content_dir()?;
-        let stored = StoredVersion { fid, size, seed, format: crate::format::FORMAT_V2, blob: None };
-        let up = UploadRecord::stored(stored, segments, territory, name.to_vec());
-        let cold = Residency::empty(segments);
-        self.keep_hidden_snapshot(ino, size, name, &KeptSnapshot::of(snapshot), &up, Some(&cold))?;
-        Ok(ino)
+        let stored =
+            StoredVersion { fid: adopted.fid, size, seed: adopted.seed, format: crate::format::FORMAT_V2, blob: None };
+        let up = UploadRecord::stored(stored, adopted.segments, territory, adopted.name.clone());
+        let cold = Residency::empty(adopted.segments);
+        hidden_snapshot(b, ino, size, &adopted.name, &KeptSnapshot::of(adopted.snapshot), &up, Some(&cold));
+        Ok(())
     }
 
     /// Records hidden inode `ino` (its content file made, `size` bytes) as the kept snapshot
@@ -282,12 +295,8 @@ impl Store {
         up: &UploadRecord,
         residency: Option<&Residency>,
     ) -> Result<(), StoreError> {
-        let rec = hidden_inode(size, name);
         let mut b = Batch::default();
-        b.put_inode(ino, &rec);
-        b.0.insert(&key::snapshot(ino), encode(kept));
-        b.put_upload(ino, up);
-        b.put_residency(ino, residency);
+        hidden_snapshot(&mut b, ino, size, name, kept, up, residency);
         self.commit(b)?;
         self.kept_snapshots_changed();
         self.sync()
@@ -380,20 +389,37 @@ impl Store {
         self.remove_content(ino)
     }
 
-    /// Fills an empty store with `snapshot`: every node, name and xattr; regular files stored
-    /// on CESS are present and cold (fetched on read); `chain_name` gives the name a FID was
-    /// declared under, for the records. `territory` is where the files are.
+    /// Fills an empty store with `snapshot` in one step that completes or leaves the store as it
+    /// was: every node, name and xattr (regular files stored on CESS are present and cold,
+    /// fetched on read; `chain_name` gives the name a FID was declared under, for the records;
+    /// `territory` is where the files are), the snapshots to keep (`adopted`, the restored one
+    /// among them), and the facts `meta` about the data dir, in one batch, made durable.
     pub fn restore_snapshot(
         &self,
         snapshot: &Snapshot,
         territory: &[u8],
         chain_name: impl Fn(&Hash) -> Vec<u8>,
+        adopted: &[Adopted<'_>],
+        meta: &[(&[u8], Vec<u8>)],
     ) -> Result<Restored, StoreError> {
         let mut inos: HashMap<u64, u64> = HashMap::from([(1, ROOT_INO)]);
         for n in &snapshot.nodes[1..] {
             inos.insert(n.id, self.allocate_ino()?);
         }
-        self.fill_except(snapshot, &inos, Batch::default(), territory, &chain_name, &HashSet::new())
+        let mut b = Batch::default();
+        let restored = self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &HashSet::new())?;
+        for a in adopted {
+            self.adopt_into(&mut b, a, territory)?;
+        }
+        for (name, value) in meta {
+            b.put_meta(name, value);
+        }
+        self.sync_content_dir()?;
+        crate::hooks::reached("restore-files");
+        self.commit(b)?;
+        self.kept_snapshots_changed();
+        self.sync()?;
+        Ok(restored)
     }
 
     /// Makes the tree of this store (a read-only view) `snapshot`'s, with the inode numbers it
@@ -436,16 +462,20 @@ impl Store {
         for &ino in &gone {
             self.remove_content(ino)?;
         }
-        self.fill_except(snapshot, &inos, b, territory, &chain_name, &same)
+        let restored = self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &same)?;
+        self.sync_content_dir()?;
+        self.commit(b)?;
+        self.sync()?;
+        Ok(restored)
     }
 
-    /// Writes every node and name of `snapshot` into `b` (node ids mapped by `inos`) and
-    /// commits it; the files of `keep` keep their content and upload record as they are.
+    /// Writes every node and name of `snapshot` into `b` (node ids mapped by `inos`), making
+    /// the content files; the files of `keep` keep their content and upload record as they are.
     fn fill_except(
         &self,
         snapshot: &Snapshot,
         inos: &HashMap<u64, u64>,
-        mut b: Batch,
+        b: &mut Batch,
         territory: &[u8],
         chain_name: &impl Fn(&Hash) -> Vec<u8>,
         keep: &HashSet<u64>,
@@ -508,14 +538,11 @@ impl Store {
                 Kind::File => {
                     restored.files += 1;
                     if !keep.contains(&ino) {
-                        self.restore_file(&mut b, ino, n, territory, chain_name)?;
+                        self.restore_file(b, ino, n, territory, chain_name)?;
                     }
                 }
             }
         }
-        self.sync_content_dir()?;
-        self.commit(b)?;
-        self.sync()?;
         Ok(restored)
     }
 
@@ -557,6 +584,37 @@ impl Store {
         b.put_upload(ino, &up);
         Ok(())
     }
+}
+
+/// A snapshot active on CESS to keep, as a restore finds it.
+pub struct Adopted<'a> {
+    /// Its tree.
+    pub snapshot: &'a Snapshot,
+    /// Its FID.
+    pub fid: Hash,
+    /// The seed its segments carry.
+    pub seed: Option<[u8; 32]>,
+    /// Its segments.
+    pub segments: u32,
+    /// Its name on chain.
+    pub name: Vec<u8>,
+}
+
+/// Adds to `b` the records of hidden inode `ino` (`size` bytes) as the kept snapshot `kept`
+/// named `name` on chain, with its upload record and residency.
+fn hidden_snapshot(
+    b: &mut Batch,
+    ino: u64,
+    size: u64,
+    name: &[u8],
+    kept: &KeptSnapshot,
+    up: &UploadRecord,
+    residency: Option<&Residency>,
+) {
+    b.put_inode(ino, &hidden_inode(size, name));
+    b.0.insert(&key::snapshot(ino), encode(kept));
+    b.put_upload(ino, up);
+    b.put_residency(ino, residency);
 }
 
 /// The inode record of a hidden inode (a snapshot's or a pack's file): in no directory, named

@@ -86,6 +86,8 @@ struct Inner {
     territory_changed: tokio::sync::Notify,
     /// Reads the blobs of evicted files when their packs are merged.
     fetcher: Option<Arc<crate::fetch::Fetcher>>,
+    /// The tree's snapshots on chain: nothing they refer to is deleted (encrypted mode).
+    watch: Option<Arc<crate::snapshots::watch::TreeWatch>>,
 }
 
 /// The upload engine.
@@ -170,14 +172,15 @@ impl Schedule {
 
 impl Engine {
     /// An engine working from `store`'s queue against `chain`, signing miner requests as `signer`,
-    /// reading blobs of evicted files with `fetcher` when it merges packs. The engine stops when
-    /// `stop` turns true.
+    /// reading blobs of evicted files with `fetcher` when it merges packs, deleting nothing the
+    /// tree's snapshots on chain refer to (`tree`). The engine stops when `stop` turns true.
     pub fn new(
         store: Arc<Store>,
         chain: Arc<dyn Chain>,
         signer: Signer,
         config: UploadConfig,
         fetcher: Option<Arc<crate::fetch::Fetcher>>,
+        tree: Option<Arc<crate::snapshots::watch::TreeWatch>>,
         stop: watch::Receiver<bool>,
     ) -> Engine {
         Engine(Arc::new(Inner {
@@ -194,6 +197,7 @@ impl Engine {
             stop,
             territory_changed: tokio::sync::Notify::new(),
             fetcher,
+            watch: tree,
         }))
     }
 
@@ -672,7 +676,7 @@ mod tests {
         };
         let (stop, stopped) = watch::channel(false);
         let chain = Arc::new(PanickingChain(signer.account()));
-        let engine = Engine::new(store.clone(), chain, signer, config, None, stopped);
+        let engine = Engine::new(store.clone(), chain, signer, config, None, None, stopped);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let failed = rt.block_on(async {
             let run = tokio::spawn(async move { engine.run(Duration::from_secs(1)).await });

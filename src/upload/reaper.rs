@@ -32,6 +32,9 @@ impl Drop for ClaimedDeletion<'_> {
 /// the reaper looks again later.
 const DELETION_SEEN_WITHIN: Duration = Duration::from_secs(60);
 
+/// How old the look at the tree's snapshots on chain may be when a FID is deleted.
+const TREE_SEEN_WITHIN: Duration = Duration::from_secs(60);
+
 /// What one attempt did: the tombstone to keep (`None`: done), whether the claim may end, and
 /// the tombstone as stored when the attempt ended (what settling it compares with).
 struct Attempt {
@@ -50,7 +53,18 @@ impl Inner {
             }
             let mut next = Duration::from_secs(300);
             match self.db(|s| s.tombstones()).await {
-                Ok(stones) => {
+                Ok(mut stones) => {
+                    let due = |t: &Tombstone| t.retry_at.map(until).is_none_or(|w| w.is_zero());
+                    // What the tree's snapshots on chain refer to is looked at first, at most a
+                    // minute before: nothing may go until it is known.
+                    if stones.iter().any(|(_, t)| due(t))
+                        && let Some(watch) = &self.watch
+                        && let Err(why) = watch.look_within(TREE_SEEN_WITHIN).await
+                    {
+                        crate::log_limited!(log::Level::Warn, "deletions wait", "deletions wait: {why}");
+                        next = TREE_SEEN_WITHIN;
+                        stones.clear();
+                    }
                     for (fid, t) in stones {
                         if *stop.borrow() {
                             return;

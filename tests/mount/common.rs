@@ -70,8 +70,22 @@ impl Mount {
         Mount::keyed("5a", args, prepare)
     }
 
+    /// A mount set up with `args` (uploads after `quiet` seconds) but not started: for a test that
+    /// [`Mount::spawn`]s it and kills it during start-up.
+    pub fn unmounted(quiet: &str, args: &[&str]) -> Mount {
+        let mut all = vec!["--quiet-delay", quiet];
+        all.extend_from_slice(args);
+        Mount::set_up("5a", &all, |_| {})
+    }
+
     /// [`Mount::prepared`] with the key of 32 bytes `byte` (two hex digits).
     pub fn keyed(byte: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Mount {
+        let mut m = Mount::set_up(byte, args, prepare);
+        m.mount();
+        m
+    }
+
+    fn set_up(byte: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Mount {
         let data = tempfile::tempdir().expect("data dir");
         prepare(data.path());
         let key = data.path().join("key");
@@ -82,15 +96,13 @@ impl Mount {
         }
         let mut all: Vec<String> = vec!["--key-file".into(), key.display().to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
-        let mut m = Mount {
+        Mount {
             mountpoint: tempfile::tempdir().expect("mountpoint"),
             data,
             hooks: tempfile::tempdir().expect("hooks dir"),
             args: all,
             child: None,
-        };
-        m.mount();
-        m
+        }
     }
 
     /// Arms hook `name`: the daemon stops there until [`Mount::release`].
@@ -253,9 +265,20 @@ impl Mount {
         self.mount();
     }
 
-    /// Unmounts and mounts again with more flags (later flags win).
+    /// Unmounts and mounts again with more flags ([`Mount::mount_with`]).
     pub fn remount_with(&mut self, args: &[&str]) {
         self.unmount();
+        self.mount_with(args);
+    }
+
+    /// Mounts again (after an unmount) with more flags, in place of the same flags given before.
+    pub fn mount_with(&mut self, args: &[&str]) {
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            if let Some(at) = self.args.iter().position(|a| a == flag) {
+                let valued = self.args.get(at + 1).is_some_and(|v| !v.starts_with("--"));
+                self.args.drain(at..at + 1 + usize::from(valued));
+            }
+        }
         self.args.extend(args.iter().map(|a| a.to_string()));
         self.mount();
     }

@@ -195,3 +195,122 @@ fn a_file_found_stored_while_its_bytes_are_deleted_keeps_them_on_chain() {
     run(Command::new(BIN).arg("evict").arg(m.path("b.txt")));
     assert_eq!(fs::read(m.path("b.txt")).unwrap(), b"one content, two names");
 }
+
+/// A restore killed at any step (after reading the snapshot, with the content files made, once
+/// written) is done once and whole by the next mount: the tree, its snapshots' lineage, the
+/// sweep of what its lost machine declared after its last snapshot, and no stop.
+#[test]
+fn kill_9_at_each_step_of_a_restore_restores_it_whole_once() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    let mut first = Mount::uploading("0", &["--chain", &net.url, "--pack-below", "0"]);
+    fs::create_dir(first.path("docs")).unwrap();
+    fs::write(first.path("docs/saved.txt"), b"in a snapshot").unwrap();
+    fs::write(first.path("big.bin"), random_bytes(3 << 20, 7)).unwrap();
+    first.wait_status("docs/saved.txt", &["active"], MIN);
+    first.wait_status("big.bin", &["active"], MIN);
+    wait_for_snapshot(&first);
+    let before = snapshot(first.root());
+    let saved = first.cess("docs/saved.txt", "fid").unwrap();
+    first.remount_with(&["--snapshots", "false"]);
+    fs::write(first.path("unsaved.txt"), b"declared, in no snapshot").unwrap();
+    first.wait_status("unsaved.txt", &["active"], MIN);
+    let unsaved = first.cess("unsaved.txt", "fid").unwrap();
+    first.unmount();
+
+    let mut second = Mount::unmounted("0", &["--chain", &net.url, "--pack-below", "0", "--sweep-after", "0"]);
+    for step in ["restore-chosen", "restore-files", "restore-done"] {
+        second.arm(step);
+        second.spawn();
+        second.wait_hook(step, MIN);
+        second.kill9();
+        second.release(step);
+    }
+    second.mount();
+    assert!(snapshot(second.root()) == before, "the whole tree, once");
+    wait_for_snapshot(&second);
+    wait_until(MIN, "the lost machine's unsaved FID to leave the chain", || chain.file(&unsaved).is_none());
+    assert!(chain.file(&saved).is_some());
+    assert!(tree_state(&second)["stopped"].is_null(), "{}", tree_state(&second));
+}
+
+/// A FID that a snapshot of an earlier tree (before `--fresh`) refers to is not deleted by the
+/// later tree when it lets go of the same bytes: the earlier tree still reads back whole.
+#[test]
+fn a_fid_an_earlier_tree_refers_to_stays_when_a_later_tree_lets_go_of_it() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    let mut first = Mount::uploading("0", &["--chain", &net.url, "--pack-below", "0"]);
+    fs::write(first.path("x.txt"), b"bytes both trees hold").unwrap();
+    first.wait_status("x.txt", &["active"], MIN);
+    let fid = first.cess("x.txt", "fid").unwrap();
+    wait_for_snapshot(&first);
+    let earlier = tree_state(&first)["generation"].as_u64().unwrap().to_string();
+    first.unmount();
+
+    let later = Mount::uploading("0", &["--chain", &net.url, "--fresh", "--pack-below", "0", "--snapshots-kept", "1"]);
+    fs::write(later.path("x.txt"), b"bytes both trees hold").unwrap();
+    later.wait_status("x.txt", &["active"], MIN);
+    assert_eq!(later.cess("x.txt", "fid").unwrap(), fid, "same key, same bytes, same FID");
+    wait_for_snapshot(&later);
+    fs::remove_file(later.path("x.txt")).unwrap();
+    fs::write(later.path("y.txt"), b"a change after it").unwrap();
+    later.wait_status("y.txt", &["active"], MIN);
+    wait_for_snapshot(&later);
+    wait_until(MIN, "the deletion to be dropped or done", || {
+        chain.file(&fid).is_none() || later.log().contains(&format!("{fid} is in use here"))
+    });
+    assert!(chain.file(&fid).is_some(), "the earlier tree's snapshot refers to it");
+    let view = Mount::uploading("0", &["--chain", &net.url, "--generation", &earlier]);
+    assert_eq!(fs::read(view.path("x.txt")).unwrap(), b"bytes both trees hold");
+}
+
+/// Two mounts of one tree: one restored on a fresh data dir while the other is away, which then
+/// comes back and goes on writing. Nothing either refers to leaves the chain: the machine that
+/// came back stops at once (no snapshot, no deletion, no eviction), the restored one does not
+/// sweep while files of the tree are stored that it does not know; both say so.
+#[test]
+fn a_tree_restored_while_its_machine_is_away_loses_nothing_of_either() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    let args = ["--chain", &net.url, "--pack-below", "0", "--poll-interval", "1"];
+    let mut away = Mount::uploading("0", &args);
+    fs::write(away.path("kept.txt"), b"in the snapshot restored").unwrap();
+    away.wait_status("kept.txt", &["active"], MIN);
+    wait_for_snapshot(&away);
+    away.remount_with(&["--snapshots", "false"]);
+    fs::write(away.path("unsaved.txt"), b"declared before the restore, in no snapshot").unwrap();
+    away.wait_status("unsaved.txt", &["active"], MIN);
+    away.unmount();
+
+    let mut restored = Mount::unmounted("0", &[&args[..], &["--sweep-after", "0"]].concat());
+    restored.arm("sweep");
+    restored.mount();
+    wait_for_snapshot(&restored);
+    restored.wait_hook("sweep", MIN);
+
+    // The machine comes back, writes and removes.
+    away.mount_with(&["--snapshots", "true"]);
+    fs::write(away.path("late.txt"), b"written after the restore").unwrap();
+    away.wait_status("late.txt", &["active"], MIN);
+    wait_until(MIN, "the machine that came back to stop", || {
+        tree_state(&away)["stopped"].as_str().is_some_and(|w| w.contains("another mount wrote tree snapshot"))
+    });
+    fs::remove_file(away.path("kept.txt")).unwrap();
+    let fids: Vec<String> = ["unsaved.txt", "late.txt"].iter().map(|f| away.cess(f, "fid").unwrap()).collect();
+    let kept = restored.cess("kept.txt", "fid").unwrap();
+    let _ = Command::new(BIN).arg("evict").arg(away.path("late.txt")).output();
+    assert_eq!(away.cess("late.txt", "cached").as_deref(), Some("yes"), "local copies are kept");
+
+    restored.release("sweep");
+    wait_until(MIN, "the restored mount to say why it does not sweep", || {
+        tree_state(&restored)["sweep_waits"].as_str().is_some_and(|w| w.contains("stored after the restore"))
+    });
+    for fid in fids.iter().chain([&kept]) {
+        assert!(chain.file(fid).is_some(), "{fid} stays on chain");
+    }
+    let said = run(Command::new(BIN).arg("status").arg(restored.root()));
+    assert!(said.contains("not swept yet"), "{said}");
+    let said = run(Command::new(BIN).arg("status").arg(away.root()));
+    assert!(said.contains("another mount wrote tree snapshot"), "{said}");
+}

@@ -173,8 +173,12 @@ fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
     assert_eq!(second.cess("big.bin", "cached").as_deref(), Some("no"), "restored files are cold");
     assert_eq!(stats(second.root()), before.1, "modes, owners, sizes, times and links");
     assert!(snapshot(second.root()) == before.0, "every name, byte, target and xattr");
+    // The restored tree says at once that it has a new writer: one snapshot more, and the
+    // stranger deleted none.
     wait_for_snapshot(&second);
-    assert_eq!(snapshots(&first, &net.url), listed, "the restore wrote no snapshot, the stranger deleted none");
+    let now = snapshots(&first, &net.url);
+    assert_eq!(now.len(), listed.len() + 1, "{listed:?} {now:?}");
+    assert_eq!(now[1..], listed[..], "the new one is the newest");
 }
 
 /// The root's `user.cess.snapshot`.

@@ -164,9 +164,7 @@ impl Writer {
             }
             let me = this.clone();
             match tokio::task::spawn_blocking(move || me.write()).await {
-                Ok(Ok(true)) => first_change = None,
-                // The tree kept changing while read: tried again in a moment.
-                Ok(Ok(false)) => retry_at = Instant::now() + Duration::from_secs(1),
+                Ok(Ok(())) => first_change = None,
                 Ok(Err(e)) => {
                     crate::log_limited!(log::Level::Error, "snapshot", "writing a tree snapshot: {e}");
                     retry_at = Instant::now() + Duration::from_secs(30);
@@ -226,9 +224,8 @@ impl Writer {
         self.store.upload_states().iter().all(|(state, files, _)| *files == 0 || state.settled())
     }
 
-    /// Writes a snapshot if the tree differs from the last one written. `false`: the tree kept
-    /// changing while it was read.
-    fn write(&self) -> Result<bool, StoreError> {
+    /// Writes a snapshot if the tree differs from the last one written.
+    fn write(&self) -> Result<(), StoreError> {
         let kept = self.store.kept_snapshots()?;
         let last = kept.last().map_or(0, |(_, s)| s.generation);
         let now = crate::store::Timestamp::now();
@@ -237,23 +234,20 @@ impl Writer {
         // No FID the tree refers to may leave the chain before the snapshot protects it.
         let _hold = self.store.hold_deletions();
         let covered = self.store.commits();
-        let Some(snapshot) = self.store.build_snapshot(generation, self.writer)? else {
-            log::debug!("the tree kept changing while read: its snapshot waits");
-            return Ok(false);
-        };
+        let snapshot = self.store.build_snapshot(generation, self.writer)?;
         let digest = tree_digest(&snapshot);
         // An empty tree with nothing kept before has nothing to keep.
         let nothing = kept.is_empty() && snapshot.links.is_empty();
         if nothing || self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]) {
             self.flags.covered.fetch_max(covered, Ordering::AcqRel);
-            return Ok(true);
+            return Ok(());
         }
         let record = KeptSnapshot::of(&snapshot);
         let bytes = snapshot.encode();
         // What a restore would refuse is never stored.
         if let Err(e) = Snapshot::decode(&bytes) {
             log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
-            return Ok(true);
+            return Ok(());
         }
         let ino = self.store.stage_snapshot(&record, &bytes, &self.watch.tree().names.snapshot_name(generation))?;
         self.store.set_meta(LAST_TREE, &digest.0)?;
@@ -271,7 +265,7 @@ impl Writer {
                 self.store.drop_snapshot(*old)?;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Drops the snapshots older than the newest `keep` active ones.

@@ -370,7 +370,7 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.reserve.before_write();
-        let _applying = self.applying();
+        let mut applying = self.applying();
         let mut catalog = lock(&self.catalog);
         if let Some(fid) = new.and_then(|n| catalog.needs_deleted(n)) {
             return Err(StoreError::BeingDeleted(fid));
@@ -378,6 +378,7 @@ impl Store {
         let swapped =
             self.tree.compare_and_swap(key::upload(ino), Some(encode_upload(old)), new.map(encode_upload))?.is_ok();
         if swapped {
+            applying.changes(&[ino]);
             self.refresh(&mut catalog, ino, true);
             drop(catalog);
             self.ring();

@@ -81,12 +81,118 @@ fn timestamp((secs, nanos): (i64, u32)) -> Timestamp {
     Timestamp { secs, nanos: nanos.min(999_999_999) }
 }
 
-/// A commit under way: counted as begun now, as applied when dropped.
-pub(super) struct Applying<'a>(&'a Store);
+/// A commit under way: counted as begun now; it holds the gate shared, and when it ends (its
+/// changes applied) it tells a snapshot being built which inodes' part of the tree changed.
+pub(super) struct Applying<'a> {
+    store: &'a Store,
+    changed: Vec<u64>,
+    _gate: std::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl Applying<'_> {
+    /// Notes inodes whose node or entries the commit changes.
+    pub(super) fn changes(&mut self, inos: &[u64]) {
+        self.changed.extend_from_slice(inos);
+    }
+}
 
 impl Drop for Applying<'_> {
     fn drop(&mut self) {
-        self.0.applied.fetch_add(1, Ordering::AcqRel);
+        if let Some(journal) = lock(&self.store.journal).as_mut() {
+            journal.extend(self.changed.drain(..));
+        }
+    }
+}
+
+/// Rounds of catching up with commits before a snapshot's last one, under the gate.
+const CATCH_UP_ROUNDS: usize = 8;
+
+/// One inode as a snapshot build read it: its node (`None`: left out, a file not stored yet, or
+/// gone) and, for a directory, its entries (name, child).
+type Read = (Option<Node>, Vec<(Vec<u8>, u64)>);
+
+/// The tree as a snapshot build reads it, per inode read.
+#[derive(Default)]
+struct Walk {
+    read: HashMap<u64, Read>,
+}
+
+impl Walk {
+    /// Reads inode `ino`: its node and entries.
+    fn read_one(&mut self, store: &Store, ino: u64) -> Result<(), StoreError> {
+        let read = match store.inode(ino)? {
+            None => (None, Vec::new()),
+            Some(rec) => {
+                let node = store.node(ino, ino, &rec)?;
+                let entries = match rec.kind {
+                    Kind::Dir => store.dir_entries(ino)?.into_iter().map(|(name, child, _)| (name, child)).collect(),
+                    _ => Vec::new(),
+                };
+                (node, entries)
+            }
+        };
+        self.read.insert(ino, read);
+        Ok(())
+    }
+
+    /// Reads every inode reachable from the root that was not read yet.
+    fn fill(&mut self, store: &Store) -> Result<(), StoreError> {
+        let mut seen: HashSet<u64> = HashSet::from([ROOT_INO]);
+        let mut queue = std::collections::VecDeque::from([ROOT_INO]);
+        while let Some(ino) = queue.pop_front() {
+            if !self.read.contains_key(&ino) {
+                self.read_one(store, ino)?;
+            }
+            let Some((Some(_), entries)) = self.read.get(&ino) else { continue };
+            for (_, child) in entries {
+                if seen.insert(*child) {
+                    queue.push_back(*child);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads again the inodes of `changed` read before, then what became reachable.
+    fn catch_up(&mut self, store: &Store, changed: HashSet<u64>) -> Result<(), StoreError> {
+        for ino in changed {
+            if self.read.contains_key(&ino) {
+                self.read_one(store, ino)?;
+            }
+        }
+        self.fill(store)
+    }
+
+    /// The snapshot of what was read: the nodes reachable from the root, breadth first (the root
+    /// first), and the names of those present.
+    fn snapshot(mut self, generation: u64, writer: [u8; 16]) -> Snapshot {
+        let mut seen: HashSet<u64> = HashSet::from([ROOT_INO]);
+        let mut nodes = Vec::new();
+        let mut links = Vec::new();
+        let mut queue = std::collections::VecDeque::from([ROOT_INO]);
+        while let Some(ino) = queue.pop_front() {
+            let Some((Some(node), entries)) = self.read.remove(&ino) else { continue };
+            nodes.push(node);
+            for (name, child) in entries {
+                if seen.insert(child) {
+                    queue.push_back(child);
+                }
+                links.push(Link { parent: ino, name, child });
+            }
+        }
+        // Names of files left out go too.
+        let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
+        links.retain(|l| present.contains(&l.child));
+        Snapshot { generation, writer, written_at: time(Timestamp::now()), nodes, links }
+    }
+}
+
+/// Stops recording changes for a snapshot build when dropped.
+struct Journal<'a>(&'a Store);
+
+impl Drop for Journal<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.journal) = None;
     }
 }
 
@@ -106,8 +212,9 @@ impl Store {
     }
 
     pub(super) fn applying(&self) -> Applying<'_> {
+        let gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.commits.fetch_add(1, Ordering::AcqRel);
-        Applying(self)
+        Applying { store: self, changed: Vec::new(), _gate: gate }
     }
 
     /// Holds deletions from the chain back until the guard is dropped (a snapshot is built and
@@ -159,46 +266,29 @@ impl Store {
 
     /// The tree as it is, as a snapshot of `generation` by `writer`. A regular file appears once
     /// its content is active on CESS (or empty): until then it is left out, and the next
-    /// snapshot has it. `None` if the tree kept changing while it was read.
-    pub fn build_snapshot(&self, generation: u64, writer: [u8; 16]) -> Result<Option<Snapshot>, StoreError> {
-        for _ in 0..5 {
-            // Consistent: no commit under way when the read began, none begun since.
-            let (begun, applied) = (self.commits.load(Ordering::Acquire), self.applied.load(Ordering::Acquire));
-            let snapshot = self.read_tree(generation, writer)?;
-            if begun == applied && self.commits.load(Ordering::Acquire) == begun {
-                return Ok(Some(snapshot));
+    /// snapshot has it.
+    ///
+    /// sled has no point-in-time reads, so the tree is walked while commits go on, each telling
+    /// which inodes' part of the tree it changed; those are read again, a few rounds, and the
+    /// last round runs with commits held at the gate: the snapshot is the tree as it was then.
+    /// Commits wait only for that round, which reads what changed since the one before.
+    pub fn build_snapshot(&self, generation: u64, writer: [u8; 16]) -> Result<Snapshot, StoreError> {
+        *lock(&self.journal) = Some(HashSet::new());
+        let _journal = Journal(self);
+        let take = || lock(&self.journal).as_mut().map(std::mem::take).unwrap_or_default();
+        let mut walk = Walk::default();
+        walk.fill(self)?;
+        for _ in 0..CATCH_UP_ROUNDS {
+            let changed = take();
+            if changed.is_empty() {
+                break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            walk.catch_up(self, changed)?;
         }
-        Ok(None)
-    }
-
-    fn read_tree(&self, generation: u64, writer: [u8; 16]) -> Result<Snapshot, StoreError> {
-        // Node ids are inode numbers (the root's is 1): stable from one generation to the next,
-        // so a read-only view keeps the names the kernel knows.
-        let mut seen: HashSet<u64> = HashSet::from([ROOT_INO]);
-        let mut nodes = Vec::new();
-        let mut links = Vec::new();
-        let mut queue = std::collections::VecDeque::from([ROOT_INO]);
-        while let Some(ino) = queue.pop_front() {
-            let Some(rec) = self.inode(ino)? else { continue };
-            let Some(node) = self.node(ino, ino, &rec)? else { continue };
-            nodes.push(node);
-            if rec.kind != Kind::Dir {
-                continue;
-            }
-            for (name, child, _) in self.dir_entries(ino)? {
-                if seen.insert(child) {
-                    queue.push_back(child);
-                }
-                links.push(Link { parent: ino, name, child });
-            }
-        }
-        // Names of files left out go too.
-        let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
-        links.retain(|l| present.contains(&l.child));
-        let written_at = Timestamp::now();
-        Ok(Snapshot { generation, writer, written_at: time(written_at), nodes, links })
+        let gate = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        walk.catch_up(self, take())?;
+        drop(gate);
+        Ok(walk.snapshot(generation, writer))
     }
 
     /// The node of inode `ino`, or `None` for a regular file not on CESS yet.
@@ -648,5 +738,67 @@ fn store_kind(kind: NodeKind) -> Kind {
         NodeKind::Socket => Kind::Socket,
         NodeKind::CharDevice => Kind::CharDevice,
         NodeKind::BlockDevice => Kind::BlockDevice,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: Kind, parent: u64) -> InodeRecord {
+        let mut rec = hidden_inode(0, b"");
+        (rec.kind, rec.nlink, rec.parent) = (kind, if kind == Kind::Dir { 2 } else { 1 }, parent);
+        rec
+    }
+
+    /// Snapshots built while files keep moving between directories (each move one commit) are
+    /// each the tree at one instant: every file named exactly once, never twice or not at all.
+    #[test]
+    fn a_snapshot_built_during_commits_is_the_tree_at_one_instant() {
+        const FILES: u64 = 2000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 0, 0).unwrap();
+        let dirs = [store.allocate_ino().unwrap(), store.allocate_ino().unwrap()];
+        let mut b = Batch::default();
+        for (i, d) in dirs.iter().enumerate() {
+            b.put_inode(*d, &record(Kind::Dir, ROOT_INO));
+            b.put_dirent(ROOT_INO, format!("d{i}").as_bytes(), *d, Kind::Dir);
+        }
+        for f in 0..FILES {
+            let ino = store.allocate_ino().unwrap();
+            b.put_inode(ino, &record(Kind::File, 0));
+            b.put_dirent(dirs[0], f.to_string().as_bytes(), ino, Kind::File);
+        }
+        store.commit(b).unwrap();
+        /// Stops the mover however the checks end (a failed one too: the scope waits for it).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let _stop = Stop(&stop);
+            s.spawn(|| {
+                let mut round = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (from, to) = if round.is_multiple_of(2) { (dirs[0], dirs[1]) } else { (dirs[1], dirs[0]) };
+                    for (name, ino, kind) in store.dir_entries(from).unwrap() {
+                        let mut b = Batch::default();
+                        b.remove_dirent(from, &name);
+                        b.put_dirent(to, &name, ino, kind);
+                        store.commit(b).unwrap();
+                    }
+                    round += 1;
+                }
+            });
+            for _ in 0..20 {
+                let snapshot = store.build_snapshot(1, [0; 16]).unwrap();
+                let files = snapshot.links.iter().filter(|l| dirs.contains(&l.parent)).count() as u64;
+                assert_eq!(files, FILES, "every file once");
+                Snapshot::decode(&snapshot.encode()).expect("a valid tree");
+            }
+        });
     }
 }

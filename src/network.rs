@@ -15,8 +15,8 @@ use crate::devnet::{Devnet, DevnetChain, DevnetConfig};
 use crate::format::{Hash, SegmentManifest};
 use crate::metrics;
 use crate::protocol::{
-    AccountId, Chain, ChainError, ChainHealth, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo,
-    TxReceipt, UserBrief,
+    AccountId, BeforeSend, Chain, ChainError, ChainHealth, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer,
+    TerritoryInfo, TxReceipt, UserBrief,
 };
 
 /// The chain client, the account it signs with, and the embedded devnet if it runs one.
@@ -166,8 +166,14 @@ impl Chain for Observed {
         segments: &[SegmentManifest],
         user: &UserBrief,
         file_size: u64,
+        before_send: BeforeSend<'_>,
     ) -> Result<TxReceipt, ChainError> {
-        self.call("upload_declaration", self.chain.upload_declaration(fid, segments, user, file_size)).await
+        self.call("upload_declaration", self.chain.upload_declaration(fid, segments, user, file_size, before_send))
+            .await
+    }
+
+    async fn may_land(&self, sent: &SentTx) -> Result<bool, ChainError> {
+        self.call("may_land", self.chain.may_land(sent)).await
     }
 
     async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {

@@ -18,7 +18,8 @@ use tokio::sync::Mutex;
 
 use crate::format::{Hash, SegmentManifest};
 use crate::protocol::{
-    AccountId, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
+    AccountId, BeforeSend, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer, TerritoryInfo,
+    TxReceipt, UserBrief,
 };
 
 type Client = OnlineClient<SubstrateConfig>;
@@ -31,6 +32,10 @@ const MAX_RESPONSE_BYTES: u32 = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const TX_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Blocks a transaction stays valid for after the block it is signed against: one not in a
+/// block by then never will be.
+const MORTAL_BLOCKS: u32 = 32;
 
 /// Times a transaction is signed again after the pool refused its nonce (another process
 /// signed with the account meanwhile).
@@ -159,9 +164,14 @@ impl CessChain {
 
     /// [`CessChain::submit`], with what the chain's StorageHandler event says was spent.
     pub async fn pay(&self, call: &codec::Call) -> Result<Payment, ChainError> {
+        self.send(call, None).await
+    }
+
+    /// [`CessChain::pay`], calling `before_send` with each signed transaction before it goes.
+    async fn send(&self, call: &codec::Call, before_send: Option<BeforeSend<'_>>) -> Result<Payment, ChainError> {
         let mut attempt = 0;
         let result = loop {
-            match self.submit_inner(call).await {
+            match self.submit_inner(call, before_send).await {
                 Ok(paid) => break Ok(paid),
                 Err(Submission::StaleNonce(why)) if attempt < NONCE_RETRIES => {
                     attempt += 1;
@@ -202,8 +212,12 @@ impl CessChain {
 
     /// Submits `call` (within [`READ_TIMEOUT`]: else the node is unreachable) and follows it
     /// into a block (within [`TX_TIMEOUT`]: else it is pending, and may still land).
-    async fn submit_inner(&self, call: &codec::Call) -> Result<Payment, Submission> {
-        let mut progress = match tokio::time::timeout(READ_TIMEOUT, self.sign_and_submit(call)).await {
+    async fn submit_inner(
+        &self,
+        call: &codec::Call,
+        before_send: Option<BeforeSend<'_>>,
+    ) -> Result<Payment, Submission> {
+        let mut progress = match tokio::time::timeout(READ_TIMEOUT, self.sign_and_submit(call, before_send)).await {
             Ok(submitted) => submitted?,
             Err(_) => {
                 // Cut off half-way: whether the node took the nonce is its to say.
@@ -224,10 +238,12 @@ impl CessChain {
         outcome
     }
 
-    /// Signs `call` with the account's next nonce and hands it to the node's pool.
+    /// Signs `call` with the account's next nonce, mortal for [`MORTAL_BLOCKS`], tells
+    /// `before_send`, and hands it to the node's pool.
     async fn sign_and_submit(
         &self,
         call: &codec::Call,
+        before_send: Option<BeforeSend<'_>>,
     ) -> Result<
         subxt::transactions::TransactionProgress<
             SubstrateConfig,
@@ -241,8 +257,25 @@ impl CessChain {
             // The block signed against, taken now: a wait for the lock must not age it.
             let at = client.at_current_block().await.map_err(unreachable)?;
             let nonce = self.next_nonce(&rpc, *next).await?;
-            let params = subxt::config::DefaultExtrinsicParamsBuilder::<SubstrateConfig>::new().nonce(nonce).build();
-            match at.transactions().sign_and_submit_then_watch(call, self.signer.keypair(), params).await {
+            let params = subxt::config::DefaultExtrinsicParamsBuilder::<SubstrateConfig>::new()
+                .nonce(nonce)
+                .mortal(u64::from(MORTAL_BLOCKS))
+                .build();
+            let signed = at.transactions().create_signed(call, self.signer.keypair(), params).await;
+            let signed = match signed {
+                Ok(signed) => signed,
+                Err(e) => {
+                    *next = None;
+                    return Err(pool_refusal(&format!("{e} {e:?}")));
+                }
+            };
+            if let Some(before_send) = before_send {
+                let block = at.block_number() as u32;
+                let sent = SentTx { hash: format!("{:?}", signed.hash()), block, until: block + MORTAL_BLOCKS };
+                // Not recorded, not sent: the nonce stays for the next transaction.
+                before_send(sent).await?;
+            }
+            match signed.submit_and_watch().await {
                 Ok(progress) => {
                     *next = Some(nonce + 1);
                     progress
@@ -466,10 +499,16 @@ impl Chain for CessChain {
         segments: &[SegmentManifest],
         user: &UserBrief,
         file_size: u64,
+        before_send: BeforeSend<'_>,
     ) -> Result<TxReceipt, ChainError> {
         let client = self.client().await?;
         let md = client.at_current_block().await.map_err(unreachable)?.metadata();
-        self.submit(&codec::upload_declaration(&md, fid, segments, user, file_size)).await
+        let call = codec::upload_declaration(&md, fid, segments, user, file_size);
+        Ok(self.send(&call, Some(before_send)).await?.receipt)
+    }
+
+    async fn may_land(&self, sent: &SentTx) -> Result<bool, ChainError> {
+        Ok(self.block_number().await? <= sent.until)
     }
 
     async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {

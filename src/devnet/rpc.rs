@@ -2,7 +2,9 @@
 //! `{"err": ChainError}`; extrinsics carry `Account` and `Signature` headers (sr25519 over the
 //! body) and are refused without them. `GET /nodes` and `POST /nodes/<i>/fault` switch node
 //! faults for tests; `POST /control/deletions` holds `delete_file` calls back until released (a
-//! deletion waiting for its block, as on a real chain). Both need the control token. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
+//! deletion waiting for its block, as on a real chain), `POST /control/declarations` holds
+//! `upload_declaration` calls in its pool (included once released, whether or not their sender
+//! still waits; `POST /rpc/tx_pending` says whether one is still there). Both need the control token. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
 //! chain client.
 
 use std::net::SocketAddr;
@@ -19,8 +21,8 @@ use super::{Fault, Ledger, Node, NodeView};
 use crate::format::{Hash, SegmentManifest};
 use crate::http::{self, Reply, Server, json};
 use crate::protocol::{
-    AccountId, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, Signer, TerritoryInfo, TxReceipt, UserBrief,
-    verify,
+    AccountId, BeforeSend, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer, TerritoryInfo,
+    TxReceipt, UserBrief, verify,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -50,6 +52,14 @@ struct Declaration {
     segments: Vec<SegmentManifest>,
     user: UserBrief,
     file_size: u64,
+    /// The transaction's hash, as the sender recorded it.
+    #[serde(default)]
+    tx: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TxQuery {
+    tx: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -86,6 +96,12 @@ struct Control {
     token: Arc<str>,
     /// Whether `delete_file` calls wait (until switched off).
     deletions_held: tokio::sync::watch::Sender<bool>,
+    /// Whether `upload_declaration` calls wait in the pool (until switched off).
+    declarations_held: tokio::sync::watch::Sender<bool>,
+    /// The declarations taken and not yet in a block, by transaction hash: each is included once
+    /// declarations are not held, whether its sender still waits or is gone, as a chain's pool
+    /// does.
+    pool: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -173,9 +189,35 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
                 Ok(w) => w,
                 Err(e) => return answer::<()>(Err(e)),
             };
-            answer(
-                blocking(move || l.upload_declaration(&who, &d.fid, &d.segments, &d.user, d.file_size as u128)).await,
-            )
+            if let Some(tx) = &d.tx {
+                crate::sync::lock(&control.pool).insert(tx.clone());
+            }
+            let (included, outcome) = tokio::sync::oneshot::channel();
+            let pool = control.clone();
+            tokio::spawn(async move {
+                let _ = pool.declarations_held.subscribe().wait_for(|held| !*held).await;
+                let Declaration { fid, segments, user, file_size, tx } = d;
+                let result =
+                    blocking(move || l.upload_declaration(&who, &fid, &segments, &user, file_size as u128)).await;
+                if let Some(tx) = tx {
+                    crate::sync::lock(&pool.pool).remove(&tx);
+                }
+                let _ = included.send(result);
+            });
+            answer(outcome.await.unwrap_or_else(|_| Err(ChainError::Unreachable("the devnet stopped".into()))))
+        }
+        (Method::POST, "/rpc/pool") => answer(Ok(crate::sync::lock(&control.pool).len())),
+        (Method::POST, "/rpc/tx_pending") => {
+            let q = params!(TxQuery);
+            answer(Ok(crate::sync::lock(&control.pool).contains(&q.tx)))
+        }
+        (Method::POST, "/control/declarations") => {
+            if !controlled() {
+                return forbidden();
+            }
+            let h = params!(HoldSwitch);
+            control.declarations_held.send_replace(h.held);
+            json(StatusCode::OK, &h)
         }
         (Method::POST, "/rpc/delete_file") => {
             let d = params!(Deletion);
@@ -251,7 +293,12 @@ pub(super) async fn serve(
     nodes: Arc<Vec<Node>>,
     token: String,
 ) -> std::io::Result<Server> {
-    let control = Arc::new(Control { token: token.into(), deletions_held: tokio::sync::watch::Sender::new(false) });
+    let control = Arc::new(Control {
+        token: token.into(),
+        deletions_held: tokio::sync::watch::Sender::new(false),
+        declarations_held: tokio::sync::watch::Sender::new(false),
+        pool: Default::default(),
+    });
     Server::start(addr, move |req| handle(ledger.clone(), nodes.clone(), control.clone(), req)).await
 }
 
@@ -339,6 +386,17 @@ impl DevnetChain {
         self.control::<_, HoldSwitch>("control/deletions", &HoldSwitch { held }).await.map(drop)
     }
 
+    /// How many declarations wait in the pool.
+    pub async fn pooled(&self) -> Result<usize, ChainError> {
+        self.call("pool", &(), false).await
+    }
+
+    /// Holds `upload_declaration` calls in the pool (they land once released, sender or not)
+    /// until called with `false`.
+    pub async fn hold_declarations(&self, held: bool) -> Result<(), ChainError> {
+        self.control::<_, HoldSwitch>("control/declarations", &HoldSwitch { held }).await.map(drop)
+    }
+
     /// A control request (with the control token) to `path`.
     async fn control<P: Serialize, T: DeserializeOwned>(&self, path: &str, params: &P) -> Result<T, ChainError> {
         let url = format!("{}/{path}", self.url);
@@ -400,9 +458,19 @@ impl Chain for DevnetChain {
         segments: &[SegmentManifest],
         user: &UserBrief,
         file_size: u64,
+        before_send: BeforeSend<'_>,
     ) -> Result<TxReceipt, ChainError> {
-        let d = Declaration { fid: *fid, segments: segments.to_vec(), user: user.clone(), file_size };
+        // The devnet includes a transaction once its pool has it: it never dies of age, and one
+        // it does not hold is not on its way. Its id is drawn here, as a signature would make it.
+        let block = self.block().await?;
+        let tx = format!("0x{}", crate::format::sha256(&rand::random::<[u8; 32]>()).to_hex());
+        before_send(SentTx { hash: tx.clone(), block, until: block }).await?;
+        let d = Declaration { fid: *fid, segments: segments.to_vec(), user: user.clone(), file_size, tx: Some(tx) };
         self.call("upload_declaration", &d, true).await
+    }
+
+    async fn may_land(&self, sent: &SentTx) -> Result<bool, ChainError> {
+        self.call("tx_pending", &TxQuery { tx: sent.hash.clone() }, false).await
     }
 
     async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {

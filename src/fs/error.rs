@@ -118,7 +118,11 @@ impl FsError {
                 _ => libc::EIO,
             },
             FsError::Store(
-                StoreError::Sled(_) | StoreError::Corrupt { .. } | StoreError::Poisoned | StoreError::BeingDeleted(_),
+                StoreError::Sled(_)
+                | StoreError::Corrupt { .. }
+                | StoreError::Poisoned
+                | StoreError::BeingDeleted(_)
+                | StoreError::MovedOn(_),
             ) => libc::EIO,
         }
     }

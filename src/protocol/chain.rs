@@ -155,6 +155,22 @@ pub struct TxReceipt {
     pub block: u32,
 }
 
+/// A transaction signed and about to be sent: what is recorded before it goes, so that after a
+/// crash it is followed to its end instead of being sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentTx {
+    /// Its hash (`0x…`).
+    pub hash: String,
+    /// The block it was signed against.
+    pub block: u32,
+    /// The last block that may include it (it is mortal).
+    pub until: u32,
+}
+
+/// Called with a transaction once it is signed, before it is sent; an error stops it there.
+pub type BeforeSend<'a> =
+    &'a (dyn Fn(SentTx) -> futures_util::future::BoxFuture<'static, Result<(), ChainError>> + Send + Sync);
+
 /// A chain failure.
 #[derive(Debug, Clone, Error, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChainError {
@@ -239,14 +255,18 @@ pub trait Chain: Send + Sync {
     async fn miners(&self) -> Result<Vec<MinerInfo>, ChainError>;
     /// `FileBank.UserHoldFileList[owner]`: every file `owner` holds, with its territory.
     async fn held_files(&self, owner: &AccountId) -> Result<Vec<HeldFile>, ChainError>;
-    /// `FileBank.upload_declaration`, returning once it is in a block.
+    /// `FileBank.upload_declaration`, returning once it is in a block; `before_send` is called
+    /// once it is signed, before it goes (again if it is signed again).
     async fn upload_declaration(
         &self,
         fid: &Hash,
         segments: &[SegmentManifest],
         user: &UserBrief,
         file_size: u64,
+        before_send: BeforeSend<'_>,
     ) -> Result<TxReceipt, ChainError>;
+    /// Whether transaction `sent`, whose effect is not seen on chain, may still be included.
+    async fn may_land(&self, sent: &SentTx) -> Result<bool, ChainError>;
     /// `FileBank.delete_file` of this account's copy of `fid`, returning once it is in a block.
     async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError>;
 }

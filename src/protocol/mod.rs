@@ -9,8 +9,8 @@ pub mod miner;
 
 pub use account::{AccountId, SS58_PREFIX, Signer, verify};
 pub use chain::{
-    Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo, TerritoryInfo,
-    TerritoryState, TxReceipt, UserBrief,
+    BeforeSend, Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo,
+    SentTx, TerritoryInfo, TerritoryState, TxReceipt, UserBrief,
 };
 pub use health::{ChainHealth, utc};
 

@@ -59,6 +59,9 @@ pub enum StoreError {
         "the same bytes (fid {0}) are being deleted from the chain for a file removed earlier; stored again once that is done"
     )]
     BeingDeleted(crate::format::Hash),
+    /// The upload of an inode is no longer in the state a step expected.
+    #[error("the upload of inode {0} moved on meanwhile")]
+    MovedOn(u64),
 }
 
 /// The local store. See the module docs.

@@ -121,6 +121,10 @@ pub struct UploadRecord {
     /// Where its content went when packed (store/packs.rs): `fid` is then its pack's, once the
     /// pack is stored.
     pub blob: Option<PackedBlob>,
+    /// Its declaration, signed and sent, while its outcome is not seen on chain: it may still
+    /// land, so no other is sent until it can land no more (a second would lock the
+    /// territory's space again and start the deal over).
+    pub declaring: Option<crate::protocol::SentTx>,
 }
 
 /// A file's content as a blob in a pack.
@@ -149,11 +153,11 @@ pub struct StoredVersion {
     pub blob: Option<(Hash, crate::format::BlobPlace)>,
 }
 
-/// The version byte of upload records: 4 since they end with `blob` (and `previous` with its
-/// own). Records of versions 1 (without `format` and `previous`: all of format version 1), 2
-/// (without `previous`) and 3 (without the blobs) are those bytes with fewer fields at the end;
-/// [`Store::open`] rewrites them, since records are swapped by comparing their bytes.
-const UPLOAD_RECORD_VERSION: u8 = 4;
+/// The version byte of upload records: 5 since they end with `declaring`. Records of versions 1
+/// (without `format` and `previous`: all of format version 1), 2 (without `previous`), 3
+/// (without the blobs) and 4 (without `declaring`) are those bytes with fewer fields at the
+/// end; [`Store::open`] rewrites them, since records are swapped by comparing their bytes.
+const UPLOAD_RECORD_VERSION: u8 = 5;
 
 /// Encodes an upload record.
 pub(super) fn encode_upload(rec: &UploadRecord) -> Vec<u8> {
@@ -168,12 +172,13 @@ pub(super) fn decode_upload(bytes: &[u8]) -> Result<UploadRecord, StoreError> {
     match bytes.split_first() {
         Some((&UPLOAD_RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| corrupt()),
         // The fields a version lacks, as postcard writes them: format 1, `previous` None, no
-        // blobs. A version 3 record ends with `previous`: its blob and the record's follow (one
-        // zero left over if `previous` is None, which postcard ignores).
-        Some((&3, rest)) => postcard::from_bytes(&[rest, &[0, 0]].concat()).map_err(|_| corrupt()),
-        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0, 0]].concat()).map_err(|_| corrupt()),
+        // blobs, no declaration. A version 3 record ends with `previous`: its blob and the
+        // record's follow (one zero left over if `previous` is None, which postcard ignores).
+        Some((&4, rest)) => postcard::from_bytes(&[rest, &[0]].concat()).map_err(|_| corrupt()),
+        Some((&3, rest)) => postcard::from_bytes(&[rest, &[0, 0, 0]].concat()).map_err(|_| corrupt()),
+        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0, 0, 0]].concat()).map_err(|_| corrupt()),
         Some((&1, rest)) => {
-            postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1, 0, 0]].concat()).map_err(|_| corrupt())
+            postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1, 0, 0, 0]].concat()).map_err(|_| corrupt())
         }
         _ => Err(corrupt()),
     }
@@ -207,6 +212,7 @@ impl UploadRecord {
             format: crate::format::FORMAT_V2,
             previous: None,
             blob: None,
+            declaring: None,
         }
     }
 
@@ -554,6 +560,19 @@ impl Store {
         Ok(self.tree.contains_key(key::writing(ino))?)
     }
 
+    /// Records durably, before it goes, that the declaration `sent` of the deal of `ino` (in
+    /// state `declared`, FID `fid`) is signed and about to be sent.
+    pub fn declaration_sent(&self, ino: u64, fid: &Hash, sent: crate::protocol::SentTx) -> Result<(), StoreError> {
+        let _deal = lock(&self.deal_lock);
+        let current = self.upload(ino)?.filter(|r| r.state == UploadState::Declared && r.fid == Some(*fid));
+        let Some(current) = current else { return Err(StoreError::MovedOn(ino)) };
+        let next = UploadRecord { declaring: Some(sent), ..current.clone() };
+        if !self.swap_upload_locked(ino, &current, Some(&next))? {
+            return Err(StoreError::MovedOn(ino));
+        }
+        self.sync()
+    }
+
     /// The point of no return of an upload: moves `rec` (which must still be current, with no
     /// writer open) to `Declared`, durably. From here on the filesystem keeps its bytes.
     pub fn begin_deal(&self, ino: u64, rec: &UploadRecord, declared: &UploadRecord) -> Result<bool, StoreError> {
@@ -818,23 +837,31 @@ mod tests {
         let mut rec = UploadRecord::staged(3);
         rec.fid = Some(Hash([4; 32]));
         let current = encode_upload(&rec);
-        // A version 1 record: the same fields without the trailing format, previous and blob.
-        let old = [&[1u8][..], &current[1..current.len() - 3]].concat();
+        // A version 1 record: the same fields without the trailing format, previous, blob and
+        // declaration.
+        let old = [&[1u8][..], &current[1..current.len() - 4]].concat();
         let read = decode_upload(&old).unwrap();
         assert_eq!(read.format, crate::format::FORMAT_V1);
         assert_eq!(UploadRecord { format: rec.format, ..read }, rec);
-        // Versions 2 (without previous and blob) and 3 (without blob).
-        let v2 = [&[2u8][..], &current[1..current.len() - 2]].concat();
+        // Versions 2 (without previous, blob and declaration), 3 (without blob and declaration)
+        // and 4 (without declaration).
+        let v2 = [&[2u8][..], &current[1..current.len() - 3]].concat();
         assert_eq!(decode_upload(&v2).unwrap(), rec);
-        let v3 = [&[3u8][..], &current[1..current.len() - 1]].concat();
+        let v3 = [&[3u8][..], &current[1..current.len() - 2]].concat();
         assert_eq!(decode_upload(&v3).unwrap(), rec);
+        let v4 = [&[4u8][..], &current[1..current.len() - 1]].concat();
+        assert_eq!(decode_upload(&v4).unwrap(), rec);
         // A version 3 record with a previous version: without its blob, nor the record's.
         let mut with_previous = rec.clone();
         with_previous.previous =
             Some(StoredVersion { fid: Hash([5; 32]), size: 9, seed: Some([6; 32]), format: 2, blob: None });
         let bytes = encode_upload(&with_previous);
-        let v3 = [&[3u8][..], &bytes[1..bytes.len() - 2]].concat();
+        let v3 = [&[3u8][..], &bytes[1..bytes.len() - 3]].concat();
         assert_eq!(decode_upload(&v3).unwrap(), with_previous);
+        // A declaration on its way.
+        let mut declaring = rec.clone();
+        declaring.declaring = Some(crate::protocol::SentTx { hash: "0x01".into(), block: 7, until: 39 });
+        assert_eq!(decode_upload(&encode_upload(&declaring)).unwrap(), declaring);
         assert_eq!(decode_upload(&current).unwrap(), rec);
         assert!(decode_upload(&[9, 1]).is_err());
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Inner, UploadError, lock, placement, push};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
 use crate::metrics;
-use crate::protocol::{ChainError, TerritoryState, UserBrief, charged_space};
+use crate::protocol::{ChainError, SentTx, TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
 
 /// The error of a record whose state needs a FID it lacks (a corrupt record).
@@ -27,10 +27,6 @@ enum Flow {
 fn chain_name_of(rec: &UploadRecord) -> String {
     if rec.file_name.is_empty() { String::new() } else { format!(" {:?}", String::from_utf8_lossy(&rec.file_name)) }
 }
-
-/// How long a declaration whose block was not seen may still land (transactions are signed
-/// mortal for 32 blocks: 3.2 minutes of 6-second blocks; a slow test chain takes longer).
-const DECLARATION_SETTLES: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The size declared on chain: in encrypted mode, whole segments, so the chain learns no more
 /// of a file's size than its segment count shows anyway; the true size is kept in the tree.
@@ -276,7 +272,8 @@ impl Inner {
         Ok(Flow::Continue)
     }
 
-    /// `declared`: place the storage order, unless it is there already.
+    /// `declared`: place the storage order, unless it is there already, or one sent earlier may
+    /// still land.
     async fn declare_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
         let fid = rec.fid.ok_or_else(|| missing_fid("declared"))?;
         let me = self.chain.account();
@@ -284,45 +281,76 @@ impl Inner {
         if existing.as_ref().is_some_and(|f| self.held_here(f)) {
             self.update(ino, &rec, |r| {
                 r.state = UploadState::Active;
-                (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
+                (r.pushed, r.reported, r.declaring) = (FRAGMENTS as u8, FRAGMENTS as u8, None);
             })
             .await?;
             return Ok(Flow::Continue);
         }
         if existing.is_none() && self.chain.deal(&fid).await?.is_some() {
-            self.update(ino, &rec, |r| r.state = UploadState::Pushing).await?;
+            self.update(ino, &rec, |r| (r.state, r.declaring) = (UploadState::Pushing, None)).await?;
             return Ok(Flow::Continue);
         }
-        if let Some(sent) = lock(&self.unsettled).get(&fid).filter(|t| t.elapsed() < DECLARATION_SETTLES) {
-            return Err(ChainError::Pending(format!(
-                "a declaration sent {}s ago may still land: it is waited for before another is sent",
-                sent.elapsed().as_secs()
-            ))
-            .into());
+        // A declaration sent before (this run or one before a crash) whose effect is not seen:
+        // followed until it can land no more, then the chain is looked at once again (it may
+        // have landed just before), and only then is another sent.
+        if let Some(sent) = &rec.declaring {
+            if self.chain.may_land(sent).await? {
+                return Err(ChainError::Pending(format!(
+                    "the declaration sent at block {} (tx {}) may still land: it is followed before another is sent",
+                    sent.block, sent.hash
+                ))
+                .into());
+            }
+            log::info!("inode {ino}: the declaration {} of {fid} can no longer land", sent.hash);
+            self.update(ino, &rec, |r| r.declaring = None).await?;
+            return Ok(Flow::Continue);
         }
         let manifest = self.manifest(ino, &rec).await?;
         let user = UserBrief { user: me, file_name: rec.file_name.clone(), territory_name: rec.territory.clone() };
-        let declared = self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec)).await;
-        match &declared {
-            Err(e) if e.is_transient() => lock(&self.unsettled).insert(fid, std::time::Instant::now()),
-            _ => lock(&self.unsettled).remove(&fid),
+        let inner = self.clone();
+        let record = move |sent: SentTx| -> futures_util::future::BoxFuture<'static, Result<(), ChainError>> {
+            let inner = inner.clone();
+            Box::pin(async move {
+                let hash = sent.hash.clone();
+                inner.db(move |s| s.declaration_sent(ino, &fid, sent)).await.map_err(|e| ChainError::Refused {
+                    reason: format!("the declaration could not be recorded before it is sent: {e}"),
+                    transient: true,
+                })?;
+                log::info!("inode {ino}: declaration of {fid} recorded and sent (tx {hash})");
+                Ok(())
+            })
         };
+        let declared =
+            self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec), &record).await;
         let receipt = match declared {
             Ok(r) => r,
-            // Refused: no deal exists, so nothing holds the bytes any more.
-            Err(e) if !e.is_transient() => {
-                let failed = UploadRecord { state: UploadState::Failed, updated_at: Timestamp::now(), ..rec.clone() };
-                let old = rec.clone();
-                self.db(move |s| s.end_deal(ino, &old, Some(&failed))).await?;
+            // Sent, and how it ended is not known: it is followed next time.
+            Err(e) if e.is_transient() && !matches!(e, ChainError::Refused { .. }) => return Err(e.into()),
+            // Refused by the pool (never sent): no other may land.
+            Err(e @ ChainError::Refused { transient: true, .. }) => {
+                self.update(ino, &rec, |r| r.declaring = None).await?;
                 return Err(e.into());
             }
-            Err(e) => return Err(e.into()),
+            // Refused: no deal exists, so nothing holds the bytes any more.
+            Err(e) => {
+                let current = self.db(move |s| s.upload(ino)).await?;
+                if let Some(current) = current.filter(|c| c.state == UploadState::Declared) {
+                    let failed = UploadRecord {
+                        state: UploadState::Failed,
+                        declaring: None,
+                        updated_at: Timestamp::now(),
+                        ..current.clone()
+                    };
+                    self.db(move |s| s.end_deal(ino, &current, Some(&failed))).await?;
+                }
+                return Err(e.into());
+            }
         };
         // A fly upload (the bytes are on CESS already) is active at once.
         let fly = existing.is_some();
         self.update(ino, &rec, |r| {
             r.state = if fly { UploadState::Active } else { UploadState::Pushing };
-            (r.tx, r.block) = (Some(receipt.tx_hash.clone()), Some(receipt.block));
+            (r.tx, r.block, r.declaring) = (Some(receipt.tx_hash.clone()), Some(receipt.block), None);
             if fly {
                 (r.pushed, r.reported) = (FRAGMENTS as u8, FRAGMENTS as u8);
             }

@@ -77,9 +77,6 @@ struct Inner {
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
     /// Miners that took a column and did not report it, per FID: not chosen again for it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
-    /// Declarations sent whose block was not seen, per FID, and when: one may still land, and
-    /// a second would lock the territory's space again.
-    unsettled: Mutex<HashMap<Hash, std::time::Instant>>,
     /// Turns true at shutdown: encodings and pushes stop at their next step.
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
@@ -193,7 +190,6 @@ impl Engine {
             running: Mutex::new(HashSet::new()),
             manifests: Mutex::new(HashMap::new()),
             laggards: Mutex::new(HashMap::new()),
-            unsettled: Mutex::new(HashMap::new()),
             stop,
             territory_changed: tokio::sync::Notify::new(),
             fetcher,
@@ -622,8 +618,12 @@ mod tests {
             _: &[SegmentManifest],
             _: &UserBrief,
             _: u64,
+            _: crate::protocol::BeforeSend<'_>,
         ) -> Result<TxReceipt, ChainError> {
             panic!("declaration bug")
+        }
+        async fn may_land(&self, _: &crate::protocol::SentTx) -> Result<bool, ChainError> {
+            panic!("pool bug")
         }
         async fn delete_file(&self, _: &Hash) -> Result<TxReceipt, ChainError> {
             panic!("deletion bug")

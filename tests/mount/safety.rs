@@ -316,8 +316,8 @@ fn a_tree_restored_while_its_machine_is_away_loses_nothing_of_either() {
 }
 
 /// A tree that keeps changing (a camera import, a build) still gets its snapshots: a newer one
-/// becomes active while a file is created every 50 ms in a tree of 20,000 files (whose walk takes
-/// longer than that).
+/// becomes active while a file is created every 50 ms in a tree of 20,000 stored files (whose
+/// walk takes longer than that).
 #[test]
 fn a_snapshot_becomes_active_while_files_keep_coming() {
     let m = Mount::uploading("0", &["--snapshot-interval", "1"]);
@@ -325,18 +325,19 @@ fn a_snapshot_becomes_active_while_files_keep_coming() {
         let dir = m.path(&format!("d{d}"));
         fs::create_dir(&dir).unwrap();
         for i in 0..1000 {
-            File::create(dir.join(format!("{i}"))).unwrap();
+            fs::write(dir.join(format!("{i}")), format!("{d}/{i}")).unwrap();
         }
     }
     wait_for_snapshot(&m);
     let first = tree_state(&m)["active_generation"].as_u64().unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         s.spawn(|| {
             fs::create_dir(m.path("new")).unwrap();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                File::create(m.path(&format!("new/{i}"))).unwrap();
+                fs::write(m.path(&format!("new/{i}")), i.to_string()).unwrap();
                 i += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -344,6 +345,39 @@ fn a_snapshot_becomes_active_while_files_keep_coming() {
         wait_until(2 * MIN, "a newer snapshot to become active while files keep coming", || {
             tree_state(&m)["active_generation"].as_u64().is_some_and(|g| g > first)
         });
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+}
+
+/// Stops a helper thread of a scope however the test ends (the scope waits for it, a failed
+/// check too).
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A declaration in the chain's pool, not yet in a block, when cessfs is killed is followed at
+/// the next start instead of being sent again: its deal is declared once and the territory's
+/// space locked once.
+#[test]
+fn a_declaration_in_flight_at_a_kill_is_followed_not_sent_again() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    let mut m = Mount::uploading("0", &["--chain", &net.url, "--pack-below", "0", "--snapshots", "false"]);
+    let before = chain.territory_charged();
+    chain.run(chain.chain.hold_declarations(true)).unwrap();
+    fs::write(m.path("a.bin"), random_bytes(1 << 20, 3)).unwrap();
+    wait_until(MIN, "the declaration to wait in the pool", || chain.run(chain.chain.pooled()).unwrap() == 1);
+    let fid = m.cess("a.bin", "fid").unwrap();
+    m.kill9();
+    m.mount();
+    wait_until(MIN, "the restarted mount to follow the declaration", || {
+        m.log().contains("may still land") || chain.run(chain.chain.pooled()).unwrap() > 1
+    });
+    chain.run(chain.chain.hold_declarations(false)).unwrap();
+    m.wait_status("a.bin", &["active"], MIN);
+    assert_eq!(chain.declarations(&fid), 1, "declared once");
+    assert_eq!(chain.territory_charged() - before, 96 << 20, "one segment's space, locked once");
 }

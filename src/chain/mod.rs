@@ -271,7 +271,8 @@ impl CessChain {
             };
             if let Some(before_send) = before_send {
                 let block = at.block_number() as u32;
-                let sent = SentTx { hash: format!("{:?}", signed.hash()), block, until: block + MORTAL_BLOCKS };
+                let sent =
+                    SentTx { hash: format!("{:?}", signed.hash()), block, until: block.saturating_add(MORTAL_BLOCKS) };
                 // Not recorded, not sent: the nonce stays for the next transaction.
                 before_send(sent).await?;
             }

@@ -101,6 +101,9 @@ fn describe_snapshots(v: &Value) -> String {
     if let Some(why) = v["stopped"].as_str() {
         line.push_str(&format!("; snapshots stopped: {why}"));
     }
+    if let Some(why) = v["deletions_wait"].as_str() {
+        line.push_str(&format!("; deletions from the chain wait: {why}"));
+    }
     if let Some(why) = v["sweep_waits"].as_str() {
         line.push_str(&format!("; the restored tree is not swept yet: {why}"));
     }

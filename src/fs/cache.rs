@@ -350,7 +350,7 @@ impl Fs {
             let _ns = lock(&self.ns);
             let unchanged = self.store.upload(ino)?.as_ref() == Some(&up)
                 && self.store.residency(ino)? == Some(Residency::empty(up.segments));
-            if !unchanged || self.open_file(ino).is_some() {
+            if !unchanged || self.open_file(ino).is_some() || self.store.another_writer() {
                 // Opened, written or fetched meanwhile: the bytes stay (reads fetch what the
                 // record says is missing, the same bytes again).
                 return Ok(0);

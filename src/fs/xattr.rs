@@ -156,6 +156,7 @@ impl Fs {
             "held_back_fids": summary.held_back,
             "stopped": lock(&flags.stopped).clone(),
             "sweep_waits": lock(&flags.sweep_waits).clone(),
+            "deletions_wait": self.store.deletions_wait(),
             "read_only_view_of": self.store.view_generation()?,
         }))
     }

@@ -228,6 +228,11 @@ impl Catalog {
         self.pinned.contains_key(fid)
     }
 
+    /// Claims `fid` for a deletion whatever needs it (one sent before a restart may land).
+    pub(super) fn force_claim(&mut self, fid: &Hash) {
+        self.deleting.insert(*fid);
+    }
+
     /// Whether `fid` is claimed for a deletion.
     pub(super) fn claimed(&self, fid: &Hash) -> bool {
         self.deleting.contains(fid)

@@ -104,6 +104,10 @@ pub struct Store {
     refs_on_chain: std::sync::Mutex<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>,
     /// Another mount writes this tree: nothing is deleted, nothing evicted.
     another_writer: AtomicBool,
+    /// Why deletions from the chain wait, if they do (shown by `cessfs status`).
+    deletions_wait: std::sync::Mutex<Option<String>>,
+    /// One snapshot build at a time: they share the journal.
+    builder: std::sync::Mutex<()>,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -250,6 +254,8 @@ impl Store {
             kept_fids: std::sync::Mutex::new((0, None)),
             refs_on_chain: Default::default(),
             another_writer: AtomicBool::new(false),
+            deletions_wait: std::sync::Mutex::new(None),
+            builder: std::sync::Mutex::new(()),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -430,7 +436,10 @@ impl Store {
             let (k, v) = kv?;
             // A record that does not decode is left out (and logged), not the whole mount; what
             // it needs is not known, so nothing is deleted from the chain meanwhile.
-            let ino = key::ino_of(&k)?;
+            let Ok(ino) = key::ino_of(&k) else {
+                log::error!("an upload record's key is malformed: {k:?}; left out");
+                continue;
+            };
             match outbox::decode_upload(&v) {
                 Ok(up) => {
                     catalog.refresh(ino, Some(&up), residencies.get(&ino));
@@ -443,14 +452,13 @@ impl Store {
             }
         }
         // A deletion sent before a crash may still land: its FID stays claimed until the
-        // reaper sees how it ended (`Store::claim_deletion`). One never sent claims nothing.
-        for kv in self.tree.scan_prefix(key::TOMBSTONE_PREFIX) {
-            let (k, v) = kv?;
-            if let (Ok(fid), Ok(t)) = (key::fid_of(&k), outbox::decode_tombstone(&v))
-                && t.sent
-            {
-                catalog.claim_deletion(&fid);
+        // reaper sees how it ended (`Store::claim_deletion`), whatever needs it now.
+        for k in self.tree.scan_prefix(key::DELETION_SENT_PREFIX).keys() {
+            let Ok(fid) = key::fid_of(&k?) else { continue };
+            if catalog.needed(&fid) {
+                log::error!("{fid}: a deletion sent before the last shutdown may still land, and a file here needs it");
             }
+            catalog.force_claim(&fid);
         }
         Ok(())
     }
@@ -596,6 +604,7 @@ impl Store {
     /// and removes content files that no record points to.
     fn recover(&self) -> Result<(), StoreError> {
         self.migrate_upload_records()?;
+        self.migrate_tombstones()?;
         for k in self.tree.scan_prefix(key::ORPHAN_PREFIX).keys() {
             let ino = key::ino_of(&k?)?;
             log::info!("removing inode {ino}, unlinked while open before the last shutdown");

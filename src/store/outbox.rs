@@ -274,17 +274,15 @@ pub struct Tombstone {
     pub retry_at: Option<Timestamp>,
     /// What went wrong last.
     pub error: Option<String>,
-    /// A deletion was sent and how it ended is not known yet: it may still land, so the FID
-    /// stays claimed, across restarts too, until the chain shows how it ended.
-    pub sent: bool,
     /// When it was queued: an attempt settles the tombstone it read, not one queued again
     /// meanwhile (by a file that let go of the FID while the attempt found it in use).
     pub queued_at: Timestamp,
 }
 
-/// Decodes a tombstone; one written before `sent` and `queued_at` reads as never sent.
+/// Decodes a tombstone; one written before `queued_at` reads as queued at the epoch (and is
+/// rewritten at open, since tombstones are settled by comparing their bytes).
 pub(super) fn decode_tombstone(bytes: &[u8]) -> Result<Tombstone, StoreError> {
-    decode(bytes, "tombstone").or_else(|_| decode(&[bytes, &[0, 0, 0]].concat(), "tombstone"))
+    decode(bytes, "tombstone").or_else(|_| decode(&[bytes, &[0, 0]].concat(), "tombstone"))
 }
 
 /// Whether a queued FID may be deleted from the chain now ([`Store::claim_deletion`]).
@@ -292,9 +290,16 @@ pub(super) fn decode_tombstone(bytes: &[u8]) -> Result<Tombstone, StoreError> {
 pub enum Deletion {
     /// Claimed: delete it, then end the claim.
     Claimed,
-    /// A file, a kept snapshot or a snapshot of the tree on chain needs it: the deletion is
-    /// dropped (what needs it deletes it in its turn, if it is this mount's).
+    /// A file or a kept snapshot needs it: the deletion is dropped (what needs it queues it
+    /// again when it lets go).
     InUse,
+    /// A snapshot of the tree on chain that this mount does not keep refers to it: asked again
+    /// in a while (that snapshot may leave the chain, and nothing here would queue it again).
+    OnChain,
+    /// A snapshot is being built and may refer to it: ask again in a moment.
+    Held,
+    /// Another mount writes this tree: nothing is deleted.
+    Stopped,
     /// Needed only as a version a record keeps until its newer one is active: ask again soon.
     Replacing,
     /// An upload is about to take it as stored ([`Store::pin_fid`]): ask again soon.
@@ -307,7 +312,7 @@ pub enum Deletion {
 impl Batch {
     /// Queues `fid` for deletion from the chain.
     pub fn put_tombstone(&mut self, fid: &Hash) {
-        let t = Tombstone { attempts: 0, retry_at: None, error: None, sent: false, queued_at: Timestamp::now() };
+        let t = Tombstone { attempts: 0, retry_at: None, error: None, queued_at: Timestamp::now() };
         self.0.insert(key::tombstone(fid), encode(&t));
         self.1.tombstones = true;
     }
@@ -411,14 +416,23 @@ impl Store {
     /// A FID claimed already (a deletion sent before a restart) stays claimed: its deletion is
     /// followed to its end.
     pub fn claim_deletion(&self, fid: &Hash) -> Result<Deletion, StoreError> {
-        let kept = self.kept_snapshot_fids()?.contains(fid) || self.referred_on_chain(fid);
+        let kept = self.kept_snapshot_fids()?.contains(fid);
+        let on_chain = self.referred_on_chain(fid);
         let mut catalog = lock(&self.catalog);
         Ok(if catalog.claimed(fid) {
             Deletion::Claimed
+        } else if self.another_writer() {
+            Deletion::Stopped
+        } else if self.deletions_held() {
+            // Checked under the catalog lock: a snapshot whose build began before a claim reads
+            // the record that still needs the FID; one that begins after it finds it claimed.
+            Deletion::Held
         } else if let Some(why) = catalog.doubt() {
             Deletion::InDoubt(why)
         } else if kept {
             Deletion::InUse
+        } else if on_chain {
+            Deletion::OnChain
         } else if catalog.pinned(fid) {
             Deletion::Pinned
         } else if catalog.only_replaced(fid) {
@@ -442,9 +456,38 @@ impl Store {
     }
 
     /// Ends the claim of [`Store::claim_deletion`]: the chain no longer holds the FID here, or
-    /// no deletion of it can still land.
+    /// no deletion of it can still land (its sent mark goes too).
     pub fn end_deletion(&self, fid: &Hash) {
+        if let Err(e) = self.tree.remove(key::deletion_sent(fid)) {
+            log::error!("{fid}: forgetting its sent deletion: {e}");
+        }
         lock(&self.catalog).end_deletion(fid);
+    }
+
+    /// Whether a deletion of `fid` was sent whose end is not known yet.
+    pub fn deletion_sent(&self, fid: &Hash) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key::deletion_sent(fid))?)
+    }
+
+    /// Records durably, before the transaction goes, that a deletion of `fid` is sent: its FID
+    /// stays claimed, across restarts too, until the chain shows how it ended. Its own key, so
+    /// that the FID queued again meanwhile does not clear it.
+    pub fn mark_deletion_sent(&self, fid: &Hash) -> Result<(), StoreError> {
+        self.tree.insert(key::deletion_sent(fid), &[])?;
+        self.sync()
+    }
+
+    /// Rewrites tombstones written before `queued_at` in the current layout.
+    pub(super) fn migrate_tombstones(&self) -> Result<(), StoreError> {
+        for kv in self.tree.scan_prefix(key::TOMBSTONE_PREFIX) {
+            let (k, v) = kv?;
+            if decode::<Tombstone>(&v, "tombstone").is_err()
+                && let Ok(t) = decode_tombstone(&v)
+            {
+                self.tree.insert(k, encode(&t))?;
+            }
+        }
+        Ok(())
     }
 
     /// Those of `fids` that nothing here refers to: no record, kept snapshot or queued deletion.
@@ -539,20 +582,6 @@ impl Store {
             log::info!("{fid} was queued for deletion again meanwhile: looked at again");
         }
         Ok(())
-    }
-
-    /// Records durably, before the transaction goes, that a deletion of `fid` is sent (the
-    /// attempt read `read`). Returns the tombstone as it now is.
-    pub fn mark_deletion_sent(&self, fid: &Hash, read: &Tombstone) -> Result<Tombstone, StoreError> {
-        loop {
-            let current = self.tree.get(key::tombstone(fid))?;
-            let base = current.as_deref().map(decode_tombstone).transpose()?.unwrap_or_else(|| read.clone());
-            let sent = Tombstone { sent: true, ..base };
-            if self.tree.compare_and_swap(key::tombstone(fid), current, Some(encode(&sent)))?.is_ok() {
-                self.sync()?;
-                return Ok(sent);
-            }
-        }
     }
 
     /// Whether `ino` is open for writing right now.
@@ -724,7 +753,16 @@ impl Store {
         ino: u64,
         heir: Option<u64>,
     ) -> Result<(), StoreError> {
-        let Some(mut rec) = self.upload(ino)? else { return Ok(()) };
+        // An unreadable record goes with its file (what it needed is not known: left on chain).
+        let rec = self.upload(ino).or_else(|e| match e {
+            StoreError::Corrupt { .. } => {
+                log::error!("inode {ino} is removed with its unreadable upload record: its FIDs stay on chain");
+                batch.remove_upload(ino);
+                Ok(None)
+            }
+            e => Err(e),
+        })?;
+        let Some(mut rec) = rec else { return Ok(()) };
         let mut obsolete = std::mem::take(&mut rec.replaces);
         if rec.state.deal_in_flight() {
             let snapshot = self.deal_snapshot_path(ino);

@@ -190,6 +190,14 @@ pub mod key {
     }
     /// Prefix of every tombstone.
     pub const TOMBSTONE_PREFIX: &[u8] = b"z";
+    /// `y` fid → () : a deletion of the FID was sent and how it ended is not known yet.
+    pub fn deletion_sent(fid: &crate::format::Hash) -> Vec<u8> {
+        let mut k = vec![b'y'];
+        k.extend_from_slice(&fid.0);
+        k
+    }
+    /// Prefix of every sent-deletion mark.
+    pub const DELETION_SENT_PREFIX: &[u8] = b"y";
     /// `o` ino → () : unlinked inodes still open when recorded, removed at the next start.
     pub fn orphan(ino: u64) -> [u8; 9] {
         tagged(b'o', ino)
@@ -250,7 +258,7 @@ pub mod key {
         ))
     }
 
-    /// The FID in a tombstone key.
+    /// The FID in a tombstone or sent-deletion key.
     pub fn fid_of(key: &[u8]) -> Result<crate::format::Hash, super::StoreError> {
         let bytes: [u8; 32] =
             key.get(1..33).and_then(|b| b.try_into().ok()).ok_or(super::StoreError::Corrupt { what: "key" })?;

@@ -324,13 +324,9 @@ impl Inner {
             self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec), &record).await;
         let receipt = match declared {
             Ok(r) => r,
-            // Sent, and how it ended is not known: it is followed next time.
-            Err(e) if e.is_transient() && !matches!(e, ChainError::Refused { .. }) => return Err(e.into()),
-            // Refused by the pool (never sent): no other may land.
-            Err(e @ ChainError::Refused { transient: true, .. }) => {
-                self.update(ino, &rec, |r| r.declaring = None).await?;
-                return Err(e.into());
-            }
+            // Sent, and how it ended is not known (a pool may also drop what it passed on): it
+            // is followed next time, until it can land no more.
+            Err(e) if e.is_transient() => return Err(e.into()),
             // Refused: no deal exists, so nothing holds the bytes any more.
             Err(e) => {
                 let current = self.db(move |s| s.upload(ino)).await?;

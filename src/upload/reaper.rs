@@ -35,12 +35,10 @@ const DELETION_SEEN_WITHIN: Duration = Duration::from_secs(60);
 /// How old the look at the tree's snapshots on chain may be when a FID is deleted.
 const TREE_SEEN_WITHIN: Duration = Duration::from_secs(60);
 
-/// What one attempt did: the tombstone to keep (`None`: done), whether the claim may end, and
-/// the tombstone as stored when the attempt ended (what settling it compares with).
+/// What one attempt did: the tombstone to keep (`None`: done), and whether the claim may end.
 struct Attempt {
     retry: Option<Tombstone>,
     settled: bool,
-    stored: Tombstone,
 }
 
 impl Inner {
@@ -57,6 +55,7 @@ impl Inner {
                     let due = |t: &Tombstone| t.retry_at.map(until).is_none_or(|w| w.is_zero());
                     // What the tree's snapshots on chain refer to is looked at first, at most a
                     // minute before: nothing may go until it is known.
+                    let mut waits = None;
                     if stones.iter().any(|(_, t)| due(t))
                         && let Some(watch) = &self.watch
                         && let Err(why) = watch.look_within(TREE_SEEN_WITHIN).await
@@ -64,6 +63,7 @@ impl Inner {
                         crate::log_limited!(log::Level::Warn, "deletions wait", "deletions wait: {why}");
                         next = TREE_SEEN_WITHIN;
                         stones.clear();
+                        waits = Some(why);
                     }
                     for (fid, t) in stones {
                         if *stop.borrow() {
@@ -73,14 +73,16 @@ impl Inner {
                             next = next.min(wait);
                             continue;
                         }
-                        let Attempt { retry, stored, .. } = self.delete(&fid, t).await;
+                        let (read, fid_copy) = (t.clone(), fid);
+                        let Attempt { retry, .. } = self.delete(&fid, t, &mut waits).await;
                         if let Some(retry) = &retry {
                             next = next.min(retry.retry_at.map(until).unwrap_or_default());
                         }
-                        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid, &stored, retry)).await {
+                        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid_copy, &read, retry)).await {
                             log::error!("tombstone of {fid}: {e}");
                         }
                     }
+                    self.store.set_deletions_wait(waits);
                 }
                 Err(e) => crate::log_limited!(log::Level::Error, "tombstones", "the deletion queue is unreadable: {e}"),
             }
@@ -92,16 +94,13 @@ impl Inner {
         }
     }
 
-    /// Deletes `fid` from the chain unless something still needs it.
-    async fn delete(&self, fid: &Hash, read: Tombstone) -> Attempt {
+    /// Deletes `fid` from the chain unless something still needs it; `waits` is set to why
+    /// deletions wait, if they do for a reason `cessfs status` shows.
+    async fn delete(&self, fid: &Hash, read: Tombstone, waits: &mut Option<String>) -> Attempt {
         let later_by = |d: Duration| {
             let t = Tombstone { retry_at: Some(later(d)), ..read.clone() };
-            Attempt { retry: Some(t), settled: true, stored: read.clone() }
+            Attempt { retry: Some(t), settled: true }
         };
-        // A snapshot being built may refer to it: ask again in a moment.
-        if self.store.deletions_held() {
-            return later_by(Duration::from_secs(1));
-        }
         let fid_copy = *fid;
         let decided = self.db(move |s| s.claim_deletion(&fid_copy)).await;
         crate::hooks::reached_async("reaper-decided").await;
@@ -109,8 +108,17 @@ impl Inner {
             Ok(Deletion::Claimed) => {}
             Ok(Deletion::InUse) => {
                 log::info!("{fid} is in use here (a file or a kept tree snapshot): not deleted");
-                return Attempt { retry: None, settled: true, stored: read };
+                return Attempt { retry: None, settled: true };
             }
+            Ok(Deletion::OnChain) => {
+                log::info!(
+                    "{fid} is in a tree snapshot on chain that this mount does not keep: asked again in an hour"
+                );
+                return later_by(Duration::from_secs(3600));
+            }
+            // A snapshot being built may refer to it: ask again in a moment.
+            Ok(Deletion::Held) => return later_by(Duration::from_secs(1)),
+            Ok(Deletion::Stopped) => return later_by(Duration::from_secs(600)),
             // Queued by a record that lets go of it in a moment (a file moving to its newer
             // version, or to another pack): asked again then.
             Ok(Deletion::Replacing) => return later_by(Duration::from_secs(5)),
@@ -120,6 +128,7 @@ impl Inner {
             }
             Ok(Deletion::InDoubt(why)) => {
                 crate::log_limited!(log::Level::Warn, "deletion in doubt", "{fid} is not deleted now: {why}");
+                *waits = Some(why);
                 return later_by(Duration::from_secs(60));
             }
             Err(e) => {
@@ -142,39 +151,40 @@ impl Inner {
     /// Deletes `fid`, claimed, from the chain (see [`Attempt`]): the claim may end once the
     /// chain's reads no longer show it held here, or no deletion sent can still land.
     async fn delete_claimed(&self, fid: &Hash, read: Tombstone) -> Attempt {
-        let done = |stored: Tombstone| Attempt { retry: None, settled: true, stored };
+        let fid_copy = *fid;
+        // A deletion sent before (by this run or one before a restart) may still land.
+        let sent_before = self.db(move |s| s.deletion_sent(&fid_copy)).await.unwrap_or(true);
+        let retry = |d: Duration, error: Option<String>, failed: bool| {
+            let mut t = read.clone();
+            t.attempts += u32::from(failed);
+            t.retry_at = Some(later(d));
+            t.error = error.or(t.error);
+            t
+        };
         // `delete_file` drops the account's every hold of the FID: one it also holds in another
         // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
         let me = self.chain.account();
         match self.chain.file(fid).await {
             Ok(Some(file)) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
                 log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
-                return done(read);
+                let t = retry(Duration::from_secs(600), None, false);
+                return Attempt { retry: sent_before.then_some(t), settled: !sent_before };
             }
             Ok(Some(file)) if self.held_here(&file) => {}
             Ok(_) => {
                 log::info!("{fid} is not on the chain any more");
-                return done(read);
+                return Attempt { retry: None, settled: true };
             }
             Err(e) => {
-                let mut t = read.clone();
-                t.attempts += 1;
-                t.retry_at = Some(later(backoff(t.attempts)));
-                t.error = Some(format!("reading the file before deleting it: {e}"));
-                return Attempt { retry: Some(t), settled: !read.sent, stored: read };
+                let attempts = read.attempts + 1;
+                let t = retry(backoff(attempts), Some(format!("reading the file before deleting it: {e}")), true);
+                return Attempt { retry: Some(t), settled: !sent_before };
             }
         }
-        let fid_copy = *fid;
-        let sent = read.clone();
-        let stored = match self.db(move |s| s.mark_deletion_sent(&fid_copy, &sent)).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                log::error!("recording the deletion of {fid} before sending it: {e}");
-                let t = Tombstone { retry_at: Some(later(Duration::from_secs(60))), ..read.clone() };
-                return Attempt { retry: Some(t), settled: !read.sent, stored: read };
-            }
-        };
-        let mut t = stored.clone();
+        if let Err(e) = self.db(move |s| s.mark_deletion_sent(&fid_copy)).await {
+            log::error!("recording the deletion of {fid} before sending it: {e}");
+            return Attempt { retry: Some(retry(Duration::from_secs(60), None, false)), settled: !sent_before };
+        }
         log::info!("deleting {fid} from the chain");
         match self.chain.delete_file(fid).await {
             Ok(r) => {
@@ -188,47 +198,41 @@ impl Inner {
                 let seen = tokio::time::Instant::now() + DELETION_SEEN_WITHIN;
                 while self.held_here_now(fid).await != Some(false) {
                     if tokio::time::Instant::now() > seen {
-                        t.retry_at = Some(later(Duration::from_secs(10)));
-                        return Attempt { retry: Some(t), settled: false, stored };
+                        return Attempt { retry: Some(retry(Duration::from_secs(10), None, false)), settled: false };
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                done(stored)
+                Attempt { retry: None, settled: true }
             }
             Err(ChainError::Dispatch { error, .. }) if error == "NonExistent" || error == "NotOwner" => {
                 log::info!("{fid} is not on the chain any more");
-                done(stored)
+                Attempt { retry: None, settled: true }
             }
             // Sent, and how it ended is not known (no block seen, the connection lost): it may
             // still land, so the claim stays until a later attempt sees.
-            Err(e) if e.is_transient() => {
-                t.attempts += 1;
-                t.retry_at = Some(later(backoff(t.attempts)));
-                t.error = Some(e.to_string());
+            Err(e) if e.is_transient() && !matches!(e, ChainError::Refused { .. }) => {
                 crate::log_limited!(
                     log::Level::Warn,
                     &format!("delete: {e}"),
                     "deleting {fid} from the chain failed, retrying: {e}"
                 );
-                Attempt { retry: Some(t), settled: false, stored }
+                let t = retry(backoff(read.attempts + 1), Some(e.to_string()), true);
+                Attempt { retry: Some(t), settled: false }
             }
-            // Refused before any block (the account cannot pay the fee, say): nothing was sent,
-            // and the space stays charged until it can, so it is asked again, slowly.
+            // Refused by the pool (the account cannot pay the fee, say): the space stays charged
+            // until it can, so it is asked again, slowly. A pool may also drop a transaction it
+            // passed on already, so the claim stays until a later attempt sees how it ended.
             Err(e @ ChainError::Refused { .. }) => {
-                t.attempts += 1;
-                t.sent = false;
-                t.retry_at = Some(later(Duration::from_secs(600)));
-                t.error = Some(e.to_string());
                 crate::log_limited!(
                     log::Level::Warn,
                     "delete refused",
                     "deleting {fid} from the chain refused, asked again in 10 minutes: {e}"
                 );
-                Attempt { retry: Some(t), settled: true, stored }
+                Attempt { retry: Some(retry(Duration::from_secs(600), Some(e.to_string()), true)), settled: false }
             }
             Err(e) => {
                 log::error!("deleting {fid} from the chain refused: {e}");
-                done(stored)
+                Attempt { retry: None, settled: true }
             }
         }
     }

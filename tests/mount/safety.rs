@@ -28,7 +28,7 @@ fn a_failed_file_renamed_over_a_stored_one_keeps_its_place_in_the_tree() {
     wait_for_snapshot(&first);
     // 400 MiB need more segments than 1 GiB of territory takes: this version fails.
     File::create(first.path(".doc.tmp")).unwrap().set_len(400 << 20).unwrap();
-    first.wait_status(".doc.tmp", &["failed"], MIN);
+    first.wait_status(".doc.tmp", &["failed"], 2 * MIN);
     fs::rename(first.path(".doc.tmp"), first.path("doc.bin")).unwrap();
     first.wait_status("doc.bin", &["failed"], MIN);
     fs::write(first.path("other.txt"), b"a change after it").unwrap();

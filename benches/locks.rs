@@ -64,6 +64,16 @@ fn snapshot_generation(root: &Path) -> Option<u64> {
     v["generation"].as_u64()
 }
 
+/// The body of `GET path` on 127.0.0.1:`port`.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("request");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("reply");
+    reply.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
 /// `HOW=snapshot` (see the module docs).
 fn snapshot_cost() {
     let files: usize = std::env::var("FILES").ok().and_then(|f| f.parse().ok()).unwrap_or(100_000);
@@ -97,21 +107,54 @@ fn snapshot_cost() {
     };
     let base = measure(off.dir.path(), "base");
     drop(off);
-    let on = mount(&data_dir, &key_path, &[&quiet[..], &["--snapshot-interval", "1"]].concat());
-    let first = snapshot_generation(on.dir.path());
-    let during = measure(on.dir.path(), "during");
-    let last = snapshot_generation(on.dir.path());
-    let built = match (first, last) {
-        (Some(a), Some(b)) => format!("the newest snapshot {:.1} s newer than at the start", (b - a) as f64 / 1000.0),
-        _ => "no snapshot".to_string(),
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
+    let on = mount(
+        &data_dir,
+        &key_path,
+        &[&quiet[..], &["--snapshot-interval", "1", "--metrics", &port.to_string()]].concat(),
+    );
+    // The snapshots written meanwhile, as their generations change.
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let done = AtomicBool::new(false);
+    let during = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                seen.lock().expect("seen").extend(snapshot_generation(on.dir.path()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let during = measure(on.dir.path(), "during");
+        done.store(true, Ordering::Relaxed);
+        during
+    });
+    let metrics = http_get(port, "/metrics");
+    let held = |what: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cessfs_snapshot_build_seconds_{what}{{step=\"held\"}} "))?.parse().ok())
+            .unwrap_or(0.0f64)
     };
+    let walk = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cessfs_snapshot_build_seconds_sum{step=\"walk\"} ")?.parse().ok())
+        .unwrap_or(0.0f64);
+    let builds = held("count");
+    let built = format!(
+        "{} snapshots written, {builds} built; per build a walk of {:.0} ms and commits held {:.1} ms",
+        seen.lock().expect("seen").len(),
+        1e3 * walk / builds.max(1.0),
+        1e3 * held("sum") / builds.max(1.0)
+    );
     let (n_base, n_during) = (base.len(), during.len());
     let (base, during) = (p99(base), p99(during));
     println!(
         "create+write+close+rename in a tree of {files} files, p99: {base:.0} us with snapshots off ({n_base} rounds), \
          {during:.0} us with a snapshot built every second ({n_during} rounds; {built})"
     );
-    println!("ratio: {:.2}x (target: within 2x)", during / base);
+    println!(
+        "ratio: {:.2}x (commits wait only for the held part; the rest is the builds' CPU and disk work)",
+        during / base
+    );
 }
 
 fn main() {

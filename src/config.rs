@@ -119,14 +119,6 @@ pub struct Settings {
     pub system: Option<String>,
 }
 
-/// The config file's contents.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(flatten)]
-    settings: Settings,
-}
-
 impl Settings {
     /// Makes this a system mount (run by fstab or `cessfs@.service`) on `mountpoint`, named
     /// as `systemd-escape --path` names it (`mnt-cess` for /mnt/cess): its config defaults to
@@ -156,8 +148,9 @@ impl Settings {
         };
         let Some(path) = path else { return Ok(self) };
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
-        let file: ConfigFile = toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
-        let mut f = file.settings;
+        // Read as the settings themselves (not flattened into a wrapper), so that an error points
+        // at its line.
+        let mut f: Settings = toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
         // An account given by flag is the account: the file's, in either form, steps aside.
         if self.account.is_some() || self.account_file.is_some() {
             (f.account, f.account_file) = (None, None);
@@ -359,6 +352,14 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Reads the encryption key file `path`.
 pub fn load_key(path: &Path) -> anyhow::Result<crate::format::MasterKey> {
+    if !path.exists() {
+        anyhow::bail!(
+            "the key file {} does not exist: create one with `cessfs keygen --out {}` (and keep a copy \
+             somewhere safe), or give the one your files were stored with (--key-file)",
+            path.display(),
+            path.display()
+        );
+    }
     let bytes = read_secret_file(path)?;
     crate::format::MasterKey::parse(&bytes).map_err(|e| anyhow::anyhow!("key file {}: {e}", path.display()))
 }

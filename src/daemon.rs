@@ -79,6 +79,11 @@ fn notify_systemd(state: &str) {
     }
 }
 
+/// The daemon exited during start-up without a word: its log says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon exited during start-up; see {}", .0.display())]
+pub struct CrashedAtStart(pub std::path::PathBuf);
+
 /// Forks a daemon that logs to `log_file`. In the parent this waits until the daemon reports
 /// ([`Role::Parent`], or its error); in the daemon it returns the readiness pipe. Call before any
 /// thread.
@@ -110,15 +115,20 @@ pub fn daemonize(log_file: &Path) -> anyhow::Result<Role> {
             }
             Ok(Role::Daemon(Readiness::Pipe(File::from(write_end))))
         }
-        _ => {
+        pid => {
             drop(write_end);
             let mut msg = String::new();
             File::from(read_end).read_to_string(&mut msg)?;
             let mut lines = msg.lines();
-            match lines.next() {
-                Some("ok") => Ok(Role::Parent(lines.map(str::to_string).collect())),
-                None => bail!("the daemon exited during start-up; see {}", log_file.display()),
-                Some(_) => bail!("{msg}"),
+            if lines.next() == Some("ok") {
+                return Ok(Role::Parent(lines.map(str::to_string).collect()));
+            }
+            // It failed: once it is gone, nothing of it writes to the data dir any more.
+            // SAFETY: waiting for our own child; a null status pointer is allowed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            match msg.is_empty() {
+                true => Err(CrashedAtStart(log_file.to_path_buf()).into()),
+                false => bail!("{msg}"),
             }
         }
     }
@@ -336,6 +346,17 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         let writes = snapshot_config.is_some();
         Arc::new(TreeWatch::new(store.clone(), snapshot_flags.clone(), tree, fetcher.clone(), writes))
     });
+    // A writer that another mount has overtaken says so on the terminal, not only in the log
+    // (a slow or unreachable chain does not hold the mount up: the writer looks again later).
+    if let Some(watch) = watch.as_ref().filter(|_| snapshot_config.is_some() && !tree_undecided) {
+        let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(15), watch.look()).await });
+        if let Some(why) = crate::sync::lock(&snapshot_flags.stopped).clone() {
+            notices.push(format!(
+                "{why}: this mount writes no snapshots, deletes nothing from the chain and keeps its local \
+                 copies; remount it on a fresh data dir to take up the newer tree"
+            ));
+        }
+    }
     let engine = Engine::new(
         store.clone(),
         network.chain.clone(),
@@ -544,9 +565,10 @@ impl TreeSetup<'_> {
         let count = held.map_or(0, |h| h.iter().filter(|f| f.territory == territory).count());
         if count > 0 {
             let said = format!(
-                "territory {:?} holds {count} files of this account but no tree snapshot of this key: \
+                "territory {:?} holds {} of this account but no tree snapshot of this key: \
                  starting an empty tree. If a tree was kept there, it was with another key (--key-file)",
-                String::from_utf8_lossy(&territory)
+                String::from_utf8_lossy(&territory),
+                crate::words::count(count as u64, "file")
             );
             log::warn!("{said}");
             notices.push(said);
@@ -558,13 +580,10 @@ impl TreeSetup<'_> {
 fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {
     let written = std::time::UNIX_EPOCH + Duration::from_secs(o.written_at.max(0) as u64);
     let mut said = format!(
-        "restored the tree from snapshot {} (written {}): {} files, {} directories, {} symlinks; \
-         files are fetched from CESS when read",
+        "restored the tree from snapshot {} (written {}): {}; files are fetched from CESS when read",
         o.generation,
         crate::protocol::utc(written),
-        o.restored.files,
-        o.restored.dirs,
-        o.restored.others
+        o.restored.counts()
     );
     for (generation, why) in &o.skipped {
         said.push_str(&format!("\nthe newer snapshot {generation} could not be read: {why}"));

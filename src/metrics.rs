@@ -166,6 +166,13 @@ pub static CACHE_READS: Family = Family::new(
 /// Chain call latency, per call.
 pub static CHAIN_CALL_SECONDS: Histogram =
     Histogram::new("cessfs_chain_call_seconds", "Latency of chain calls (storage reads and transactions).", "call");
+/// Tree snapshot builds, per step: the walk while commits go on, the rounds catching up with
+/// them, and the last round, while commits wait (what a snapshot costs writers).
+pub static SNAPSHOT_BUILD_SECONDS: Histogram = Histogram::new(
+    "cessfs_snapshot_build_seconds",
+    "Tree snapshot builds, per step (held: commits wait meanwhile).",
+    "step",
+);
 /// Chain calls that failed, per call.
 pub static CHAIN_CALL_ERRORS: Family =
     Family::new("cessfs_chain_call_errors_total", "Chain calls that failed, by call.", "call");
@@ -222,6 +229,7 @@ pub fn render(gauges: &dyn Gauges) -> String {
         f.render(&mut out);
     }
     CHAIN_CALL_SECONDS.render(&mut out);
+    SNAPSHOT_BUILD_SECONDS.render(&mut out);
     out
 }
 

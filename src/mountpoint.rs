@@ -201,6 +201,20 @@ pub fn cessfs_mount(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((dir, data_dir))
 }
 
+/// The data dir `place` names: the data dir of the cessfs mount at `place`, or `place` itself.
+pub fn data_dir_of(place: &Path) -> PathBuf {
+    cessfs_mount(place).map(|(_, data_dir)| data_dir).unwrap_or_else(|_| place.to_path_buf())
+}
+
+/// The RPC URL of the embedded devnet a mount of `data_dir` runs.
+pub fn embedded_devnet(data_dir: &Path) -> anyhow::Result<String> {
+    let info = std::fs::read(data_dir.join("devnet/devnet.json")).with_context(|| {
+        format!("no mount of {} runs its embedded devnet (give --chain for another chain)", data_dir.display())
+    })?;
+    let info: serde_json::Value = serde_json::from_slice(&info).context("devnet.json")?;
+    info["rpc"].as_str().map(str::to_string).context("devnet.json names no RPC URL")
+}
+
 /// Mounts a FUSE file system of type `fuse.cessfs` at `dir` with mount(2), as root, and returns
 /// the /dev/fuse descriptor to serve it on. (fuser's own mount would show type `fuse`.)
 pub fn mount_as_root(dir: &Path, source: &str, allow_other: bool, read_only: bool) -> io::Result<std::os::fd::OwnedFd> {

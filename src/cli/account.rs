@@ -36,14 +36,19 @@ pub struct AccountArgs {
 impl AccountArgs {
     /// These options over the config file's.
     pub fn settings(self) -> anyhow::Result<Settings> {
-        let flags = Settings {
-            chain: self.chain,
-            account: self.account,
-            account_file: self.account_file,
-            ..Settings::default()
-        };
-        flags.with_file(self.config.as_deref())
+        chain_settings(&self)
     }
+}
+
+/// The settings `args` give, without taking them.
+fn chain_settings(args: &AccountArgs) -> anyhow::Result<Settings> {
+    let flags = Settings {
+        chain: args.chain.clone(),
+        account: args.account.clone(),
+        account_file: args.account_file.clone(),
+        ..Settings::default()
+    };
+    flags.with_file(args.config.as_deref())
 }
 
 #[derive(Args)]
@@ -60,43 +65,84 @@ enum TerritoryAction {
     /// Buy a new territory of GIB GiB for DAYS days (at least 30).
     Mint {
         /// Its name (the one files are stored under).
+        #[arg(value_parser = territory_name)]
         name: String,
         /// Its size, in GiB of territory (files take 3 times their size: 12 fragments for 4).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = whole_gib)]
         gib: u32,
-        /// Days it lasts.
-        #[arg(long, default_value_t = 30)]
+        /// Days it lasts (at least 30).
+        #[arg(long, default_value_t = 30, allow_negative_numbers = true, value_parser = days_bought)]
         days: u32,
         #[command(flatten)]
         chain: AccountArgs,
     },
     /// Add GIB GiB to an active territory, paid for the days it has left.
     Expand {
+        #[arg(value_parser = territory_name)]
         name: String,
         /// GiB added.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = whole_gib)]
         gib: u32,
         #[command(flatten)]
         chain: AccountArgs,
     },
     /// Extend a territory by DAYS days.
     Renew {
+        #[arg(value_parser = territory_name)]
         name: String,
         /// Days added.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true, value_parser = whole_days)]
         days: u32,
         #[command(flatten)]
         chain: AccountArgs,
     },
     /// Make an expired territory active again, for DAYS days.
     Reactivate {
+        #[arg(value_parser = territory_name)]
         name: String,
-        /// Days it lasts from now.
-        #[arg(long, default_value_t = 30)]
+        /// Days it lasts from now (at least 30).
+        #[arg(long, default_value_t = 30, allow_negative_numbers = true, value_parser = days_bought)]
         days: u32,
         #[command(flatten)]
         chain: AccountArgs,
     },
+}
+
+/// A territory's name: 1 to 63 bytes (checked before anything is asked of the chain).
+fn territory_name(s: &str) -> Result<String, String> {
+    match s.len() {
+        0 => Err("a territory needs a name".into()),
+        1..=63 => Ok(s.to_string()),
+        n => Err(format!("a territory's name takes at most 63 bytes, not {n}")),
+    }
+}
+
+/// A whole number at least 1, of `what`.
+fn at_least_one(s: &str, what: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => u32::try_from(n).map_err(|_| format!("{n} {what} is more than the chain takes")),
+        Ok(n) => Err(format!("{n} is not a size: give a whole number of {what}, at least 1")),
+        Err(_) => Err(format!("{s:?} is not a whole number of {what}")),
+    }
+}
+
+/// A size in whole GiB, at least 1.
+fn whole_gib(s: &str) -> Result<u32, String> {
+    at_least_one(s, "GiB")
+}
+
+/// A number of days, at least 1.
+fn whole_days(s: &str) -> Result<u32, String> {
+    at_least_one(s, "days")
+}
+
+/// Days a territory is bought for: at least 30, as the chain requires.
+fn days_bought(s: &str) -> Result<u32, String> {
+    let days = whole_days(s)?;
+    if days < 30 {
+        return Err(format!("a territory is bought for at least 30 days, not {days}"));
+    }
+    Ok(days)
 }
 
 /// A real chain, or the devnet at an http:// URL.
@@ -154,10 +200,32 @@ fn describe(name: &[u8], t: &TerritoryInfo, now: u32) -> String {
     )
 }
 
+/// `cessfs account`'s arguments.
+#[derive(Args)]
+pub struct AccountCmd {
+    /// A mount (or its data dir) whose embedded devnet to ask, when no --chain is given [default:
+    /// the default data dir's].
+    #[arg(value_name = "MOUNT")]
+    place: Option<PathBuf>,
+    #[command(flatten)]
+    chain: AccountArgs,
+}
+
 /// `cessfs account`.
-pub fn account(args: AccountArgs) -> anyhow::Result<()> {
+pub fn account(args: AccountCmd) -> anyhow::Result<()> {
+    let AccountCmd { place, mut chain } = args;
+    if chain.chain.is_none() && std::env::var_os("CESSFS_CHAIN").is_none() {
+        let configured = chain_settings(&chain)?.chain.is_some();
+        if !configured {
+            let data_dir = match &place {
+                Some(p) => crate::mountpoint::data_dir_of(p),
+                None => Settings::default().with_file(chain.config.as_deref())?.data_dir(),
+            };
+            chain.chain = Some(crate::mountpoint::embedded_devnet(&data_dir)?);
+        }
+    }
     runtime()?.block_on(async {
-        let (me, territories, now) = match connect(args).await? {
+        let (me, territories, now) = match connect(chain).await? {
             Connected::Cess(chain) => {
                 let me = chain.account();
                 let balance = chain.free_balance(&me).await?;
@@ -202,9 +270,6 @@ pub fn territory(args: TerritoryArgs) -> anyhow::Result<()> {
             || async { chain.territory(&me, name.as_bytes()).await?.with_context(|| format!("no territory {name}")) };
         let (call, what, gib_days) = match purchase {
             Purchase::Mint => {
-                if days < 30 {
-                    bail!("a territory is bought for at least 30 days");
-                }
                 let what = format!("buy {name}: {gib} GiB for {days} days");
                 (codec::mint_territory(name.as_bytes(), gib, days), what, gib as u128 * days as u128)
             }

@@ -39,9 +39,34 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
     };
     let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata()?.len();
+    // A mount packs small files (encrypted mode): such a file is stored as a blob in a pack,
+    // under the pack's FID, and never as the FID below.
+    let pack_below = crate::config::Settings::default().pack_below()?;
+    if let Some(blobs) = key.as_ref().and_then(|k| k.blobs()).filter(|_| size > 0 && size < pack_below) {
+        let id = blobs.id(&std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?);
+        eprintln!(
+            "{} is under {} MiB: a mount stores it as blob {id} in a pack, under the pack's FID, not the FID below \
+             (which it would have on its own, with --pack-below 0)",
+            args.file.display(),
+            pack_below >> 20
+        );
+        if let Some(pack) = xattr(&args.file, c"user.cess.pack") {
+            let fid = xattr(&args.file, c"user.cess.fid").unwrap_or_else(|| "not stored yet".into());
+            eprintln!("in its mount, it is in pack {fid}: {pack}");
+        }
+    }
     let manifest = Encoder::default()
         .encode(&FileSource::<anyhow::Error>::new(file), size, key.as_ref(), |_| Ok(()))
         .with_context(|| format!("encoding {}", args.file.display()))?;
     println!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(())
+}
+
+/// Extended attribute `name` of `path`, as text, if it has one.
+fn xattr(path: &std::path::Path, name: &std::ffi::CStr) -> Option<String> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a NUL-terminated path and name, and a buffer of the given length.
+    let n = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Some(String::from_utf8_lossy(buf.get(..usize::try_from(n).ok()?)?).into_owned())
 }

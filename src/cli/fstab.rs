@@ -8,8 +8,8 @@
 //! mount(8) calls `mount.cessfs SOURCE DIR [-sfnv] [-o OPTIONS]`. SOURCE is a config file (also
 //! written `cessfs#FILE`), or `cessfs` or `none` for the system mount's default config. The
 //! mount is a system mount (`cessfs mount --system`), and every `-o` option that is a mount
-//! setting becomes its flag (`cache_size=20G` is `--cache-size 20G`); the generic options
-//! mount(8) and systemd understand are left to them.
+//! setting becomes its flag (`cache_size=20G` is `--cache-size 20G`), `ro` is `--read-only`
+//! (a view of the tree); the generic options mount(8) and systemd understand are left to them.
 
 use std::ffi::{OsStr, OsString};
 
@@ -96,7 +96,9 @@ pub fn command_line(args: &[OsString]) -> anyhow::Result<Option<Vec<OsString>>> 
             None => (option.as_str(), None),
         };
         match (key, value) {
-            ("ro", None) => bail!("cessfs cannot be mounted read-only"),
+            // A read-only view of the tree (it needs a data dir of its own: the mount refuses
+            // one that holds a writable tree, saying so).
+            ("ro", None) => out.extend([flag("read_only"), "true".into()]),
             (k, _) if GENERIC.contains(&k) || k.starts_with("x-") || k == "comment" => {}
             (k, None) if SWITCHES.contains(&k) => out.extend([flag(k), "true".into()]),
             (k, None) => bail!("mount option {k:?} needs a value ({k}=...)"),
@@ -138,7 +140,10 @@ mod tests {
             ["cessfs", "mount", "--system", "/mnt/cess", "--allow-other", "true", "--miner", "cX@http://h:1"]
         );
         assert_eq!(line(&["cessfs", "/mnt/cess", "-f"]).unwrap(), None);
-        assert!(line(&["cessfs", "/mnt/cess", "-o", "ro"]).unwrap_err().to_string().contains("read-only"));
+        assert_eq!(
+            line(&["cessfs", "/mnt/v", "-o", "ro"]).unwrap().unwrap(),
+            ["cessfs", "mount", "--system", "/mnt/v", "--read-only", "true"]
+        );
         assert!(line(&["cessfs", "/mnt/cess", "-o", "territory"]).unwrap_err().to_string().contains("territory="));
         assert!(line(&["/mnt/cess"]).unwrap_err().to_string().contains("usage"));
         assert!(invoked_as_helper(OsStr::new("/sbin/mount.fuse.cessfs")));

@@ -35,7 +35,7 @@ enum Command {
     /// Create a new encryption key file (mode 0600).
     Keygen(KeygenArgs),
     /// Show the account's address, balance and territories on the CESS chain.
-    Account(account::AccountArgs),
+    Account(account::AccountCmd),
     /// List the tree snapshots of the territory on CESS, newest first (generation, time, state).
     Snapshots(snapshots::SnapshotsArgs),
     /// Buy, grow, renew or reactivate a territory (the space files are stored in); shows the

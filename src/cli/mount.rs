@@ -46,21 +46,38 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let settings = settings.with_file(args.config.as_deref())?;
     settings.metrics_addr()?;
     let dir = mountpoint::preflight(&args.dir)?;
+    // A key file given must read as a key before anything is made.
+    if !settings.plain() && settings.key_path().1 {
+        crate::config::load_key(&settings.key_path().0)?;
+    }
     let data_dir = settings.data_dir();
+    // A data dir made for a mount that then fails goes with it: nothing is left behind.
+    let made = !data_dir.exists();
+    let undo = |result: anyhow::Result<()>| {
+        // (but for a crash's log, which says why)
+        let crashed = result.as_ref().is_err_and(|e| e.is::<daemon::CrashedAtStart>());
+        if result.is_err() && made && !crashed {
+            let _ = std::fs::remove_dir_all(&data_dir);
+        }
+        result
+    };
     private_files();
     create_private_dir(&data_dir)?;
     let ready = match args.foreground {
         true => Readiness::Foreground,
-        false => match daemon::daemonize(&data_dir.join("cessfs.log"))? {
-            Role::Parent(notices) => {
+        false => match daemon::daemonize(&data_dir.join("cessfs.log")) {
+            Ok(Role::Parent(notices)) => {
                 notices.iter().for_each(|n| println!("{n}"));
                 return Ok(());
             }
-            Role::Daemon(ready) => ready,
+            Ok(Role::Daemon(ready)) => ready,
+            Err(e) => return undo(Err(e)),
         },
     };
     super::init_logging(&settings.log_level());
-    daemon::run(&dir, &settings, ready)
+    let result = daemon::run(&dir, &settings, ready);
+    // The daemon reported its failure to the command that started it, which removes the dir.
+    if args.foreground { undo(result) } else { result }
 }
 
 /// Everything the daemon writes (database, contents, log, the devnet's files) is its owner's

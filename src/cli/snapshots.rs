@@ -9,7 +9,8 @@ use crate::network::Network;
 pub struct SnapshotsArgs {
     #[command(flatten)]
     chain: AccountArgs,
-    /// The data dir of a mount whose embedded devnet to ask when no --chain is given.
+    /// The data dir (or the mount point) of a mount whose embedded devnet to ask when no --chain
+    /// is given.
     #[arg(long, env = "CESSFS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
     /// The territory [default: cessfs].
@@ -23,7 +24,7 @@ pub struct SnapshotsArgs {
 /// `cessfs snapshots`.
 pub fn run(args: SnapshotsArgs) -> anyhow::Result<()> {
     let mut settings = args.chain.settings()?;
-    settings.data_dir = args.data_dir.or(settings.data_dir);
+    settings.data_dir = args.data_dir.map(|d| crate::mountpoint::data_dir_of(&d)).or(settings.data_dir);
     settings.territory = args.territory.or(settings.territory);
     settings.key_file = args.key_file.or(settings.key_file);
     if settings.plain() {
@@ -32,11 +33,7 @@ pub fn run(args: SnapshotsArgs) -> anyhow::Result<()> {
     let data_dir = settings.data_dir();
     // The embedded devnet runs inside its mount: reach it where that mount said it is.
     if settings.chain.is_none() {
-        let info = std::fs::read(data_dir.join("devnet/devnet.json")).with_context(|| {
-            format!("no --chain given, and no mount of {} runs its embedded devnet", data_dir.display())
-        })?;
-        let info: serde_json::Value = serde_json::from_slice(&info).context("devnet.json")?;
-        settings.chain = info["rpc"].as_str().map(str::to_string);
+        settings.chain = Some(crate::mountpoint::embedded_devnet(&data_dir)?);
     }
     let key = crate::config::load_key(&settings.key_path().0)?.for_territory(&settings.territory());
     let names = key.names().context("a key bound to a territory names its snapshots")?.clone();

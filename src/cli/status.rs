@@ -8,7 +8,8 @@ use serde_json::Value;
 pub struct StatusArgs {
     /// Files or directories (inside a cessfs mount) to report on [default: .].
     paths: Vec<PathBuf>,
-    /// One JSON object per file, for tools.
+    /// One JSON object per line and nothing else, for tools: the tree's snapshot and the packs
+    /// of a mount root (`"kind": "snapshot"`, `"packs"`), then each file (`"kind": "file"`).
     #[arg(long)]
     json: bool,
     /// Wait, with a progress bar, until every file is active, local or failed.
@@ -57,7 +58,7 @@ fn describe_packs(v: &Value) -> Option<String> {
         parts.push(format!("{uploading} on their way"));
     }
     if let Some(files) = filling {
-        parts.push(format!("one filling ({files} files)"));
+        parts.push(format!("one filling ({})", crate::words::count(files, "file")));
     }
     if let Some(n) = v["underfull"].as_u64().filter(|&n| n > 1) {
         parts.push(format!("{n} under half full, to be merged"));
@@ -96,7 +97,8 @@ fn describe_snapshots(v: &Value) -> String {
     }
     if let Some(n) = v["held_back_fids"].as_u64().filter(|&n| n > 0) {
         let files = crate::words::count(n, "removed file");
-        line.push_str(&format!("; {files} stay on CESS until no kept snapshot refers to them"));
+        let (stays, them) = if n == 1 { ("stays", "it") } else { ("stay", "them") };
+        line.push_str(&format!("; {files} {stays} on CESS until no kept snapshot refers to {them}"));
     }
     if let Some(why) = v["stopped"].as_str() {
         line.push_str(&format!("; snapshots stopped: {why}"));
@@ -228,7 +230,7 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
             if done == files.len() {
                 anyhow::bail!("timed out waiting for the tree snapshot to be active");
             }
-            anyhow::bail!("timed out: {} of {} files still uploading", files.len() - done, files.len());
+            anyhow::bail!("timed out: {} of {} still uploading", files.len() - done, crate::words::count(files.len() as u64, "file"));
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -240,23 +242,35 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         crate::mountpoint::in_cessfs_mount(p)?;
     }
     let files = if args.wait { wait(&paths, args.timeout.map(Duration::from_secs))? } else { scan(&paths) };
-    for (root, v) in snapshots_of(&paths) {
-        println!("{}: {}", root.display(), describe_snapshots(&v));
-    }
-    for root in &paths {
-        if let Some(line) = json_attr(root, c"user.cess.packs").as_ref().and_then(describe_packs) {
-            println!("{}: {line}", root.display());
-        }
-    }
-    if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {
-        println!("the chain is unreachable since {since}: uploads wait, and resume when it answers");
-    }
     if args.json {
+        // One JSON object per line and nothing else: a mount root's tree snapshot and packs as
+        // objects of their own (`"kind"` says which), then one per file.
+        for (root, mut v) in snapshots_of(&paths) {
+            (v["kind"], v["path"]) = ("snapshot".into(), root.display().to_string().into());
+            println!("{v}");
+        }
+        for root in &paths {
+            if let Some(mut v) = json_attr(root, c"user.cess.packs") {
+                (v["kind"], v["path"]) = ("packs".into(), root.display().to_string().into());
+                println!("{v}");
+            }
+        }
         for (p, mut v) in files.clone() {
-            v["path"] = Value::String(p.display().to_string());
+            (v["kind"], v["path"]) = ("file".into(), p.display().to_string().into());
             println!("{v}");
         }
     } else {
+        for (root, v) in snapshots_of(&paths) {
+            println!("{}: {}", root.display(), describe_snapshots(&v));
+        }
+        for root in &paths {
+            if let Some(line) = json_attr(root, c"user.cess.packs").as_ref().and_then(describe_packs) {
+                println!("{}: {line}", root.display());
+            }
+        }
+        if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {
+            println!("the chain is unreachable since {since}: uploads wait, and resume when it answers");
+        }
         println!("{:<11} {:<44} {:<12} {:<7} PATH", "STATE", "PROGRESS", "FID", "CACHED");
         for (p, v) in &files {
             let fid = v["fid"].as_str().map(|f| format!("{}…", &f[..10])).unwrap_or_else(|| "-".into());
@@ -270,7 +284,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     let failed = files.iter().filter(|(_, v)| state(v) == "failed").count();
     if failed > 0 {
-        anyhow::bail!("{failed} files failed to upload (see user.cess.error)");
+        anyhow::bail!("{} failed to upload (see user.cess.error)", crate::words::count(failed as u64, "file"));
     }
     Ok(())
 }

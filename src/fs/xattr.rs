@@ -30,7 +30,7 @@ fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, Strin
         }
         UploadState::Active => format!("stored: {} on {FRAGMENTS} miners", crate::words::count(up.segments, "segment")),
         UploadState::Failed => format!("failed after {}", crate::words::count(up.attempts.max(1), "attempt")),
-        UploadState::Local => "kept locally: CESS cannot store empty files".to_string(),
+        UploadState::Local => "empty: no bytes to store on CESS".to_string(),
         UploadState::Packed => "in a pack being filled".to_string(),
     }
 }

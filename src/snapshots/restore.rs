@@ -327,13 +327,7 @@ impl Follower {
             Ok::<_, crate::store::StoreError>(restored)
         })
         .await??;
-        log::info!(
-            "showing tree snapshot {} ({} files, {} directories, {} symlinks)",
-            want.generation,
-            restored.files,
-            restored.dirs,
-            restored.others
-        );
+        log::info!("showing tree snapshot {} ({})", want.generation, restored.counts());
         Ok(Some(want.generation))
     }
 

@@ -93,7 +93,7 @@ pub struct Store {
     /// Held shared by every commit, exclusively by the last step of a snapshot's build (tree.rs).
     gate: std::sync::RwLock<()>,
     /// While a snapshot is built: the inodes whose part of the tree commits changed (tree.rs).
-    journal: std::sync::Mutex<Option<std::collections::HashSet<u64>>>,
+    journal: std::sync::Mutex<Option<std::collections::HashSet<tree::TreeChange>>>,
     /// Snapshots being built and staged: no FID is deleted meanwhile (tree.rs).
     building: std::sync::atomic::AtomicUsize,
     /// The FIDs kept snapshots refer to, once read (tree.rs).
@@ -123,47 +123,47 @@ struct Touched {
     tombstones: bool,
     /// The upload records written (`None`: removed), as they will be once committed.
     uploads: std::collections::HashMap<u64, Option<UploadRecord>>,
-    /// Inodes whose part of the tree a snapshot shows changes: its node, or its entries.
-    tree: Vec<u64>,
+    /// What of the tree a snapshot shows changes: nodes, and directory entries.
+    tree: Vec<tree::TreeChange>,
 }
 
 impl Batch {
     /// Writes an inode record.
     pub fn put_inode(&mut self, ino: u64, rec: &InodeRecord) {
         self.0.insert(&key::inode(ino), encode(rec));
-        self.1.tree.push(ino);
+        self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Removes an inode record.
     pub fn remove_inode(&mut self, ino: u64) {
         self.0.remove(&key::inode(ino));
-        self.1.tree.push(ino);
+        self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Adds or replaces a directory entry.
     pub fn put_dirent(&mut self, parent: u64, name: &[u8], ino: u64, kind: Kind) {
         self.0.insert(key::dirent(parent, name), &encode_dirent(ino, kind));
-        self.1.tree.push(parent);
+        self.1.tree.push(tree::TreeChange::Entry(parent, name.to_vec()));
     }
     /// Removes a directory entry.
     pub fn remove_dirent(&mut self, parent: u64, name: &[u8]) {
         self.0.remove(key::dirent(parent, name));
-        self.1.tree.push(parent);
+        self.1.tree.push(tree::TreeChange::Entry(parent, name.to_vec()));
     }
     /// Sets an extended attribute.
     pub fn put_xattr(&mut self, ino: u64, name: &[u8], value: &[u8]) {
         self.0.insert(key::xattr(ino, name), value);
-        self.1.tree.push(ino);
+        self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Removes an extended attribute.
     pub fn remove_xattr(&mut self, ino: u64, name: &[u8]) {
         self.0.remove(key::xattr(ino, name));
-        self.1.tree.push(ino);
+        self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Writes the upload record of an inode.
     pub fn put_upload(&mut self, ino: u64, rec: &UploadRecord) {
         self.0.insert(&key::upload(ino), outbox::encode_upload(rec));
         self.1.inodes.push((ino, true));
         self.1.uploads.insert(ino, Some(rec.clone()));
-        self.1.tree.push(ino);
+        self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Records a fact about the data dir ([`Store::meta`]).
     pub fn put_meta(&mut self, name: &[u8], value: &[u8]) {
@@ -174,7 +174,7 @@ impl Batch {
         self.0.remove(&key::upload(ino));
         self.1.inodes.push((ino, true));
         self.1.uploads.insert(ino, None);
-        self.1.tree.push(ino);
+        self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Marks an unlinked inode that is still open, to be removed at the next start.
     pub fn put_orphan(&mut self, ino: u64) {

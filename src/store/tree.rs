@@ -69,8 +69,25 @@ pub struct Restored {
     pub files: u64,
     /// Directories, the root included.
     pub dirs: u64,
-    /// Everything else (symlinks).
-    pub others: u64,
+    /// Symlinks.
+    pub symlinks: u64,
+    /// FIFOs, sockets and device nodes.
+    pub specials: u64,
+}
+
+impl Restored {
+    /// What came back, in words: "3 files, 2 directories, 1 symlink".
+    pub fn counts(&self) -> String {
+        use crate::words::{count, count_as};
+        let mut out = format!("{}, {}", count(self.files, "file"), count_as(self.dirs, "directory", "directories"));
+        if self.symlinks > 0 {
+            out.push_str(&format!(", {}", count(self.symlinks, "symlink")));
+        }
+        if self.specials > 0 {
+            out.push_str(&format!(", {} (FIFOs, sockets, devices)", count(self.specials, "special file")));
+        }
+        out
+    }
 }
 
 fn time(t: Timestamp) -> (i64, u32) {
@@ -81,18 +98,28 @@ fn timestamp((secs, nanos): (i64, u32)) -> Timestamp {
     Timestamp { secs, nanos: nanos.min(999_999_999) }
 }
 
+/// What a commit changes of the tree a snapshot shows: an inode's node (its record, xattrs or
+/// upload), or one entry of a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum TreeChange {
+    /// The node of an inode.
+    Node(u64),
+    /// The entry `name` of directory `parent`.
+    Entry(u64, Vec<u8>),
+}
+
 /// A commit under way: counted as begun now; it holds the gate shared, and when it ends (its
-/// changes applied) it tells a snapshot being built which inodes' part of the tree changed.
+/// changes applied) it tells a snapshot being built what of the tree it changed.
 pub(super) struct Applying<'a> {
     store: &'a Store,
-    changed: Vec<u64>,
+    changed: Vec<TreeChange>,
     _gate: std::sync::RwLockReadGuard<'a, ()>,
 }
 
 impl Applying<'_> {
-    /// Notes inodes whose node or entries the commit changes.
-    pub(super) fn changes(&mut self, inos: &[u64]) {
-        self.changed.extend_from_slice(inos);
+    /// Notes what of the tree the commit changes.
+    pub(super) fn changes(&mut self, changes: &[TreeChange]) {
+        self.changed.extend_from_slice(changes);
     }
 }
 
@@ -108,8 +135,8 @@ impl Drop for Applying<'_> {
 const CATCH_UP_ROUNDS: usize = 8;
 
 /// One inode as a snapshot build read it: its node (`None`: left out, a file not stored yet, or
-/// gone) and, for a directory, its entries (name, child).
-type Read = (Option<Node>, Vec<(Vec<u8>, u64)>);
+/// gone) and, for a directory, its entries (name to child).
+type Read = (Option<Node>, std::collections::BTreeMap<Vec<u8>, u64>);
 
 /// The tree as a snapshot build reads it, per inode read.
 #[derive(Default)]
@@ -121,12 +148,12 @@ impl Walk {
     /// Reads inode `ino`: its node and entries.
     fn read_one(&mut self, store: &Store, ino: u64) -> Result<(), StoreError> {
         let read = match store.inode(ino)? {
-            None => (None, Vec::new()),
+            None => (None, Default::default()),
             Some(rec) => {
                 let node = store.node(ino, ino, &rec)?;
                 let entries = match rec.kind {
                     Kind::Dir => store.dir_entries(ino)?.into_iter().map(|(name, child, _)| (name, child)).collect(),
-                    _ => Vec::new(),
+                    _ => Default::default(),
                 };
                 (node, entries)
             }
@@ -144,7 +171,7 @@ impl Walk {
                 self.read_one(store, ino)?;
             }
             let Some((Some(_), entries)) = self.read.get(&ino) else { continue };
-            for (_, child) in entries {
+            for child in entries.values() {
                 if seen.insert(*child) {
                     queue.push_back(*child);
                 }
@@ -153,15 +180,34 @@ impl Walk {
         Ok(())
     }
 
-    /// Reads again the inodes of `changed` read before, and the entries new to them (with
-    /// what lies below) not read yet. What is no longer reachable is left out at the end.
-    fn catch_up(&mut self, store: &Store, changed: HashSet<u64>) -> Result<(), StoreError> {
+    /// Reads again what `changed` names of what was read before (a node, one entry), and reads
+    /// the children new to it (with what lies below). What is no longer reachable is left out
+    /// at the end. The work is that of the changes, however large their directories.
+    fn catch_up(&mut self, store: &Store, changed: HashSet<TreeChange>) -> Result<(), StoreError> {
         let mut new = Vec::new();
-        for ino in changed {
-            if self.read.contains_key(&ino) {
-                self.read_one(store, ino)?;
-                let entries = self.read.get(&ino).map(|(_, e)| e.iter().map(|(_, c)| *c));
-                new.extend(entries.into_iter().flatten().filter(|c| !self.read.contains_key(c)));
+        for change in changed {
+            match change {
+                TreeChange::Node(ino) => {
+                    if let Some((node, _)) = self.read.get_mut(&ino) {
+                        *node = match store.inode(ino)? {
+                            Some(rec) => store.node(ino, ino, &rec)?,
+                            None => None,
+                        };
+                    }
+                }
+                TreeChange::Entry(parent, name) => {
+                    if let Some((_, entries)) = self.read.get_mut(&parent) {
+                        match store.lookup(parent, &name)? {
+                            Some((child, _)) => {
+                                entries.insert(name, child);
+                                new.push(child);
+                            }
+                            None => {
+                                entries.remove(&name);
+                            }
+                        }
+                    }
+                }
             }
         }
         while let Some(ino) = new.pop() {
@@ -169,7 +215,7 @@ impl Walk {
                 continue;
             }
             self.read_one(store, ino)?;
-            let entries = self.read.get(&ino).map(|(_, e)| e.iter().map(|(_, c)| *c));
+            let entries = self.read.get(&ino).map(|(_, e)| e.values().copied());
             new.extend(entries.into_iter().flatten().filter(|c| !self.read.contains_key(c)));
         }
         Ok(())
@@ -299,8 +345,12 @@ impl Store {
         *lock(&self.journal) = Some(HashSet::new());
         let _journal = Journal(self);
         let take = || lock(&self.journal).as_mut().map(std::mem::take).unwrap_or_default();
+        let step = |name, since: std::time::Instant| crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(name, since.elapsed());
         let mut walk = Walk::default();
+        let started = std::time::Instant::now();
         walk.fill(self)?;
+        step("walk", started);
+        let started = std::time::Instant::now();
         for _ in 0..CATCH_UP_ROUNDS {
             let changed = take();
             if changed.is_empty() {
@@ -308,11 +358,14 @@ impl Store {
             }
             walk.catch_up(self, changed)?;
         }
+        step("catch_up", started);
         // No commit takes the gate while holding it (a read lock is never taken twice in one
         // thread), so this waits only for the commits under way.
         let gate = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = std::time::Instant::now();
         walk.catch_up(self, take())?;
         drop(gate);
+        step("held", held);
         Ok(walk.snapshot(generation, writer))
     }
 
@@ -647,9 +700,8 @@ impl Store {
             }
             match kind {
                 Kind::Dir => restored.dirs += 1,
-                Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
-                    restored.others += 1
-                }
+                Kind::Symlink => restored.symlinks += 1,
+                Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => restored.specials += 1,
                 Kind::File => {
                     restored.files += 1;
                     if !keep.contains(&ino) {

@@ -469,7 +469,7 @@ impl Inner {
             let live = self.db(move |s| s.finish_pack(ino, &rec)).await?;
             lock(&self.manifests).remove(&ino);
             lock(&self.laggards).remove(&fid);
-            log::info!("pack {fid} stored: its {live} files are active");
+            log::info!("pack {fid} stored: {} active", crate::words::count(live as u64, "file"));
             return Ok(Flow::Wait);
         }
         let next = if rec.retired {

@@ -2,6 +2,7 @@
 //! crate links once.
 
 mod cold;
+mod cli;
 mod common;
 mod durability;
 mod file_managers;

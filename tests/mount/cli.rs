@@ -1,0 +1,111 @@
+//! The command line as a newcomer meets it: what each verb says when it is given a mount, bad
+//! arguments or a bad file, and what a failed mount leaves behind.
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// stderr of a command expected to fail.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(!out.status.success(), "{cmd:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `cessfs account MOUNT` asks the mount's embedded devnet; `status --json` on a mount root
+/// prints JSON objects and nothing else.
+#[test]
+fn account_and_status_json_of_a_mount() {
+    let m = Mount::uploading("0", &[]);
+    fs::write(m.path("a.txt"), b"one file").unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    let said = run(Command::new(BIN).arg("account").arg(m.root()));
+    assert!(said.contains("account") && said.contains("territory cessfs"), "{said}");
+    let out = run(Command::new(BIN).args(["status", "--json"]).arg(m.root()));
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"));
+            v["kind"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    for kind in ["snapshot", "packs", "file"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+}
+
+/// A mount that fails before it is ready (a key file that does not exist) leaves no data dir,
+/// and says how to make a key.
+#[test]
+fn a_failed_mount_leaves_nothing_behind_and_says_what_to_do() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, data) = (work.path().join("mnt"), work.path().join("data"));
+    fs::create_dir(&dir).unwrap();
+    let said = fails(
+        Command::new(BIN)
+            .arg("mount")
+            .arg(&dir)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--key-file")
+            .arg(work.path().join("no-such-key")),
+    );
+    assert!(said.contains("cessfs keygen"), "{said}");
+    assert!(!data.exists(), "no data dir is left");
+    // A key file that holds no key fails the same way.
+    let bad = work.path().join("bad-key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&bad).unwrap();
+    }
+    let said = fails(Command::new(BIN).arg("mount").arg(&dir).arg("--data-dir").arg(&data).arg("--key-file").arg(&bad));
+    assert!(said.contains("key file"), "{said}");
+    assert!(!data.exists(), "no data dir is left");
+}
+
+/// `territory` checks its arguments before it asks anything of a chain, in words about sizes.
+#[test]
+fn territory_arguments_are_checked_first() {
+    let territory = |args: &[&str]| fails(Command::new(BIN).args(["territory", "mint"]).args(args));
+    let said = territory(&["home", "--gib", "-5"]);
+    assert!(said.contains("GiB") && !said.contains("-- -5"), "{said}");
+    assert!(territory(&["home", "--gib", "0"]).contains("at least 1"));
+    assert!(territory(&["home", "--gib", "1", "--days", "29"]).contains("at least 30 days"));
+    assert!(territory(&["", "--gib", "1"]).contains("needs a name"));
+}
+
+/// A config file's error names the line it is on.
+#[test]
+fn a_config_error_points_at_its_line() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config.toml");
+    fs::write(&config, "territory = \"home\"\n\ncache_size = 20\n").unwrap();
+    let dir = work.path().join("mnt");
+    fs::create_dir(&dir).unwrap();
+    let said = fails(Command::new(BIN).arg("mount").arg(&dir).arg("--config").arg(&config));
+    assert!(said.contains("line 3"), "{said}");
+}
+
+/// `ro` in an fstab line is a read-only view; on a data dir that holds a writable tree the mount
+/// says so.
+#[test]
+fn ro_in_fstab_is_a_read_only_view() {
+    let mut writer = Mount::uploading("0", &[]);
+    fs::write(writer.path("a.txt"), b"a writable tree").unwrap();
+    writer.unmount();
+    let helpers = tempfile::tempdir().unwrap();
+    let helper = helpers.path().join("mount.cessfs");
+    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    let spot = tempfile::tempdir().unwrap();
+    let options = format!(
+        "ro,data_dir={},key_file={}",
+        writer.data_dir().display(),
+        writer.data_dir().join("key").display()
+    );
+    let said = fails(Command::new(&helper).arg("cessfs").arg(spot.path()).args(["-o", &options]));
+    assert!(said.contains("holds a writable tree"), "{said}");
+}

@@ -46,11 +46,14 @@ fn the_deb_installs_the_binary_helper_units_man_pages_and_completions() {
     let bash = std::fs::read_to_string(x.join("usr/share/bash-completion/completions/cessfs")).unwrap();
     assert!(bash.contains("_cessfs()") && bash.contains("unmount"), "bash completion");
 
-    // The helper, as mount(8) finds it: a fake mount (-f) does nothing; a read-only one is refused.
+    // The helper, as mount(8) finds it: a fake mount (-f) does nothing, read-only or not; an
+    // option it cannot take is refused, saying which.
     let helper = x.join("usr/sbin/mount.fuse.cessfs");
     run(Command::new(&helper).args(["cessfs", "/mnt/nowhere", "-f", "-o", "rw,_netdev"]));
-    let ro = Command::new(&helper).args(["cessfs", "/mnt/nowhere", "-o", "ro"]).output().unwrap();
-    assert!(!ro.status.success() && String::from_utf8_lossy(&ro.stderr).contains("read-only"));
+    run(Command::new(&helper).args(["cessfs", "/mnt/nowhere", "-f", "-o", "ro"]));
+    let bad = Command::new(&helper).args(["cessfs", "/mnt/nowhere", "-o", "cache_size"]).output().unwrap();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && said.contains("cache_size") && said.contains("needs a value"), "{said}");
 
     // The units are valid systemd units (with the binary where the package puts it).
     let units = tmp.path().join("units");

@@ -291,6 +291,8 @@ fn a_tree_restored_while_its_machine_is_away_loses_nothing_of_either() {
 
     // The machine comes back, writes and removes.
     away.mount_with(&["--snapshots", "true"]);
+    // Said at mount (the terminal's notices; a foreground mount logs them).
+    assert!(away.log().contains("remount it on a fresh data dir to take up the newer tree"), "{}", away.log());
     fs::write(away.path("late.txt"), b"written after the restore").unwrap();
     away.wait_status("late.txt", &["active"], MIN);
     wait_until(MIN, "the machine that came back to stop", || {

@@ -131,7 +131,9 @@ fn snapshot_cost() {
     let held = |what: &str| {
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("cessfs_snapshot_build_seconds_{what}{{step=\"held\"}} "))?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(&format!("cessfs_snapshot_build_seconds_{what}{{step=\"held\"}} "))?.parse().ok()
+            })
             .unwrap_or(0.0f64)
     };
     let walk = metrics

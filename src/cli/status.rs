@@ -230,7 +230,11 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
             if done == files.len() {
                 anyhow::bail!("timed out waiting for the tree snapshot to be active");
             }
-            anyhow::bail!("timed out: {} of {} still uploading", files.len() - done, crate::words::count(files.len() as u64, "file"));
+            anyhow::bail!(
+                "timed out: {} of {} still uploading",
+                files.len() - done,
+                crate::words::count(files.len() as u64, "file")
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }

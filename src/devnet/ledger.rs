@@ -67,6 +67,7 @@ pub struct Ledger {
     _db: sled::Db,
     extrinsic: Mutex<()>,
     dir: std::path::PathBuf,
+    deleted: tokio::sync::broadcast::Sender<Hash>,
 }
 
 fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -94,7 +95,14 @@ impl Ledger {
     /// Opens (or creates) the ledger in `dir`.
     pub fn open(dir: &Path) -> Result<Ledger, sled::Error> {
         let db = sled::Config::new().path(dir).cache_capacity(16 << 20).open()?;
-        Ok(Ledger { tree: db.open_tree("ledger")?, _db: db, extrinsic: Mutex::new(()), dir: dir.to_path_buf() })
+        let (deleted, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Ledger {
+            tree: db.open_tree("ledger")?,
+            _db: db,
+            extrinsic: Mutex::new(()),
+            dir: dir.to_path_buf(),
+            deleted,
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, ChainError> {
@@ -132,6 +140,12 @@ impl Ledger {
         self.tree.flush().map_err(storage)?;
         let tx = crate::format::sha256(format!("{block}:{what}").as_bytes());
         Ok(TxReceipt { tx_hash: format!("0x{}", tx.to_hex()), block })
+    }
+
+    /// The FIDs whose file leaves the chain from now on (its last owner deleted it): the
+    /// nodes let go of their fragments.
+    pub fn deletions(&self) -> tokio::sync::broadcast::Receiver<Hash> {
+        self.deleted.subscribe()
     }
 
     /// Every event so far, with its block.
@@ -509,7 +523,11 @@ impl Ledger {
             self.put(&mut b, &fkey, &file);
         }
         let events = vec![Event::DeleteFile { operator: *origin, owner: *owner, file_hash: *fid }];
-        self.seal(b, &format!("delete_file {fid}"), events)
+        let receipt = self.seal(b, &format!("delete_file {fid}"), events)?;
+        if file.owners.is_empty() {
+            let _ = self.deleted.send(*fid);
+        }
+        Ok(receipt)
     }
 }
 

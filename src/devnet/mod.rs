@@ -4,9 +4,11 @@
 //! storage nodes that speak the real miner protocol (node.rs). `cessfs mount` runs one in-process
 //! when no chain is configured; `cessfs devnet` runs one on its own for several mounts or tools.
 //!
-//! Layout of its directory: `ledger/` (sled), `nodes/<i>/{report,file}/<fid>/<fragment>`.
+//! Layout of its directory: `ledger/` (sled), `fragments/<hash>` (the bytes, one copy each),
+//! `nodes/<i>/{report,file}/<fid>/` (what each node holds: fragments.rs).
 
 mod buffers;
+mod fragments;
 mod ledger;
 mod node;
 mod rpc;
@@ -112,12 +114,17 @@ impl Devnet {
         );
         let mut nodes = Vec::with_capacity(config.nodes);
         let buffers = Arc::new(buffers::Pool::default());
+        // The disk is a data dir's, or shares one: its database's reserve is left alone.
+        let store = fragments::FragmentStore::open(&dir.join("fragments"), crate::store::kept_free(dir))
+            .with_context(|| format!("opening the devnet's fragment store in {}", dir.display()))?;
+        let store = Arc::new(store);
         for i in 1..=config.nodes {
             let signer = Signer::from_uri(&format!("//Miner{i}")).map_err(anyhow::Error::msg)?;
             let port = if config.node_base_port == 0 { 0 } else { config.node_base_port + i as u16 - 1 };
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let node_dir = dir.join("nodes").join(i.to_string());
-            let node = Node::start(i, signer, node_dir, ledger.clone(), buffers.clone(), addr, config.report_delay)
+            let shared = (ledger.clone(), store.clone(), buffers.clone());
+            let node = Node::start(i, signer, node_dir, shared, addr, config.report_delay)
                 .await
                 .with_context(|| format!("starting devnet node {i} on {addr}"))?;
             ledger.register_miner(&node.account(), &node.endpoint(), config.node_space)?;
@@ -226,6 +233,81 @@ mod tests {
         let reply: Reply = put(hashes[4], &second).await.unwrap().json().await.unwrap();
         assert_eq!((reply.code, reply.msg.as_str()), (400, proto::msg::HASH));
         assert!(client.get_fragment(&endpoint, &fid, &hashes[4], None).await.is_err());
+        devnet.stop().await;
+    }
+
+    /// Bytes held by the files under `dir`, each inode once.
+    fn disk_use(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let m = std::fs::symlink_metadata(e.path()).unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else if seen.insert(m.ino()) {
+                    total += m.blocks() * 512;
+                }
+            }
+        }
+        total
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The nodes keep one copy of a segment's data between them (parity is computed when
+    /// served, and kept whole only while it came before its data), serve every fragment back
+    /// as pushed, and let go of all of it once the file is deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_keep_one_copy_of_the_data_and_let_go_of_deleted_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = Signer::from_uri("//Alice").unwrap();
+        let devnet = Devnet::start(dir.path(), &DevnetConfig::new(alice.account(), b"t")).await.unwrap();
+        let data: Vec<u8> = (0..3 * FRAGMENT_SIZE as u32).map(|i| (i ^ (i >> 11) ^ (i >> 19)) as u8).collect();
+        let mut fragments = Vec::new();
+        let manifest = Encoder::default()
+            .encode(&data[..], data.len() as u64, None, |s| {
+                fragments = (0..12).map(|i| s.fragment(i).to_vec()).collect();
+                Ok(())
+            })
+            .unwrap();
+        let user = UserBrief { user: alice.account(), file_name: b"one.bin".to_vec(), territory_name: b"t".to_vec() };
+        let ledger = devnet.ledger();
+        ledger.upload_declaration(&alice.account(), &manifest.fid, &manifest.segments, &user, 0).unwrap();
+        let (fid, hashes) = (manifest.fid, manifest.segments[0].fragments);
+        let client = MinerClient::new(alice.clone(), Duration::from_secs(30));
+        // Parity first: it is kept whole until its segment's data are all here.
+        for i in (0..12).rev() {
+            let (endpoint, body) =
+                (devnet.nodes()[i].endpoint(), FragmentBody::new(hashes[i], fragments[i].clone().into()));
+            client.put_fragment(&endpoint, &fid, body).await.unwrap();
+        }
+        wait_for("the file to be active", || ledger.file(&fid).unwrap().is_some()).await;
+        let store = dir.path().join("fragments");
+        let segment = 4 * FRAGMENT_SIZE as u64;
+        wait_for("parity to be held as data", || disk_use(&store) <= segment).await;
+        let file = ledger.file(&fid).unwrap().unwrap();
+        for (i, f) in file.segments[0].fragments.iter().enumerate() {
+            let node = devnet.nodes().iter().find(|n| n.account() == f.miner).unwrap();
+            let back = client.get_fragment(&node.endpoint(), &fid, &f.hash, None).await.unwrap();
+            assert!(back == fragments[i], "fragment {i} served as pushed");
+        }
+        assert!(disk_use(dir.path()) < segment * 11 / 10 + (16 << 20), "one copy, and the ledger");
+
+        ledger.delete_file(&alice.account(), &alice.account(), &fid).unwrap();
+        wait_for("the fragments to go", || disk_use(&store) == 0).await;
+        for node in devnet.nodes() {
+            assert!(!node.dir().join("file").join(fid.to_hex()).exists(), "node {} let go", node.endpoint());
+        }
         devnet.stop().await;
     }
 }

@@ -1,7 +1,8 @@
 //! A devnet storage node: the cess-miner v0.8 fragment protocol (`PUT/GET /fragment`, checks in
 //! cess-miner's order, errors as HTTP 200 with the code in the JSON body) and its reporting:
 //! once it holds fragment `j` of every segment of a file, it sends `transfer_report(j + 1, fid)`.
-//! Fragments live in `DIR/report/<fid>/` until the file is active, then in `DIR/file/<fid>/`.
+//! What it holds is in `DIR/report/<fid>/` until the file is active, then in `DIR/file/<fid>/`
+//! until the file is deleted; the bytes are in the devnet's shared store (fragments.rs).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::buffers::{ALIGN, AlignedBuf, CAPACITY, Pool, write_fragment};
+use super::fragments::{self, FragmentStore, parity_place};
 use super::ledger::Ledger;
-use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
+use crate::format::{DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
 use crate::http::{Reply, Server, json};
 use crate::protocol::miner::{self as proto, msg};
 use crate::protocol::{AccountId, Signer};
@@ -53,6 +55,7 @@ struct State {
     signer: Signer,
     dir: PathBuf,
     ledger: Arc<Ledger>,
+    store: Arc<FragmentStore>,
     buffers: Arc<Pool>,
     fault: Mutex<Fault>,
     reports: mpsc::UnboundedSender<Hash>,
@@ -153,33 +156,48 @@ impl State {
         if !safe_name(&fid) || !safe_name(&fragment) {
             return reply(400, msg::BAD_NAME);
         }
+        let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
         let dir = self.report_dir(&fid);
-        let path = dir.join(&fragment);
-        if tokio::fs::metadata(&path).await.is_ok() {
+        if fragments::holds(&dir, &hash) {
             return reply(200, msg::OK);
         }
-        let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
         let fid_hash = fid.parse::<Hash>().ok();
         let content_type = header(&req, "content-type").to_string();
         let mut buf = self.buffers.take();
         let answer = self.clone().receive(req, &content_type, hash, fid_hash, &mut buf).await;
         let answer = match answer {
-            Ok(at) => {
-                let (state, write_path) = (self.clone(), path.clone());
+            Ok(Received { at, parity }) => {
+                let state = self.clone();
                 let (done, buf_back) = tokio::task::spawn_blocking(move || {
-                    let r = std::fs::create_dir_all(write_path.parent().expect("a report dir"))
-                        .and_then(|()| write_fragment(&write_path, &buf, at));
+                    let r = std::fs::create_dir_all(&dir).and_then(|()| {
+                        if let Some((row, data)) = parity
+                            && state.store.hold_as_parity(&dir, &hash, row, &data)?
+                        {
+                            return Ok(true);
+                        }
+                        state.store.hold(&hash, &dir.join(hash.to_hex()), |to| write_fragment(to, &buf, at))
+                    });
                     (r, buf)
                 })
                 .await
                 .expect("writing a fragment does not panic");
                 buf = buf_back;
                 match done {
-                    Ok(()) => {
+                    Ok(true) => {
                         if let Some(f) = fid_hash {
-                            let _ = state.reports.send(f);
+                            let _ = self.reports.send(f);
                         }
                         reply(200, msg::OK)
+                    }
+                    // As a full miner would: the disk keeps what the data dir's database needs.
+                    Ok(false) => {
+                        crate::log_limited!(
+                            log::Level::Warn,
+                            "devnet full",
+                            "node {}: refusing fragments: the disk holding the devnet is nearly full",
+                            self.index
+                        );
+                        reply(500, msg::NO_SPACE)
                     }
                     Err(e) => {
                         log::warn!("node {}: storing {fragment}: {e}", self.index);
@@ -195,8 +213,7 @@ impl State {
 
     /// Reads a fragment upload into `buf` and runs cess-miner's checks in its order: the
     /// all-zero fragment needs no body and no deal; otherwise the part must be 8 MiB, hash to
-    /// `hash`, and be listed in the file's deal. Returns where the fragment is in `buf`: a
-    /// multiple of [`ALIGN`], for direct I/O.
+    /// `hash`, and be listed in the file's deal.
     async fn receive(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -204,10 +221,10 @@ impl State {
         hash: Hash,
         fid: Option<Hash>,
         buf: &mut AlignedBuf,
-    ) -> Result<usize, Reply> {
+    ) -> Result<Received, Reply> {
         if hash == ZERO_FRAGMENT_HASH {
             buf.as_mut_slice()[..FRAGMENT_SIZE].fill(0);
-            return Ok(0);
+            return Ok(Received { at: 0, parity: None });
         }
         let range = read_body(req, buf).await.ok_or_else(|| reply(400, msg::SIZE))?;
         let body = &buf.as_slice()[range];
@@ -233,7 +250,12 @@ impl State {
         let Some(fid) = fid else { return Err(reply(400, msg::FID)) };
         let ledger = self.ledger.clone();
         match tokio::task::spawn_blocking(move || ledger.deal(&fid)).await {
-            Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => Ok(at),
+            Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => {
+                let segments: Vec<_> = d.segments.iter().map(|s| s.fragments).collect();
+                let parity =
+                    parity_place(&segments, &hash).map(|(s, row)| (row, segments[s][..DATA_FRAGMENTS].to_vec()));
+                Ok(Received { at, parity })
+            }
             Ok(Ok(_)) => Err(reply(400, msg::FID)),
             _ => Err(reply(403, "failed to connect to rpc, please try again later.")),
         }
@@ -247,13 +269,18 @@ impl State {
         if fid.len() != 64 || fragment.len() != 64 || !safe_name(fid) || !safe_name(fragment) {
             return reply(400, msg::BAD_NAME);
         }
-        let mut data = None;
-        for place in ["file", "report", "file"] {
-            if let Ok(d) = tokio::fs::read(self.dir.join(place).join(fid).join(fragment)).await {
-                data = Some(d);
-                break;
+        let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
+        let (state, fid) = (self.clone(), fid.to_string());
+        let read = move || {
+            // A fragment moves from report/ to file/ when its file becomes active.
+            for place in ["file", "report", "file"] {
+                if let Ok(Some(d)) = state.store.read(&state.dir.join(place).join(&fid), &hash) {
+                    return Some(d);
+                }
             }
-        }
+            None
+        };
+        let data = tokio::task::spawn_blocking(read).await.ok().flatten();
         let Some(mut data) = data else { return reply(404, msg::NOT_FOUND) };
         let mut status = StatusCode::OK;
         if let Some(range) = req.headers().get(hyper::header::RANGE) {
@@ -275,36 +302,47 @@ impl State {
     }
 
     /// cess-miner's report loop for one file: report the first whole, unreported column; once
-    /// the file is active, keep what the chain assigned to this node and drop the rest.
-    fn check(&self, fid: &Hash) -> std::io::Result<()> {
+    /// the file is active, keep what the chain assigned to this node and drop the rest. Parity
+    /// kept whole goes over to its segment's data once the store has them. Returns whether it
+    /// let go of fragments.
+    fn check(&self, fid: &Hash) -> std::io::Result<bool> {
         let dir = self.report_dir(&fid.to_hex());
         if !dir.exists() || matches!(self.fault(), Fault::NoReport | Fault::Down) {
-            return Ok(());
+            return Ok(false);
         }
         let me = self.signer.account();
         let ledger = &self.ledger;
-        if let Ok(Some(file)) = ledger.file(fid) {
+        let file = ledger.file(fid).ok().flatten();
+        let deal = if file.is_some() { None } else { ledger.deal(fid).ok().flatten() };
+        let segments: Vec<[Hash; FRAGMENTS]> = match (&file, &deal) {
+            (Some(f), _) => f
+                .segments
+                .iter()
+                .filter_map(|s| s.fragments.iter().map(|f| f.hash).collect::<Vec<_>>().try_into().ok())
+                .collect(),
+            (None, Some(d)) => d.segments.iter().map(|s| s.fragments).collect(),
+            (None, None) => {
+                std::fs::remove_dir_all(&dir)?;
+                return Ok(true);
+            }
+        };
+        let released = self.hold_parity_as_data(&dir, &segments)?;
+        if let Some(file) = file {
             let file_dir = self.dir.join("file").join(fid.to_hex());
             std::fs::create_dir_all(&file_dir)?;
             for seg in &file.segments {
                 for frag in seg.fragments.iter().filter(|f| f.miner == me) {
-                    let name = frag.hash.to_hex();
-                    if dir.join(&name).exists() {
-                        std::fs::rename(dir.join(&name), file_dir.join(&name))?;
-                    }
+                    fragments::move_held(&dir, &file_dir, &frag.hash)?;
                 }
             }
-            return std::fs::remove_dir_all(&dir);
+            std::fs::remove_dir_all(&dir)?;
+            return Ok(true);
         }
-        let Ok(Some(deal)) = ledger.deal(fid) else { return std::fs::remove_dir_all(&dir) };
+        let Some(deal) = deal else { return Ok(released) };
         if deal.complete_list.iter().any(|c| c.miner == me) {
-            return Ok(());
+            return Ok(released);
         }
-        let holds = |j: usize| {
-            deal.segments.iter().all(|s| {
-                std::fs::metadata(dir.join(s.fragments[j].to_hex())).is_ok_and(|m| m.len() == FRAGMENT_SIZE as u64)
-            })
-        };
+        let holds = |j: usize| deal.segments.iter().all(|s| fragments::holds(&dir, &s.fragments[j]));
         for j in 0..FRAGMENTS {
             let index = j as u8 + 1;
             if deal.complete_list.iter().any(|c| c.index == index) || !holds(j) {
@@ -313,12 +351,50 @@ impl State {
             match ledger.transfer_report(&me, index, fid) {
                 Ok(r) => {
                     log::debug!("node {}: reported column {index} of {fid} in block {}", self.index, r.block);
-                    return Ok(());
+                    return Ok(released);
                 }
                 Err(e) => log::debug!("node {}: transfer_report({index}, {fid}) failed: {e}", self.index),
             }
         }
-        Ok(())
+        Ok(released)
+    }
+
+    /// Holds as its segment's data each parity fragment of `fid_dir` kept whole, once the store
+    /// has them. Returns whether any went over.
+    fn hold_parity_as_data(&self, fid_dir: &Path, segments: &[[Hash; FRAGMENTS]]) -> std::io::Result<bool> {
+        let mut released = false;
+        for entry in std::fs::read_dir(fid_dir)? {
+            let Some(hash) = entry?.file_name().to_str().and_then(|n| n.parse::<Hash>().ok()) else { continue };
+            let Some((s, row)) = parity_place(segments, &hash).filter(|_| hash != ZERO_FRAGMENT_HASH) else {
+                continue;
+            };
+            if self.store.hold_as_parity(fid_dir, &hash, row, &segments[s][..DATA_FRAGMENTS])? {
+                std::fs::remove_file(fid_dir.join(hash.to_hex()))?;
+                released = true;
+            }
+        }
+        Ok(released)
+    }
+
+    /// Lets go of what this node holds of files no longer on chain: `fids`, or every file it
+    /// holds. Returns whether it let go of any.
+    fn drop_deleted(&self, fids: Option<Vec<Hash>>) -> std::io::Result<bool> {
+        let files = self.dir.join("file");
+        let fids = fids.unwrap_or_else(|| {
+            std::fs::read_dir(&files)
+                .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+                .unwrap_or_default()
+        });
+        let mut released = false;
+        for fid in fids {
+            let dir = files.join(fid.to_hex());
+            if dir.exists() && matches!(self.ledger.file(&fid), Ok(None)) {
+                std::fs::remove_dir_all(&dir)?;
+                log::debug!("node {}: dropped the fragments of {fid}, deleted from the chain", self.index);
+                released = true;
+            }
+        }
+        Ok(released)
     }
 
     fn scan(&self) -> Vec<Hash> {
@@ -332,6 +408,14 @@ impl State {
 /// whole in the first chunk, the body is placed so that the part's bytes start at [`ALIGN`]
 /// (a fragment upload's single part can then go to disk from there); otherwise at 0. `None`
 /// if it does not fit (no fragment upload is larger).
+/// A fragment upload that passed the checks.
+struct Received {
+    /// Where the fragment is in the buffer: a multiple of [`ALIGN`], for direct I/O.
+    at: usize,
+    /// For a parity fragment: its row and its segment's data fragments.
+    parity: Option<(usize, Vec<Hash>)>,
+}
+
 async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<std::ops::Range<usize>> {
     use http_body_util::BodyExt;
     let mut body = req.into_body();
@@ -354,26 +438,41 @@ async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<std::
 }
 
 impl Node {
-    /// Starts node `index` (signing as `signer`) on `addr`, keeping fragments in `dir` (received
-    /// through `buffers`); reports `debounce` after a fragment arrives, and rescans every 2 s.
+    /// Starts node `index` (signing as `signer`) on `addr`, holding fragments in `dir` (their bytes
+    /// in `store`, received through `buffers`); reports `debounce` after a fragment arrives, and rescans every 2 s.
     pub async fn start(
         index: usize,
         signer: Signer,
         dir: PathBuf,
-        ledger: Arc<Ledger>,
-        buffers: Arc<Pool>,
+        (ledger, store, buffers): (Arc<Ledger>, Arc<FragmentStore>, Arc<Pool>),
         addr: SocketAddr,
         debounce: Duration,
     ) -> std::io::Result<Node> {
         let (reports, mut pending) = mpsc::unbounded_channel::<Hash>();
+        let mut deletions = ledger.deletions();
         let fault = Mutex::new(Fault::None);
-        let state = Arc::new(State { index, signer, dir, ledger, buffers, fault, reports });
+        let state = Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports });
         let reporter = Arc::downgrade(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
+            // Files deleted while the devnet was stopped are looked for first.
+            let mut deleted: Option<Option<Vec<Hash>>> = Some(None);
             loop {
                 let mut fids = tokio::select! {
                     Some(fid) = pending.recv() => vec![fid],
+                    gone = deletions.recv() => {
+                        use tokio::sync::broadcast::error::RecvError;
+                        match gone {
+                            Ok(fid) => {
+                                if let Some(list) = deleted.get_or_insert_with(|| Some(Vec::new())) {
+                                    list.push(fid);
+                                }
+                            }
+                            Err(RecvError::Lagged(_)) => deleted = Some(None),
+                            Err(RecvError::Closed) => return,
+                        }
+                        Vec::new()
+                    }
                     _ = tick.tick() => Vec::new(),
                     else => return,
                 };
@@ -382,16 +481,28 @@ impl Node {
                     fids.push(fid);
                 }
                 let Some(state) = reporter.upgrade() else { return };
+                let gone = deleted.take();
                 let work = move || {
+                    let mut released = false;
+                    if let Some(gone) = gone {
+                        match state.drop_deleted(gone) {
+                            Ok(r) => released |= r,
+                            Err(e) => log::warn!("node {}: dropping deleted files: {e}", state.index),
+                        }
+                    }
                     if fids.is_empty() {
                         fids = state.scan();
                     }
                     fids.sort();
                     fids.dedup();
                     for fid in fids {
-                        if let Err(e) = state.check(&fid) {
-                            log::warn!("node {}: checking {fid}: {e}", state.index);
+                        match state.check(&fid) {
+                            Ok(r) => released |= r,
+                            Err(e) => log::warn!("node {}: checking {fid}: {e}", state.index),
                         }
+                    }
+                    if released && let Err(e) = state.store.collect() {
+                        log::warn!("node {}: collecting fragments no node holds: {e}", state.index);
                     }
                 };
                 let _ = tokio::task::spawn_blocking(work).await;

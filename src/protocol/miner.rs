@@ -48,6 +48,9 @@ pub mod msg {
     pub const SIGNATURE: &str = "invalid signature";
     /// Range header malformed.
     pub const RANGE: &str = "invalid range request";
+    /// The miner's disk is full (the devnet's word: cess-miner answers a failed write as
+    /// [`SYSTEM`]).
+    pub const NO_SPACE: &str = "no space left for fragments";
     /// No `file` part with a file name.
     pub const NO_FILE: &str = "[FormFile] http: no such file";
 }

@@ -31,6 +31,7 @@ pub use catalog::resident_bytes;
 pub use outbox::{DealGuard, Deletion, FidPin, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
 pub use packs::{PackRecord, PackSummary};
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
+pub use reserve::kept_free;
 pub use residency::Residency;
 pub use tree::{Adopted, KeptSnapshot, Restored, SnapshotSummary};
 

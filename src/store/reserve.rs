@@ -30,10 +30,9 @@ impl Reserve {
     /// The reserve of the data dir `dir`: 1/64 of its disk, between 4 and 64 MiB. Made now if
     /// there is room for it.
     pub(super) fn open(dir: &Path) -> Reserve {
-        let total = disk::statvfs(dir).map(|st| st.f_blocks.saturating_mul(st.f_frsize)).unwrap_or(0);
         let path = dir.join("reserve");
         let held = std::fs::metadata(&path).is_ok();
-        let size = (total / 64).clamp(4 << 20, 64 << 20);
+        let size = size_for(dir);
         let reserve = Reserve { dir: dir.to_path_buf(), path, size, held: AtomicBool::new(held) };
         reserve.before_write();
         reserve.refill();
@@ -105,6 +104,18 @@ impl Reserve {
             }
         }
     }
+}
+
+/// The reserve's size for a data dir `dir`: 1/64 of its disk, between 4 and 64 MiB.
+fn size_for(dir: &Path) -> u64 {
+    let total = disk::statvfs(dir).map(|st| st.f_blocks.saturating_mul(st.f_frsize)).unwrap_or(0);
+    (total / 64).clamp(4 << 20, 64 << 20)
+}
+
+/// What the database of a data dir `dir` keeps free on its disk (its reserve and the low mark):
+/// other writers there (the embedded devnet's nodes) stop before it.
+pub fn kept_free(dir: &Path) -> u64 {
+    size_for(dir) + LOW
 }
 
 /// Creates `path` with `size` bytes allocated on disk (not a hole: a hole frees nothing).

@@ -345,7 +345,8 @@ impl Store {
         *lock(&self.journal) = Some(HashSet::new());
         let _journal = Journal(self);
         let take = || lock(&self.journal).as_mut().map(std::mem::take).unwrap_or_default();
-        let step = |name, since: std::time::Instant| crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(name, since.elapsed());
+        let step =
+            |name, since: std::time::Instant| crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(name, since.elapsed());
         let mut walk = Walk::default();
         let started = std::time::Instant::now();
         walk.fill(self)?;

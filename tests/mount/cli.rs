@@ -101,11 +101,8 @@ fn ro_in_fstab_is_a_read_only_view() {
     let helper = helpers.path().join("mount.cessfs");
     std::os::unix::fs::symlink(BIN, &helper).unwrap();
     let spot = tempfile::tempdir().unwrap();
-    let options = format!(
-        "ro,data_dir={},key_file={}",
-        writer.data_dir().display(),
-        writer.data_dir().join("key").display()
-    );
+    let options =
+        format!("ro,data_dir={},key_file={}", writer.data_dir().display(), writer.data_dir().join("key").display());
     let said = fails(Command::new(&helper).arg("cessfs").arg(spot.path()).args(["-o", &options]));
     assert!(said.contains("holds a writable tree"), "{said}");
 }

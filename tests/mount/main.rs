@@ -1,8 +1,8 @@
 //! Tests on real cessfs mounts, driven with real syscalls and real tools. One binary, so the
 //! crate links once.
 
-mod cold;
 mod cli;
+mod cold;
 mod common;
 mod durability;
 mod file_managers;

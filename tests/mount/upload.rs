@@ -20,15 +20,16 @@ fn fetch_from_nodes(m: &Mount, fid: &str, size: usize) -> Vec<u8> {
     let file = net.file(fid).expect("File record on the ledger");
     assert!(file.active);
     let nodes = net.nodes();
-    let dir_of = |account| nodes.iter().find(|n| n.account == account).map(|n| n.dir.clone()).expect("miner is a node");
+    let endpoint_of =
+        |account| nodes.iter().find(|n| n.account == account).map(|n| n.endpoint.clone()).expect("miner is a node");
     let mut fragments = Vec::new();
     for seg in &file.segments {
         let mut per = Vec::new();
         for frag in &seg.fragments {
-            let name = frag.hash.to_hex();
-            let dir = dir_of(frag.miner);
-            let read = ["file", "report"].iter().find_map(|p| fs::read(dir.join(p).join(fid).join(&name)).ok());
-            let bytes = read.unwrap_or_else(|| panic!("fragment {name} missing on {}", dir.display()));
+            let endpoint = endpoint_of(frag.miner);
+            let bytes = net
+                .fragment(&endpoint, fid, &frag.hash)
+                .unwrap_or_else(|| panic!("fragment {} missing on {endpoint}", frag.hash.to_hex()));
             assert_eq!(sha256(&bytes), frag.hash, "fragment bytes on the node hash to the recorded hash");
             per.push(bytes);
         }

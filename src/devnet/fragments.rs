@@ -1,0 +1,193 @@
+//! The devnet's fragment store: one copy of each fragment's bytes, shared by its nodes, so the
+//! embedded network costs about what was stored (the 4 data fragments of a segment), not 12
+//! fragments on 16 loopback nodes.
+//!
+//! Bytes live in `DEVNET/fragments/<hash>`; a node holds a fragment by a hard link to them in its
+//! own directory (`<fid dir>/<hash>`), so the link count is the reference count, kept by the file
+//! system through crashes; [`FragmentStore::collect`] removes what no node links any more. A
+//! parity fragment is held as its segment's data: `<fid dir>/<hash>.parity/` holds links to the 4
+//! data fragments and its row, and is computed when served. One pushed before its segment's data
+//! fragments are all here is kept whole until they are ([`FragmentStore::hold_as_parity`]).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::format::{DATA_FRAGMENTS, Erasure, FRAGMENT_SIZE, FRAGMENTS, Hash, PARITY_FRAGMENTS};
+
+/// The store of one devnet.
+pub struct FragmentStore {
+    dir: PathBuf,
+    /// What the disk must keep free: the data dir's database reserve (or none for a devnet of
+    /// its own); nodes refuse fragments before it.
+    keep_free: u64,
+}
+
+/// Where a fragment held as parity keeps its row.
+const ROW: &str = "row";
+
+/// The name of a fragment held as parity in a node's fid dir.
+fn parity_name(hash: &Hash) -> String {
+    format!("{}.parity", hash.to_hex())
+}
+
+/// What `hash` is in a file of `segments` (each its 12 fragment hashes): `Some((segment, row))`
+/// for a parity fragment that is not also a data fragment anywhere in it, `None` otherwise.
+pub fn parity_place(segments: &[[Hash; FRAGMENTS]], hash: &Hash) -> Option<(usize, usize)> {
+    if segments.iter().any(|s| s[..DATA_FRAGMENTS].contains(hash)) {
+        return None;
+    }
+    segments.iter().enumerate().find_map(|(i, s)| Some((i, s.iter().position(|h| h == hash)?)))
+}
+
+impl FragmentStore {
+    /// The store in `dir`, stopping `keep_free` bytes short of a full disk.
+    pub fn open(dir: &Path, keep_free: u64) -> io::Result<FragmentStore> {
+        std::fs::create_dir_all(dir)?;
+        Ok(FragmentStore { dir: dir.to_path_buf(), keep_free })
+    }
+
+    fn path(&self, hash: &Hash) -> PathBuf {
+        self.dir.join(hash.to_hex())
+    }
+
+    /// Whether the store has the bytes of `hash`.
+    pub fn has(&self, hash: &Hash) -> bool {
+        self.path(hash).exists()
+    }
+
+    /// Whether one more fragment fits and leaves the disk what it must keep free.
+    pub fn has_room(&self) -> bool {
+        crate::disk::available(&self.dir).map_or(true, |free| free >= FRAGMENT_SIZE as u64 + self.keep_free)
+    }
+
+    /// Makes `to` a link to the bytes of `hash`, written by `write` (to the path it is given)
+    /// if the store has none. `Ok(false)`: the store has none and no room for them.
+    pub fn hold(&self, hash: &Hash, to: &Path, write: impl Fn(&Path) -> io::Result<()>) -> io::Result<bool> {
+        let path = self.path(hash);
+        // The bytes may go between the look and the link (collected as no node held them): they
+        // are written again.
+        for _ in 0..3 {
+            match std::fs::hard_link(&path, to) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if !self.has_room() {
+                return Ok(false);
+            }
+            let tmp = to.with_extension("incoming");
+            write(&tmp)?;
+            // A link, not a rename: bytes another node stored meanwhile are kept, not replaced by
+            // a second copy of the same.
+            let linked = std::fs::hard_link(&tmp, &path);
+            std::fs::remove_file(&tmp)?;
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(format!("{hash} keeps being collected while stored")))
+    }
+
+    /// Holds the parity fragment `hash` (row `row` of a segment whose data fragments are `data`)
+    /// in `fid_dir` as links to its segment's data, if the store has them all. Returns whether
+    /// it does.
+    pub fn hold_as_parity(&self, fid_dir: &Path, hash: &Hash, row: usize, data: &[Hash]) -> io::Result<bool> {
+        let target = fid_dir.join(parity_name(hash));
+        if target.exists() {
+            return Ok(true);
+        }
+        let tmp = fid_dir.join(format!("{}.incoming", parity_name(hash)));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp)?;
+        for (i, d) in data.iter().enumerate() {
+            match std::fs::hard_link(self.path(d), tmp.join(i.to_string())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::fs::remove_dir_all(&tmp)?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        std::fs::write(tmp.join(ROW), row.to_string())?;
+        std::fs::rename(&tmp, &target)?;
+        Ok(true)
+    }
+
+    /// Removes the bytes no node holds any more. Returns how many fragments went.
+    pub fn collect(&self) -> io::Result<usize> {
+        use std::os::unix::fs::MetadataExt;
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.metadata().is_ok_and(|m| m.nlink() == 1) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The bytes of fragment `hash` as held in `fid_dir`, if held there (computed, for one held
+    /// as parity).
+    pub fn read(&self, fid_dir: &Path, hash: &Hash) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(fid_dir.join(hash.to_hex())) {
+            Ok(bytes) => return Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let parity = fid_dir.join(parity_name(hash));
+        let row = match std::fs::read_to_string(parity.join(ROW)) {
+            Ok(row) => row,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let row = row
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|r| r.checked_sub(DATA_FRAGMENTS))
+            .filter(|r| *r < PARITY_FRAGMENTS)
+            .ok_or_else(|| io::Error::other(format!("{}: not a parity row", parity.display())))?;
+        let mut data = vec![0u8; DATA_FRAGMENTS * FRAGMENT_SIZE];
+        for (i, chunk) in data.chunks_exact_mut(FRAGMENT_SIZE).enumerate() {
+            let bytes = std::fs::read(parity.join(i.to_string()))?;
+            if bytes.len() != FRAGMENT_SIZE {
+                return Err(io::Error::other(format!("{}: a data fragment of the wrong size", parity.display())));
+            }
+            chunk.copy_from_slice(&bytes);
+        }
+        let mut parities = vec![0u8; PARITY_FRAGMENTS * FRAGMENT_SIZE];
+        Erasure::default().encode(&data, &mut parities);
+        parities.truncate((row + 1) * FRAGMENT_SIZE);
+        Ok(Some(parities.split_off(row * FRAGMENT_SIZE)))
+    }
+}
+
+/// Whether a node holds fragment `hash` in `fid_dir` (whole, or as parity).
+pub fn holds(fid_dir: &Path, hash: &Hash) -> bool {
+    fid_dir.join(hash.to_hex()).exists() || fid_dir.join(parity_name(hash)).exists()
+}
+
+/// Moves what a node holds of `hash` from `from` to `to` (fid dirs on one file system).
+pub fn move_held(from: &Path, to: &Path, hash: &Hash) -> io::Result<()> {
+    for name in [hash.to_hex(), parity_name(hash)] {
+        let source = from.join(&name);
+        if !source.exists() {
+            continue;
+        }
+        if to.join(&name).exists() {
+            remove_held(&source)?;
+        } else {
+            std::fs::rename(&source, to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes one entry of a fid dir: a link, or a parity dir.
+fn remove_held(path: &Path) -> io::Result<()> {
+    if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }
+}

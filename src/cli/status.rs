@@ -9,7 +9,7 @@ pub struct StatusArgs {
     /// Files or directories (inside a cessfs mount) to report on [default: .].
     paths: Vec<PathBuf>,
     /// One JSON object per line and nothing else, for tools: the tree's snapshot and the packs
-    /// of a mount root (`"kind": "snapshot"`, `"packs"`), then each file (`"kind": "file"`).
+    /// of a mount root (`"kind": "snapshot"`, `"packs"`, `"abandoned"`), then each file (`"kind": "file"`).
     #[arg(long)]
     json: bool,
     /// Wait, with a progress bar, until every file is active, local or failed.
@@ -40,6 +40,16 @@ fn status_of(path: &Path) -> Option<Value> {
 /// The `user.cess.snapshot` of a mount's root, for the roots among `paths`.
 fn snapshots_of(paths: &[PathBuf]) -> Vec<(PathBuf, Value)> {
     paths.iter().filter_map(|p| Some((p.clone(), json_attr(p, c"user.cess.snapshot")?))).collect()
+}
+
+/// One line on the deals a mount gave up (`user.cess.abandoned`).
+fn describe_abandoned(v: &Value) -> String {
+    let deals = crate::words::count(v["deals"].as_u64().unwrap_or(0), "deal");
+    let mib = v["space"].as_u64().unwrap_or(0) >> 20;
+    format!(
+        "{deals} of removed files given up for want of local space lock {mib} MiB of territory \
+         (CESS cannot cancel a deal)"
+    )
 }
 
 /// One line on the packs of a mount's root, if it has any.
@@ -254,9 +264,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!("{v}");
         }
         for root in &paths {
-            if let Some(mut v) = json_attr(root, c"user.cess.packs") {
-                (v["kind"], v["path"]) = ("packs".into(), root.display().to_string().into());
-                println!("{v}");
+            for (attr, kind) in [(c"user.cess.packs", "packs"), (c"user.cess.abandoned", "abandoned")] {
+                if let Some(mut v) = json_attr(root, attr) {
+                    (v["kind"], v["path"]) = (kind.into(), root.display().to_string().into());
+                    println!("{v}");
+                }
             }
         }
         for (p, mut v) in files.clone() {
@@ -270,6 +282,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         for root in &paths {
             if let Some(line) = json_attr(root, c"user.cess.packs").as_ref().and_then(describe_packs) {
                 println!("{}: {line}", root.display());
+            }
+            if let Some(v) = json_attr(root, c"user.cess.abandoned") {
+                println!("{}: {}", root.display(), describe_abandoned(&v));
             }
         }
         if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {

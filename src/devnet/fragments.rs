@@ -7,7 +7,8 @@
 //! system through crashes; [`FragmentStore::collect`] removes what no node links any more. A
 //! parity fragment is held as its segment's data: `<fid dir>/<hash>.parity/` holds links to the 4
 //! data fragments and its row, and is computed when served. One pushed before its segment's data
-//! fragments are all here is kept whole until they are ([`FragmentStore::hold_as_parity`]).
+//! fragments are all here is kept whole until they are, or until any 4 fragments of the segment
+//! are, which give back the data ([`FragmentStore::rebuild_data`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,56 @@ impl FragmentStore {
         }
         std::fs::write(tmp.join(ROW), row.to_string())?;
         std::fs::rename(&tmp, &target)?;
+        Ok(true)
+    }
+
+    /// Makes the store hold the 4 data fragments of a segment whose 12 fragment hashes are
+    /// `segment`, rebuilt from any 4 of its fragments it has whole (with `incoming`: the bytes
+    /// of row `row`, not stored yet). Returns whether it now has them all: a segment pushed
+    /// parity first then takes 4 fragments' room, not 12.
+    pub fn rebuild_data(&self, segment: &[Hash; FRAGMENTS], incoming: Option<(usize, &[u8])>) -> io::Result<bool> {
+        let have_data: [bool; DATA_FRAGMENTS] = std::array::from_fn(|i| self.has(&segment[i]));
+        if have_data.iter().all(|h| *h) {
+            return Ok(true);
+        }
+        let mut parity: [Option<Vec<u8>>; PARITY_FRAGMENTS] = Default::default();
+        let mut count = have_data.iter().filter(|h| **h).count();
+        for (j, slot) in parity.iter_mut().enumerate() {
+            if count == DATA_FRAGMENTS {
+                break;
+            }
+            let row = DATA_FRAGMENTS + j;
+            *slot = match incoming {
+                Some((r, bytes)) if r == row => Some(bytes.to_vec()),
+                _ => std::fs::read(self.path(&segment[row])).ok(),
+            }
+            .filter(|b| b.len() == FRAGMENT_SIZE);
+            count += usize::from(slot.is_some());
+        }
+        if count < DATA_FRAGMENTS || !self.has_room() {
+            return Ok(false);
+        }
+        let mut data = vec![0u8; DATA_FRAGMENTS * FRAGMENT_SIZE];
+        for (i, chunk) in data.chunks_exact_mut(FRAGMENT_SIZE).enumerate().filter(|(i, _)| have_data[*i]) {
+            match std::fs::read(self.path(&segment[i])) {
+                Ok(bytes) if bytes.len() == FRAGMENT_SIZE => chunk.copy_from_slice(&bytes),
+                _ => return Ok(false),
+            }
+        }
+        Erasure::default().reconstruct(&mut data, have_data, &mut parity);
+        for (i, chunk) in data.chunks_exact(FRAGMENT_SIZE).enumerate().filter(|(i, _)| !have_data[*i]) {
+            if crate::format::sha256(chunk) != segment[i] {
+                return Err(io::Error::other(format!("rebuilt data fragment {i} does not hash to {}", segment[i])));
+            }
+            let tmp = self.dir.join(format!("{}.rebuilt", segment[i].to_hex()));
+            std::fs::write(&tmp, chunk)?;
+            let linked = std::fs::hard_link(&tmp, self.path(&segment[i]));
+            std::fs::remove_file(&tmp)?;
+            match linked {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
         Ok(true)
     }
 

@@ -170,10 +170,15 @@ impl State {
                 let state = self.clone();
                 let (done, buf_back) = tokio::task::spawn_blocking(move || {
                     let r = std::fs::create_dir_all(&dir).and_then(|()| {
-                        if let Some((row, data)) = parity
-                            && state.store.hold_as_parity(&dir, &hash, row, &data)?
-                        {
-                            return Ok(true);
+                        if let Some((row, segment)) = parity {
+                            let data = &segment[..DATA_FRAGMENTS];
+                            let incoming = Some((row, &buf.as_slice()[at..at + FRAGMENT_SIZE]));
+                            if state.store.hold_as_parity(&dir, &hash, row, data)?
+                                || (state.store.rebuild_data(&segment, incoming)?
+                                    && state.store.hold_as_parity(&dir, &hash, row, data)?)
+                            {
+                                return Ok(true);
+                            }
                         }
                         state.store.hold(&hash, &dir.join(hash.to_hex()), |to| write_fragment(to, &buf, at))
                     });
@@ -252,8 +257,7 @@ impl State {
         match tokio::task::spawn_blocking(move || ledger.deal(&fid)).await {
             Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => {
                 let segments: Vec<_> = d.segments.iter().map(|s| s.fragments).collect();
-                let parity =
-                    parity_place(&segments, &hash).map(|(s, row)| (row, segments[s][..DATA_FRAGMENTS].to_vec()));
+                let parity = parity_place(&segments, &hash).map(|(s, row)| (row, segments[s]));
                 Ok(Received { at, parity })
             }
             Ok(Ok(_)) => Err(reply(400, msg::FID)),
@@ -360,7 +364,7 @@ impl State {
     }
 
     /// Holds as its segment's data each parity fragment of `fid_dir` kept whole, once the store
-    /// has them. Returns whether any went over.
+    /// has them or any 4 fragments of the segment to rebuild them from. Returns whether any went over.
     fn hold_parity_as_data(&self, fid_dir: &Path, segments: &[[Hash; FRAGMENTS]]) -> std::io::Result<bool> {
         let mut released = false;
         for entry in std::fs::read_dir(fid_dir)? {
@@ -368,7 +372,11 @@ impl State {
             let Some((s, row)) = parity_place(segments, &hash).filter(|_| hash != ZERO_FRAGMENT_HASH) else {
                 continue;
             };
-            if self.store.hold_as_parity(fid_dir, &hash, row, &segments[s][..DATA_FRAGMENTS])? {
+            let data = &segments[s][..DATA_FRAGMENTS];
+            if self.store.hold_as_parity(fid_dir, &hash, row, data)?
+                || (self.store.rebuild_data(&segments[s], None)?
+                    && self.store.hold_as_parity(fid_dir, &hash, row, data)?)
+            {
                 std::fs::remove_file(fid_dir.join(hash.to_hex()))?;
                 released = true;
             }
@@ -412,8 +420,8 @@ impl State {
 struct Received {
     /// Where the fragment is in the buffer: a multiple of [`ALIGN`], for direct I/O.
     at: usize,
-    /// For a parity fragment: its row and its segment's data fragments.
-    parity: Option<(usize, Vec<Hash>)>,
+    /// For a parity fragment: its row and its segment's fragments.
+    parity: Option<(usize, [Hash; FRAGMENTS])>,
 }
 
 async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<std::ops::Range<usize>> {

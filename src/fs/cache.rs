@@ -369,8 +369,9 @@ impl Fs {
     }
 
     /// Evicts so that `incoming` more bytes keep the cache within its limit and leave the disk
-    /// its reserve (`disk_full`: a write just found no room, whatever statfs says). Returns the
-    /// bytes freed.
+    /// its reserve (`disk_full`: a write just found no room, whatever statfs says; then, if
+    /// evicting is not enough, removed files give up their deals in flight and their bytes).
+    /// Returns the bytes freed.
     pub(super) fn make_cache_room(&self, incoming: u64, disk_full: bool) -> u64 {
         let before = self.store.cached_bytes();
         let room = match disk_full {
@@ -400,7 +401,17 @@ impl Fs {
                 }
             }
         }
-        before.saturating_sub(self.store.cached_bytes())
+        let evicted = before.saturating_sub(self.store.cached_bytes());
+        if !disk_full || evicted >= incoming.max(1) {
+            return evicted;
+        }
+        match self.store.abandon_removed_deals() {
+            Ok(given_back) => evicted + given_back,
+            Err(e) => {
+                log::error!("giving up the deals of removed files: {e}");
+                evicted
+            }
+        }
     }
 
     /// Bytes of cached content of active files (what eviction can free).

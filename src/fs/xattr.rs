@@ -51,6 +51,12 @@ impl Fs {
     fn cess_attributes(&self, ino: u64) -> FsResult<Vec<(&'static str, String)>> {
         if ino == crate::store::ROOT_INO {
             let mut attrs = vec![("user.cess.packs", self.packs_json()?.to_string())];
+            let abandoned = self.store.abandoned_deals()?;
+            if !abandoned.is_empty() {
+                let space: u64 = abandoned.iter().map(|(_, d)| d.locked()).sum();
+                let json = serde_json::json!({ "deals": abandoned.len(), "space": space });
+                attrs.push(("user.cess.abandoned", json.to_string()));
+            }
             if let Some(flags) = &self.snapshots {
                 attrs.push(("user.cess.snapshot", self.snapshot_json(flags)?.to_string()));
             }
@@ -157,6 +163,7 @@ impl Fs {
             "stopped": lock(&flags.stopped).clone(),
             "sweep_waits": lock(&flags.sweep_waits).clone(),
             "deletions_wait": self.store.deletions_wait(),
+
             "read_only_view_of": self.store.view_generation()?,
         }))
     }

@@ -193,6 +193,16 @@ impl Catalog {
         })
     }
 
+    /// Whether `ino` has an upload record.
+    pub(super) fn has_upload(&self, ino: u64) -> bool {
+        self.entries.contains_key(&ino)
+    }
+
+    /// Removed files whose deal is in flight (their bytes are set aside for it).
+    pub(super) fn retired_deals(&self) -> Vec<u64> {
+        self.entries.iter().filter(|(_, e)| e.retired && e.state.deal_in_flight()).map(|(ino, _)| *ino).collect()
+    }
+
     /// Whether a file still needs `fid` on chain: as its content (not retired, not failed), or
     /// as the last good version it keeps until a newer one is active.
     pub(super) fn needed(&self, fid: &Hash) -> bool {

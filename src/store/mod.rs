@@ -11,6 +11,7 @@
 //! commit fails, because sled's state on disk is no longer known.
 //! Why content is in plain files and not in sled: docs/STORE.md.
 
+mod abandoned;
 mod catalog;
 mod outbox;
 mod packs;
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
+pub use abandoned::AbandonedDeal;
 pub use catalog::resident_bytes;
 pub use outbox::{DealGuard, Deletion, FidPin, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
 pub use packs::{PackRecord, PackSummary};

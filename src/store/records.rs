@@ -198,6 +198,14 @@ pub mod key {
     }
     /// Prefix of every sent-deletion mark.
     pub const DELETION_SENT_PREFIX: &[u8] = b"y";
+    /// `a` fid → abandoned deal: a removed file's deal given up for want of local space.
+    pub fn abandoned(fid: &crate::format::Hash) -> Vec<u8> {
+        let mut k = vec![b'a'];
+        k.extend_from_slice(&fid.0);
+        k
+    }
+    /// Prefix of every abandoned deal.
+    pub const ABANDONED_PREFIX: &[u8] = b"a";
     /// `o` ino → () : unlinked inodes still open when recorded, removed at the next start.
     pub fn orphan(ino: u64) -> [u8; 9] {
         tagged(b'o', ino)

@@ -67,6 +67,10 @@ pub(super) async fn push_columns(
             // rebuilding once every column has stopped.
             let mut result = Ok(());
             while let Some(body) = rx.recv().await {
+                // Its deal given up (abandon_removed_deals): nothing more goes.
+                if !inner.store.has_upload(ino) {
+                    break;
+                }
                 let account = miner.account.to_string();
                 result = inner.miners.put_fragment(&endpoint, &fid, body).await;
                 match result {
@@ -88,6 +92,9 @@ pub(super) async fn push_columns(
         regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
             if *regen.stop.borrow() {
                 return Err(UploadError::ShuttingDown);
+            }
+            if !regen.store.has_upload(ino) {
+                return Err(UploadError::Changed);
             }
             let mut sent = false;
             for (column, tx) in &senders {

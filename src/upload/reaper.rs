@@ -50,6 +50,7 @@ impl Inner {
                 return;
             }
             let mut next = Duration::from_secs(300);
+            self.follow_abandoned_deals().await;
             match self.db(|s| s.tombstones()).await {
                 Ok(mut stones) => {
                     let due = |t: &Tombstone| t.retry_at.map(until).is_none_or(|w| w.is_zero());
@@ -90,6 +91,28 @@ impl Inner {
                 _ = self.store.tombstone_bell().notified() => {}
                 _ = tokio::time::sleep(next.max(Duration::from_millis(200))) => {}
                 _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Looks on chain at the deals given up ([`Store::abandon_removed_deals`]): one completed
+    /// after all is a file to delete; one gone (its territory expired) is forgotten.
+    async fn follow_abandoned_deals(&self) {
+        let deals = match self.db(|s| s.abandoned_deals()).await {
+            Ok(deals) => deals,
+            Err(e) => return log::error!("the abandoned deals are unreadable: {e}"),
+        };
+        for (fid, _) in deals {
+            let delete = match (self.chain.file(&fid).await, self.chain.deal(&fid).await) {
+                (Ok(Some(file)), _) if self.held_here(&file) => true,
+                (Ok(_), Ok(None)) => false,
+                _ => continue,
+            };
+            if delete {
+                log::info!("the abandoned deal of {fid} completed after all: the file is deleted");
+            }
+            if let Err(e) = self.db(move |s| s.forget_abandoned(&fid, delete)).await {
+                log::error!("the abandoned deal of {fid}: {e}");
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -282,7 +283,7 @@ fn unmount_waits_for_a_daemon_with_a_relative_data_dir() {
         f.write_all("5a".repeat(32).as_bytes()).unwrap();
     }
     let mount = |dir: &str| {
-        run(std::process::Command::new(BIN).current_dir(area.path()).args([
+        run(Command::new(BIN).current_dir(area.path()).args([
             "mount",
             dir,
             "--data-dir",
@@ -295,10 +296,10 @@ fn unmount_waits_for_a_daemon_with_a_relative_data_dir() {
     };
     mount("mnt");
     fs::write(mountpoint.join("f.bin"), random_bytes(64 << 20, 3)).unwrap();
-    run(std::process::Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
+    run(Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
     // The daemon is gone: its data dir is free for the next mount.
     mount("mnt");
-    run(std::process::Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
+    run(Command::new(BIN).current_dir(area.path()).args(["unmount", "mnt"]));
 }
 
 /// A data dir mounted before mounts without the chain: local files read and write as usual,
@@ -325,10 +326,53 @@ fn without_the_chain_a_mounted_data_dir_still_mounts_and_catches_up_later() {
     wait_until(Duration::from_secs(30), "the upload to say the chain is unreachable", || {
         m.cess("offline.txt", "progress").is_some_and(|p| p.contains("the chain is unreachable since"))
     });
-    let status = run(std::process::Command::new(BIN).arg("status").arg(m.root()));
+    let status = run(Command::new(BIN).arg("status").arg(m.root()));
     assert!(status.contains("the chain is unreachable since"), "{status}");
 
     net.resume();
     m.wait_status("offline.txt", &["active"], Duration::from_secs(120));
     assert_eq!(fs::read(m.path("evicted.txt")).unwrap(), b"only on CESS");
+}
+
+/// The embedded default on a full disk: removed files whose deals cannot go on (the devnet's
+/// nodes, on the same disk, refuse fragments before the database's reserve) give their bytes
+/// back by giving up their deals, so a new file is written and stored without a remount, and
+/// `cessfs status` shows the territory those deals lock.
+#[test]
+fn removed_files_give_their_space_back_on_a_full_disk_and_a_new_file_is_stored() {
+    let mut disk = None;
+    let m = Mount::prepared(&["--quiet-delay", "0", "--snapshots", "false"], |data| {
+        disk = Some(TestFs::tmpfs(data, "300m"));
+    });
+    let net = m.devnet();
+    // Deals open and cannot finish: every node refuses, then the disk is full.
+    let nodes: Vec<usize> = net.nodes().iter().map(|n| n.index).collect();
+    for &i in &nodes {
+        net.fault(i, "refuse");
+    }
+    for (i, name) in ["a.bin", "b.bin"].into_iter().enumerate() {
+        fs::write(m.path(name), random_bytes(50 << 20, 40 + i as u64)).unwrap();
+        m.wait_status(name, &["pushing"], Duration::from_secs(60));
+    }
+    let ballast = fill(m.data_dir(), "ballast");
+    fs::remove_file(m.path("a.bin")).unwrap();
+    fs::remove_file(m.path("b.bin")).unwrap();
+    for &i in &nodes {
+        net.fault(i, "none");
+    }
+
+    // The new file's bytes need the space the removed files' deals held.
+    let after = random_bytes(20 << 20, 42);
+    fs::write(m.path("after.bin"), &after).unwrap();
+    m.wait_status("after.bin", &["active"], Duration::from_secs(120));
+    let log = m.log();
+    assert!(log.contains("gave up the deal of a removed file"), "the log says so:\n{log}");
+    let status = run(Command::new(BIN).arg("status").arg(m.root()));
+    assert!(status.contains("2 deals of removed files given up"), "{status}");
+    // Read back from CESS, not the cache.
+    run(Command::new(BIN).arg("evict").arg(m.path("after.bin")));
+    assert!(fs::read(m.path("after.bin")).unwrap() == after);
+    fs::remove_file(&ballast).unwrap();
+    drop(m);
+    drop(disk);
 }

@@ -311,3 +311,81 @@ fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     net.run(net.chain.expand_territory(b"cessfs", 1)).unwrap();
     m.wait_status("later.txt", &["active"], MIN);
 }
+
+/// The embedded devnet costs about what is stored, through a newcomer's session (a folder of
+/// photos and notes copied in, edited, one removed, all evicted and read back): the fragments
+/// it keeps take at most 1.1× the territory's charged space / 3 (one copy of each segment's
+/// data), and a removed file's fragments leave its disk.
+#[test]
+fn the_embedded_devnet_costs_what_is_stored() {
+    // Without tree snapshots, whose kept generations keep a removed file on CESS a while.
+    let m = Mount::uploading("0", &["--snapshots", "false"]);
+    let net = m.devnet();
+    let devnet = m.data_dir().join("devnet");
+    // What it keeps of the content (its ledger is the chain's state).
+    let kept = || disk_use(&[devnet.join("fragments"), devnet.join("nodes")]);
+    let within_bound = |when: &str| {
+        let deadline = std::time::Instant::now() + MIN;
+        loop {
+            let (k, charged) = (kept(), net.territory_charged() as u64);
+            if k as f64 <= 1.1 * charged as f64 / 3.0 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{when}: the devnet keeps {k} bytes for {charged} charged");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let stored = || run(Command::new(BIN).args(["status", "--wait", "--timeout", "120"]).arg(m.root()));
+
+    let folder = tempfile::tempdir().unwrap();
+    let (photos, notes) = (folder.path().join("Photos"), folder.path().join("Notes"));
+    fs::create_dir_all(&photos).unwrap();
+    fs::create_dir_all(&notes).unwrap();
+    for i in 0..3 {
+        // Past --pack-below (8 MiB): each photo has a FID of its own.
+        fs::write(photos.join(format!("IMG_{i}.jpg")), random_bytes(9 << 20, 70 + i)).unwrap();
+    }
+    for i in 0..5 {
+        fs::write(notes.join(format!("note {i}.txt")), format!("note {i}\n").repeat(50)).unwrap();
+    }
+    run(Command::new("cp").arg("-r").arg(&photos).arg(&notes).arg(m.root()));
+    stored();
+    within_bound("after the copy");
+
+    // Edits: a note grows, a photo is retouched in place.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("Notes/note 1.txt"))
+        .unwrap()
+        .write_all(b"one more line\n")
+        .unwrap();
+    let mut retouched = fs::read(photos.join("IMG_0.jpg")).unwrap();
+    retouched[1 << 20..(1 << 20) + 4096].fill(7);
+    fs::write(m.path("Photos/IMG_0.jpg"), &retouched).unwrap();
+    stored();
+    within_bound("after the edits");
+
+    // A photo removed: its fragments leave the devnet's disk with its FID.
+    let fid = m.cess("Photos/IMG_2.jpg", "fid").unwrap();
+    // (The all-zero fragment, padding, is every file's.)
+    let data: Vec<_> = net.file(&fid).unwrap().segments.iter().flat_map(|s| s.fragments[..4].to_vec()).collect();
+    let data: Vec<_> = data.into_iter().filter(|f| f.hash != cessfs::format::ZERO_FRAGMENT_HASH).collect();
+    assert!(!data.is_empty());
+    fs::remove_file(m.path("Photos/IMG_2.jpg")).unwrap();
+    wait_until(MIN, "the removed photo to leave the chain", || net.file(&fid).is_none());
+    wait_until(MIN, "its fragments to leave the devnet's disk", || {
+        data.iter().all(|f| !devnet.join("fragments").join(f.hash.to_hex()).exists())
+    });
+    within_bound("after the removal");
+
+    // Evicted and read back from the nodes.
+    run(Command::new(BIN).arg("evict").arg(m.root()));
+    assert!(fs::read(m.path("Photos/IMG_0.jpg")).unwrap() == retouched);
+    assert!(fs::read(m.path("Photos/IMG_1.jpg")).unwrap() == fs::read(photos.join("IMG_1.jpg")).unwrap());
+    for i in 0..5 {
+        let want = fs::read(notes.join(format!("note {i}.txt"))).unwrap();
+        let got = fs::read(m.path(&format!("Notes/note {i}.txt"))).unwrap();
+        assert!(got.starts_with(&want), "note {i} reads back");
+    }
+    within_bound("after reading back");
+}

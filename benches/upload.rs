@@ -94,6 +94,12 @@ fn main() {
     }
     let (upload, upload_cpu) = (median(upload_rates), median(upload_cpu));
     let peak = peak_mib(m.child.id());
+    // What the devnet keeps on disk for them: its fragments (each byte once, however many nodes
+    // hold it), against the territory charged for them / 3 (one copy of each segment's data).
+    let devnet = work.path().join("data/devnet");
+    let kept = cessfs::disk::usage(&[devnet.join("fragments"), devnet.join("nodes")]);
+    let segments = RUNS * SIZE.div_ceil(SEGMENT_SIZE);
+    let charged_third = (segments * SEGMENT_SIZE) as f64;
     println!(
         "\nencode (format module, encrypted, {cores} cores): {:.0} MB/s, {encode_cpu:.1} CPU s per GiB",
         encode / 1e6
@@ -112,4 +118,10 @@ fn main() {
         100.0 * (GIB / (upload_cpu / cores)) / encode
     );
     println!("peak resident memory of cessfs (client and devnet) over the {RUNS} uploads: {peak:.0} MiB");
+    println!(
+        "the devnet's disk after the {RUNS} uploads: {:.0} MiB of fragments, territory charged / 3: {:.0} MiB ({:.2}x)",
+        kept as f64 / (1 << 20) as f64,
+        charged_third / (1 << 20) as f64,
+        kept as f64 / charged_third
+    );
 }

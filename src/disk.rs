@@ -1,7 +1,7 @@
 //! Space on the local disk, as statvfs(3) reports it.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// statvfs(3) of the file system holding `path`.
 pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
@@ -19,4 +19,24 @@ pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
 /// Bytes an unprivileged writer can still put on the file system holding `path`.
 pub fn available(path: &Path) -> io::Result<u64> {
     statvfs(path).map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Bytes the files under `dirs` take on disk, each inode once (hard links share theirs): what
+/// the embedded devnet keeps, whose nodes hold fragments by links to one copy.
+pub fn usage(dirs: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let (mut total, mut stack) = (0, dirs.to_vec());
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if seen.insert((meta.dev(), meta.ino())) {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
 }

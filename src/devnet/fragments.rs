@@ -12,6 +12,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::format::{DATA_FRAGMENTS, Erasure, FRAGMENT_SIZE, FRAGMENTS, Hash, PARITY_FRAGMENTS};
 
@@ -21,6 +23,22 @@ pub struct FragmentStore {
     /// What the disk must keep free: the data dir's database reserve (or none for a devnet of
     /// its own); nodes refuse fragments before it.
     keep_free: u64,
+    /// Bytes being written now, counted against the room left until they are on disk.
+    writing: Mutex<u64>,
+    /// Makes temporary names unique (nodes write the same fragment at once).
+    temp: AtomicU64,
+}
+
+/// Room taken for bytes being written ([`FragmentStore::take_room`]), given back when dropped.
+struct Room<'a> {
+    writing: &'a Mutex<u64>,
+    bytes: u64,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        *crate::sync::lock(self.writing) -= self.bytes;
+    }
 }
 
 /// Where a fragment held as parity keeps its row.
@@ -44,7 +62,7 @@ impl FragmentStore {
     /// The store in `dir`, stopping `keep_free` bytes short of a full disk.
     pub fn open(dir: &Path, keep_free: u64) -> io::Result<FragmentStore> {
         std::fs::create_dir_all(dir)?;
-        Ok(FragmentStore { dir: dir.to_path_buf(), keep_free })
+        Ok(FragmentStore { dir: dir.to_path_buf(), keep_free, writing: Mutex::new(0), temp: AtomicU64::new(0) })
     }
 
     fn path(&self, hash: &Hash) -> PathBuf {
@@ -56,9 +74,24 @@ impl FragmentStore {
         self.path(hash).exists()
     }
 
-    /// Whether one more fragment fits and leaves the disk what it must keep free.
-    pub fn has_room(&self) -> bool {
-        crate::disk::available(&self.dir).map_or(true, |free| free >= FRAGMENT_SIZE as u64 + self.keep_free)
+    /// Takes room for `fragments` more fragments, if they fit beside those being written and
+    /// leave the disk what it must keep free.
+    fn take_room(&self, fragments: usize) -> Option<Room<'_>> {
+        let bytes = (fragments * FRAGMENT_SIZE) as u64;
+        let mut writing = crate::sync::lock(&self.writing);
+        let free = crate::disk::available(&self.dir).unwrap_or(u64::MAX);
+        if free < bytes.saturating_add(*writing).saturating_add(self.keep_free) {
+            return None;
+        }
+        *writing += bytes;
+        Some(Room { writing: &self.writing, bytes })
+    }
+
+    /// A temporary name beside `path`, unique among concurrent writers.
+    fn temp_beside(&self, path: &Path, what: &str) -> PathBuf {
+        let n = self.temp.fetch_add(1, Ordering::Relaxed);
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        path.with_file_name(format!("{name}-{n}.{what}"))
     }
 
     /// Makes `to` a link to the bytes of `hash`, written by `write` (to the path it is given)
@@ -74,11 +107,12 @@ impl FragmentStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            if !self.has_room() {
-                return Ok(false);
+            let Some(_room) = self.take_room(1) else { return Ok(false) };
+            let tmp = self.temp_beside(to, "incoming");
+            if let Err(e) = write(&tmp) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
             }
-            let tmp = to.with_extension("incoming");
-            write(&tmp)?;
             // A link, not a rename: bytes another node stored meanwhile are kept, not replaced by
             // a second copy of the same.
             let linked = std::fs::hard_link(&tmp, &path);
@@ -100,8 +134,7 @@ impl FragmentStore {
         if target.exists() {
             return Ok(true);
         }
-        let tmp = fid_dir.join(format!("{}.incoming", parity_name(hash)));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp = self.temp_beside(&target, "incoming");
         std::fs::create_dir(&tmp)?;
         for (i, d) in data.iter().enumerate() {
             match std::fs::hard_link(self.path(d), tmp.join(i.to_string())) {
@@ -113,9 +146,15 @@ impl FragmentStore {
                 Err(e) => return Err(e),
             }
         }
-        std::fs::write(tmp.join(ROW), row.to_string())?;
-        std::fs::rename(&tmp, &target)?;
-        Ok(true)
+        let placed = std::fs::write(tmp.join(ROW), row.to_string()).and_then(|()| std::fs::rename(&tmp, &target));
+        if placed.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            // Another node's request for the same fragment got there first.
+            if target.exists() {
+                return Ok(true);
+            }
+        }
+        placed.map(|()| true)
     }
 
     /// Makes the store hold the 4 data fragments of a segment whose 12 fragment hashes are
@@ -127,6 +166,8 @@ impl FragmentStore {
         if have_data.iter().all(|h| *h) {
             return Ok(true);
         }
+        let missing = have_data.iter().filter(|h| !**h).count();
+        let Some(_room) = self.take_room(missing) else { return Ok(false) };
         let mut parity: [Option<Vec<u8>>; PARITY_FRAGMENTS] = Default::default();
         let mut count = have_data.iter().filter(|h| **h).count();
         for (j, slot) in parity.iter_mut().enumerate() {
@@ -141,7 +182,7 @@ impl FragmentStore {
             .filter(|b| b.len() == FRAGMENT_SIZE);
             count += usize::from(slot.is_some());
         }
-        if count < DATA_FRAGMENTS || !self.has_room() {
+        if count < DATA_FRAGMENTS {
             return Ok(false);
         }
         let mut data = vec![0u8; DATA_FRAGMENTS * FRAGMENT_SIZE];
@@ -156,8 +197,11 @@ impl FragmentStore {
             if crate::format::sha256(chunk) != segment[i] {
                 return Err(io::Error::other(format!("rebuilt data fragment {i} does not hash to {}", segment[i])));
             }
-            let tmp = self.dir.join(format!("{}.rebuilt", segment[i].to_hex()));
-            std::fs::write(&tmp, chunk)?;
+            let tmp = self.temp_beside(&self.path(&segment[i]), "rebuilt");
+            if let Err(e) = std::fs::write(&tmp, chunk) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             let linked = std::fs::hard_link(&tmp, self.path(&segment[i]));
             std::fs::remove_file(&tmp)?;
             match linked {
@@ -174,7 +218,10 @@ impl FragmentStore {
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.metadata().is_ok_and(|m| m.nlink() == 1) && std::fs::remove_file(entry.path()).is_ok() {
+            // Fragments only: a rebuilt one being written has a name of its own until it is in.
+            let fragment = entry.file_name().to_str().is_some_and(|n| n.parse::<Hash>().is_ok());
+            if fragment && entry.metadata().is_ok_and(|m| m.nlink() == 1) && std::fs::remove_file(entry.path()).is_ok()
+            {
                 removed += 1;
             }
         }

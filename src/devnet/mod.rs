@@ -236,26 +236,6 @@ mod tests {
         devnet.stop().await;
     }
 
-    /// Bytes held by the files under `dir`, each inode once.
-    fn disk_use(dir: &Path) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        let mut seen = std::collections::HashSet::new();
-        let mut total = 0;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let e = e.unwrap();
-                let m = std::fs::symlink_metadata(e.path()).unwrap();
-                if m.is_dir() {
-                    stack.push(e.path());
-                } else if seen.insert(m.ino()) {
-                    total += m.blocks() * 512;
-                }
-            }
-        }
-        total
-    }
-
     async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !done() {
@@ -294,17 +274,19 @@ mod tests {
         wait_for("the file to be active", || ledger.file(&fid).unwrap().is_some()).await;
         let store = dir.path().join("fragments");
         let segment = 4 * FRAGMENT_SIZE as u64;
-        wait_for("parity to be held as data", || disk_use(&store) <= segment).await;
+        wait_for("parity to be held as data", || crate::disk::usage(std::slice::from_ref(&store)) <= segment).await;
         let file = ledger.file(&fid).unwrap().unwrap();
         for (i, f) in file.segments[0].fragments.iter().enumerate() {
             let node = devnet.nodes().iter().find(|n| n.account() == f.miner).unwrap();
             let back = client.get_fragment(&node.endpoint(), &fid, &f.hash, None).await.unwrap();
             assert!(back == fragments[i], "fragment {i} served as pushed");
         }
-        assert!(disk_use(dir.path()) < segment * 11 / 10 + (16 << 20), "one copy, and the ledger");
+        let kept = crate::disk::usage(&[store.clone(), dir.path().join("nodes")]);
+        // (and a block for each parity fragment's row number)
+        assert!(kept <= segment + 8 * 4096, "one copy of the data: {kept} bytes");
 
         ledger.delete_file(&alice.account(), &alice.account(), &fid).unwrap();
-        wait_for("the fragments to go", || disk_use(&store) == 0).await;
+        wait_for("the fragments to go", || crate::disk::usage(std::slice::from_ref(&store)) == 0).await;
         for node in devnet.nodes() {
             assert!(!node.dir().join("file").join(fid.to_hex()).exists(), "node {} let go", node.endpoint());
         }

@@ -173,9 +173,13 @@ impl State {
                         if let Some((row, segment)) = parity {
                             let data = &segment[..DATA_FRAGMENTS];
                             let incoming = Some((row, &buf.as_slice()[at..at + FRAGMENT_SIZE]));
+                            // A rebuild that fails keeps the fragment whole.
+                            let rebuilt = state.store.rebuild_data(&segment, incoming).unwrap_or_else(|e| {
+                                log::warn!("node {}: rebuilding a segment's data: {e}", state.index);
+                                false
+                            });
                             if state.store.hold_as_parity(&dir, &hash, row, data)?
-                                || (state.store.rebuild_data(&segment, incoming)?
-                                    && state.store.hold_as_parity(&dir, &hash, row, data)?)
+                                || (rebuilt && state.store.hold_as_parity(&dir, &hash, row, data)?)
                             {
                                 return Ok(true);
                             }

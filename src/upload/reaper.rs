@@ -102,10 +102,17 @@ impl Inner {
             Ok(deals) => deals,
             Err(e) => return log::error!("the abandoned deals are unreadable: {e}"),
         };
-        for (fid, _) in deals {
-            let delete = match (self.chain.file(&fid).await, self.chain.deal(&fid).await) {
-                (Ok(Some(file)), _) if self.held_here(&file) => true,
-                (Ok(_), Ok(None)) => false,
+        let me = self.chain.account();
+        for (fid, deal) in deals {
+            // The deal first: one that completes between the two reads is then seen as a file.
+            let open = self.chain.deal(&fid).await;
+            let delete = match (open, self.chain.file(&fid).await) {
+                (_, Ok(Some(file)))
+                    if file.owners.iter().any(|o| o.user == me && o.territory_name == deal.territory) =>
+                {
+                    true
+                }
+                (Ok(None), Ok(None)) => false,
                 _ => continue,
             };
             if delete {

@@ -736,22 +736,3 @@ impl DiesWithTheTest for Command {
         }
     }
 }
-
-/// Bytes the files under `dirs` take on disk, each inode once (hard links share theirs).
-pub fn disk_use(dirs: &[PathBuf]) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let (mut total, mut stack) = (0, dirs.to_vec());
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if seen.insert(m.ino()) {
-                total += m.blocks() * 512;
-            }
-        }
-    }
-    total
-}

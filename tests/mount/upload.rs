@@ -323,7 +323,7 @@ fn the_embedded_devnet_costs_what_is_stored() {
     let net = m.devnet();
     let devnet = m.data_dir().join("devnet");
     // What it keeps of the content (its ledger is the chain's state).
-    let kept = || disk_use(&[devnet.join("fragments"), devnet.join("nodes")]);
+    let kept = || cessfs::disk::usage(&[devnet.join("fragments"), devnet.join("nodes")]);
     let within_bound = |when: &str| {
         let deadline = std::time::Instant::now() + MIN;
         loop {

@@ -357,13 +357,14 @@ fn removed_files_give_their_space_back_on_a_full_disk_and_a_new_file_is_stored()
     let ballast = fill(m.data_dir(), "ballast");
     fs::remove_file(m.path("a.bin")).unwrap();
     fs::remove_file(m.path("b.bin")).unwrap();
+
+    // The new file's bytes need the space the removed files' deals held. The nodes take
+    // fragments again once those deals are given up.
+    let after = random_bytes(20 << 20, 42);
+    fs::write(m.path("after.bin"), &after).unwrap();
     for &i in &nodes {
         net.fault(i, "none");
     }
-
-    // The new file's bytes need the space the removed files' deals held.
-    let after = random_bytes(20 << 20, 42);
-    fs::write(m.path("after.bin"), &after).unwrap();
     m.wait_status("after.bin", &["active"], Duration::from_secs(120));
     let log = m.log();
     assert!(log.contains("gave up the deal of a removed file"), "the log says so:\n{log}");

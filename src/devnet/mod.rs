@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use ledger::{Event, Ledger};
-pub use node::{Fault, Node};
+pub use node::{Fault, Node, NodeCounters};
 pub use rpc::DevnetChain;
 
 use crate::protocol::{AccountId, Signer};
@@ -94,6 +94,9 @@ pub struct NodeView {
     pub fault: Fault,
     /// Where it keeps fragments.
     pub dir: PathBuf,
+    /// What it has seen (bytes in and out, PUTs, GETs, refusals).
+    #[serde(default)]
+    pub counters: NodeCounters,
 }
 
 /// A running devnet.

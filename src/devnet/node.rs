@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,48 @@ impl std::str::FromStr for Fault {
     }
 }
 
+/// What a node has seen, for tests and benchmarks to assert on what moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounters {
+    /// Bytes of request bodies received.
+    pub bytes_in: u64,
+    /// Bytes of fragments served.
+    pub bytes_out: u64,
+    /// Fragment uploads (signed PUTs).
+    pub puts: u64,
+    /// Fragment downloads (signed GETs).
+    pub gets: u64,
+    /// Requests answered with an error code.
+    pub refusals: u64,
+}
+
+/// [`NodeCounters`] as they are counted.
+#[derive(Default)]
+struct Counting {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    puts: AtomicU64,
+    gets: AtomicU64,
+    refusals: AtomicU64,
+}
+
+impl Counting {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> NodeCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeCounters {
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            puts: get(&self.puts),
+            gets: get(&self.gets),
+            refusals: get(&self.refusals),
+        }
+    }
+}
+
 struct State {
     index: usize,
     signer: Signer,
@@ -59,6 +102,7 @@ struct State {
     buffers: Arc<Pool>,
     fault: Mutex<Fault>,
     reports: mpsc::UnboundedSender<Hash>,
+    counting: Counting,
 }
 
 /// A storage node of the devnet.
@@ -66,10 +110,6 @@ pub struct Node {
     state: Arc<State>,
     addr: SocketAddr,
     server: tokio::sync::Mutex<Option<Server>>,
-}
-
-fn reply(code: i32, message: &str) -> Reply {
-    json(StatusCode::OK, &proto::Reply::new(code, message))
 }
 
 fn safe_name(s: &str) -> bool {
@@ -122,6 +162,14 @@ fn multipart_file_sized<'a>(body: &'a [u8], content_type: &str, field: &str, exp
 }
 
 impl State {
+    /// A JSON answer (HTTP 200, the code in the body, as cess-miner answers), counted.
+    fn reply(&self, code: i32, message: &str) -> Reply {
+        if code != 200 {
+            Counting::add(&self.counting.refusals, 1);
+        }
+        json(StatusCode::OK, &proto::Reply::new(code, message))
+    }
+
     fn fault(&self) -> Fault {
         *crate::sync::lock(&self.fault)
     }
@@ -143,23 +191,30 @@ impl State {
         let (account, message, signature) =
             (header(&req, proto::ACCOUNT), header(&req, proto::MESSAGE), header(&req, proto::SIGNATURE));
         if !proto::check_signature(account, message.as_bytes(), signature) {
+            Counting::add(&self.counting.refusals, 1);
             return json(StatusCode::FORBIDDEN, &proto::Reply::new(403, msg::SIGNATURE));
         }
         if self.fault() == Fault::Refuse {
-            return reply(500, msg::SYSTEM);
+            return self.reply(500, msg::SYSTEM);
         }
-        if req.method() == Method::PUT { self.put(req).await } else { self.get(req).await }
+        if req.method() == Method::PUT {
+            Counting::add(&self.counting.puts, 1);
+            self.put(req).await
+        } else {
+            Counting::add(&self.counting.gets, 1);
+            self.get(req).await
+        }
     }
 
     async fn put(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let (fid, fragment) = (header(&req, proto::FID).to_string(), header(&req, proto::FRAGMENT).to_string());
         if !safe_name(&fid) || !safe_name(&fragment) {
-            return reply(400, msg::BAD_NAME);
+            return self.reply(400, msg::BAD_NAME);
         }
-        let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
+        let Ok(hash) = fragment.parse::<Hash>() else { return self.reply(400, msg::BAD_NAME) };
         let dir = self.report_dir(&fid);
         if fragments::holds(&dir, &hash) {
-            return reply(200, msg::OK);
+            return self.reply(200, msg::OK);
         }
         let fid_hash = fid.parse::<Hash>().ok();
         let content_type = header(&req, "content-type").to_string();
@@ -196,7 +251,7 @@ impl State {
                         if let Some(f) = fid_hash {
                             let _ = self.reports.send(f);
                         }
-                        reply(200, msg::OK)
+                        self.reply(200, msg::OK)
                     }
                     // As a full miner would: the disk keeps what the data dir's database needs.
                     Ok(false) => {
@@ -206,11 +261,11 @@ impl State {
                             "node {}: refusing fragments: the disk holding the devnet is nearly full",
                             self.index
                         );
-                        reply(500, msg::NO_SPACE)
+                        self.reply(500, msg::NO_SPACE)
                     }
                     Err(e) => {
                         log::warn!("node {}: storing {fragment}: {e}", self.index);
-                        reply(500, msg::SYSTEM)
+                        self.reply(500, msg::SYSTEM)
                     }
                 }
             }
@@ -235,12 +290,13 @@ impl State {
             buf.as_mut_slice()[..FRAGMENT_SIZE].fill(0);
             return Ok(Received { at: 0, parity: None });
         }
-        let range = read_body(req, buf).await.ok_or_else(|| reply(400, msg::SIZE))?;
+        let range = read_body(req, buf).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
+        Counting::add(&self.counting.bytes_in, range.len() as u64);
         let body = &buf.as_slice()[range];
         let part = multipart_file_sized(body, content_type, proto::FILE_PART, FRAGMENT_SIZE)
-            .ok_or_else(|| reply(400, msg::NO_FILE))?;
+            .ok_or_else(|| self.reply(400, msg::NO_FILE))?;
         if part.len() != FRAGMENT_SIZE {
-            return Err(reply(400, msg::SIZE));
+            return Err(self.reply(400, msg::SIZE));
         }
         let mut at = part.as_ptr() as usize - buf.as_slice().as_ptr() as usize;
         if !at.is_multiple_of(ALIGN) {
@@ -254,9 +310,9 @@ impl State {
                 .expect("hashing does not panic");
         self.buffers.give(std::mem::replace(buf, taken));
         if actual != hash {
-            return Err(reply(400, msg::HASH));
+            return Err(self.reply(400, msg::HASH));
         }
-        let Some(fid) = fid else { return Err(reply(400, msg::FID)) };
+        let Some(fid) = fid else { return Err(self.reply(400, msg::FID)) };
         let ledger = self.ledger.clone();
         match tokio::task::spawn_blocking(move || ledger.deal(&fid)).await {
             Ok(Ok(Some(d))) if d.segments.iter().any(|s| s.fragments.contains(&hash)) => {
@@ -264,20 +320,20 @@ impl State {
                 let parity = parity_place(&segments, &hash).map(|(s, row)| (row, segments[s]));
                 Ok(Received { at, parity })
             }
-            Ok(Ok(_)) => Err(reply(400, msg::FID)),
-            _ => Err(reply(403, "failed to connect to rpc, please try again later.")),
+            Ok(Ok(_)) => Err(self.reply(400, msg::FID)),
+            _ => Err(self.reply(403, "failed to connect to rpc, please try again later.")),
         }
     }
 
     async fn get(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let (fid, fragment) = (header(&req, proto::FID), header(&req, proto::FRAGMENT));
         if fid.is_empty() || fragment.is_empty() {
-            return reply(400, msg::EMPTY);
+            return self.reply(400, msg::EMPTY);
         }
         if fid.len() != 64 || fragment.len() != 64 || !safe_name(fid) || !safe_name(fragment) {
-            return reply(400, msg::BAD_NAME);
+            return self.reply(400, msg::BAD_NAME);
         }
-        let Ok(hash) = fragment.parse::<Hash>() else { return reply(400, msg::BAD_NAME) };
+        let Ok(hash) = fragment.parse::<Hash>() else { return self.reply(400, msg::BAD_NAME) };
         let (state, fid) = (self.clone(), fid.to_string());
         let read = move || {
             // A fragment moves from report/ to file/ when its file becomes active.
@@ -289,15 +345,16 @@ impl State {
             None
         };
         let data = tokio::task::spawn_blocking(read).await.ok().flatten();
-        let Some(mut data) = data else { return reply(404, msg::NOT_FOUND) };
+        let Some(mut data) = data else { return self.reply(404, msg::NOT_FOUND) };
         let mut status = StatusCode::OK;
         if let Some(range) = req.headers().get(hyper::header::RANGE) {
             let Some(r) = range.to_str().ok().and_then(|v| proto::parse_range(v, data.len())) else {
-                return reply(416, msg::RANGE);
+                return self.reply(416, msg::RANGE);
             };
             data = data[r].to_vec();
             status = StatusCode::PARTIAL_CONTENT;
         }
+        Counting::add(&self.counting.bytes_out, data.len() as u64);
         if self.fault() == Fault::Corrupt && !data.is_empty() {
             let mid = data.len() / 2;
             data[mid] ^= 0x01;
@@ -463,7 +520,8 @@ impl Node {
         let (reports, mut pending) = mpsc::unbounded_channel::<Hash>();
         let mut deletions = ledger.deletions();
         let fault = Mutex::new(Fault::None);
-        let state = Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports });
+        let counting = Counting::default();
+        let state = Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports, counting });
         let reporter = Arc::downgrade(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -541,6 +599,11 @@ impl Node {
     /// The node's endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// What it has seen so far.
+    pub fn counters(&self) -> NodeCounters {
+        self.state.counting.read()
     }
 
     /// Its current fault.

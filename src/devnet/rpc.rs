@@ -1,7 +1,8 @@
 //! The devnet's RPC: `POST /rpc/<call>` with JSON parameters, answered `{"ok": …}` or
 //! `{"err": ChainError}`; extrinsics carry `Account` and `Signature` headers (sr25519 over the
-//! body) and are refused without them. `GET /nodes` and `POST /nodes/<i>/fault` switch node
-//! faults for tests; `POST /control/deletions` holds `delete_file` calls back until released (a
+//! body) and are refused without them. `GET /nodes` lists the nodes with their counters (bytes
+//! in and out, PUTs, GETs, refusals: what moved, for tests and benchmarks) and `POST
+//! /nodes/<i>/fault` switches node faults for tests; `POST /control/deletions` holds `delete_file` calls back until released (a
 //! deletion waiting for its block, as on a real chain), `POST /control/declarations` holds
 //! `upload_declaration` calls in its pool (included once released, whether or not their sender
 //! still waits; `POST /rpc/tx_pending` says whether one is still there). Both need the control token. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
@@ -282,6 +283,7 @@ fn views(nodes: &[Node]) -> Vec<NodeView> {
             endpoint: n.endpoint(),
             fault: n.fault(),
             dir: n.dir().to_path_buf(),
+            counters: n.counters(),
         })
         .collect()
 }

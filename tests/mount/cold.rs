@@ -264,3 +264,36 @@ fn handles_of_a_file_share_one_mode_while_it_is_open() {
         daemon_read() == before
     });
 }
+
+/// What moved, as the nodes count it: an upload sends each column once (12 PUTs a segment, each
+/// one fragment), and a cold read fetches no more than 1.1× the data fragments it needs.
+#[test]
+fn an_upload_sends_each_column_once_and_a_cold_read_fetches_what_it_needs() {
+    let net_total = |m: &Mount| {
+        m.devnet().nodes().iter().fold(cessfs::devnet::NodeCounters::default(), |mut t, n| {
+            t.bytes_in += n.counters.bytes_in;
+            t.bytes_out += n.counters.bytes_out;
+            t.puts += n.counters.puts;
+            t.gets += n.counters.gets;
+            t.refusals += n.counters.refusals;
+            t
+        })
+    };
+    let m = Mount::uploading("0", &["--snapshots", "false"]);
+    let before = net_total(&m);
+    let data = random_bytes(40 << 20, 91);
+    fs::write(m.path("two.bin"), &data).unwrap();
+    m.wait_status("two.bin", &["active"], 2 * MIN);
+    let pushed = net_total(&m);
+    let fragment = 8u64 << 20;
+    assert_eq!(pushed.puts - before.puts, 24, "12 columns of 2 segments, each sent once: {pushed:?}");
+    assert!(pushed.bytes_in - before.bytes_in <= 24 * (fragment + 4096), "{pushed:?}");
+    assert_eq!(pushed.refusals, before.refusals, "nothing refused: {pushed:?}");
+
+    evict(&m);
+    assert!(fs::read(m.path("two.bin")).unwrap() == data);
+    let read = net_total(&m);
+    let needed = 2 * DATA_FRAGMENTS as u64 * fragment;
+    let fetched = read.bytes_out - pushed.bytes_out;
+    assert!(fetched <= needed * 11 / 10, "fetched {fetched} bytes for {needed} of data fragments: {read:?}");
+}

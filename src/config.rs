@@ -113,6 +113,10 @@ pub struct Settings {
     /// Size in GiB of the territory the embedded devnet creates [default: 1024].
     #[arg(long, value_name = "GIB")]
     pub devnet_territory_gib: Option<u32>,
+    /// Shape the embedded devnet's link as a home link is: `up=20M,down=100M,rtt=60ms` (rates in
+    /// bits per second, shared by all its nodes) [default: not shaped].
+    #[arg(long, value_name = "LINK")]
+    pub devnet_link: Option<String>,
     /// A system mount's name (see [`Settings::for_system_mount`]).
     #[arg(skip)]
     #[serde(skip)]
@@ -185,6 +189,7 @@ impl Settings {
             sweep_after,
             fresh,
             devnet_territory_gib,
+            devnet_link,
             system
         ))
     }

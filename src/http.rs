@@ -8,15 +8,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// A response with a full body.
-pub type Reply = Response<Full<Bytes>>;
+/// A response body: whole, or streamed (a shaped link's).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A response.
+pub type Reply = Response<Body>;
+
+/// A whole body of `bytes`.
+pub fn whole(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// A JSON response.
 pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Reply {
@@ -24,7 +33,7 @@ pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Reply {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(body)))
+        .body(whole(body))
         .expect("a valid response")
 }
 

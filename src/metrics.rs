@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
 use crate::http::Server;
@@ -245,7 +243,7 @@ pub async fn serve(addr: SocketAddr, gauges: Arc<dyn Gauges>) -> anyhow::Result<
             Response::builder()
                 .status(status)
                 .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-                .body(Full::new(Bytes::from(body)))
+                .body(crate::http::whole(body))
                 .expect("a valid response")
         }
     })

@@ -67,6 +67,9 @@ impl Network {
                 if let Some(gib) = settings.devnet_territory_gib {
                     config.territory_gib = gib;
                 }
+                if let Some(link) = &settings.devnet_link {
+                    config.link = link.parse().map_err(|e| anyhow::anyhow!("devnet_link: {e}"))?;
+                }
                 let devnet = Devnet::start(&dir, &config).await.context("starting the embedded devnet")?;
                 let chain = Arc::new(DevnetChain::new(&devnet.rpc_url(), signer.clone()));
                 let info = serde_json::json!({ "rpc": devnet.rpc_url(), "nodes": devnet.nodes().iter().map(|n| n.endpoint()).collect::<Vec<_>>() });

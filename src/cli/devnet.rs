@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::devnet::{Devnet, DevnetConfig};
+use crate::devnet::{Devnet, DevnetConfig, LinkSpec, NodeLink, node_link};
 use crate::protocol::Signer;
 
 #[derive(Args)]
@@ -34,6 +34,14 @@ pub struct DevnetArgs {
     /// nobody holds, nothing charged), to try a tree among the many files of a large account.
     #[arg(long, default_value_t = 0, value_name = "N")]
     held_files: usize,
+    /// Shape the link between clients and all nodes as a home link is: `up=20M,down=100M,rtt=60ms`
+    /// (rates in bits per second; one bucket per direction, shared) [default: not shaped].
+    #[arg(long, value_name = "LINK", value_parser = |s: &str| s.parse::<LinkSpec>())]
+    link: Option<LinkSpec>,
+    /// A node with a link of its own on top: `3=1M` (a slow miner), `5=stall` (one that never
+    /// moves a byte). Repeatable.
+    #[arg(long, value_name = "NODE=RATE", value_parser = node_link)]
+    node_link: Vec<(usize, NodeLink)>,
 }
 
 pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
@@ -48,6 +56,11 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     config.node_base_port = args.node_port;
     config.territory_gib = args.territory_gib;
     config.held_files = args.held_files;
+    config.link = args.link.unwrap_or_default();
+    if let Some((n, _)) = args.node_link.iter().find(|(n, _)| *n > config.nodes) {
+        anyhow::bail!("--node-link {n}=...: there are {} nodes", config.nodes);
+    }
+    config.node_links = args.node_link;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let devnet = Devnet::start(&dir, &config).await?;

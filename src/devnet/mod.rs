@@ -10,6 +10,7 @@
 mod buffers;
 mod fragments;
 mod ledger;
+mod link;
 mod node;
 mod rpc;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use ledger::{Event, Ledger};
+pub use link::{LinkSpec, NodeLink, node_link};
 pub use node::{Fault, Node, NodeCounters};
 pub use rpc::DevnetChain;
 
@@ -47,6 +49,10 @@ pub struct DevnetConfig {
     pub report_delay: Duration,
     /// Files the owner holds in its territory from the start ([`Ledger::preload_files`]).
     pub held_files: usize,
+    /// The link between the client and all nodes (link.rs; default: not shaped).
+    pub link: LinkSpec,
+    /// Nodes (1-based) with a link of their own on top of it.
+    pub node_links: Vec<(usize, NodeLink)>,
 }
 
 impl DevnetConfig {
@@ -62,6 +68,8 @@ impl DevnetConfig {
             node_space: 4 << 40,
             report_delay: Duration::from_millis(10),
             held_files: 0,
+            link: LinkSpec::default(),
+            node_links: Vec::new(),
         }
     }
 }
@@ -121,13 +129,16 @@ impl Devnet {
         let store = fragments::FragmentStore::open(&dir.join("fragments"), crate::store::kept_free(dir))
             .with_context(|| format!("opening the devnet's fragment store in {}", dir.display()))?;
         let store = Arc::new(store);
+        let shared = (config.link != LinkSpec::default()).then(|| Arc::new(link::Link::shared(&config.link)));
         for i in 1..=config.nodes {
             let signer = Signer::from_uri(&format!("//Miner{i}")).map_err(anyhow::Error::msg)?;
             let port = if config.node_base_port == 0 { 0 } else { config.node_base_port + i as u16 - 1 };
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let node_dir = dir.join("nodes").join(i.to_string());
-            let shared = (ledger.clone(), store.clone(), buffers.clone());
-            let node = Node::start(i, signer, node_dir, shared, addr, config.report_delay)
+            let own = config.node_links.iter().filter(|(n, _)| *n == i).map(|(_, l)| Arc::new(link::Link::own(*l)));
+            let links = shared.iter().cloned().chain(own).collect();
+            let state = (ledger.clone(), store.clone(), buffers.clone());
+            let node = Node::start(i, signer, node_dir, state, links, addr, config.report_delay)
                 .await
                 .with_context(|| format!("starting devnet node {i} on {addr}"))?;
             ledger.register_miner(&node.account(), &node.endpoint(), config.node_space)?;

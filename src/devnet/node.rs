@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use tokio::sync::mpsc;
 use super::buffers::{ALIGN, AlignedBuf, CAPACITY, Pool, write_fragment};
 use super::fragments::{self, FragmentStore, parity_place};
 use super::ledger::Ledger;
+use super::link::{self, Link};
 use crate::format::{DATA_FRAGMENTS, FRAGMENT_SIZE, FRAGMENTS, Hash, ZERO_FRAGMENT_HASH, sha256};
 use crate::http::{Reply, Server, json};
 use crate::protocol::miner::{self as proto, msg};
@@ -103,6 +103,8 @@ struct State {
     fault: Mutex<Fault>,
     reports: mpsc::UnboundedSender<Hash>,
     counting: Counting,
+    /// The links its traffic passes (the shared one, its own), if shaped.
+    links: Vec<Arc<Link>>,
 }
 
 /// A storage node of the devnet.
@@ -182,10 +184,13 @@ impl State {
         if self.fault() == Fault::Timeout {
             std::future::pending::<()>().await;
         }
+        for link in &self.links {
+            link.request().await;
+        }
         if req.uri().path() != "/fragment" || !(req.method() == Method::PUT || req.method() == Method::GET) {
             return Response::builder()
                 .status(StatusCode::NOT_FOUND)
-                .body(Full::new(Bytes::from_static(b"404 page not found")))
+                .body(crate::http::whole(Bytes::from_static(b"404 page not found")))
                 .expect("a valid response");
         }
         let (account, message, signature) =
@@ -290,7 +295,7 @@ impl State {
             buf.as_mut_slice()[..FRAGMENT_SIZE].fill(0);
             return Ok(Received { at: 0, parity: None });
         }
-        let range = read_body(req, buf).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
+        let range = read_body(req, buf, &self.links).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
         Counting::add(&self.counting.bytes_in, range.len() as u64);
         let body = &buf.as_slice()[range];
         let part = multipart_file_sized(body, content_type, proto::FILE_PART, FRAGMENT_SIZE)
@@ -362,7 +367,11 @@ impl State {
         Response::builder()
             .status(status)
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(Bytes::from(data)))
+            .body(if self.links.is_empty() {
+                crate::http::whole(data)
+            } else {
+                link::shaped(data.into(), self.links.clone())
+            })
             .expect("a valid response")
     }
 
@@ -485,7 +494,11 @@ struct Received {
     parity: Option<(usize, [Hash; FRAGMENTS])>,
 }
 
-async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<std::ops::Range<usize>> {
+async fn read_body(
+    req: Request<Incoming>,
+    buf: &mut AlignedBuf,
+    links: &[Arc<Link>],
+) -> Option<std::ops::Range<usize>> {
     use http_body_util::BodyExt;
     let mut body = req.into_body();
     let (mut start, mut end) = (None, 0);
@@ -501,6 +514,9 @@ async fn read_body(req: Request<Incoming>, buf: &mut AlignedBuf) -> Option<std::
         }
         buf.as_mut_slice()[to - data.len()..to].copy_from_slice(&data);
         end = to;
+        for link in links {
+            link.upload(data.len()).await;
+        }
     }
     let start = start.unwrap_or(0);
     Some(start..end.max(start))
@@ -514,6 +530,7 @@ impl Node {
         signer: Signer,
         dir: PathBuf,
         (ledger, store, buffers): (Arc<Ledger>, Arc<FragmentStore>, Arc<Pool>),
+        links: Vec<Arc<Link>>,
         addr: SocketAddr,
         debounce: Duration,
     ) -> std::io::Result<Node> {
@@ -521,7 +538,7 @@ impl Node {
         let mut deletions = ledger.deletions();
         let fault = Mutex::new(Fault::None);
         let counting = Counting::default();
-        let state = Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports, counting });
+        let state = Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports, counting, links });
         let reporter = Arc::downgrade(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));

@@ -106,3 +106,29 @@ fn ro_in_fstab_is_a_read_only_view() {
     let said = fails(Command::new(&helper).arg("cessfs").arg(spot.path()).args(["-o", &options]));
     assert!(said.contains("holds a writable tree"), "{said}");
 }
+
+/// A link the devnet cannot take is refused at mount, saying what was wrong, and leaves nothing.
+#[test]
+fn a_bad_devnet_link_is_refused_at_mount() {
+    let work = tempfile::tempdir().unwrap();
+    let (dir, data, key) = (work.path().join("mnt"), work.path().join("data"), work.path().join("key"));
+    fs::create_dir(&dir).unwrap();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).unwrap();
+        f.write_all("5a".repeat(32).as_bytes()).unwrap();
+    }
+    let said = fails(
+        Command::new(BIN)
+            .arg("mount")
+            .arg(&dir)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--key-file")
+            .arg(&key)
+            .args(["--devnet-link", "up=fast"]),
+    );
+    assert!(said.contains("devnet_link") && said.contains("bits per second"), "{said}");
+    assert!(!data.exists(), "no data dir is left");
+}

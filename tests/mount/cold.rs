@@ -297,3 +297,20 @@ fn an_upload_sends_each_column_once_and_a_cold_read_fetches_what_it_needs() {
     let fetched = read.bytes_out - pushed.bytes_out;
     assert!(fetched <= needed * 11 / 10, "fetched {fetched} bytes for {needed} of data fragments: {read:?}");
 }
+
+/// On a shaped link (the devnet's link model: shared buckets both ways, a round trip per
+/// request), a file is stored and read back cold byte for byte, and the nodes count what moved.
+#[test]
+fn a_file_goes_and_comes_back_over_a_shaped_link() {
+    let m = Mount::uploading("0", &["--snapshots", "false", "--devnet-link", "up=800M,down=800M,rtt=20ms"]);
+    let data = random_bytes(9 << 20, 93);
+    fs::write(m.path("shaped.bin"), &data).unwrap();
+    m.wait_status("shaped.bin", &["active"], 2 * MIN);
+    evict(&m);
+    assert!(fs::read(m.path("shaped.bin")).unwrap() == data);
+    let nodes = m.devnet().nodes();
+    let (puts, out): (u64, u64) =
+        nodes.iter().map(|n| (n.counters.puts, n.counters.bytes_out)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(puts, 12, "one segment, each column once");
+    assert!(out >= data.len() as u64, "the read came through the nodes: {out} bytes");
+}

@@ -162,11 +162,16 @@ impl Link {
     }
 }
 
-/// A response body of `data` sent over `links`, [`STEP`] bytes at a time.
-pub fn shaped(data: bytes::Bytes, links: Vec<std::sync::Arc<Link>>) -> crate::http::Body {
+/// A response body of `data` sent over `links`, [`STEP`] bytes at a time; `sent` is told of each
+/// step as it goes (a client that hangs up mid-way did not get the rest).
+pub fn shaped(
+    data: bytes::Bytes,
+    links: Vec<std::sync::Arc<Link>>,
+    sent: impl Fn(usize) + Clone + Send + 'static,
+) -> crate::http::Body {
     use http_body_util::BodyExt;
     let steps = futures_util::stream::unfold((data, 0), move |(data, at)| {
-        let links = links.clone();
+        let (links, sent) = (links.clone(), sent.clone());
         async move {
             if at >= data.len() {
                 return None;
@@ -175,6 +180,7 @@ pub fn shaped(data: bytes::Bytes, links: Vec<std::sync::Arc<Link>>) -> crate::ht
             for link in &links {
                 link.download(end - at).await;
             }
+            sent(end - at);
             let frame = hyper::body::Frame::data(data.slice(at..end));
             Some((Ok::<_, std::convert::Infallible>(frame), (data, end)))
         }

@@ -56,7 +56,7 @@ impl std::str::FromStr for Fault {
 pub struct NodeCounters {
     /// Bytes of request bodies received.
     pub bytes_in: u64,
-    /// Bytes of fragments served.
+    /// Bytes of fragments served (on a shaped link, as they pass it).
     pub bytes_out: u64,
     /// Fragment uploads (signed PUTs).
     pub puts: u64,
@@ -359,19 +359,22 @@ impl State {
             data = data[r].to_vec();
             status = StatusCode::PARTIAL_CONTENT;
         }
-        Counting::add(&self.counting.bytes_out, data.len() as u64);
         if self.fault() == Fault::Corrupt && !data.is_empty() {
             let mid = data.len() / 2;
             data[mid] ^= 0x01;
         }
+        let body = if self.links.is_empty() {
+            Counting::add(&self.counting.bytes_out, data.len() as u64);
+            crate::http::whole(data)
+        } else {
+            // Counted as it passes the link: a client that hangs up does not get the rest.
+            let state = self.clone();
+            link::shaped(data.into(), self.links.clone(), move |n| Counting::add(&state.counting.bytes_out, n as u64))
+        };
         Response::builder()
             .status(status)
             .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-            .body(if self.links.is_empty() {
-                crate::http::whole(data)
-            } else {
-                link::shaped(data.into(), self.links.clone())
-            })
+            .body(body)
             .expect("a valid response")
     }
 

@@ -281,9 +281,23 @@ mod tests {
         let client = MinerClient::new(alice.clone(), Duration::from_secs(30));
         // Parity first: it is kept whole until its segment's data are all here.
         for i in (0..12).rev() {
-            let (endpoint, body) =
-                (devnet.nodes()[i].endpoint(), FragmentBody::new(hashes[i], fragments[i].clone().into()));
-            client.put_fragment(&endpoint, &fid, body).await.unwrap();
+            let endpoint = devnet.nodes()[i].endpoint();
+            // As the client does, a push whose connection broke is sent again (seen about once in
+            // five runs here under load: the connection closed while the body was being written).
+            let mut pushed = Err(None);
+            for _ in 0..3 {
+                let body = FragmentBody::new(hashes[i], fragments[i].clone().into());
+                match client.put_fragment(&endpoint, &fid, body).await {
+                    Ok(()) => pushed = Ok(()),
+                    Err(e @ crate::miner::MinerError::Connect { .. }) => {
+                        pushed = Err(Some(e));
+                        continue;
+                    }
+                    Err(e) => pushed = Err(Some(e)),
+                }
+                break;
+            }
+            pushed.unwrap_or_else(|e| panic!("fragment {i}: {e:?}"));
         }
         wait_for("the file to be active", || ledger.file(&fid).unwrap().is_some()).await;
         let store = dir.path().join("fragments");

@@ -461,11 +461,7 @@ impl State {
     /// holds. Returns whether it let go of any.
     fn drop_deleted(&self, fids: Option<Vec<Hash>>) -> std::io::Result<bool> {
         let files = self.dir.join("file");
-        let fids = fids.unwrap_or_else(|| {
-            std::fs::read_dir(&files)
-                .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-                .unwrap_or_default()
-        });
+        let fids = fids.unwrap_or_else(|| fids_in(&files));
         let mut released = false;
         for fid in fids {
             let dir = files.join(fid.to_hex());
@@ -478,11 +474,17 @@ impl State {
         Ok(released)
     }
 
+    /// The files whose fragments this node still reports on.
     fn scan(&self) -> Vec<Hash> {
-        std::fs::read_dir(self.dir.join("report"))
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default()
+        fids_in(&self.dir.join("report"))
     }
+}
+
+/// The FIDs a node keeps a directory for under `dir` (`report/` or `file/`).
+fn fids_in(dir: &Path) -> Vec<Hash> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// Copies a request body into `buf` and returns where it is. When the first part's head comes

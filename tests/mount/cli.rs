@@ -2,6 +2,7 @@
 //! arguments or a bad file, and what a failed mount leaves behind.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,6 +15,27 @@ fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(!out.status.success(), "{cmd:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A key file of `content` (mode 0600) in `work`.
+fn key_file(work: &Path, content: &[u8]) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = work.join("key");
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, content).unwrap();
+    path
+}
+
+/// What `cessfs mount` of a spot in `work` with `key` and `args` says when it fails before it is
+/// ready; it must leave no data dir.
+fn refused_mount(work: &Path, key: &Path, args: &[&str]) -> String {
+    let (dir, data) = (work.join("mnt"), work.join("data"));
+    let _ = fs::create_dir(&dir);
+    let said = fails(
+        Command::new(BIN).arg("mount").arg(&dir).arg("--data-dir").arg(&data).arg("--key-file").arg(key).args(args),
+    );
+    assert!(!data.exists(), "no data dir is left: {said}");
+    said
 }
 
 /// `cessfs account MOUNT` asks the mount's embedded devnet; `status --json` on a mount root
@@ -43,28 +65,11 @@ fn account_and_status_json_of_a_mount() {
 #[test]
 fn a_failed_mount_leaves_nothing_behind_and_says_what_to_do() {
     let work = tempfile::tempdir().unwrap();
-    let (dir, data) = (work.path().join("mnt"), work.path().join("data"));
-    fs::create_dir(&dir).unwrap();
-    let said = fails(
-        Command::new(BIN)
-            .arg("mount")
-            .arg(&dir)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--key-file")
-            .arg(work.path().join("no-such-key")),
-    );
+    let said = refused_mount(work.path(), &work.path().join("no-such-key"), &[]);
     assert!(said.contains("cessfs keygen"), "{said}");
-    assert!(!data.exists(), "no data dir is left");
     // A key file that holds no key fails the same way.
-    let bad = work.path().join("bad-key");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&bad).unwrap();
-    }
-    let said = fails(Command::new(BIN).arg("mount").arg(&dir).arg("--data-dir").arg(&data).arg("--key-file").arg(&bad));
+    let said = refused_mount(work.path(), &key_file(work.path(), b""), &[]);
     assert!(said.contains("key file"), "{said}");
-    assert!(!data.exists(), "no data dir is left");
 }
 
 /// `territory` checks its arguments before it asks anything of a chain, in words about sizes.
@@ -111,24 +116,7 @@ fn ro_in_fstab_is_a_read_only_view() {
 #[test]
 fn a_bad_devnet_link_is_refused_at_mount() {
     let work = tempfile::tempdir().unwrap();
-    let (dir, data, key) = (work.path().join("mnt"), work.path().join("data"), work.path().join("key"));
-    fs::create_dir(&dir).unwrap();
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).unwrap();
-        f.write_all("5a".repeat(32).as_bytes()).unwrap();
-    }
-    let said = fails(
-        Command::new(BIN)
-            .arg("mount")
-            .arg(&dir)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--key-file")
-            .arg(&key)
-            .args(["--devnet-link", "up=fast"]),
-    );
+    let said =
+        refused_mount(work.path(), &key_file(work.path(), "5a".repeat(32).as_bytes()), &["--devnet-link", "up=fast"]);
     assert!(said.contains("devnet_link") && said.contains("bits per second"), "{said}");
-    assert!(!data.exists(), "no data dir is left");
 }

@@ -63,6 +63,16 @@ pub struct Settings {
     /// Files uploaded at once [default: 2].
     #[arg(long, value_name = "N")]
     pub parallel_uploads: Option<usize>,
+    /// Bandwidth limit, as rclone's: RATE or UP:DOWN in bytes a second (512k, 10M, off; a bare
+    /// number is KiB/s), or a timetable "08:00,512k 19:00,10M 23:00,off" (entries may start
+    /// with a day: Mon-08:00,1M). Change it on a running mount with `cessfs bwlimit DIR RATE`
+    /// [default: off].
+    #[arg(long, value_name = "LIMIT")]
+    pub bwlimit: Option<String>,
+    /// Seconds a request to a miner may go without moving (less than 4 KiB/s over this window)
+    /// before it fails and another miner is tried; a slow link is never a failure [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub miner_stall: Option<f64>,
     /// Most space the cached copies of stored (active) files may take, e.g. 512M, 20G; files
     /// not yet stored are never evicted and do not count [default: 10G].
     #[arg(long, value_name = "SIZE")]
@@ -177,6 +187,8 @@ impl Settings {
             plain,
             quiet_delay,
             parallel_uploads,
+            miner_stall,
+            bwlimit,
             cache_size,
             pack_below,
             metrics,
@@ -202,6 +214,22 @@ impl Settings {
     /// The quiet delay, defaulted.
     pub fn quiet_delay(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.quiet_delay.unwrap_or(2.0).max(0.0))
+    }
+
+    /// The bandwidth limit, defaulted (off); a bad one is refused with what was wrong.
+    pub fn bwlimit(&self) -> anyhow::Result<crate::pace::Bwlimit> {
+        match &self.bwlimit {
+            None => Ok(crate::pace::Bwlimit::default()),
+            Some(text) => {
+                text.parse().map_err(|e| anyhow::anyhow!("bwlimit {text:?} (--bwlimit, or bwlimit in the config): {e}"))
+            }
+        }
+    }
+
+    /// When a request to a miner counts as stalled, defaulted.
+    pub fn miner_stall(&self) -> crate::miner::StallRule {
+        let secs = self.miner_stall.filter(|s| s.is_finite()).unwrap_or(60.0).clamp(1.0, 3600.0);
+        crate::miner::StallRule::over(std::time::Duration::from_secs_f64(secs))
     }
 
     /// Whether this is a read-only view of the territory's snapshots.

@@ -316,12 +316,14 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let master = runtime.block_on(crate::keys::resolve(settings, &store, &*network.chain, &mut notices))?;
     // Each territory has its own keys, so equal bytes in two territories never share a FID.
     let master = master.map(|m| m.for_territory(&settings.territory()));
+    let pace = Arc::new(crate::pace::Pace::new(settings.bwlimit()?));
     let config = UploadConfig {
         quiet_delay: settings.quiet_delay(),
         parallel: settings.parallel_uploads.unwrap_or(2).max(1),
         territory: settings.territory(),
         master,
-        miner_timeout: Duration::from_secs(60),
+        stall: settings.miner_stall(),
+        pace: Some(pace.clone()),
         report_timeout: Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
         poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
         pack_below: settings.pack_below()?,
@@ -330,7 +332,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         network.chain.clone(),
         network.signer.clone(),
         config.master.clone(),
-        Duration::from_secs(15),
+        settings.miner_stall(),
+        Some(pace.clone()),
     ));
     let names = config.master.as_ref().and_then(|m| m.names()).cloned();
     let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
@@ -368,6 +371,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     );
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_chain_health(network.health.clone());
+    fs.set_pace(pace.clone());
     if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());
     }

@@ -12,7 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -51,7 +51,24 @@ impl Server {
         H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = Reply> + Send + 'static,
     {
-        let listener = TcpListener::bind(addr).await?;
+        Server::start_with(addr, None, handler).await
+    }
+
+    /// Serves `handler` on `addr`, its connections' kernel receive buffers set to
+    /// `receive_buffer` bytes if given (a shaped link's node: bytes it has not read yet have not
+    /// passed its link, and a large buffer would let a client believe they had).
+    pub async fn start_with<H, F>(addr: SocketAddr, receive_buffer: Option<u32>, handler: H) -> std::io::Result<Server>
+    where
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Reply> + Send + 'static,
+    {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         let (stop, mut stopped) = watch::channel(false);
         let handler = Arc::new(handler);

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod miner;
 pub mod mountpoint;
 pub mod network;
+pub mod pace;
 pub mod protocol;
 pub mod snapshots;
 pub mod store;

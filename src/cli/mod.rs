@@ -1,6 +1,7 @@
 //! The `cessfs` command line: the only code that prints to the terminal or exits.
 
 mod account;
+mod bwlimit;
 mod devnet;
 mod fid;
 mod fstab;
@@ -28,6 +29,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Drop the local copies of stored (active) files; reads fetch them back from CESS.
     Evict(status::EvictArgs),
+    /// Show or change a running mount's bandwidth limit (as --bwlimit: 10M, 2M:off, or a
+    /// timetable "08:00,512k 19:00,10M 23:00,off"), and the rates it moves at now.
+    Bwlimit(bwlimit::BwlimitArgs),
     /// Print what FILE will be stored as on CESS: FID, size, segment and fragment hashes (JSON).
     Fid(fid::FidArgs),
     /// Run a local CESS network (ledger and storage nodes on loopback) for mounts and tools.
@@ -141,6 +145,7 @@ pub fn main() -> i32 {
         Command::Unmount(args) => mount::unmount(args),
         Command::Status(args) => status::run(args),
         Command::Evict(args) => status::evict(args),
+        Command::Bwlimit(args) => bwlimit::run(args),
         Command::Fid(args) => fid::run(args),
         Command::Devnet(args) => devnet::run(args),
         Command::Account(args) => account::account(args),

@@ -45,6 +45,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     let settings = settings.with_file(args.config.as_deref())?;
     settings.metrics_addr()?;
+    settings.bwlimit()?;
     let dir = mountpoint::preflight(&args.dir)?;
     // A key file given must read as a key before anything is made.
     if !settings.plain() && settings.key_path().1 {

@@ -9,7 +9,8 @@ pub struct StatusArgs {
     /// Files or directories (inside a cessfs mount) to report on [default: .].
     paths: Vec<PathBuf>,
     /// One JSON object per line and nothing else, for tools: the tree's snapshot and the packs
-    /// of a mount root (`"kind": "snapshot"`, `"packs"`, `"abandoned"`), then each file (`"kind": "file"`).
+    /// of a mount root (`"kind": "snapshot"`, `"packs"`, `"abandoned"`, `"link"`), then each file
+    /// (`"kind": "file"`).
     #[arg(long)]
     json: bool,
     /// Wait, with a progress bar, until every file is active, local or failed.
@@ -21,7 +22,7 @@ pub struct StatusArgs {
 }
 
 /// The JSON attribute `name` of `path`, if it has one.
-fn json_attr(path: &Path, name: &std::ffi::CStr) -> Option<Value> {
+pub(super) fn json_attr(path: &Path, name: &std::ffi::CStr) -> Option<Value> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut buf = vec![0u8; 16 << 10];
     // SAFETY: a NUL-terminated path, a NUL-terminated name and a buffer of the given length.
@@ -187,7 +188,7 @@ pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
 fn evict_one(path: &Path) -> std::io::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
-        match xattr_set(path, c"user.cess.evict") {
+        match xattr_set(path, c"user.cess.evict", b"1") {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -196,10 +197,11 @@ fn evict_one(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn xattr_set(path: &Path, name: &std::ffi::CStr) -> std::io::Result<()> {
+/// Sets attribute `name` of `path` to `value`.
+pub(super) fn xattr_set(path: &Path, name: &std::ffi::CStr, value: &[u8]) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: a NUL-terminated path and name, and a one-byte value.
-    let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    // SAFETY: a NUL-terminated path and name, and a value of the given length.
+    let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
@@ -264,7 +266,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             println!("{v}");
         }
         for root in &paths {
-            for (attr, kind) in [(c"user.cess.packs", "packs"), (c"user.cess.abandoned", "abandoned")] {
+            for (attr, kind) in
+                [(c"user.cess.packs", "packs"), (c"user.cess.abandoned", "abandoned"), (c"user.cess.link", "link")]
+            {
                 if let Some(mut v) = json_attr(root, attr) {
                     (v["kind"], v["path"]) = (kind.into(), root.display().to_string().into());
                     println!("{v}");
@@ -285,6 +289,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             }
             if let Some(v) = json_attr(root, c"user.cess.abandoned") {
                 println!("{}: {}", root.display(), describe_abandoned(&v));
+            }
+            if let Some(v) = json_attr(root, c"user.cess.link") {
+                println!("{}: {}", root.display(), super::bwlimit::describe_link(&v));
             }
         }
         if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {

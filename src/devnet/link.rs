@@ -6,14 +6,19 @@
 //! over a real link. Off unless set (`cessfs devnet --link`, `devnet_link`).
 
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+
+use crate::pace::Bucket;
 
 /// How many bytes pass at a time.
 pub const STEP: usize = 64 << 10;
+
+/// A shaped node's kernel receive buffer (the kernel doubles it): what a client sent and the
+/// node has not read yet stays small, as a router's queue is, so a client sees its bytes leave
+/// at the link's rate, not at loopback's.
+pub const RECEIVE_BUFFER: u32 = 64 << 10;
 
 /// A link as set: rates in bytes per second (`None`: not limited) and a round trip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,24 +98,9 @@ pub fn node_link(s: &str) -> Result<(usize, NodeLink), String> {
     Ok((index, link))
 }
 
-/// A token bucket as a queue: each transfer waits until the bytes before it have passed.
-struct Bucket {
-    rate: u64,
-    next: Mutex<Instant>,
-}
-
-impl Bucket {
-    fn new(rate: u64) -> Bucket {
-        Bucket { rate: rate.max(1), next: Mutex::new(Instant::now()) }
-    }
-
-    /// When `n` more bytes have passed, once those queued before them have.
-    fn reserve(&self, n: usize) -> Instant {
-        let mut next = crate::sync::lock(&self.next);
-        let start = (*next).max(Instant::now());
-        *next = start + Duration::from_secs_f64(n as f64 / self.rate as f64);
-        *next
-    }
+/// A bucket of `rate` bytes a second.
+fn bucket(rate: u64) -> Bucket {
+    Bucket::new(Some(rate.max(1)))
 }
 
 /// A link as it runs: the shared buckets, or a node's own.
@@ -124,14 +114,14 @@ pub struct Link {
 impl Link {
     /// The shared link of `spec`.
     pub fn shared(spec: &LinkSpec) -> Link {
-        Link { up: spec.up.map(Bucket::new), down: spec.down.map(Bucket::new), rtt: spec.rtt, stalls: false }
+        Link { up: spec.up.map(bucket), down: spec.down.map(bucket), rtt: spec.rtt, stalls: false }
     }
 
     /// A node's own link.
     pub fn own(link: NodeLink) -> Link {
         match link {
             NodeLink::Rate(rate) => {
-                Link { up: Some(Bucket::new(rate)), down: Some(Bucket::new(rate)), rtt: Duration::ZERO, stalls: false }
+                Link { up: Some(bucket(rate)), down: Some(bucket(rate)), rtt: Duration::ZERO, stalls: false }
             }
             NodeLink::Stall => Link { up: None, down: None, rtt: Duration::ZERO, stalls: true },
         }
@@ -150,14 +140,14 @@ impl Link {
     /// Waits until `n` bytes from the client have passed.
     pub async fn upload(&self, n: usize) {
         if let Some(b) = &self.up {
-            tokio::time::sleep_until(b.reserve(n)).await;
+            b.pass(n).await;
         }
     }
 
     /// Waits until `n` bytes to the client have passed.
     pub async fn download(&self, n: usize) {
         if let Some(b) = &self.down {
-            tokio::time::sleep_until(b.reserve(n)).await;
+            b.pass(n).await;
         }
     }
 }

@@ -210,12 +210,12 @@ mod tests {
         devnet.ledger().upload_declaration(&alice.account(), &manifest.fid, &manifest.segments, &user, 0).unwrap();
         let (fid, hashes) = (manifest.fid, manifest.segments[0].fragments);
         let endpoint = devnet.nodes()[0].endpoint();
-        let client = MinerClient::new(alice.clone(), Duration::from_secs(30));
+        let client = MinerClient::new(alice.clone(), crate::miner::StallRule::over(Duration::from_secs(30)), None);
 
         // Fragment 0 through the client's own body.
         let first = &data[..FRAGMENT_SIZE];
         client.put_fragment(&endpoint, &fid, FragmentBody::new(hashes[0], first.to_vec().into())).await.unwrap();
-        let back = client.get_fragment(&endpoint, &fid, &hashes[0], None).await.unwrap();
+        let back = client.get_fragment(&endpoint, &fid, &hashes[0], None, &Default::default()).await.unwrap();
         assert!(back == first, "fragment 0 comes back as sent");
 
         // Fragment 1 (the 5 bytes left, zero-padded) after a text field: not page-aligned.
@@ -240,13 +240,13 @@ mod tests {
         };
         let reply: Reply = put(hashes[1], &second).await.unwrap().json().await.unwrap();
         assert_eq!((reply.code, reply.msg.as_str()), (200, proto::msg::OK));
-        let back = client.get_fragment(&endpoint, &fid, &hashes[1], None).await.unwrap();
+        let back = client.get_fragment(&endpoint, &fid, &hashes[1], None, &Default::default()).await.unwrap();
         assert!(back == second, "fragment 1 comes back as sent");
 
         // Fragment 4's name on other bytes.
         let reply: Reply = put(hashes[4], &second).await.unwrap().json().await.unwrap();
         assert_eq!((reply.code, reply.msg.as_str()), (400, proto::msg::HASH));
-        assert!(client.get_fragment(&endpoint, &fid, &hashes[4], None).await.is_err());
+        assert!(client.get_fragment(&endpoint, &fid, &hashes[4], None, &Default::default()).await.is_err());
         devnet.stop().await;
     }
 
@@ -278,7 +278,7 @@ mod tests {
         let ledger = devnet.ledger();
         ledger.upload_declaration(&alice.account(), &manifest.fid, &manifest.segments, &user, 0).unwrap();
         let (fid, hashes) = (manifest.fid, manifest.segments[0].fragments);
-        let client = MinerClient::new(alice.clone(), Duration::from_secs(30));
+        let client = MinerClient::new(alice.clone(), crate::miner::StallRule::over(Duration::from_secs(30)), None);
         // Parity first: it is kept whole until its segment's data are all here.
         for i in (0..12).rev() {
             let endpoint = devnet.nodes()[i].endpoint();
@@ -306,7 +306,7 @@ mod tests {
         let file = ledger.file(&fid).unwrap().unwrap();
         for (i, f) in file.segments[0].fragments.iter().enumerate() {
             let node = devnet.nodes().iter().find(|n| n.account() == f.miner).unwrap();
-            let back = client.get_fragment(&node.endpoint(), &fid, &f.hash, None).await.unwrap();
+            let back = client.get_fragment(&node.endpoint(), &fid, &f.hash, None, &Default::default()).await.unwrap();
             assert!(back == fragments[i], "fragment {i} served as pushed");
         }
         let kept = crate::disk::usage(&[store.clone(), dir.path().join("nodes")]);

@@ -37,6 +37,9 @@ pub enum Fault {
     Refuse,
     /// Accepts connections and never answers.
     Timeout,
+    /// Takes the first bytes of a fragment upload, then reads no more and never answers (a
+    /// miner whose link died mid-transfer); answers no download.
+    Stall,
     /// GET serves the fragment with one bit flipped.
     Corrupt,
     /// Stores fragments but never reports.
@@ -47,7 +50,7 @@ impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
         serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map_err(|_| format!("unknown fault {s:?}: none, down, refuse, timeout, corrupt or noreport"))
+            .map_err(|_| format!("unknown fault {s:?}: none, down, refuse, timeout, stall, corrupt or noreport"))
     }
 }
 
@@ -64,6 +67,9 @@ pub struct NodeCounters {
     pub gets: u64,
     /// Requests answered with an error code.
     pub refusals: u64,
+    /// Uploads it stopped reading mid-transfer ([`Fault::Stall`]).
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// [`NodeCounters`] as they are counted.
@@ -74,6 +80,7 @@ struct Counting {
     puts: AtomicU64,
     gets: AtomicU64,
     refusals: AtomicU64,
+    stalls: AtomicU64,
 }
 
 impl Counting {
@@ -89,6 +96,7 @@ impl Counting {
             puts: get(&self.puts),
             gets: get(&self.gets),
             refusals: get(&self.refusals),
+            stalls: get(&self.stalls),
         }
     }
 }
@@ -181,7 +189,7 @@ impl State {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
-        if self.fault() == Fault::Timeout {
+        if self.fault() == Fault::Timeout || (self.fault() == Fault::Stall && req.method() == Method::GET) {
             std::future::pending::<()>().await;
         }
         for link in &self.links {
@@ -295,7 +303,14 @@ impl State {
             buf.as_mut_slice()[..FRAGMENT_SIZE].fill(0);
             return Ok(Received { at: 0, parity: None });
         }
-        let range = read_body(req, buf, &self.links).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
+        let stalled = || {
+            let stalls = self.fault() == Fault::Stall;
+            if stalls {
+                Counting::add(&self.counting.stalls, 1);
+            }
+            stalls
+        };
+        let range = read_body(req, buf, &self.links, stalled).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
         Counting::add(&self.counting.bytes_in, range.len() as u64);
         let body = &buf.as_slice()[range];
         let part = multipart_file_sized(body, content_type, proto::FILE_PART, FRAGMENT_SIZE)
@@ -499,10 +514,13 @@ struct Received {
     parity: Option<(usize, [Hash; FRAGMENTS])>,
 }
 
+/// Reads a fragment upload's body into `buf`; once `stalled` says so after a frame, it reads no
+/// more, for good.
 async fn read_body(
     req: Request<Incoming>,
     buf: &mut AlignedBuf,
     links: &[Arc<Link>],
+    stalled: impl Fn() -> bool,
 ) -> Option<std::ops::Range<usize>> {
     use http_body_util::BodyExt;
     let mut body = req.into_body();
@@ -521,6 +539,9 @@ async fn read_body(
         end = to;
         for link in links {
             link.upload(data.len()).await;
+        }
+        if stalled() {
+            std::future::pending::<()>().await;
         }
     }
     let start = start.unwrap_or(0);
@@ -607,7 +628,8 @@ impl Node {
 
     async fn serve(&self) -> std::io::Result<SocketAddr> {
         let state = self.state.clone();
-        let server = Server::start(self.addr, move |req| state.clone().handle(req)).await?;
+        let receive_buffer = (!self.state.links.is_empty()).then_some(link::RECEIVE_BUFFER);
+        let server = Server::start_with(self.addr, receive_buffer, move |req| state.clone().handle(req)).await?;
         let addr = server.addr();
         *self.server.lock().await = Some(server);
         Ok(addr)

@@ -5,8 +5,11 @@
 //! ones are known without asking, and a data fragment whose tail is padding is fetched with a
 //! Range for its used prefix only); every fragment is checked against its hash as it arrives,
 //! and a missing, failing or lying miner is routed around with parity fragments until 4 good
-//! ones are in; a slow one gets a parity fragment asked for alongside it after a second. The segment is then rebuilt, checked against its hash, and decrypted. With
-//! fewer than 4 good fragments the read fails; it never returns wrong bytes.
+//! ones are in; one arriving at less than half the rate of the others gets a parity fragment
+//! asked for alongside it (on a slow link all arrive slowly, and nothing more is asked). A
+//! request fails when it stops moving, never for taking long ([`StallRule`]). The segment is
+//! then rebuilt, checked against its hash, and decrypted. With fewer than 4 good fragments the
+//! read fails; it never returns wrong bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,8 @@ use crate::format::{
     SEGMENT_SIZE, SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
 };
 use crate::metrics;
-use crate::miner::MinerClient;
+use crate::miner::{MinerClient, Moved, StallRule};
+use crate::pace::Pace;
 use crate::protocol::{AccountId, Chain, ChainError, FileInfo, Signer};
 use crate::sync::lock;
 
@@ -76,8 +80,14 @@ pub enum FetchError {
     },
 }
 
-/// How long a fragment may keep a read waiting before another one is asked for as well.
-const HEDGE_AFTER: Duration = Duration::from_millis(1000);
+/// How often the fragments of a read are compared, and how long a fragment is asked before it
+/// can count as slow.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// A fragment arriving at less than this share of the median rate of its segment's fragments
+/// is slow: another one is asked for as well. Fragments sharing one slow link arrive at the same
+/// rate, so a slow link asks for nothing more; one slow miner among fast ones does.
+const SLOW_SHARE: f64 = 0.5;
 
 type Slot = Arc<OnceCell<Result<Arc<DecodedSegment>, FetchError>>>;
 
@@ -96,10 +106,16 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher asking `chain` for file records, signing miner requests as `signer`, decrypting
     /// with `master` (plaintext if `None`).
-    pub fn new(chain: Arc<dyn Chain>, signer: Signer, master: Option<MasterKey>, timeout: Duration) -> Fetcher {
+    pub fn new(
+        chain: Arc<dyn Chain>,
+        signer: Signer,
+        master: Option<MasterKey>,
+        stall: StallRule,
+        pace: Option<Arc<Pace>>,
+    ) -> Fetcher {
         Fetcher {
             chain,
-            miners: MinerClient::new(signer, timeout),
+            miners: MinerClient::new(signer, stall, pace),
             master,
             endpoints: Mutex::new((None, HashMap::new())),
             files: Mutex::new(HashMap::new()),
@@ -152,6 +168,7 @@ impl Fetcher {
         segment: usize,
         index: usize,
         used: usize,
+        moved: &Moved,
     ) -> Result<Bytes, String> {
         let info = &file.segments[segment].fragments[index];
         let endpoint =
@@ -160,7 +177,7 @@ impl Fetcher {
             (index < DATA_FRAGMENTS).then(|| used.saturating_sub(index * FRAGMENT_SIZE)).filter(|&n| n < FRAGMENT_SIZE);
         let bytes = self
             .miners
-            .get_fragment(&endpoint, fid, &info.hash, prefix.map(|n| 0..n))
+            .get_fragment(&endpoint, fid, &info.hash, prefix.map(|n| 0..n), moved)
             .await
             .map_err(|e| format!("miner {}: {e}", info.miner))?;
         // A whole fragment is used as it arrived; a prefix is padded with the zeros it stands for.
@@ -224,7 +241,7 @@ impl Fetcher {
             let fetched = match self.endpoint(&info.miner).await {
                 Some(endpoint) => self
                     .miners
-                    .get_fragment(&endpoint, fid, &info.hash, Some(in_fragment))
+                    .get_fragment(&endpoint, fid, &info.hash, Some(in_fragment), &Moved::default())
                     .await
                     .map_err(|e| e.to_string()),
                 None => Err("no endpoint".to_string()),
@@ -286,14 +303,15 @@ impl Fetcher {
         let mut got: [Option<Bytes>; FRAGMENTS] = Default::default();
         let mut errors = Vec::new();
         // All-zero fragments are known; the others are asked for, data fragments first. Each
-        // failure brings in the next fragment, and so does a wait longer than HEDGE_AFTER, so a
-        // miner that hangs costs a second, not a timeout.
+        // failure brings in the next fragment, and so does a fragment slower than its share
+        // (see SLOW_SHARE), so a miner that hangs or trickles costs a look, not a stall.
         let mut good = (0..FRAGMENTS).filter(|&j| expected.fragments[j] == ZERO_FRAGMENT_HASH).count();
         let mut candidates = (0..FRAGMENTS).filter(|&j| expected.fragments[j] != ZERO_FRAGMENT_HASH);
+        let rates = Rates::default();
         let ask = |j: usize| {
-            let file = &file;
+            let (file, moved) = (&file, rates.asked(j));
             async move {
-                let result = self.fragment(fid, file, segment, j, used).await;
+                let result = self.fragment(fid, file, segment, j, used, &moved).await;
                 let miner = file.segments[segment].fragments[j].miner.to_string();
                 match &result {
                     Ok(_) => metrics::FRAGMENTS_FETCHED.add(&miner, 1),
@@ -310,9 +328,10 @@ impl Fetcher {
             next.map(ask)
         };
         while good < DATA_FRAGMENTS {
-            match tokio::time::timeout(HEDGE_AFTER, pending.next()).await {
+            match tokio::time::timeout(LOOK_EVERY, pending.next()).await {
                 Ok(Some((j, result))) => {
                     asked.retain(|&a| a != j);
+                    rates.finished(j, result.is_ok());
                     match result {
                         Ok(data) => {
                             got[j] = Some(data);
@@ -325,16 +344,22 @@ impl Fetcher {
                     }
                 }
                 Ok(None) => break,
-                Err(_slow) => {
-                    let slow: Vec<String> =
-                        asked.iter().map(|&j| file.segments[segment].fragments[j].miner.to_string()).collect();
+                Err(_look) => {
+                    let slow = rates.newly_slow();
+                    if slow.is_empty() {
+                        continue;
+                    }
+                    let miners: Vec<String> =
+                        slow.iter().map(|&j| file.segments[segment].fragments[j].miner.to_string()).collect();
                     crate::log_limited!(
                         log::Level::Info,
-                        &format!("slow miners {slow:?}"),
-                        "segment {segment} of {fid}: {} not answered within {HEDGE_AFTER:?}; asking another",
-                        slow.join(", ")
+                        &format!("slow miners {miners:?}"),
+                        "segment {segment} of {fid}: {} slower than its share of the link; asking another",
+                        miners.join(", ")
                     );
-                    pending.extend(ask_next(&mut asked));
+                    for _ in &slow {
+                        pending.extend(ask_next(&mut asked));
+                    }
                 }
             }
         }
@@ -360,5 +385,63 @@ impl Fetcher {
             }
             decode_err(error)
         })
+    }
+}
+
+/// How fast each asked fragment of one segment arrives.
+#[derive(Default)]
+struct Rates(Mutex<HashMap<usize, Rate>>);
+
+struct Rate {
+    asked: Instant,
+    moved: Moved,
+    /// Bytes a second, once it finished.
+    finished: Option<f64>,
+    /// Whether another fragment was asked because of it.
+    hedged: bool,
+}
+
+impl Rate {
+    fn now(&self) -> f64 {
+        self.finished.unwrap_or_else(|| self.moved.get() as f64 / self.asked.elapsed().as_secs_f64().max(1e-3))
+    }
+}
+
+impl Rates {
+    /// Fragment `j` is asked for now: its counter.
+    fn asked(&self, j: usize) -> Moved {
+        let moved = Moved::default();
+        let rate = Rate { asked: Instant::now(), moved: moved.clone(), finished: None, hedged: false };
+        lock(&self.0).insert(j, rate);
+        moved
+    }
+
+    /// Fragment `j` arrived, or failed (its rate then says nothing of the link).
+    fn finished(&self, j: usize, arrived: bool) {
+        let mut all = lock(&self.0);
+        match all.get_mut(&j) {
+            Some(r) if arrived => r.finished = Some(r.now()),
+            _ => drop(all.remove(&j)),
+        }
+    }
+
+    /// Fragments still coming, asked at least a look ago, arriving at less than their share
+    /// of the median rate, not yet hedged: each is marked hedged.
+    fn newly_slow(&self) -> Vec<usize> {
+        let mut all = lock(&self.0);
+        let mut rates: Vec<f64> = all.values().map(Rate::now).collect();
+        if rates.len() < 2 {
+            return Vec::new();
+        }
+        rates.sort_by(f64::total_cmp);
+        let median = rates[rates.len() / 2];
+        let mut slow = Vec::new();
+        for (&j, r) in all.iter_mut() {
+            if r.finished.is_none() && !r.hedged && r.asked.elapsed() >= LOOK_EVERY && r.now() < median * SLOW_SHARE {
+                r.hedged = true;
+                slow.push(j);
+            }
+        }
+        slow
     }
 }

@@ -67,6 +67,8 @@ pub struct Fs {
     chain_health: Option<Arc<ChainHealth>>,
     /// Set when the tree is kept in snapshots.
     snapshots: Option<Arc<SnapshotFlags>>,
+    /// The link's pace, on a mount with a network.
+    pace: Option<Arc<crate::pace::Pace>>,
 }
 
 /// The one rule for a name in a directory: 1 to 255 bytes, any but `/` and NUL, not `.` or `..`.
@@ -114,12 +116,19 @@ impl Fs {
             storage: Mutex::new(None),
             chain_health: None,
             snapshots: None,
+            pace: None,
         }
     }
 
     /// Records the space of the territory files are stored in, which `statfs` reports.
     pub fn set_storage_space(&self, space: StorageSpace) {
         *lock(&self.storage) = Some(space);
+    }
+
+    /// Shows the link (`user.cess.link`) and lets the bandwidth limit change
+    /// (`user.cess.bwlimit` on the root).
+    pub fn set_pace(&mut self, pace: Arc<crate::pace::Pace>) {
+        self.pace = Some(pace);
     }
 
     /// Lets the upload attributes say when the chain does not answer.

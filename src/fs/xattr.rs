@@ -37,6 +37,8 @@ fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, Strin
 
 /// Setting this attribute (to anything) drops the cached content of an active file.
 pub const EVICT: &[u8] = b"user.cess.evict";
+/// The root's bandwidth limit, readable and writable (`cessfs bwlimit`).
+pub const BWLIMIT: &[u8] = b"user.cess.bwlimit";
 /// The namespace cessfs keeps for itself.
 pub const CESS_PREFIX: &[u8] = b"user.cess.";
 const USER_PREFIX: &[u8] = b"user.";
@@ -59,6 +61,10 @@ impl Fs {
             }
             if let Some(flags) = &self.snapshots {
                 attrs.push(("user.cess.snapshot", self.snapshot_json(flags)?.to_string()));
+            }
+            if let Some(pace) = &self.pace {
+                attrs.push(("user.cess.bwlimit", pace.limit().to_string()));
+                attrs.push(("user.cess.link", self.link_json(pace).to_string()));
             }
             return Ok(attrs);
         }
@@ -146,6 +152,18 @@ impl Fs {
         }))
     }
 
+    /// `user.cess.link`: the bandwidth limit in force and the rates over the last seconds.
+    fn link_json(&self, pace: &crate::pace::Pace) -> serde_json::Value {
+        let (now, rates) = (pace.current(), pace.rates());
+        serde_json::json!({
+            "bwlimit": pace.limit().to_string(),
+            "up_limit": now.up,
+            "down_limit": now.down,
+            "up": rates.up.round() as u64,
+            "down": rates.down.round() as u64,
+        })
+    }
+
     /// `user.cess.snapshot`: the state of the tree's snapshots.
     fn snapshot_json(&self, flags: &super::SnapshotFlags) -> FsResult<serde_json::Value> {
         let summary = self.store.snapshot_summary()?;
@@ -207,6 +225,17 @@ impl Fs {
         }
         if name == EVICT {
             return self.evict(ino).map(|_| ());
+        }
+        if name == BWLIMIT && ino == crate::store::ROOT_INO {
+            let pace = self.pace.as_ref().ok_or(FsError::Unsupported)?;
+            let text = std::str::from_utf8(value).map_err(|_| FsError::Invalid)?;
+            let limit = text.parse().map_err(|e| {
+                log::warn!("bandwidth limit {text:?} refused: {e}");
+                FsError::Invalid
+            })?;
+            log::info!("bandwidth limit now {text}");
+            pace.set_limit(limit);
+            return Ok(());
         }
         if name.starts_with(CESS_PREFIX) {
             return Err(FsError::ReadOnlyAttr);

@@ -46,6 +46,9 @@ impl Store {
                 batch.0.insert(key::abandoned(&fid), encode(&deal));
             }
             self.commit(batch)?;
+            if let Some(fid) = &rec.fid {
+                self.forget_placements(fid)?;
+            }
             let path = self.deal_snapshot_path(ino);
             let bytes = std::fs::metadata(&path).map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512);
             remove_if_present(&path)?;

@@ -622,6 +622,9 @@ impl Store {
             return Ok(false);
         }
         remove_if_present(&self.deal_snapshot_path(ino))?;
+        if let Some(fid) = &old.fid {
+            self.forget_placements(fid)?;
+        }
         Ok(true)
     }
 

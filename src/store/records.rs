@@ -206,6 +206,18 @@ pub mod key {
     }
     /// Prefix of every abandoned deal.
     pub const ABANDONED_PREFIX: &[u8] = b"a";
+    /// `l` fid column → placement: where a column of a deal in flight went, and how far.
+    pub fn placement(fid: &crate::format::Hash, column: u8) -> Vec<u8> {
+        let mut k = placement_prefix(fid);
+        k.push(column);
+        k
+    }
+    /// All placements of a deal start with this.
+    pub fn placement_prefix(fid: &crate::format::Hash) -> Vec<u8> {
+        let mut k = vec![b'l'];
+        k.extend_from_slice(&fid.0);
+        k
+    }
     /// `o` ino → () : unlinked inodes still open when recorded, removed at the next start.
     pub fn orphan(ino: u64) -> [u8; 9] {
         tagged(b'o', ino)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Inner, UploadError, lock, placement, push};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
 use crate::metrics;
-use crate::protocol::{ChainError, SentTx, TerritoryState, UserBrief, charged_space};
+use crate::protocol::{AccountId, ChainError, SentTx, TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
 
 /// The error of a record whose state needs a FID it lacks (a corrupt record).
@@ -355,8 +355,9 @@ impl Inner {
         Ok(Flow::Continue)
     }
 
-    /// `pushing`: send every column not yet reported to a miner of its own; a miner that fails
-    /// is replaced by a spare, for up to three rounds.
+    /// `pushing`: send every column not yet reported to a miner of its own, resuming where an
+    /// earlier push left it (a column its miner holds whole is not sent again); a miner that
+    /// fails is replaced by a spare, for up to three rounds.
     async fn push_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
         let fid = rec.fid.ok_or_else(|| missing_fid("pushing"))?;
         let Some(deal) = self.chain.deal(&fid).await? else {
@@ -365,12 +366,31 @@ impl Inner {
                 .await?;
             return Ok(Flow::Continue);
         };
+        let segments = deal.segments.len();
+        let placed = self.db(move |s| s.placements(&fid)).await?;
         let mut exclude: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
         exclude.extend(lock(&self.laggards).get(&fid).cloned().unwrap_or_default());
-        let mut left: Vec<usize> =
+        // A miner holding part of a column keeps it; no other column goes to it.
+        exclude.extend(placed.iter().map(|(_, p)| AccountId(p.miner)));
+        let unreported: Vec<usize> =
             (0..FRAGMENTS).filter(|c| !deal.complete_list.iter().any(|d| d.index as usize == c + 1)).collect();
-        let segments = deal.segments.len();
-        let mut candidates = placement::candidates(self.chain.miners().await?, segments, &exclude);
+        let miners = self.chain.miners().await?;
+        let mut held = 0;
+        let mut resumed = Vec::new();
+        let mut left = Vec::new();
+        for column in unreported {
+            let place = placed.iter().find(|(c, _)| *c as usize == column).map(|(_, p)| *p);
+            let miner = place.and_then(|p| miners.iter().find(|m| m.account.0 == p.miner && m.endpoint.is_some()));
+            match (place, miner) {
+                // Its miner has every fragment of it: its report is waited for (confirm_step).
+                (Some(p), Some(_)) if p.segments as usize >= segments => held += 1,
+                (Some(p), Some(m)) => {
+                    resumed.push(push::Assignment { column, miner: m.clone(), from: p.segments as usize })
+                }
+                _ => left.push(column),
+            }
+        }
+        let mut candidates = placement::candidates(miners, segments, &exclude);
         if candidates.len() < left.len() {
             return Err(UploadError::NotEnoughMiners {
                 found: candidates.len(),
@@ -378,13 +398,26 @@ impl Inner {
                 needed_space: (FRAGMENT_SIZE * segments) as u128,
             });
         }
-        let mut pushed = FRAGMENTS - left.len();
+        if held + resumed.len() > 0 {
+            log::info!(
+                "inode {ino}: resuming the push of {fid}: {held} columns held by their miners, {} resumed, {} to send",
+                resumed.len(),
+                left.len()
+            );
+        }
+        let mut pushed = FRAGMENTS - left.len() - resumed.len();
         let mut last = None;
         for _round in 0..3 {
-            if left.is_empty() || candidates.len() < left.len() {
+            if (left.is_empty() && resumed.is_empty()) || candidates.len() < left.len() {
                 break;
             }
-            let assignment: Vec<_> = left.iter().copied().zip(candidates.drain(..left.len())).collect();
+            let mut assignment = std::mem::take(&mut resumed);
+            let fresh = candidates.drain(..left.len());
+            assignment.extend(left.iter().zip(fresh).map(|(&column, miner)| push::Assignment {
+                column,
+                miner,
+                from: 0,
+            }));
             let outcome = push::push_columns(self, ino, &fid, &rec, &deal.segments, assignment).await?;
             left.clear();
             for (column, miner, result) in outcome {
@@ -395,6 +428,7 @@ impl Inner {
                     }
                     Err(e) => {
                         log::warn!("inode {ino}: column {column} could not go to miner {}: {e}", miner.account);
+                        self.db(move |s| s.forget_placement(&fid, column as u8)).await?;
                         last = Some(e);
                         left.push(column);
                     }
@@ -448,7 +482,14 @@ impl Inner {
                     );
                     // The miners that took a column and did not report it are not asked again.
                     let reporters: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
-                    lock(&self.laggards).entry(fid).or_default().retain(|m| !reporters.contains(m));
+                    let placed = self.db(move |s| s.placements(&fid)).await?;
+                    {
+                        let mut laggards = lock(&self.laggards);
+                        let laggards = laggards.entry(fid).or_default();
+                        laggards.extend(placed.iter().map(|(_, p)| AccountId(p.miner)));
+                        laggards.retain(|m| !reporters.contains(m));
+                    }
+                    self.db(move |s| s.forget_placements(&fid)).await?;
                     self.update(ino, &rec, |r| {
                         r.state = UploadState::Pushing;
                         r.pushed = reported;

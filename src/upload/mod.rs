@@ -54,8 +54,10 @@ pub struct UploadConfig {
     pub territory: Vec<u8>,
     /// The encryption key; `None` stores files in the plaintext layout.
     pub master: Option<MasterKey>,
-    /// Time limit of one request to a miner.
-    pub miner_timeout: Duration,
+    /// When a request to a miner counts as stalled.
+    pub stall: crate::miner::StallRule,
+    /// The link's pace (bandwidth limit, a reader first), shared with the cold reads.
+    pub pace: Option<Arc<crate::pace::Pace>>,
     /// How long miners get to report a pushed column before it goes to other miners.
     pub report_timeout: Duration,
     /// How often to look at the chain while waiting for reports.
@@ -181,7 +183,7 @@ impl Engine {
         stop: watch::Receiver<bool>,
     ) -> Engine {
         Engine(Arc::new(Inner {
-            miners: MinerClient::new(signer, config.miner_timeout),
+            miners: MinerClient::new(signer, config.stall, config.pace.clone()),
             store,
             chain,
             encoder: Encoder::default(),
@@ -669,7 +671,8 @@ mod tests {
             parallel: 1,
             territory: b"t".to_vec(),
             master: None,
-            miner_timeout: Duration::from_secs(1),
+            stall: crate::miner::StallRule::over(Duration::from_secs(1)),
+            pace: None,
             report_timeout: Duration::from_secs(1),
             poll: Duration::from_millis(10),
             pack_below: 0,

@@ -2,7 +2,9 @@
 //! the hashes) one segment at a time, and each column streams to its miner in its own task,
 //! straight from the segment's buffers (no copy). Rebuilding waits for the slowest column (each
 //! column queues one fragment), so a file holds up to three segments while pushing.
-//! A column whose miner fails stops there; the caller sends it whole to another miner.
+//! A column whose miner fails stops there; the caller sends it whole to another miner. Each
+//! fragment a miner takes is recorded ([`Placement`]), so a column resumes after its last
+//! taken segment, in this run or the next.
 
 use std::sync::Arc;
 
@@ -14,8 +16,7 @@ use crate::format::{FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZER
 use crate::metrics;
 use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
-use crate::store::FileSource;
-use crate::store::UploadRecord;
+use crate::store::{FileSource, Placement, UploadRecord};
 
 /// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay alive until
 /// every fragment of it is sent.
@@ -33,14 +34,21 @@ impl AsRef<[u8]> for Fragment {
 /// What became of each column: its miner and whether it holds the whole column now.
 pub(super) type Pushed = Vec<(usize, MinerInfo, Result<(), MinerError>)>;
 
-/// Sends `columns` (column index, miner) of the file of upload record `rec`, whose FID is `fid`.
+/// A column to send: its index, its miner, and the first segment that miner lacks.
+pub(super) struct Assignment {
+    pub column: usize,
+    pub miner: MinerInfo,
+    pub from: usize,
+}
+
+/// Sends the `columns` of the file of upload record `rec`, whose FID is `fid`.
 pub(super) async fn push_columns(
     inner: &Arc<Inner>,
     ino: u64,
     fid: &Hash,
     rec: &UploadRecord,
     segments: &[SegmentManifest],
-    columns: Vec<(usize, MinerInfo)>,
+    columns: Vec<Assignment>,
 ) -> Result<Pushed, UploadError> {
     let (size, seed) = (rec.size, rec.seed);
     let layout = crate::format::Layout::new(size, if seed.is_some() { Mode::Encrypted } else { Mode::Plain })?;
@@ -55,18 +63,19 @@ pub(super) async fn push_columns(
     // Owned here: dropped (the job stopped), they are aborted with it.
     let mut tasks = tokio::task::JoinSet::new();
     let mut assigned = Vec::with_capacity(columns.len());
-    for (column, miner) in columns {
+    let first = columns.iter().map(|a| a.from).min().unwrap_or(0);
+    for Assignment { column, miner, from } in columns {
         assigned.push((column, miner.clone()));
         // One segment in flight per column: memory stays at one segment's fragments.
-        let (tx, mut rx) = mpsc::channel::<FragmentBody>(1);
-        senders.push((column, tx));
+        let (tx, mut rx) = mpsc::channel::<(usize, FragmentBody)>(1);
+        senders.push((column, from, tx));
         let (inner, fid) = (inner.clone(), *fid);
         tasks.spawn(async move {
             let endpoint = miner.endpoint.clone().unwrap_or_default();
             // A column stops at its first failure: its receiver goes, and the producer stops
             // rebuilding once every column has stopped.
             let mut result = Ok(());
-            while let Some(body) = rx.recv().await {
+            while let Some((segment, body)) = rx.recv().await {
                 // Its deal given up (abandon_removed_deals): nothing more goes.
                 if !inner.store.has_upload(ino) {
                     break;
@@ -80,6 +89,11 @@ pub(super) async fn push_columns(
                         break;
                     }
                 }
+                let placement = Placement { miner: miner.account.0, segments: segment as u32 + 1 };
+                if let Err(e) = inner.db(move |s| s.record_placement(&fid, column as u8, &placement)).await {
+                    log::warn!("column {column} of {fid}: recording its progress: {e}");
+                }
+                crate::hooks::reached_async("column-placed").await;
             }
             (column, miner, result)
         });
@@ -89,7 +103,7 @@ pub(super) async fn push_columns(
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
         let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
         let master = key.as_ref().zip(seed.as_ref());
-        regen.encoder.regenerate(&file, size, master, 0..hashes.len(), |index, fragments| {
+        regen.encoder.regenerate(&file, size, master, first..hashes.len(), |index, fragments| {
             if *regen.stop.borrow() {
                 return Err(UploadError::ShuttingDown);
             }
@@ -97,7 +111,12 @@ pub(super) async fn push_columns(
                 return Err(UploadError::Changed);
             }
             let mut sent = false;
-            for (column, tx) in &senders {
+            for (column, from, tx) in &senders {
+                // Taken by its miner before (this run or an earlier one): still waited for.
+                if index < *from {
+                    sent |= !tx.is_closed();
+                    continue;
+                }
                 let hash = hashes[index].fragments[*column];
                 let data = if hash == ZERO_FRAGMENT_HASH {
                     Bytes::new()
@@ -105,7 +124,7 @@ pub(super) async fn push_columns(
                     Bytes::from_owner(Fragment { fragments: fragments.clone(), index: *column })
                 };
                 // A column that failed has dropped its receiver: the send fails, nothing waits.
-                sent |= tx.blocking_send(FragmentBody::new(hash, data)).is_ok();
+                sent |= tx.blocking_send((index, FragmentBody::new(hash, data))).is_ok();
             }
             if sent { Ok(()) } else { Err(UploadError::Internal("every column failed".into())) }
         })

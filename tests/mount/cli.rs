@@ -114,9 +114,39 @@ fn ro_in_fstab_is_a_read_only_view() {
 
 /// A link the devnet cannot take is refused at mount, saying what was wrong, and leaves nothing.
 #[test]
-fn a_bad_devnet_link_is_refused_at_mount() {
+fn a_bad_devnet_link_or_bandwidth_limit_is_refused_at_mount() {
     let work = tempfile::tempdir().unwrap();
-    let said =
-        refused_mount(work.path(), &key_file(work.path(), "5a".repeat(32).as_bytes()), &["--devnet-link", "up=fast"]);
+    let key = key_file(work.path(), "5a".repeat(32).as_bytes());
+    let said = refused_mount(work.path(), &key, &["--devnet-link", "up=fast"]);
     assert!(said.contains("devnet_link") && said.contains("bits per second"), "{said}");
+    let said = refused_mount(work.path(), &key, &["--bwlimit", "08:00,512k 19:00,10M 25:00,off"]);
+    assert!(said.contains("--bwlimit") && said.contains("entry 3") && said.contains("25:00"), "{said}");
+}
+
+/// `cessfs bwlimit` shows and changes a running mount's limit; a bad one is refused with what
+/// was wrong, and the limit in force stays.
+#[test]
+fn the_bandwidth_limit_changes_on_a_running_mount() {
+    let m = Mount::uploading("0", &["--bwlimit", "08:00,512k 19:00,10M 23:00,off"]);
+    let bwlimit = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("bwlimit").arg(m.root()).args(args);
+        cmd
+    };
+    let said = run(&mut bwlimit(&[]));
+    assert!(said.contains("timetable \"08:00,512k 19:00,10M 23:00,off\""), "{said}");
+    let said = run(&mut bwlimit(&["2M:off"]));
+    assert!(said.contains("(limit 2.0 MiB/s), down") && said.contains("(limit off)"), "{said}");
+    let said = fails(&mut bwlimit(&["2M:fast"]));
+    assert!(said.contains("\"fast\" is not a rate"), "{said}");
+    assert_eq!(getxattr(m.root(), "user.cess.bwlimit").unwrap(), b"2M:off");
+    // A tool setting the attribute itself is refused by the mount too.
+    assert_eq!(setxattr(m.root(), "user.cess.bwlimit", b"25:00,1M", 0), Err(libc::EINVAL));
+    assert_eq!(getxattr(m.root(), "user.cess.bwlimit").unwrap(), b"2M:off");
+    // Files go up under a limit, and status shows the link.
+    run(&mut bwlimit(&["64M"]));
+    fs::write(m.path("a.bin"), random_bytes(1 << 20, 5)).unwrap();
+    m.wait_status("a.bin", &["active"], 2 * MIN);
+    let status = run(Command::new(BIN).arg("status").arg(m.root()));
+    assert!(status.contains("link: up") && status.contains("(limit 64.0 MiB/s)"), "{status}");
 }

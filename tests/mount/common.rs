@@ -383,8 +383,14 @@ impl Devnet {
     /// Fragment `hash` of `fid` as the node at `endpoint` serves it (`None`: it has none).
     pub fn fragment(&self, endpoint: &str, fid: &str, hash: &cessfs::format::Hash) -> Option<Vec<u8>> {
         let signer = cessfs::protocol::Signer::from_uri("//Alice").expect("dev key");
-        let client = cessfs::miner::MinerClient::new(signer, std::time::Duration::from_secs(30));
-        self.run(client.get_fragment(endpoint, &fid.parse().expect("fid"), hash, None)).ok().map(|b| b.to_vec())
+        let client = cessfs::miner::MinerClient::new(
+            signer,
+            cessfs::miner::StallRule::over(std::time::Duration::from_secs(30)),
+            None,
+        );
+        self.run(client.get_fragment(endpoint, &fid.parse().expect("fid"), hash, None, &Default::default()))
+            .ok()
+            .map(|b| b.to_vec())
     }
 }
 

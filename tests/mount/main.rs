@@ -7,6 +7,7 @@ mod common;
 mod durability;
 mod file_managers;
 mod keys;
+mod link;
 mod model;
 mod packs;
 mod pjdfstest;

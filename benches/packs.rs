@@ -16,6 +16,7 @@
 #[path = "support/data.rs"]
 mod data;
 #[path = "support/mounted.rs"]
+#[allow(dead_code)]
 mod mounted;
 
 use std::collections::HashSet;

@@ -8,6 +8,7 @@
 #[path = "support/data.rs"]
 mod data;
 #[path = "support/mounted.rs"]
+#[allow(dead_code)]
 mod mounted;
 
 use std::io::Read;

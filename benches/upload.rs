@@ -8,6 +8,7 @@
 #[path = "support/data.rs"]
 mod data;
 #[path = "support/mounted.rs"]
+#[allow(dead_code)]
 mod mounted;
 
 use std::time::Instant;
@@ -40,13 +41,6 @@ fn cpu_of(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")) / tick
-}
-
-/// Peak resident memory of process `pid`, in MiB.
-fn peak_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM");
-    kib.trim().trim_end_matches("kB").trim().parse::<f64>().expect("VmHWM kB") / 1024.0
 }
 
 fn main() {

@@ -82,9 +82,9 @@ impl Default for Bwlimit {
 }
 
 /// A rate as rclone writes it: bytes a second, with a binary suffix B, K, M, G or T (a bare
-/// number is KiB/s), or `off`.
+/// number is KiB/s), or `off` (or 0).
 fn rate(s: &str) -> Result<Option<u64>, String> {
-    if s.eq_ignore_ascii_case("off") {
+    if s.eq_ignore_ascii_case("off") || s == "0" {
         return Ok(None);
     }
     let bad = || format!("{s:?} is not a rate: write 512k, 10M, 1.5G or off (bytes a second, as rclone)");
@@ -98,6 +98,9 @@ fn rate(s: &str) -> Result<Option<u64>, String> {
         "t" | "ti" | "tib" => 1 << 40,
         _ => return Err(bad()),
     };
+    if !number.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(bad());
+    }
     let n: f64 = number.parse().map_err(|_| bad())?;
     let bytes = n * scale as f64;
     if !(1.0..=1e15).contains(&bytes) {
@@ -132,9 +135,11 @@ fn when(s: &str) -> Result<(Option<u32>, u32), String> {
         None => (None, s),
     };
     let bad = || format!("{time:?} is not a time of day: write HH:MM, as 08:00 or 23:30");
-    let (h, m) = time.split_once(':').ok_or_else(bad)?;
-    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if h > 23 || m > 59 || time.len() != 5 {
+    if time.len() != 5 || !time.bytes().enumerate().all(|(i, b)| if i == 2 { b == b':' } else { b.is_ascii_digit() }) {
+        return Err(bad());
+    }
+    let (h, m): (u32, u32) = (time[..2].parse().map_err(|_| bad())?, time[3..].parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
         return Err(bad());
     }
     Ok((day, h * 60 + m))
@@ -152,7 +157,8 @@ impl FromStr for Bwlimit {
             return Ok(Bwlimit { text: text.into(), table: vec![(0, limit(text)?)] });
         }
         let mut table = Vec::new();
-        for (i, entry) in text.split_whitespace().enumerate() {
+        // Entries are separated by spaces or `;` (as rclone takes them).
+        for (i, entry) in text.split(|c: char| c.is_whitespace() || c == ';').filter(|e| !e.is_empty()).enumerate() {
             let at = |e: String| format!("entry {} ({entry:?}): {e}", i + 1);
             let (time, value) = entry.split_once(',').ok_or_else(|| at("write TIME,RATE, as 08:00,512k".into()))?;
             let (day, minute) = when(time).map_err(at)?;
@@ -335,14 +341,29 @@ impl Pace {
         }
     }
 
-    /// The rates over the last few seconds.
+    /// The rates over the last few seconds (bytes handed to the link and taken from it).
     pub fn rates(&self) -> Rates {
         let samples = lock(&self.samples);
-        let Some(&(since, up, down)) = samples.front() else { return Rates::default() };
-        let span = since.elapsed().max(RATE_SPAN).as_secs_f64();
+        let now = Instant::now();
+        // The newest sample at least a span old (bytes since then are the span's); none moved
+        // within the span if the newest sample is older than that.
+        if samples.back().is_none_or(|(t, _, _)| now.duration_since(*t) >= RATE_SPAN) {
+            return Rates::default();
+        }
+        let Some(&(since, up, down)) = samples.iter().rev().find(|(t, _, _)| now.duration_since(*t) >= RATE_SPAN)
+        else {
+            // Younger than a span: from the first sample.
+            let Some(&(since, up, down)) = samples.front() else { return Rates::default() };
+            let span = now.duration_since(since).max(RATE_SPAN / 8).as_secs_f64();
+            return Rates {
+                up: self.sent.load(Ordering::Relaxed).saturating_sub(up) as f64 / span,
+                down: self.received.load(Ordering::Relaxed).saturating_sub(down) as f64 / span,
+            };
+        };
+        let span = now.duration_since(since).as_secs_f64();
         Rates {
-            up: (self.sent.load(Ordering::Relaxed) - up) as f64 / span,
-            down: (self.received.load(Ordering::Relaxed) - down) as f64 / span,
+            up: self.sent.load(Ordering::Relaxed).saturating_sub(up) as f64 / span,
+            down: self.received.load(Ordering::Relaxed).saturating_sub(down) as f64 / span,
         }
     }
 
@@ -381,7 +402,8 @@ mod tests {
         assert_eq!(rate("1.5G"), Ok(Some(3 << 29)));
         assert_eq!(rate("100B"), Ok(Some(100)));
         assert_eq!(rate("off"), Ok(None));
-        for bad in ["", "ten", "10X", "0", "-1M", "1..2M"] {
+        assert_eq!(rate("0"), Ok(None), "0 is off, as in rclone");
+        for bad in ["", "ten", "10X", "-1M", "+1M", "1..2M"] {
             assert!(rate(bad).is_err(), "{bad:?}");
         }
     }
@@ -397,7 +419,12 @@ mod tests {
 
     #[test]
     fn a_daily_timetable_wraps_around_midnight() {
+        let semicolons: Bwlimit = "08:00,2M;19:00,10M;23:00,off".parse().unwrap();
         let l: Bwlimit = "08:00,2M 19:00,10M 23:00,off".parse().unwrap();
+        assert_eq!(
+            (0..super::WEEK).map(|m| semicolons.at(m)).collect::<Vec<_>>(),
+            (0..super::WEEK).map(|m| l.at(m)).collect::<Vec<_>>()
+        );
         let at = |h: u32, m: u32| l.at(h * 60 + m);
         assert_eq!(at(7, 59).up, None, "before 08:00 the 23:00 entry of the day before holds");
         assert_eq!(at(8, 0).up, Some(2 * MIB));
@@ -429,6 +456,7 @@ mod tests {
         assert!(e.contains("not a day"), "{e}");
         assert!("08:00 2M".parse::<Bwlimit>().is_err());
         assert!("8:00,1M".parse::<Bwlimit>().is_err());
+        assert!("+8:00,1M".parse::<Bwlimit>().is_err());
         assert!("08:00,1M 08:00,2M".parse::<Bwlimit>().is_err());
         assert!("".parse::<Bwlimit>().is_err());
     }
@@ -443,6 +471,19 @@ mod tests {
         b.set_rate(None);
         b.pass(1 << 30).await;
         assert!(b.reserve(1).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_are_over_the_last_seconds_and_fall_to_zero() {
+        let pace = Pace::new(Bwlimit::default());
+        for _ in 0..10 {
+            let _ = pace.reserve_up(100_000);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let up = pace.rates().up;
+        assert!((80_000.0..=125_000.0).contains(&up), "{up}");
+        tokio::time::sleep(RATE_SPAN).await;
+        assert_eq!(pace.rates(), Rates::default(), "nothing moved in the last span");
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Peak resident memory of process `pid`, in MiB.
+pub fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM");
+    kib.trim().trim_end_matches("kB").trim().parse::<f64>().expect("VmHWM kB") / 1024.0
+}
+
 /// `user.cess.status` of a file.
 pub fn status(path: &Path) -> String {
     let (p, n) = (CString::new(path.to_str().expect("utf-8")).expect("path"), c"user.cess.status");

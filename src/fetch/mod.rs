@@ -89,6 +89,9 @@ const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// rate, so a slow link asks for nothing more; one slow miner among fast ones does.
 const SLOW_SHARE: f64 = 0.5;
 
+/// How long a fragment may bring no byte at all while others of its segment move.
+const NO_BYTE_GRACE: Duration = Duration::from_secs(2);
+
 type Slot = Arc<OnceCell<Result<Arc<DecodedSegment>, FetchError>>>;
 
 /// Fetches and decodes segments of stored files.
@@ -309,7 +312,12 @@ impl Fetcher {
         let mut candidates = (0..FRAGMENTS).filter(|&j| expected.fragments[j] != ZERO_FRAGMENT_HASH);
         let rates = Rates::default();
         let ask = |j: usize| {
-            let (file, moved) = (&file, rates.asked(j));
+            let want = if j < DATA_FRAGMENTS {
+                used.saturating_sub(j * FRAGMENT_SIZE).clamp(1, FRAGMENT_SIZE)
+            } else {
+                FRAGMENT_SIZE
+            };
+            let (file, moved) = (&file, rates.asked(j, want));
             async move {
                 let result = self.fragment(fid, file, segment, j, used, &moved).await;
                 let miner = file.segments[segment].fragments[j].miner.to_string();
@@ -388,30 +396,41 @@ impl Fetcher {
     }
 }
 
-/// How fast each asked fragment of one segment arrives.
+/// How fast each asked fragment of one segment arrives, as a share of its bytes a second from
+/// its first byte (so a short ranged fragment compares with whole ones, and a far miner's round
+/// trip is not taken for slowness).
 #[derive(Default)]
 struct Rates(Mutex<HashMap<usize, Rate>>);
 
 struct Rate {
     asked: Instant,
+    /// The bytes it brings.
+    want: usize,
     moved: Moved,
-    /// Bytes a second, once it finished.
+    /// When its first bytes were seen (at a look, or when it arrived).
+    first: Option<Instant>,
+    /// Its share a second, once it arrived.
     finished: Option<f64>,
     /// Whether another fragment was asked because of it.
     hedged: bool,
 }
 
 impl Rate {
-    fn now(&self) -> f64 {
-        self.finished.unwrap_or_else(|| self.moved.get() as f64 / self.asked.elapsed().as_secs_f64().max(1e-3))
+    /// The share of its bytes a second, since its first byte.
+    fn now(&self) -> Option<f64> {
+        self.finished.or_else(|| {
+            let first = self.first?;
+            Some(self.moved.get() as f64 / self.want.max(1) as f64 / first.elapsed().as_secs_f64().max(1e-3))
+        })
     }
 }
 
 impl Rates {
-    /// Fragment `j` is asked for now: its counter.
-    fn asked(&self, j: usize) -> Moved {
+    /// Fragment `j`, `want` bytes, is asked for now: its counter.
+    fn asked(&self, j: usize, want: usize) -> Moved {
         let moved = Moved::default();
-        let rate = Rate { asked: Instant::now(), moved: moved.clone(), finished: None, hedged: false };
+        let rate =
+            Rate { asked: Instant::now(), want, moved: moved.clone(), first: None, finished: None, hedged: false };
         lock(&self.0).insert(j, rate);
         moved
     }
@@ -420,24 +439,35 @@ impl Rates {
     fn finished(&self, j: usize, arrived: bool) {
         let mut all = lock(&self.0);
         match all.get_mut(&j) {
-            Some(r) if arrived => r.finished = Some(r.now()),
+            Some(r) if arrived => {
+                let first = *r.first.get_or_insert(r.asked);
+                r.finished = Some(1.0 / first.elapsed().as_secs_f64().max(1e-3));
+            }
             _ => drop(all.remove(&j)),
         }
     }
 
-    /// Fragments still coming, asked at least a look ago, arriving at less than their share
-    /// of the median rate, not yet hedged: each is marked hedged.
+    /// Fragments still coming and not yet hedged that are slow: no byte after NO_BYTE_GRACE
+    /// while another fragment moves, or, once moving, less than SLOW_SHARE of the median rate
+    /// of those moving. Each is marked hedged.
     fn newly_slow(&self) -> Vec<usize> {
         let mut all = lock(&self.0);
-        let mut rates: Vec<f64> = all.values().map(Rate::now).collect();
-        if rates.len() < 2 {
-            return Vec::new();
+        for r in all.values_mut().filter(|r| r.first.is_none() && r.moved.get() > 0) {
+            r.first = Some(Instant::now());
         }
+        let mut rates: Vec<f64> = all.values().filter_map(Rate::now).collect();
         rates.sort_by(f64::total_cmp);
-        let median = rates[rates.len() / 2];
+        let median = rates.get(rates.len() / 2).copied();
         let mut slow = Vec::new();
-        for (&j, r) in all.iter_mut() {
-            if r.finished.is_none() && !r.hedged && r.asked.elapsed() >= LOOK_EVERY && r.now() < median * SLOW_SHARE {
+        for (&j, r) in all.iter_mut().filter(|(_, r)| r.finished.is_none() && !r.hedged) {
+            let is_slow = match (r.first, r.now(), median) {
+                (None, _, Some(_)) => r.asked.elapsed() >= NO_BYTE_GRACE,
+                (Some(first), Some(rate), Some(median)) => {
+                    rates.len() >= 2 && first.elapsed() >= LOOK_EVERY && rate < median * SLOW_SHARE
+                }
+                _ => false,
+            };
+            if is_slow {
                 r.hedged = true;
                 slow.push(j);
             }

@@ -16,8 +16,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{Method, Request, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use thiserror::Error;
 
 pub use stall::{Moved, StallRule};
@@ -76,9 +74,10 @@ const BOUNDARY: &str = "cessfs-fragment-6f3e1c2b9a";
 const FRAME: usize = 64 * 1024;
 
 /// The kernel's send buffer per connection (it doubles it): bytes queued there are invisible to
-/// the stall rule. 256 KiB keeps a connection at 13 Mbit/s over 300 ms round trips, and fragments
-/// go to several miners at once.
-const SEND_BUFFER: usize = 256 * 1024;
+/// the stall rule, and drain at the tail of a fragment with nothing counted. 64 KiB keeps the
+/// tail (with hyper's own buffer, about 200 KiB) within a minute at the 4 KiB/s floor, and a
+/// connection at 3 Mbit/s over 300 ms round trips; fragments go to 12 miners at once.
+const SEND_BUFFER: usize = 64 * 1024;
 
 /// How long connecting may take, and how often it is tried, before a miner counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,6 +145,7 @@ impl hyper::body::Body for Frames {
         use std::task::Poll;
         let this = self.get_mut();
         if let Some((_, sleep)) = &mut this.waiting {
+            this.moved.paced();
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -161,6 +161,7 @@ impl hyper::body::Body for Frames {
         this.moved.add(frame.len());
         match this.pace.as_ref().and_then(|p| p.reserve_up(frame.len())) {
             Some(at) if at > tokio::time::Instant::now() => {
+                this.moved.paced();
                 let mut sleep = Box::pin(tokio::time::sleep_until(at));
                 if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Ok(hyper::body::Frame::data(frame))));
@@ -182,9 +183,10 @@ impl hyper::body::Body for Frames {
     }
 }
 
-/// Signs and sends fragment requests.
+/// Signs and sends fragment requests, each on a connection of its own that goes with it: a
+/// request given up (stalled) closes its connection and lets go of its body at once, however
+/// stuck the socket is (a pooled connection's task would hold 8 MiB on a dead socket).
 pub struct MinerClient {
-    http: Client<HttpConnector, Frames>,
     signer: Signer,
     stall: StallRule,
     pace: Option<Arc<Pace>>,
@@ -206,26 +208,47 @@ struct Answer {
 impl MinerClient {
     /// A client signing with `signer`, failing requests by `stall`, paced by `pace` if given.
     pub fn new(signer: Signer, stall: StallRule, pace: Option<Arc<Pace>>) -> MinerClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT.min(stall.window)));
-        connector.set_nodelay(true);
-        connector.set_send_buffer_size(Some(SEND_BUFFER));
-        let http = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .http1_max_buf_size(FRAME * 2)
-            .build(connector);
-        MinerClient { http, signer, stall, pace, counter: AtomicU64::new(0) }
+        MinerClient { signer, stall, pace, counter: AtomicU64::new(0) }
     }
 
-    /// A signed request for fragment `fragment` of `fid`.
-    fn signed(&self, method: Method, url: &str, fid: &Hash, fragment: &Hash) -> hyper::http::request::Builder {
+    /// A connection to `endpoint`, with a bounded send buffer.
+    async fn connect(&self, endpoint: &str) -> Result<tokio::net::TcpStream, String> {
+        let uri: hyper::Uri = base_url(endpoint).parse().map_err(|e| format!("not a URL ({e})"))?;
+        let host = uri.host().ok_or("no host in the URL")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addrs: Vec<_> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .collect();
+        let mut last = format!("{host} has no address");
+        for addr in addrs {
+            let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+            let socket = socket.map_err(|e| e.to_string())?;
+            socket.set_send_buffer_size(SEND_BUFFER as u32).map_err(|e| e.to_string())?;
+            match tokio::time::timeout(CONNECT_TIMEOUT.min(self.stall.window), socket.connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => {
+                    last = format!("{addr}: no answer within {}s", CONNECT_TIMEOUT.min(self.stall.window).as_secs())
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A signed request for fragment `fragment` of `fid` at `endpoint`.
+    fn signed(&self, method: Method, endpoint: &str, fid: &Hash, fragment: &Hash) -> hyper::http::request::Builder {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let message = format!("cessfs{}{n}", now.as_nanos());
+        let host = base_url(endpoint).parse::<hyper::Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string()));
         Request::builder()
             .method(method)
-            .uri(url)
+            .uri("/fragment")
+            .header(header::HOST, host.unwrap_or_default())
             .header(proto::FID, fid.to_hex())
             .header(proto::FRAGMENT, fragment.to_hex())
             .header(proto::ACCOUNT, self.signer.account().to_string())
@@ -238,7 +261,6 @@ impl MinerClient {
     async fn exchange(
         &self,
         endpoint: &str,
-        upload: bool,
         limit: usize,
         moved: &Moved,
         build: impl Fn(Moved) -> Result<Request<Frames>, hyper::http::Error>,
@@ -249,33 +271,53 @@ impl MinerClient {
             tries += 1;
             let req = build(moved.clone()).map_err(|e| connect_error(format!("a request it cannot take: {e}")))?;
             let exchange = async {
-                let resp = self.http.request(req).await?;
-                let status = resp.status().as_u16();
-                let json = resp
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with("application/json"));
-                let mut body = resp.into_body();
-                let mut got = BytesMut::with_capacity(limit.min(FRAGMENT_SIZE));
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(Failure::Read)?;
-                    if let Some(data) = frame.data_ref() {
-                        moved.add(data.len());
-                        if got.len() + data.len() > limit.max(MAX_ANSWER) {
-                            return Err(Failure::TooLong);
-                        }
-                        got.extend_from_slice(data);
-                        // Under a limit, the next bytes are taken once these have passed it
-                        // (TCP holds the miner back meanwhile).
-                        if let Some(pace) = &self.pace {
-                            pace.down(data.len()).await;
+                let stream = self.connect(endpoint).await.map_err(Failure::Connect)?;
+                let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+                    .max_buf_size(FRAME)
+                    .handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(Failure::Send)?;
+                // The connection is driven here, beside the request, and dropped with it.
+                let request = async {
+                    let resp = sender.send_request(req).await.map_err(Failure::Send)?;
+                    let status = resp.status().as_u16();
+                    let json = resp
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("application/json"));
+                    let mut body = resp.into_body();
+                    let mut got = BytesMut::with_capacity(limit.min(FRAGMENT_SIZE));
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.map_err(Failure::Read)?;
+                        if let Some(data) = frame.data_ref() {
+                            moved.add(data.len());
+                            if got.len() + data.len() > limit.max(MAX_ANSWER) {
+                                return Err(Failure::TooLong);
+                            }
+                            got.extend_from_slice(data);
+                            // Under a limit, the next bytes are taken once these have passed it
+                            // (TCP holds the miner back meanwhile).
+                            if let Some(pace) = &self.pace {
+                                moved.paced();
+                                pace.down(data.len()).await;
+                                moved.paced();
+                            }
                         }
                     }
+                    Ok(Answer { status, json, body: got.freeze() })
+                };
+                let (mut request, mut connection) = (std::pin::pin!(request), std::pin::pin!(connection));
+                let mut connected = true;
+                loop {
+                    tokio::select! {
+                        answer = &mut request => break answer,
+                        // Its end (or failure) shows in the request too.
+                        _ = &mut connection, if connected => connected = false,
+                    }
                 }
-                Ok(Answer { status, json, body: got.freeze() })
             };
-            let failure = match stall::watch(self.stall_rule(upload), moved, exchange).await {
+            let failure = match stall::watch(self.stall, moved, exchange).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(failure)) => failure,
                 Err(stalled) => {
@@ -287,13 +329,11 @@ impl MinerClient {
                 }
             };
             match failure {
-                Failure::Send(e) if e.is_connect() && tries < CONNECT_TRIES => {
-                    log::debug!("connecting to {endpoint} failed ({}); trying again", chain_of(&e));
+                Failure::Connect(e) if tries < CONNECT_TRIES => {
+                    log::debug!("connecting to {endpoint} failed ({e}); trying again");
                     tokio::time::sleep(Duration::from_millis(500 * tries as u64)).await;
                 }
-                Failure::Send(e) if e.is_connect() => {
-                    return Err(connect_error(format!("{} (tried {tries} times)", chain_of(&e))));
-                }
+                Failure::Connect(e) => return Err(connect_error(format!("{e} (tried {tries} times)"))),
                 Failure::Send(e) => return Err(connect_error(chain_of(&e))),
                 Failure::Read(e) => return Err(connect_error(format!("the answer broke off: {}", chain_of(&e)))),
                 Failure::TooLong => {
@@ -306,24 +346,16 @@ impl MinerClient {
         }
     }
 
-    /// The stall rule of a request: under a bandwidth limit, its floor is at most a 16th of the
-    /// limit, so that fragments sharing a low limit are not taken for stalled.
-    fn stall_rule(&self, upload: bool) -> StallRule {
-        let limit = self.pace.as_ref().map(|p| p.current()).and_then(|l| if upload { l.up } else { l.down });
-        StallRule { floor: limit.map_or(self.stall.floor, |l| self.stall.floor.min(l / 16).max(1)), ..self.stall }
-    }
-
     /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]). While a cold read
     /// waits on the network, it waits first (a reader first).
     pub async fn put_fragment(&self, endpoint: &str, fid: &Hash, body: FragmentBody) -> Result<(), MinerError> {
         if let Some(pace) = &self.pace {
             pace.reader_first().await;
         }
-        let url = format!("{}/fragment", base_url(endpoint));
         let len = body.len();
         let answer = self
-            .exchange(endpoint, true, MAX_ANSWER, &Moved::default(), |moved| {
-                self.signed(Method::PUT, &url, fid, &body.hash)
+            .exchange(endpoint, MAX_ANSWER, &Moved::default(), |moved| {
+                self.signed(Method::PUT, endpoint, fid, &body.hash)
                     .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
                     .header(header::CONTENT_LENGTH, len)
                     .body(Frames::new(body.pieces.clone(), moved, self.pace.clone()))
@@ -350,12 +382,11 @@ impl MinerClient {
         range: Option<Range<usize>>,
         moved: &Moved,
     ) -> Result<Bytes, MinerError> {
-        let url = format!("{}/fragment", base_url(endpoint));
         let want = range.as_ref().map_or(FRAGMENT_SIZE, |r| r.end - r.start);
         let _reading = self.pace.as_ref().map(|p| p.reading());
         let answer = self
-            .exchange(endpoint, false, want, moved, |moved| {
-                let mut req = self.signed(Method::GET, &url, fid, fragment);
+            .exchange(endpoint, want, moved, |moved| {
+                let mut req = self.signed(Method::GET, endpoint, fid, fragment);
                 if let Some(r) = &range {
                     req = req.header(header::RANGE, proto::range_header(r, FRAGMENT_SIZE));
                 }
@@ -380,15 +411,10 @@ impl MinerClient {
 
 /// Why one exchange failed, before it is said as a [`MinerError`].
 enum Failure {
-    Send(hyper_util::client::legacy::Error),
+    Connect(String),
+    Send(hyper::Error),
     Read(hyper::Error),
     TooLong,
-}
-
-impl From<hyper_util::client::legacy::Error> for Failure {
-    fn from(e: hyper_util::client::legacy::Error) -> Failure {
-        Failure::Send(e)
-    }
 }
 
 /// An error with its sources, as one line.

@@ -36,19 +36,45 @@ impl StallRule {
     }
 }
 
-/// Bytes moved by one request, counted by its body and its response as they pass.
+/// Bytes moved by one request, counted by its body and its response as they pass, and when it
+/// last waited on the bandwidth limit (a wait of ours, never the miner's stall).
 #[derive(Debug, Clone, Default)]
-pub struct Moved(Arc<AtomicU64>);
+pub struct Moved(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    bytes: AtomicU64,
+    /// Milliseconds after [`epoch`] of the last wait on the limit (0: never).
+    paced_at: AtomicU64,
+}
+
+/// The instant pacing times are counted from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 impl Moved {
     /// Counts `n` more bytes.
     pub fn add(&self, n: usize) {
-        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        self.0.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The bytes moved so far.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the request waits (or waited until now) on the bandwidth limit.
+    pub fn paced(&self) {
+        let ms = Instant::now().duration_since(epoch()).as_millis() as u64;
+        self.0.paced_at.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether it waited on the limit at or after `since`.
+    fn paced_since(&self, since: Instant) -> bool {
+        let at = self.0.paced_at.load(Ordering::Relaxed);
+        at > 0 && epoch() + Duration::from_millis(at) >= since
     }
 }
 
@@ -61,7 +87,7 @@ pub struct Stalled {
 
 /// Runs `request`, failing it once it breaks `rule`: checked every eighth of a window, against
 /// what moved over the whole window before (a sliding window; a request younger than a window
-/// is never stalled).
+/// is never stalled, nor one that waited on the bandwidth limit within the window).
 pub async fn watch<F: Future>(rule: StallRule, moved: &Moved, request: F) -> Result<F::Output, Stalled> {
     let tick = rule.window / 8;
     let mut samples: VecDeque<(Instant, u64)> = VecDeque::from([(Instant::now(), moved.get())]);
@@ -79,7 +105,8 @@ pub async fn watch<F: Future>(rule: StallRule, moved: &Moved, request: F) -> Res
                     samples.pop_front();
                 }
                 let (start, at_start) = samples[0];
-                if start + rule.window <= now && total - at_start < rule.needed() {
+                let slow = total.saturating_sub(at_start) < rule.needed();
+                if start + rule.window <= now && slow && !moved.paced_since(now.checked_sub(rule.window).unwrap_or(now)) {
                     return Err(Stalled { moved: total - at_start });
                 }
             }
@@ -139,5 +166,26 @@ mod tests {
         let got: Result<(), Stalled> = watch(rule, &moved, trickle).await;
         let stalled = got.expect_err("a trickle below the floor is stalled");
         assert!(stalled.moved < 800, "{stalled:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_on_the_bandwidth_limit_is_not_a_stall() {
+        let rule = StallRule { window: Duration::from_secs(8), floor: 100 };
+        let moved = Moved::default();
+        let counter = moved.clone();
+        let paced = async move {
+            // A frame every 20 s, each waited for under a low limit: then the miner stops.
+            for _ in 0..5 {
+                counter.add(64);
+                for _ in 0..20 {
+                    counter.paced();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let started = Instant::now();
+        assert!(watch(rule, &moved, paced).await.is_err(), "a stall after the pacing still fails");
+        assert!(started.elapsed() >= Duration::from_secs(100), "{:?}", started.elapsed());
     }
 }

@@ -307,6 +307,7 @@ impl Store {
         b.0.remove(&key::pack(pack));
         self.commit(b)?;
         drop(deals);
+        self.forget_placements(&fid)?;
         self.remove_content(pack)?;
         Ok(live)
     }

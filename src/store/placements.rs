@@ -32,16 +32,30 @@ impl Store {
             .collect()
     }
 
-    /// Records that column `column` of `fid` went to its miner this far.
-    pub fn record_placement(&self, fid: &Hash, column: u8, placement: &Placement) -> Result<(), StoreError> {
-        self.tree.insert(key::placement(fid, column), encode(placement))?;
-        self.sync()
+    /// Records that column `column` of `fid` went to its miner this far, if the upload of
+    /// `ino` still pushes that FID (a deal given up or ended meanwhile keeps no record: under the
+    /// deal lock, as those are). Returns whether it was recorded.
+    pub fn record_placement(
+        &self,
+        ino: u64,
+        fid: &Hash,
+        column: u8,
+        placement: &Placement,
+    ) -> Result<bool, StoreError> {
+        let deals = self.deals();
+        let pushing = self.upload(ino)?.is_some_and(|r| r.fid == Some(*fid) && r.state.deal_in_flight());
+        if pushing {
+            self.tree.insert(key::placement(fid, column), encode(placement))?;
+            drop(deals);
+            self.sync()?;
+        }
+        Ok(pushing)
     }
 
     /// Forgets where column `column` of `fid` went (its miner failed: it starts over elsewhere).
     pub fn forget_placement(&self, fid: &Hash, column: u8) -> Result<(), StoreError> {
         self.tree.remove(key::placement(fid, column))?;
-        Ok(())
+        self.sync()
     }
 
     /// Forgets every placement of `fid`'s deal (it ended, or its miners are being replaced).
@@ -49,6 +63,6 @@ impl Store {
         for k in self.tree.scan_prefix(key::placement_prefix(fid)).keys() {
             self.tree.remove(k?)?;
         }
-        Ok(())
+        self.sync()
     }
 }

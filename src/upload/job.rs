@@ -362,6 +362,10 @@ impl Inner {
         let fid = rec.fid.ok_or_else(|| missing_fid("pushing"))?;
         let Some(deal) = self.chain.deal(&fid).await? else {
             let stored = self.chain.file(&fid).await?.is_some();
+            if !stored {
+                // The deal is gone (expired): a new one starts from nothing.
+                self.db(move |s| s.forget_placements(&fid)).await?;
+            }
             self.update(ino, &rec, |r| r.state = if stored { UploadState::Confirming } else { UploadState::Declared })
                 .await?;
             return Ok(Flow::Continue);

@@ -73,6 +73,8 @@ struct Inner {
     encoder: Encoder,
     /// One encoding at a time: it uses every core.
     cpu: Semaphore,
+    /// Rebuilt segments held for their pushes, across all files (see push.rs).
+    segments_held: Arc<Semaphore>,
     config: UploadConfig,
     running: Mutex<HashSet<u64>>,
     /// Manifests computed in this run, so a declaration right after encoding needs no re-read.
@@ -188,6 +190,7 @@ impl Engine {
             chain,
             encoder: Encoder::default(),
             cpu: Semaphore::new(1),
+            segments_held: Arc::new(Semaphore::new(push::SEGMENTS_HELD)),
             config,
             running: Mutex::new(HashSet::new()),
             manifests: Mutex::new(HashMap::new()),

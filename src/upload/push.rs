@@ -1,7 +1,9 @@
 //! Sending columns to miners: the fragments are rebuilt from the file (no hashing: the deal has
 //! the hashes) one segment at a time, and each column streams to its miner in its own task,
 //! straight from the segment's buffers (no copy). Rebuilding waits for the slowest column (each
-//! column queues one fragment), so a file holds up to three segments while pushing.
+//! column queues one fragment), and a segment is rebuilt only once one of the engine's
+//! [`SEGMENTS_HELD`] places is free (held until its last fragment is sent), so memory stays
+//! bounded however slow the link and however many files push at once.
 //! A column whose miner fails stops there; the caller sends it whole to another miner. Each
 //! fragment a miner takes is recorded ([`Placement`]), so a column resumes after its last
 //! taken segment, in this run or the next.
@@ -18,11 +20,16 @@ use crate::miner::{FragmentBody, MinerError};
 use crate::protocol::MinerInfo;
 use crate::store::{FileSource, Placement, UploadRecord};
 
-/// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay alive until
-/// every fragment of it is sent.
+/// Rebuilt segments held at once by all pushes: 2 × 96 MiB, so that one segment is rebuilt
+/// while another goes out, and uploading stays under 256 MiB at any rate.
+pub(super) const SEGMENTS_HELD: usize = 2;
+
+/// One fragment of a rebuilt segment, as bytes to send: the segment's buffers, and its place
+/// among those held, stay until every fragment of it is sent.
 struct Fragment {
     fragments: SharedFragments,
     index: usize,
+    _held: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AsRef<[u8]> for Fragment {
@@ -90,8 +97,11 @@ pub(super) async fn push_columns(
                     }
                 }
                 let placement = Placement { miner: miner.account.0, segments: segment as u32 + 1 };
-                if let Err(e) = inner.db(move |s| s.record_placement(&fid, column as u8, &placement)).await {
-                    log::warn!("column {column} of {fid}: recording its progress: {e}");
+                match inner.db(move |s| s.record_placement(ino, &fid, column as u8, &placement)).await {
+                    Ok(true) => {}
+                    // The deal ended or was given up meanwhile: nothing more goes.
+                    Ok(false) => break,
+                    Err(e) => log::warn!("column {column} of {fid}: recording its progress: {e}"),
                 }
                 crate::hooks::reached_async("column-placed").await;
             }
@@ -100,9 +110,23 @@ pub(super) async fn push_columns(
     }
     let key = inner.key_for(rec.format)?;
     let (regen, hashes) = (inner.clone(), segments.to_vec());
+    let runtime = tokio::runtime::Handle::current();
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
         let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
         let master = key.as_ref().zip(seed.as_ref());
+        // A place for each segment before it is rebuilt; a shutdown does not wait for one.
+        let place = || {
+            let mut stop = regen.stop.clone();
+            runtime.block_on(async {
+                tokio::select! {
+                    held = regen.segments_held.clone().acquire_owned() => {
+                        held.map(Arc::new).map_err(|_| UploadError::ShuttingDown)
+                    }
+                    _ = stop.wait_for(|s| *s) => Err(UploadError::ShuttingDown),
+                }
+            })
+        };
+        let mut held = Some(place()?);
         regen.encoder.regenerate(&file, size, master, first..hashes.len(), |index, fragments| {
             if *regen.stop.borrow() {
                 return Err(UploadError::ShuttingDown);
@@ -110,6 +134,7 @@ pub(super) async fn push_columns(
             if !regen.store.has_upload(ino) {
                 return Err(UploadError::Changed);
             }
+            let this_segment = held.take().ok_or_else(|| UploadError::Internal("a segment without a place".into()))?;
             let mut sent = false;
             for (column, from, tx) in &senders {
                 // Taken by its miner before (this run or an earlier one): still waited for.
@@ -121,12 +146,24 @@ pub(super) async fn push_columns(
                 let data = if hash == ZERO_FRAGMENT_HASH {
                     Bytes::new()
                 } else {
-                    Bytes::from_owner(Fragment { fragments: fragments.clone(), index: *column })
+                    Bytes::from_owner(Fragment {
+                        fragments: fragments.clone(),
+                        index: *column,
+                        _held: this_segment.clone(),
+                    })
                 };
                 // A column that failed has dropped its receiver: the send fails, nothing waits.
                 sent |= tx.blocking_send((index, FragmentBody::new(hash, data))).is_ok();
             }
-            if sent { Ok(()) } else { Err(UploadError::Internal("every column failed".into())) }
+            if !sent {
+                return Err(UploadError::Internal("every column failed".into()));
+            }
+            // The next segment is rebuilt once it has a place.
+            drop(this_segment);
+            if index + 1 < hashes.len() {
+                held = Some(place()?);
+            }
+            Ok(())
         })
     })
     .await

@@ -214,7 +214,10 @@ mod tests {
 
         // Fragment 0 through the client's own body.
         let first = &data[..FRAGMENT_SIZE];
-        client.put_fragment(&endpoint, &fid, FragmentBody::new(hashes[0], first.to_vec().into())).await.unwrap();
+        client
+            .put_fragment(&endpoint, &fid, FragmentBody::new(hashes[0], first.to_vec().into()), &Default::default())
+            .await
+            .unwrap();
         let back = client.get_fragment(&endpoint, &fid, &hashes[0], None, &Default::default()).await.unwrap();
         assert!(back == first, "fragment 0 comes back as sent");
 
@@ -287,7 +290,7 @@ mod tests {
             let mut pushed = Err(None);
             for _ in 0..3 {
                 let body = FragmentBody::new(hashes[i], fragments[i].clone().into());
-                match client.put_fragment(&endpoint, &fid, body).await {
+                match client.put_fragment(&endpoint, &fid, body, &Default::default()).await {
                     Ok(()) => pushed = Ok(()),
                     Err(e @ crate::miner::MinerError::Connect { .. }) => {
                         pushed = Err(Some(e));

@@ -40,6 +40,8 @@ pub enum Fault {
     /// Takes the first bytes of a fragment upload, then reads no more and never answers (a
     /// miner whose link died mid-transfer); answers no download.
     Stall,
+    /// Takes fragment uploads at 256 KiB/s (a miner far slower than the others).
+    Slow,
     /// GET serves the fragment with one bit flipped.
     Corrupt,
     /// Stores fragments but never reports.
@@ -50,7 +52,7 @@ impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
         serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map_err(|_| format!("unknown fault {s:?}: none, down, refuse, timeout, stall, corrupt or noreport"))
+            .map_err(|_| format!("unknown fault {s:?}: none, down, refuse, timeout, stall, slow, corrupt or noreport"))
     }
 }
 
@@ -310,7 +312,8 @@ impl State {
             }
             stalls
         };
-        let range = read_body(req, buf, &self.links, stalled).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
+        let slow = || self.fault() == Fault::Slow;
+        let range = read_body(req, buf, &self.links, stalled, slow).await.ok_or_else(|| self.reply(400, msg::SIZE))?;
         Counting::add(&self.counting.bytes_in, range.len() as u64);
         let body = &buf.as_slice()[range];
         let part = multipart_file_sized(body, content_type, proto::FILE_PART, FRAGMENT_SIZE)
@@ -514,13 +517,17 @@ struct Received {
     parity: Option<(usize, [Hash; FRAGMENTS])>,
 }
 
+/// Bytes a second a [`Fault::Slow`] node takes.
+const SLOW_RATE: f64 = 256.0 * 1024.0;
+
 /// Reads a fragment upload's body into `buf`; once `stalled` says so after a frame, it reads no
-/// more, for good.
+/// more, for good; while `slow` says so, at [`SLOW_RATE`].
 async fn read_body(
     req: Request<Incoming>,
     buf: &mut AlignedBuf,
     links: &[Arc<Link>],
     stalled: impl Fn() -> bool,
+    slow: impl Fn() -> bool,
 ) -> Option<std::ops::Range<usize>> {
     use http_body_util::BodyExt;
     let mut body = req.into_body();
@@ -542,6 +549,9 @@ async fn read_body(
         }
         if stalled() {
             std::future::pending::<()>().await;
+        }
+        if slow() {
+            tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / SLOW_RATE)).await;
         }
     }
     let start = start.unwrap_or(0);

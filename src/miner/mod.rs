@@ -56,6 +56,14 @@ pub enum MinerError {
         /// Its message.
         msg: String,
     },
+    /// Far slower than the other miners of its file, on the same link: replaced by a spare.
+    #[error("{endpoint} was replaced: {percent}% of its column was sent when the other miners had theirs")]
+    Slow {
+        /// The miner's endpoint.
+        endpoint: String,
+        /// How much of its column it had taken.
+        percent: u32,
+    },
     /// The answer had the wrong size or shape.
     #[error("{endpoint} sent a malformed answer: {what}")]
     Malformed {
@@ -346,15 +354,21 @@ impl MinerClient {
         }
     }
 
-    /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]). While a cold read
-    /// waits on the network, it waits first (a reader first).
-    pub async fn put_fragment(&self, endpoint: &str, fid: &Hash, body: FragmentBody) -> Result<(), MinerError> {
+    /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]), counting what goes
+    /// in `moved`. While a cold read waits on the network, it waits first (a reader first).
+    pub async fn put_fragment(
+        &self,
+        endpoint: &str,
+        fid: &Hash,
+        body: FragmentBody,
+        moved: &Moved,
+    ) -> Result<(), MinerError> {
         if let Some(pace) = &self.pace {
             pace.reader_first().await;
         }
         let len = body.len();
         let answer = self
-            .exchange(endpoint, MAX_ANSWER, &Moved::default(), |moved| {
+            .exchange(endpoint, MAX_ANSWER, moved, |moved| {
                 self.signed(Method::PUT, endpoint, fid, &body.hash)
                     .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
                     .header(header::CONTENT_LENGTH, len)

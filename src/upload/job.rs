@@ -411,6 +411,8 @@ impl Inner {
         }
         let mut pushed = FRAGMENTS - left.len() - resumed.len();
         let mut last = None;
+        // The time a column of this file takes on this link, once a round shows it.
+        let mut pace = None;
         for _round in 0..3 {
             if (left.is_empty() && resumed.is_empty()) || candidates.len() < left.len() {
                 break;
@@ -422,7 +424,7 @@ impl Inner {
                 miner,
                 from: 0,
             }));
-            let outcome = push::push_columns(self, ino, &fid, &rec, &deal.segments, assignment).await?;
+            let outcome = push::push_columns(self, ino, &fid, &rec, &deal.segments, assignment, &mut pace).await?;
             left.clear();
             for (column, miner, result) in outcome {
                 match result {

@@ -9,14 +9,15 @@
 //! taken segment, in this run or the next.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Inner, UploadError};
-use crate::format::{FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
+use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
-use crate::miner::{FragmentBody, MinerError};
+use crate::miner::{FragmentBody, MinerError, Moved};
 use crate::protocol::MinerInfo;
 use crate::store::{FileSource, Placement, UploadRecord};
 
@@ -56,6 +57,7 @@ pub(super) async fn push_columns(
     rec: &UploadRecord,
     segments: &[SegmentManifest],
     columns: Vec<Assignment>,
+    pace: &mut Option<Duration>,
 ) -> Result<Pushed, UploadError> {
     let (size, seed) = (rec.size, rec.seed);
     let layout = crate::format::Layout::new(size, if seed.is_some() { Mode::Encrypted } else { Mode::Plain })?;
@@ -71,12 +73,20 @@ pub(super) async fn push_columns(
     let mut tasks = tokio::task::JoinSet::new();
     let mut assigned = Vec::with_capacity(columns.len());
     let first = columns.iter().map(|a| a.from).min().unwrap_or(0);
+    let mut progress = Vec::with_capacity(columns.len());
     for Assignment { column, miner, from } in columns {
         assigned.push((column, miner.clone()));
         // One segment in flight per column: memory stays at one segment's fragments.
         let (tx, mut rx) = mpsc::channel::<(usize, FragmentBody)>(1);
         senders.push((column, from, tx));
         let (inner, fid) = (inner.clone(), *fid);
+        let (moved, (replace, mut replaced)) = (Moved::default(), tokio::sync::oneshot::channel::<u32>());
+        progress.push(ColumnProgress {
+            column,
+            bytes: ((segments.len() - from.min(segments.len())) * FRAGMENT_SIZE) as u64,
+            moved: moved.clone(),
+            replace: Some(replace),
+        });
         tasks.spawn(async move {
             let endpoint = miner.endpoint.clone().unwrap_or_default();
             // A column stops at its first failure: its receiver goes, and the producer stops
@@ -88,7 +98,12 @@ pub(super) async fn push_columns(
                     break;
                 }
                 let account = miner.account.to_string();
-                result = inner.miners.put_fragment(&endpoint, &fid, body).await;
+                result = tokio::select! {
+                    pushed = inner.miners.put_fragment(&endpoint, &fid, body, &moved) => pushed,
+                    Ok(percent) = &mut replaced, if !replaced.is_terminated() => {
+                        Err(MinerError::Slow { endpoint: endpoint.clone(), percent })
+                    }
+                };
                 match result {
                     Ok(()) => metrics::FRAGMENTS_PUSHED.add(&account, 1),
                     Err(_) => {
@@ -165,15 +180,27 @@ pub(super) async fn push_columns(
             }
             Ok(())
         })
-    })
-    .await
-    .map_err(|e| UploadError::Internal(format!("rebuilding the fragments of {fid}: {e}")))
-    .and_then(|r| r);
+    });
     let mut outcome = Vec::with_capacity(FRAGMENTS);
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(done) => outcome.push(done),
-            Err(e) => log::error!("a column push of {fid} ended abnormally: {e}"),
+    let started = tokio::time::Instant::now();
+    let mut done_after = Vec::new();
+    let mut look = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(done)) => {
+                    if done.2.is_ok() {
+                        done_after.push(started.elapsed());
+                    }
+                    if let Some(p) = progress.iter_mut().find(|p| p.column == done.0) {
+                        p.replace = None;
+                    }
+                    outcome.push(done);
+                }
+                Some(Err(e)) => log::error!("a column push of {fid} ended abnormally: {e}"),
+            },
+            _ = look.tick() => replace_the_long_tail(&mut progress, &done_after, started.elapsed(), *pace),
         }
     }
     // A column whose task panicked counts as not pushed.
@@ -186,9 +213,61 @@ pub(super) async fn push_columns(
             outcome.push((column, miner, Err(failure)));
         }
     }
+    if done_after.len() >= 4 {
+        done_after.sort();
+        *pace = Some(done_after[done_after.len() / 2]);
+    }
+    let produced = produced
+        .await
+        .map_err(|e| UploadError::Internal(format!("rebuilding the fragments of {fid}: {e}")))
+        .and_then(|r| r);
     // Every column failed: the outcome says why, and the rebuild stopped for that reason.
     if outcome.iter().any(|(_, _, r)| r.is_ok()) {
         produced?;
     }
     Ok(outcome)
+}
+
+/// A column being sent, as its push is watched for a long tail.
+struct ColumnProgress {
+    column: usize,
+    /// Bytes it sends in all.
+    bytes: u64,
+    moved: Moved,
+    /// Tells its task to give up (with the share it had sent); `None` once it ended.
+    replace: Option<tokio::sync::oneshot::Sender<u32>>,
+}
+
+/// A column is replaced when two thirds of the columns pushed with it are done (or, in a later
+/// round with fewer columns, by the median `earlier` round's time), it is 10 s past the median
+/// of their times and twice that median, and at its pace it would take three times that median:
+/// on one link the others show what the link gives, so this is its miner's slowness (Storj's
+/// long-tail cancellation), not the link's.
+fn replace_the_long_tail(
+    progress: &mut [ColumnProgress],
+    done_after: &[Duration],
+    now: Duration,
+    earlier: Option<Duration>,
+) {
+    let median = if progress.len() >= 4 && done_after.len() * 3 >= progress.len() * 2 {
+        let mut times = done_after.to_vec();
+        times.sort();
+        times[times.len() / 2]
+    } else if let Some(earlier) = earlier {
+        earlier
+    } else {
+        return;
+    };
+    if now < median * 2 || now < median + Duration::from_secs(10) {
+        return;
+    }
+    for p in progress.iter_mut().filter(|p| p.replace.is_some()) {
+        let share = (p.moved.get() as f64 / p.bytes.max(1) as f64).min(1.0);
+        let projected = now.as_secs_f64() / share.max(1e-3);
+        if projected >= 3.0 * median.as_secs_f64()
+            && let Some(replace) = p.replace.take()
+        {
+            let _ = replace.send((share * 100.0) as u32);
+        }
+    }
 }

@@ -83,7 +83,9 @@ pub(super) async fn push_columns(
         let (moved, (replace, mut replaced)) = (Moved::default(), tokio::sync::oneshot::channel::<u32>());
         progress.push(ColumnProgress {
             column,
-            bytes: ((segments.len() - from.min(segments.len())) * FRAGMENT_SIZE) as u64,
+            // All-zero fragments travel empty.
+            bytes: (segments.iter().skip(from).filter(|s| s.fragments[column] != ZERO_FRAGMENT_HASH).count()
+                * FRAGMENT_SIZE) as u64,
             moved: moved.clone(),
             replace: Some(replace),
         });
@@ -190,11 +192,12 @@ pub(super) async fn push_columns(
             joined = tasks.join_next() => match joined {
                 None => break,
                 Some(Ok(done)) => {
-                    if done.2.is_ok() {
-                        done_after.push(started.elapsed());
-                    }
                     if let Some(p) = progress.iter_mut().find(|p| p.column == done.0) {
                         p.replace = None;
+                        // A column of all-zero fragments says nothing of the link.
+                        if done.2.is_ok() && p.bytes > 0 {
+                            done_after.push(started.elapsed());
+                        }
                     }
                     outcome.push(done);
                 }
@@ -240,7 +243,7 @@ struct ColumnProgress {
 
 /// A column is replaced when two thirds of the columns pushed with it are done (or, in a later
 /// round with fewer columns, by the median `earlier` round's time), it is 10 s past the median
-/// of their times and twice that median, and at its pace it would take three times that median:
+/// of their times, and at its pace it would take twice that median:
 /// on one link the others show what the link gives, so this is its miner's slowness (Storj's
 /// long-tail cancellation), not the link's.
 fn replace_the_long_tail(
@@ -249,7 +252,8 @@ fn replace_the_long_tail(
     now: Duration,
     earlier: Option<Duration>,
 ) {
-    let median = if progress.len() >= 4 && done_after.len() * 3 >= progress.len() * 2 {
+    let carrying = progress.iter().filter(|p| p.bytes > 0).count();
+    let median = if carrying >= 4 && done_after.len() * 3 >= carrying * 2 {
         let mut times = done_after.to_vec();
         times.sort();
         times[times.len() / 2]
@@ -258,13 +262,13 @@ fn replace_the_long_tail(
     } else {
         return;
     };
-    if now < median * 2 || now < median + Duration::from_secs(10) {
+    if now < median + Duration::from_secs(10) {
         return;
     }
-    for p in progress.iter_mut().filter(|p| p.replace.is_some()) {
+    for p in progress.iter_mut().filter(|p| p.replace.is_some() && p.bytes > 0) {
         let share = (p.moved.get() as f64 / p.bytes.max(1) as f64).min(1.0);
         let projected = now.as_secs_f64() / share.max(1e-3);
-        if projected >= 3.0 * median.as_secs_f64()
+        if projected >= 2.0 * median.as_secs_f64()
             && let Some(replace) = p.replace.take()
         {
             let _ = replace.send((share * 100.0) as u32);

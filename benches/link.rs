@@ -5,7 +5,9 @@
 //! resident memory (the devnet runs in a process of its own).
 //!
 //! Run: `cargo bench --bench link` (as root or with fusermount3). The full sizes of the issue
-//! take about 20 minutes; `LINK_BENCH_SCALE=4` divides every size by 4.
+//! take about 20 minutes; `LINK_BENCH_SCALE=4` divides every size by 4. A case name as argument
+//! runs that case alone (`cargo bench --bench link -- slow-miner`); `LINK_BENCH_KEEP=1` keeps
+//! the work dir (the daemon's log is DIR/CASE/data.log).
 
 #[path = "support/data.rs"]
 mod data;
@@ -214,5 +216,8 @@ fn main() {
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     for case in cases.iter().filter(|c| only.as_deref().is_none_or(|o| c.name.contains(o))) {
         run(work.path(), &key, case);
+    }
+    if std::env::var_os("LINK_BENCH_KEEP").is_some() {
+        println!("work dir kept: {}", work.keep().display());
     }
 }

@@ -43,7 +43,8 @@ impl Drop for Mounted {
     }
 }
 
-/// Mounts (with `--quiet-delay 0` unless `args` set it) and waits until the mount is ready.
+/// Mounts (with `--quiet-delay 0` unless `args` set it) and waits until the mount is ready; the
+/// daemon logs to DATA.log beside the data dir.
 pub fn mount(data: &Path, key: &Path, args: &[&str]) -> Mounted {
     let dir = tempfile::tempdir().expect("mount point");
     let quiet: &[&str] = if args.contains(&"--quiet-delay") { &[] } else { &["--quiet-delay", "0"] };
@@ -57,7 +58,7 @@ pub fn mount(data: &Path, key: &Path, args: &[&str]) -> Mounted {
         .arg("--key-file")
         .arg(key)
         .args(args)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.with_extension("log")).map_or_else(|_| Stdio::null(), Stdio::from))
         .spawn()
         .expect("cessfs mount");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -350,8 +350,10 @@ fn removed_files_give_their_space_back_on_a_full_disk_and_a_new_file_is_stored()
     for &i in &nodes {
         net.fault(i, "refuse");
     }
+    // 140 MiB given back: the new file's 20 MiB and its fragments on the devnet's nodes, which
+    // share this disk and may hold all 12 whole (96 MiB) while parity arrives before data.
     for (i, name) in ["a.bin", "b.bin"].into_iter().enumerate() {
-        fs::write(m.path(name), random_bytes(50 << 20, 40 + i as u64)).unwrap();
+        fs::write(m.path(name), random_bytes(70 << 20, 40 + i as u64)).unwrap();
         m.wait_status(name, &["pushing"], Duration::from_secs(60));
     }
     let ballast = fill(m.data_dir(), "ballast");

@@ -229,6 +229,10 @@ impl State {
         let Ok(hash) = fragment.parse::<Hash>() else { return self.reply(400, msg::BAD_NAME) };
         let dir = self.report_dir(&fid);
         if fragments::holds(&dir, &hash) {
+            // Read to its end first: a client still sending must get the answer, not a connection
+            // closed under its body (a broken pipe).
+            let mut body = req.into_body();
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
             return self.reply(200, msg::OK);
         }
         let fid_hash = fid.parse::<Hash>().ok();

@@ -65,14 +65,7 @@ impl Devnet {
         let signer = cessfs::protocol::Signer::from_uri("//Alice").expect("dev key");
         let chain = DevnetChain::new(&self.rpc, signer);
         let nodes = self.runtime.block_on(chain.nodes()).expect("nodes");
-        nodes.iter().map(|n| n.counters).fold(NodeCounters::default(), |a, c| NodeCounters {
-            bytes_in: a.bytes_in + c.bytes_in,
-            bytes_out: a.bytes_out + c.bytes_out,
-            puts: a.puts + c.puts,
-            gets: a.gets + c.gets,
-            refusals: a.refusals + c.refusals,
-            stalls: a.stalls + c.stalls,
-        })
+        nodes.iter().map(|n| n.counters).sum()
     }
 }
 

@@ -74,6 +74,20 @@ pub struct NodeCounters {
     pub stalls: u64,
 }
 
+/// The nodes' counters added up: what moved through the whole devnet.
+impl std::iter::Sum for NodeCounters {
+    fn sum<I: Iterator<Item = NodeCounters>>(iter: I) -> NodeCounters {
+        iter.fold(NodeCounters::default(), |a, c| NodeCounters {
+            bytes_in: a.bytes_in + c.bytes_in,
+            bytes_out: a.bytes_out + c.bytes_out,
+            puts: a.puts + c.puts,
+            gets: a.gets + c.gets,
+            refusals: a.refusals + c.refusals,
+            stalls: a.stalls + c.stalls,
+        })
+    }
+}
+
 /// [`NodeCounters`] as they are counted.
 #[derive(Default)]
 struct Counting {

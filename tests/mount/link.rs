@@ -14,14 +14,7 @@ const MIN: Duration = Duration::from_secs(60);
 
 /// The nodes' counters, summed.
 fn moved(m: &Mount) -> NodeCounters {
-    m.devnet().nodes().iter().map(|n| n.counters).fold(NodeCounters::default(), |a, c| NodeCounters {
-        bytes_in: a.bytes_in + c.bytes_in,
-        bytes_out: a.bytes_out + c.bytes_out,
-        puts: a.puts + c.puts,
-        gets: a.gets + c.gets,
-        refusals: a.refusals + c.refusals,
-        stalls: a.stalls + c.stalls,
-    })
+    m.devnet().nodes().iter().map(|n| n.counters).sum()
 }
 
 fn evict(m: &Mount) {

@@ -67,8 +67,13 @@ fn metrics_move_during_an_upload_and_a_cold_read() {
     assert!(sample(&cold, "cessfs_cache_reads_total{result=\"miss\"}").unwrap_or(0.0) >= 1.0, "{cold}");
     assert!(total(&cold, "cessfs_fetched_bytes_total") >= (30u64 << 20) as f64, "{cold}");
     assert!(total(&cold, "cessfs_fragment_fetches_total") >= 4.0, "{cold}");
-    f.read_exact(&mut head).unwrap();
-    assert!(sample(&scrape(), "cessfs_cache_reads_total{result=\"hit\"}").unwrap_or(0.0) >= 1.0);
+    // Far enough into the fetched segment that the kernel's read-ahead has not cached it: the
+    // read reaches cessfs and finds the bytes on disk.
+    let warm = 30u64 << 20;
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, warm).unwrap();
+    assert_eq!(head, data[warm as usize..warm as usize + (1 << 20)]);
+    let warmed = scrape();
+    assert!(sample(&warmed, "cessfs_cache_reads_total{result=\"hit\"}").unwrap_or(0.0) >= 1.0, "{warmed}");
 
     // An ioctl cessfs does not implement is answered ENOSYS and counted.
     const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;

@@ -371,6 +371,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     );
     let mut fs = Fs::new(store.clone(), FsConfig { passthrough: false, cache_size: settings.cache_size()? });
     fs.set_chain_health(network.health.clone());
+    fs.set_pushes(engine.pushes());
     fs.set_pace(pace.clone());
     if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());

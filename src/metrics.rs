@@ -161,6 +161,24 @@ pub static CACHE_READS: Family = Family::new(
     "Reads through the daemon: hit when every byte was local, miss when segments were fetched.",
     "result",
 );
+/// Bytes that moved for nothing, up or down.
+pub static WASTED_BYTES: Family = Family::new(
+    "cessfs_wasted_bytes_total",
+    "Bytes moved to or from miners by requests that failed, were refused, stalled, arrived corrupt or were \
+     given up part way (a column replaced, a hedge not needed), by direction (up, down).",
+    "direction",
+);
+/// Requests that stopped moving, up or down.
+pub static STALLED_REQUESTS: Family = Family::new(
+    "cessfs_stalled_requests_total",
+    "Miner requests given up because they moved less than the floor rate over the stall window, by direction.",
+    "direction",
+);
+/// Bytes of fragments asked beside a slow one.
+pub static HEDGED_BYTES: Counter = Counter::new(
+    "cessfs_hedged_bytes_total",
+    "Bytes fetched for fragments asked beside one slower than its share of the link (used or not).",
+);
 /// Chain call latency, per call.
 pub static CHAIN_CALL_SECONDS: Histogram =
     Histogram::new("cessfs_chain_call_seconds", "Latency of chain calls (storage reads and transactions).", "call");
@@ -212,7 +230,7 @@ fn escape(value: &str) -> String {
 pub fn render(gauges: &dyn Gauges) -> String {
     let mut out = String::new();
     gauges.render(&mut out);
-    for c in [&PUSHED_BYTES, &UPLOADED_BYTES, &UPLOADED_FILES, &READ_BYTES, &FETCHED_BYTES] {
+    for c in [&PUSHED_BYTES, &UPLOADED_BYTES, &UPLOADED_FILES, &READ_BYTES, &FETCHED_BYTES, &HEDGED_BYTES] {
         c.render(&mut out);
     }
     for f in [
@@ -221,6 +239,8 @@ pub fn render(gauges: &dyn Gauges) -> String {
         &FRAGMENTS_FETCHED,
         &FRAGMENT_FETCH_FAILURES,
         &CACHE_READS,
+        &WASTED_BYTES,
+        &STALLED_REQUESTS,
         &CHAIN_CALL_ERRORS,
         &FUSE_UNSUPPORTED,
     ] {

@@ -137,6 +137,58 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, Value)>) {
     }
 }
 
+/// Fragment bytes still to push for the unsettled files among `files` (each pack or file once):
+/// what their pushes report, or three times their size (12 fragments per 4) for those that wait.
+fn queued_bytes(files: &[(PathBuf, Value)]) -> (usize, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut unsettled = 0;
+    let mut bytes = 0;
+    for (_, v) in files.iter().filter(|(_, v)| !settled(v)) {
+        unsettled += 1;
+        if let Some(fid) = v["fid"].as_str().filter(|_| v["push_bytes"].is_u64())
+            && !seen.insert(fid.to_string())
+        {
+            continue;
+        }
+        bytes += match (v["push_bytes"].as_u64(), v["pushed_bytes"].as_u64()) {
+            (Some(total), Some(sent)) => total.saturating_sub(sent),
+            _ if state(v) == "confirming" => 0,
+            _ => 3 * v["size"].as_u64().unwrap_or(0),
+        };
+    }
+    (unsettled, bytes)
+}
+
+/// One line on what is left to push and, at the uplink's rate of the last seconds, how long it
+/// takes (`link`: the root's `user.cess.link`).
+fn describe_queue(files: &[(PathBuf, Value)], link: &Value) -> Option<String> {
+    let (unsettled, bytes) = queued_bytes(files);
+    if unsettled == 0 {
+        return None;
+    }
+    let up = link["up"].as_f64().unwrap_or(0.0);
+    let eta = if up >= 1.0 && bytes > 0 {
+        format!(", about {} at {}", duration(bytes as f64 / up), super::bwlimit::rate(up))
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "queue: {} not stored yet, {} MiB of fragments to push{eta}",
+        crate::words::count(unsettled as u64, "file"),
+        bytes.div_ceil(1 << 20)
+    ))
+}
+
+/// Seconds as people read them.
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
 fn state(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("?")
 }
@@ -271,6 +323,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             {
                 if let Some(mut v) = json_attr(root, attr) {
                     (v["kind"], v["path"]) = (kind.into(), root.display().to_string().into());
+                    if kind == "link" {
+                        let bytes = queued_bytes(&files).1;
+                        let up = v["up"].as_f64().filter(|&up| up >= 1.0);
+                        v["queue_bytes"] = bytes.into();
+                        v["eta_seconds"] = up.map(|up| (bytes as f64 / up).round() as u64).into();
+                    }
                     println!("{v}");
                 }
             }
@@ -292,6 +350,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             }
             if let Some(v) = json_attr(root, c"user.cess.link") {
                 println!("{}: {}", root.display(), super::bwlimit::describe_link(&v));
+                if let Some(line) = describe_queue(&files, &v) {
+                    println!("{}: {line}", root.display());
+                }
             }
         }
         if let Some(since) = files.iter().find_map(|(_, v)| v["chain_unreachable_since"].as_str()) {

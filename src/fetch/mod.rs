@@ -204,6 +204,7 @@ impl Fetcher {
                 "miner {} ({endpoint}) served fragment {index} of segment {segment} of {fid} with the wrong hash; using others",
                 info.miner
             );
+            metrics::WASTED_BYTES.add("down", moved.get());
             return Err(format!("miner {} served corrupt data", info.miner));
         }
         Ok(data.0)
@@ -311,7 +312,7 @@ impl Fetcher {
         let mut good = (0..FRAGMENTS).filter(|&j| expected.fragments[j] == ZERO_FRAGMENT_HASH).count();
         let mut candidates = (0..FRAGMENTS).filter(|&j| expected.fragments[j] != ZERO_FRAGMENT_HASH);
         let rates = Rates::default();
-        let ask = |j: usize| {
+        let ask = |j: usize, hedge: bool| {
             let want = if j < DATA_FRAGMENTS {
                 used.saturating_sub(j * FRAGMENT_SIZE).clamp(1, FRAGMENT_SIZE)
             } else {
@@ -319,6 +320,7 @@ impl Fetcher {
             };
             let (file, moved) = (&file, rates.asked(j, want));
             async move {
+                let _hedge = hedge.then(|| Hedge(moved.clone()));
                 let result = self.fragment(fid, file, segment, j, used, &moved).await;
                 let miner = file.segments[segment].fragments[j].miner.to_string();
                 match &result {
@@ -329,11 +331,11 @@ impl Fetcher {
             }
         };
         let mut asked: Vec<usize> = candidates.by_ref().take(DATA_FRAGMENTS - good).collect();
-        let mut pending: FuturesUnordered<_> = asked.iter().map(|&j| ask(j)).collect();
-        let mut ask_next = |asked: &mut Vec<usize>| {
+        let mut pending: FuturesUnordered<_> = asked.iter().map(|&j| ask(j, false)).collect();
+        let mut ask_next = |asked: &mut Vec<usize>, hedge: bool| {
             let next = candidates.next();
             asked.extend(next);
-            next.map(ask)
+            next.map(|j| ask(j, hedge))
         };
         while good < DATA_FRAGMENTS {
             match tokio::time::timeout(LOOK_EVERY, pending.next()).await {
@@ -347,7 +349,7 @@ impl Fetcher {
                         }
                         Err(e) => {
                             errors.push(format!("fragment {j}: {e}"));
-                            pending.extend(ask_next(&mut asked));
+                            pending.extend(ask_next(&mut asked, false));
                         }
                     }
                 }
@@ -366,7 +368,7 @@ impl Fetcher {
                         miners.join(", ")
                     );
                     for _ in &slow {
-                        pending.extend(ask_next(&mut asked));
+                        pending.extend(ask_next(&mut asked, true));
                     }
                 }
             }
@@ -393,6 +395,16 @@ impl Fetcher {
             }
             decode_err(error)
         })
+    }
+}
+
+/// A fragment asked beside a slow one: the bytes it brings are counted as hedged, whether it is
+/// used or given up once 4 others arrived.
+struct Hedge(Moved);
+
+impl Drop for Hedge {
+    fn drop(&mut self) {
+        metrics::HEDGED_BYTES.add(self.0.get());
     }
 }
 

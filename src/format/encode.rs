@@ -5,7 +5,7 @@
 //! recycled: memory stays at about 96 MiB per segment in flight whatever the file size.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use rayon::prelude::*;
 
@@ -101,41 +101,85 @@ struct Buffers {
     parity: Vec<u8>,
 }
 
-/// Recycled segment buffers: allocating 96 MiB per segment would be dominated by page faults.
-#[derive(Default)]
-struct Pool(Mutex<Vec<Buffers>>);
+/// Recycled segment buffers (allocating 96 MiB per segment would be dominated by page faults),
+/// at most `limit` of them lent out at once: what bounds the memory of encoding and of the
+/// fragments rebuilt for pushes together.
+struct Pool {
+    state: Mutex<Lent>,
+    returned: Condvar,
+    limit: usize,
+}
 
-/// Encodes files, keeping its segment buffers (about 96 MiB per core) between files; drop it or
-/// call [`Encoder::release_buffers`] to give the memory back.
 #[derive(Default)]
+struct Lent {
+    free: Vec<Buffers>,
+    out: usize,
+}
+
+/// Encodes files, keeping its segment buffers (about 96 MiB each) between files; drop it or
+/// call [`Encoder::release_buffers`] to give the memory back.
 pub struct Encoder {
     pool: Arc<Pool>,
     erasure: Erasure,
 }
 
+impl Default for Encoder {
+    /// An encoder with one segment in flight more than there are cores.
+    fn default() -> Encoder {
+        Encoder::holding_at_most(rayon::current_num_threads() + 1)
+    }
+}
+
+/// How often a wait for buffers looks whether to give up.
+const GIVE_UP_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Pool {
-    fn take(&self) -> Buffers {
-        let recycled = crate::sync::lock(&self.0).pop();
-        recycled.unwrap_or_else(|| Buffers {
+    /// Buffers for one segment, once fewer than `limit` are lent out; `None` if `give_up` says
+    /// so while waiting.
+    fn take(&self, give_up: &dyn Fn() -> bool) -> Option<Buffers> {
+        let mut lent = crate::sync::lock(&self.state);
+        while lent.out >= self.limit {
+            if give_up() {
+                return None;
+            }
+            lent = self.returned.wait_timeout(lent, GIVE_UP_LOOK).map_or_else(|e| e.into_inner().0, |(l, _)| l);
+        }
+        lent.out += 1;
+        Some(lent.free.pop().unwrap_or_else(|| Buffers {
             segment: vec![0; SEGMENT_SIZE],
             parity: vec![0; FRAGMENT_SIZE * PARITY_FRAGMENTS],
-        })
+        }))
     }
 
-    /// Keeps `b` for reuse, unless the pool holds what one encoding and one push use already
-    /// (segments rebuilt for pushing several files at once would otherwise stay allocated).
-    fn give(&self, b: Buffers) {
-        let mut free = crate::sync::lock(&self.0);
-        if free.len() < rayon::current_num_threads() + 4 {
-            free.push(b);
+    /// Buffers for one segment, waiting as long as it takes.
+    fn take_waiting(&self) -> Buffers {
+        loop {
+            if let Some(b) = self.take(&|| false) {
+                return b;
+            }
         }
+    }
+
+    /// Gives `b` back for reuse.
+    fn give(&self, b: Buffers) {
+        let mut lent = crate::sync::lock(&self.state);
+        lent.out = lent.out.saturating_sub(1);
+        lent.free.push(b);
+        self.returned.notify_one();
     }
 }
 
 impl Encoder {
+    /// An encoder that lends out at most `segments` segments' buffers at once (at least 1),
+    /// however many files it encodes and rebuilds for at the same time.
+    pub fn holding_at_most(segments: usize) -> Encoder {
+        let pool = Pool { state: Mutex::default(), returned: Condvar::new(), limit: segments.max(1) };
+        Encoder { pool: Arc::new(pool), erasure: Erasure::default() }
+    }
+
     /// Frees the buffers kept for the next file.
     pub fn release_buffers(&self) {
-        crate::sync::lock(&self.pool.0).clear();
+        crate::sync::lock(&self.pool.state).free.clear();
     }
 
     /// Encodes a file of `size` bytes read from `source`: encrypted with a key derived from
@@ -177,15 +221,17 @@ impl Encoder {
             None => None,
         };
         let key = master.zip(seed.as_ref()).map(|(m, seed)| m.file_key(seed));
-        let in_flight = rayon::current_num_threads() + 1;
+        let in_flight = (rayon::current_num_threads() + 1).min(pool.limit);
         let (done_tx, done_rx) = mpsc::channel();
         let mut segments = Vec::with_capacity(layout.segments());
         rayon::in_place_scope(|scope| {
+            // Buffers are taken here, in segment order, so a later segment never holds the
+            // buffers an earlier one waits for.
             let spawn = |index: usize| {
+                let mut b = pool.take_waiting();
                 let done = done_tx.clone();
                 let (layout, key) = (&layout, key.as_ref());
                 scope.spawn(move |_| {
-                    let mut b = pool.take();
                     let manifest = encode_segment(source, layout, key, erasure, index, &mut b);
                     // The receiver is gone only if an earlier segment failed; nothing waits for this one.
                     let _ = done.send((index, manifest, b));
@@ -217,13 +263,16 @@ impl Encoder {
     /// Rebuilds the fragments of segments `which` of a file encoded before, from its bytes and
     /// the key seed that encoding returned, without hashing: for sending fragments whose hashes
     /// are known already. One segment at a time, on the calling thread; each is handed over in
-    /// buffers of its own, so memory grows with the segments the sink keeps alive.
+    /// buffers of its own, lent out until the sink drops the last clone, and each waits for its
+    /// buffers while the encoder has lent out all it may. `stop` says why to stop, before each
+    /// segment and while waiting.
     pub fn regenerate<S, F>(
         &self,
         source: &S,
         size: u64,
         master: Option<(&MasterKey, &Seed)>,
         which: impl IntoIterator<Item = usize>,
+        stop: &dyn Fn() -> Result<(), S::Error>,
         mut sink: F,
     ) -> Result<(), S::Error>
     where
@@ -237,7 +286,13 @@ impl Encoder {
             if index >= layout.segments() {
                 return Err(FormatError::Layout { segment: index, size }.into());
             }
-            let mut b = self.pool.take();
+            stop()?;
+            let mut b = loop {
+                if let Some(b) = self.pool.take(&|| stop().is_err()) {
+                    break b;
+                }
+                stop()?;
+            };
             if let Err(e) = fill_segment(source, &layout, key.as_ref(), index, &mut b) {
                 self.pool.give(b);
                 return Err(e);
@@ -259,7 +314,7 @@ fn file_seed<S: ChunkSource + ?Sized>(
     let digests: Vec<[u8; 32]> = (0..layout.segments())
         .into_par_iter()
         .map(|i| {
-            let mut b = pool.take();
+            let mut b = pool.take_waiting();
             let range = layout.chunk(i);
             let chunk = &mut b.segment[..(range.end - range.start) as usize];
             let read = source.read_at(range.start, chunk).map(|()| chunk_digest(chunk));
@@ -330,4 +385,47 @@ fn encode_segment<S: ChunkSource + ?Sized>(
         },
     );
     Ok(SegmentManifest { hash, fragments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of 3 segments (plaintext layout).
+    fn three_segments() -> Vec<u8> {
+        (0..2 * SEGMENT_SIZE + 5).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn one_segment_of_buffers_encodes_a_file_of_several() {
+        let data = three_segments();
+        let bounded = Encoder::holding_at_most(1).encode(&data[..], data.len() as u64, None, |_| Ok(())).unwrap();
+        let free = Encoder::default().encode(&data[..], data.len() as u64, None, |_| Ok(())).unwrap();
+        assert_eq!(bounded.fid, free.fid);
+    }
+
+    #[test]
+    fn rebuilding_waits_for_lent_buffers_and_stops_when_told() {
+        let data = three_segments();
+        let encoder = Encoder::holding_at_most(1);
+        let mut kept = Vec::new();
+        // Asked before each segment, then while waiting: it says stop from its third answer on.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let stop = || match asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 | 1 => Ok(()),
+            _ => Err(FormatError::Layout { segment: 99, size: 0 }),
+        };
+        // The first segment's buffers stay lent out: the second waits, until told to stop.
+        let result = encoder.regenerate(&data[..], data.len() as u64, None, 0..3, &stop, |index, fragments| {
+            kept.push((index, fragments));
+            Ok(())
+        });
+        assert!(matches!(result, Err(FormatError::Layout { segment: 99, .. })), "{result:?}");
+        assert_eq!(kept.len(), 1);
+        // Given back, they are lent again.
+        drop(kept);
+        let mut rebuilt = 0;
+        encoder.regenerate(&data[..], data.len() as u64, None, 0..3, &|| Ok(()), |_, _| Ok(rebuilt += 1)).unwrap();
+        assert_eq!(rebuilt, 3);
+    }
 }

@@ -65,6 +65,7 @@ pub struct Fs {
     storage: Mutex<Option<StorageSpace>>,
     /// Whether the chain answers (for what the upload attributes say).
     chain_health: Option<Arc<ChainHealth>>,
+    pushes: Option<Arc<crate::protocol::Pushes>>,
     /// Set when the tree is kept in snapshots.
     snapshots: Option<Arc<SnapshotFlags>>,
     /// The link's pace, on a mount with a network.
@@ -115,6 +116,7 @@ impl Fs {
             cold: None,
             storage: Mutex::new(None),
             chain_health: None,
+            pushes: None,
             snapshots: None,
             pace: None,
         }
@@ -134,6 +136,11 @@ impl Fs {
     /// Lets the upload attributes say when the chain does not answer.
     pub fn set_chain_health(&mut self, health: Arc<ChainHealth>) {
         self.chain_health = Some(health);
+    }
+
+    /// Lets the upload attributes say how far a push has come.
+    pub fn set_pushes(&mut self, pushes: Arc<crate::protocol::Pushes>) {
+        self.pushes = Some(pushes);
     }
 
     /// Shows the state of the tree's snapshots in `user.cess.snapshot` on the root.

@@ -5,12 +5,17 @@
 
 use super::{Fs, FsError, FsResult};
 use crate::format::FRAGMENTS;
-use crate::protocol::utc;
+use crate::protocol::{PushedBytes, utc};
 use crate::store::{Batch, Kind, Timestamp, UploadRecord, UploadState};
 use crate::sync::lock;
 
 /// The short text of `user.cess.progress`; `chain_down`: since when the chain does not answer.
-fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, String)>) -> String {
+/// `pushed`: how far its push has come, while it is pushed.
+fn progress(
+    up: &UploadRecord,
+    chain_down: Option<&(std::time::SystemTime, String)>,
+    pushed: Option<PushedBytes>,
+) -> String {
     if let Some((since, why)) = chain_down.filter(|_| !up.state.settled()) {
         return format!(
             "waiting: the chain is unreachable since {} ({why}); the upload resumes when it answers",
@@ -26,7 +31,8 @@ fn progress(up: &UploadRecord, chain_down: Option<&(std::time::SystemTime, Strin
         UploadState::Encoding => waiting(&format!("encoding {} bytes", up.size)),
         UploadState::Declared => waiting("storage order placed"),
         UploadState::Pushing | UploadState::Confirming => {
-            waiting(&format!("pushed {}/{FRAGMENTS}, reported {}/{FRAGMENTS}", up.pushed, up.reported))
+            let bytes = pushed.map_or(String::new(), |p| format!(" ({} of {} MiB)", p.sent >> 20, p.total >> 20));
+            waiting(&format!("pushed {}/{FRAGMENTS}{bytes}, reported {}/{FRAGMENTS}", up.pushed, up.reported))
         }
         UploadState::Active => format!("stored: {} on {FRAGMENTS} miners", crate::words::count(up.segments, "segment")),
         UploadState::Failed => format!("failed after {}", crate::words::count(up.attempts.max(1), "attempt")),
@@ -70,13 +76,14 @@ impl Fs {
         }
         let Some(up) = self.store.upload(ino)? else { return Ok(Vec::new()) };
         let chain_down = self.chain_health.as_ref().and_then(|h| h.unreachable_since());
-        let progress = |up: &UploadRecord| progress(up, chain_down.as_ref());
         // A file waiting in a sealed pack shows the pack's upload.
         let pack = match (up.state, up.blob) {
-            (UploadState::Packed, Some(blob)) => self.store.upload(blob.pack)?,
+            (UploadState::Packed, Some(blob)) => self.store.upload(blob.pack)?.map(|p| (blob.pack, p)),
             _ => None,
         };
-        let shown = pack.as_ref().unwrap_or(&up);
+        let (shown_ino, shown) = pack.as_ref().map_or((ino, &up), |(i, p)| (*i, p));
+        let pushed = self.pushes.as_ref().and_then(|p| p.get(shown_ino));
+        let progress = |up: &UploadRecord| progress(up, chain_down.as_ref(), pushed);
         let mut attrs = vec![("user.cess.status", shown.state.word().to_string())];
         if let Some(fid) = shown.fid {
             attrs.push(("user.cess.fid", fid.to_hex()));
@@ -115,6 +122,8 @@ impl Fs {
             "size": up.size,
             "segments": shown.segments,
             "pushed": shown.pushed,
+            "pushed_bytes": pushed.map(|p| p.sent),
+            "push_bytes": pushed.map(|p| p.total),
             "reported": shown.reported,
             "progress": progress(shown),
             "tx": shown.tx,

@@ -366,6 +366,7 @@ impl MinerClient {
         if let Some(pace) = &self.pace {
             pace.reader_first().await;
         }
+        let mut spent = Spent::new(moved, "up");
         let len = body.len();
         let answer = self
             .exchange(endpoint, MAX_ANSWER, moved, |moved| {
@@ -374,7 +375,8 @@ impl MinerClient {
                     .header(header::CONTENT_LENGTH, len)
                     .body(Frames::new(body.pieces.clone(), moved, self.pace.clone()))
             })
-            .await?;
+            .await
+            .inspect_err(|e| spent.stalled(e))?;
         let reply: Reply = serde_json::from_slice(&answer.body).map_err(|_| MinerError::Malformed {
             endpoint: endpoint.to_string(),
             what: format!("HTTP {} without a JSON answer", answer.status),
@@ -383,6 +385,7 @@ impl MinerClient {
             return Err(MinerError::Refused { endpoint: endpoint.to_string(), code: reply.code, msg: reply.msg });
         }
         crate::metrics::PUSHED_BYTES.add(len);
+        spent.kept = true;
         Ok(())
     }
 
@@ -398,6 +401,7 @@ impl MinerClient {
     ) -> Result<Bytes, MinerError> {
         let want = range.as_ref().map_or(FRAGMENT_SIZE, |r| r.end - r.start);
         let _reading = self.pace.as_ref().map(|p| p.reading());
+        let mut spent = Spent::new(moved, "down");
         let answer = self
             .exchange(endpoint, want, moved, |moved| {
                 let mut req = self.signed(Method::GET, endpoint, fid, fragment);
@@ -406,7 +410,8 @@ impl MinerClient {
                 }
                 req.body(Frames::new([], moved, None))
             })
-            .await?;
+            .await
+            .inspect_err(|e| spent.stalled(e))?;
         let status = answer.status;
         if answer.json || !(status == 200 || status == 206) {
             let reply: Option<Reply> = serde_json::from_slice(&answer.body).ok();
@@ -419,7 +424,38 @@ impl MinerClient {
                 what: format!("{} bytes instead of {want}", answer.body.len()),
             });
         }
+        spent.kept = true;
         Ok(answer.body)
+    }
+}
+
+/// The bytes one request moves, counted as wasted unless it is kept: failed, refused, stalled or
+/// given up (dropped) part way.
+struct Spent<'a> {
+    moved: &'a Moved,
+    from: u64,
+    direction: &'static str,
+    kept: bool,
+}
+
+impl<'a> Spent<'a> {
+    fn new(moved: &'a Moved, direction: &'static str) -> Spent<'a> {
+        Spent { moved, from: moved.get(), direction, kept: false }
+    }
+
+    /// Counts the request as stalled if that is why it failed.
+    fn stalled(&self, e: &MinerError) {
+        if let MinerError::Stalled { .. } = e {
+            crate::metrics::STALLED_REQUESTS.add(self.direction, 1);
+        }
+    }
+}
+
+impl Drop for Spent<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            crate::metrics::WASTED_BYTES.add(self.direction, self.moved.get().saturating_sub(self.from));
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod account;
 mod chain;
 mod health;
 pub mod miner;
+mod pushes;
 
 pub use account::{AccountId, SS58_PREFIX, Signer, verify};
 pub use chain::{
@@ -13,6 +14,7 @@ pub use chain::{
     SentTx, TerritoryInfo, TerritoryState, TxReceipt, UserBrief,
 };
 pub use health::{ChainHealth, utc};
+pub use pushes::{PushedBytes, Pushes};
 
 /// Bytes of territory space a file of `segments` segments locks: 12 fragments of 8 MiB each.
 pub fn charged_space(segments: usize) -> u128 {

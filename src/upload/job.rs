@@ -410,6 +410,7 @@ impl Inner {
             );
         }
         let mut pushed = FRAGMENTS - left.len() - resumed.len();
+        let _shown = ShownPush(&self.pushes, ino);
         let mut last = None;
         // The time a column of this file takes on this link, once a round shows it.
         let mut pace = None;
@@ -566,5 +567,14 @@ impl Inner {
         next.error = rec.error.clone();
         let swapped = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await?;
         Ok(if swapped { Flow::Continue } else { Flow::Wait })
+    }
+}
+
+/// Shows the push of an inode in its attributes while it lives (see push.rs).
+struct ShownPush<'a>(&'a crate::protocol::Pushes, u64);
+
+impl Drop for ShownPush<'_> {
+    fn drop(&mut self) {
+        self.0.end(self.1);
     }
 }

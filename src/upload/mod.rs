@@ -73,14 +73,14 @@ struct Inner {
     encoder: Encoder,
     /// One encoding at a time: it uses every core.
     cpu: Semaphore,
-    /// Rebuilt segments held for their pushes, across all files (see push.rs).
-    segments_held: Arc<Semaphore>,
     config: UploadConfig,
     running: Mutex<HashSet<u64>>,
     /// Manifests computed in this run, so a declaration right after encoding needs no re-read.
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
     /// Miners that took a column and did not report it, per FID: not chosen again for it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
+    /// How far each push has come, shown in the files' attributes.
+    pushes: Arc<crate::protocol::Pushes>,
     /// Turns true at shutdown: encodings and pushes stop at their next step.
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
@@ -188,18 +188,23 @@ impl Engine {
             miners: MinerClient::new(signer, config.stall, config.pace.clone()),
             store,
             chain,
-            encoder: Encoder::default(),
+            encoder: Encoder::holding_at_most(push::SEGMENTS_HELD),
             cpu: Semaphore::new(1),
-            segments_held: Arc::new(Semaphore::new(push::SEGMENTS_HELD)),
             config,
             running: Mutex::new(HashSet::new()),
             manifests: Mutex::new(HashMap::new()),
             laggards: Mutex::new(HashMap::new()),
+            pushes: Arc::default(),
             stop,
             territory_changed: tokio::sync::Notify::new(),
             fetcher,
             watch: tree,
         }))
+    }
+
+    /// How far each push has come (for `user.cess.progress`).
+    pub fn pushes(&self) -> Arc<crate::protocol::Pushes> {
+        self.0.pushes.clone()
     }
 
     /// Tells the engine that the territory changed (expanded, renewed, minted): files that

@@ -1,9 +1,10 @@
 //! Sending columns to miners: the fragments are rebuilt from the file (no hashing: the deal has
 //! the hashes) one segment at a time, and each column streams to its miner in its own task,
 //! straight from the segment's buffers (no copy). Rebuilding waits for the slowest column (each
-//! column queues one fragment), and a segment is rebuilt only once one of the engine's
-//! [`SEGMENTS_HELD`] places is free (held until its last fragment is sent), so memory stays
-//! bounded however slow the link and however many files push at once.
+//! column queues one fragment), and a segment is rebuilt only once the encoder may lend out
+//! another segment's buffers (they stay lent out until its last fragment is sent; the engine's
+//! encoder lends [`SEGMENTS_HELD`] at most, encoding included), so memory stays bounded however
+//! slow the link and however many files push at once.
 //! A column whose miner fails stops there; the caller sends it whole to another miner. Each
 //! fragment a miner takes is recorded ([`Placement`]), so a column resumes after its last
 //! taken segment, in this run or the next.
@@ -18,19 +19,18 @@ use super::{Inner, UploadError};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
 use crate::miner::{FragmentBody, MinerError, Moved};
-use crate::protocol::MinerInfo;
+use crate::protocol::{MinerInfo, PushedBytes};
 use crate::store::{FileSource, Placement, UploadRecord};
 
-/// Rebuilt segments held at once by all pushes: 2 × 96 MiB, so that one segment is rebuilt
-/// while another goes out, and uploading stays under 256 MiB at any rate.
+/// Segments held at once by all pushes and the encoding: 2 × 96 MiB, so that one segment is
+/// rebuilt (or encoded) while another goes out, and uploading stays near 256 MiB at any rate.
 pub(super) const SEGMENTS_HELD: usize = 2;
 
-/// One fragment of a rebuilt segment, as bytes to send: the segment's buffers, and its place
-/// among those held, stay until every fragment of it is sent.
+/// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay lent out
+/// until every fragment of it is sent.
 struct Fragment {
     fragments: SharedFragments,
     index: usize,
-    _held: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AsRef<[u8]> for Fragment {
@@ -68,6 +68,11 @@ pub(super) async fn push_columns(
             layout.segments()
         ))));
     }
+    // What the whole file sends, all-zero fragments aside (they travel empty).
+    let file_bytes = segments
+        .iter()
+        .map(|s| s.fragments.iter().filter(|&&h| h != ZERO_FRAGMENT_HASH).count() * FRAGMENT_SIZE)
+        .sum::<usize>() as u64;
     let mut senders = Vec::with_capacity(columns.len());
     // Owned here: dropped (the job stopped), they are aborted with it.
     let mut tasks = tokio::task::JoinSet::new();
@@ -127,31 +132,19 @@ pub(super) async fn push_columns(
     }
     let key = inner.key_for(rec.format)?;
     let (regen, hashes) = (inner.clone(), segments.to_vec());
-    let runtime = tokio::runtime::Handle::current();
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
         let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
         let master = key.as_ref().zip(seed.as_ref());
-        // A place for each segment before it is rebuilt; a shutdown does not wait for one.
-        let place = || {
-            let mut stop = regen.stop.clone();
-            runtime.block_on(async {
-                tokio::select! {
-                    held = regen.segments_held.clone().acquire_owned() => {
-                        held.map(Arc::new).map_err(|_| UploadError::ShuttingDown)
-                    }
-                    _ = stop.wait_for(|s| *s) => Err(UploadError::ShuttingDown),
-                }
-            })
-        };
-        let mut held = Some(place()?);
-        regen.encoder.regenerate(&file, size, master, first..hashes.len(), |index, fragments| {
+        let stop = || {
             if *regen.stop.borrow() {
-                return Err(UploadError::ShuttingDown);
+                Err(UploadError::ShuttingDown)
+            } else if !regen.store.has_upload(ino) {
+                Err(UploadError::Changed)
+            } else {
+                Ok(())
             }
-            if !regen.store.has_upload(ino) {
-                return Err(UploadError::Changed);
-            }
-            let this_segment = held.take().ok_or_else(|| UploadError::Internal("a segment without a place".into()))?;
+        };
+        regen.encoder.regenerate(&file, size, master, first..hashes.len(), &stop, |index, fragments| {
             let mut sent = false;
             for (column, from, tx) in &senders {
                 // Taken by its miner before (this run or an earlier one): still waited for.
@@ -163,22 +156,13 @@ pub(super) async fn push_columns(
                 let data = if hash == ZERO_FRAGMENT_HASH {
                     Bytes::new()
                 } else {
-                    Bytes::from_owner(Fragment {
-                        fragments: fragments.clone(),
-                        index: *column,
-                        _held: this_segment.clone(),
-                    })
+                    Bytes::from_owner(Fragment { fragments: fragments.clone(), index: *column })
                 };
                 // A column that failed has dropped its receiver: the send fails, nothing waits.
                 sent |= tx.blocking_send((index, FragmentBody::new(hash, data))).is_ok();
             }
             if !sent {
                 return Err(UploadError::Internal("every column failed".into()));
-            }
-            // The next segment is rebuilt once it has a place.
-            drop(this_segment);
-            if index + 1 < hashes.len() {
-                held = Some(place()?);
             }
             Ok(())
         })
@@ -203,7 +187,11 @@ pub(super) async fn push_columns(
                 }
                 Some(Err(e)) => log::error!("a column push of {fid} ended abnormally: {e}"),
             },
-            _ = look.tick() => replace_the_long_tail(&mut progress, &done_after, started.elapsed(), *pace),
+            _ = look.tick() => {
+                replace_the_long_tail(&mut progress, &done_after, started.elapsed(), *pace);
+                let left: u64 = progress.iter().map(|p| p.bytes.saturating_sub(p.moved.get())).sum();
+                inner.pushes.set(ino, PushedBytes { sent: file_bytes.saturating_sub(left), total: file_bytes });
+            }
         }
     }
     // A column whose task panicked counts as not pushed.

@@ -49,6 +49,34 @@ fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its
         fs::write(photos.join(name), data).unwrap();
     }
     run(Command::new("cp").arg("-r").arg(&photos).arg(m.root()));
+    // While they go: a file's progress in fragment bytes, and the queue in cessfs status.
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&m.cess(&format!("Photos/{name}"), "json").unwrap_or_default()).unwrap_or_default()
+    };
+    let (mut partly, mut queued) = (None, String::new());
+    wait_until(4 * MIN, "a push shown part way, and the queue", || {
+        for (name, _) in &files {
+            let v = json(name);
+            if let (Some(sent), Some(total)) = (v["pushed_bytes"].as_u64(), v["push_bytes"].as_u64())
+                && sent > 0
+                && sent < total
+            {
+                partly = Some((sent, total, v["progress"].as_str().unwrap_or_default().to_string()));
+            }
+        }
+        if queued.is_empty() {
+            queued = run(Command::new(BIN).arg("status").arg(m.root()))
+                .lines()
+                .find(|l| l.contains("queue:"))
+                .unwrap_or_default()
+                .to_string();
+        }
+        partly.is_some() && !queued.is_empty()
+    });
+    let (sent, total, progress) = partly.unwrap();
+    assert_eq!(total, 12 * (8 << 20), "a one-segment file sends 12 fragments");
+    assert!(progress.contains(&format!("({} of 96 MiB)", sent >> 20)), "{progress}");
+    assert!(queued.contains("MiB of fragments to push"), "{queued}");
     for (name, _) in &files {
         m.wait_status(&format!("Photos/{name}"), &["active"], 4 * MIN);
     }
@@ -104,7 +132,9 @@ fn held_elsewhere(m: &Mount, names: &[String], faulty: &[usize]) {
 /// it whole.
 #[test]
 fn a_stalling_miner_is_replaced_after_the_stall_window() {
-    let m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0", "--miner-stall", "3"]);
+    let port = free_port().to_string();
+    let m =
+        Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0", "--miner-stall", "3", "--metrics", &port]);
     let stalling: Vec<usize> = m.devnet().nodes().iter().take(4).map(|n| n.index).collect();
     for &i in &stalling {
         m.devnet().fault(i, "stall");
@@ -113,13 +143,17 @@ fn a_stalling_miner_is_replaced_after_the_stall_window() {
     let log = m.log();
     assert!(log.contains("stalled") && log.contains("could not go to miner"), "the log says why:\n{log}");
     held_elsewhere(&m, &stored, &stalling);
+    let metrics = http_get(port.parse().unwrap(), "/metrics");
+    assert!(sample(&metrics, "cessfs_stalled_requests_total{direction=\"up\"}") >= Some(1.0), "{metrics}");
+    assert!(sample(&metrics, "cessfs_wasted_bytes_total{direction=\"up\"}") > Some(0.0), "{metrics}");
 }
 
 /// A miner far slower than the others of its file (256 KiB/s beside loopback), which never
 /// stalls, is replaced once the others are done: the file does not wait for it.
 #[test]
 fn a_miner_far_slower_than_the_others_is_replaced() {
-    let m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0"]);
+    let port = free_port().to_string();
+    let m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0", "--metrics", &port]);
     // Two: a later round that picks the other one replaces it too (by the first round's pace).
     let slow: Vec<usize> = m.devnet().nodes().iter().take(2).map(|n| n.index).collect();
     for &i in &slow {
@@ -129,6 +163,10 @@ fn a_miner_far_slower_than_the_others_is_replaced() {
     let log = m.log();
     assert!(log.contains("was replaced") && !log.contains("stalled"), "replaced for its pace:\n{log}");
     held_elsewhere(&m, &stored, &slow);
+    // What the replaced column had sent was for nothing, and counted so.
+    let metrics = http_get(port.parse().unwrap(), "/metrics");
+    assert!(sample(&metrics, "cessfs_wasted_bytes_total{direction=\"up\"}") > Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, "cessfs_stalled_requests_total{direction=\"up\"}"), None, "{metrics}");
 }
 
 /// Killed while its 12 columns each had their first segment's fragment taken, the daemon

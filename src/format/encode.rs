@@ -425,7 +425,12 @@ mod tests {
         // Given back, they are lent again.
         drop(kept);
         let mut rebuilt = 0;
-        encoder.regenerate(&data[..], data.len() as u64, None, 0..3, &|| Ok(()), |_, _| Ok(rebuilt += 1)).unwrap();
+        encoder
+            .regenerate(&data[..], data.len() as u64, None, 0..3, &|| Ok(()), |_, _| {
+                rebuilt += 1;
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(rebuilt, 3);
     }
 }

@@ -26,8 +26,47 @@ pub struct ColdReader {
     pub runtime: tokio::runtime::Handle,
     /// How long a read may wait for one segment.
     pub deadline: Duration,
-    /// How many segments past a read are fetched ahead for sequential readers.
+    /// How many segments past a read are fetched ahead for sequential readers, at most.
     pub read_ahead: usize,
+}
+
+/// Seconds of the downlink a sequential reader's read-ahead may queue (at least one segment,
+/// so that the link does not idle while the reader reads one).
+const READ_AHEAD_LINK_SECS: f64 = 8.0;
+/// How far from the end of the last read a read still continues it: the kernel's read-ahead
+/// (4 MiB) sends its reads out of order.
+const SEQUENTIAL_SLACK: u64 = 8 << 20;
+
+/// Where the readers of an open file read, as the read-ahead sees it (mountpoint-s3's
+/// prefetcher): its window grows by a segment with each read that continues the last, up to
+/// what the link brings in a few seconds, and closes on a jump (a seek in a video fetches its
+/// segment, not the ones after it).
+#[derive(Default)]
+pub(super) struct Sequence {
+    /// Where the last read ended.
+    next: u64,
+    /// Segments fetched ahead now.
+    window: usize,
+}
+
+impl Sequence {
+    /// Notes a read of `range`; returns how many segments past it to fetch ahead, `cap` at most.
+    fn read(&mut self, range: &Range<u64>, cap: usize) -> usize {
+        let continues = range.start + SEQUENTIAL_SLACK >= self.next && range.start <= self.next + SEQUENTIAL_SLACK;
+        if continues {
+            self.window = (self.window + 1).min(cap);
+            self.next = self.next.max(range.end);
+        } else {
+            self.window = 0;
+            self.next = range.end;
+        }
+        self.window
+    }
+
+    /// Segments fetched ahead of its readers now.
+    pub(super) fn window(&self) -> usize {
+        self.window
+    }
 }
 
 /// Where the bytes of a file that is not whole locally come from.
@@ -237,7 +276,7 @@ impl Fs {
     }
 
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
-    /// starting on the next ones, for sequential readers). Returns how many segments the caller
+    /// starting on the next ones, for sequential readers: see [`Sequence`]). Returns how many segments the caller
     /// waited for.
     pub(super) fn ensure_present(
         &self,
@@ -256,7 +295,7 @@ impl Fs {
         let last = source.layout.segment_of(range.end.min(source.size) - 1);
         let needed: Vec<usize> = (first..=last).filter(|&s| missing(s)).collect();
         let writer = !read_ahead;
-        let read_ahead = if read_ahead { self.cold.as_ref().map_or(0, |c| c.read_ahead) } else { 0 };
+        let read_ahead = if read_ahead { lock(&of.reads).read(&range, self.read_ahead_cap()) } else { 0 };
         let ahead: Vec<usize> = (last + 1..source.layout.segments())
             .take(read_ahead)
             .filter(|&s| missing(s) && self.cold.as_ref().is_some_and(|c| !c.fetcher.busy(&source.fid, s)))
@@ -282,6 +321,15 @@ impl Fs {
         }
         fetched.waited = needed.len();
         Ok(fetched)
+    }
+
+    /// The most segments to fetch ahead now: what the downlink brought in the last seconds
+    /// carries in [`READ_AHEAD_LINK_SECS`], at least one, at most the configured read-ahead.
+    fn read_ahead_cap(&self) -> usize {
+        let most = self.cold.as_ref().map_or(0, |c| c.read_ahead);
+        let down = self.pace.as_ref().map_or(0.0, |p| p.rates().down);
+        let link = if down > 0.0 { (down * READ_AHEAD_LINK_SECS / SEGMENT_SIZE as f64) as usize } else { most };
+        link.clamp(1, most.max(1)).min(most)
     }
 
     /// Makes bytes `0..end` of closed or open file `ino` local before its content changes (no

@@ -34,6 +34,8 @@ pub(super) struct OpenFile {
     pub(super) presence: Mutex<Presence>,
     /// Whether the kernel serves this inode's handles (see the module docs).
     pub(super) passthrough: bool,
+    /// Where its readers read, for the read-ahead.
+    pub(super) reads: Mutex<super::cache::Sequence>,
 }
 
 /// While a file is open, its content file's own size and mtime are the file's: writes (ours or
@@ -73,6 +75,7 @@ impl OpenFile {
             cold: None,
             presence: Mutex::new(Presence::whole()),
             passthrough,
+            reads: Mutex::default(),
         }
     }
 
@@ -193,6 +196,7 @@ impl Fs {
             cold,
             presence: Mutex::new(presence),
             passthrough,
+            reads: Mutex::default(),
         });
         lock(&self.open).insert(ino, of.clone());
         Ok(of)

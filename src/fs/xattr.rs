@@ -138,6 +138,7 @@ impl Fs {
             "chain_unreachable_since": chain_down.as_ref().map(|(since, _)| utc(*since)),
             "error": shown.error,
             "cached": cached,
+            "read_ahead": self.open_file(ino).filter(|of| of.cold.is_some()).map(|of| lock(&of.reads).window()),
             "attempts": up.attempts,
             "newer_version_waiting": up.newer.is_some(),
             "staged_at": up.staged_at.secs,

@@ -192,3 +192,36 @@ fn a_restart_mid_push_sends_only_the_missing_fragments() {
     evict(&m);
     assert!(fs::read(m.path("two-segments.bin")).unwrap() == data);
 }
+
+/// A seek into a cold file (a video's middle) fetches the segment it lands in, not the ones
+/// after it; reading on from there brings the read-ahead back.
+#[test]
+fn a_seek_into_a_cold_file_fetches_its_segment_and_no_read_ahead() {
+    use std::os::unix::fs::FileExt;
+    let m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0"]);
+    let data = random_bytes(200 << 20, 350);
+    fs::write(m.path("video.mp4"), &data).unwrap();
+    m.wait_status("video.mp4", &["active"], 3 * MIN);
+    evict(&m);
+    let before = moved(&m).bytes_out;
+    let f = fs::File::open(m.path("video.mp4")).unwrap();
+    let at = 70u64 << 20;
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut buf, at).unwrap();
+    assert!(buf == data[at as usize..at as usize + buf.len()]);
+    let read_ahead = |m: &Mount| {
+        let json: serde_json::Value = serde_json::from_str(&m.cess("video.mp4", "json").unwrap()).unwrap();
+        json["read_ahead"].as_u64()
+    };
+    assert_eq!(read_ahead(&m), Some(0), "nothing is fetched ahead of a seek");
+    let seek = moved(&m).bytes_out - before;
+    assert!(seek <= 33 << 20, "one segment's data fragments for a seek: {seek} bytes");
+    // Read on, in order: the next segments come ahead of the reader.
+    let mut off = at + buf.len() as u64;
+    while off < at + (40 << 20) {
+        f.read_exact_at(&mut buf, off).unwrap();
+        off += buf.len() as u64;
+    }
+    assert!(read_ahead(&m) >= Some(1), "a reader reading on is read ahead of");
+    wait_until(MIN, "the read-ahead past the reader", || moved(&m).bytes_out - before >= 3 * (32 << 20));
+}

@@ -125,6 +125,8 @@ fn run(work: &Path, key: &Path, case: &Case) {
         after.puts - before.puts,
         after.refusals - before.refusals,
     );
+    let up_peak = peak_mib(m.child.id());
+    reset_peak(m.child.id());
     if case.read {
         let evicted =
             Command::new(env!("CARGO_BIN_EXE_cessfs")).arg("evict").arg(m.dir.path()).output().expect("evict");
@@ -156,7 +158,8 @@ fn run(work: &Path, key: &Path, case: &Case) {
             first_byte,
         );
     }
-    println!("{}: client peak resident memory {:.0} MiB", case.name, peak_mib(m.child.id()));
+    let read_peak = if case.read { format!(", reading {:.0} MiB", peak_mib(m.child.id())) } else { String::new() };
+    println!("{}: client peak resident memory uploading {up_peak:.0} MiB{read_peak}", case.name);
 }
 
 fn main() {

@@ -12,6 +12,11 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Forgets the peak so far (`clear_refs` 5), so the next [`peak_mib`] is of what follows.
+pub fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak resident memory");
+}
+
 /// Peak resident memory of process `pid`, in MiB.
 pub fn peak_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");

@@ -137,26 +137,43 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, Value)>) {
     }
 }
 
+/// Fragment bytes a segment sends at most: 12 fragments of 8 MiB.
+const SEGMENT_FRAGMENT_BYTES: u64 = (crate::format::FRAGMENTS * crate::format::FRAGMENT_SIZE) as u64;
+
 /// Fragment bytes still to push for the unsettled files among `files` (each pack or file once):
-/// what their pushes report, or three times their size (12 fragments per 4) for those that wait.
+/// what their pushes report, or 12 fragments of 8 MiB per segment for those that wait (one
+/// segment for all files in a pack being filled).
 fn queued_bytes(files: &[(PathBuf, Value)]) -> (usize, u64) {
     let mut seen = std::collections::HashSet::new();
     let mut unsettled = 0;
     let mut bytes = 0;
     for (_, v) in files.iter().filter(|(_, v)| !settled(v)) {
         unsettled += 1;
-        if let Some(fid) = v["fid"].as_str().filter(|_| v["push_bytes"].is_u64())
-            && !seen.insert(fid.to_string())
-        {
+        let once = match (v["fid"].as_str(), state(v)) {
+            (Some(fid), _) => fid.to_string(),
+            (None, "packed") => "the pack being filled".to_string(),
+            (None, _) => String::new(),
+        };
+        if !once.is_empty() && !seen.insert(once) {
             continue;
         }
-        bytes += match (v["push_bytes"].as_u64(), v["pushed_bytes"].as_u64()) {
-            (Some(total), Some(sent)) => total.saturating_sub(sent),
-            _ if state(v) == "confirming" => 0,
-            _ => 3 * v["size"].as_u64().unwrap_or(0),
+        let segments = v["segments"].as_u64().filter(|&n| n > 0).unwrap_or_else(|| {
+            let size = v["size"].as_u64().unwrap_or(0);
+            crate::format::Layout::new(size, crate::format::Mode::Encrypted).map_or(1, |l| l.segments() as u64)
+        });
+        bytes += match (v["push_bytes"].as_u64(), v["pushed_bytes"].as_u64(), state(v)) {
+            (Some(total), Some(sent), _) => total.saturating_sub(sent),
+            (_, _, "confirming") => 0,
+            (_, _, "packed") => SEGMENT_FRAGMENT_BYTES,
+            _ => segments * SEGMENT_FRAGMENT_BYTES,
         };
     }
     (unsettled, bytes)
+}
+
+/// The files among `files` under `root`.
+fn under(files: &[(PathBuf, Value)], root: &Path) -> Vec<(PathBuf, Value)> {
+    files.iter().filter(|(p, _)| p.starts_with(root)).cloned().collect()
 }
 
 /// One line on what is left to push and, at the uplink's rate of the last seconds, how long it
@@ -324,7 +341,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
                 if let Some(mut v) = json_attr(root, attr) {
                     (v["kind"], v["path"]) = (kind.into(), root.display().to_string().into());
                     if kind == "link" {
-                        let bytes = queued_bytes(&files).1;
+                        let bytes = queued_bytes(&under(&files, root)).1;
                         let up = v["up"].as_f64().filter(|&up| up >= 1.0);
                         v["queue_bytes"] = bytes.into();
                         v["eta_seconds"] = up.map(|up| (bytes as f64 / up).round() as u64).into();
@@ -350,7 +367,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             }
             if let Some(v) = json_attr(root, c"user.cess.link") {
                 println!("{}: {}", root.display(), super::bwlimit::describe_link(&v));
-                if let Some(line) = describe_queue(&files, &v) {
+                if let Some(line) = describe_queue(&under(&files, root), &v) {
                     println!("{}: {line}", root.display());
                 }
             }

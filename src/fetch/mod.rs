@@ -242,10 +242,11 @@ impl Fetcher {
         let file = self.file(fid).await?;
         let (index, in_fragment) = place.in_fragment();
         if let Some(info) = file.segments.first().and_then(|s| s.fragments.get(index)) {
+            let moved = Moved::default();
             let fetched = match self.endpoint(&info.miner).await {
                 Some(endpoint) => self
                     .miners
-                    .get_fragment(&endpoint, fid, &info.hash, Some(in_fragment), &Moved::default())
+                    .get_fragment(&endpoint, fid, &info.hash, Some(in_fragment), &moved)
                     .await
                     .map_err(|e| e.to_string()),
                 None => Err("no endpoint".to_string()),
@@ -256,9 +257,11 @@ impl Fetcher {
                     return Ok(content);
                 }
                 Ok(Ok(_)) => {
+                    metrics::WASTED_BYTES.add("down", moved.get());
                     log::warn!("blob {id} of pack {fid} is not of the size the tree says; rebuilding the pack")
                 }
                 Ok(Err(e)) => {
+                    metrics::WASTED_BYTES.add("down", moved.get());
                     log::warn!("miner {} served blob {id} of pack {fid} wrong ({e}); rebuilding the pack", info.miner)
                 }
                 Err(e) => log::debug!("blob {id} of pack {fid} from miner {}: {e}; rebuilding the pack", info.miner),

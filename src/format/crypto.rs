@@ -178,7 +178,7 @@ impl MasterKey {
         Err(format!("a key file holds 64 hex characters or 32 raw bytes; this one has {} bytes", contents.len()))
     }
 
-    /// The file seed: a keyed digest of the file size and its chunks' digests ([`chunk_digest`]).
+    /// The file seed: a keyed digest of the file size and its chunks' digests ([`ChunkDigest`]).
     pub(super) fn seed(&self, size: u64, chunk_digests: &[[u8; 32]]) -> [u8; 32] {
         let keys = self.content(self.version()).unwrap_or(&self.v1);
         let mut mac = HmacSha256::new_from_slice(&keys.seed_key).expect("HMAC takes keys of any length");
@@ -256,10 +256,9 @@ impl FileKey {
     }
 }
 
-/// The digest of a plaintext chunk that goes into the file seed.
-pub(super) fn chunk_digest(chunk: &[u8]) -> [u8; 32] {
-    *blake3::hash(chunk).as_bytes()
-}
+/// The digest of a plaintext chunk that goes into the file seed (unkeyed BLAKE3), taken over
+/// its bytes in pieces.
+pub(super) type ChunkDigest = blake3::Hasher;
 
 /// The format version and seed in the header of an encrypted segment, if it has a header of a
 /// version this code reads.
@@ -295,6 +294,10 @@ fn aad(version: u8, layout: &Layout, index: usize) -> [u8; 20] {
 mod tests {
     use super::*;
     use crate::format::Mode;
+
+    fn chunk_digest(chunk: &[u8]) -> [u8; 32] {
+        *ChunkDigest::new().update(chunk).finalize().as_bytes()
+    }
 
     #[test]
     fn parse_key_file_forms() {

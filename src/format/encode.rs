@@ -1,15 +1,17 @@
 //! Streaming, parallel encoding of a file into segments and fragments.
 //!
-//! Segments are encoded on all cores, one more in flight than there are cores, and the hashes of
-//! one segment are spread over the cores too, so a one-segment file uses every core. Buffers are
-//! recycled: memory stays at about 96 MiB per segment in flight whatever the file size.
+//! Segments are encoded on all cores, one more in flight than there are cores (at most as many
+//! as the encoder may lend out: 2 in the upload engine, where rebuilt fragments waiting for the
+//! link share the bound), and the hashes of one segment are spread over the cores too, so a
+//! one-segment file uses every core. Buffers are recycled: memory stays at about 96 MiB per
+//! segment in flight whatever the file size.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use rayon::prelude::*;
 
-use super::crypto::{FileKey, HEADER_LEN, chunk_digest};
+use super::crypto::{ChunkDigest, FileKey, HEADER_LEN};
 use super::{
     DATA_FRAGMENTS, Erasure, FRAGMENT_SIZE, FRAGMENTS, FileManifest, FormatError, Hash, Layout, MasterKey, Mode,
     PARITY_FRAGMENTS, SEGMENT_SIZE, SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
@@ -68,23 +70,36 @@ impl EncodedSegment<'_> {
 /// (for sending them without copying): the buffers go back to the encoder when the last clone
 /// is dropped.
 #[derive(Clone)]
-pub struct SharedFragments(Arc<Recycled>);
+pub struct SharedFragments(Arc<Lease>);
 
 impl SharedFragments {
     /// The bytes of fragment `i` (8 MiB).
     pub fn fragment(&self, i: usize) -> &[u8] {
-        let b = self.0.buffers.as_ref().expect("buffers are only taken on drop");
-        Fragments { segment: &b.segment, parity: &b.parity }.fragment(i)
+        Fragments { segment: &self.0.segment, parity: &self.0.parity }.fragment(i)
     }
 }
 
-/// Buffers lent out by the pool, given back on drop.
-struct Recycled {
+/// Buffers lent out by the pool, given back when dropped, whatever path drops them (an error,
+/// a panic, a push given up).
+struct Lease {
     buffers: Option<Buffers>,
     pool: Arc<Pool>,
 }
 
-impl Drop for Recycled {
+impl std::ops::Deref for Lease {
+    type Target = Buffers;
+    fn deref(&self) -> &Buffers {
+        self.buffers.as_ref().expect("buffers are only taken on drop")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut Buffers {
+        self.buffers.as_mut().expect("buffers are only taken on drop")
+    }
+}
+
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(b) = self.buffers.take() {
             self.pool.give(b);
@@ -135,24 +150,33 @@ const GIVE_UP_LOOK: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Pool {
     /// Buffers for one segment, once fewer than `limit` are lent out; `None` if `give_up` says
-    /// so while waiting.
-    fn take(&self, give_up: &dyn Fn() -> bool) -> Option<Buffers> {
-        let mut lent = crate::sync::lock(&self.state);
-        while lent.out >= self.limit {
+    /// so while waiting (asked with the pool unlocked).
+    fn take(self: &Arc<Self>, give_up: &dyn Fn() -> bool) -> Option<Lease> {
+        loop {
+            {
+                let lent = crate::sync::lock(&self.state);
+                let mut lent = if lent.out >= self.limit {
+                    self.returned.wait_timeout(lent, GIVE_UP_LOOK).map_or_else(|e| e.into_inner().0, |(l, _)| l)
+                } else {
+                    lent
+                };
+                if lent.out < self.limit {
+                    lent.out += 1;
+                    let buffers = lent.free.pop().unwrap_or_else(|| Buffers {
+                        segment: vec![0; SEGMENT_SIZE],
+                        parity: vec![0; FRAGMENT_SIZE * PARITY_FRAGMENTS],
+                    });
+                    return Some(Lease { buffers: Some(buffers), pool: self.clone() });
+                }
+            }
             if give_up() {
                 return None;
             }
-            lent = self.returned.wait_timeout(lent, GIVE_UP_LOOK).map_or_else(|e| e.into_inner().0, |(l, _)| l);
         }
-        lent.out += 1;
-        Some(lent.free.pop().unwrap_or_else(|| Buffers {
-            segment: vec![0; SEGMENT_SIZE],
-            parity: vec![0; FRAGMENT_SIZE * PARITY_FRAGMENTS],
-        }))
     }
 
     /// Buffers for one segment, waiting as long as it takes.
-    fn take_waiting(&self) -> Buffers {
+    fn take_waiting(self: &Arc<Self>) -> Lease {
         loop {
             if let Some(b) = self.take(&|| false) {
                 return b;
@@ -186,7 +210,7 @@ impl Encoder {
     /// `master`, or in plaintext (the golden-vector layout) when `master` is `None`. `sink` receives
     /// every segment in order, with its fragments, on the calling thread; the manifest (FID and
     /// hashes) is returned. Segments are encoded on rayon's pool, one more in flight than it has
-    /// threads, so call this from outside that pool.
+    /// threads (at most the encoder's limit), so call this from outside that pool.
     pub fn encode<S, F>(
         &self,
         source: &S,
@@ -217,7 +241,7 @@ impl Encoder {
         let layout = Layout::new(size, mode)?;
         let (pool, erasure) = (&self.pool, &self.erasure);
         let seed = match master {
-            Some(m) => Some(file_seed(source, &layout, m, pool)?),
+            Some(m) => Some(file_seed(source, &layout, m)?),
             None => None,
         };
         let key = master.zip(seed.as_ref()).map(|(m, seed)| m.file_key(seed));
@@ -248,7 +272,7 @@ impl Encoder {
                     let seg = EncodedSegment { index: segments.len(), manifest: manifest?, fragments };
                     sink(&seg)?;
                     segments.push(seg.manifest);
-                    pool.give(b);
+                    drop(b);
                     if next < layout.segments() {
                         spawn(next);
                         next += 1;
@@ -293,33 +317,33 @@ impl Encoder {
                 }
                 stop()?;
             };
-            if let Err(e) = fill_segment(source, &layout, key.as_ref(), index, &mut b) {
-                self.pool.give(b);
-                return Err(e);
-            }
-            self.erasure.encode(&b.segment, &mut b.parity);
-            sink(index, SharedFragments(Arc::new(Recycled { buffers: Some(b), pool: self.pool.clone() })))?;
+            fill_segment(source, &layout, key.as_ref(), index, &mut b)?;
+            let Buffers { segment, parity } = &mut *b;
+            self.erasure.encode(segment, parity);
+            sink(index, SharedFragments(Arc::new(b)))?;
         }
         Ok(())
     }
 }
 
+/// Bytes read at a time for the seed's digests: a small buffer per core, outside the pool (the
+/// seed comes before any segment is encoded, while pushes may hold every pooled buffer).
+const SEED_READ: usize = 1 << 20;
+
 /// The seed of the file's key: a keyed digest over the digest of every plaintext chunk.
-fn file_seed<S: ChunkSource + ?Sized>(
-    source: &S,
-    layout: &Layout,
-    master: &MasterKey,
-    pool: &Pool,
-) -> Result<[u8; 32], S::Error> {
+fn file_seed<S: ChunkSource + ?Sized>(source: &S, layout: &Layout, master: &MasterKey) -> Result<[u8; 32], S::Error> {
     let digests: Vec<[u8; 32]> = (0..layout.segments())
         .into_par_iter()
         .map(|i| {
-            let mut b = pool.take_waiting();
             let range = layout.chunk(i);
-            let chunk = &mut b.segment[..(range.end - range.start) as usize];
-            let read = source.read_at(range.start, chunk).map(|()| chunk_digest(chunk));
-            pool.give(b);
-            read
+            let (mut digest, mut buf, mut at) = (ChunkDigest::new(), vec![0u8; SEED_READ], range.start);
+            while at < range.end {
+                let n = (range.end - at).min(SEED_READ as u64) as usize;
+                source.read_at(at, &mut buf[..n])?;
+                digest.update(&buf[..n]);
+                at += n as u64;
+            }
+            Ok(*digest.finalize().as_bytes())
         })
         .collect::<Result<_, S::Error>>()?;
     Ok(master.seed(layout.size(), &digests))

@@ -37,35 +37,42 @@ const READ_AHEAD_LINK_SECS: f64 = 8.0;
 /// (4 MiB) sends its reads out of order.
 const SEQUENTIAL_SLACK: u64 = 8 << 20;
 
+/// Readers of one open file followed at once (two players of one video, `cmp` of two parts).
+const READ_STREAMS: usize = 4;
+
 /// Where the readers of an open file read, as the read-ahead sees it (mountpoint-s3's
-/// prefetcher): its window grows by a segment with each read that continues the last, up to
-/// what the link brings in a few seconds, and closes on a jump (a seek in a video fetches its
-/// segment, not the ones after it).
+/// prefetcher): each stream of reads has a window that grows by a segment with each read that
+/// continues it, up to what the link brings in a few seconds; a read that continues none starts a
+/// stream of its own with no window (a seek in a video fetches its segment, not the ones after it).
 #[derive(Default)]
 pub(super) struct Sequence {
-    /// Where the last read ended.
-    next: u64,
-    /// Segments fetched ahead now.
-    window: usize,
+    /// Where each stream's last read ended, and its window; the most recent last.
+    streams: Vec<(u64, usize)>,
 }
 
 impl Sequence {
     /// Notes a read of `range`; returns how many segments past it to fetch ahead, `cap` at most.
     fn read(&mut self, range: &Range<u64>, cap: usize) -> usize {
-        let continues = range.start + SEQUENTIAL_SLACK >= self.next && range.start <= self.next + SEQUENTIAL_SLACK;
-        if continues {
-            self.window = (self.window + 1).min(cap);
-            self.next = self.next.max(range.end);
-        } else {
-            self.window = 0;
-            self.next = range.end;
-        }
-        self.window
+        let continues = |next: u64| range.start + SEQUENTIAL_SLACK >= next && range.start <= next + SEQUENTIAL_SLACK;
+        let (next, window) = match self.streams.iter().position(|&(next, _)| continues(next)) {
+            Some(i) => {
+                let (next, window) = self.streams.remove(i);
+                (next.max(range.end), (window + 1).min(cap))
+            }
+            None => {
+                if self.streams.len() == READ_STREAMS {
+                    self.streams.remove(0);
+                }
+                (range.end, 0)
+            }
+        };
+        self.streams.push((next, window));
+        window
     }
 
-    /// Segments fetched ahead of its readers now.
+    /// Segments fetched ahead of its readers now, at most.
     pub(super) fn window(&self) -> usize {
-        self.window
+        self.streams.iter().map(|&(_, w)| w).max().unwrap_or(0)
     }
 }
 
@@ -276,8 +283,8 @@ impl Fs {
     }
 
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
-    /// starting on the next ones, for sequential readers: see [`Sequence`]). Returns how many segments the caller
-    /// waited for.
+    /// starting on the next ones, for sequential readers: see [`Sequence`]). Returns how many
+    /// segments the caller waited for.
     pub(super) fn ensure_present(
         &self,
         ino: u64,
@@ -324,12 +331,15 @@ impl Fs {
     }
 
     /// The most segments to fetch ahead now: what the downlink brought in the last seconds
-    /// carries in [`READ_AHEAD_LINK_SECS`], at least one, at most the configured read-ahead.
+    /// carries in [`READ_AHEAD_LINK_SECS`] (one when nothing came), at most the configured
+    /// read-ahead.
     fn read_ahead_cap(&self) -> usize {
         let most = self.cold.as_ref().map_or(0, |c| c.read_ahead);
-        let down = self.pace.as_ref().map_or(0.0, |p| p.rates().down);
-        let link = if down > 0.0 { (down * READ_AHEAD_LINK_SECS / SEGMENT_SIZE as f64) as usize } else { most };
-        link.clamp(1, most.max(1)).min(most)
+        let link = match &self.pace {
+            Some(pace) => (pace.rates().down * READ_AHEAD_LINK_SECS / SEGMENT_SIZE as f64) as usize,
+            None => most,
+        };
+        link.max(1).min(most)
     }
 
     /// Makes bytes `0..end` of closed or open file `ino` local before its content changes (no

@@ -1,6 +1,8 @@
 //! The CESS vocabulary shared by the client and the embedded devnet: accounts and signatures,
 //! what the chain stores (territories, deals, files, miners) behind the [`Chain`] trait, and the
-//! storage miners' HTTP protocol. See ../shared/cess/PROTOCOL.md (summarised in docs/).
+//! storage miners' HTTP protocol (see ../shared/cess/PROTOCOL.md, summarised in docs/); and
+//! what the client's network side tells the filesystem of its calls: the chain's health, how far
+//! each push has come.
 
 mod account;
 mod chain;

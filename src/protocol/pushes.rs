@@ -14,13 +14,6 @@ pub struct PushedBytes {
     pub total: u64,
 }
 
-impl PushedBytes {
-    /// Bytes still to send.
-    pub fn left(&self) -> u64 {
-        self.total.saturating_sub(self.sent)
-    }
-}
-
 /// The pushes under way, by the inode of their upload record.
 #[derive(Default)]
 pub struct Pushes(Mutex<HashMap<u64, PushedBytes>>);

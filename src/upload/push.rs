@@ -10,6 +10,7 @@
 //! taken segment, in this run or the next.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,12 +87,15 @@ pub(super) async fn push_columns(
         senders.push((column, from, tx));
         let (inner, fid) = (inner.clone(), *fid);
         let (moved, (replace, mut replaced)) = (Moved::default(), tokio::sync::oneshot::channel::<u32>());
+        let taken = Arc::new(AtomicU64::new(0));
         progress.push(ColumnProgress {
             column,
             // All-zero fragments travel empty.
             bytes: (segments.iter().skip(from).filter(|s| s.fragments[column] != ZERO_FRAGMENT_HASH).count()
                 * FRAGMENT_SIZE) as u64,
             moved: moved.clone(),
+            taken: taken.clone(),
+            failed: false,
             replace: Some(replace),
         });
         tasks.spawn(async move {
@@ -112,7 +116,10 @@ pub(super) async fn push_columns(
                     }
                 };
                 match result {
-                    Ok(()) => metrics::FRAGMENTS_PUSHED.add(&account, 1),
+                    Ok(()) => {
+                        metrics::FRAGMENTS_PUSHED.add(&account, 1);
+                        taken.store(moved.get(), Ordering::Relaxed);
+                    }
                     Err(_) => {
                         metrics::FRAGMENT_PUSH_FAILURES.add(&account, 1);
                         break;
@@ -178,6 +185,7 @@ pub(super) async fn push_columns(
                 Some(Ok(done)) => {
                     if let Some(p) = progress.iter_mut().find(|p| p.column == done.0) {
                         p.replace = None;
+                        p.failed = done.2.is_err();
                         // A column of all-zero fragments says nothing of the link.
                         if done.2.is_ok() && p.bytes > 0 {
                             done_after.push(started.elapsed());
@@ -189,7 +197,7 @@ pub(super) async fn push_columns(
             },
             _ = look.tick() => {
                 replace_the_long_tail(&mut progress, &done_after, started.elapsed(), *pace);
-                let left: u64 = progress.iter().map(|p| p.bytes.saturating_sub(p.moved.get())).sum();
+                let left: u64 = progress.iter().map(ColumnProgress::left).sum();
                 inner.pushes.set(ino, PushedBytes { sent: file_bytes.saturating_sub(left), total: file_bytes });
             }
         }
@@ -225,8 +233,20 @@ struct ColumnProgress {
     /// Bytes it sends in all.
     bytes: u64,
     moved: Moved,
+    /// What `moved` was when its miner last took a fragment.
+    taken: Arc<AtomicU64>,
+    /// It ended in failure: what its miner took is all it sent.
+    failed: bool,
     /// Tells its task to give up (with the share it had sent); `None` once it ended.
     replace: Option<tokio::sync::oneshot::Sender<u32>>,
+}
+
+impl ColumnProgress {
+    /// Bytes it still sends: a failed column's bytes in the request that failed do not count.
+    fn left(&self) -> u64 {
+        let sent = if self.failed { self.taken.load(Ordering::Relaxed) } else { self.moved.get() };
+        self.bytes.saturating_sub(sent)
+    }
 }
 
 /// A column is replaced when two thirds of the columns pushed with it are done (or, in a later

@@ -379,7 +379,6 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     fs.set_cold_reader(ColdReader {
         fetcher: fetcher.clone(),
         runtime: runtime.handle().clone(),
-        deadline: Duration::from_secs(120),
         read_ahead: 2,
     });
     let fs = Arc::new(fs);

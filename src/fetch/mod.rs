@@ -58,16 +58,6 @@ pub enum FetchError {
     /// A bug (a decoding task that panicked).
     #[error("internal error: {0}")]
     Internal(String),
-    /// The segment did not arrive in time.
-    #[error("segment {segment} of {fid} did not arrive within {after:?}")]
-    TimedOut {
-        /// The FID.
-        fid: Hash,
-        /// The segment.
-        segment: usize,
-        /// How long the read waited.
-        after: Duration,
-    },
     /// The segment does not decode (wrong key, tampered data).
     #[error("segment {segment} of file {fid}: {error}")]
     Decode {

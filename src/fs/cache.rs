@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::os::unix::fs::FileExt;
 
@@ -18,14 +17,15 @@ use crate::sync::lock;
 /// Disk space eviction keeps free for new files when the disk holding the cache fills up.
 const DISK_RESERVE: u64 = 256 << 20;
 
-/// Reads segments from the network for the (synchronous) filesystem, with a deadline.
+/// Reads segments from the network for the (synchronous) filesystem. A read waits as long as
+/// its segment's fragments keep moving: each miner request fails when it stops moving (the stall
+/// rule), each chain read within its limit, and the fetch when too few fragments are left; never
+/// on a wall-clock deadline, which a slow link (or a low `bwlimit`) would turn into EIO.
 pub struct ColdReader {
     /// The fetcher.
     pub fetcher: Arc<Fetcher>,
     /// The runtime it runs on (FUSE threads are not runtime threads, so they may block on it).
     pub runtime: tokio::runtime::Handle,
-    /// How long a read may wait for one segment.
-    pub deadline: Duration,
     /// How many segments past a read are fetched ahead for sequential readers, at most.
     pub read_ahead: usize,
 }
@@ -218,8 +218,7 @@ impl Fetched {
 }
 
 impl ColdReader {
-    /// Fetches segment `s` of an open file into its content, waiting at most the deadline.
-    /// Returns the segment if there was no room to keep it.
+    /// Fetches segment `s` of an open file into its content. Returns the segment if there was no room to keep it.
     fn load(
         &self,
         store: &Store,
@@ -238,16 +237,11 @@ impl ColdReader {
                 None => self.fetcher.segment(&source.fid, source.size, source.encrypted, s).await,
             }
         };
-        let result = match self.runtime.block_on(async { tokio::time::timeout(self.deadline, fetch).await }) {
-            Ok(Ok(decoded)) => {
+        let result = match self.runtime.block_on(fetch) {
+            Ok(decoded) => {
                 install(store, of, source, s, decoded.data(), essential).map(|kept| (!kept).then_some(decoded))
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(FsError::Fetch(crate::fetch::FetchError::TimedOut {
-                fid: source.fid,
-                segment: s,
-                after: self.deadline,
-            })),
+            Err(e) => Err(e.into()),
         };
         self.fetcher.forget(&source.fid, s);
         result

@@ -376,11 +376,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
-    fs.set_cold_reader(ColdReader {
-        fetcher: fetcher.clone(),
-        runtime: runtime.handle().clone(),
-        read_ahead: 2,
-    });
+    fs.set_cold_reader(ColdReader { fetcher: fetcher.clone(), runtime: runtime.handle().clone(), read_ahead: 2 });
     let fs = Arc::new(fs);
     let housekeeping = Housekeeping::start(store.clone(), fs.clone())?;
     let refresh = Duration::from_secs(if settings.chain.is_none() { 1 } else { 30 });

@@ -46,13 +46,16 @@ pub enum Fault {
     Corrupt,
     /// Stores fragments but never reports.
     NoReport,
+    /// Loses what it holds of files not yet active (a disk replaced mid-upload), then works.
+    Lost,
 }
 
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> Result<Fault, String> {
-        serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map_err(|_| format!("unknown fault {s:?}: none, down, refuse, timeout, stall, slow, corrupt or noreport"))
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            format!("unknown fault {s:?}: none, down, refuse, timeout, stall, slow, corrupt, noreport or lost")
+        })
     }
 }
 
@@ -685,6 +688,11 @@ impl Node {
 
     /// Switches the node into `fault`; `Down` closes its port, anything else opens it again.
     pub async fn set_fault(&self, fault: Fault) -> std::io::Result<()> {
+        if fault == Fault::Lost {
+            for fid in self.state.scan() {
+                std::fs::remove_dir_all(self.state.report_dir(&fid.to_hex()))?;
+            }
+        }
         *crate::sync::lock(&self.state.fault) = fault;
         let running = self.server.lock().await.is_some();
         match (fault, running) {

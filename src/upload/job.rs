@@ -371,14 +371,43 @@ impl Inner {
             return Ok(Flow::Continue);
         };
         let segments = deal.segments.len();
-        let placed = self.db(move |s| s.placements(&fid)).await?;
+        let mut placed = self.db(move |s| s.placements(&fid)).await?;
+        let miners = self.chain.miners().await?;
+        // A miner that lost what it took (a disk replaced, a restart that dropped its uploads)
+        // is sent its column again from the start.
+        let reported = |column: u8| deal.complete_list.iter().any(|d| d.index == column + 1);
+        placed.retain(|(column, _)| !reported(*column));
+        let checks = placed.iter().map(|(column, p)| {
+            let miner = miners.iter().find(|m| m.account.0 == p.miner);
+            let deal = &deal.segments;
+            async move {
+                match miner {
+                    Some(m) => push::still_held(self, &fid, deal, *column as usize, p.segments as usize, m).await,
+                    None => true,
+                }
+            }
+        });
+        let held_still = futures_util::future::join_all(checks).await;
+        let mut lost = Vec::new();
+        for ((column, p), held) in placed.iter().zip(held_still) {
+            if !held {
+                log::warn!(
+                    "inode {ino}: miner {} no longer holds column {column} of {fid}; sending it again",
+                    AccountId(p.miner)
+                );
+                lost.push(*column);
+            }
+        }
+        for column in lost {
+            self.db(move |s| s.forget_placement(&fid, column)).await?;
+            placed.retain(|(c, _)| *c != column);
+        }
         let mut exclude: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
         exclude.extend(lock(&self.laggards).get(&fid).cloned().unwrap_or_default());
         // A miner holding part of a column keeps it; no other column goes to it.
         exclude.extend(placed.iter().map(|(_, p)| AccountId(p.miner)));
         let unreported: Vec<usize> =
             (0..FRAGMENTS).filter(|c| !deal.complete_list.iter().any(|d| d.index as usize == c + 1)).collect();
-        let miners = self.chain.miners().await?;
         let mut held = 0;
         let mut resumed = Vec::new();
         let mut left = Vec::new();

@@ -227,6 +227,30 @@ pub(super) async fn push_columns(
     Ok(outcome)
 }
 
+/// Whether `miner` still holds what it took of `column` (its fragments of the first `taken`
+/// segments): a 1-byte ranged read of the last non-zero one. Only a miner that answers that it
+/// does not have it (404, as cess-miner answers) is taken at its word; one that cannot be asked
+/// now may still report the column, and is replaced if it does not.
+pub(super) async fn still_held(
+    inner: &Inner,
+    fid: &Hash,
+    segments: &[SegmentManifest],
+    column: usize,
+    taken: usize,
+    miner: &MinerInfo,
+) -> bool {
+    let last = segments[..taken.min(segments.len())]
+        .iter()
+        .rev()
+        .map(|s| s.fragments[column])
+        .find(|&h| h != ZERO_FRAGMENT_HASH);
+    let (Some(hash), Some(endpoint)) = (last, miner.endpoint.as_deref()) else { return true };
+    match inner.miners.get_fragment(endpoint, fid, &hash, Some(0..1), &Moved::default()).await {
+        Err(MinerError::Refused { code: 404, .. }) => false,
+        _ => true,
+    }
+}
+
 /// A column being sent, as its push is watched for a long tail.
 struct ColumnProgress {
     column: usize,

@@ -225,3 +225,27 @@ fn a_seek_into_a_cold_file_fetches_its_segment_and_no_read_ahead() {
     assert!(read_ahead(&m) >= Some(1), "a reader reading on is read ahead of");
     wait_until(MIN, "the read-ahead past the reader", || moved(&m).bytes_out - before >= 3 * (32 << 20));
 }
+
+/// A miner that lost what it took (its disk replaced while the daemon was down) is found out by
+/// a 1-byte ranged read at the restart: its column goes again, whole, to another miner, instead
+/// of resuming on a miner that would never hold it all and never report it.
+#[test]
+fn a_restart_sends_again_the_column_a_miner_lost() {
+    let mut m = Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0"]);
+    m.arm("column-placed");
+    fs::write(m.path("two-segments.bin"), random_bytes(40 << 20, 331)).unwrap();
+    let reached = |m: &Mount| m.log().matches("hook column-placed reached").count();
+    wait_until(2 * MIN, "every column's first fragment taken", || reached(&m) >= 12);
+    let holder = m.devnet().nodes().into_iter().find(|n| n.counters.puts > 0).expect("a node took a fragment");
+    m.devnet().fault(holder.index, "lost");
+    m.kill9();
+    m.release("column-placed");
+    m.mount();
+    m.wait_status("two-segments.bin", &["active"], 2 * MIN);
+    let log = m.log();
+    assert!(log.contains("no longer holds column"), "the lost column was found out:\n{log}");
+    assert!(log.contains("0 columns held by their miners, 11 resumed, 1 to send"), "{log}");
+    let after = moved(&m);
+    assert_eq!(after.puts, 13, "11 second fragments, and the lost column's two: {after:?}");
+    held_elsewhere(&m, &["two-segments.bin".to_string()], &[holder.index]);
+}

@@ -245,10 +245,8 @@ pub(super) async fn still_held(
         .map(|s| s.fragments[column])
         .find(|&h| h != ZERO_FRAGMENT_HASH);
     let (Some(hash), Some(endpoint)) = (last, miner.endpoint.as_deref()) else { return true };
-    match inner.miners.get_fragment(endpoint, fid, &hash, Some(0..1), &Moved::default()).await {
-        Err(MinerError::Refused { code: 404, .. }) => false,
-        _ => true,
-    }
+    let asked = inner.miners.get_fragment(endpoint, fid, &hash, Some(0..1), &Moved::default()).await;
+    !matches!(asked, Err(MinerError::Refused { code: 404, .. }))
 }
 
 /// A column being sent, as its push is watched for a long tail.

@@ -271,11 +271,17 @@ impl ColumnProgress {
     }
 }
 
+/// Past this, a column left waiting costs more than the bytes a spare sends again.
+const TAIL_GRACE: Duration = Duration::from_secs(10);
+
 /// A column is replaced when two thirds of the columns pushed with it are done (or, in a later
-/// round with fewer columns, by the median `earlier` round's time), it is 10 s past the median
-/// of their times, and at its pace it would take twice that median:
-/// on one link the others show what the link gives, so this is its miner's slowness (Storj's
-/// long-tail cancellation), not the link's.
+/// round with fewer columns, by the median `earlier` round's time), it is [`TAIL_GRACE`] past
+/// the median of their times, and either at its pace it would take twice that median, or what it
+/// still needs at its pace (over [`TAIL_GRACE`]) is twice what a spare would need at the pace the
+/// push gives each column still moving (the link freed by the columns done).
+/// On one link the others show what the link gives, so this is its miner's slowness (Storj's
+/// long-tail cancellation), not the link's: while all columns move, a column at its share of
+/// the link needs no more than a spare would.
 fn replace_the_long_tail(
     progress: &mut [ColumnProgress],
     done_after: &[Duration],
@@ -283,7 +289,8 @@ fn replace_the_long_tail(
     earlier: Option<Duration>,
 ) {
     let carrying = progress.iter().filter(|p| p.bytes > 0).count();
-    let median = if carrying >= 4 && done_after.len() * 3 >= carrying * 2 {
+    let first_round = carrying >= 4 && done_after.len() * 3 >= carrying * 2;
+    let median = if first_round {
         let mut times = done_after.to_vec();
         times.sort();
         times[times.len() / 2]
@@ -292,16 +299,82 @@ fn replace_the_long_tail(
     } else {
         return;
     };
-    if now < median + Duration::from_secs(10) {
+    if now < median + TAIL_GRACE {
         return;
     }
+    let secs = now.as_secs_f64();
+    let sent = |p: &ColumnProgress| p.moved.get().min(p.bytes) as f64;
+    // What this push moves a second, shared by the columns still moving (each tail column is
+    // swapped for one spare).
+    let pushed_per_sec = progress.iter().map(sent).sum::<f64>() / secs;
+    let moving = progress.iter().filter(|p| p.replace.is_some() && p.bytes > 0).count().max(1);
     for p in progress.iter_mut().filter(|p| p.replace.is_some() && p.bytes > 0) {
-        let share = (p.moved.get() as f64 / p.bytes.max(1) as f64).min(1.0);
-        let projected = now.as_secs_f64() / share.max(1e-3);
-        if projected >= 2.0 * median.as_secs_f64()
+        let share = (sent(p) / p.bytes.max(1) as f64).min(1.0);
+        let projected = secs / share.max(1e-3);
+        let needs = projected - secs;
+        let spare_needs = p.bytes as f64 * moving as f64 / pushed_per_sec.max(1.0);
+        let behind = first_round && needs >= TAIL_GRACE.as_secs_f64() && needs > 2.0 * spare_needs;
+        if (projected >= 2.0 * median.as_secs_f64() || behind)
             && let Some(replace) = p.replace.take()
         {
             let _ = replace.send((share * 100.0) as u32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Columns of `bytes` each that moved `moved` bytes; `None`: done.
+    fn columns(bytes: u64, moved: &[Option<u64>]) -> (Vec<ColumnProgress>, Vec<tokio::sync::oneshot::Receiver<u32>>) {
+        let (mut progress, mut told) = (Vec::new(), Vec::new());
+        for (column, m) in moved.iter().enumerate() {
+            let (replace, rx) = tokio::sync::oneshot::channel();
+            let counted = Moved::default();
+            counted.add(m.unwrap_or(bytes) as usize);
+            progress.push(ColumnProgress {
+                column,
+                bytes,
+                moved: counted,
+                taken: Arc::default(),
+                failed: false,
+                replace: m.is_some().then_some(replace),
+            });
+            told.push(rx);
+        }
+        (progress, told)
+    }
+
+    fn replaced(told: &mut [tokio::sync::oneshot::Receiver<u32>]) -> Vec<usize> {
+        told.iter_mut().enumerate().filter_map(|(i, rx)| rx.try_recv().is_ok().then_some(i)).collect()
+    }
+
+    #[test]
+    fn a_miner_at_half_pace_when_the_others_are_done_is_replaced() {
+        // 11 columns of 16 MiB done after about 130 s; one at 1 Mbit/s has 9 MiB of its column:
+        // at its pace it needs 110 s more, a spare alone on the link 12 s.
+        let mut moved = vec![None; 11];
+        moved.push(Some(9 * MIB));
+        let (mut progress, mut told) = columns(16 * MIB, &moved);
+        let done = vec![Duration::from_secs(130); 11];
+        replace_the_long_tail(&mut progress, &done, Duration::from_secs(140), None);
+        assert_eq!(replaced(&mut told), vec![11]);
+    }
+
+    #[test]
+    fn columns_a_little_behind_or_all_moving_are_kept() {
+        // Two thirds done; the others 95% through, a second from done.
+        let mut moved = vec![None; 8];
+        moved.extend([Some(7 * MIB + 3 * MIB / 5); 4]);
+        let (mut progress, mut told) = columns(8 * MIB, &moved);
+        replace_the_long_tail(&mut progress, &[Duration::from_secs(12); 8], Duration::from_secs(22), None);
+        assert_eq!(replaced(&mut told), Vec::<usize>::new());
+        // None done: the link is shared, whatever each one's pace.
+        let (mut progress, mut told) = columns(8 * MIB, &[Some(MIB); 12]);
+        replace_the_long_tail(&mut progress, &[], Duration::from_secs(100), None);
+        assert_eq!(replaced(&mut told), Vec::<usize>::new());
     }
 }

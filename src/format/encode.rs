@@ -1,9 +1,9 @@
 //! Streaming, parallel encoding of a file into segments and fragments.
 //!
 //! Segments are encoded on all cores, one more in flight than there are cores (at most as many
-//! as the encoder may lend out: 2 in the upload engine, where rebuilt fragments waiting for the
-//! link share the bound), and the hashes of one segment are spread over the cores too, so a
-//! one-segment file uses every core. Buffers are recycled: memory stays at about 96 MiB per
+//! as the encoder may lend out: in the upload engine 2, shared with the rebuilt fragments
+//! waiting for the link, and one more for an encoding), and the hashes of one segment are
+//! spread over the cores too, so a one-segment file uses every core. Buffers are recycled: memory stays at about 96 MiB per
 //! segment in flight whatever the file size.
 
 use std::collections::BTreeMap;
@@ -152,15 +152,20 @@ impl Pool {
     /// Buffers for one segment, once fewer than `limit` are lent out; `None` if `give_up` says
     /// so while waiting (asked with the pool unlocked).
     fn take(self: &Arc<Self>, give_up: &dyn Fn() -> bool) -> Option<Lease> {
+        self.take_within(self.limit, give_up)
+    }
+
+    /// Buffers for one segment, once fewer than `limit` are lent out.
+    fn take_within(self: &Arc<Self>, limit: usize, give_up: &dyn Fn() -> bool) -> Option<Lease> {
         loop {
             {
                 let lent = crate::sync::lock(&self.state);
-                let mut lent = if lent.out >= self.limit {
+                let mut lent = if lent.out >= limit {
                     self.returned.wait_timeout(lent, GIVE_UP_LOOK).map_or_else(|e| e.into_inner().0, |(l, _)| l)
                 } else {
                     lent
                 };
-                if lent.out < self.limit {
+                if lent.out < limit {
                     lent.out += 1;
                     let buffers = lent.free.pop().unwrap_or_else(|| Buffers {
                         segment: vec![0; SEGMENT_SIZE],
@@ -175,10 +180,12 @@ impl Pool {
         }
     }
 
-    /// Buffers for one segment, waiting as long as it takes.
-    fn take_waiting(self: &Arc<Self>) -> Lease {
+    /// Buffers for a segment being encoded, waiting as long as it takes: one more than the
+    /// limit may be lent out for it, so that an encoding never waits for fragments that a slow
+    /// miner holds up (they stay lent out until sent).
+    fn take_for_encoding(self: &Arc<Self>) -> Lease {
         loop {
-            if let Some(b) = self.take(&|| false) {
+            if let Some(b) = self.take_within(self.limit + 1, &|| false) {
                 return b;
             }
         }
@@ -252,7 +259,7 @@ impl Encoder {
             // Buffers are taken here, in segment order, so a later segment never holds the
             // buffers an earlier one waits for.
             let spawn = |index: usize| {
-                let mut b = pool.take_waiting();
+                let mut b = pool.take_for_encoding();
                 let done = done_tx.clone();
                 let (layout, key) = (&layout, key.as_ref());
                 scope.spawn(move |_| {

@@ -3,8 +3,8 @@
 //! straight from the segment's buffers (no copy). Rebuilding waits for the slowest column (each
 //! column queues one fragment), and a segment is rebuilt only once the encoder may lend out
 //! another segment's buffers (they stay lent out until its last fragment is sent; the engine's
-//! encoder lends [`SEGMENTS_HELD`] at most, encoding included), so memory stays bounded however
-//! slow the link and however many files push at once.
+//! encoder lends [`SEGMENTS_HELD`] at most, and one more to an encoding), so memory stays
+//! bounded however slow the link and however many files push at once.
 //! A column whose miner fails stops there; the caller sends it whole to another miner. Each
 //! fragment a miner takes is recorded ([`Placement`]), so a column resumes after its last
 //! taken segment, in this run or the next.
@@ -23,8 +23,9 @@ use crate::miner::{FragmentBody, MinerError, Moved};
 use crate::protocol::{MinerInfo, PushedBytes};
 use crate::store::{FileSource, Placement, UploadRecord};
 
-/// Segments held at once by all pushes and the encoding: 2 × 96 MiB, so that one segment is
-/// rebuilt (or encoded) while another goes out, and uploading stays near 256 MiB at any rate.
+/// Segments held at once by all pushes: 2 × 96 MiB, so that one segment is rebuilt while
+/// another goes out (an encoding may take one more), and uploading stays near 256 MiB at any
+/// rate.
 pub(super) const SEGMENTS_HELD: usize = 2;
 
 /// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay lent out

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{Inner, UploadError, lock, placement, push};
-use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, SEGMENT_SIZE, Seed};
+use crate::format::{FRAGMENT_SIZE, FRAGMENTS, FileManifest, Hash, SEGMENT_SIZE, Seed};
 use crate::metrics;
 use crate::protocol::{AccountId, ChainError, SentTx, TerritoryState, UserBrief, charged_space};
 use crate::store::{Batch, FileSource, Timestamp, UploadRecord, UploadState};
@@ -360,6 +360,8 @@ impl Inner {
     /// fails is replaced by a spare, for up to three rounds.
     async fn push_step(self: &Arc<Self>, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
         let fid = rec.fid.ok_or_else(|| missing_fid("pushing"))?;
+        // Files of equal bytes share one FID and one deal: one of them pushes it at a time.
+        let _claim = self.claim_push(fid, ino).await?;
         let Some(deal) = self.chain.deal(&fid).await? else {
             let stored = self.chain.file(&fid).await?.is_some();
             if !stored {
@@ -403,9 +405,9 @@ impl Inner {
             placed.retain(|(c, _)| *c != column);
         }
         let mut exclude: HashSet<_> = deal.complete_list.iter().map(|c| c.miner).collect();
-        exclude.extend(lock(&self.laggards).get(&fid).cloned().unwrap_or_default());
         // A miner holding part of a column keeps it; no other column goes to it.
         exclude.extend(placed.iter().map(|(_, p)| AccountId(p.miner)));
+        let laggards = lock(&self.laggards).get(&fid).cloned().unwrap_or_default();
         let unreported: Vec<usize> =
             (0..FRAGMENTS).filter(|c| !deal.complete_list.iter().any(|d| d.index as usize == c + 1)).collect();
         let mut held = 0;
@@ -423,7 +425,19 @@ impl Inner {
                 _ => left.push(column),
             }
         }
-        let mut candidates = placement::candidates(miners, segments, &exclude);
+        let mut candidates =
+            placement::candidates(miners.clone(), segments, &exclude.union(&laggards).copied().collect());
+        if candidates.len() < left.len() && !laggards.is_empty() {
+            // Better a miner that was slow to report than no push at all: they are asked again.
+            log::warn!(
+                "inode {ino}: {} miners left for {} columns of {fid} without the {} that did not report; asking those again",
+                candidates.len(),
+                left.len(),
+                laggards.len()
+            );
+            lock(&self.laggards).remove(&fid);
+            candidates = placement::candidates(miners, segments, &exclude);
+        }
         if candidates.len() < left.len() {
             return Err(UploadError::NotEnoughMiners {
                 found: candidates.len(),
@@ -596,6 +610,37 @@ impl Inner {
         next.error = rec.error.clone();
         let swapped = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await?;
         Ok(if swapped { Flow::Continue } else { Flow::Wait })
+    }
+}
+
+/// The push of a deal by one inode; the next waiting inode of the same FID goes on when it ends.
+struct PushClaim<'a>(&'a Inner, Hash);
+
+impl Drop for PushClaim<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.pushing).remove(&self.1);
+        self.0.push_ended.notify_waiters();
+    }
+}
+
+impl Inner {
+    /// Waits until no other inode pushes the deal of `fid`, then takes it for `ino`.
+    async fn claim_push(&self, fid: Hash, ino: u64) -> Result<PushClaim<'_>, UploadError> {
+        let mut stop = self.stop.clone();
+        loop {
+            let ended = self.push_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let owner = *lock(&self.pushing).entry(fid).or_insert(ino);
+            if owner == ino {
+                return Ok(PushClaim(self, fid));
+            }
+            log::info!("inode {ino}: inode {owner} pushes the same bytes ({fid}); waiting for it");
+            tokio::select! {
+                _ = ended => {}
+                _ = stop.wait_for(|s| *s) => return Err(UploadError::ShuttingDown),
+            }
+        }
     }
 }
 

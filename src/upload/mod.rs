@@ -79,6 +79,10 @@ struct Inner {
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
     /// Miners that took a column and did not report it, per FID: not chosen again for it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
+    /// The inode pushing each FID's deal now (files of equal bytes share it).
+    pushing: Mutex<HashMap<Hash, u64>>,
+    /// Rung when a push ends: an inode waiting for the deal of its FID goes on.
+    push_ended: tokio::sync::Notify,
     /// How far each push has come, shown in the files' attributes.
     pushes: Arc<crate::protocol::Pushes>,
     /// Turns true at shutdown: encodings and pushes stop at their next step.
@@ -194,6 +198,8 @@ impl Engine {
             running: Mutex::new(HashSet::new()),
             manifests: Mutex::new(HashMap::new()),
             laggards: Mutex::new(HashMap::new()),
+            pushing: Mutex::new(HashMap::new()),
+            push_ended: tokio::sync::Notify::new(),
             pushes: Arc::default(),
             stop,
             territory_changed: tokio::sync::Notify::new(),

@@ -249,3 +249,24 @@ fn a_restart_sends_again_the_column_a_miner_lost() {
     assert_eq!(after.puts, 13, "11 second fragments, and the lost column's two: {after:?}");
     held_elsewhere(&m, &["two-segments.bin".to_string()], &[holder.index]);
 }
+
+/// Two files of the same bytes (one FID, one deal) saved together over a slow uplink: one of
+/// them pushes the deal while the other waits for it, so each column goes to one miner once,
+/// and both become active.
+#[test]
+fn two_files_of_equal_bytes_push_their_one_deal_once() {
+    let m = Mount::uploading(
+        "0",
+        &["--snapshots", "false", "--pack-below", "0", "--devnet-link", "up=100M,down=160M,rtt=20ms"],
+    );
+    let data = random_bytes(24 << 20, 360);
+    fs::write(m.path("original.jpg"), &data).unwrap();
+    fs::write(m.path("copy.jpg"), &data).unwrap();
+    m.wait_status("original.jpg", &["active"], 3 * MIN);
+    m.wait_status("copy.jpg", &["active"], 3 * MIN);
+    assert_eq!(m.cess("original.jpg", "fid"), m.cess("copy.jpg", "fid"));
+    let up = moved(&m);
+    assert_eq!(up.puts, 12, "each column of the one deal went once: {up:?}");
+    let log = m.log();
+    assert!(!log.contains("could not go to miner"), "{log}");
+}

@@ -162,7 +162,7 @@ fn wrong_key_and_tampering_fail_authentication() {
 fn a_segment_rebuilt_with_parity_is_checked_against_its_hash() {
     let data = golden_stream(30 << 20);
     let (mut manifest, frags) = encode(&data, None, true);
-    let decoder = FileDecoder::new(data.len() as u64, None).unwrap();
+    let decoder = FileDecoder::new(data.len() as u64, None, Mode::Plain).unwrap();
     let verified = |pick: &dyn Fn(usize) -> bool, manifest: &FileManifest| {
         let refs: [Option<&[u8]>; FRAGMENTS] = std::array::from_fn(|f| pick(f).then(|| &frags[0][f][..]));
         decoder.decode_verified_segment(0, &manifest.segments[0], &refs, Vec::new()).map(|d| d.data().to_vec())
@@ -225,13 +225,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn round_trip_with_lost_and_corrupt_fragments(size in sizes(), encrypted in any::<bool>(), damage in damage(), seed in any::<u8>()) {
+    fn round_trip_with_lost_and_corrupt_fragments(size in sizes(), format in 0u8..4, damage in damage(), seed in any::<u8>()) {
         let mut data = golden_stream(size);
         data.iter_mut().step_by(4093).for_each(|b| *b ^= seed);
-        let key = MasterKey::from_bytes([seed; 32]);
-        let key = encrypted.then_some(&key);
+        // 0: plaintext; 1, 2, 3: that format version.
+        let key = MasterKey::from_bytes([seed; 32]).for_territory(b"t").writing(format);
+        let key = key.as_ref();
         let (manifest, frags) = encode(&data, key, true);
-        let decoder = FileDecoder::new(size as u64, key).expect("decoder");
+        let mode = key.map_or(Mode::Plain, |k| Mode::of(k.version(), true));
+        let decoder = FileDecoder::new(size as u64, key, mode).expect("decoder");
         let mut out = Vec::with_capacity(size);
         for (s, expected) in manifest.segments.iter().enumerate() {
             let (lost, corrupt) = &damage[s % damage.len()];
@@ -261,4 +263,65 @@ proptest! {
         }
         prop_assert!(out == data);
     }
+}
+
+/// HMAC-SHA256, as FORMAT.md writes it.
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Format version 3 as docs/FORMAT.md describes it, computed here from the text and not from
+/// the code: each 1 MiB block of a data fragment opens alone under the territory's file key, and
+/// the file's FID is pinned (a change of the format shows here first).
+#[test]
+fn version_3_blocks_open_alone_as_format_md_says() {
+    use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+    const BLOCK: usize = 1 << 20;
+    const CAP: usize = BLOCK - 52;
+    let master = [9u8; 32];
+    let key = MasterKey::from_bytes(master).for_territory(b"golden");
+    assert_eq!(key.version(), 3);
+    let size = 32 * CAP + 5000;
+    let data = golden_stream(size);
+    let (manifest, frags) = encode(&data, Some(&key), true);
+    assert_eq!(manifest.segments.len(), 2);
+    let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
+    let chunks = [&data[..32 * CAP], &data[32 * CAP..]];
+    let mut seed_input = (size as u64).to_le_bytes().to_vec();
+    for c in chunks {
+        seed_input.extend_from_slice(blake3::hash(c).as_bytes());
+    }
+    let seed = hmac(&hmac(&k_territory, &[b"seed-key"]), &[&seed_input]);
+    let file_key = hmac(&hmac(&k_territory, &[b"file-key"]), &[&seed]);
+    let cipher = aes_gcm_siv::Aes256GcmSiv::new(&file_key.into());
+    for (i, chunk) in chunks.iter().enumerate() {
+        for (j, plain) in chunk.chunks(CAP).enumerate() {
+            let fragment = &frags[i][j / 8];
+            let block = &fragment[(j % 8) * BLOCK..(j % 8) * BLOCK + 52 + plain.len()];
+            assert_eq!(&block[..4], b"CFS\x03");
+            assert_eq!(&block[4..36], &seed);
+            let mut nonce = [0u8; 12];
+            nonce[..4].copy_from_slice(&(i as u32).to_le_bytes());
+            nonce[4..8].copy_from_slice(&(j as u32).to_le_bytes());
+            nonce[8] = 3;
+            let mut aad = b"CFS\x03".to_vec();
+            aad.extend_from_slice(&(size as u64).to_le_bytes());
+            aad.extend_from_slice(&(i as u32).to_le_bytes());
+            aad.extend_from_slice(&2u32.to_le_bytes());
+            aad.extend_from_slice(&(j as u32).to_le_bytes());
+            let mut text = block[36..36 + plain.len()].to_vec();
+            let tag = aes_gcm_siv::Tag::try_from(&block[36 + plain.len()..]).unwrap();
+            cipher.decrypt_inout_detached(&nonce.into(), &aad, text.as_mut_slice().into(), &tag).unwrap();
+            assert!(text == plain, "segment {i} block {j}");
+        }
+    }
+    // The last segment's one block of 5000 bytes: the rest of it is zeros, never sent.
+    assert!(frags[1][0][52 + 5000..].iter().all(|&b| b == 0));
+    assert!(manifest.segments[1].fragments[1..4].iter().all(|h| *h == ZERO_FRAGMENT_HASH));
+    assert_eq!(manifest.fid.to_string(), "2da5c6f0a4566a4cb62232a45d219c5b7696218cb19f1258c1e52035a5d340c2");
 }

@@ -159,7 +159,7 @@ fn queued_bytes(files: &[(PathBuf, Value)]) -> (usize, u64) {
         }
         let segments = v["segments"].as_u64().filter(|&n| n > 0).unwrap_or_else(|| {
             let size = v["size"].as_u64().unwrap_or(0);
-            crate::format::Layout::new(size, crate::format::Mode::Encrypted).map_or(1, |l| l.segments() as u64)
+            crate::format::Layout::new(size, crate::format::Mode::Blocks).map_or(1, |l| l.segments() as u64)
         });
         bytes += match (v["push_bytes"].as_u64(), v["pushed_bytes"].as_u64(), state(v)) {
             (Some(total), Some(sent), _) => total.saturating_sub(sent),

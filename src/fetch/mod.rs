@@ -10,8 +10,15 @@
 //! request fails when it stops moving, never for taking long ([`StallRule`]). The segment is
 //! then rebuilt, checked against its hash, and decrypted. With fewer than 4 good fragments the
 //! read fails; it never returns wrong bytes.
+//!
+//! A segment of format version 3 (32 sealed blocks of 1 MiB) is fetched block by block instead,
+//! by ranged reads of the data fragments, from the block its reader wants first; readers get
+//! each block as soon as its tag opens it ([`Fetcher::range`]). A block whose miner fails or
+//! lies is rebuilt from the same range of 4 other fragments; if that does not open either, the
+//! segment is fetched whole as above.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +29,9 @@ use thiserror::Error;
 use tokio::sync::OnceCell;
 
 use crate::format::{
-    BlobPlace, DATA_FRAGMENTS, DecodedSegment, FRAGMENT_SIZE, FRAGMENTS, FileDecoder, FormatError, Hash, MasterKey,
-    SEGMENT_SIZE, SegmentManifest, ZERO_FRAGMENT_HASH, sha256,
+    BLOCK_CAPACITY, BLOCK_SIZE, BLOCKS, BlobPlace, DATA_FRAGMENTS, DecodedSegment, Erasure, FRAGMENT_SIZE, FRAGMENTS,
+    FileDecoder, FileKey, FormatError, Hash, Layout, MasterKey, Mode, SEGMENT_SIZE, Seed, SegmentManifest,
+    ZERO_FRAGMENT_HASH, sha256,
 };
 use crate::metrics;
 use crate::miner::{MinerClient, Moved, StallRule};
@@ -82,7 +90,36 @@ const SLOW_SHARE: f64 = 0.5;
 /// How long a fragment may bring no byte at all while others of its segment move.
 const NO_BYTE_GRACE: Duration = Duration::from_secs(2);
 
-type Slot = Arc<OnceCell<Result<Arc<DecodedSegment>, FetchError>>>;
+/// Blocks of format version 3 asked at once for one segment: enough to keep a link of a few
+/// hundred ms of round trip full with 1 MiB requests.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// How a stored file's segments are laid out, as its local record knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored {
+    /// The file's size.
+    pub size: u64,
+    /// Its layout.
+    pub mode: Mode,
+    /// The seed its encrypted segments carry: a block of another file under the same key would
+    /// open with that file's seed, so blocks are opened with this one only.
+    pub seed: Option<Seed>,
+}
+
+/// One segment being fetched: its result for every reader, and (format version 3) the blocks
+/// opened so far, for readers that want a part of it now.
+#[derive(Default)]
+struct InFlight {
+    segment: OnceCell<Result<Arc<DecodedSegment>, FetchError>>,
+    /// The block its first reader wants: fetched first, the others after it.
+    from: usize,
+    /// Plaintext of each block, once opened.
+    blocks: Mutex<Vec<Option<Bytes>>>,
+    /// Rung when a block opened, and when the segment is done.
+    arrived: tokio::sync::Notify,
+}
+
+type Slot = Arc<InFlight>;
 
 /// Fetches and decodes segments of stored files.
 pub struct Fetcher {
@@ -94,6 +131,8 @@ pub struct Fetcher {
     files: Mutex<HashMap<Hash, Arc<FileInfo>>>,
     /// Segments being fetched (or prefetched, waiting for their reader), so each is fetched once.
     inflight: Mutex<HashMap<(Hash, usize), Slot>>,
+    /// Rebuilds a block from the same range of other fragments.
+    erasure: Erasure,
 }
 
 impl Fetcher {
@@ -113,6 +152,7 @@ impl Fetcher {
             endpoints: Mutex::new((None, HashMap::new())),
             files: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            erasure: Erasure::default(),
         }
     }
 
@@ -200,24 +240,82 @@ impl Fetcher {
         Ok(data.0)
     }
 
-    /// Segment `segment` of file `fid` (`size` bytes, `encrypted` or not), decoded (its plaintext
-    /// is [`DecodedSegment::data`]), fetched once however many readers ask at the same time. The
-    /// result stays for late readers until [`Fetcher::forget`].
+    /// The fetch of segment `segment` of `fid`, made now if none is under way, starting (format
+    /// version 3) at block `from`.
+    fn slot(&self, fid: &Hash, segment: usize, from: usize) -> Slot {
+        lock(&self.inflight)
+            .entry((*fid, segment))
+            .or_insert_with(|| Arc::new(InFlight { from, ..InFlight::default() }))
+            .clone()
+    }
+
+    /// Marks segment `segment` of `fid` as fetched from block `from` on (a reader's), so that
+    /// [`Fetcher::range`] waits for the fetch [`Fetcher::segment`] makes next.
+    pub fn expect(&self, fid: &Hash, segment: usize, from: usize) {
+        self.slot(fid, segment, from);
+    }
+
+    /// Segment `segment` of file `fid`, decoded (its plaintext is [`DecodedSegment::data`]),
+    /// fetched once however many readers ask at the same time. The result stays for late
+    /// readers until [`Fetcher::forget`].
     pub async fn segment(
         &self,
         fid: &Hash,
-        size: u64,
-        encrypted: bool,
+        stored: &Stored,
         segment: usize,
     ) -> Result<Arc<DecodedSegment>, FetchError> {
-        let slot: Slot = lock(&self.inflight).entry((*fid, segment)).or_default().clone();
-        let result =
-            slot.get_or_init(|| async { self.fetch(fid, size, encrypted, segment).await.map(Arc::new) }).await.clone();
+        let slot = self.slot(fid, segment, 0);
+        let result = slot
+            .segment
+            .get_or_init(|| async {
+                let blocks = match (stored.mode, stored.seed) {
+                    (Mode::Blocks, Some(seed)) => self.fetch_blocks(fid, stored, &seed, segment, &slot).await,
+                    _ => None,
+                };
+                match blocks {
+                    Some(decoded) => decoded,
+                    None => self.fetch(fid, stored, segment).await,
+                }
+                .map(Arc::new)
+            })
+            .await
+            .clone();
+        slot.arrived.notify_waiters();
         if result.is_err() {
             // The record may be what was wrong (the file moved, a miner left): ask again next time.
             lock(&self.files).remove(fid);
         }
         result
+    }
+
+    /// Bytes `want` of the chunk of segment `segment` of `fid` from the fetch under way (see
+    /// [`Fetcher::expect`]), as soon as the blocks holding them opened; `None` if no fetch of
+    /// it is under way.
+    pub async fn range(&self, fid: &Hash, segment: usize, want: Range<usize>) -> Option<Result<Vec<u8>, FetchError>> {
+        let slot = lock(&self.inflight).get(&(*fid, segment)).cloned()?;
+        let first = want.start / BLOCK_CAPACITY;
+        let last = want.end.saturating_sub(1) / BLOCK_CAPACITY;
+        loop {
+            let arrived = slot.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            // Blocks first: those that opened serve their readers even if the segment fails.
+            {
+                let blocks = lock(&slot.blocks);
+                let got: Option<Vec<&Bytes>> = (first..=last).map(|j| blocks.get(j).and_then(Option::as_ref)).collect();
+                if let Some(got) = got {
+                    let joined: Vec<u8> = got.iter().flat_map(|b| b.iter().copied()).collect();
+                    let from = want.start - first * BLOCK_CAPACITY;
+                    return joined.get(from..from + want.len()).map(|b| Ok(b.to_vec()));
+                }
+            }
+            match slot.segment.get() {
+                Some(Ok(decoded)) => return decoded.data().get(want.clone()).map(|b| Ok(b.to_vec())),
+                Some(Err(e)) => return Some(Err(e.clone())),
+                None => {}
+            }
+            arrived.await;
+        }
     }
 
     /// The content of blob `id` at `place` in pack `fid`: one ranged read of the data fragment
@@ -257,7 +355,8 @@ impl Fetcher {
                 Err(e) => log::debug!("blob {id} of pack {fid} from miner {}: {e}; rebuilding the pack", info.miner),
             }
         }
-        let segment = self.segment(fid, SEGMENT_SIZE as u64, false, 0).await;
+        let pack = Stored { size: SEGMENT_SIZE as u64, mode: Mode::Plain, seed: None };
+        let segment = self.segment(fid, &pack, 0).await;
         self.forget(fid, 0);
         let content = keys.open(id, &segment?.data()[range]).map_err(decode)?;
         if content.len() as u64 != size {
@@ -276,17 +375,188 @@ impl Fetcher {
         lock(&self.inflight).remove(&(*fid, segment));
     }
 
-    async fn fetch(
+    /// A segment of format version 3 fetched block by block, from its reader's block on, each
+    /// published in `slot` as it opens; `None` if a block could not be had that way (the segment
+    /// is then fetched whole).
+    async fn fetch_blocks(
         &self,
         fid: &Hash,
-        size: u64,
-        encrypted: bool,
+        stored: &Stored,
+        seed: &Seed,
         segment: usize,
-    ) -> Result<DecodedSegment, FetchError> {
+        slot: &InFlight,
+    ) -> Option<Result<DecodedSegment, FetchError>> {
+        let file = match self.file(fid).await {
+            Ok(file) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(master) = self.master.as_ref() else { return Some(Err(FetchError::NoKey(*fid))) };
+        let decoder = FileDecoder::new(stored.size, Some(master), Mode::Blocks).ok()?;
+        let (key, layout) = (decoder.key(seed)?, *decoder.layout());
+        file.segments.get(segment)?;
+        let count = layout.blocks(segment);
+        lock(&slot.blocks).resize(count, None);
+        let from = slot.from.min(count.saturating_sub(1));
+        let missing: Vec<usize> = (from..count).chain(0..from).filter(|&j| lock(&slot.blocks)[j].is_none()).collect();
+        let mut order = missing.into_iter();
+        let at = BlockAt { fid, file: &file, segment, layout: &layout, key: &key, seed };
+        let block = |j| self.block(&at, j);
+        let mut pending: FuturesUnordered<_> = order.by_ref().take(BLOCKS_IN_FLIGHT).map(block).collect();
+        while let Some((j, got)) = pending.next().await {
+            match got {
+                Ok(plain) => {
+                    metrics::FETCHED_BYTES.add(plain.len() as u64);
+                    lock(&slot.blocks)[j] = Some(plain);
+                    slot.arrived.notify_waiters();
+                }
+                Err(e) => {
+                    log::warn!("block {j} of segment {segment} of {fid}: {e}; fetching the segment whole");
+                    return None;
+                }
+            }
+            pending.extend(order.next().map(block));
+        }
+        let blocks = std::mem::take(&mut *lock(&slot.blocks));
+        let mut data = Vec::with_capacity(count * BLOCK_CAPACITY);
+        for b in blocks {
+            data.extend_from_slice(&b?);
+        }
+        Some(Ok(DecodedSegment::of_bytes(data)))
+    }
+
+    /// Block `j` of a segment (format version 3): one ranged read of the data fragment holding
+    /// it, opened with the file's key. If its miner fails or its bytes do not open, the block is
+    /// rebuilt from the same range of 4 other fragments and opened again; if it sends nothing
+    /// for NO_BYTE_GRACE, that rebuild runs alongside and the first to open wins. Never wrong
+    /// bytes: the tag decides.
+    async fn block(&self, at: &BlockAt<'_>, j: usize) -> (usize, Result<Bytes, String>) {
+        let (fid, segment) = (at.fid, at.segment);
+        let per_fragment = BLOCKS / DATA_FRAGMENTS;
+        let (holder, start) = (j / per_fragment, (j % per_fragment) * BLOCK_SIZE);
+        let range = start..start + at.layout.sealed_block_len(segment, j);
+        let moved = Moved::default();
+        let direct = async {
+            let sealed = self.fragment_range(at, holder, range.clone(), &moved).await?;
+            at.open(j, sealed).map_err(|e| {
+                let miner = at.file.segments[segment].fragments[holder].miner;
+                metrics::WASTED_BYTES.add("down", range.len() as u64);
+                log::warn!("miner {miner} served block {j} of segment {segment} of {fid} wrong ({e}); using others");
+                format!("miner {miner} served it wrong")
+            })
+        };
+        tokio::pin!(direct);
+        let asked = Instant::now();
+        let quiet = async {
+            while moved.get() > 0 || asked.elapsed() < NO_BYTE_GRACE {
+                tokio::time::sleep(LOOK_EVERY).await;
+            }
+        };
+        let e = tokio::select! {
+            got = &mut direct => match got {
+                Ok(plain) => return (j, Ok(plain)),
+                Err(e) => e,
+            },
+            () = quiet => {
+                log::info!("block {j} of segment {segment} of {fid}: no byte from its miner in {NO_BYTE_GRACE:?}; rebuilding it alongside");
+                let rebuild = self.rebuild_block(at, j, holder, range.clone(), true);
+                tokio::pin!(rebuild);
+                let (first, other) = tokio::select! {
+                    got = &mut direct => (got, None),
+                    got = &mut rebuild => (got, Some(())),
+                };
+                return match (first, other) {
+                    (Ok(plain), _) => (j, Ok(plain)),
+                    (Err(_), None) => (j, rebuild.await),
+                    (Err(_), Some(())) => (j, direct.await),
+                };
+            }
+        };
+        log::info!("block {j} of segment {segment} of {fid}: {e}; rebuilding it from other fragments");
+        (j, self.rebuild_block(at, j, holder, range.clone(), false).await.map_err(|again| format!("{e}; {again}")))
+    }
+
+    /// Block `j`, held in data fragment `holder` at `range`, rebuilt from the same range of 4
+    /// other fragments and opened. `hedge`: asked beside a quiet miner (its bytes count so).
+    async fn rebuild_block(
+        &self,
+        at: &BlockAt<'_>,
+        j: usize,
+        holder: usize,
+        range: Range<usize>,
+        hedge: bool,
+    ) -> Result<Bytes, String> {
+        let info = &at.file.segments[at.segment];
+        let mut shards: [Option<Vec<u8>>; FRAGMENTS] = Default::default();
+        let mut others = (0..FRAGMENTS).filter(|&i| i != holder);
+        let mut good = 0;
+        let mut pending = FuturesUnordered::new();
+        let ask = |i: usize| {
+            let range = range.clone();
+            async move {
+                if info.fragments[i].hash == ZERO_FRAGMENT_HASH {
+                    return (i, Ok(vec![0; range.len()]));
+                }
+                (i, self.fragment_range(at, i, range, &Moved::default()).await)
+            }
+        };
+        pending.extend(others.by_ref().take(DATA_FRAGMENTS).map(ask));
+        while good < DATA_FRAGMENTS {
+            match pending.next().await {
+                Some((i, Ok(bytes))) => {
+                    if hedge {
+                        metrics::HEDGED_BYTES.add(bytes.len() as u64);
+                    }
+                    shards[i] = Some(bytes);
+                    good += 1;
+                }
+                Some((_, Err(_))) => pending.extend(others.next().map(ask)),
+                None => break,
+            }
+        }
+        drop(pending);
+        if !self.erasure.reconstruct_range(&mut shards) {
+            return Err(format!("only {good} other fragments answered"));
+        }
+        let sealed = shards[holder].take().ok_or("the rebuild left it out")?;
+        at.open(j, sealed).map_err(|e| format!("rebuilt: {e}"))
+    }
+
+    /// Bytes `range` of fragment `index` of the segment, as its miner serves them.
+    async fn fragment_range(
+        &self,
+        at: &BlockAt<'_>,
+        index: usize,
+        range: Range<usize>,
+        moved: &Moved,
+    ) -> Result<Vec<u8>, String> {
+        let info = &at.file.segments[at.segment].fragments[index];
+        let endpoint =
+            self.endpoint(&info.miner).await.ok_or_else(|| format!("miner {} has no endpoint", info.miner))?;
+        let got = self.miners.get_fragment(&endpoint, at.fid, &info.hash, Some(range.clone()), moved).await;
+        let miner = info.miner.to_string();
+        match got {
+            Ok(bytes) if bytes.len() == range.len() => Ok(bytes.to_vec()),
+            Ok(bytes) => {
+                metrics::WASTED_BYTES.add("down", moved.get());
+                metrics::FRAGMENT_FETCH_FAILURES.add(&miner, 1);
+                Err(format!("miner {miner} sent {} bytes for a range of {}", bytes.len(), range.len()))
+            }
+            Err(e) => {
+                metrics::FRAGMENT_FETCH_FAILURES.add(&miner, 1);
+                Err(format!("miner {miner}: {e}"))
+            }
+        }
+    }
+
+    async fn fetch(&self, fid: &Hash, stored: &Stored, segment: usize) -> Result<DecodedSegment, FetchError> {
+        let size = stored.size;
         let file = self.file(fid).await?;
         let decode_err = |error| FetchError::Decode { fid: *fid, segment, error };
-        let key = if encrypted { Some(self.master.as_ref().ok_or(FetchError::NoKey(*fid))?) } else { None };
-        let decoder = FileDecoder::new(size, key).map_err(decode_err)?;
+        let key = match stored.mode {
+            Mode::Plain => None,
+            _ => Some(self.master.as_ref().ok_or(FetchError::NoKey(*fid))?),
+        };
+        let decoder = FileDecoder::new(size, key, stored.mode).map_err(decode_err)?;
         let seg = file.segments.get(segment).ok_or(FetchError::Decode {
             fid: *fid,
             segment,
@@ -388,6 +658,28 @@ impl Fetcher {
             }
             decode_err(error)
         })
+    }
+}
+
+/// The blocks of one segment of a file of format version 3, and how they open.
+struct BlockAt<'a> {
+    fid: &'a Hash,
+    file: &'a FileInfo,
+    segment: usize,
+    layout: &'a Layout,
+    key: &'a FileKey,
+    seed: &'a Seed,
+}
+
+impl BlockAt<'_> {
+    /// The file bytes of block `j`, from its `sealed` bytes as a miner served them (or as they
+    /// were rebuilt): they must carry the file's own seed and open under its key.
+    fn open(&self, j: usize, mut sealed: Vec<u8>) -> Result<Bytes, String> {
+        if sealed.get(4..36) != Some(&self.seed[..]) {
+            return Err("its block is of another file".into());
+        }
+        let plain = self.key.open_block(self.layout, self.segment, j, &mut sealed).map_err(|e| e.to_string())?;
+        Ok(Bytes::from(sealed).slice(plain))
     }
 }
 

@@ -32,6 +32,16 @@
 //! k_name      = HMAC-SHA256(k_territory, "name-key")
 //! k_blob      = HMAC-SHA256(k_territory, "blob-key")      (packs: format/pack.rs)
 //! ```
+//!
+//! Version 3 (`v` = 0x03, version 2's keys) seals each segment as 32 blocks of 1 MiB, each
+//! opened on its own, so a reader fetches the block it wants with one ranged read of the data
+//! fragment holding it:
+//!
+//! ```text
+//! block_ij = "CFS" 3 || seed || AES-256-GCM-SIV(file_key, nonce_ij, aad_ij, part j of chunk_i) || zeros
+//! nonce_ij = le32(i) || le32(j) || 3 || 3 zero bytes
+//! aad_ij   = "CFS" 3 || le64(size) || le32(i) || le32(n) || le32(j)
+//! ```
 
 use std::ops::Range;
 
@@ -48,16 +58,26 @@ use super::{FormatError, Layout, SEGMENT_SIZE};
 const MAGIC_PREFIX: [u8; 3] = *b"CFS";
 /// The format version of keys per master key.
 pub const FORMAT_V1: u8 = 1;
-/// The format version of keys per territory: what new files are written with.
+/// The format version of keys per territory, one sealed message per segment: tree snapshots.
 pub const FORMAT_V2: u8 = 2;
+/// Version 2's keys, each segment sealed in blocks of 1 MiB: what new files are written with.
+pub const FORMAT_V3: u8 = 3;
+/// The newest format version, which new files are written in.
+pub const FORMAT_NEWEST: u8 = FORMAT_V3;
 /// The plaintext layout, whatever the mode: packs, whose blobs are sealed one by one.
 pub const FORMAT_PLAIN: u8 = 0;
 /// Bytes before the ciphertext: magic and seed.
 pub const HEADER_LEN: usize = MAGIC_PREFIX.len() + 1 + 32;
 /// Bytes of the GCM-SIV tag after the ciphertext.
 pub const TAG_LEN: usize = 16;
-/// Bytes of a segment that do not carry file content.
+/// Bytes of a segment (a block, in version 3) that do not carry file content.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Bytes of a sealed block (version 3): 32 per segment, 8 per data fragment.
+pub const BLOCK_SIZE: usize = 1 << 20;
+/// File bytes a full block carries.
+pub const BLOCK_CAPACITY: usize = BLOCK_SIZE - OVERHEAD;
+/// Blocks in a segment.
+pub const BLOCKS: usize = SEGMENT_SIZE / BLOCK_SIZE;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -88,6 +108,8 @@ struct TerritoryKeys {
 /// ([`MasterKey::for_territory`]) it writes format version 2; it reads both versions.
 #[derive(Clone)]
 pub struct MasterKey {
+    /// The format version it writes.
+    writes: u8,
     root: [u8; 32],
     v1: ContentKeys,
     territory: Option<TerritoryKeys>,
@@ -105,6 +127,7 @@ impl MasterKey {
     pub fn from_bytes(master: [u8; 32]) -> MasterKey {
         let fingerprint = hmac(&master, &[b"cessfs/v1/fingerprint"]);
         MasterKey {
+            writes: FORMAT_V1,
             root: hmac(&master, &[b"cessfs/v2/root"]),
             v1: ContentKeys {
                 seed_key: hmac(&master, &[b"cessfs/v1/seed-key"]),
@@ -115,7 +138,7 @@ impl MasterKey {
         }
     }
 
-    /// This key bound to `territory`: it writes format version 2 with that territory's keys.
+    /// This key bound to `territory`: it writes the newest format version, with that territory's keys.
     pub fn for_territory(&self, territory: &[u8]) -> MasterKey {
         let t = hmac(&self.root, &[b"territory", territory]);
         let keys = TerritoryKeys {
@@ -123,21 +146,21 @@ impl MasterKey {
             names: NameKey::new(hmac(&t, &[b"name-key"])),
             blobs: BlobKeys::new(hmac(&t, &[b"blob-key"])),
         };
-        MasterKey { territory: Some(keys), ..self.clone() }
+        MasterKey { territory: Some(keys), writes: FORMAT_NEWEST, ..self.clone() }
     }
 
-    /// This key writing `version` (1, or 2 once bound to a territory); `None` if it cannot.
+    /// This key writing `version` (1, or 2 and 3 once bound to a territory); `None` if it cannot.
     pub fn writing(&self, version: u8) -> Option<MasterKey> {
         match version {
-            FORMAT_V1 => Some(MasterKey { territory: None, ..self.clone() }),
-            FORMAT_V2 if self.territory.is_some() => Some(self.clone()),
+            FORMAT_V1 => Some(MasterKey { territory: None, writes: FORMAT_V1, ..self.clone() }),
+            FORMAT_V2 | FORMAT_V3 if self.territory.is_some() => Some(MasterKey { writes: version, ..self.clone() }),
             _ => None,
         }
     }
 
     /// The format version this key writes.
     pub fn version(&self) -> u8 {
-        if self.territory.is_some() { FORMAT_V2 } else { FORMAT_V1 }
+        self.writes
     }
 
     /// The key of names on chain (bound to a territory only).
@@ -153,7 +176,7 @@ impl MasterKey {
     fn content(&self, version: u8) -> Option<&ContentKeys> {
         match version {
             FORMAT_V1 => Some(&self.v1),
-            FORMAT_V2 => self.territory.as_ref().map(|t| &t.content),
+            FORMAT_V2 | FORMAT_V3 => self.territory.as_ref().map(|t| &t.content),
             _ => None,
         }
     }
@@ -224,6 +247,9 @@ impl FileKey {
     /// of segment `index`, into its encrypted form, in place.
     pub(super) fn seal(&self, layout: &Layout, index: usize, len: usize, segment: &mut [u8]) {
         debug_assert_eq!(segment.len(), SEGMENT_SIZE);
+        if self.version == FORMAT_V3 {
+            return self.seal_blocks(layout, index, len, segment);
+        }
         let end = HEADER_LEN + len;
         segment[..4].copy_from_slice(&magic(self.version));
         segment[4..HEADER_LEN].copy_from_slice(&self.seed);
@@ -241,6 +267,12 @@ impl FileKey {
 
     /// Decrypts segment `index` in place and returns where its file bytes lie.
     pub(super) fn open(&self, layout: &Layout, index: usize, segment: &mut [u8]) -> Result<Range<usize>, FormatError> {
+        if (self.version == FORMAT_V3) != (layout.mode() == super::Mode::Blocks) {
+            return Err(FormatError::Decrypt { segment: index });
+        }
+        if self.version == FORMAT_V3 {
+            return self.open_blocks(layout, index, segment);
+        }
         let chunk = layout.chunk(index);
         let end = HEADER_LEN + (chunk.end - chunk.start) as usize;
         let tag = Tag::try_from(&segment[end..end + TAG_LEN]).expect("TAG_LEN bytes");
@@ -256,6 +288,85 @@ impl FileKey {
     }
 }
 
+impl FileKey {
+    /// [`FileKey::seal`] in version 3: the chunk's bytes moved apart into their blocks, each
+    /// block sealed on its own, unused blocks zero.
+    fn seal_blocks(&self, layout: &Layout, index: usize, len: usize, segment: &mut [u8]) {
+        use rayon::prelude::*;
+        let parts = len.div_ceil(BLOCK_CAPACITY);
+        // From the last block back: each moves right, past the bytes of the blocks before it.
+        for j in (0..parts).rev() {
+            let from = HEADER_LEN + j * BLOCK_CAPACITY;
+            let n = (len - j * BLOCK_CAPACITY).min(BLOCK_CAPACITY);
+            segment.copy_within(from..from + n, j * BLOCK_SIZE + HEADER_LEN);
+        }
+        segment.par_chunks_mut(BLOCK_SIZE).enumerate().for_each(|(j, block)| {
+            if j >= parts {
+                return block.fill(0);
+            }
+            let n = (len - j * BLOCK_CAPACITY).min(BLOCK_CAPACITY);
+            let end = HEADER_LEN + n;
+            block[..4].copy_from_slice(&magic(FORMAT_V3));
+            block[4..HEADER_LEN].copy_from_slice(&self.seed);
+            let tag = self
+                .cipher
+                .encrypt_inout_detached(
+                    &block_nonce(index, j),
+                    &block_aad(layout, index, j),
+                    (&mut block[HEADER_LEN..end]).into(),
+                )
+                .expect("a block is far below the GCM-SIV message limit");
+            block[end..end + TAG_LEN].copy_from_slice(&tag);
+            block[end + TAG_LEN..].fill(0);
+        });
+    }
+
+    /// [`FileKey::open`] in version 3: every used block opened, their bytes moved together.
+    fn open_blocks(&self, layout: &Layout, index: usize, segment: &mut [u8]) -> Result<Range<usize>, FormatError> {
+        use rayon::prelude::*;
+        let parts = layout.blocks(index);
+        segment
+            .par_chunks_mut(BLOCK_SIZE)
+            .take(parts)
+            .enumerate()
+            .try_for_each(|(j, block)| self.open_block(layout, index, j, block).map(drop))?;
+        let mut len = 0;
+        for j in 0..parts {
+            let n = layout.block(index, j).len();
+            segment.copy_within(j * BLOCK_SIZE + HEADER_LEN..j * BLOCK_SIZE + HEADER_LEN + n, HEADER_LEN + len);
+            len += n;
+        }
+        Ok(HEADER_LEN..HEADER_LEN + len)
+    }
+
+    /// Opens block `block` of segment `index` (version 3) in place: `sealed` holds at least its
+    /// sealed bytes ([`Layout::sealed_block_len`]). Returns where its file bytes lie.
+    pub fn open_block(
+        &self,
+        layout: &Layout,
+        index: usize,
+        block: usize,
+        sealed: &mut [u8],
+    ) -> Result<Range<usize>, FormatError> {
+        let n = layout.block(index, block).len();
+        let end = HEADER_LEN + n;
+        let fail = FormatError::Decrypt { segment: index };
+        if self.version != FORMAT_V3 || sealed.len() < end + TAG_LEN || n == 0 {
+            return Err(fail);
+        }
+        let tag = Tag::try_from(&sealed[end..end + TAG_LEN]).expect("TAG_LEN bytes");
+        self.cipher
+            .decrypt_inout_detached(
+                &block_nonce(index, block),
+                &block_aad(layout, index, block),
+                (&mut sealed[HEADER_LEN..end]).into(),
+                &tag,
+            )
+            .map_err(|_| fail)?;
+        Ok(HEADER_LEN..end)
+    }
+}
+
 /// The digest of a plaintext chunk that goes into the file seed (unkeyed BLAKE3), taken over
 /// its bytes in pieces.
 pub(super) type ChunkDigest = blake3::Hasher;
@@ -265,7 +376,7 @@ pub(super) type ChunkDigest = blake3::Hasher;
 pub(super) fn header_seed(segment: &[u8]) -> Option<(u8, [u8; 32])> {
     let header = segment.get(..HEADER_LEN)?;
     let version = header[3];
-    if header[..3] != MAGIC_PREFIX || !(FORMAT_V1..=FORMAT_V2).contains(&version) {
+    if header[..3] != MAGIC_PREFIX || !(FORMAT_V1..=FORMAT_V3).contains(&version) {
         return None;
     }
     Some((version, header[4..].try_into().ok()?))
@@ -279,6 +390,23 @@ fn nonce(index: usize) -> Nonce {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&(index as u32).to_le_bytes());
     n.into()
+}
+
+/// The nonce of block `block` of segment `index`: its byte 8 (3) sets it apart from every
+/// nonce of versions 1 and 2, which share the keys.
+fn block_nonce(index: usize, block: usize) -> Nonce {
+    let mut n = [0u8; 12];
+    n[..4].copy_from_slice(&(index as u32).to_le_bytes());
+    n[4..8].copy_from_slice(&(block as u32).to_le_bytes());
+    n[8] = FORMAT_V3;
+    n.into()
+}
+
+fn block_aad(layout: &Layout, index: usize, block: usize) -> [u8; 24] {
+    let mut a = [0u8; 24];
+    a[..20].copy_from_slice(&aad(FORMAT_V3, layout, index));
+    a[20..].copy_from_slice(&(block as u32).to_le_bytes());
+    a
 }
 
 fn aad(version: u8, layout: &Layout, index: usize) -> [u8; 20] {
@@ -328,7 +456,9 @@ mod tests {
     #[test]
     fn territories_have_their_own_keys_and_version_one_stays_readable() {
         let master = MasterKey::from_bytes([1; 32]);
-        let (a, b) = (master.for_territory(b"alpha"), master.for_territory(b"beta"));
+        assert_eq!(master.for_territory(b"alpha").version(), FORMAT_V3);
+        let v2 = |t: &[u8]| master.for_territory(t).writing(FORMAT_V2).unwrap();
+        let (a, b) = (v2(b"alpha"), v2(b"beta"));
         let digests = [chunk_digest(b"same bytes")];
         assert_eq!(a.version(), FORMAT_V2);
         assert_ne!(a.seed(10, &digests), b.seed(10, &digests), "equal bytes, two territories, two seeds");
@@ -343,6 +473,7 @@ mod tests {
         assert_eq!(version, FORMAT_V2);
         assert!(b.file_key_of(version, &seed).unwrap().open(&layout, 0, &mut seg.clone()).is_err());
         assert!(a.file_key_of(version, &seed).unwrap().open(&layout, 0, &mut seg).is_ok());
+        assert!(a.file_key_of(FORMAT_V3, &seed).unwrap().open(&layout, 0, &mut seg.clone()).is_err());
         assert_ne!(a.names().unwrap().tag(), b.names().unwrap().tag());
     }
 }

@@ -53,9 +53,9 @@ pub struct FileDecoder {
 }
 
 impl FileDecoder {
-    /// A decoder for a file of `size` bytes, encrypted under `master` or plaintext if `None`.
-    pub fn new(size: u64, master: Option<&MasterKey>) -> Result<FileDecoder, FormatError> {
-        let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
+    /// A decoder for a file of `size` bytes laid out in `mode`, encrypted under `master` (a
+    /// mode other than plain without a key fails at the first segment).
+    pub fn new(size: u64, master: Option<&MasterKey>, mode: Mode) -> Result<FileDecoder, FormatError> {
         Ok(FileDecoder {
             layout: Layout::new(size, mode)?,
             master: master.cloned(),
@@ -67,6 +67,16 @@ impl FileDecoder {
     /// The file's layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The key of the file whose segments carry `seed` (encrypted files), to open its blocks
+    /// one by one (format version 3).
+    pub fn key(&self, seed: &[u8; 32]) -> Option<std::sync::Arc<FileKey>> {
+        let master = self.master.as_ref()?;
+        if self.layout.mode() != Mode::Blocks {
+            return None;
+        }
+        self.file_key(master, super::FORMAT_V3, seed)
     }
 
     /// Decodes segment `index` from whichever of its fragments are supplied (`None` = missing),
@@ -145,13 +155,16 @@ impl FileDecoder {
                 return Err(FormatError::SegmentHash { segment: index, expected: expected.hash, actual });
             }
         }
-        let chunk = match &self.master {
-            None => {
+        let chunk = match (self.layout.mode(), &self.master) {
+            (Mode::Plain, _) => {
                 let range = self.layout.chunk(index);
                 0..(range.end - range.start) as usize
             }
-            Some(master) => {
-                let (version, seed) = header_seed(&buffer).ok_or(FormatError::NotEncrypted { segment: index })?;
+            (_, None) => return Err(FormatError::Decrypt { segment: index }),
+            (_, Some(master)) => {
+                let (version, seed) = header_seed(&buffer)
+                    .filter(|(v, _)| Mode::of(*v, true) == self.layout.mode())
+                    .ok_or(FormatError::NotEncrypted { segment: index })?;
                 let key = self.file_key(master, version, &seed).ok_or(FormatError::NotEncrypted { segment: index })?;
                 key.open(&self.layout, index, &mut buffer)?
             }
@@ -232,7 +245,7 @@ where
     B: AsRef<[u8]> + Send,
     K: FnMut(&[u8]),
 {
-    let decoder = FileDecoder::new(manifest.size, master)?;
+    let decoder = FileDecoder::new(manifest.size, master, master.map_or(Mode::Plain, |m| Mode::of(m.version(), true)))?;
     if manifest.segments.len() != decoder.layout().segments() {
         return Err(FormatError::Layout { segment: manifest.segments.len(), size: manifest.size });
     }

@@ -244,7 +244,7 @@ impl Encoder {
         S: ChunkSource + ?Sized,
         F: FnMut(&EncodedSegment<'_>) -> Result<(), S::Error>,
     {
-        let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
+        let mode = master.map_or(Mode::Plain, |m| Mode::of(m.version(), true));
         let layout = Layout::new(size, mode)?;
         let (pool, erasure) = (&self.pool, &self.erasure);
         let seed = match master {
@@ -310,7 +310,7 @@ impl Encoder {
         S: ChunkSource + ?Sized,
         F: FnMut(usize, SharedFragments) -> Result<(), S::Error>,
     {
-        let mode = if master.is_some() { Mode::Encrypted } else { Mode::Plain };
+        let mode = master.map_or(Mode::Plain, |(m, _)| Mode::of(m.version(), true));
         let layout = Layout::new(size, mode)?;
         let key = master.map(|(m, seed)| m.file_key(seed));
         for index in which {

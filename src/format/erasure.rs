@@ -59,6 +59,13 @@ impl Erasure {
         }
         self.rs.reconstruct_data(&mut shards).expect("at least 4 shards of 8 MiB are present");
     }
+
+    /// Rebuilds the missing data shards among `shards`, the same byte range of a segment's 12
+    /// fragments (Reed-Solomon works byte by byte, so a range rebuilds alone). Needs 4 present,
+    /// all of one length; `false` otherwise.
+    pub fn reconstruct_range(&self, shards: &mut [Option<Vec<u8>>; DATA_FRAGMENTS + PARITY_FRAGMENTS]) -> bool {
+        self.rs.reconstruct_data(&mut shards[..]).is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -89,5 +96,24 @@ mod tests {
                 assert_eq!(parity[r], rows[r][c], "row {r} col {c}");
             }
         }
+    }
+
+    #[test]
+    fn a_range_rebuilds_from_the_same_range_of_4_fragments() {
+        let e = Erasure::default();
+        let data: Vec<u8> = (0..4 * 64).map(|i| (i * 7 + 3) as u8).collect();
+        let mut parity = vec![0u8; 8 * 64];
+        e.encode(&data, &mut parity);
+        let piece = |all: &[u8], i: usize| all[i * 64 + 10..i * 64 + 20].to_vec();
+        let mut shards: [Option<Vec<u8>>; 12] = Default::default();
+        shards[1] = Some(piece(&data, 1));
+        shards[5] = Some(piece(&parity, 1));
+        shards[9] = Some(piece(&parity, 5));
+        shards[11] = Some(piece(&parity, 7));
+        assert!(e.reconstruct_range(&mut shards));
+        assert_eq!(shards[2].as_deref(), Some(&piece(&data, 2)[..]));
+        let mut three: [Option<Vec<u8>>; 12] = Default::default();
+        (three[1], three[5], three[9]) = (shards[1].clone(), shards[5].clone(), shards[9].clone());
+        assert!(!e.reconstruct_range(&mut three), "3 of 12 do not rebuild");
     }
 }

@@ -23,7 +23,10 @@ mod names;
 mod pack;
 mod snapshot;
 
-pub use crypto::{FORMAT_PLAIN, FORMAT_V1, FORMAT_V2, FileKey, MasterKey};
+pub use crypto::{
+    BLOCK_CAPACITY, BLOCK_SIZE, BLOCKS, FORMAT_NEWEST, FORMAT_PLAIN, FORMAT_V1, FORMAT_V2, FORMAT_V3, FileKey,
+    MasterKey,
+};
 pub use decode::{DecodedSegment, FileDecoder, decode_file};
 pub use encode::{ChunkSource, EncodedSegment, Encoder, Seed, SharedFragments};
 pub use erasure::Erasure;

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 
 use super::handles::OpenFile;
 use super::{Fs, FsError, FsResult};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, Stored};
 use crate::format::{DecodedSegment, Hash, Layout, Mode, SEGMENT_SIZE};
 use crate::store::{Batch, Kind, Residency, Store, UploadRecord, UploadState};
 use crate::sync::lock;
@@ -80,8 +80,7 @@ impl Sequence {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ColdSource {
     fid: Hash,
-    size: u64,
-    encrypted: bool,
+    stored: Stored,
     layout: Layout,
     /// A packed file's blob: its id and place in the pack `fid`.
     blob: Option<(Hash, crate::format::BlobPlace)>,
@@ -194,23 +193,39 @@ fn install(
     Ok(true)
 }
 
-/// What a read found: how many segments it waited for, and those it got without room to keep
-/// them (served from memory).
+/// File bytes a read got from the network without keeping them: a segment without room to
+/// keep it, or the blocks of one still on its way.
+enum Piece {
+    Segment(Arc<DecodedSegment>),
+    Blocks(Vec<u8>),
+}
+
+impl Piece {
+    fn data(&self) -> &[u8] {
+        match self {
+            Piece::Segment(s) => s.data(),
+            Piece::Blocks(b) => b,
+        }
+    }
+}
+
+/// What a read found: how many segments it waited for, and the bytes it got that are not in
+/// the content file (served from memory), each with its file offset.
 pub(super) struct Fetched {
     pub(super) waited: usize,
-    uncached: Vec<(usize, Arc<DecodedSegment>)>,
+    uncached: Vec<(u64, Piece)>,
 }
 
 impl Fetched {
-    /// Puts the bytes of the segments not kept into `buf`, the bytes of `of` from `offset`
-    /// (read from its content file, where they are a hole).
-    pub(super) fn fill(&self, of: &OpenFile, offset: u64, buf: &mut [u8]) {
-        let Some(source) = &of.cold else { return };
-        for (s, segment) in &self.uncached {
-            let chunk = source.layout.chunk(*s);
-            let (from, to) = (chunk.start.max(offset), chunk.end.min(offset + buf.len() as u64));
+    /// Puts the bytes got from memory into `buf`, the bytes of `of` from `offset` (read from its
+    /// content file, where they are a hole).
+    pub(super) fn fill(&self, offset: u64, buf: &mut [u8]) {
+        for (start, piece) in &self.uncached {
+            let data = piece.data();
+            let end = start + data.len() as u64;
+            let (from, to) = (offset.max(*start), end.min(offset + buf.len() as u64));
             if from < to {
-                let src = &segment.data()[(from - chunk.start) as usize..(to - chunk.start) as usize];
+                let src = &data[(from - start) as usize..(to - start) as usize];
                 buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
             }
         }
@@ -231,10 +246,10 @@ impl ColdReader {
             match source.blob {
                 Some((id, place)) => self
                     .fetcher
-                    .blob(&source.fid, &id, place, source.size)
+                    .blob(&source.fid, &id, place, source.stored.size)
                     .await
                     .map(|b| Arc::new(DecodedSegment::of_bytes(b))),
-                None => self.fetcher.segment(&source.fid, source.size, source.encrypted, s).await,
+                None => self.fetcher.segment(&source.fid, &source.stored, s).await,
             }
         };
         let result = match self.runtime.block_on(fetch) {
@@ -269,10 +284,10 @@ impl Fs {
             _ => None,
         });
         let Some(stored) = stored else { return Err(FsError::NotCached(ino)) };
-        let encrypted = stored.seed.is_some();
-        let mode = if encrypted { Mode::Encrypted } else { Mode::Plain };
+        let mode = Mode::of(stored.format, stored.seed.is_some());
         let layout = Layout::new(stored.size, mode).map_err(|_| FsError::NotCached(ino))?;
-        let source = ColdSource { fid: stored.fid, size: stored.size, encrypted, layout, blob: stored.blob };
+        let kept = Stored { size: stored.size, mode, seed: stored.seed };
+        let source = ColdSource { fid: stored.fid, stored: kept, layout, blob: stored.blob };
         Ok((Some(source), Presence::from_record(Some(residency), Some(layout))))
     }
 
@@ -288,12 +303,13 @@ impl Fs {
     ) -> FsResult<Fetched> {
         let mut fetched = Fetched { waited: 0, uncached: Vec::new() };
         let Some(source) = of.cold else { return Ok(fetched) };
-        if range.start >= source.size || range.is_empty() {
+        let size = source.stored.size;
+        if range.start >= size || range.is_empty() {
             return Ok(fetched);
         }
         let missing = |s: usize| lock(&of.presence).missing(s);
         let first = source.layout.segment_of(range.start);
-        let last = source.layout.segment_of(range.end.min(source.size) - 1);
+        let last = source.layout.segment_of(range.end.min(size) - 1);
         let needed: Vec<usize> = (first..=last).filter(|&s| missing(s)).collect();
         let writer = !read_ahead;
         let read_ahead = if read_ahead { lock(&of.reads).read(&range, self.read_ahead_cap()) } else { 0 };
@@ -309,12 +325,33 @@ impl Fs {
         self.make_cache_room((needed.len() + ahead.len()) as u64 * SEGMENT_SIZE as u64, false);
         // What the reader waits for first: read-ahead started alongside would slow the first byte.
         for &s in &needed {
+            let chunk = source.layout.chunk(s);
+            // Sealed in blocks: the segment comes in the background, from the reader's block on,
+            // and the reader gets its bytes as soon as their blocks are in.
+            if !writer && source.layout.mode() == Mode::Blocks && source.blob.is_none() {
+                let want = (range.start.max(chunk.start) - chunk.start) as usize
+                    ..(range.end.min(chunk.end) - chunk.start) as usize;
+                if !cold.fetcher.busy(&source.fid, s) {
+                    cold.fetcher.expect(&source.fid, s, want.start / crate::format::BLOCK_CAPACITY);
+                    cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+                }
+                match cold.runtime.block_on(cold.fetcher.range(&source.fid, s, want.clone())) {
+                    Some(Ok(bytes)) => {
+                        fetched.uncached.push((chunk.start + want.start as u64, Piece::Blocks(bytes)));
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    // Fetched and kept meanwhile, or not to be had so: read as below.
+                    None if !missing(s) => continue,
+                    None => {}
+                }
+            }
             // Without read-ahead, it is for a writer (`localize`), which needs it kept.
             if let Some(segment) = cold.load(&self.store, of, &source, s, writer)? {
                 if writer {
                     return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
                 }
-                fetched.uncached.push((s, segment));
+                fetched.uncached.push((chunk.start, Piece::Segment(segment)));
             }
         }
         for &s in &ahead {

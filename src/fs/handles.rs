@@ -334,7 +334,7 @@ impl Fs {
             }
         }
         buf.truncate(done);
-        fetched.fill(&of, offset, &mut buf);
+        fetched.fill(offset, &mut buf);
         metrics::READ_BYTES.add(done as u64);
         Ok(buf)
     }

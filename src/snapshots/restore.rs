@@ -152,10 +152,12 @@ pub enum ReadError {
 /// Reads snapshot `found` from CESS: its tree, and the seed its segments carry.
 pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<[u8; 32]>), ReadError> {
     let size = snapshot_len_of(found.segments);
+    // Snapshots are written in format version 2: one sealed message per segment.
+    let stored = crate::fetch::Stored { size, mode: crate::format::Mode::Encrypted, seed: None };
     let mut bytes = Vec::new();
     let mut seed = None;
     for s in 0..found.segments {
-        let segment = fetcher.segment(&found.fid, size, true, s).await.map_err(|e| match e {
+        let segment = fetcher.segment(&found.fid, &stored, s).await.map_err(|e| match e {
             FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
             e => ReadError::Unavailable(e),
         })?;

@@ -733,7 +733,7 @@ impl Store {
             }
             Location::Fid { fid, format, seed } => {
                 file.set_len(n.size)?;
-                let mode = if seed.is_some() { Mode::Encrypted } else { Mode::Plain };
+                let mode = Mode::of(*format, seed.is_some());
                 let segments = Layout::new(n.size, mode).map(|l| l.segments() as u32).unwrap_or(0);
                 let stored = StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format, blob: None };
                 up = UploadRecord::stored(stored, segments, territory, chain_name(fid));

@@ -189,11 +189,23 @@ impl Inner {
             return Ok(Flow::Continue);
         }
         let territory = self.config.territory.clone();
+        let snapshot = self.db(move |s| s.snapshot_generation(ino)).await?;
+        // The format is chosen when encoding begins, and kept: a deal resumes in it. Tree
+        // snapshots are read whole, in version 2; packs keep the plaintext layout.
+        let format = match rec.format {
+            crate::format::FORMAT_PLAIN => crate::format::FORMAT_PLAIN,
+            _ if snapshot.is_some() => crate::format::FORMAT_V2,
+            _ => crate::format::FORMAT_NEWEST,
+        };
+        let begins = rec.state == UploadState::Staged;
         let encoding = self
             .update(ino, &rec, |r| {
                 r.state = if inode.size == 0 { UploadState::Local } else { UploadState::Encoding };
                 r.size = inode.size;
                 r.territory = territory.clone();
+                if begins {
+                    r.format = format;
+                }
             })
             .await?;
         let Some(encoding) = encoding.filter(|r| r.state == UploadState::Encoding) else { return Ok(Flow::Wait) };
@@ -209,7 +221,6 @@ impl Inner {
         let fid = manifest.fid;
         lock(&self.manifests).insert(ino, manifest.clone());
         let segments = manifest.segments.len() as u32;
-        let snapshot = self.db(move |s| s.snapshot_generation(ino)).await?;
         // A pack's hidden inode is named by its name on chain.
         let chain_name = if hidden && snapshot.is_none() {
             inode.name.clone()

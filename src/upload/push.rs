@@ -62,7 +62,7 @@ pub(super) async fn push_columns(
     pace: &mut Option<Duration>,
 ) -> Result<Pushed, UploadError> {
     let (size, seed) = (rec.size, rec.seed);
-    let layout = crate::format::Layout::new(size, if seed.is_some() { Mode::Encrypted } else { Mode::Plain })?;
+    let layout = crate::format::Layout::new(size, Mode::of(rec.format, seed.is_some()))?;
     if layout.segments() != segments.len() {
         return Err(UploadError::Chain(crate::protocol::ChainError::Decode(format!(
             "the deal of {fid} lists {} segments; a file of {size} bytes has {}",

@@ -63,6 +63,9 @@ pub enum FetchError {
         /// What went wrong with the others.
         detail: String,
     },
+    /// Every open file that wanted the segment closed before it came.
+    #[error("the read was given up")]
+    Abandoned,
     /// A bug (a decoding task that panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -117,6 +120,27 @@ struct InFlight {
     blocks: Mutex<Vec<Option<Bytes>>>,
     /// Rung when a block opened, and when the segment is done.
     arrived: tokio::sync::Notify,
+    /// The open files (inodes) whose reads wait for it, or that it is fetched ahead for.
+    wanted_by: Mutex<std::collections::HashSet<u64>>,
+    /// Set once the last of those closed: the fetch stops.
+    abandoned: std::sync::atomic::AtomicBool,
+    /// Rung when it is abandoned.
+    cancel: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Returns once the fetch is abandoned.
+    async fn abandoned(&self) {
+        loop {
+            let cancel = self.cancel.notified();
+            tokio::pin!(cancel);
+            cancel.as_mut().enable();
+            if self.abandoned.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            cancel.await;
+        }
+    }
 }
 
 type Slot = Arc<InFlight>;
@@ -249,10 +273,36 @@ impl Fetcher {
             .clone()
     }
 
-    /// Marks segment `segment` of `fid` as fetched from block `from` on (a reader's), so that
-    /// [`Fetcher::range`] waits for the fetch [`Fetcher::segment`] makes next.
-    pub fn expect(&self, fid: &Hash, segment: usize, from: usize) {
-        self.slot(fid, segment, from);
+    /// Marks segment `segment` of `fid` as wanted by open file `ino`, fetched from block `from`
+    /// on (a reader's), so that [`Fetcher::range`] waits for the fetch [`Fetcher::segment`]
+    /// makes. Returns whether no fetch of it was under way: the caller starts one.
+    pub fn expect(&self, fid: &Hash, segment: usize, from: usize, ino: u64) -> bool {
+        let mut inflight = lock(&self.inflight);
+        let key = (*fid, segment);
+        let live = inflight.get(&key).filter(|s| !s.abandoned.load(std::sync::atomic::Ordering::Acquire)).cloned();
+        let (slot, fresh) = match live {
+            Some(slot) => (slot, false),
+            None => {
+                let slot = Arc::new(InFlight { from, ..InFlight::default() });
+                inflight.insert(key, slot.clone());
+                (slot, true)
+            }
+        };
+        lock(&slot.wanted_by).insert(ino);
+        fresh
+    }
+
+    /// Open file `ino` of `fid` closed: the fetches only it wanted stop (a reader gone, a file
+    /// manager that looked at the first bytes), so the link carries what is still read.
+    pub fn abandon(&self, fid: &Hash, ino: u64) {
+        let inflight = lock(&self.inflight);
+        for slot in inflight.iter().filter(|((f, _), _)| f == fid).map(|(_, s)| s) {
+            let mut wanted = lock(&slot.wanted_by);
+            if wanted.remove(&ino) && wanted.is_empty() {
+                slot.abandoned.store(true, std::sync::atomic::Ordering::Release);
+                slot.cancel.notify_waiters();
+            }
+        }
     }
 
     /// Segment `segment` of file `fid`, decoded (its plaintext is [`DecodedSegment::data`]),
@@ -268,15 +318,20 @@ impl Fetcher {
         let result = slot
             .segment
             .get_or_init(|| async {
-                let blocks = match (stored.mode, stored.seed) {
-                    (Mode::Blocks, Some(seed)) => self.fetch_blocks(fid, stored, &seed, segment, &slot).await,
-                    _ => None,
+                let fetch = async {
+                    let blocks = match (stored.mode, stored.seed) {
+                        (Mode::Blocks, Some(seed)) => self.fetch_blocks(fid, stored, &seed, segment, &slot).await,
+                        _ => None,
+                    };
+                    match blocks {
+                        Some(decoded) => decoded,
+                        None => self.fetch(fid, stored, segment).await,
+                    }
                 };
-                match blocks {
-                    Some(decoded) => decoded,
-                    None => self.fetch(fid, stored, segment).await,
+                tokio::select! {
+                    fetched = fetch => fetched.map(Arc::new),
+                    () = slot.abandoned() => Err(FetchError::Abandoned),
                 }
-                .map(Arc::new)
             })
             .await
             .clone();
@@ -289,9 +344,15 @@ impl Fetcher {
     }
 
     /// Bytes `want` of the chunk of segment `segment` of `fid` from the fetch under way (see
-    /// [`Fetcher::expect`]), as soon as the blocks holding them opened; `None` if no fetch of
-    /// it is under way.
-    pub async fn range(&self, fid: &Hash, segment: usize, want: Range<usize>) -> Option<Result<Vec<u8>, FetchError>> {
+    /// [`Fetcher::expect`]), as soon as the blocks holding them opened, and whether all of the
+    /// segment is in (then [`Fetcher::segment`] has it at once); `None` if no fetch of it is
+    /// under way.
+    pub async fn range(
+        &self,
+        fid: &Hash,
+        segment: usize,
+        want: Range<usize>,
+    ) -> Option<Result<(Vec<u8>, bool), FetchError>> {
         let slot = lock(&self.inflight).get(&(*fid, segment)).cloned()?;
         let first = want.start / BLOCK_CAPACITY;
         let last = want.end.saturating_sub(1) / BLOCK_CAPACITY;
@@ -306,11 +367,12 @@ impl Fetcher {
                 if let Some(got) = got {
                     let joined: Vec<u8> = got.iter().flat_map(|b| b.iter().copied()).collect();
                     let from = want.start - first * BLOCK_CAPACITY;
-                    return joined.get(from..from + want.len()).map(|b| Ok(b.to_vec()));
+                    let whole = blocks.iter().all(Option::is_some);
+                    return joined.get(from..from + want.len()).map(|b| Ok((b.to_vec(), whole)));
                 }
             }
             match slot.segment.get() {
-                Some(Ok(decoded)) => return decoded.data().get(want.clone()).map(|b| Ok(b.to_vec())),
+                Some(Ok(decoded)) => return decoded.data().get(want.clone()).map(|b| Ok((b.to_vec(), true))),
                 Some(Err(e)) => return Some(Err(e.clone())),
                 None => {}
             }
@@ -535,7 +597,10 @@ impl Fetcher {
         let got = self.miners.get_fragment(&endpoint, at.fid, &info.hash, Some(range.clone()), moved).await;
         let miner = info.miner.to_string();
         match got {
-            Ok(bytes) if bytes.len() == range.len() => Ok(bytes.to_vec()),
+            Ok(bytes) if bytes.len() == range.len() => {
+                metrics::FRAGMENTS_FETCHED.add(&miner, 1);
+                Ok(bytes.to_vec())
+            }
             Ok(bytes) => {
                 metrics::WASTED_BYTES.add("down", moved.get());
                 metrics::FRAGMENT_FETCH_FAILURES.add(&miner, 1);

@@ -232,6 +232,13 @@ impl Fetched {
     }
 }
 
+impl ColdSource {
+    /// The FID its bytes are read from.
+    pub(super) fn fid(&self) -> Hash {
+        self.fid
+    }
+}
+
 impl ColdReader {
     /// Fetches segment `s` of an open file into its content. Returns the segment if there was no room to keep it.
     fn load(
@@ -265,10 +272,12 @@ impl ColdReader {
     /// Starts fetching segment `s` in the background, for a reader that will want it soon.
     fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
         let this = self.clone();
-        self.runtime.spawn_blocking(move || {
-            if let Err(e) = this.load(&store, &of, &source, s, false) {
-                log::debug!("read-ahead of segment {s} of inode {ino}: {e}");
+        self.runtime.spawn_blocking(move || match this.load(&store, &of, &source, s, false) {
+            Err(FsError::Fetch(e @ crate::fetch::FetchError::Abandoned)) => {
+                log::info!("segment {s} of inode {ino}: {e}: the file was closed before it came")
             }
+            Err(e) => log::debug!("read-ahead of segment {s} of inode {ino}: {e}"),
+            Ok(_) => {}
         });
     }
 }
@@ -317,6 +326,7 @@ impl Fs {
             .take(read_ahead)
             .filter(|&s| missing(s) && self.cold.as_ref().is_some_and(|c| !c.fetcher.busy(&source.fid, s)))
             .collect();
+        let ino_reads = (!writer).then_some(ino);
         if needed.is_empty() && ahead.is_empty() {
             return Ok(fetched);
         }
@@ -331,12 +341,14 @@ impl Fs {
             if !writer && source.layout.mode() == Mode::Blocks && source.blob.is_none() {
                 let want = (range.start.max(chunk.start) - chunk.start) as usize
                     ..(range.end.min(chunk.end) - chunk.start) as usize;
-                if !cold.fetcher.busy(&source.fid, s) {
-                    cold.fetcher.expect(&source.fid, s, want.start / crate::format::BLOCK_CAPACITY);
+                if cold.fetcher.expect(&source.fid, s, want.start / crate::format::BLOCK_CAPACITY, ino) {
                     cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
                 }
                 match cold.runtime.block_on(cold.fetcher.range(&source.fid, s, want.clone())) {
-                    Some(Ok(bytes)) => {
+                    // The read that completes the segment keeps it before it returns, so that a
+                    // file read to its end and closed at once stays cached.
+                    Some(Ok((_, true))) => {}
+                    Some(Ok((bytes, false))) => {
                         fetched.uncached.push((chunk.start + want.start as u64, Piece::Blocks(bytes)));
                         continue;
                     }
@@ -355,7 +367,10 @@ impl Fs {
             }
         }
         for &s in &ahead {
-            cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+            // Wanted by this open file: dropped if it closes first.
+            if ino_reads.is_none_or(|ino| cold.fetcher.expect(&source.fid, s, 0, ino)) {
+                cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+            }
         }
         fetched.waited = needed.len();
         Ok(fetched)

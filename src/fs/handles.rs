@@ -537,6 +537,9 @@ impl Fs {
             if gone {
                 open.remove(&ino);
                 lock(&of.presence).close();
+                if let (Some(source), Some(cold)) = (&of.cold, &self.cold) {
+                    cold.fetcher.abandon(&source.fid(), ino);
+                }
             }
             gone && st.unlinked
         };

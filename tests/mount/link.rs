@@ -270,3 +270,26 @@ fn two_files_of_equal_bytes_push_their_one_deal_once() {
     let log = m.log();
     assert!(!log.contains("could not go to miner"), "{log}");
 }
+
+/// A program that looks at the first bytes of a cold file and closes it (a file manager's
+/// preview) gets them from one block, and the rest of the segment, fetched for a reader that is
+/// gone, stops coming.
+#[test]
+fn a_closed_file_stops_the_fetch_only_it_wanted() {
+    let m = Mount::uploading(
+        "0",
+        &["--snapshots", "false", "--pack-below", "0", "--devnet-link", "up=1000M,down=40M,rtt=20ms"],
+    );
+    let data = random_bytes(30 << 20, 370);
+    fs::write(m.path("movie.mkv"), &data).unwrap();
+    m.wait_status("movie.mkv", &["active"], 3 * MIN);
+    evict(&m);
+    let before = moved(&m).bytes_out;
+    let mut head = [0u8; 64];
+    std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(m.path("movie.mkv")).unwrap(), &mut head, 0).unwrap();
+    assert!(head[..] == data[..64]);
+    wait_until(MIN, "the fetch given up", || m.log().contains("the file was closed before it came"));
+    let sent = moved(&m).bytes_out - before;
+    assert!(sent < 16 << 20, "a look at the first bytes fetched {sent} bytes, not the segment");
+    assert!(fs::read(m.path("movie.mkv")).unwrap() == data, "read whole afterwards");
+}

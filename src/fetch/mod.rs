@@ -126,6 +126,28 @@ struct InFlight {
     abandoned: std::sync::atomic::AtomicBool,
     /// Rung when it is abandoned.
     cancel: tokio::sync::Notify,
+    /// Whether someone runs it, or is about to ([`Fetcher::expect`], [`Fetcher::segment`]).
+    driven: std::sync::atomic::AtomicBool,
+}
+
+/// A caller that waits for a fetch and asked for it for no open file: no close abandons it
+/// meanwhile (each holds a number of its own among the inodes that want it).
+struct Held<'a>(&'a InFlight, u64);
+
+impl<'a> Held<'a> {
+    fn new(slot: &'a InFlight) -> Held<'a> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // Above every inode number.
+        let token = u64::MAX - NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&slot.wanted_by).insert(token);
+        Held(slot, token)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.wanted_by).remove(&self.1);
+    }
 }
 
 impl InFlight {
@@ -266,30 +288,29 @@ impl Fetcher {
 
     /// The fetch of segment `segment` of `fid`, made now if none is under way, starting (format
     /// version 3) at block `from`.
+    /// (An abandoned fetch is not joined: a new one takes its place.)
     fn slot(&self, fid: &Hash, segment: usize, from: usize) -> Slot {
-        lock(&self.inflight)
-            .entry((*fid, segment))
-            .or_insert_with(|| Arc::new(InFlight { from, ..InFlight::default() }))
-            .clone()
+        let mut inflight = lock(&self.inflight);
+        let live = |s: &&Slot| !s.abandoned.load(std::sync::atomic::Ordering::Acquire);
+        match inflight.get(&(*fid, segment)).filter(live) {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Arc::new(InFlight { from, ..InFlight::default() });
+                inflight.insert((*fid, segment), slot.clone());
+                slot
+            }
+        }
     }
 
     /// Marks segment `segment` of `fid` as wanted by open file `ino`, fetched from block `from`
     /// on (a reader's), so that [`Fetcher::range`] waits for the fetch [`Fetcher::segment`]
     /// makes. Returns whether no fetch of it was under way: the caller starts one.
     pub fn expect(&self, fid: &Hash, segment: usize, from: usize, ino: u64) -> bool {
-        let mut inflight = lock(&self.inflight);
-        let key = (*fid, segment);
-        let live = inflight.get(&key).filter(|s| !s.abandoned.load(std::sync::atomic::Ordering::Acquire)).cloned();
-        let (slot, fresh) = match live {
-            Some(slot) => (slot, false),
-            None => {
-                let slot = Arc::new(InFlight { from, ..InFlight::default() });
-                inflight.insert(key, slot.clone());
-                (slot, true)
-            }
-        };
-        lock(&slot.wanted_by).insert(ino);
-        fresh
+        let slot = self.slot(fid, segment, from);
+        let mut wanted = lock(&slot.wanted_by);
+        let idle = !slot.driven.swap(true, std::sync::atomic::Ordering::AcqRel);
+        wanted.insert(ino);
+        idle
     }
 
     /// Open file `ino` of `fid` closed: the fetches only it wanted stop (a reader gone, a file
@@ -307,14 +328,19 @@ impl Fetcher {
 
     /// Segment `segment` of file `fid`, decoded (its plaintext is [`DecodedSegment::data`]),
     /// fetched once however many readers ask at the same time. The result stays for late
-    /// readers until [`Fetcher::forget`].
+    /// readers until [`Fetcher::forget`]. `abandonable`: for the open files that asked for it
+    /// ([`Fetcher::expect`]), and stopped once they all closed; otherwise its caller waits for
+    /// it, and no close stops it meanwhile.
     pub async fn segment(
         &self,
         fid: &Hash,
         stored: &Stored,
         segment: usize,
+        abandonable: bool,
     ) -> Result<Arc<DecodedSegment>, FetchError> {
         let slot = self.slot(fid, segment, 0);
+        slot.driven.store(true, std::sync::atomic::Ordering::Release);
+        let _held = (!abandonable).then(|| Held::new(&slot));
         let result = slot
             .segment
             .get_or_init(|| async {
@@ -418,7 +444,7 @@ impl Fetcher {
             }
         }
         let pack = Stored { size: SEGMENT_SIZE as u64, mode: Mode::Plain, seed: None };
-        let segment = self.segment(fid, &pack, 0).await;
+        let segment = self.segment(fid, &pack, 0, false).await;
         self.forget(fid, 0);
         let content = keys.open(id, &segment?.data()[range]).map_err(decode)?;
         if content.len() as u64 != size {
@@ -432,9 +458,13 @@ impl Fetcher {
         lock(&self.inflight).contains_key(&(*fid, segment))
     }
 
-    /// Drops the result of a segment once its bytes are cached.
+    /// Drops the result of a segment once its bytes are cached (a fetch not finished, one
+    /// that took the place of an abandoned one, stays for its readers).
     pub fn forget(&self, fid: &Hash, segment: usize) {
-        lock(&self.inflight).remove(&(*fid, segment));
+        let mut inflight = lock(&self.inflight);
+        if inflight.get(&(*fid, segment)).is_some_and(|s| s.segment.get().is_some()) {
+            inflight.remove(&(*fid, segment));
+        }
     }
 
     /// A segment of format version 3 fetched block by block, from its reader's block on, each

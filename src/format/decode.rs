@@ -233,7 +233,8 @@ fn is_zero(bytes: &[u8]) -> bool {
 }
 
 /// Decodes a whole file whose fragments `fetch(segment, fragment)` supplies, feeding its bytes in
-/// order to `sink`, a window of segments at a time on all cores.
+/// order to `sink`, a window of segments at a time on all cores. The file is in the format
+/// version `master` writes (plaintext without a key).
 pub fn decode_file<F, B, K>(
     manifest: &FileManifest,
     master: Option<&MasterKey>,

@@ -248,6 +248,7 @@ impl ColdReader {
         source: &ColdSource,
         s: usize,
         essential: bool,
+        abandonable: bool,
     ) -> FsResult<Option<Arc<DecodedSegment>>> {
         let fetch = async {
             match source.blob {
@@ -256,7 +257,7 @@ impl ColdReader {
                     .blob(&source.fid, &id, place, source.stored.size)
                     .await
                     .map(|b| Arc::new(DecodedSegment::of_bytes(b))),
-                None => self.fetcher.segment(&source.fid, &source.stored, s).await,
+                None => self.fetcher.segment(&source.fid, &source.stored, s, abandonable).await,
             }
         };
         let result = match self.runtime.block_on(fetch) {
@@ -272,7 +273,7 @@ impl ColdReader {
     /// Starts fetching segment `s` in the background, for a reader that will want it soon.
     fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
         let this = self.clone();
-        self.runtime.spawn_blocking(move || match this.load(&store, &of, &source, s, false) {
+        self.runtime.spawn_blocking(move || match this.load(&store, &of, &source, s, false, true) {
             Err(FsError::Fetch(e @ crate::fetch::FetchError::Abandoned)) => {
                 log::info!("segment {s} of inode {ino}: {e}: the file was closed before it came")
             }
@@ -347,8 +348,8 @@ impl Fs {
                 match cold.runtime.block_on(cold.fetcher.range(&source.fid, s, want.clone())) {
                     // The read that completes the segment keeps it before it returns, so that a
                     // file read to its end and closed at once stays cached.
-                    Some(Ok((_, true))) => {}
-                    Some(Ok((bytes, false))) => {
+                    Some(Ok((_, true))) if missing(s) => {}
+                    Some(Ok((bytes, _))) => {
                         fetched.uncached.push((chunk.start + want.start as u64, Piece::Blocks(bytes)));
                         continue;
                     }
@@ -359,7 +360,7 @@ impl Fs {
                 }
             }
             // Without read-ahead, it is for a writer (`localize`), which needs it kept.
-            if let Some(segment) = cold.load(&self.store, of, &source, s, writer)? {
+            if let Some(segment) = cold.load(&self.store, of, &source, s, writer, false)? {
                 if writer {
                     return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
                 }

@@ -97,7 +97,7 @@ fn content_meta(file: &File) -> FsResult<(u64, Timestamp)> {
 }
 
 fn check_size(size: u64) -> FsResult<()> {
-    if size > Layout::max_size(Mode::Blocks) { Err(FsError::FileTooBig) } else { Ok(()) }
+    if size > Layout::max_size(Mode::Encrypted) { Err(FsError::FileTooBig) } else { Ok(()) }
 }
 
 impl Fs {

@@ -157,7 +157,7 @@ pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<
     let mut bytes = Vec::new();
     let mut seed = None;
     for s in 0..found.segments {
-        let segment = fetcher.segment(&found.fid, &stored, s).await.map_err(|e| match e {
+        let segment = fetcher.segment(&found.fid, &stored, s, false).await.map_err(|e| match e {
             FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
             e => ReadError::Unavailable(e),
         })?;

@@ -191,10 +191,13 @@ impl Inner {
         let territory = self.config.territory.clone();
         let snapshot = self.db(move |s| s.snapshot_generation(ino)).await?;
         // The format is chosen when encoding begins, and kept: a deal resumes in it. Tree
-        // snapshots are read whole, in version 2; packs keep the plaintext layout.
+        // snapshots are read whole, in version 2, and so is a file too large for version 3's
+        // blocks (their headers take 1,664 bytes more per segment); packs keep the plaintext
+        // layout.
+        let blocks_fit = inode.size <= crate::format::Layout::max_size(crate::format::Mode::Blocks);
         let format = match rec.format {
             crate::format::FORMAT_PLAIN => crate::format::FORMAT_PLAIN,
-            _ if snapshot.is_some() => crate::format::FORMAT_V2,
+            _ if snapshot.is_some() || !blocks_fit => crate::format::FORMAT_V2,
             _ => crate::format::FORMAT_NEWEST,
         };
         let begins = rec.state == UploadState::Staged;

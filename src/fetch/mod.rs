@@ -493,7 +493,8 @@ impl Fetcher {
         let mut order = missing.into_iter();
         let at = BlockAt { fid, file: &file, segment, layout: &layout, key: &key, seed };
         let block = |j| self.block(&at, j);
-        let mut pending: FuturesUnordered<_> = order.by_ref().take(BLOCKS_IN_FLIGHT).map(block).collect();
+        // The reader's block alone first: beside others it would share the link with them.
+        let mut pending: FuturesUnordered<_> = order.by_ref().take(1).map(block).collect();
         while let Some((j, got)) = pending.next().await {
             match got {
                 Ok(plain) => {
@@ -506,7 +507,8 @@ impl Fetcher {
                     return None;
                 }
             }
-            pending.extend(order.next().map(block));
+            let room = BLOCKS_IN_FLIGHT - pending.len();
+            pending.extend(order.by_ref().take(room).map(block));
         }
         let blocks = std::mem::take(&mut *lock(&slot.blocks));
         let mut data = Vec::with_capacity(count * BLOCK_CAPACITY);

@@ -29,6 +29,31 @@ pub fn mounted(dir: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(dir.as_str()) && l.contains(" - fuse.cessfs "))
 }
 
+/// How long one daemon of a test may run: a test that hangs (a read that waits forever) then
+/// fails with its mount gone, instead of holding CI until its limit.
+const DAEMON_WATCHDOG: Duration = Duration::from_secs(20 * 60);
+
+/// Kills daemon `pid` (a child not reaped yet) once it ran [`DAEMON_WATCHDOG`]. A pidfd names
+/// that one process, so a pid reused after it ended is never signalled.
+fn watchdog(pid: u32) {
+    // SAFETY: pidfd_open(2) of our own child, which is not reaped yet.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        return;
+    }
+    std::thread::spawn(move || {
+        std::thread::sleep(DAEMON_WATCHDOG);
+        let none: *const libc::siginfo_t = std::ptr::null();
+        // SAFETY: pidfd_send_signal(2) on the fd opened above, which this thread owns.
+        let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, none, 0) };
+        if sent == 0 {
+            eprintln!("watchdog: daemon {pid} ran {DAEMON_WATCHDOG:?}, the test hung; killed it");
+        }
+        // SAFETY: closes the fd this thread owns, once.
+        unsafe { libc::close(fd) };
+    });
+}
+
 /// Waits until `cond` holds, failing with `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -151,6 +176,7 @@ impl Mount {
             .dies_with_the_test()
             .spawn()
             .expect("spawn cessfs mount");
+        watchdog(child.id());
         self.child = Some(child);
     }
 

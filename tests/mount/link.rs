@@ -97,6 +97,11 @@ fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its
     assert!(fetched * 10 <= size * 11, "a read on a slow link fetches at most 1.1x: {fetched} for {size}");
 }
 
+/// A mount uploading at once, every file in its own FID, behind the devnet's link model `link`.
+fn uploading_over(link: &str) -> Mount {
+    Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0", "--devnet-link", link])
+}
+
 /// Files written until one had a column on one of `faulty` nodes (12 of 16 are chosen at
 /// random: a file missing them all, 1 in 1820 for 4 and 1 in 20 for 2, is followed by another).
 /// Returns their names.
@@ -255,10 +260,7 @@ fn a_restart_sends_again_the_column_a_miner_lost() {
 /// and both become active.
 #[test]
 fn two_files_of_equal_bytes_push_their_one_deal_once() {
-    let m = Mount::uploading(
-        "0",
-        &["--snapshots", "false", "--pack-below", "0", "--devnet-link", "up=100M,down=160M,rtt=20ms"],
-    );
+    let m = uploading_over("up=100M,down=160M,rtt=20ms");
     let data = random_bytes(24 << 20, 360);
     fs::write(m.path("original.jpg"), &data).unwrap();
     fs::write(m.path("copy.jpg"), &data).unwrap();
@@ -276,10 +278,7 @@ fn two_files_of_equal_bytes_push_their_one_deal_once() {
 /// gone, stops coming.
 #[test]
 fn a_closed_file_stops_the_fetch_only_it_wanted() {
-    let m = Mount::uploading(
-        "0",
-        &["--snapshots", "false", "--pack-below", "0", "--devnet-link", "up=1000M,down=40M,rtt=20ms"],
-    );
+    let m = uploading_over("up=1000M,down=40M,rtt=20ms");
     let data = random_bytes(30 << 20, 370);
     fs::write(m.path("movie.mkv"), &data).unwrap();
     m.wait_status("movie.mkv", &["active"], 3 * MIN);

@@ -225,6 +225,10 @@ pub struct Pace {
     up: Bucket,
     down: Bucket,
     readers: AtomicUsize,
+    /// Cold reads that ever waited on the network (to see one that came and went).
+    reads_started: AtomicU64,
+    /// Fragments uploads send at once now (their window).
+    push_window: AtomicUsize,
     no_readers: Notify,
     sent: AtomicU64,
     received: AtomicU64,
@@ -269,6 +273,8 @@ impl Pace {
             up: Bucket::new(None),
             down: Bucket::new(None),
             readers: AtomicUsize::new(0),
+            reads_started: AtomicU64::new(0),
+            push_window: AtomicUsize::new(0),
             no_readers: Notify::new(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -370,7 +376,28 @@ impl Pace {
     /// A cold read starts waiting on the network.
     pub fn reading(&self) -> Reading<'_> {
         self.readers.fetch_add(1, Ordering::AcqRel);
+        self.reads_started.fetch_add(1, Ordering::Relaxed);
         Reading(self)
+    }
+
+    /// Whether a cold read waits on the network now.
+    pub fn readers_waiting(&self) -> bool {
+        self.readers.load(Ordering::Acquire) > 0
+    }
+
+    /// Notes how many fragments uploads send at once now.
+    pub fn set_push_window(&self, fragments: usize) {
+        self.push_window.store(fragments, Ordering::Relaxed);
+    }
+
+    /// How many fragments uploads send at once now (0 before uploads ran).
+    pub fn push_window(&self) -> usize {
+        self.push_window.load(Ordering::Relaxed)
+    }
+
+    /// How many cold reads ever started waiting on the network.
+    pub fn reads_started(&self) -> u64 {
+        self.reads_started.load(Ordering::Relaxed)
     }
 
     /// Waits, before an upload starts a fragment, until no cold read waits (at most 30 s).

@@ -130,6 +130,7 @@ impl Devnet {
             .with_context(|| format!("opening the devnet's fragment store in {}", dir.display()))?;
         let store = Arc::new(store);
         let shared = (config.link != LinkSpec::default()).then(|| Arc::new(link::Link::shared(&config.link)));
+        let puts = Arc::new(node::PutsAtOnce::default());
         for i in 1..=config.nodes {
             let signer = Signer::from_uri(&format!("//Miner{i}")).map_err(anyhow::Error::msg)?;
             let port = if config.node_base_port == 0 { 0 } else { config.node_base_port + i as u16 - 1 };
@@ -137,7 +138,7 @@ impl Devnet {
             let node_dir = dir.join("nodes").join(i.to_string());
             let own = config.node_links.iter().filter(|(n, _)| *n == i).map(|(_, l)| Arc::new(link::Link::own(*l)));
             let links = shared.iter().cloned().chain(own).collect();
-            let state = (ledger.clone(), store.clone(), buffers.clone());
+            let state = (ledger.clone(), store.clone(), buffers.clone(), puts.clone());
             let node = Node::start(i, signer, node_dir, state, links, addr, config.report_delay)
                 .await
                 .with_context(|| format!("starting devnet node {i} on {addr}"))?;

@@ -75,6 +75,10 @@ pub struct NodeCounters {
     /// Uploads it stopped reading mid-transfer ([`Fault::Stall`]).
     #[serde(default)]
     pub stalls: u64,
+    /// The most uploads in progress at once on the whole devnet, every node counted (the same
+    /// on each node; a sum keeps it).
+    #[serde(default)]
+    pub most_puts_at_once: u64,
 }
 
 /// The nodes' counters added up: what moved through the whole devnet.
@@ -87,6 +91,7 @@ impl std::iter::Sum for NodeCounters {
             gets: a.gets + c.gets,
             refusals: a.refusals + c.refusals,
             stalls: a.stalls + c.stalls,
+            most_puts_at_once: a.most_puts_at_once.max(c.most_puts_at_once),
         })
     }
 }
@@ -116,7 +121,32 @@ impl Counting {
             gets: get(&self.gets),
             refusals: get(&self.refusals),
             stalls: get(&self.stalls),
+            most_puts_at_once: 0,
         }
+    }
+}
+
+/// Uploads in progress on the whole devnet, and the most there were at once.
+#[derive(Default)]
+pub(super) struct PutsAtOnce {
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+/// An upload in progress, counted in [`PutsAtOnce`] until it is answered.
+struct PutInProgress<'a>(&'a PutsAtOnce);
+
+impl PutsAtOnce {
+    fn enter(&self) -> PutInProgress<'_> {
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.most.fetch_max(now, Ordering::AcqRel);
+        PutInProgress(self)
+    }
+}
+
+impl Drop for PutInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -130,6 +160,8 @@ struct State {
     fault: Mutex<Fault>,
     reports: mpsc::UnboundedSender<Hash>,
     counting: Counting,
+    /// Uploads in progress on the whole devnet.
+    puts: Arc<PutsAtOnce>,
     /// The links its traffic passes (the shared one, its own), if shaped.
     links: Vec<Arc<Link>>,
 }
@@ -231,6 +263,8 @@ impl State {
         }
         if req.method() == Method::PUT {
             Counting::add(&self.counting.puts, 1);
+            let puts = self.puts.clone();
+            let _in_progress = puts.enter();
             self.put(req).await
         } else {
             Counting::add(&self.counting.gets, 1);
@@ -582,11 +616,11 @@ async fn read_body(
 impl Node {
     /// Starts node `index` (signing as `signer`) on `addr`, holding fragments in `dir` (their bytes
     /// in `store`, received through `buffers`); reports `debounce` after a fragment arrives, and rescans every 2 s.
-    pub async fn start(
+    pub(super) async fn start(
         index: usize,
         signer: Signer,
         dir: PathBuf,
-        (ledger, store, buffers): (Arc<Ledger>, Arc<FragmentStore>, Arc<Pool>),
+        (ledger, store, buffers, puts): (Arc<Ledger>, Arc<FragmentStore>, Arc<Pool>, Arc<PutsAtOnce>),
         links: Vec<Arc<Link>>,
         addr: SocketAddr,
         debounce: Duration,
@@ -595,7 +629,8 @@ impl Node {
         let mut deletions = ledger.deletions();
         let fault = Mutex::new(Fault::None);
         let counting = Counting::default();
-        let state = Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports, counting, links });
+        let state =
+            Arc::new(State { index, signer, dir, ledger, store, buffers, fault, reports, counting, puts, links });
         let reporter = Arc::downgrade(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -678,7 +713,7 @@ impl Node {
 
     /// What it has seen so far.
     pub fn counters(&self) -> NodeCounters {
-        self.state.counting.read()
+        NodeCounters { most_puts_at_once: self.state.puts.most.load(Ordering::Acquire), ..self.state.counting.read() }
     }
 
     /// Its current fault.

@@ -171,6 +171,7 @@ impl Fs {
             "down_limit": now.down,
             "up": rates.up.round() as u64,
             "down": rates.down.round() as u64,
+            "push_window": pace.push_window(),
         })
     }
 

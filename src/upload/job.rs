@@ -411,6 +411,8 @@ impl Inner {
                     "inode {ino}: miner {} no longer holds column {column} of {fid}; sending it again",
                     AccountId(p.miner)
                 );
+                // It lost this deal's bytes once: another miner takes the column if one can.
+                lock(&self.laggards).entry(fid).or_default().insert(AccountId(p.miner));
                 lost.push(*column);
             }
         }

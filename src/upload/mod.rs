@@ -24,6 +24,7 @@ mod job;
 mod placement;
 mod push;
 mod reaper;
+mod window;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -77,7 +78,8 @@ struct Inner {
     running: Mutex<HashSet<u64>>,
     /// Manifests computed in this run, so a declaration right after encoding needs no re-read.
     manifests: Mutex<HashMap<u64, Arc<FileManifest>>>,
-    /// Miners that took a column and did not report it, per FID: not chosen again for it.
+    /// Miners that took a column and did not report it, or lost it, per FID: not chosen again
+    /// for it while others can take it.
     laggards: Mutex<HashMap<Hash, HashSet<AccountId>>>,
     /// The inode pushing each FID's deal now (files of equal bytes share it).
     pushing: Mutex<HashMap<Hash, u64>>,
@@ -85,6 +87,8 @@ struct Inner {
     push_ended: tokio::sync::Notify,
     /// How far each push has come, shown in the files' attributes.
     pushes: Arc<crate::protocol::Pushes>,
+    /// How many fragments go at once, over all pushes.
+    window: Arc<window::Window>,
     /// Turns true at shutdown: encodings and pushes stop at their next step.
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
@@ -190,6 +194,7 @@ impl Engine {
     ) -> Engine {
         Engine(Arc::new(Inner {
             miners: MinerClient::new(signer, config.stall, config.pace.clone()),
+            window: window::Window::new(config.pace.clone()),
             store,
             chain,
             encoder: Encoder::holding_at_most(push::SEGMENTS_HELD),

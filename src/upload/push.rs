@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::window::Held;
 use super::{Inner, UploadError};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
@@ -89,6 +90,7 @@ pub(super) async fn push_columns(
         let (inner, fid) = (inner.clone(), *fid);
         let (moved, (replace, mut replaced)) = (Moved::default(), tokio::sync::oneshot::channel::<u32>());
         let taken = Arc::new(AtomicU64::new(0));
+        let held = Held::default();
         progress.push(ColumnProgress {
             column,
             // All-zero fragments travel empty.
@@ -96,6 +98,7 @@ pub(super) async fn push_columns(
                 * FRAGMENT_SIZE) as u64,
             moved: moved.clone(),
             taken: taken.clone(),
+            held: held.clone(),
             failed: false,
             replace: Some(replace),
         });
@@ -110,8 +113,14 @@ pub(super) async fn push_columns(
                     break;
                 }
                 let account = miner.account.to_string();
+                // A slot of the window is taken with the fragment in hand, so that whoever holds
+                // one is sending.
+                let send = async {
+                    let _slot = inner.window.slot(&moved, &held).await;
+                    inner.miners.put_fragment(&endpoint, &fid, body, &moved).await
+                };
                 result = tokio::select! {
-                    pushed = inner.miners.put_fragment(&endpoint, &fid, body, &moved) => pushed,
+                    pushed = send => pushed,
                     Ok(percent) = &mut replaced, if !replaced.is_terminated() => {
                         Err(MinerError::Slow { endpoint: endpoint.clone(), percent })
                     }
@@ -189,7 +198,7 @@ pub(super) async fn push_columns(
                         p.failed = done.2.is_err();
                         // A column of all-zero fragments says nothing of the link.
                         if done.2.is_ok() && p.bytes > 0 {
-                            done_after.push(started.elapsed());
+                            done_after.push(p.held.get());
                         }
                     }
                     outcome.push(done);
@@ -197,6 +206,7 @@ pub(super) async fn push_columns(
                 Some(Err(e)) => log::error!("a column push of {fid} ended abnormally: {e}"),
             },
             _ = look.tick() => {
+                inner.window.look();
                 replace_the_long_tail(&mut progress, &done_after, started.elapsed(), *pace);
                 let left: u64 = progress.iter().map(ColumnProgress::left).sum();
                 inner.pushes.set(ino, PushedBytes { sent: file_bytes.saturating_sub(left), total: file_bytes });
@@ -258,6 +268,8 @@ struct ColumnProgress {
     moved: Moved,
     /// What `moved` was when its miner last took a fragment.
     taken: Arc<AtomicU64>,
+    /// Its time on the link.
+    held: Held,
     /// It ended in failure: what its miner took is all it sent.
     failed: bool,
     /// Tells its task to give up (with the share it had sent); `None` once it ended.
@@ -276,17 +288,18 @@ impl ColumnProgress {
 const TAIL_GRACE: Duration = Duration::from_secs(10);
 
 /// A column is replaced when two thirds of the columns pushed with it are done (or, in a later
-/// round with fewer columns, by the median `earlier` round's time), it is [`TAIL_GRACE`] past
-/// the median of their times, and either at its pace it would take twice that median, or what it
-/// still needs at its pace (over [`TAIL_GRACE`]) is twice what a spare would need at the pace the
-/// push gives each column still moving (the link freed by the columns done).
-/// On one link the others show what the link gives, so this is its miner's slowness (Storj's
-/// long-tail cancellation), not the link's: while all columns move, a column at its share of
-/// the link needs no more than a spare would.
+/// round with fewer columns, by the median `earlier` round's time), it had the link
+/// [`TAIL_GRACE`] longer than the median of their times, and either at its pace it would take
+/// twice that median, or what it still needs at its pace (over [`TAIL_GRACE`]) is twice what a
+/// spare would need at the pace the push gives each column sending now.
+/// Times are a column's time holding a slot of the window (a column waiting for one is not
+/// slow). On one link the others show what the link gives, so this is its miner's slowness
+/// (Storj's long-tail cancellation), not the link's: while all columns move, a column at its
+/// share of the link needs no more than a spare would.
 fn replace_the_long_tail(
     progress: &mut [ColumnProgress],
     done_after: &[Duration],
-    now: Duration,
+    elapsed: Duration,
     earlier: Option<Duration>,
 ) {
     let carrying = progress.iter().filter(|p| p.bytes > 0).count();
@@ -300,20 +313,22 @@ fn replace_the_long_tail(
     } else {
         return;
     };
-    if now < median + TAIL_GRACE {
-        return;
-    }
-    let secs = now.as_secs_f64();
     let sent = |p: &ColumnProgress| p.moved.get().min(p.bytes) as f64;
-    // What this push moves a second, shared by the columns still moving (each tail column is
+    // What this push moves a second, shared by the columns sending now (each tail column is
     // swapped for one spare).
-    let pushed_per_sec = progress.iter().map(sent).sum::<f64>() / secs;
-    let moving = progress.iter().filter(|p| p.replace.is_some() && p.bytes > 0).count().max(1);
-    for p in progress.iter_mut().filter(|p| p.replace.is_some() && p.bytes > 0) {
+    let pushed_per_sec = progress.iter().map(sent).sum::<f64>() / elapsed.as_secs_f64().max(1e-3);
+    let still = |p: &ColumnProgress| p.replace.is_some() && p.bytes > 0;
+    let sending = progress.iter().filter(|p| still(p) && p.held.holding()).count().max(1);
+    for p in progress.iter_mut().filter(|p| still(p)) {
+        let had = p.held.get();
+        if had < median + TAIL_GRACE {
+            continue;
+        }
+        let secs = had.as_secs_f64();
         let share = (sent(p) / p.bytes.max(1) as f64).min(1.0);
         let projected = secs / share.max(1e-3);
         let needs = projected - secs;
-        let spare_needs = p.bytes as f64 * moving as f64 / pushed_per_sec.max(1.0);
+        let spare_needs = p.bytes as f64 * sending as f64 / pushed_per_sec.max(1.0);
         let behind = first_round && needs >= TAIL_GRACE.as_secs_f64() && needs > 2.0 * spare_needs;
         if (projected >= 2.0 * median.as_secs_f64() || behind)
             && let Some(replace) = p.replace.take()
@@ -329,8 +344,13 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// Columns of `bytes` each that moved `moved` bytes; `None`: done.
-    fn columns(bytes: u64, moved: &[Option<u64>]) -> (Vec<ColumnProgress>, Vec<tokio::sync::oneshot::Receiver<u32>>) {
+    /// Columns of `bytes` each that moved `moved` bytes (`None`: done), those still sending for
+    /// `had` on the link.
+    fn columns(
+        bytes: u64,
+        moved: &[Option<u64>],
+        had: Duration,
+    ) -> (Vec<ColumnProgress>, Vec<tokio::sync::oneshot::Receiver<u32>>) {
         let (mut progress, mut told) = (Vec::new(), Vec::new());
         for (column, m) in moved.iter().enumerate() {
             let (replace, rx) = tokio::sync::oneshot::channel();
@@ -341,6 +361,7 @@ mod tests {
                 bytes,
                 moved: counted,
                 taken: Arc::default(),
+                held: Held::sending_for(had),
                 failed: false,
                 replace: m.is_some().then_some(replace),
             });
@@ -359,7 +380,7 @@ mod tests {
         // at its pace it needs 110 s more, a spare alone on the link 12 s.
         let mut moved = vec![None; 11];
         moved.push(Some(9 * MIB));
-        let (mut progress, mut told) = columns(16 * MIB, &moved);
+        let (mut progress, mut told) = columns(16 * MIB, &moved, Duration::from_secs(140));
         let done = vec![Duration::from_secs(130); 11];
         replace_the_long_tail(&mut progress, &done, Duration::from_secs(140), None);
         assert_eq!(replaced(&mut told), vec![11]);
@@ -370,11 +391,11 @@ mod tests {
         // Two thirds done; the others 95% through, a second from done.
         let mut moved = vec![None; 8];
         moved.extend([Some(7 * MIB + 3 * MIB / 5); 4]);
-        let (mut progress, mut told) = columns(8 * MIB, &moved);
+        let (mut progress, mut told) = columns(8 * MIB, &moved, Duration::from_secs(22));
         replace_the_long_tail(&mut progress, &[Duration::from_secs(12); 8], Duration::from_secs(22), None);
         assert_eq!(replaced(&mut told), Vec::<usize>::new());
         // None done: the link is shared, whatever each one's pace.
-        let (mut progress, mut told) = columns(8 * MIB, &[Some(MIB); 12]);
+        let (mut progress, mut told) = columns(8 * MIB, &[Some(MIB); 12], Duration::from_secs(100));
         replace_the_long_tail(&mut progress, &[], Duration::from_secs(100), None);
         assert_eq!(replaced(&mut told), Vec::<usize>::new());
     }

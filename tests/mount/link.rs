@@ -22,9 +22,11 @@ fn evict(m: &Mount) {
     assert!(out.contains("evicted"), "{out}");
 }
 
-/// A folder of 3 one-segment files copied in over a shared 160 Mbit/s uplink: 24 fragments go
-/// at once, each taking about twice the 5 s stall window, so any fixed limit of that size fails
-/// every one. None fails here, no column goes twice, and the cold read fetches what it needs.
+/// A folder of 3 one-segment files copied in over a shared 80 Mbit/s uplink with a 2 s stall
+/// window: one flow fills the devnet's link, so the window stays at its start of 4 fragments
+/// (fewer than one segment's 12; before it, 24 went at once), each taking nearly twice the stall
+/// window, so any fixed limit of that size fails every one. None fails here, no column goes
+/// twice, and the cold read fetches what it needs.
 #[test]
 fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its_size() {
     let m = Mount::uploading(
@@ -35,9 +37,9 @@ fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its
             "--pack-below",
             "0",
             "--miner-stall",
-            "5",
+            "2",
             "--devnet-link",
-            "up=160M,down=160M,rtt=20ms",
+            "up=80M,down=160M,rtt=20ms",
         ],
     );
     let src = tempfile::tempdir().unwrap();
@@ -65,11 +67,10 @@ fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its
             }
         }
         if queued.is_empty() {
-            queued = run(Command::new(BIN).arg("status").arg(m.root()))
-                .lines()
-                .find(|l| l.contains("queue:"))
-                .unwrap_or_default()
-                .to_string();
+            let status = run(Command::new(BIN).arg("status").arg(m.root()));
+            if status.lines().any(|l| l.contains("queue:")) {
+                queued = status;
+            }
         }
         partly.is_some() && !queued.is_empty()
     });
@@ -77,6 +78,7 @@ fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its
     assert_eq!(total, 12 * (8 << 20), "a one-segment file sends 12 fragments");
     assert!(progress.contains(&format!("({} of 96 MiB)", sent >> 20)), "{progress}");
     assert!(queued.contains("MiB of fragments to push"), "{queued}");
+    assert!(queued.contains("fragments at once"), "the window shows in cessfs status: {queued}");
     for (name, _) in &files {
         m.wait_status(&format!("Photos/{name}"), &["active"], 4 * MIN);
     }
@@ -85,6 +87,7 @@ fn a_folder_over_a_slow_link_goes_up_without_a_failed_push_and_comes_back_at_its
     assert!(!log.contains("could not go to miner"), "no push failed on a slow link:\n{log}");
     assert_eq!(up.puts, 36, "each of the 3 files' 12 columns went once: {up:?}");
     assert_eq!((up.stalls, up.refusals), (0, 0), "{up:?}");
+    assert!(up.most_puts_at_once < 12, "the window widened only while goodput grew: {up:?}");
 
     evict(&m);
     for (name, data) in &files {

@@ -114,7 +114,7 @@ fn run(work: &Path, key: &Path, case: &Case) {
     let up_rate = bytes_per_sec(case.up);
     println!(
         "{}: {} files of {} MiB up at {} bit/s: {:.1} s, {:.0} MiB of fragments, goodput {:.0}% of the link \
-         ({} PUTs, {} refusals)",
+         ({} PUTs, {} refusals, at most {} at once)",
         case.name,
         src.len(),
         case.files[0] / MIB,
@@ -124,6 +124,7 @@ fn run(work: &Path, key: &Path, case: &Case) {
         100.0 * pushed / up_secs / up_rate,
         after.puts - before.puts,
         after.refusals - before.refusals,
+        after.most_puts_at_once,
     );
     let up_peak = peak_mib(m.child.id());
     reset_peak(m.child.id());

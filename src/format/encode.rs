@@ -2,7 +2,7 @@
 //!
 //! Segments are encoded on all cores, one more in flight than there are cores (at most as many
 //! as the encoder may lend out: in the upload engine 2, shared with the rebuilt fragments
-//! waiting for the link, and one more for an encoding), and the hashes of one segment are
+//! waiting for the link), and the hashes of one segment are
 //! spread over the cores too, so a one-segment file uses every core. Buffers are recycled: memory stays at about 96 MiB per
 //! segment in flight whatever the file size.
 
@@ -129,6 +129,8 @@ struct Pool {
 struct Lent {
     free: Vec<Buffers>,
     out: usize,
+    /// Takers waiting for buffers.
+    waiting: usize,
 }
 
 /// Encodes files, keeping its segment buffers (about 96 MiB each) between files; drop it or
@@ -155,17 +157,24 @@ impl Pool {
         self.take_within(self.limit, give_up)
     }
 
-    /// Buffers for one segment, once fewer than `limit` are lent out.
+    /// Buffers for one segment, once fewer than `limit` are lent out; counted as waiting
+    /// meanwhile ([`Encoder::short_of_buffers`]).
     fn take_within(self: &Arc<Self>, limit: usize, give_up: &dyn Fn() -> bool) -> Option<Lease> {
+        let mut counted = false;
         loop {
             {
-                let lent = crate::sync::lock(&self.state);
-                let mut lent = if lent.out >= limit {
-                    self.returned.wait_timeout(lent, GIVE_UP_LOOK).map_or_else(|e| e.into_inner().0, |(l, _)| l)
-                } else {
-                    lent
-                };
+                let mut lent = crate::sync::lock(&self.state);
+                if lent.out >= limit {
+                    if !counted {
+                        lent.waiting += 1;
+                        counted = true;
+                    }
+                    lent = self.returned.wait_timeout(lent, GIVE_UP_LOOK).map_or_else(|e| e.into_inner().0, |(l, _)| l);
+                }
                 if lent.out < limit {
+                    if counted {
+                        lent.waiting -= 1;
+                    }
                     lent.out += 1;
                     let buffers = lent.free.pop().unwrap_or_else(|| Buffers {
                         segment: vec![0; SEGMENT_SIZE],
@@ -175,17 +184,20 @@ impl Pool {
                 }
             }
             if give_up() {
+                if counted {
+                    crate::sync::lock(&self.state).waiting -= 1;
+                }
                 return None;
             }
         }
     }
 
-    /// Buffers for a segment being encoded, waiting as long as it takes: one more than the
-    /// limit may be lent out for it, so that an encoding never waits for fragments that a slow
-    /// miner holds up (they stay lent out until sent).
+    /// Buffers for a segment being encoded, waiting as long as it takes. Pushes give theirs
+    /// back promptly while someone waits: a segment held up by a slow miner detaches the few
+    /// fragments it still sends (see the upload engine's pushes).
     fn take_for_encoding(self: &Arc<Self>) -> Lease {
         loop {
-            if let Some(b) = self.take_within(self.limit + 1, &|| false) {
+            if let Some(b) = self.take_within(self.limit, &|| false) {
                 return b;
             }
         }
@@ -206,6 +218,12 @@ impl Encoder {
     pub fn holding_at_most(segments: usize) -> Encoder {
         let pool = Pool { state: Mutex::default(), returned: Condvar::new(), limit: segments.max(1) };
         Encoder { pool: Arc::new(pool), erasure: Erasure::default() }
+    }
+
+    /// Whether an encoding or a rebuild waits for buffers: every one the encoder may lend out
+    /// is lent.
+    pub fn short_of_buffers(&self) -> bool {
+        crate::sync::lock(&self.pool.state).waiting > 0
     }
 
     /// Frees the buffers kept for the next file.
@@ -258,8 +276,7 @@ impl Encoder {
         rayon::in_place_scope(|scope| {
             // Buffers are taken here, in segment order, so a later segment never holds the
             // buffers an earlier one waits for.
-            let spawn = |index: usize| {
-                let mut b = pool.take_for_encoding();
+            let spawn = |index: usize, mut b: Lease| {
                 let done = done_tx.clone();
                 let (layout, key) = (&layout, key.as_ref());
                 scope.spawn(move |_| {
@@ -268,8 +285,15 @@ impl Encoder {
                     let _ = done.send((index, manifest, b));
                 });
             };
-            let mut next = in_flight.min(layout.segments());
-            (0..next).for_each(spawn);
+            // The first segment waits for buffers; more go in flight at once only if buffers
+            // are free now (pushes may hold the others for a while).
+            let mut next = 0;
+            while next < in_flight.min(layout.segments()) {
+                let b = if next == 0 { Some(pool.take_for_encoding()) } else { pool.take(&|| true) };
+                let Some(b) = b else { break };
+                spawn(next, b);
+                next += 1;
+            }
             let mut ready = BTreeMap::new();
             while segments.len() < layout.segments() {
                 let (index, manifest, b) = done_rx.recv().expect("a spawned segment always reports");
@@ -281,7 +305,7 @@ impl Encoder {
                     segments.push(seg.manifest);
                     drop(b);
                     if next < layout.segments() {
-                        spawn(next);
+                        spawn(next, pool.take_for_encoding());
                         next += 1;
                     }
                 }

@@ -9,8 +9,8 @@ mod stall;
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +24,7 @@ use crate::format::{FRAGMENT_SIZE, Hash};
 use crate::pace::Pace;
 use crate::protocol::Signer;
 use crate::protocol::miner::{self as proto, Reply};
+use crate::sync::lock;
 
 /// Why a miner request failed. All are the miner's problem: another miner may do.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -96,11 +97,14 @@ const MAX_ANSWER: usize = 64 * 1024;
 
 /// The body of a fragment upload: one multipart part `file`, named after the fragment's hash.
 /// The fragment's bytes are sent as they are, between the part's head and tail, without being
-/// copied. An all-zero fragment travels empty: the miner writes it itself.
+/// copied (unless detached: [`Detach`]). An all-zero fragment travels empty: the miner writes it
+/// itself.
 #[derive(Clone)]
 pub struct FragmentBody {
     hash: Hash,
-    pieces: [Bytes; 3],
+    head: Bytes,
+    data: FragmentData,
+    tail: Bytes,
 }
 
 impl FragmentBody {
@@ -112,11 +116,87 @@ impl FragmentBody {
             hash.to_hex()
         );
         let tail = format!("\r\n--{BOUNDARY}--\r\n");
-        FragmentBody { hash, pieces: [head.into(), data, tail.into()] }
+        let data = FragmentData(Arc::new(Mutex::new(Lent { bytes: data, own: false })));
+        FragmentBody { hash, head: head.into(), data, tail: tail.into() }
+    }
+
+    /// A handle that gives the fragment's bytes buffers of their own, for as long as the body
+    /// (or a request sending it) lives.
+    pub fn detach_handle(&self) -> Detach {
+        Detach(Arc::downgrade(&self.data.0))
     }
 
     fn len(&self) -> u64 {
-        self.pieces.iter().map(|p| p.len() as u64).sum()
+        (self.head.len() + lock(&self.data.0).bytes.len() + self.tail.len()) as u64
+    }
+
+    fn pieces(&self) -> [Piece; 3] {
+        [Piece::Bytes(self.head.clone()), Piece::Lent(self.data.clone(), 0), Piece::Bytes(self.tail.clone())]
+    }
+}
+
+/// A fragment's bytes, shared by the requests sending it: lent from the buffers they were
+/// rebuilt in until detached.
+#[derive(Clone)]
+struct FragmentData(Arc<Mutex<Lent>>);
+
+struct Lent {
+    bytes: Bytes,
+    /// A copy of their own: detaching again copies nothing.
+    own: bool,
+}
+
+/// Detaches a fragment's bytes from the buffers they were rebuilt in, if they are still being
+/// sent: a copy of the fragment alone (8 MiB) replaces them, so the segment's buffers (96 MiB)
+/// can go back while a slow miner still takes its fragment.
+#[derive(Clone)]
+pub struct Detach(std::sync::Weak<Mutex<Lent>>);
+
+impl Detach {
+    /// Whether the fragment is still being sent (or waits to be).
+    pub fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    /// Gives the fragment's bytes a copy of their own; returns whether it copied.
+    pub fn detach(&self) -> bool {
+        let Some(data) = self.0.upgrade() else { return false };
+        let mut lent = lock(&data);
+        if lent.own || lent.bytes.is_empty() {
+            return false;
+        }
+        lent.bytes = Bytes::copy_from_slice(&lent.bytes);
+        lent.own = true;
+        true
+    }
+}
+
+/// A piece of a request body: bytes, or a fragment's bytes from an offset.
+enum Piece {
+    Bytes(Bytes),
+    Lent(FragmentData, usize),
+}
+
+impl Piece {
+    fn left(&self) -> usize {
+        match self {
+            Piece::Bytes(b) => b.len(),
+            Piece::Lent(data, at) => lock(&data.0).bytes.len().saturating_sub(*at),
+        }
+    }
+
+    /// The next `n` bytes at most, as a slice (not a copy).
+    fn take(&mut self, n: usize) -> Bytes {
+        match self {
+            Piece::Bytes(b) => b.split_to(b.len().min(n)),
+            Piece::Lent(data, at) => {
+                let lent = lock(&data.0);
+                let end = (*at + n).min(lent.bytes.len());
+                let frame = lent.bytes.slice(*at..end);
+                *at = end;
+                frame
+            }
+        }
     }
 }
 
@@ -124,15 +204,15 @@ impl FragmentBody {
 /// bandwidth limit and counted as the connection takes them (a frame waiting for the limit
 /// counts as moving: the wait is ours, not the miner's).
 struct Frames {
-    left: VecDeque<Bytes>,
+    left: VecDeque<Piece>,
     moved: Moved,
     pace: Option<Arc<Pace>>,
     waiting: Option<(Bytes, std::pin::Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl Frames {
-    fn new(pieces: impl IntoIterator<Item = Bytes>, moved: Moved, pace: Option<Arc<Pace>>) -> Frames {
-        Frames { left: pieces.into_iter().filter(|p| !p.is_empty()).collect(), moved, pace, waiting: None }
+    fn new(pieces: impl IntoIterator<Item = Piece>, moved: Moved, pace: Option<Arc<Pace>>) -> Frames {
+        Frames { left: pieces.into_iter().filter(|p| p.left() > 0).collect(), moved, pace, waiting: None }
     }
 
     /// The next frame's size: under a limit, about a second of it, so that no frame waits long.
@@ -162,8 +242,8 @@ impl hyper::body::Body for Frames {
         }
         let size = this.frame_size();
         let Some(piece) = this.left.front_mut() else { return Poll::Ready(None) };
-        let frame = piece.split_to(piece.len().min(size));
-        if piece.is_empty() {
+        let frame = piece.take(size);
+        if piece.left() == 0 {
             this.left.pop_front();
         }
         this.moved.add(frame.len());
@@ -187,7 +267,7 @@ impl hyper::body::Body for Frames {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         let waiting = self.waiting.as_ref().map_or(0, |(f, _)| f.len() as u64);
-        hyper::body::SizeHint::with_exact(waiting + self.left.iter().map(|b| b.len() as u64).sum::<u64>())
+        hyper::body::SizeHint::with_exact(waiting + self.left.iter().map(|p| p.left() as u64).sum::<u64>())
     }
 }
 
@@ -354,8 +434,16 @@ impl MinerClient {
         }
     }
 
+    /// Waits while a cold read waits on the network (a reader first): uploads call it before
+    /// they start a fragment.
+    pub async fn reader_first(&self) {
+        if let Some(pace) = &self.pace {
+            pace.reader_first().await;
+        }
+    }
+
     /// Stores a fragment of file `fid` on the miner (see [`FragmentBody`]), counting what goes
-    /// in `moved`. While a cold read waits on the network, it waits first (a reader first).
+    /// in `moved`.
     pub async fn put_fragment(
         &self,
         endpoint: &str,
@@ -363,9 +451,6 @@ impl MinerClient {
         body: FragmentBody,
         moved: &Moved,
     ) -> Result<(), MinerError> {
-        if let Some(pace) = &self.pace {
-            pace.reader_first().await;
-        }
         let mut spent = Spent::new(moved, "up");
         let len = body.len();
         let answer = self
@@ -373,7 +458,7 @@ impl MinerClient {
                 self.signed(Method::PUT, endpoint, fid, &body.hash)
                     .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={BOUNDARY}"))
                     .header(header::CONTENT_LENGTH, len)
-                    .body(Frames::new(body.pieces.clone(), moved, self.pace.clone()))
+                    .body(Frames::new(body.pieces(), moved, self.pace.clone()))
             })
             .await
             .inspect_err(|e| spent.stalled(e))?;
@@ -476,4 +561,52 @@ fn chain_of(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    /// Buffers that note when they are given back.
+    struct Buffers(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Buffers {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Buffers {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fragment_detached_while_it_is_sent_gives_its_buffers_back_and_sends_the_same_bytes() {
+        let given_back = Arc::new(AtomicBool::new(false));
+        let data: Vec<u8> = (0..3 * FRAME + 5).map(|i| (i % 251) as u8).collect();
+        let body = FragmentBody::new(Hash::default(), Bytes::from_owner(Buffers(data.clone(), given_back.clone())));
+        let (detach, head) = (body.detach_handle(), body.head.len());
+        let mut frames = Frames::new(body.pieces(), Moved::default(), None);
+        drop(body);
+        let mut sent = Vec::new();
+        // The part's head, then a frame of the fragment.
+        for _ in 0..2 {
+            let frame = frames.frame().await.expect("a frame").expect("infallible");
+            sent.extend_from_slice(&frame.into_data().expect("data"));
+        }
+        assert!(detach.alive() && !given_back.load(Ordering::SeqCst));
+        assert!(detach.detach(), "copied");
+        assert!(given_back.load(Ordering::SeqCst), "the buffers went back");
+        assert!(!detach.detach(), "a copy is not copied again");
+        while let Some(frame) = frames.frame().await {
+            sent.extend_from_slice(&frame.expect("infallible").into_data().expect("data"));
+        }
+        assert!(sent[head..head + data.len()] == data[..], "the same bytes");
+        drop(frames);
+        assert!(!detach.alive() && !detach.detach(), "a fragment sent is let go");
+    }
 }

@@ -3,14 +3,16 @@
 //! straight from the segment's buffers (no copy). Rebuilding waits for the slowest column (each
 //! column queues one fragment), and a segment is rebuilt only once the encoder may lend out
 //! another segment's buffers (they stay lent out until its last fragment is sent; the engine's
-//! encoder lends [`SEGMENTS_HELD`] at most, and one more to an encoding), so memory stays
+//! encoder lends [`SEGMENTS_HELD`] at most, to pushes and encodings together). While someone
+//! waits for buffers, a segment with at most [`DETACH_LEFT`] fragments still going copies them
+//! out and gives its buffers back, so a slow miner holds 8 MiB, not 96, and memory stays
 //! bounded however slow the link and however many files push at once.
 //! A column whose miner fails stops there; the caller sends it whole to another miner. Each
 //! fragment a miner takes is recorded ([`Placement`]), so a column resumes after its last
 //! taken segment, in this run or the next.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,13 +22,13 @@ use super::window::Held;
 use super::{Inner, UploadError};
 use crate::format::{FRAGMENT_SIZE, FRAGMENTS, Hash, Mode, SegmentManifest, SharedFragments, ZERO_FRAGMENT_HASH};
 use crate::metrics;
-use crate::miner::{FragmentBody, MinerError, Moved};
+use crate::miner::{Detach, FragmentBody, MinerError, Moved};
 use crate::protocol::{MinerInfo, PushedBytes};
 use crate::store::{FileSource, Placement, UploadRecord};
+use crate::sync::lock;
 
-/// Segments held at once by all pushes: 2 × 96 MiB, so that one segment is rebuilt while
-/// another goes out (an encoding may take one more), and uploading stays near 256 MiB at any
-/// rate.
+/// Segments held at once by all pushes and encodings: 2 × 96 MiB, so that one segment is
+/// rebuilt while another goes out, and uploading stays within 256 MiB at any rate.
 pub(super) const SEGMENTS_HELD: usize = 2;
 
 /// One fragment of a rebuilt segment, as bytes to send: the segment's buffers stay lent out
@@ -60,7 +62,7 @@ pub(super) async fn push_columns(
     rec: &UploadRecord,
     segments: &[SegmentManifest],
     columns: Vec<Assignment>,
-    pace: &mut Option<Duration>,
+    pace: &mut Option<f64>,
 ) -> Result<Pushed, UploadError> {
     let (size, seed) = (rec.size, rec.seed);
     let layout = crate::format::Layout::new(size, Mode::of(rec.format, seed.is_some()))?;
@@ -113,9 +115,10 @@ pub(super) async fn push_columns(
                     break;
                 }
                 let account = miner.account.to_string();
-                // A slot of the window is taken with the fragment in hand, so that whoever holds
-                // one is sending.
+                // A slot of the window is taken with the fragment in hand and no cold read
+                // waiting, so that whoever holds one is sending.
                 let send = async {
+                    inner.miners.reader_first().await;
                     let _slot = inner.window.slot(&moved, &held).await;
                     inner.miners.put_fragment(&endpoint, &fid, body, &moved).await
                 };
@@ -148,7 +151,9 @@ pub(super) async fn push_columns(
         });
     }
     let key = inner.key_for(rec.format)?;
-    let (regen, hashes) = (inner.clone(), segments.to_vec());
+    // Each rebuilt segment's fragments, to detach the last few from its buffers.
+    let out: Arc<Mutex<Vec<Vec<Detach>>>> = Arc::default();
+    let (regen, hashes, registry) = (inner.clone(), segments.to_vec(), out.clone());
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
         let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
         let master = key.as_ref().zip(seed.as_ref());
@@ -163,6 +168,7 @@ pub(super) async fn push_columns(
         };
         regen.encoder.regenerate(&file, size, master, first..hashes.len(), &stop, |index, fragments| {
             let mut sent = false;
+            lock(&registry).push(Vec::with_capacity(senders.len()));
             for (column, from, tx) in &senders {
                 // Taken by its miner before (this run or an earlier one): still waited for.
                 if index < *from {
@@ -175,8 +181,13 @@ pub(super) async fn push_columns(
                 } else {
                     Bytes::from_owner(Fragment { fragments: fragments.clone(), index: *column })
                 };
+                let body = FragmentBody::new(hash, data);
+                // Registered before it is sent: a send may wait on a slow column.
+                if let Some(segment) = lock(&registry).last_mut() {
+                    segment.push(body.detach_handle());
+                }
                 // A column that failed has dropped its receiver: the send fails, nothing waits.
-                sent |= tx.blocking_send((index, FragmentBody::new(hash, data))).is_ok();
+                sent |= tx.blocking_send((index, body)).is_ok();
             }
             if !sent {
                 return Err(UploadError::Internal("every column failed".into()));
@@ -198,7 +209,7 @@ pub(super) async fn push_columns(
                         p.failed = done.2.is_err();
                         // A column of all-zero fragments says nothing of the link.
                         if done.2.is_ok() && p.bytes > 0 {
-                            done_after.push(p.held.get());
+                            done_after.push(p.held.get().as_secs_f64() / p.bytes as f64);
                         }
                     }
                     outcome.push(done);
@@ -207,6 +218,9 @@ pub(super) async fn push_columns(
             },
             _ = look.tick() => {
                 inner.window.look();
+                if inner.encoder.short_of_buffers() {
+                    detach_the_last_fragments(&out);
+                }
                 replace_the_long_tail(&mut progress, &done_after, started.elapsed(), *pace);
                 let left: u64 = progress.iter().map(ColumnProgress::left).sum();
                 inner.pushes.set(ino, PushedBytes { sent: file_bytes.saturating_sub(left), total: file_bytes });
@@ -224,7 +238,7 @@ pub(super) async fn push_columns(
         }
     }
     if done_after.len() >= 4 {
-        done_after.sort();
+        done_after.sort_by(f64::total_cmp);
         *pace = Some(done_after[done_after.len() / 2]);
     }
     let produced = produced
@@ -236,6 +250,29 @@ pub(super) async fn push_columns(
         produced?;
     }
     Ok(outcome)
+}
+
+/// A segment whose fragments still being sent are this few has them copied out of its
+/// buffers when the encoder is short of buffers, so that they go back.
+const DETACH_LEFT: usize = 2;
+
+/// Detaches the fragments of each rebuilt segment in `out` that has at most [`DETACH_LEFT`]
+/// still being sent: a slow miner then holds its own fragment (8 MiB), not the segment's
+/// buffers (96 MiB) that an encoding or the next segment waits for.
+fn detach_the_last_fragments(out: &Mutex<Vec<Vec<Detach>>>) {
+    let tails: Vec<Vec<Detach>> = {
+        let mut segments = lock(out);
+        segments.retain(|s| s.iter().any(Detach::alive));
+        segments
+            .iter()
+            .filter(|s| s.iter().filter(|d| d.alive()).count() <= DETACH_LEFT)
+            .map(|s| s.iter().filter(|d| d.alive()).cloned().collect())
+            .collect()
+    };
+    let copied = tails.iter().flatten().filter(|d| d.detach()).count();
+    if copied > 0 {
+        log::debug!("copied {copied} fragments still being sent out of their segments' buffers");
+    }
 }
 
 /// Whether `miner` still holds what it took of `column` (its fragments of the first `taken`
@@ -288,31 +325,28 @@ impl ColumnProgress {
 const TAIL_GRACE: Duration = Duration::from_secs(10);
 
 /// A column is replaced when two thirds of the columns pushed with it are done (or, in a later
-/// round with fewer columns, by the median `earlier` round's time), it had the link
-/// [`TAIL_GRACE`] longer than the median of their times, and either at its pace it would take
-/// twice that median, or what it still needs at its pace (over [`TAIL_GRACE`]) is twice what a
-/// spare would need at the pace the push gives each column sending now.
+/// round with fewer columns, by the median pace of `earlier` rounds), it had the link
+/// [`TAIL_GRACE`] longer than its bytes take at the median pace of those done (seconds per byte
+/// on the link: columns resumed part way carry fewer bytes), and either at its pace it would take
+/// twice that, or what it still needs at its pace (over [`TAIL_GRACE`]) is twice what a spare
+/// would need at the pace the push gives each column sending now.
 /// Times are a column's time holding a slot of the window (a column waiting for one is not
 /// slow). On one link the others show what the link gives, so this is its miner's slowness
 /// (Storj's long-tail cancellation), not the link's: while all columns move, a column at its
 /// share of the link needs no more than a spare would.
-fn replace_the_long_tail(
-    progress: &mut [ColumnProgress],
-    done_after: &[Duration],
-    elapsed: Duration,
-    earlier: Option<Duration>,
-) {
+fn replace_the_long_tail(progress: &mut [ColumnProgress], done: &[f64], elapsed: Duration, earlier: Option<f64>) {
     let carrying = progress.iter().filter(|p| p.bytes > 0).count();
-    let first_round = carrying >= 4 && done_after.len() * 3 >= carrying * 2;
+    let first_round = carrying >= 4 && done.len() * 3 >= carrying * 2;
     let median = if first_round {
-        let mut times = done_after.to_vec();
-        times.sort();
-        times[times.len() / 2]
+        let mut paces = done.to_vec();
+        paces.sort_by(f64::total_cmp);
+        paces[paces.len() / 2]
     } else if let Some(earlier) = earlier {
         earlier
     } else {
         return;
     };
+    let grace = TAIL_GRACE.as_secs_f64();
     let sent = |p: &ColumnProgress| p.moved.get().min(p.bytes) as f64;
     // What this push moves a second, shared by the columns sending now (each tail column is
     // swapped for one spare).
@@ -320,17 +354,17 @@ fn replace_the_long_tail(
     let still = |p: &ColumnProgress| p.replace.is_some() && p.bytes > 0;
     let sending = progress.iter().filter(|p| still(p) && p.held.holding()).count().max(1);
     for p in progress.iter_mut().filter(|p| still(p)) {
-        let had = p.held.get();
-        if had < median + TAIL_GRACE {
+        let secs = p.held.get().as_secs_f64();
+        let expected = median * p.bytes as f64;
+        if secs < expected + grace {
             continue;
         }
-        let secs = had.as_secs_f64();
-        let share = (sent(p) / p.bytes.max(1) as f64).min(1.0);
+        let share = (sent(p) / p.bytes as f64).min(1.0);
         let projected = secs / share.max(1e-3);
         let needs = projected - secs;
         let spare_needs = p.bytes as f64 * sending as f64 / pushed_per_sec.max(1.0);
-        let behind = first_round && needs >= TAIL_GRACE.as_secs_f64() && needs > 2.0 * spare_needs;
-        if (projected >= 2.0 * median.as_secs_f64() || behind)
+        let behind = first_round && needs >= grace && needs > 2.0 * spare_needs;
+        if (projected >= 2.0 * expected || behind)
             && let Some(replace) = p.replace.take()
         {
             let _ = replace.send((share * 100.0) as u32);
@@ -381,9 +415,21 @@ mod tests {
         let mut moved = vec![None; 11];
         moved.push(Some(9 * MIB));
         let (mut progress, mut told) = columns(16 * MIB, &moved, Duration::from_secs(140));
-        let done = vec![Duration::from_secs(130); 11];
+        let done = vec![130.0 / (16 * MIB) as f64; 11];
         replace_the_long_tail(&mut progress, &done, Duration::from_secs(140), None);
         assert_eq!(replaced(&mut told), vec![11]);
+    }
+
+    #[test]
+    fn columns_with_more_to_send_than_resumed_ones_are_judged_by_their_bytes() {
+        // After a restart, 8 columns resumed with their last 2 fragments are done in 20 s; 4
+        // columns sent whole (16 fragments) are 90% through after 160 s: at the same pace.
+        let (mut progress, mut told) = columns(16 * MIB, &[None; 8], Duration::from_secs(20));
+        let (fresh, fresh_told) = columns(128 * MIB, &[Some(128 * MIB * 9 / 10); 4], Duration::from_secs(160));
+        progress.extend(fresh);
+        told.extend(fresh_told);
+        replace_the_long_tail(&mut progress, &[20.0 / (16 * MIB) as f64; 8], Duration::from_secs(160), None);
+        assert_eq!(replaced(&mut told), Vec::<usize>::new());
     }
 
     #[test]
@@ -392,7 +438,7 @@ mod tests {
         let mut moved = vec![None; 8];
         moved.extend([Some(7 * MIB + 3 * MIB / 5); 4]);
         let (mut progress, mut told) = columns(8 * MIB, &moved, Duration::from_secs(22));
-        replace_the_long_tail(&mut progress, &[Duration::from_secs(12); 8], Duration::from_secs(22), None);
+        replace_the_long_tail(&mut progress, &[12.0 / (8 * MIB) as f64; 8], Duration::from_secs(22), None);
         assert_eq!(replaced(&mut told), Vec::<usize>::new());
         // None done: the link is shared, whatever each one's pace.
         let (mut progress, mut told) = columns(8 * MIB, &[Some(MIB); 12], Duration::from_secs(100));

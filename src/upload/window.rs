@@ -1,9 +1,12 @@
 //! How many fragments go to miners at once, over all pushes: as many as keep the link full and
-//! no more. The window starts at [`START`] and widens while goodput grows: it doubles while each
-//! widening pays, then tries a quarter more every [`HOLD`] periods, and a widening that did not
-//! raise goodput by [`GAIN`] is taken back. Only periods the window limited count (every slot
-//! busy, no cold read holding uploads back, no bandwidth limit change): a period with fewer
-//! fragments to send than slots says nothing about the link.
+//! no more. The window starts at [`START`] and doubles while each widening raises goodput by
+//! [`GAIN`]; a trial that does not pay is taken back. From then on it is held [`HOLD`] periods
+//! between trials, which alternate a quarter wider (kept if it gains [`GAIN`]) and a quarter
+//! narrower (kept if it loses less than [`LOSS`]), so it follows a link that changes. Goodput is
+//! averaged over at least [`JUDGED_OVER`] periods at a width, and only periods the window limited
+//! count (every slot busy or asked for, no cold read holding uploads back): a period with fewer
+//! fragments to send than slots says nothing about the link. A bandwidth limit that changes
+//! ends any trial and starts over from doubling.
 //! Fewer fragments at once means each finishes sooner: a restart or a replaced miner loses less,
 //! files queued behind wait for the link instead of splitting it, and the router's queue stays
 //! short for the reads' acknowledgements.
@@ -27,10 +30,19 @@ const MOST: usize = crate::format::FRAGMENTS * super::push::SEGMENTS_HELD;
 /// The span goodput is measured over.
 const PERIOD: Duration = Duration::from_secs(1);
 
+/// The narrowest window a trial may try.
+const FEWEST: usize = 2;
+
 /// What a widening must add to goodput to be kept.
 const GAIN: f64 = 0.10;
 
-/// Periods a window that stopped paying is kept before it is tried wider again.
+/// What a narrowing may cost in goodput and be kept.
+const LOSS: f64 = 0.03;
+
+/// Counted periods at a width before its goodput is judged.
+const JUDGED_OVER: u32 = 2;
+
+/// Counted periods a settled window is kept before the next trial.
 const HOLD: u32 = 10;
 
 /// The adaptive window. Its slots are taken per fragment, with the fragment in hand.
@@ -52,12 +64,24 @@ struct State {
     holders: Vec<(u64, Moved, u64)>,
     next_id: u64,
     period: Period,
-    /// The width and goodput before the widening being tried.
-    trying: Option<(usize, f64)>,
-    /// A widening was taken back: widen by a quarter from now on, not double.
+    /// Goodput counted at this width: bytes, seconds, periods.
+    at_width: (f64, f64, u32),
+    /// The width being tried, against the one before it.
+    trial: Option<Trial>,
+    /// A trial was taken back: trials alternate a quarter wider and narrower from now on.
     settled: bool,
-    /// Periods left before the next widening.
+    /// The next trial of a settled window is a narrowing.
+    narrower_next: bool,
+    /// Counted periods left before the next trial.
     hold: u32,
+}
+
+/// A width being tried.
+struct Trial {
+    /// The width before it, and its goodput.
+    before: usize,
+    rate: f64,
+    wider: bool,
 }
 
 /// The period under way.
@@ -106,9 +130,6 @@ impl Drop for Slot {
                 drop(permit);
             }
         }
-        if st.waiting == 0 {
-            st.period.limited = false;
-        }
         self.window.observe(&mut st);
     }
 }
@@ -132,8 +153,10 @@ impl Window {
                 holders: Vec::new(),
                 next_id: 0,
                 period: Period { start: Instant::now(), bytes: 0, limited: false, reads, settling: true, limit },
-                trying: None,
+                at_width: (0.0, 0.0, 0),
+                trial: None,
                 settled: false,
+                narrower_next: false,
                 hold: 0,
             }),
         })
@@ -168,7 +191,8 @@ impl Window {
     }
 
     fn observe(&self, st: &mut State) {
-        if st.held < st.width {
+        // A waiter woken by a slot let go is still counted as waiting: the hand-off is not idle.
+        if st.held + st.waiting < st.width {
             st.period.limited = false;
         }
         let now = Instant::now();
@@ -179,29 +203,60 @@ impl Window {
         let bytes = st.moved();
         let (reads, limit) = self.pace.as_ref().map_or((0, Limit::default()), |p| (p.reads_started(), p.current()));
         let reader_waited = reads != st.period.reads || self.pace.as_ref().is_some_and(|p| p.readers_waiting());
-        let counts = st.period.limited && !reader_waited && !st.period.settling && limit == st.period.limit;
-        let rate = bytes.saturating_sub(st.period.bytes) as f64 / elapsed.as_secs_f64();
-        st.period = Period { start: now, bytes, limited: st.held >= st.width, reads, settling: false, limit };
-        if counts {
-            self.decide(st, rate);
+        let counts = st.period.limited && !reader_waited && !st.period.settling;
+        let limit_changed = limit != st.period.limit;
+        let moved = bytes.saturating_sub(st.period.bytes) as f64;
+        let limited = st.held + st.waiting >= st.width;
+        st.period = Period { start: now, bytes, limited, reads, settling: false, limit };
+        if limit_changed {
+            // What was measured was another link's: start over.
+            if let Some(trial) = st.trial.take() {
+                self.resize(st, trial.before);
+            }
+            (st.at_width, st.settled, st.hold) = ((0.0, 0.0, 0), false, 0);
+        } else if counts {
+            self.decide(st, moved, elapsed.as_secs_f64());
         }
     }
 
-    /// Widens, keeps or takes back the width after a period the window limited at `rate`.
-    fn decide(&self, st: &mut State, rate: f64) {
-        match st.trying.take() {
-            Some((before, before_rate)) if rate < before_rate * (1.0 + GAIN) => {
-                self.resize(st, before);
+    /// Keeps, takes back or tries a width after a period the window limited, in which `bytes`
+    /// moved in `secs`.
+    fn decide(&self, st: &mut State, bytes: f64, secs: f64) {
+        st.at_width = (st.at_width.0 + bytes, st.at_width.1 + secs, st.at_width.2 + 1);
+        if st.at_width.2 < JUDGED_OVER {
+            return;
+        }
+        let rate = st.at_width.0 / st.at_width.1;
+        if let Some(trial) = st.trial.take() {
+            let kept = if trial.wider { rate >= trial.rate * (1.0 + GAIN) } else { rate >= trial.rate * (1.0 - LOSS) };
+            if !kept {
+                self.resize(st, trial.before);
                 st.settled = true;
                 st.hold = HOLD;
+                return;
             }
-            _ if st.hold > 0 => st.hold -= 1,
-            _ if st.width < MOST => {
-                let wider = if st.settled { st.width + st.width.div_ceil(4) } else { st.width * 2 };
-                st.trying = Some((st.width, rate));
-                self.resize(st, wider.min(MOST));
+            if st.settled || !trial.wider {
+                st.hold = HOLD;
+                return;
             }
-            _ => {}
+        } else if st.hold > 0 {
+            st.hold -= 1;
+            return;
+        }
+        let quarter = st.width.div_ceil(4);
+        let (wider, width) = match (st.settled, st.narrower_next) {
+            (false, _) => (true, st.width * 2),
+            (true, false) => (true, st.width + quarter),
+            (true, true) => (false, st.width.saturating_sub(quarter).max(FEWEST)),
+        };
+        st.narrower_next = st.settled && !st.narrower_next;
+        let width = width.min(MOST);
+        if width != st.width {
+            st.trial = Some(Trial { before: st.width, rate, wider });
+            self.resize(st, width);
+        } else {
+            // As wide (or narrow) as it goes: held, then tried the other way.
+            (st.settled, st.narrower_next, st.hold) = (true, wider, HOLD);
         }
     }
 
@@ -223,6 +278,7 @@ impl Window {
         }
         st.width = width;
         st.period.settling = true;
+        st.at_width = (0.0, 0.0, 0);
     }
 }
 
@@ -267,6 +323,8 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     fn width_of(window: &Window) -> usize {
@@ -288,14 +346,21 @@ mod tests {
             }
             // Someone always waits: the window, not demand, limits.
             lock(&window.state).waiting = 1;
-            // The link's bytes, spread over the flows, in steps through the period.
-            for _ in 0..10 {
+            // The link's bytes, spread over the flows, in steps through the period; at each step
+            // a fragment is done and the next one (the one waiting) takes its slot.
+            for step in 0..10 {
                 tokio::time::advance(PERIOD / 10).await;
                 let per_flow = rate(width) / 10 / width as u64;
                 for (moved, _) in &slots {
                     moved.add(per_flow as usize);
                 }
                 window.look();
+                if slots.len() <= width_of(&window) {
+                    slots.swap_remove(step % slots.len());
+                    let moved = Moved::default();
+                    let slot = window.slot(&moved, &Held::default()).await;
+                    slots.push((moved, slot));
+                }
             }
             // Slots taken out of use come back from the holders as they let go.
             while slots.len() > width_of(&window) {
@@ -307,10 +372,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_link_one_flow_fills_keeps_the_window_at_its_start() {
-        let seen = widths(40, |_| 2_500_000).await;
+    async fn a_link_one_flow_fills_never_keeps_the_window_wider_than_its_start() {
+        let seen = widths(60, |_| 2_500_000).await;
         assert!(seen.iter().all(|w| *w <= 2 * START), "{seen:?}");
-        assert!(seen.iter().filter(|w| **w == START).count() * 4 >= seen.len() * 3, "{seen:?}");
+        assert!(seen[seen.len() - 10..].iter().all(|w| (FEWEST..=START).contains(w)), "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_wider_than_the_link_needs_narrows() {
+        // 20 flows were needed, then the link changed and 2 fill it: the window comes down.
+        let window_on =
+            |w: usize, changed: bool| if changed { 2_000_000 * w.min(2) as u64 } else { 1_000_000 * w.min(20) as u64 };
+        let flip = std::sync::atomic::AtomicUsize::new(0);
+        let seen = widths(160, |w| window_on(w, flip.fetch_add(1, Ordering::Relaxed) >= 10 * 40)).await;
+        assert!(seen[..40].contains(&MOST), "{seen:?}");
+        // A quarter narrower every other trial.
+        assert!(*seen.last().unwrap() <= MOST / 2, "{seen:?}");
     }
 
     #[tokio::test(start_paused = true)]

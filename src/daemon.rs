@@ -225,7 +225,8 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
         }
     };
     let pid_file = data_dir.join("cessfs.pid");
-    std::fs::write(&pid_file, format!("{}\n", std::process::id()))?;
+    write_pid_file(&pid_file, std::process::id())
+        .with_context(|| format!("writing the pid file {}", pid_file.display()))?;
     log::info!("mounted {} (data dir {})", mountpoint.display(), data_dir.display());
     ready.report(&Ok(notices));
     let mp = mountpoint.to_path_buf();
@@ -283,7 +284,9 @@ pub fn run(mountpoint: &Path, settings: &Settings, ready: Readiness) -> anyhow::
     if store.strong_count() > 0 {
         log::warn!("the metadata database is still in use at exit; it closes with the process");
     }
-    let _ = std::fs::remove_file(&pid_file);
+    if let Err(e) = write_pid_file(&pid_file, 0) {
+        log::warn!("marking the pid file {} as not running: {e}", pid_file.display());
+    }
     log::info!("unmounted {}", mountpoint.display());
     result
 }
@@ -655,14 +658,25 @@ fn territory_grew(
     }
 }
 
-/// Waits until the daemon of `data_dir` has finished (it removes its pid file once its store is
-/// closed) or is gone, up to `timeout`.
+/// Writes the pid file in place: the file is kept from one mount to the next (0 when none
+/// runs), so that a restart on a full disk needs no new block for it (a few bytes within the
+/// block it has).
+fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = format!("{pid}\n");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.set_len(text.len() as u64)
+}
+
+/// Waits until the daemon of `data_dir` has finished (it sets its pid file to 0 once its store
+/// is closed) or is gone, up to `timeout`.
 pub fn wait_for_exit(data_dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let pid_file = data_dir.join("cessfs.pid");
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let Ok(pid) = std::fs::read_to_string(&pid_file) else { return Ok(()) };
-        let Ok(pid) = pid.trim().parse::<i32>() else { return Ok(()) };
+        let Some(pid) = pid.trim().parse::<i32>().ok().filter(|p| *p > 0) else { return Ok(()) };
         // A zombie (exited, not yet reaped by its parent) counts as gone.
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
         let alive = state.as_deref().and_then(|s| s.rsplit_once(") ")).is_some_and(|(_, rest)| !rest.starts_with('Z'));

@@ -31,15 +31,15 @@ pub(super) fn rate(bytes: f64) -> String {
 pub(super) fn describe_link(v: &Value) -> String {
     let limit = |key: &str| v[key].as_f64().map_or("off".to_string(), rate);
     let table = v["bwlimit"].as_str().filter(|t| t.contains(',')).map(|t| format!(" (timetable {t:?})"));
-    let window = v["push_window"].as_u64().filter(|&w| w > 0).map(|w| format!(", up to {w} fragments at once"));
+    let window = v["push_window"].as_u64().filter(|&w| w > 0).map(|w| format!("; pushes up to {w} fragments at once"));
     format!(
-        "link: up {} (limit {}){}, down {} (limit {}){}",
+        "link: up {} (limit {}), down {} (limit {}){}{}",
         rate(v["up"].as_f64().unwrap_or(0.0)),
         limit("up_limit"),
-        window.unwrap_or_default(),
         rate(v["down"].as_f64().unwrap_or(0.0)),
         limit("down_limit"),
-        table.unwrap_or_default()
+        table.unwrap_or_default(),
+        window.unwrap_or_default()
     )
 }
 

@@ -148,9 +148,11 @@ struct Detached<'a> {
 impl Drop for Detached<'_> {
     fn drop(&mut self) {
         let _ = Command::new(BIN).arg("unmount").arg(self.dir).output();
-        if let Ok(pid) = fs::read_to_string(self.data.join("cessfs.pid")) {
+        let pid = fs::read_to_string(self.data.join("cessfs.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        // 0: no daemon runs (and kill(0) would signal this test's own process group).
+        if let Some(pid) = pid.filter(|p| *p > 0) {
             // SAFETY: kill(2) of the daemon this test started.
-            unsafe { libc::kill(pid.trim().parse().unwrap_or(0), libc::SIGKILL) };
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         if std::thread::panicking() {
             eprintln!("── daemon log ──\n{}", fs::read_to_string(self.data.join("cessfs.log")).unwrap_or_default());

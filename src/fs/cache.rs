@@ -270,6 +270,20 @@ impl ColdReader {
         result
     }
 
+    /// Waits for `fetch` for process `reader`, giving up with EINTR once that process is being
+    /// killed (Ctrl-C on a program reading a cold file): the kernel keeps such a process until
+    /// its read is answered, and fuser answers the kernel's interrupts ENOSYS, so it is looked
+    /// at here. What only that reader wanted stops when its file closes, as the process exits.
+    fn wait_for<T>(&self, reader: Option<u32>, fetch: impl std::future::Future<Output = T>) -> FsResult<T> {
+        let Some(pid) = reader else { return Ok(self.runtime.block_on(fetch)) };
+        self.runtime.block_on(async {
+            tokio::select! {
+                done = fetch => Ok(done),
+                () = being_killed(pid) => Err(FsError::Interrupted),
+            }
+        })
+    }
+
     /// Starts fetching segment `s` in the background, for a reader that will want it soon.
     fn prefetch(self: &Arc<Self>, store: Arc<Store>, ino: u64, of: Arc<OpenFile>, source: ColdSource, s: usize) {
         let this = self.clone();
@@ -280,6 +294,30 @@ impl ColdReader {
             Err(e) => log::debug!("read-ahead of segment {s} of inode {ino}: {e}"),
             Ok(_) => {}
         });
+    }
+}
+
+/// How often a cold read looks whether its reader is being killed.
+const KILLED_LOOK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Returns once process (or thread) `pid` is being killed or is gone: a fatal signal shows as
+/// SIGKILL pending in its `/proc` status (the kernel turns an unhandled Ctrl-C into one). A
+/// process this daemon cannot see (pid 0 for the kernel's own reads, `hidepid`) is never taken
+/// for killed: its read waits as it would without this.
+async fn being_killed(pid: u32) {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    let killed = |status: &str| {
+        status.lines().any(|line| {
+            let pending = line.strip_prefix("SigPnd:").or_else(|| line.strip_prefix("ShdPnd:"));
+            pending.and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok()).is_some_and(|m| m & SIGKILL_BIT != 0)
+        })
+    };
+    if status().is_none() {
+        return std::future::pending().await;
+    }
+    while status().is_some_and(|s| !killed(&s)) {
+        tokio::time::sleep(KILLED_LOOK).await;
     }
 }
 
@@ -302,15 +340,17 @@ impl Fs {
     }
 
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
-    /// starting on the next ones, for sequential readers: see [`Sequence`]). Returns how many
-    /// segments the caller waited for.
+    /// starting on the next ones, for sequential readers: see [`Sequence`]), for process
+    /// `reader` (`None`: made local for a change, without read-ahead). Returns how many segments
+    /// the caller waited for.
     pub(super) fn ensure_present(
         &self,
         ino: u64,
         of: &Arc<OpenFile>,
         range: Range<u64>,
-        read_ahead: bool,
+        reader: Option<u32>,
     ) -> FsResult<Fetched> {
+        let read_ahead = reader.is_some();
         let mut fetched = Fetched { waited: 0, uncached: Vec::new() };
         let Some(source) = of.cold else { return Ok(fetched) };
         let size = source.stored.size;
@@ -345,7 +385,7 @@ impl Fs {
                 if cold.fetcher.expect(&source.fid, s, want.start / crate::format::BLOCK_CAPACITY, ino) {
                     cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
                 }
-                match cold.runtime.block_on(cold.fetcher.range(&source.fid, s, want.clone())) {
+                match cold.wait_for(reader, cold.fetcher.range(&source.fid, s, want.clone()))? {
                     // The read that completes the segment keeps it before it returns, so that a
                     // file read to its end and closed at once stays cached.
                     Some(Ok((_, true))) if missing(s) => {}
@@ -397,7 +437,7 @@ impl Fs {
             return Ok(None);
         }
         let opened = self.open(ino, libc::O_RDONLY)?;
-        let fetched = self.handle_file(opened.fh).and_then(|of| self.ensure_present(ino, &of, 0..end, false).map(drop));
+        let fetched = self.handle_file(opened.fh).and_then(|of| self.ensure_present(ino, &of, 0..end, None).map(drop));
         if let Err(e) = fetched {
             let _ = self.release(opened.fh);
             return Err(e);

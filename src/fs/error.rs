@@ -82,6 +82,9 @@ pub enum FsError {
     /// Eviction asked for a file whose content is not (only) a cache.
     #[error("cannot evict: {0}")]
     NotEvictable(String),
+    /// The process waiting for a cold read is being killed (Ctrl-C): answered at once.
+    #[error("the reader was interrupted")]
+    Interrupted,
 }
 
 impl From<io::Error> for FsError {
@@ -112,6 +115,7 @@ impl FsError {
             FsError::Fetch(_) | FsError::NotCached(_) | FsError::NoNetwork | FsError::NotFetched { .. } => libc::EIO,
             FsError::Poisoned(_) => libc::EIO,
             FsError::NotEvictable(_) => libc::EBUSY,
+            FsError::Interrupted => libc::EINTR,
             // Disk full and quota pass through; anything else from the disk or sled is EIO.
             FsError::Store(StoreError::Io(e)) => match e.raw_os_error() {
                 Some(code @ (libc::ENOSPC | libc::EDQUOT | libc::EFBIG)) => code,
@@ -137,7 +141,8 @@ impl FsError {
             | FsError::NotEmpty
             | FsError::NameTooLong
             | FsError::NoAttr
-            | FsError::Range => log::Level::Debug,
+            | FsError::Range
+            | FsError::Interrupted => log::Level::Debug,
             FsError::Invalid
             | FsError::NotPermitted
             | FsError::ReadOnlyAttr
@@ -195,9 +200,10 @@ mod tests {
             (FsError::NotFetched { ino: 1, segment: 0 }, libc::EIO),
             (FsError::Poisoned("why".into()), libc::EIO),
             (FsError::NotEvictable("open".into()), libc::EBUSY),
+            (FsError::Interrupted, libc::EINTR),
         ];
         let variants: std::collections::HashSet<_> = cases.iter().map(|(e, _)| std::mem::discriminant(e)).collect();
-        assert_eq!(variants.len(), 22, "every variant of FsError is in the table");
+        assert_eq!(variants.len(), 23, "every variant of FsError is in the table");
         for (e, errno) in &cases {
             assert_eq!(e.errno(), *errno, "{e:?}");
             // Exhaustive: adding a variant breaks this match until the table above lists it.
@@ -223,7 +229,8 @@ mod tests {
                 | FsError::NoNetwork
                 | FsError::NotFetched { .. }
                 | FsError::Poisoned(_)
-                | FsError::NotEvictable(_) => {}
+                | FsError::NotEvictable(_)
+                | FsError::Interrupted => {}
             }
         }
     }

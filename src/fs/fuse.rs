@@ -324,7 +324,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -333,7 +333,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply_or!(reply, "read", self.fs.read(fh.0, offset, size), |d| reply.data(&d));
+        reply_or!(reply, "read", self.fs.read(fh.0, offset, size, req.pid()), |d| reply.data(&d));
     }
 
     fn write(

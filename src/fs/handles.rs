@@ -319,10 +319,10 @@ impl Fs {
         }
     }
 
-    /// read.
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    /// read, for process `reader` (a cold read answers EINTR once that process is being killed).
+    pub fn read(&self, fh: u64, offset: u64, size: u32, reader: u32) -> FsResult<Vec<u8>> {
         let (ino, _, of) = self.handle(fh)?;
-        let fetched = self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64), true)?;
+        let fetched = self.ensure_present(ino, &of, offset..offset.saturating_add(size as u64), Some(reader))?;
         metrics::CACHE_READS.add(if fetched.waited == 0 { "hit" } else { "miss" }, 1);
         let len = of.file.metadata()?.len().saturating_sub(offset).min(size as u64) as usize;
         let mut buf = vec![0u8; len];

@@ -295,3 +295,30 @@ fn a_closed_file_stops_the_fetch_only_it_wanted() {
     assert!(sent < 16 << 20, "a look at the first bytes fetched {sent} bytes, not the segment");
     assert!(fs::read(m.path("movie.mkv")).unwrap() == data, "read whole afterwards");
 }
+
+/// Ctrl-C on a program reading a cold file over a slow link ends it at once: its read answers
+/// EINTR while the block it waits for is still on its way (the kernel holds a process killed
+/// mid-read until the read is answered), and the fetch that only it wanted stops.
+#[test]
+fn ctrl_c_ends_a_cold_read_without_waiting_for_its_block() {
+    use std::os::unix::process::ExitStatusExt;
+    let m = uploading_over("up=1000M,down=200k,rtt=20ms");
+    let data = random_bytes(8 << 20, 380);
+    fs::write(m.path("film.mkv"), &data).unwrap();
+    m.wait_status("film.mkv", &["active"], 3 * MIN);
+    evict(&m);
+    let before = moved(&m).bytes_out;
+    let mut cat = Command::new("cat").arg(m.path("film.mkv")).stdout(std::process::Stdio::null()).spawn().unwrap();
+    wait_until(MIN, "the first block on its way", || moved(&m).bytes_out > before);
+    // SAFETY: kill(2) of the child this test started.
+    unsafe { libc::kill(cat.id() as i32, libc::SIGINT) };
+    let mut ended = None;
+    wait_until(MIN, "cat to end", || {
+        ended = cat.try_wait().unwrap();
+        ended.is_some()
+    });
+    let sent = moved(&m).bytes_out - before;
+    assert!(sent < 1 << 20, "cat ended before its first block (1 MiB, 42 s at 200 kbit/s) came: {sent} bytes");
+    assert_eq!(ended.and_then(|s| s.signal()), Some(libc::SIGINT));
+    wait_until(MIN, "the fetch given up", || m.log().contains("the file was closed before it came"));
+}

@@ -93,6 +93,10 @@ const SLOW_SHARE: f64 = 0.5;
 /// How long a fragment may bring no byte at all while others of its segment move.
 const NO_BYTE_GRACE: Duration = Duration::from_secs(2);
 
+/// The most fragments a block is rebuilt from: every 4 of 6 (15 tries) leaves out up to 2
+/// fragments that lie.
+const REBUILD_AT_MOST: usize = DATA_FRAGMENTS + 2;
+
 /// Blocks of format version 3 asked at once for one segment: enough to keep a link of a few
 /// hundred ms of round trip full with 1 MiB requests.
 const BLOCKS_IN_FLIGHT: usize = 4;
@@ -561,6 +565,9 @@ impl Fetcher {
                 return match (first, other) {
                     (Ok(plain), _) => (j, Ok(plain)),
                     (Err(_), None) => (j, rebuild.await),
+                    // Its miner still sends nothing: the whole segment is fetched instead,
+                    // checked fragment by fragment, rather than waiting out the stall window.
+                    (Err(e), Some(())) if moved.get() == 0 => (j, Err(e)),
                     (Err(_), Some(())) => (j, direct.await),
                 };
             }
@@ -570,7 +577,10 @@ impl Fetcher {
     }
 
     /// Block `j`, held in data fragment `holder` at `range`, rebuilt from the same range of 4
-    /// other fragments and opened. `hedge`: asked beside a quiet miner (its bytes count so).
+    /// other fragments and opened. A range cannot be checked against its fragment's hash, only
+    /// the block's tag can: if the 4 do not open it, one more fragment is asked and every 4 of
+    /// those in hand are tried, up to [`REBUILD_AT_MOST`] fragments (one miner lying among them
+    /// is left out so). `hedge`: asked beside a quiet miner (its bytes count so).
     async fn rebuild_block(
         &self,
         at: &BlockAt<'_>,
@@ -580,9 +590,7 @@ impl Fetcher {
         hedge: bool,
     ) -> Result<Bytes, String> {
         let info = &at.file.segments[at.segment];
-        let mut shards: [Option<Vec<u8>>; FRAGMENTS] = Default::default();
         let mut others = (0..FRAGMENTS).filter(|&i| i != holder);
-        let mut good = 0;
         let mut pending = FuturesUnordered::new();
         let ask = |i: usize| {
             let range = range.clone();
@@ -594,25 +602,73 @@ impl Fetcher {
             }
         };
         pending.extend(others.by_ref().take(DATA_FRAGMENTS).map(ask));
-        while good < DATA_FRAGMENTS {
+        // The ranges in hand, in the order they came.
+        let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut last = String::from("no rebuild tried");
+        while got.len() < REBUILD_AT_MOST {
             match pending.next().await {
                 Some((i, Ok(bytes))) => {
                     if hedge {
                         metrics::HEDGED_BYTES.add(bytes.len() as u64);
                     }
-                    shards[i] = Some(bytes);
-                    good += 1;
+                    got.push((i, bytes));
+                    if got.len() < DATA_FRAGMENTS {
+                        continue;
+                    }
+                    match self.open_rebuilt(at, j, holder, &got) {
+                        Ok(plain) => return Ok(plain),
+                        Err(e) => last = e,
+                    }
+                    // One of them lies: one more, and every 4 with it.
+                    pending.extend(others.next().map(ask));
                 }
                 Some((_, Err(_))) => pending.extend(others.next().map(ask)),
                 None => break,
             }
         }
-        drop(pending);
-        if !self.erasure.reconstruct_range(&mut shards) {
-            return Err(format!("only {good} other fragments answered"));
+        Err(if got.len() < DATA_FRAGMENTS { format!("only {} other fragments answered", got.len()) } else { last })
+    }
+
+    /// Block `j` of fragment `holder`, rebuilt from each 4 of the ranges `got` that take its
+    /// newest (the others were tried before it came) until one opens.
+    fn open_rebuilt(
+        &self,
+        at: &BlockAt<'_>,
+        j: usize,
+        holder: usize,
+        got: &[(usize, Vec<u8>)],
+    ) -> Result<Bytes, String> {
+        let Some((newest, earlier)) = got.split_last() else { return Err("nothing to rebuild from".into()) };
+        let mut last = String::from("no 4 fragments to rebuild from");
+        let n = earlier.len();
+        for a in 0..n {
+            for b in a + 1..n {
+                for c in b + 1..n {
+                    let mut shards: [Option<Vec<u8>>; FRAGMENTS] = Default::default();
+                    for (i, bytes) in [&earlier[a], &earlier[b], &earlier[c], newest] {
+                        shards[*i] = Some(bytes.clone());
+                    }
+                    if !self.erasure.reconstruct_range(&mut shards) {
+                        continue;
+                    }
+                    let Some(sealed) = shards[holder].take() else { continue };
+                    match at.open(j, sealed) {
+                        Ok(plain) => {
+                            if got.len() > DATA_FRAGMENTS {
+                                log::warn!(
+                                    "block {j} of segment {} of {}: rebuilt leaving out fragments that did not authenticate",
+                                    at.segment,
+                                    at.fid
+                                );
+                            }
+                            return Ok(plain);
+                        }
+                        Err(e) => last = format!("rebuilt: {e}"),
+                    }
+                }
+            }
         }
-        let sealed = shards[holder].take().ok_or("the rebuild left it out")?;
-        at.open(j, sealed).map_err(|e| format!("rebuilt: {e}"))
+        Err(last)
     }
 
     /// Bytes `range` of fragment `index` of the segment, as its miner serves them.

@@ -148,6 +148,18 @@ fn reads_survive_eight_nodes_down_slow_nodes_and_lying_nodes() {
     assert!(fs::read(m.path("f.bin")).unwrap() == data, "right bytes around a corrupt fragment");
     let log = m.log();
     assert!(log.contains(&format!("miner {liar} served block")), "log names the miner:\n{log}");
+
+    // The block's miner silent and another data fragment's miner lying: the rebuild beside the
+    // silent one leaves the liar out, and the read never waits out the silent one's stall window.
+    evict(&m);
+    let silent = net.nodes().into_iter().find(|n| n.account == file.segments[0].fragments[0].miner).unwrap();
+    net.fault(silent.index, "timeout");
+    let before = m.log().len();
+    assert!(read_at(&m, "f.bin", 0, 4096).unwrap() == data[..4096], "right bytes");
+    let log = m.log()[before..].to_string();
+    assert!(log.contains("leaving out fragments that did not authenticate"), "{log}");
+    assert!(!log.contains("stalled"), "nothing waited out a stall window:\n{log}");
+    net.fault(silent.index, "none");
     net.fault(node.index, "none");
 
     // A node that accepts and never answers holds a read up by about a second, not a timeout.

@@ -157,9 +157,13 @@ curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$SLOW&mode=timeout" >/dev/
 curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$BAD&mode=corrupt" >/dev/null
 cmp "$WORK/file.bin" "$MNT/file.bin"
 tail -n +"$((LINES + 1))" "$DATA/cessfs.log" >"$WORK/faults.log"
-grep -q "wrong hash" "$WORK/faults.log" || { echo "no wrong hash met in the read"; exit 1; }
-grep -q "not answered within" "$WORK/faults.log" || { echo "no slow miner met in the read"; exit 1; }
-echo "met in the read:" && grep -m1 "wrong hash" "$WORK/faults.log" && grep -m1 "not answered within" "$WORK/faults.log"
+# Whole segments name a wrong hash and a miner that did not answer; blocks (format version 3) a
+# block served wrong or left out of a rebuild, and a miner that sent no byte.
+LIED="wrong hash|served block .* wrong|did not authenticate"
+SILENT="not answered within|no byte from its miner"
+grep -q -E "$LIED" "$WORK/faults.log" || { echo "no lying miner met in the read"; exit 1; }
+grep -q -E "$SILENT" "$WORK/faults.log" || { echo "no slow miner met in the read"; exit 1; }
+echo "met in the read:" && grep -m1 -E "$LIED" "$WORK/faults.log" && grep -m1 -E "$SILENT" "$WORK/faults.log"
 curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$SLOW&mode=none" >/dev/null
 curl -fsS -X POST "http://127.0.0.1:15000/fault?miner=$BAD&mode=none" >/dev/null
 

@@ -601,7 +601,9 @@ impl Fetcher {
                 (i, self.fragment_range(at, i, range, &Moved::default()).await)
             }
         };
-        pending.extend(others.by_ref().take(DATA_FRAGMENTS).map(ask));
+        // One spare beside the 4: a miner that never answers then holds nothing up (rebuilds
+        // are rare, so the range it costs is too).
+        pending.extend(others.by_ref().take(DATA_FRAGMENTS + 1).map(ask));
         // The ranges in hand, in the order they came.
         let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut last = String::from("no rebuild tried");

@@ -105,6 +105,17 @@ fn uploading_over(link: &str) -> Mount {
     Mount::uploading("0", &["--snapshots", "false", "--pack-below", "0", "--devnet-link", link])
 }
 
+/// A mount behind the link model `link` holding `data` as `name`, stored and evicted; with the
+/// bytes the nodes had served then.
+fn stored_cold_over(link: &str, name: &str, data: Vec<u8>) -> (Mount, Vec<u8>, u64) {
+    let m = uploading_over(link);
+    fs::write(m.path(name), &data).unwrap();
+    m.wait_status(name, &["active"], 3 * MIN);
+    evict(&m);
+    let before = moved(&m).bytes_out;
+    (m, data, before)
+}
+
 /// Files written until one had a column on one of `faulty` nodes (12 of 16 are chosen at
 /// random: a file missing them all, 1 in 1820 for 4 and 1 in 20 for 2, is followed by another).
 /// Returns their names.
@@ -281,12 +292,7 @@ fn two_files_of_equal_bytes_push_their_one_deal_once() {
 /// gone, stops coming.
 #[test]
 fn a_closed_file_stops_the_fetch_only_it_wanted() {
-    let m = uploading_over("up=1000M,down=40M,rtt=20ms");
-    let data = random_bytes(30 << 20, 370);
-    fs::write(m.path("movie.mkv"), &data).unwrap();
-    m.wait_status("movie.mkv", &["active"], 3 * MIN);
-    evict(&m);
-    let before = moved(&m).bytes_out;
+    let (m, data, before) = stored_cold_over("up=1000M,down=40M,rtt=20ms", "movie.mkv", random_bytes(30 << 20, 370));
     let mut head = [0u8; 64];
     std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(m.path("movie.mkv")).unwrap(), &mut head, 0).unwrap();
     assert!(head[..] == data[..64]);
@@ -302,12 +308,7 @@ fn a_closed_file_stops_the_fetch_only_it_wanted() {
 #[test]
 fn ctrl_c_ends_a_cold_read_without_waiting_for_its_block() {
     use std::os::unix::process::ExitStatusExt;
-    let m = uploading_over("up=1000M,down=200k,rtt=20ms");
-    let data = random_bytes(8 << 20, 380);
-    fs::write(m.path("film.mkv"), &data).unwrap();
-    m.wait_status("film.mkv", &["active"], 3 * MIN);
-    evict(&m);
-    let before = moved(&m).bytes_out;
+    let (m, _, before) = stored_cold_over("up=1000M,down=200k,rtt=20ms", "film.mkv", random_bytes(8 << 20, 380));
     let mut cat = Command::new("cat").arg(m.path("film.mkv")).stdout(std::process::Stdio::null()).spawn().unwrap();
     wait_until(MIN, "the first block on its way", || moved(&m).bytes_out > before);
     // SAFETY: kill(2) of the child this test started.

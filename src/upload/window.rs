@@ -56,7 +56,6 @@ struct State {
     width: usize,
     /// Slots to take out of use as they come back (a narrowing while they were held).
     owed: usize,
-    held: usize,
     waiting: usize,
     /// Bytes moved by slot holders that let go.
     let_go: u64,
@@ -121,7 +120,6 @@ impl Drop for Slot {
             let (_, moved, base) = st.holders.swap_remove(i);
             st.let_go += moved.get().saturating_sub(base);
         }
-        st.held -= 1;
         if let Some(permit) = self.permit.take() {
             if st.owed > 0 {
                 st.owed -= 1;
@@ -147,7 +145,6 @@ impl Window {
             state: Mutex::new(State {
                 width: START,
                 owed: 0,
-                held: 0,
                 waiting: 0,
                 let_go: 0,
                 holders: Vec::new(),
@@ -179,7 +176,6 @@ impl Window {
         let mut st = lock(&self.state);
         let id = st.next_id;
         st.next_id += 1;
-        st.held += 1;
         st.holders.push((id, moved.clone(), moved.get()));
         held.start();
         Slot { window: self.clone(), permit, id, held: held.clone() }
@@ -192,7 +188,7 @@ impl Window {
 
     fn observe(&self, st: &mut State) {
         // A waiter woken by a slot let go is still counted as waiting: the hand-off is not idle.
-        if st.held + st.waiting < st.width {
+        if st.holders.len() + st.waiting < st.width {
             st.period.limited = false;
         }
         let now = Instant::now();
@@ -206,7 +202,7 @@ impl Window {
         let counts = st.period.limited && !reader_waited && !st.period.settling;
         let limit_changed = limit != st.period.limit;
         let moved = bytes.saturating_sub(st.period.bytes) as f64;
-        let limited = st.held + st.waiting >= st.width;
+        let limited = st.holders.len() + st.waiting >= st.width;
         st.period = Period { start: now, bytes, limited, reads, settling: false, limit };
         if limit_changed {
             // What was measured was another link's: start over.

@@ -72,7 +72,7 @@ fn main() {
     let scan = start.elapsed();
 
     let start = Instant::now();
-    let snapshot = store.build_snapshot(1, [0; 16]).expect("build");
+    let snapshot = store.build_snapshot(1, [0; 16], None).expect("build");
     let built = start.elapsed();
     let start = Instant::now();
     let bytes = snapshot.encode();

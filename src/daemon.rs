@@ -320,6 +320,9 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     // Each territory has its own keys, so equal bytes in two territories never share a FID.
     let master = master.map(|m| m.for_territory(&settings.territory()));
     let pace = Arc::new(crate::pace::Pace::new(settings.bwlimit()?));
+    let commits = !settings.read_only()
+        && settings.snapshot_config().is_some()
+        && master.as_ref().is_some_and(|m| m.names().is_some() && m.blobs().is_some());
     let config = UploadConfig {
         quiet_delay: settings.quiet_delay(),
         parallel: settings.parallel_uploads.unwrap_or(2).max(1),
@@ -330,6 +333,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         report_timeout: Duration::from_secs(if settings.chain.is_none() { 30 } else { 600 }),
         poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
         pack_below: settings.pack_below()?,
+        commits,
     };
     let fetcher = Arc::new(Fetcher::new(
         network.chain.clone(),
@@ -339,6 +343,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         Some(pace.clone()),
     ));
     let names = config.master.as_ref().and_then(|m| m.names()).cloned();
+    let blobs = config.master.as_ref().and_then(|m| m.blobs()).cloned();
     let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
     let follower = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -347,8 +352,12 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     // What the tree's snapshots on chain refer to is never deleted, whether this mount writes
     // them or not.
     let watch = names.filter(|_| !settings.read_only()).map(|names| {
-        let tree =
-            crate::snapshots::TreeOnChain { chain: network.chain.clone(), territory: settings.territory(), names };
+        let tree = crate::snapshots::TreeOnChain {
+            chain: network.chain.clone(),
+            territory: settings.territory(),
+            names,
+            blobs: blobs.clone(),
+        };
         let writes = snapshot_config.is_some();
         Arc::new(TreeWatch::new(store.clone(), snapshot_flags.clone(), tree, fetcher.clone(), writes))
     });

@@ -410,6 +410,18 @@ impl Fetcher {
         }
     }
 
+    /// The tree snapshot's bytes that commit `fid` holds. Its segment is fetched whole: the
+    /// quarters it leaves empty are all zero, known without a fetch.
+    pub async fn commit_tree(&self, fid: &Hash) -> Result<Vec<u8>, FetchError> {
+        let keys = self.master.as_ref().and_then(|m| m.blobs()).ok_or(FetchError::NoKey(*fid))?;
+        let decode = |error| FetchError::Decode { fid: *fid, segment: 0, error };
+        let pack = Stored { size: SEGMENT_SIZE as u64, mode: Mode::Plain, seed: None };
+        let segment = self.segment(fid, &pack, 0, false).await?;
+        let tree = crate::format::read_tree(keys, segment.data());
+        self.forget(fid, 0);
+        tree.map_err(decode)?.ok_or_else(|| decode(FormatError::Pack("a pack without a tree".into())))
+    }
+
     /// The content of blob `id` at `place` in pack `fid`: one ranged read of the data fragment
     /// holding it, opened with its key; if that miner fails or its bytes do not open, the pack's
     /// segment is rebuilt from any 4 of its fragments (each checked against its hash) and the

@@ -36,9 +36,11 @@ pub use hash::{Hash, sha256};
 pub use layout::{Layout, Mode};
 pub use names::{CHAIN_NAME_LEN, NameKey, NameKind, readable_name};
 pub use pack::{
-    BlobKeys, BlobPlace, MAX_BLOB, MAX_BLOBS, PACK_HEADER_LEN, PackSpace, read_index, seal_index, sealed_len,
+    BlobKeys, BlobPlace, MAX_BLOB, MAX_BLOBS, PACK_HEADER_LEN, PackSpace, read_index, read_tree, seal_index, sealed_len,
 };
-pub use snapshot::{Link, Location, Node, NodeKind, Snapshot, SnapshotError, snapshot_file_len, snapshot_len_of};
+pub use snapshot::{
+    Link, Location, Node, NodeKind, Snapshot, SnapshotError, THIS_COMMIT, snapshot_file_len, snapshot_len_of,
+};
 
 use serde::{Deserialize, Serialize};
 

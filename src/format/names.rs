@@ -7,6 +7,7 @@
 //! file      tag ‖ "f" ‖ hex(HMAC(k_name, "file" ‖ fid))[..16]     25 bytes
 //! snapshot  tag ‖ "s" ‖ hex16(generation)                         25 bytes
 //! pack      tag ‖ "p" ‖ hex16(pack number)                        25 bytes
+//! commit    tag ‖ "c" ‖ hex16(generation)                         25 bytes
 //! tag       hex(HMAC(k_name, "tag"))[..8]
 //! ```
 //!
@@ -30,14 +31,22 @@ pub enum NameKind {
     Snapshot,
     /// A pack of small files' blobs.
     Pack,
+    /// A commit: a pack that also holds a tree snapshot.
+    Commit,
 }
 
 impl NameKind {
+    /// Whether it holds a tree: a snapshot file or a commit.
+    pub fn is_tree(self) -> bool {
+        matches!(self, NameKind::Snapshot | NameKind::Commit)
+    }
+
     fn letter(self) -> u8 {
         match self {
             NameKind::File => b'f',
             NameKind::Snapshot => b's',
             NameKind::Pack => b'p',
+            NameKind::Commit => b'c',
         }
     }
 }
@@ -84,6 +93,11 @@ impl NameKey {
         self.name(NameKind::Pack, &format!("{number:016x}"))
     }
 
+    /// The name of the commit of generation `generation`.
+    pub fn commit_name(&self, generation: u64) -> Vec<u8> {
+        self.name(NameKind::Commit, &format!("{generation:016x}"))
+    }
+
     /// What a name on chain is, if this key made it: its kind, and a snapshot's generation or a
     /// pack's number.
     pub fn parse(&self, name: &[u8]) -> Option<(NameKind, Option<u64>)> {
@@ -94,9 +108,14 @@ impl NameKey {
         }
         match letter {
             b'f' => Some((NameKind::File, None)),
-            b's' | b'p' => {
+            b's' | b'p' | b'c' => {
                 let number = u64::from_str_radix(std::str::from_utf8(body).ok()?, 16).ok()?;
-                Some((if letter == b's' { NameKind::Snapshot } else { NameKind::Pack }, Some(number)))
+                let kind = match letter {
+                    b's' => NameKind::Snapshot,
+                    b'p' => NameKind::Pack,
+                    _ => NameKind::Commit,
+                };
+                Some((kind, Some(number)))
             }
             _ => None,
         }
@@ -160,6 +179,7 @@ mod tests {
         assert_eq!(k.parse(&b), Some((NameKind::Snapshot, Some(10))));
         assert_eq!(k.parse(&k.snapshot_name(u64::MAX)), Some((NameKind::Snapshot, Some(u64::MAX))));
         assert_eq!(k.parse(&k.pack_name(7)), Some((NameKind::Pack, Some(7))));
+        assert_eq!(k.parse(&k.commit_name(9)), Some((NameKind::Commit, Some(9))));
         let mut bad = b.clone();
         bad[20] = b'G';
         assert_eq!(k.parse(&bad), None);

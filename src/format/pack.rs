@@ -17,12 +17,15 @@
 //! rebuilds the segment from any 4 of its 12 fragments, each checked against its hash.
 //!
 //! ```text
-//! header   bytes 0..32: "CFSPACK" 01 ‖ le64(number) ‖ le32(index offset) ‖ le32(index len) ‖ 0^8
-//! index    at the end of the segment, sealed as a blob of id HMAC(k_id, "index" ‖ le64(number)):
-//!          le32(count) ‖ count × (blob id ‖ le32(offset) ‖ le32(sealed len))
+//! header   bytes 0..32: "CFSPACK" 02 ‖ le64(number) ‖ le32(index offset) ‖ le32(index len)
+//!                       ‖ le32(tree offset) ‖ le32(tree len)            (tree len 0: no tree)
+//! index    sealed as a blob of id HMAC(k_id, "index" ‖ le64(number)), in the first quarter with
+//!          room: le32(count) ‖ count × (blob id ‖ le32(offset) ‖ le32(sealed len))
+//! tree     a commit's tree snapshot, sealed as a blob of id HMAC(k_id, "tree" ‖ le64(number))
 //! ```
 //!
-//! Readers find a blob by the location the tree snapshot records (pack FID, offset, length,
+//! Version 1 (still read) had 8 zero bytes for the tree's place and the index at the segment's
+//! end. Readers find a blob by the location the tree snapshot records (pack FID, offset, length,
 //! blob id); the index lets a pack be read without the tree (merges, repairs).
 
 use aes_gcm_siv::Aes256GcmSiv;
@@ -32,8 +35,10 @@ use serde::{Deserialize, Serialize};
 use super::crypto::{TAG_LEN, hmac};
 use super::{DATA_FRAGMENTS, FRAGMENT_SIZE, FormatError, Hash, SEGMENT_SIZE};
 
-/// The first bytes of a pack: "CFSPACK" and the pack format version.
-pub const PACK_MAGIC: [u8; 8] = *b"CFSPACK\x01";
+/// The first bytes of a pack: "CFSPACK" and the pack format version written.
+pub const PACK_MAGIC: [u8; 8] = *b"CFSPACK\x02";
+/// The first bytes of a pack of version 1 (no tree; read, no longer written).
+const PACK_MAGIC_V1: [u8; 8] = *b"CFSPACK\x01";
 /// Bytes of a pack's header.
 pub const PACK_HEADER_LEN: usize = 32;
 /// Most blobs in one pack (bounds its index to about 2.5 MiB).
@@ -94,6 +99,15 @@ impl BlobKeys {
 
     fn index_id(&self, number: u64) -> Hash {
         Hash(hmac(&self.id_key, &[b"index", &number.to_le_bytes()]))
+    }
+
+    fn tree_id(&self, number: u64) -> Hash {
+        Hash(hmac(&self.id_key, &[b"tree", &number.to_le_bytes()]))
+    }
+
+    /// The tree snapshot `tree` sealed for the commit of pack `number`.
+    pub fn seal_tree(&self, number: u64, tree: &[u8]) -> Vec<u8> {
+        self.seal(&self.tree_id(number), tree)
     }
 }
 
@@ -173,15 +187,32 @@ impl PackSpace {
         }
         None
     }
+
+    /// Places the sealed index (`len` bytes) in the first quarter with room, which the room
+    /// kept in the last quarter guarantees; `None` only for an index longer than that room.
+    fn place_index(&mut self, len: usize) -> Option<usize> {
+        let q = (0..DATA_FRAGMENTS).find(|&q| self.used[q] as usize + len <= FRAGMENT_SIZE)?;
+        let offset = q * FRAGMENT_SIZE + self.used[q] as usize;
+        self.used[q] += len as u32;
+        Some(offset)
+    }
+
+    /// Data fragments (quarters) holding anything: a pack pushes these and the 8 parity ones.
+    pub fn quarters_used(&self) -> usize {
+        self.used.iter().filter(|&&u| u > 0).count()
+    }
 }
 
-/// The header and the sealed index of pack `number` holding `blobs`: write the header at
-/// offset 0 and the index at the offset returned (the segment's end).
+/// The header and the sealed index of pack `number` holding `blobs` (and a commit's sealed tree
+/// at `tree`), placed in `space`: write the header at offset 0 and the index at the offset
+/// returned.
 pub fn seal_index(
     keys: &BlobKeys,
     number: u64,
     blobs: &[(Hash, BlobPlace)],
-) -> ([u8; PACK_HEADER_LEN], usize, Vec<u8>) {
+    space: &mut PackSpace,
+    tree: Option<BlobPlace>,
+) -> Result<([u8; PACK_HEADER_LEN], usize, Vec<u8>), FormatError> {
     let mut plain = Vec::with_capacity(4 + INDEX_ENTRY * blobs.len());
     plain.extend_from_slice(&(blobs.len() as u32).to_le_bytes());
     for (id, place) in blobs {
@@ -190,25 +221,54 @@ pub fn seal_index(
         plain.extend_from_slice(&place.len.to_le_bytes());
     }
     let index = keys.seal(&keys.index_id(number), &plain);
-    let offset = SEGMENT_SIZE - index.len();
+    let offset = space.place_index(index.len()).ok_or_else(|| FormatError::Pack("no room for the index".into()))?;
+    let tree = tree.unwrap_or(BlobPlace { offset: 0, len: 0 });
     let mut header = [0u8; PACK_HEADER_LEN];
     header[..8].copy_from_slice(&PACK_MAGIC);
     header[8..16].copy_from_slice(&number.to_le_bytes());
     header[16..20].copy_from_slice(&(offset as u32).to_le_bytes());
     header[20..24].copy_from_slice(&(index.len() as u32).to_le_bytes());
-    (header, offset, index)
+    header[24..28].copy_from_slice(&tree.offset.to_le_bytes());
+    header[28..32].copy_from_slice(&tree.len.to_le_bytes());
+    Ok((header, offset, index))
+}
+
+/// What a pack's header says.
+struct PackHeader {
+    number: u64,
+    index: BlobPlace,
+    tree: Option<BlobPlace>,
+}
+
+fn read_header(segment: &[u8]) -> Result<PackHeader, FormatError> {
+    let bad = |why: &str| FormatError::Pack(why.to_string());
+    let header = segment.get(..PACK_HEADER_LEN).ok_or_else(|| bad("no header"))?;
+    let magic: [u8; 8] = header[..8].try_into().unwrap_or_default();
+    let version = match magic {
+        PACK_MAGIC => 2,
+        PACK_MAGIC_V1 => 1,
+        _ => return Err(bad("not a pack of format version 1 or 2")),
+    };
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
+    let number = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let index = BlobPlace { offset: le32(&header[16..20]), len: le32(&header[20..24]) };
+    let tree = BlobPlace { offset: le32(&header[24..28]), len: le32(&header[28..32]) };
+    Ok(PackHeader { number, index, tree: (version == 2 && tree.len > 0).then_some(tree) })
+}
+
+/// The tree snapshot a commit's segment holds (`None`: a pack without one).
+pub fn read_tree(keys: &BlobKeys, segment: &[u8]) -> Result<Option<Vec<u8>>, FormatError> {
+    let header = read_header(segment)?;
+    let Some(tree) = header.tree else { return Ok(None) };
+    let range = tree.range().ok_or_else(|| FormatError::Pack("a tree outside the segment".into()))?;
+    keys.open(&keys.tree_id(header.number), &segment[range]).map(Some)
 }
 
 /// The number and the blobs of the pack `segment`, from its header and index.
 pub fn read_index(keys: &BlobKeys, segment: &[u8]) -> Result<(u64, Vec<(Hash, BlobPlace)>), FormatError> {
     let bad = |why: &str| FormatError::Pack(why.to_string());
-    let header = segment.get(..PACK_HEADER_LEN).ok_or_else(|| bad("no header"))?;
-    if header[..8] != PACK_MAGIC {
-        return Err(bad("not a pack of format version 1"));
-    }
     let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
-    let number = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-    let place = BlobPlace { offset: le32(&header[16..20]), len: le32(&header[20..24]) };
+    let PackHeader { number, index: place, .. } = read_header(segment)?;
     let range = place.range().ok_or_else(|| bad("an index outside the segment"))?;
     let plain = keys.open(&keys.index_id(number), &segment[range])?;
     let count = plain.get(..4).map(le32).ok_or_else(|| bad("an empty index"))? as usize;
@@ -286,10 +346,16 @@ mod tests {
             segment[place.range().unwrap()].copy_from_slice(&sealed);
             blobs.push((id, place));
         }
-        let (header, offset, index) = seal_index(&k, 42, &blobs);
+        let tree = k.seal_tree(42, b"a tree");
+        let tree_place = space.place(tree.len()).unwrap();
+        segment[tree_place.range().unwrap()].copy_from_slice(&tree);
+        let used = space.used() as usize;
+        let (header, offset, index) = seal_index(&k, 42, &blobs, &mut space, Some(tree_place)).unwrap();
         segment[..PACK_HEADER_LEN].copy_from_slice(&header);
-        segment[offset..].copy_from_slice(&index);
-        assert!(space.used() as usize <= offset, "blobs end before the index");
+        segment[offset..offset + index.len()].copy_from_slice(&index);
+        assert!(offset >= used, "the index is placed after the blobs of its quarter");
+        assert_eq!(space.quarters_used(), 2, "100 blobs of up to 300 KB and the index fill two quarters");
+        assert_eq!(read_tree(&k, &segment).unwrap().as_deref(), Some(&b"a tree"[..]));
         let (number, read) = read_index(&k, &segment).unwrap();
         assert_eq!((number, &read), (42, &blobs));
         for (i, (id, place)) in read.iter().enumerate() {
@@ -297,6 +363,8 @@ mod tests {
         }
         segment[offset + 1] ^= 1;
         assert!(read_index(&k, &segment).is_err());
+        segment[tree_place.offset as usize] ^= 1;
+        assert!(read_tree(&k, &segment).is_err(), "a tree's tag rejects wrong bytes");
         assert!(read_index(&k, &vec![0u8; SEGMENT_SIZE]).is_err());
     }
 }

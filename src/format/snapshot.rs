@@ -71,7 +71,8 @@ pub enum Location {
     Inline(Vec<u8>),
     /// A blob in the pack stored on CESS under `fid` (format/pack.rs).
     Packed {
-        /// The pack's FID.
+        /// The pack's FID; [`THIS_COMMIT`] in a tree that a commit holds: that commit (it
+        /// cannot name its own FID).
         fid: Hash,
         /// The blob's id (its key derives from it).
         id: Hash,
@@ -81,6 +82,9 @@ pub enum Location {
         len: u32,
     },
 }
+
+/// The pack FID that stands for the commit holding the tree: all zeros.
+pub const THIS_COMMIT: Hash = Hash([0; 32]);
 
 /// One inode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +186,23 @@ impl Snapshot {
         let snapshot: Snapshot = postcard::from_bytes(&tree).map_err(|e| damaged(&e))?;
         snapshot.check()?;
         Ok(snapshot)
+    }
+
+    /// The tree a commit of FID `commit` holds, its blobs named by that FID.
+    pub fn resolve_commit(mut self, commit: Hash) -> Snapshot {
+        for n in &mut self.nodes {
+            if let Location::Packed { fid, .. } = &mut n.location
+                && *fid == THIS_COMMIT
+            {
+                *fid = commit;
+            }
+        }
+        self
+    }
+
+    /// Whether the tree refers to blobs of the commit holding it.
+    pub fn refers_to_its_commit(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(n.location, Location::Packed { fid: THIS_COMMIT, .. }))
     }
 
     /// Checks what a restore relies on: the root first, unique ids, names that POSIX allows

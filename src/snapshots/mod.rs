@@ -8,6 +8,7 @@
 //! deal byte for byte. Once a snapshot is active, all but the newest `keep` active ones are
 //! dropped, and with them the FIDs only they referred to.
 
+pub mod merge;
 pub mod restore;
 pub mod sweep;
 pub mod watch;
@@ -16,9 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::format::{NameKey, Snapshot};
+use crate::format::{BlobKeys, Hash, NameKey, Snapshot};
 use crate::fs::SnapshotFlags;
-use crate::store::{KeptSnapshot, Store, StoreError, UploadState};
+use crate::store::{CommitOutcome, CommitTree, KeptSnapshot, Store, StoreError, UploadState};
 
 /// When snapshots are written and how many are kept.
 #[derive(Debug, Clone)]
@@ -74,6 +75,9 @@ pub struct TreeOnChain {
     pub territory: Vec<u8>,
     /// The tree's name key.
     pub names: NameKey,
+    /// The tree's blob keys: commits are sealed and read with them (`None`: a key without
+    /// packs, whose trees go in snapshot files).
+    pub blobs: Option<BlobKeys>,
 }
 
 /// Writes snapshots of one tree (see the module docs).
@@ -150,7 +154,7 @@ impl Writer {
                 sweep = this.store_call(sweep::pending);
             }
             let Some(since) = first_change else { continue };
-            let settled = this.uploads_settled() && last_change.elapsed() >= this.config.quiet;
+            let settled = this.round_due() && last_change.elapsed() >= this.config.quiet;
             if (!settled && since.elapsed() < this.config.interval) || Instant::now() < retry_at {
                 continue;
             }
@@ -162,6 +166,7 @@ impl Writer {
             if this.watch.stopped() {
                 break;
             }
+            this.merge_into_commit(&stop).await;
             let me = this.clone();
             match tokio::task::spawn_blocking(move || me.write()).await {
                 Ok(Ok(())) => first_change = None,
@@ -220,11 +225,50 @@ impl Writer {
         }
     }
 
-    fn uploads_settled(&self) -> bool {
-        self.store.upload_states().iter().all(|(state, files, _)| *files == 0 || state.settled())
+    /// Empties under-full packs into the open pack when it holds blobs, so the commit about to
+    /// be sealed carries them ([`merge::Rule::IntoCommit`]). A commit of the tree alone does not.
+    async fn merge_into_commit(&self, stop: &tokio::sync::watch::Receiver<bool>) {
+        let tree = self.watch.tree();
+        let Some(keys) = tree.blobs.clone() else { return };
+        let store = self.store.clone();
+        let filling = tokio::task::spawn_blocking(move || store.pack_summary()).await;
+        if !matches!(filling, Ok(Ok(s)) if s.filling.is_some_and(|(blobs, _)| blobs > 0)) {
+            return;
+        }
+        let merger = merge::Merger {
+            store: self.store.clone(),
+            fetcher: self.watch.fetcher().clone(),
+            keys,
+            names: tree.names.clone(),
+        };
+        if let Err(e) = merger.merge(merge::Rule::IntoCommit, stop).await {
+            crate::log_limited!(log::Level::Warn, "pack merge", "merging under-full packs into the commit: {e:#}");
+        }
     }
 
-    /// Writes a snapshot if the tree differs from the last one written.
+    /// Whether a round of changes may be written now (once quiet): with commits, when no pack
+    /// is on its way (one commit at a time: changes gather for the next meanwhile) and either
+    /// blobs wait in the open pack or no upload is under way (a tree that only a large file's
+    /// upload changes waits for it, with the others of its burst); without, when no upload is
+    /// under way.
+    fn round_due(&self) -> bool {
+        let uploads_settled =
+            || self.store.upload_states().iter().all(|(state, files, _)| *files == 0 || state.settled());
+        if self.watch.tree().blobs.is_none() {
+            return uploads_settled();
+        }
+        let packs = match self.store.pack_summary() {
+            Ok(packs) => packs,
+            Err(e) => {
+                crate::log_limited!(log::Level::Error, "snapshot", "reading the packs: {e}");
+                return false;
+            }
+        };
+        packs.uploading == 0 && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+    }
+
+    /// Writes the tree if it differs from the last one written: in a commit with the blobs of
+    /// the open pack, or in a snapshot file of its own if it does not fit one.
     fn write(&self) -> Result<(), StoreError> {
         let kept = self.store.kept_snapshots()?;
         let last = kept.last().map_or(0, |(_, s)| s.generation);
@@ -234,38 +278,92 @@ impl Writer {
         // No FID the tree refers to may leave the chain before the snapshot protects it.
         let _hold = self.store.hold_deletions();
         let covered = self.store.commits();
-        let snapshot = self.store.build_snapshot(generation, self.writer)?;
-        let digest = tree_digest(&snapshot);
-        // An empty tree with nothing kept before has nothing to keep.
-        let nothing = kept.is_empty() && snapshot.links.is_empty();
-        if nothing || self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]) {
+        // The blobs of the commit that holds the last tree are that tree's own.
+        let last_fid = match kept.last() {
+            Some((ino, _)) => self.store.upload(*ino)?.and_then(|u| u.fid),
+            None => None,
+        };
+        let tree = self.watch.tree();
+        // The digest and size of the tree written.
+        let mut made = None;
+        let outcome = match &tree.blobs {
+            Some(keys) => self.store.seal_commit(keys, &tree.names, |pack| {
+                let to_write = self.tree_to_write(generation, pack, last_fid, kept.is_empty())?;
+                Ok(to_write.map(|(tree, digest)| {
+                    made = Some((digest, tree.bytes.len()));
+                    tree
+                }))
+            })?,
+            None => CommitOutcome::TooLarge,
+        };
+        let ino = match outcome {
+            CommitOutcome::Unchanged => None,
+            CommitOutcome::Sealed(ino) => Some(ino),
+            CommitOutcome::TooLarge => match self.tree_to_write(generation, None, last_fid, kept.is_empty())? {
+                Some((to_write, digest)) => {
+                    made = Some((digest, to_write.bytes.len()));
+                    let name = tree.names.snapshot_name(generation);
+                    Some(self.store.stage_snapshot(&to_write.kept, &to_write.bytes, &name)?)
+                }
+                None => None,
+            },
+        };
+        let (Some(ino), Some((digest, bytes))) = (ino, made) else {
             self.flags.covered.fetch_max(covered, Ordering::AcqRel);
             return Ok(());
-        }
-        let record = KeptSnapshot::of(&snapshot);
-        let bytes = snapshot.encode();
-        // What a restore would refuse is never stored.
-        if let Err(e) = Snapshot::decode(&bytes) {
-            log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
-            return Ok(());
-        }
-        let ino = self.store.stage_snapshot(&record, &bytes, &self.watch.tree().names.snapshot_name(generation))?;
+        };
         self.store.set_meta(LAST_TREE, &digest.0)?;
         self.flags.covered.fetch_max(covered, Ordering::AcqRel);
-        log::info!(
-            "tree snapshot {generation} written ({} entries, {} bytes, inode {ino}); on its way to CESS",
-            snapshot.nodes.len(),
-            bytes.len()
-        );
-        // Older snapshots whose deal has not begun will never be needed: this one replaces them.
+        match outcome {
+            CommitOutcome::Sealed(_) => {
+                log::info!("tree snapshot {generation} written ({bytes} bytes) in commit inode {ino}")
+            }
+            _ => log::info!(
+                "tree snapshot {generation} written ({bytes} bytes, inode {ino}) in a file of its own, too large for a \
+                 commit; on its way to CESS"
+            ),
+        }
+        // Older snapshot files whose deal has not begun will never be needed: this one replaces
+        // them. (A commit holds blobs too: it goes its way.)
         for (old, s) in &kept {
             let state = self.store.upload(*old)?.map(|u| u.state);
-            if matches!(state, Some(UploadState::Staged | UploadState::Encoding | UploadState::Failed) | None) {
+            let unstarted =
+                matches!(state, Some(UploadState::Staged | UploadState::Encoding | UploadState::Failed) | None);
+            if unstarted && self.store.pack(*old)?.is_none() {
                 log::info!("tree snapshot {} was not stored yet and is replaced by {generation}", s.generation);
                 self.store.drop_snapshot(*old)?;
             }
         }
         Ok(())
+    }
+
+    /// The tree to write as of now, if it differs from the last one written, and its digest.
+    /// `pack`: the open pack that the commit holding it seals (its blobs are the tree's own);
+    /// `last`: the FID of the commit holding the last tree written.
+    fn tree_to_write(
+        &self,
+        generation: u64,
+        pack: Option<u64>,
+        last: Option<Hash>,
+        nothing_kept: bool,
+    ) -> Result<Option<(CommitTree, Hash)>, StoreError> {
+        let snapshot = self.store.build_snapshot(generation, self.writer, pack)?;
+        let digest = tree_digest(&snapshot, last);
+        // An empty tree with nothing kept before has nothing to keep; blobs waiting for this
+        // commit always go.
+        let unchanged = self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]);
+        if (nothing_kept && snapshot.links.is_empty()) || (unchanged && !snapshot.refers_to_its_commit()) {
+            return Ok(None);
+        }
+        let kept = KeptSnapshot::of(&snapshot);
+        let bytes = snapshot.encode();
+        // What a restore would refuse is never stored.
+        if let Err(e) = Snapshot::decode(&bytes) {
+            log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
+            return Ok(None);
+        }
+        let name = self.watch.tree().names.commit_name(generation);
+        Ok(Some((CommitTree { kept, bytes, name }, digest)))
     }
 
     /// Drops the snapshots older than the newest `keep` active ones.
@@ -279,6 +377,10 @@ impl Writer {
         }
         let Some(&cutoff) = active.iter().rev().nth(self.config.keep.max(1) - 1) else { return Ok(()) };
         for (ino, s) in kept.iter().filter(|(_, s)| s.generation < cutoff) {
+            // A commit on its way holds blobs: it goes once stored.
+            if self.store.pack(*ino)?.is_some() {
+                continue;
+            }
             log::info!("tree snapshot {} is older than the {} kept: deleted", s.generation, self.config.keep);
             self.store.drop_snapshot(*ino)?;
         }
@@ -286,8 +388,23 @@ impl Writer {
     }
 }
 
-/// A digest of what a snapshot says of the tree, its generation, writer and time aside.
-fn tree_digest(s: &Snapshot) -> crate::format::Hash {
+/// A digest of what a snapshot says of the tree, its generation, writer and time aside, and
+/// the blobs of the commit `commit` taken as the commit's own (as that commit's tree has them).
+fn tree_digest(s: &Snapshot, commit: Option<Hash>) -> Hash {
     let body = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), ..s.clone() };
+    let body = match commit {
+        Some(fid) => {
+            let mut body = body;
+            for n in &mut body.nodes {
+                if let crate::format::Location::Packed { fid: pack, .. } = &mut n.location
+                    && *pack == fid
+                {
+                    *pack = crate::format::THIS_COMMIT;
+                }
+            }
+            body
+        }
+        None => body,
+    };
     crate::format::sha256(&postcard::to_stdvec(&body).unwrap_or_default())
 }

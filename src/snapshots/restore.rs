@@ -28,6 +28,8 @@ pub struct Found {
     pub active: bool,
     /// The block at which it became active.
     pub completion: u32,
+    /// Whether it is a commit (a pack holding the tree) rather than a snapshot file.
+    pub commit: bool,
 }
 
 /// A file the account holds in the territory under a name of this tree's key.
@@ -58,13 +60,14 @@ pub async fn find(chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Resul
 pub fn snapshots_of(named: &[Named]) -> Vec<Found> {
     let mut found: Vec<Found> = named
         .iter()
-        .filter(|n| n.kind == NameKind::Snapshot)
+        .filter(|n| n.kind.is_tree())
         .map(|n| Found {
             generation: n.number.unwrap_or_default(),
             fid: n.fid,
             segments: n.segments,
             active: n.active,
             completion: n.completion,
+            commit: n.kind == NameKind::Commit,
         })
         .collect();
     found.sort_by_key(|f| std::cmp::Reverse((f.generation, f.fid.0)));
@@ -91,7 +94,7 @@ impl Finder {
         let held: HashSet<Hash> =
             chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
         let mut known = std::mem::take(&mut *crate::sync::lock(&self.known));
-        known.retain(|fid, n| held.contains(fid) && n.is_none_or(|n| n.kind != NameKind::Snapshot));
+        known.retain(|fid, n| held.contains(fid) && n.is_none_or(|n| !n.kind.is_tree()));
         let unread: Vec<Hash> = held.into_iter().filter(|fid| !known.contains_key(fid)).collect();
         let batches: Vec<Vec<Hash>> = unread.chunks(READ_BATCH).map(<[Hash]>::to_vec).collect();
         let mut reads = futures_util::stream::iter(batches)
@@ -151,16 +154,22 @@ pub enum ReadError {
 
 /// Reads snapshot `found` from CESS: its tree, and the seed its segments carry.
 pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<[u8; 32]>), ReadError> {
+    let unreadable = |e: FetchError| match e {
+        FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
+        e => ReadError::Unavailable(e),
+    };
+    if found.commit {
+        let bytes = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
+        let snapshot = Snapshot::decode(&bytes).map_err(|e| ReadError::Damaged(e.to_string()))?;
+        return Ok((snapshot.resolve_commit(found.fid), None));
+    }
     let size = snapshot_len_of(found.segments);
     // Snapshots are written in format version 2: one sealed message per segment.
     let stored = crate::fetch::Stored { size, mode: crate::format::Mode::Encrypted, seed: None };
     let mut bytes = Vec::new();
     let mut seed = None;
     for s in 0..found.segments {
-        let segment = fetcher.segment(&found.fid, &stored, s, false).await.map_err(|e| match e {
-            FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
-            e => ReadError::Unavailable(e),
-        })?;
+        let segment = fetcher.segment(&found.fid, &stored, s, false).await.map_err(unreadable)?;
         seed = seed.or(segment.seed());
         bytes.extend_from_slice(segment.data());
         fetcher.forget(&found.fid, s);
@@ -261,12 +270,14 @@ impl Chosen {
         mut meta: Vec<(&[u8], Vec<u8>)>,
     ) -> Result<Outcome, crate::store::StoreError> {
         fn adopt<'a>(r: &'a ReadBack, names: &NameKey) -> Adopted<'a> {
+            let generation = r.found.generation;
             Adopted {
                 snapshot: &r.snapshot,
                 fid: r.found.fid,
                 seed: r.seed,
                 segments: r.found.segments as u32,
-                name: names.snapshot_name(r.found.generation),
+                name: if r.found.commit { names.commit_name(generation) } else { names.snapshot_name(generation) },
+                commit: r.found.commit,
             }
         }
         let adopted: Vec<Adopted<'_>> =

@@ -93,7 +93,7 @@ pub async fn sweep(store: &std::sync::Arc<Store>, watch: &TreeWatch, pending: Pe
     // that comes back then finds a newer tree than its own and stops, before it refers to any
     // of these FIDs again.
     let baseline = super::baseline(store)?;
-    let newest = named.iter().filter(|n| n.kind == NameKind::Snapshot).max_by_key(|n| (n.number, n.fid.0));
+    let newest = named.iter().filter(|n| n.kind.is_tree()).max_by_key(|n| (n.number, n.fid.0));
     match newest {
         Some(n) if n.active && kept.contains(&n.fid) && n.number.unwrap_or_default() > baseline => {}
         _ => return Ok(Swept::NotYet),
@@ -101,7 +101,7 @@ pub async fn sweep(store: &std::sync::Arc<Store>, watch: &TreeWatch, pending: Pe
     crate::hooks::reached_async("sweep").await;
     let named = watch.finder().named(&*tree.chain, &tree.territory, &tree.names).await?;
     let since = |n: &&super::restore::Named| !n.active || n.completion > pending.lineage_from;
-    if let Some(other) = named.iter().filter(since).find(|n| n.kind == NameKind::Snapshot && !kept.contains(&n.fid)) {
+    if let Some(other) = named.iter().filter(since).find(|n| n.kind.is_tree() && !kept.contains(&n.fid)) {
         return Ok(Swept::Waiting(format!(
             "tree snapshot {} is not one this mount keeps: another mount may write this tree",
             other.number.unwrap_or_default()

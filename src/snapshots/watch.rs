@@ -66,6 +66,11 @@ impl TreeWatch {
         &self.finder
     }
 
+    /// The fetcher the watch reads snapshots with.
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
+    }
+
     /// The tree on chain.
     pub fn tree(&self) -> &TreeOnChain {
         &self.tree

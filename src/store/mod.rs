@@ -32,7 +32,7 @@ use thiserror::Error;
 pub use abandoned::AbandonedDeal;
 pub use catalog::resident_bytes;
 pub use outbox::{DealGuard, Deletion, FidPin, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
-pub use packs::{PackRecord, PackSummary};
+pub use packs::{CommitOutcome, CommitTree, PackRecord, PackSummary};
 pub use placements::Placement;
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use reserve::kept_free;

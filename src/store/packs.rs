@@ -12,8 +12,10 @@ use std::os::unix::fs::FileExt;
 use serde::{Deserialize, Serialize};
 
 use super::records::{decode, encode, key};
-use super::{Batch, PackedBlob, Store, StoreError, Timestamp, UploadRecord, UploadState};
-use crate::format::{BlobKeys, BlobPlace, FORMAT_PLAIN, FRAGMENTS, Hash, NameKey, PackSpace, SEGMENT_SIZE};
+use super::{Batch, KeptSnapshot, PackedBlob, Store, StoreError, Timestamp, UploadRecord, UploadState};
+use crate::format::{
+    BlobKeys, BlobPlace, FORMAT_PLAIN, FRAGMENTS, Hash, MAX_BLOB, NameKey, PackSpace, SEGMENT_SIZE, sealed_len,
+};
 use crate::sync::lock;
 
 /// The meta record of the number the next pack takes.
@@ -30,6 +32,27 @@ pub struct PackRecord {
     pub sealed: bool,
     /// When the last blob went in.
     pub last_add: Timestamp,
+}
+
+/// A tree to seal in a commit ([`Store::seal_commit`]).
+pub struct CommitTree {
+    /// Its record as a kept snapshot.
+    pub kept: KeptSnapshot,
+    /// The snapshot's bytes ([`crate::format::Snapshot::encode`]).
+    pub bytes: Vec<u8>,
+    /// The commit's name on chain.
+    pub name: Vec<u8>,
+}
+
+/// What [`Store::seal_commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Nothing: the tree did not change.
+    Unchanged,
+    /// The commit was sealed in this hidden inode.
+    Sealed(u64),
+    /// The tree does not fit a pack: nothing was written (the open pack was sealed alone).
+    TooLarge,
 }
 
 /// The state of the packs, for `user.cess.packs`.
@@ -173,7 +196,7 @@ impl Store {
             if let Some(place) = record.space.place(sealed.len()) {
                 break (pack, record, place);
             }
-            self.seal_pack(pack, &record, keys)?;
+            self.seal_pack(pack, &record, keys, None)?;
         };
         let file = self.open_content(pack)?;
         file.write_all_at(&sealed, u64::from(place.offset))?;
@@ -184,6 +207,12 @@ impl Store {
         b.0.insert(key::blob(pack, &id), encode(&place));
         (next.state, next.fid, next.blob) = (UploadState::Packed, None, Some(PackedBlob { pack, id, place }));
         self.commit_packed(ino, rec, &next, b, Vec::new())
+    }
+
+    /// The bytes the open pack has room for (a whole pack's if none is open).
+    pub fn open_pack_room(&self) -> Result<u64, StoreError> {
+        let open = self.packs()?.into_iter().find(|(_, p)| !p.sealed);
+        Ok(SEGMENT_SIZE as u64 - open.map_or(PackSpace::default().used(), |(_, p)| p.space.used()))
     }
 
     /// How many stored packs hold files here.
@@ -231,8 +260,52 @@ impl Store {
         Ok((ino, record))
     }
 
-    /// Seals pack `pack`: header and index written and synced, its upload queued.
-    fn seal_pack(&self, pack: u64, record: &PackRecord, keys: &BlobKeys) -> Result<(), StoreError> {
+    /// Seals the open pack as a commit with the tree `build` makes for it: `build` gets the open
+    /// pack (`None`: none is open), whose blobs the tree refers to as
+    /// [`crate::format::THIS_COMMIT`], and says what to write (`None`: nothing, the tree did not
+    /// change). No blob goes in and no pack is sealed meanwhile. A tree that does not fit the
+    /// pack's room (or any quarter) is [`CommitOutcome::TooLarge`], and the pack is then sealed
+    /// alone if it holds blobs: the tree is to be written as a snapshot file of its own.
+    pub fn seal_commit(
+        &self,
+        keys: &BlobKeys,
+        names: &NameKey,
+        build: impl FnOnce(Option<u64>) -> Result<Option<CommitTree>, StoreError>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let _packer = lock(&self.packer);
+        let open = self.packs()?.into_iter().find(|(_, p)| !p.sealed);
+        let Some(tree) = build(open.as_ref().map(|(ino, _)| *ino))? else { return Ok(CommitOutcome::Unchanged) };
+        let fits = |pack: &PackRecord| {
+            let mut space = pack.space;
+            space.place(sealed_len(tree.bytes.len())).is_some()
+        };
+        let (pack, mut record) = match open {
+            Some(open) if fits(&open.1) => open,
+            Some((pack, record)) => {
+                if record.space.blobs() > 0 {
+                    self.seal_pack(pack, &record, keys, None)?;
+                }
+                return Ok(CommitOutcome::TooLarge);
+            }
+            None if tree.bytes.len() > MAX_BLOB => return Ok(CommitOutcome::TooLarge),
+            None => self.open_pack(names)?,
+        };
+        let sealed = keys.seal_tree(record.number, &tree.bytes);
+        let place = record.space.place(sealed.len()).ok_or(StoreError::Corrupt { what: "pack room" })?;
+        self.open_content(pack)?.write_all_at(&sealed, u64::from(place.offset))?;
+        self.seal_pack(pack, &record, keys, Some((place, &tree)))?;
+        Ok(CommitOutcome::Sealed(pack))
+    }
+
+    /// Seals pack `pack` (with a commit's tree, written at its place): header and index written
+    /// and synced, its upload queued.
+    fn seal_pack(
+        &self,
+        pack: u64,
+        record: &PackRecord,
+        keys: &BlobKeys,
+        commit: Option<(BlobPlace, &CommitTree)>,
+    ) -> Result<(), StoreError> {
         let mut blobs = Vec::new();
         let mut b = Batch::default();
         for kv in self.tree.scan_prefix(key::blob_prefix(pack)) {
@@ -242,18 +315,39 @@ impl Store {
             b.0.remove(k);
         }
         blobs.sort_by_key(|(_, p)| p.offset);
-        let (header, offset, index) = crate::format::seal_index(keys, record.number, &blobs);
+        let mut space = record.space;
+        let (header, offset, index) =
+            crate::format::seal_index(keys, record.number, &blobs, &mut space, commit.map(|(place, _)| place))
+                .map_err(|_| StoreError::Corrupt { what: "pack room" })?;
         let file = self.open_content(pack)?;
         file.write_all_at(&header, 0)?;
         file.write_all_at(&index, offset as u64)?;
         file.sync_all()?;
         let mut up = UploadRecord::staged(1);
         (up.format, up.size) = (FORMAT_PLAIN, SEGMENT_SIZE as u64);
-        b.0.insert(&key::pack(pack), encode(&PackRecord { sealed: true, ..record.clone() }));
-        b.put_upload(pack, &up);
+        b.0.insert(&key::pack(pack), encode(&PackRecord { sealed: true, space, ..record.clone() }));
+        match commit {
+            Some((_, tree)) => {
+                super::tree::hidden_snapshot(&mut b, pack, SEGMENT_SIZE as u64, &tree.name, &tree.kept, &up, None);
+            }
+            None => b.put_upload(pack, &up),
+        }
         self.commit(b)?;
+        let fragments = space.quarters_used() + crate::format::PARITY_FRAGMENTS;
         let blobs = crate::words::count(blobs.len() as u64, "blob");
-        log::info!("pack {} sealed ({blobs}, inode {pack}); on its way to CESS", record.number);
+        match commit {
+            Some((_, tree)) => {
+                self.kept_snapshots_changed();
+                log::info!(
+                    "commit {} sealed ({blobs} and the tree, inode {pack}, {fragments} fragments); on its way to CESS",
+                    tree.kept.generation
+                );
+            }
+            None => log::info!(
+                "pack {} sealed ({blobs}, inode {pack}, {fragments} fragments); on its way to CESS",
+                record.number
+            ),
+        }
         Ok(())
     }
 
@@ -263,17 +357,23 @@ impl Store {
         let Some((pack, record)) = self.packs()?.into_iter().find(|(_, p)| !p.sealed) else { return Ok(()) };
         let idle = std::time::SystemTime::now().duration_since(record.last_add.into()).unwrap_or_default();
         if record.space.blobs() > 0 && idle >= quiet {
-            self.seal_pack(pack, &record, keys)?;
+            self.seal_pack(pack, &record, keys, None)?;
         }
         Ok(())
     }
 
     /// Pack `pack` is stored, as its record `rec` says: the files in it become active under its
     /// FID (the versions they replace leave the chain) and its hidden inode goes. With no file
-    /// left in it, the pack leaves the chain too (unless a kept snapshot refers to it).
-    pub fn finish_pack(&self, pack: u64, rec: &UploadRecord) -> Result<usize, StoreError> {
+    /// left in it, the pack leaves the chain too (unless a kept snapshot refers to it). A
+    /// commit's hidden inode stays, as the kept snapshot it is, and leaves with it.
+    /// Returns how many files became active (`None`: a commit finished before).
+    pub fn finish_pack(&self, pack: u64, rec: &UploadRecord) -> Result<Option<usize>, StoreError> {
         let _packer = lock(&self.packer);
-        let Some(fid) = rec.fid.filter(|_| rec.state == UploadState::Active) else { return Ok(0) };
+        let Some(fid) = rec.fid.filter(|_| rec.state == UploadState::Active) else { return Ok(None) };
+        let commit = self.tree.get(key::snapshot(pack))?.is_some();
+        if commit && self.pack(pack)?.is_none() {
+            return Ok(None);
+        }
         let members = lock(&self.catalog).pack_members(pack);
         let deals = self.deals();
         let mut live = 0;
@@ -298,18 +398,22 @@ impl Store {
             }
         }
         let mut b = Batch::default();
-        if live == 0 {
-            b.put_tombstone(&fid);
-        }
-        b.remove_upload(pack);
-        b.remove_inode(pack);
-        b.put_residency(pack, None);
         b.0.remove(&key::pack(pack));
+        if !commit {
+            if live == 0 {
+                b.put_tombstone(&fid);
+            }
+            b.remove_upload(pack);
+            b.remove_inode(pack);
+            b.put_residency(pack, None);
+        }
         self.commit(b)?;
         drop(deals);
         self.forget_placements(&fid)?;
-        self.remove_content(pack)?;
-        Ok(live)
+        if !commit {
+            self.remove_content(pack)?;
+        }
+        Ok(Some(live))
     }
 }
 

@@ -39,6 +39,7 @@ impl KeptSnapshot {
                 Location::Fid { fid, .. } | Location::Packed { fid, .. } => Some(fid),
                 _ => None,
             })
+            .filter(|fid| *fid != crate::format::THIS_COMMIT)
             .collect();
         KeptSnapshot { generation: snapshot.generation, fids }
     }
@@ -142,6 +143,8 @@ type Read = (Option<Node>, std::collections::BTreeMap<Vec<u8>, u64>);
 #[derive(Default)]
 struct Walk {
     read: HashMap<u64, Read>,
+    /// The open pack whose blobs the tree refers to as [`crate::format::THIS_COMMIT`].
+    commit: Option<u64>,
 }
 
 impl Walk {
@@ -150,7 +153,7 @@ impl Walk {
         let read = match store.inode(ino)? {
             None => (None, Default::default()),
             Some(rec) => {
-                let node = store.node(ino, ino, &rec)?;
+                let node = store.node(ino, ino, &rec, self.commit)?;
                 let entries = match rec.kind {
                     Kind::Dir => store.dir_entries(ino)?.into_iter().map(|(name, child, _)| (name, child)).collect(),
                     _ => Default::default(),
@@ -190,7 +193,7 @@ impl Walk {
                 TreeChange::Node(ino) => {
                     if let Some((node, _)) = self.read.get_mut(&ino) {
                         *node = match store.inode(ino)? {
-                            Some(rec) => store.node(ino, ino, &rec)?,
+                            Some(rec) => store.node(ino, ino, &rec, self.commit)?,
                             None => None,
                         };
                     }
@@ -340,14 +343,22 @@ impl Store {
     /// which inodes' part of the tree it changed; those are read again, a few rounds, and the
     /// last round runs with commits held at the gate: the snapshot is the tree as it was then.
     /// Commits wait only for that round, which reads what changed since the one before.
-    pub fn build_snapshot(&self, generation: u64, writer: [u8; 16]) -> Result<Snapshot, StoreError> {
+    ///
+    /// With `commit` (the open pack, which the tree goes into), a file whose blob waits in it
+    /// appears with it, as [`crate::format::THIS_COMMIT`]'s.
+    pub fn build_snapshot(
+        &self,
+        generation: u64,
+        writer: [u8; 16],
+        commit: Option<u64>,
+    ) -> Result<Snapshot, StoreError> {
         let _one = lock(&self.builder);
         *lock(&self.journal) = Some(HashSet::new());
         let _journal = Journal(self);
         let take = || lock(&self.journal).as_mut().map(std::mem::take).unwrap_or_default();
         let step =
             |name, since: std::time::Instant| crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(name, since.elapsed());
-        let mut walk = Walk::default();
+        let mut walk = Walk { commit, ..Walk::default() };
         let started = std::time::Instant::now();
         walk.fill(self)?;
         step("walk", started);
@@ -370,8 +381,9 @@ impl Store {
         Ok(walk.snapshot(generation, writer))
     }
 
-    /// The node of inode `ino`, or `None` for a regular file not on CESS yet.
-    fn node(&self, ino: u64, id: u64, rec: &InodeRecord) -> Result<Option<Node>, StoreError> {
+    /// The node of inode `ino`, or `None` for a regular file not on CESS yet (nor in pack
+    /// `commit`, whose blobs the tree's commit holds).
+    fn node(&self, ino: u64, id: u64, rec: &InodeRecord, commit: Option<u64>) -> Result<Option<Node>, StoreError> {
         let kind = match rec.kind {
             Kind::File => NodeKind::File,
             Kind::Dir => NodeKind::Dir,
@@ -388,12 +400,24 @@ impl Store {
             // uploading, or failed): its FID stays on chain until the newer one is active.
             Kind::File => {
                 let up = self.upload(ino)?;
-                let stored = up.as_ref().and_then(|u| u.stored_version().or(u.previous));
-                let Some(stored) = stored else { return Ok(None) };
-                size = stored.size;
-                match stored.blob {
-                    Some((id, place)) => Location::Packed { fid: stored.fid, id, offset: place.offset, len: place.len },
-                    None => Location::Fid { fid: stored.fid, format: stored.format, seed: stored.seed },
+                let in_commit = up
+                    .as_ref()
+                    .filter(|u| u.state == UploadState::Packed)
+                    .and_then(|u| u.blob.filter(|b| Some(b.pack) == commit).map(|b| (u.size, b)));
+                if let Some((packed_size, blob)) = in_commit {
+                    size = packed_size;
+                    let (offset, len) = (blob.place.offset, blob.place.len);
+                    Location::Packed { fid: crate::format::THIS_COMMIT, id: blob.id, offset, len }
+                } else {
+                    let stored = up.as_ref().and_then(|u| u.stored_version().or(u.previous));
+                    let Some(stored) = stored else { return Ok(None) };
+                    size = stored.size;
+                    match stored.blob {
+                        Some((id, place)) => {
+                            Location::Packed { fid: stored.fid, id, offset: place.offset, len: place.len }
+                        }
+                        None => Location::Fid { fid: stored.fid, format: stored.format, seed: stored.seed },
+                    }
                 }
             }
             _ => Location::Empty,
@@ -443,10 +467,12 @@ impl Store {
     /// stray, removed at the next open.
     fn adopt_into(&self, b: &mut Batch, adopted: &Adopted<'_>, territory: &[u8]) -> Result<(), StoreError> {
         let ino = self.allocate_ino()?;
-        let size = crate::format::snapshot_len_of(adopted.segments as usize);
+        let (size, format) = match adopted.commit {
+            true => (crate::format::SEGMENT_SIZE as u64, crate::format::FORMAT_PLAIN),
+            false => (crate::format::snapshot_len_of(adopted.segments as usize), crate::format::FORMAT_V2),
+        };
         self.create_content(ino)?.set_len(size)?;
-        let stored =
-            StoredVersion { fid: adopted.fid, size, seed: adopted.seed, format: crate::format::FORMAT_V2, blob: None };
+        let stored = StoredVersion { fid: adopted.fid, size, seed: adopted.seed, format, blob: None };
         let up = UploadRecord::stored(stored, adopted.segments, territory, adopted.name.clone());
         let cold = Residency::empty(adopted.segments);
         hidden_snapshot(b, ino, size, &adopted.name, &KeptSnapshot::of(adopted.snapshot), &up, Some(&cold));
@@ -527,7 +553,7 @@ impl Store {
     }
 
     /// Forgets the FIDs of kept snapshots read so far (they changed).
-    fn kept_snapshots_changed(&self) {
+    pub(super) fn kept_snapshots_changed(&self) {
         let mut cached = lock(&self.kept_fids);
         *cached = (cached.0 + 1, None);
     }
@@ -766,11 +792,13 @@ pub struct Adopted<'a> {
     pub segments: u32,
     /// Its name on chain.
     pub name: Vec<u8>,
+    /// Whether it is a commit (a pack in the plaintext layout) rather than a snapshot file.
+    pub commit: bool,
 }
 
 /// Adds to `b` the records of hidden inode `ino` (`size` bytes) as the kept snapshot `kept`
 /// named `name` on chain, with its upload record and residency.
-fn hidden_snapshot(
+pub(super) fn hidden_snapshot(
     b: &mut Batch,
     ino: u64,
     size: u64,
@@ -876,7 +904,7 @@ mod tests {
                 }
             });
             for _ in 0..20 {
-                let snapshot = store.build_snapshot(1, [0; 16]).unwrap();
+                let snapshot = store.build_snapshot(1, [0; 16], None).unwrap();
                 let named: Vec<u64> =
                     snapshot.links.iter().filter(|l| dirs.contains(&l.parent)).map(|l| l.child).collect();
                 let distinct: HashSet<u64> = named.iter().copied().collect();

@@ -224,8 +224,8 @@ impl Inner {
         let fid = manifest.fid;
         lock(&self.manifests).insert(ino, manifest.clone());
         let segments = manifest.segments.len() as u32;
-        // A pack's hidden inode is named by its name on chain.
-        let chain_name = if hidden && snapshot.is_none() {
+        // A pack's (and a commit's) hidden inode is named by its name on chain.
+        let chain_name = if hidden && (snapshot.is_none() || encoding.format == crate::format::FORMAT_PLAIN) {
             inode.name.clone()
         } else {
             self.chain_name(&fid, &inode.name, snapshot)
@@ -576,7 +576,9 @@ impl Inner {
             let live = self.db(move |s| s.finish_pack(ino, &rec)).await?;
             lock(&self.manifests).remove(&ino);
             lock(&self.laggards).remove(&fid);
-            log::info!("pack {fid} stored: {} active", crate::words::count(live as u64, "file"));
+            if let Some(live) = live {
+                log::info!("pack {fid} stored: {} active", crate::words::count(live as u64, "file"));
+            }
             return Ok(Flow::Wait);
         }
         let next = if rec.retired {

@@ -65,6 +65,10 @@ pub struct UploadConfig {
     pub poll: Duration,
     /// Files of fewer bytes than this go into packs (encrypted mode; 0: none do).
     pub pack_below: u64,
+    /// Whether the tree's writer seals the open pack with each tree, as a commit, and merges
+    /// under-full packs into it: the engine then seals packs only when full, and merges
+    /// nothing, unless another mount writes the tree (this one then writes no commits).
+    pub commits: bool,
 }
 
 struct Inner {
@@ -301,7 +305,8 @@ impl Engine {
                 idle_since = None;
             }
             // An open pack is sealed even with packing turned off since: its files wait for it.
-            if let Some(keys) = inner.config.master.as_ref().and_then(|m| m.blobs()) {
+            let commits = inner.config.commits && !inner.store.another_writer();
+            if let Some(keys) = inner.config.master.as_ref().and_then(|m| m.blobs()).filter(|_| !commits) {
                 let (keys, quiet) = (keys.clone(), inner.pack_quiet());
                 if let Err(e) = inner.db(move |s| s.seal_quiet_pack(quiet, &keys)).await {
                     crate::log_limited!(log::Level::Error, "pack", "sealing a pack: {e}");
@@ -309,6 +314,7 @@ impl Engine {
             }
             let packs = inner.db(|s| Ok(s.stored_pack_count())).await.unwrap_or(packs_seen);
             if inner.packing().is_some()
+                && !commits
                 && (packs != packs_seen || merged_at.elapsed() >= PACK_MERGE_EVERY)
                 && merging.as_ref().is_none_or(|m| m.is_finished())
             {
@@ -435,69 +441,22 @@ impl Inner {
         self.config.master.as_ref().and_then(|m| m.blobs()).filter(|_| self.config.pack_below > 0)
     }
 
-    /// Merges under-full packs (less than half of their segment live) into the open pack, as
-    /// long as that leaves fewer packs: the files in them are packed again (an evicted one read
-    /// back from its pack first) and each old pack leaves the chain once its files are stored
-    /// elsewhere and no kept snapshot refers to it. Stops at shutdown; what is not moved yet is
-    /// looked at again next time.
+    /// Merges under-full packs into the open pack if that leaves fewer packs (no commits here:
+    /// [`crate::snapshots::merge`]). Stops at shutdown.
     async fn merge_packs(self: Arc<Self>) {
-        if let Err(e) = self.merge_underfull_packs().await {
-            crate::log_limited!(log::Level::Warn, "pack merge", "merging under-full packs: {e}");
+        let Some(keys) = self.packing().cloned() else { return };
+        let (Some(names), Some(fetcher)) = (self.config.master.as_ref().and_then(|m| m.names()), &self.fetcher) else {
+            return;
+        };
+        let merger = crate::snapshots::merge::Merger {
+            store: self.store.clone(),
+            fetcher: fetcher.clone(),
+            keys,
+            names: names.clone(),
+        };
+        if let Err(e) = merger.merge(crate::snapshots::merge::Rule::Alone, &self.stop).await {
+            crate::log_limited!(log::Level::Warn, "pack merge", "merging under-full packs: {e:#}");
         }
-    }
-
-    async fn merge_underfull_packs(&self) -> Result<(), UploadError> {
-        let Some(keys) = self.packing().cloned() else { return Ok(()) };
-        let names = self.config.master.as_ref().and_then(|m| m.names()).cloned();
-        let names = names.ok_or_else(|| UploadError::Internal("no name key".into()))?;
-        let half = crate::format::SEGMENT_SIZE as u64 / 2;
-        let mut underfull: Vec<_> =
-            self.db(|s| Ok(s.stored_packs())).await?.into_iter().filter(|p| p.2 < half).collect();
-        underfull.sort_by_key(|p| p.2);
-        // As many as fit in one pack together, the emptiest first.
-        let mut total = 0;
-        underfull.retain(|p| {
-            total += p.2;
-            total <= 2 * half - (4 << 20)
-        });
-        if underfull.len() < 2 {
-            return Ok(());
-        }
-        let leaving: HashSet<Hash> = underfull.iter().map(|p| p.0).collect();
-        let (mut moved, mut files) = (0, 0);
-        for (fid, inos, _) in &underfull {
-            for &ino in inos {
-                if *self.stop.borrow() {
-                    return Ok(());
-                }
-                files += 1;
-                let Some(rec) = self.db(move |s| s.upload(ino)).await? else { continue };
-                let Some(blob) = rec.blob.filter(|_| rec.state == UploadState::Active && rec.fid == Some(*fid)) else {
-                    continue;
-                };
-                let blob_keys = keys.clone();
-                let content = match self.db(move |s| s.local_blob(ino, &blob.id, &blob_keys)).await? {
-                    Some(local) => local,
-                    None => {
-                        let fetcher =
-                            self.fetcher.as_ref().ok_or_else(|| UploadError::Internal("no fetcher".into()))?;
-                        fetcher
-                            .blob(fid, &blob.id, blob.place, rec.size)
-                            .await
-                            .map_err(|e| UploadError::Internal(e.to_string()))?
-                    }
-                };
-                if content.len() as u64 != rec.size {
-                    continue;
-                }
-                let (keys, names, leaving) = (keys.clone(), names.clone(), leaving.clone());
-                if self.db(move |s| s.repack_file(ino, &rec, &content, &keys, &names, &leaving)).await? {
-                    moved += 1;
-                }
-            }
-        }
-        log::info!("merged {} under-full packs: {moved} of their {files} files packed again", underfull.len());
-        Ok(())
     }
 
     /// How long an open pack waits for more files before it is sealed.
@@ -695,6 +654,7 @@ mod tests {
             report_timeout: Duration::from_secs(1),
             poll: Duration::from_millis(10),
             pack_below: 0,
+            commits: false,
         };
         let (stop, stopped) = watch::channel(false);
         let chain = Arc::new(PanickingChain(signer.account()));

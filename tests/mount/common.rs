@@ -388,6 +388,17 @@ impl Devnet {
             .count()
     }
 
+    /// How many storage orders were declared in all.
+    pub fn all_declarations(&self) -> usize {
+        let events = self.run(self.chain.events()).expect("events");
+        events.iter().filter(|(_, e)| matches!(e, cessfs::devnet::Event::UploadDeclaration { .. })).count()
+    }
+
+    /// The bytes the storage nodes took in all (an all-zero fragment travels empty).
+    pub fn bytes_put(&self) -> u64 {
+        self.nodes().iter().map(|n| n.counters.bytes_in).sum()
+    }
+
     /// The bytes of the default territory that stored files and open deals take.
     pub fn territory_charged(&self) -> u128 {
         use cessfs::protocol::Chain;

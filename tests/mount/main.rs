@@ -3,6 +3,7 @@
 
 mod cli;
 mod cold;
+mod commits;
 mod common;
 mod durability;
 mod file_managers;

@@ -1,0 +1,113 @@
+//! Commits: a settled round of changes (small files' blobs and the tree) travels in one CESS
+//! file, so an edit costs one declaration, and under-full packs are merged into it.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::time::Duration;
+
+use crate::common::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn note(i: usize) -> Vec<u8> {
+    let mut bytes = random_bytes(4096, i as u64);
+    bytes.extend_from_slice(format!("note {i}").as_bytes());
+    bytes
+}
+
+/// Whether the newest tree is in an active commit, with no change waiting for the next.
+fn tree_settled(m: &Mount) -> bool {
+    let Ok(raw) = getxattr(m.root(), "user.cess.snapshot") else { return false };
+    let s: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    s["status"] == "active" && s["generation"] == s["active_generation"] && s["changes_waiting"] == false
+}
+
+fn all_active(m: &Mount, names: &[String]) -> bool {
+    names.iter().all(|n| m.cess(n, "status").as_deref() == Some("active"))
+}
+
+/// 200 notes of 4 KiB settle; then 7 bytes are appended to one. That edit costs one
+/// declaration of at most 9 fragments: the commit carries the new blob, the tree, and the other
+/// 199 notes out of the under-full commit before (a merge that rides along). Everything reads
+/// back from the miners.
+#[test]
+fn an_edit_costs_one_declaration_of_nine_fragments() {
+    let m = Mount::uploading("0.2", &["--pack-below", "1M"]);
+    fs::create_dir(m.path("notes")).unwrap();
+    let names: Vec<String> = (0..200).map(|i| format!("notes/{i}.txt")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fs::write(m.path(name), note(i)).unwrap();
+    }
+    wait_until(2 * MIN, "the notes and their tree to settle", || all_active(&m, &names) && tree_settled(&m));
+    let net = m.devnet();
+    let (declared, put) = (net.all_declarations(), net.bytes_put());
+
+    fs::OpenOptions::new().append(true).open(m.path("notes/7.txt")).unwrap().write_all(b"edited!").unwrap();
+    wait_until(MIN, "the edit and its tree to settle", || {
+        m.cess("notes/7.txt", "status").as_deref() == Some("active") && tree_settled(&m)
+    });
+    assert_eq!(net.all_declarations() - declared, 1, "one declaration for the edit\n{}", m.log());
+    // Fragments of 8 MiB, counted by the bytes the nodes took (the requests' own bytes aside).
+    let fragments = (net.bytes_put() - put + (4 << 20)) >> 23;
+    assert!(fragments <= 9, "{fragments} fragments pushed for the edit");
+    let fids: HashSet<Option<String>> = names.iter().map(|n| m.cess(n, "fid")).collect();
+    assert_eq!(fids.len(), 1, "the other notes moved into the edit's commit");
+
+    run(std::process::Command::new(BIN).arg("evict").arg(m.root()));
+    let mut edited = note(7);
+    edited.extend_from_slice(b"edited!");
+    assert!(fs::read(m.path("notes/7.txt")).unwrap() == edited);
+    for i in [0, 8, 199] {
+        assert!(fs::read(m.path(&format!("notes/{i}.txt"))).unwrap() == note(i), "note {i}");
+    }
+}
+
+/// 100 saves of one file, 100 ms apart (an editor's autosave in a burst), cost at most 2
+/// declarations: the burst is one round.
+#[test]
+fn a_burst_of_saves_is_one_round() {
+    let m = Mount::uploading("1", &["--pack-below", "1M"]);
+    fs::write(m.path("draft.txt"), b"first").unwrap();
+    wait_until(MIN, "the first save to settle", || {
+        m.cess("draft.txt", "status").as_deref() == Some("active") && tree_settled(&m)
+    });
+    let net = m.devnet();
+    let declared = net.all_declarations();
+    for i in 0..100 {
+        fs::write(m.path("draft.txt"), format!("save {i}\n").repeat(i + 1)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until(MIN, "the last save to settle", || {
+        m.cess("draft.txt", "status").as_deref() == Some("active") && tree_settled(&m)
+    });
+    let rounds = net.all_declarations() - declared;
+    assert!((1..=2).contains(&rounds), "{rounds} declarations for 100 saves\n{}", m.log());
+    assert!(fs::read(m.path("draft.txt")).unwrap() == "save 99\n".repeat(100).into_bytes());
+}
+
+/// kill -9 once a commit is sealed, before it is stored: after the remount it is stored, no
+/// commit was declared twice, nothing is lost, and the tree comes back on a fresh data dir.
+#[test]
+fn kill_9_after_a_commit_is_sealed_loses_nothing_and_declares_nothing_twice() {
+    let net = StandaloneDevnet::start();
+    let mut m = Mount::uploading("0", &["--chain", &net.url, "--pack-below", "1M"]);
+    let names: Vec<String> = (0..100).map(|i| format!("{i}.txt")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fs::write(m.path(name), note(i)).unwrap();
+    }
+    wait_until(MIN, "a commit to be sealed", || m.log().contains("written") && m.log().contains("in commit inode"));
+    m.kill9();
+    m.mount();
+    wait_until(2 * MIN, "the notes and their tree to settle", || all_active(&m, &names) && tree_settled(&m));
+    let client = net.client();
+    let fids: HashSet<String> = names.iter().filter_map(|n| m.cess(n, "fid")).collect();
+    for fid in &fids {
+        assert_eq!(client.declarations(fid), 1, "commit {fid} declared once");
+    }
+    let before = snapshot(m.root());
+    drop(m);
+    let second = Mount::uploading("0", &["--chain", &net.url, "--pack-below", "1M"]);
+    assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
+    assert!(snapshot(second.root()) == before, "every name and byte");
+}

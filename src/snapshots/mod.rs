@@ -348,10 +348,11 @@ impl Writer {
         nothing_kept: bool,
     ) -> Result<Option<(CommitTree, Hash)>, StoreError> {
         let snapshot = self.store.build_snapshot(generation, self.writer, pack)?;
-        let digest = tree_digest(&snapshot, last);
+        // The last tree as written named its commit's blobs as its own: so do they count here.
+        let unchanged = self.store.meta(LAST_TREE)?.as_deref() == Some(&tree_digest(&snapshot, last).0[..]);
+        let digest = tree_digest(&snapshot, None);
         // An empty tree with nothing kept before has nothing to keep; blobs waiting for this
         // commit always go.
-        let unchanged = self.store.meta(LAST_TREE)?.as_deref() == Some(&digest.0[..]);
         if (nothing_kept && snapshot.links.is_empty()) || (unchanged && !snapshot.refers_to_its_commit()) {
             return Ok(None);
         }

@@ -80,14 +80,7 @@ pub async fn sweep(store: &std::sync::Arc<Store>, watch: &TreeWatch, pending: Pe
     let named = watch.finder().named(&*tree.chain, &tree.territory, &tree.names).await?;
     let kept = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || -> Result<std::collections::HashSet<Hash>, StoreError> {
-            let mut fids = std::collections::HashSet::new();
-            for (ino, _) in store.kept_snapshots()? {
-                fids.extend(store.upload(ino)?.and_then(|u| u.fid));
-            }
-            Ok(fids)
-        })
-        .await??
+        tokio::task::spawn_blocking(move || super::watch::ours(&store).map(|(ours, _, _)| ours)).await??
     };
     // Only once this mount wrote the newest snapshot on chain itself: a machine thought lost
     // that comes back then finds a newer tree than its own and stops, before it refers to any

@@ -154,11 +154,12 @@ impl TreeWatch {
     }
 }
 
-/// The FIDs of the snapshots this mount keeps, those it is deleting, and the generation below
+/// The FIDs of the trees this mount keeps (and of the commits it no longer keeps that still
+/// hold its files: their trees are its past), those it is deleting, and the generation below
 /// which a snapshot is not another writer's (its newest kept, or the newest on chain when the
 /// tree began here).
-fn ours(store: &Store) -> Result<(HashSet<Hash>, HashSet<Hash>, u64), StoreError> {
-    let mut fids = HashSet::new();
+pub(super) fn ours(store: &Store) -> Result<(HashSet<Hash>, HashSet<Hash>, u64), StoreError> {
+    let mut fids: HashSet<Hash> = store.stored_packs().into_iter().map(|(fid, _, _)| fid).collect();
     let mut floor = super::baseline(store)?;
     for (ino, kept) in store.kept_snapshots()? {
         fids.extend(store.upload(ino)?.and_then(|u| u.fid));

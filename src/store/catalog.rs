@@ -209,6 +209,11 @@ impl Catalog {
         self.holders(fid).any(|(_, _, needed)| needed) || self.replaced.contains_key(fid)
     }
 
+    /// [`Catalog::needed`], by a record of an inode other than `apart`.
+    pub(super) fn needed_apart_from(&self, fid: &Hash, apart: &HashSet<u64>) -> bool {
+        self.holders(fid).any(|(ino, _, needed)| needed && !apart.contains(&ino)) || self.replaced.contains_key(fid)
+    }
+
     /// Claims `fid` for a deletion from the chain, unless a record needs it.
     pub(super) fn claim_deletion(&mut self, fid: &Hash) -> bool {
         !self.needed(fid) && self.deleting.insert(*fid)

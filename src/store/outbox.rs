@@ -779,13 +779,6 @@ impl Store {
             rec.retired = true;
             rec.newer = None;
             batch.put_upload(ino, &rec);
-        } else {
-            if let (UploadState::Active, Some(fid)) = (rec.state, rec.fid)
-                && self.fid_active_elsewhere(&fid, ino)?.is_none()
-            {
-                obsolete.push(fid);
-            }
-            batch.remove_upload(ino);
         }
         let heir = match heir {
             Some(h) => {
@@ -793,6 +786,17 @@ impl Store {
             }
             None => None,
         };
+        if !rec.state.deal_in_flight() {
+            // A FID another record holds too (a commit's hidden inode, a file of equal bytes)
+            // stays; an heir still names it, so that snapshots show the replaced file until the
+            // heir is stored (the deleter then finds it in use).
+            if let (UploadState::Active, Some(fid)) = (rec.state, rec.fid)
+                && (heir.is_some() || self.fid_active_elsewhere(&fid, ino)?.is_none())
+            {
+                obsolete.push(fid);
+            }
+            batch.remove_upload(ino);
+        }
         match heir {
             Some((h, mut r)) if !obsolete.is_empty() => {
                 r.replaces.extend(obsolete);

@@ -399,6 +399,12 @@ impl Store {
         }
         let mut b = Batch::default();
         b.0.remove(&key::pack(pack));
+        // A commit's tree that refers to its own blobs refers to its FID, known now.
+        let kept = self.tree.get(key::snapshot(pack))?.map(|v| decode::<KeptSnapshot>(&v, "snapshot")).transpose()?;
+        if let Some(mut kept) = kept.filter(|k| k.fids.contains(&crate::format::THIS_COMMIT)) {
+            kept.fids.iter_mut().filter(|f| **f == crate::format::THIS_COMMIT).for_each(|f| *f = fid);
+            b.0.insert(&key::snapshot(pack), encode(&kept));
+        }
         if !commit {
             if live == 0 {
                 b.put_tombstone(&fid);
@@ -408,6 +414,9 @@ impl Store {
             b.put_residency(pack, None);
         }
         self.commit(b)?;
+        if commit {
+            self.kept_snapshots_changed();
+        }
         drop(deals);
         self.forget_placements(&fid)?;
         if !commit {

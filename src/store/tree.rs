@@ -25,7 +25,8 @@ const VIEW_GENERATION: &[u8] = b"view-generation";
 pub struct KeptSnapshot {
     /// Its generation.
     pub generation: u64,
-    /// The FIDs of the files it refers to.
+    /// The FIDs of the files it refers to ([`crate::format::THIS_COMMIT`]: its own, until
+    /// its commit is stored and that is known).
     pub fids: Vec<Hash>,
 }
 
@@ -39,7 +40,6 @@ impl KeptSnapshot {
                 Location::Fid { fid, .. } | Location::Packed { fid, .. } => Some(fid),
                 _ => None,
             })
-            .filter(|fid| *fid != crate::format::THIS_COMMIT)
             .collect();
         KeptSnapshot { generation: snapshot.generation, fids }
     }
@@ -507,7 +507,9 @@ impl Store {
     /// The state of the kept snapshots.
     pub fn snapshot_summary(&self) -> Result<SnapshotSummary, StoreError> {
         let mut summary = SnapshotSummary::default();
+        let mut snapshots = HashSet::new();
         for (ino, s) in self.kept_snapshots()? {
+            snapshots.insert(ino);
             let up = self.upload(ino)?;
             summary.segments += up.as_ref().map_or(0, |u| u64::from(u.segments));
             summary.newest_fid = up.as_ref().and_then(|u| u.fid);
@@ -520,7 +522,8 @@ impl Store {
         }
         let kept = self.kept_snapshot_fids()?;
         let catalog = lock(&self.catalog);
-        summary.held_back = kept.iter().filter(|f| !catalog.needed(f)).count();
+        // A commit's FID is held by its own hidden inode too: that does not make it needed.
+        summary.held_back = kept.iter().filter(|f| !catalog.needed_apart_from(f, &snapshots)).count();
         Ok(summary)
     }
 

@@ -14,60 +14,19 @@ mod data;
 #[path = "support/mounted.rs"]
 #[allow(dead_code)]
 mod mounted;
+#[path = "support/standalone.rs"]
+#[allow(dead_code)]
+mod standalone;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
-use cessfs::devnet::{DevnetChain, NodeCounters};
 use data::random;
 use mounted::*;
+use standalone::Devnet;
 
 const MIB: u64 = 1 << 20;
-
-/// A standalone devnet, stopped on drop.
-struct Devnet {
-    child: Child,
-    rpc: String,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Devnet {
-    fn start(dir: &Path, link: &str, node_links: &[&str]) -> Devnet {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cessfs"));
-        cmd.arg("devnet").arg("--dir").arg(dir).args(["--rpc", "127.0.0.1:0", "--node-port", "0", "--link", link]);
-        for n in node_links {
-            cmd.args(["--node-link", n]);
-        }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("cessfs devnet");
-        let info = dir.join("devnet.json");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !info.exists() {
-            assert!(Instant::now() < deadline, "the devnet did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&info).expect("devnet.json")).expect("json");
-        let rpc = info["rpc"].as_str().expect("rpc").to_string();
-        Devnet { child, rpc, runtime: tokio::runtime::Runtime::new().expect("runtime") }
-    }
-
-    /// The nodes' counters, summed.
-    fn moved(&self) -> NodeCounters {
-        let signer = cessfs::protocol::Signer::from_uri("//Alice").expect("dev key");
-        let chain = DevnetChain::new(&self.rpc, signer);
-        let nodes = self.runtime.block_on(chain.nodes()).expect("nodes");
-        nodes.iter().map(|n| n.counters).sum()
-    }
-}
 
 /// A bit rate as the link spec writes it, in bytes a second.
 fn bytes_per_sec(rate: &str) -> f64 {
@@ -90,7 +49,7 @@ fn run(work: &Path, key: &Path, case: &Case) {
     let dir = work.join(case.name);
     std::fs::create_dir_all(&dir).expect("case dir");
     let link = format!("up={},down={},rtt=60ms", case.up, case.down);
-    let net = Devnet::start(&dir.join("devnet"), &link, case.node_links);
+    let net = Devnet::start(&dir.join("devnet"), &["--link", &link], case.node_links);
     let data = dir.join("data");
     let chain = net.rpc.clone();
     let m = mount(&data, key, &["--chain", &chain, "--snapshots", "false", "--pack-below", "0"]);

@@ -89,6 +89,11 @@ pub struct Settings {
     /// Keep the tree in encrypted snapshots on CESS (encrypted mode only) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub snapshots: Option<bool>,
+    /// Send each settled round of changes (small files and the tree) as one commit, one
+    /// declaration; false: packs and tree snapshots go as files of their own, as before commits
+    /// [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub commits: Option<bool>,
     /// The longest a change waits for a tree snapshot while changes keep coming, in seconds
     /// (snapshots are otherwise written once changes settle) [default: 600].
     #[arg(long, value_name = "SECS")]
@@ -193,6 +198,7 @@ impl Settings {
             pack_below,
             metrics,
             snapshots,
+            commits,
             read_only,
             generation,
             poll_interval,

@@ -320,7 +320,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     // Each territory has its own keys, so equal bytes in two territories never share a FID.
     let master = master.map(|m| m.for_territory(&settings.territory()));
     let pace = Arc::new(crate::pace::Pace::new(settings.bwlimit()?));
-    let commits = !settings.read_only()
+    let commits = settings.commits.unwrap_or(true)
         && settings.snapshot_config().is_some()
         && master.as_ref().is_some_and(|m| m.names().is_some() && m.blobs().is_some());
     let config = UploadConfig {
@@ -343,7 +343,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         Some(pace.clone()),
     ));
     let names = config.master.as_ref().and_then(|m| m.names()).cloned();
-    let blobs = config.master.as_ref().and_then(|m| m.blobs()).cloned();
+    let blobs = config.master.as_ref().and_then(|m| m.blobs()).cloned().filter(|_| commits);
     let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
     let follower = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -15,8 +15,8 @@ use crate::devnet::{Devnet, DevnetChain, DevnetConfig};
 use crate::format::{Hash, SegmentManifest};
 use crate::metrics;
 use crate::protocol::{
-    AccountId, BeforeSend, Chain, ChainError, ChainHealth, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer,
-    TerritoryInfo, TxReceipt, UserBrief,
+    AccountId, BatchReceipt, BeforeSend, Chain, ChainError, ChainHealth, DealInfo, FileInfo, HeldFile, MinerInfo,
+    SentTx, Signer, TerritoryInfo, TxReceipt, UserBrief,
 };
 
 /// The chain client, the account it signs with, and the embedded devnet if it runs one.
@@ -179,7 +179,7 @@ impl Chain for Observed {
         self.call("may_land", self.chain.may_land(sent)).await
     }
 
-    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
-        self.call("delete_file", self.chain.delete_file(fid)).await
+    async fn delete_files(&self, fids: &[Hash]) -> Result<BatchReceipt, ChainError> {
+        self.call("delete_files", self.chain.delete_files(fids)).await
     }
 }

@@ -53,7 +53,7 @@ fn every_call_encodes_signs_and_decodes_against_both_runtimes() {
         let md = metadata(file);
         let calls = [
             ("upload_declaration", codec::upload_declaration(&md, &fid(1), &segments, &user, 70 << 20)),
-            ("delete_file", codec::delete_file(&alice.account(), &fid(1))),
+            ("force_batch", codec::delete_files(&alice.account(), &[fid(1), fid(2)])),
             ("mint_territory", codec::mint_territory(b"home", 10, 30)),
             ("expanding_territory", codec::expand_territory(b"home", 5)),
             ("renewal_territory", codec::renew_territory(b"home", 60)),
@@ -91,8 +91,23 @@ fn every_call_encodes_signs_and_decodes_against_both_runtimes() {
                     assert_eq!(codec::bytes(codec::field(brief, "file_name").unwrap()).unwrap(), b"report.pdf");
                     assert_eq!(codec::uint(codec::field(&fields, "file_size").unwrap()).unwrap(), 70 << 20);
                 }
-                "delete_file" => {
-                    assert_eq!(codec::account(codec::field(&fields, "owner").unwrap()).unwrap(), alice.account());
+                "force_batch" => {
+                    // Utility.force_batch { calls: [FileBank(delete_file { owner, file_hash })] }
+                    let calls = match &codec::field(&fields, "calls").unwrap().value {
+                        scale_value::ValueDef::Composite(c) => c.values().cloned().collect::<Vec<_>>(),
+                        other => panic!("{other:?}"),
+                    };
+                    assert_eq!(calls.len(), 2, "spec {spec}");
+                    for (call, want) in calls.into_iter().zip([fid(1), fid(2)]) {
+                        let scale_value::ValueDef::Variant(pallet) = call.value else { panic!("a call") };
+                        assert_eq!(pallet.name, "FileBank");
+                        let inner = pallet.values.values().next().expect("the pallet's call").clone();
+                        assert_eq!(codec::variant(&inner).unwrap(), "delete_file");
+                        let scale_value::ValueDef::Variant(v) = inner.value else { unreachable!() };
+                        let args = Value { value: scale_value::ValueDef::Composite(v.values), context: () };
+                        assert_eq!(codec::account(codec::field(&args, "owner").unwrap()).unwrap(), alice.account());
+                        assert_eq!(codec::hash(codec::field(&args, "file_hash").unwrap()).unwrap(), want);
+                    }
                 }
                 _ => assert_eq!(codec::bytes(codec::field(&fields, "territory_name").unwrap()).unwrap(), b"home"),
             }

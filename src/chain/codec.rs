@@ -92,13 +92,15 @@ pub fn upload_declaration(
     )
 }
 
-/// `FileBank.delete_file(owner, file_hash)`.
-pub fn delete_file(owner: &AccountId, fid: &Hash) -> Call {
-    dynamic::tx(
-        "FileBank",
-        "delete_file",
-        Composite::named([("owner".to_string(), account_value(owner)), ("file_hash".to_string(), hash_value(fid))]),
-    )
+/// `Utility.force_batch` of `FileBank.delete_file(owner, file_hash)` for each of `fids`: each
+/// dispatched on its own, one refused not stopping the others (`batch` would stop at the first
+/// and still report success); the events `ItemCompleted` and `ItemFailed` say, in order.
+pub fn delete_files(owner: &AccountId, fids: &[Hash]) -> Call {
+    let calls = fids.iter().map(|fid| {
+        let fields = [("owner", account_value(owner)), ("file_hash", hash_value(fid))];
+        Value::unnamed_variant("FileBank", [Value::named_variant("delete_file", fields)])
+    });
+    dynamic::tx("Utility", "force_batch", Composite::named([("calls".to_string(), Value::unnamed_composite(calls))]))
 }
 
 /// `StorageHandler.mint_territory(gib_count, territory_name, days)`.

@@ -18,8 +18,8 @@ use tokio::sync::Mutex;
 
 use crate::format::{Hash, SegmentManifest};
 use crate::protocol::{
-    AccountId, BeforeSend, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer, TerritoryInfo,
-    TxReceipt, UserBrief,
+    AccountId, BatchReceipt, BeforeSend, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer,
+    TerritoryInfo, TxReceipt, UserBrief,
 };
 
 type Client = OnlineClient<SubstrateConfig>;
@@ -62,6 +62,8 @@ pub struct Payment {
     pub receipt: TxReceipt,
     /// The `spend` of the StorageHandler event, if it had one.
     pub spent: Option<u128>,
+    /// A batch's items, in order: `ItemCompleted` or `ItemFailed` (none for another call).
+    pub items: Vec<Result<(), ChainError>>,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> ChainError {
@@ -320,8 +322,27 @@ impl CessChain {
                         let value = Value { value: scale_value::ValueDef::Composite(fields), context: () };
                         codec::uint(codec::field(&value, "spend").ok()?).ok()
                     });
-                    let block = in_block.at().await.map_err(unreachable)?.block_number() as u32;
-                    return Ok(Payment { receipt: TxReceipt { tx_hash, block }, spent });
+                    let at = in_block.at().await.map_err(unreachable)?;
+                    let metadata = at.metadata();
+                    let items = events
+                        .iter()
+                        .flatten()
+                        .filter(|ev| ev.pallet_name() == "Utility")
+                        .filter_map(|ev| match ev.event_name() {
+                            "ItemCompleted" => Some(Ok(())),
+                            "ItemFailed" => {
+                                let error =
+                                    subxt::error::DispatchError::decode_from(ev.field_bytes(), metadata.clone());
+                                Some(Err(error.map_or_else(
+                                    |e| ChainError::dispatch("Runtime", &format!("an undecodable error ({e})")),
+                                    |d| dispatch_error(&d),
+                                )))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let block = at.block_number() as u32;
+                    return Ok(Payment { receipt: TxReceipt { tx_hash, block }, spent, items });
                 }
                 TransactionStatus::Invalid { message } | TransactionStatus::Dropped { message } => {
                     return Err(pool_refusal(&message));
@@ -512,8 +533,17 @@ impl Chain for CessChain {
         Ok(self.block_number().await? <= sent.until)
     }
 
-    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
-        self.submit(&codec::delete_file(&self.signer.account(), fid)).await
+    async fn delete_files(&self, fids: &[Hash]) -> Result<BatchReceipt, ChainError> {
+        let paid = self.pay(&codec::delete_files(&self.signer.account(), fids)).await?;
+        if paid.items.len() != fids.len() {
+            return Err(ChainError::Pending(format!(
+                "a batch of {} deletions landed in block {} with {} outcomes",
+                fids.len(),
+                paid.receipt.block,
+                paid.items.len()
+            )));
+        }
+        Ok(BatchReceipt { receipt: paid.receipt, items: paid.items })
     }
 }
 

@@ -59,6 +59,17 @@ pub enum Event {
         /// The FID.
         file_hash: Hash,
     },
+    /// `Utility.ItemCompleted`: an item of a batch went through.
+    ItemCompleted,
+    /// `Utility.ItemFailed`: an item of a batch was refused.
+    ItemFailed {
+        /// Why.
+        error: ChainError,
+    },
+    /// `Utility.BatchCompleted`.
+    BatchCompleted,
+    /// `Utility.BatchCompletedWithErrors`.
+    BatchCompletedWithErrors,
 }
 
 /// The devnet ledger.
@@ -483,6 +494,59 @@ impl Ledger {
     /// `delete_file(owner, file_hash)`.
     pub fn delete_file(&self, origin: &AccountId, owner: &AccountId, fid: &Hash) -> Result<TxReceipt, ChainError> {
         let _x = crate::sync::lock(&self.extrinsic);
+        let (b, event) = self.deletion(origin, owner, fid)?;
+        let receipt = self.seal(b, &format!("delete_file {fid}"), vec![event])?;
+        self.announce_gone(fid)?;
+        Ok(receipt)
+    }
+
+    /// `Utility.force_batch` of `delete_file(owner, file_hash)` for each of `fids`, in one
+    /// block: each item applied on its own (one refused does not stop the others), its
+    /// `ItemCompleted` or `ItemFailed` event in order, then `BatchCompleted` or
+    /// `BatchCompletedWithErrors`. (Items are applied one by one so that each sees the one
+    /// before: a crash of the devnet in the middle keeps the items before it.)
+    pub fn delete_files(
+        &self,
+        origin: &AccountId,
+        owner: &AccountId,
+        fids: &[Hash],
+    ) -> Result<crate::protocol::BatchReceipt, ChainError> {
+        let _x = crate::sync::lock(&self.extrinsic);
+        let mut events = Vec::new();
+        let mut items = Vec::new();
+        for fid in fids {
+            match self.deletion(origin, owner, fid) {
+                Ok((b, event)) => {
+                    self.tree.apply_batch(b).map_err(storage)?;
+                    events.extend([event, Event::ItemCompleted]);
+                    items.push(Ok(()));
+                }
+                Err(e @ ChainError::Dispatch { .. }) => {
+                    events.push(Event::ItemFailed { error: e.clone() });
+                    items.push(Err(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let failed = items.iter().any(Result::is_err);
+        events.push(if failed { Event::BatchCompletedWithErrors } else { Event::BatchCompleted });
+        let receipt = self.seal(sled::Batch::default(), &format!("force_batch of {} deletions", fids.len()), events)?;
+        for (fid, _) in fids.iter().zip(&items).filter(|(_, item)| item.is_ok()) {
+            self.announce_gone(fid)?;
+        }
+        Ok(crate::protocol::BatchReceipt { receipt, items })
+    }
+
+    /// Tells the nodes that `fid` left the chain, if its last owner deleted it.
+    fn announce_gone(&self, fid: &Hash) -> Result<(), ChainError> {
+        if self.get::<FileInfo>(&key(b'f', &[&fid.0]))?.is_none() {
+            let _ = self.deleted.send(*fid);
+        }
+        Ok(())
+    }
+
+    /// The changes and the event of `delete_file(owner, file_hash)`, not applied.
+    fn deletion(&self, origin: &AccountId, owner: &AccountId, fid: &Hash) -> Result<(sled::Batch, Event), ChainError> {
         if origin != owner {
             return Err(file_bank("NoPermission"));
         }
@@ -522,12 +586,7 @@ impl Ledger {
         } else {
             self.put(&mut b, &fkey, &file);
         }
-        let events = vec![Event::DeleteFile { operator: *origin, owner: *owner, file_hash: *fid }];
-        let receipt = self.seal(b, &format!("delete_file {fid}"), events)?;
-        if file.owners.is_empty() {
-            let _ = self.deleted.send(*fid);
-        }
-        Ok(receipt)
+        Ok((b, Event::DeleteFile { operator: *origin, owner: *owner, file_hash: *fid }))
     }
 }
 
@@ -617,5 +676,32 @@ mod tests {
         for t in [&b"one"[..], b"two"] {
             assert_eq!(l.territory(&alice, t).unwrap().unwrap().used_space, 0);
         }
+    }
+
+    /// A batch of deletions is one block: each item on its own, a refused one not stopping the
+    /// rest, each seeing the ones before (the territory is charged back for both).
+    #[test]
+    fn a_batch_of_deletions_is_one_block_and_reports_each_item() {
+        let (_dir, l, alice, miners) = ledger(&[b"t"], 12);
+        let user = UserBrief { user: alice, file_name: b"name.txt".to_vec(), territory_name: b"t".to_vec() };
+        let fids: Vec<Hash> = (0..3u8).map(|i| crate::format::sha256(&[i])).collect();
+        for fid in [fids[0], fids[2]] {
+            l.upload_declaration(&alice, &fid, &manifest(1), &user, 1).unwrap();
+            for (j, m) in miners.iter().enumerate() {
+                l.transfer_report(m, j as u8 + 1, &fid).unwrap();
+            }
+        }
+        assert_eq!(l.territory(&alice, b"t").unwrap().unwrap().used_space, charged_space(2));
+        let block = l.block();
+        let done = l.delete_files(&alice, &alice, &fids).unwrap();
+        assert_eq!(done.receipt.block, block + 1, "one block");
+        assert_eq!(done.items, vec![Ok(()), Err(file_bank("NonExistent")), Ok(())]);
+        assert!(fids.iter().all(|f| l.file(f).unwrap().is_none()));
+        assert_eq!(l.territory(&alice, b"t").unwrap().unwrap().used_space, 0);
+        let events: Vec<Event> = l.events().into_iter().filter(|(b, _)| *b == block + 1).map(|(_, e)| e).collect();
+        assert_eq!(events.len(), 6);
+        assert_eq!(events[1], Event::ItemCompleted);
+        assert_eq!(events[2], Event::ItemFailed { error: file_bank("NonExistent") });
+        assert_eq!(events[5], Event::BatchCompletedWithErrors);
     }
 }

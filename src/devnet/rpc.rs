@@ -2,7 +2,7 @@
 //! `{"err": ChainError}`; extrinsics carry `Account` and `Signature` headers (sr25519 over the
 //! body) and are refused without them. `GET /nodes` lists the nodes with their counters (bytes
 //! in and out, PUTs, GETs, refusals: what moved, for tests and benchmarks) and `POST
-//! /nodes/<i>/fault` switches node faults for tests; `POST /control/deletions` holds `delete_file` calls back until released (a
+//! /nodes/<i>/fault` switches node faults for tests; `POST /control/deletions` holds `delete_files` calls back until released (a
 //! deletion waiting for its block, as on a real chain), `POST /control/declarations` holds
 //! `upload_declaration` calls in its pool (included once released, whether or not their sender
 //! still waits; `POST /rpc/tx_pending` says whether one is still there). Both need the control token. [`DevnetChain`] is the client, behind the same [`Chain`] trait as the real
@@ -22,8 +22,8 @@ use super::{Fault, Ledger, Node, NodeView};
 use crate::format::{Hash, SegmentManifest};
 use crate::http::{self, Reply, Server, json};
 use crate::protocol::{
-    AccountId, BeforeSend, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer, TerritoryInfo,
-    TxReceipt, UserBrief, verify,
+    AccountId, BatchReceipt, BeforeSend, Chain, ChainError, DealInfo, FileInfo, HeldFile, MinerInfo, SentTx, Signer,
+    TerritoryInfo, TxReceipt, UserBrief, verify,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -66,7 +66,7 @@ struct TxQuery {
 #[derive(Serialize, Deserialize)]
 struct Deletion {
     owner: AccountId,
-    fid: Hash,
+    fids: Vec<Hash>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,7 +95,7 @@ struct HoldSwitch {
 /// What the control token guards, besides the nodes.
 struct Control {
     token: Arc<str>,
-    /// Whether `delete_file` calls wait (until switched off).
+    /// Whether `delete_files` calls wait (until switched off).
     deletions_held: tokio::sync::watch::Sender<bool>,
     /// Whether `upload_declaration` calls wait in the pool (until switched off).
     declarations_held: tokio::sync::watch::Sender<bool>,
@@ -220,7 +220,7 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
             control.declarations_held.send_replace(h.held);
             json(StatusCode::OK, &h)
         }
-        (Method::POST, "/rpc/delete_file") => {
+        (Method::POST, "/rpc/delete_files") => {
             let d = params!(Deletion);
             let who = match signed() {
                 Ok(w) => w,
@@ -228,7 +228,7 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
             };
             let mut held = control.deletions_held.subscribe();
             let _ = held.wait_for(|held| !*held).await;
-            answer(blocking(move || l.delete_file(&who, &d.owner, &d.fid)).await)
+            answer(blocking(move || l.delete_files(&who, &d.owner, &d.fids)).await)
         }
         (Method::POST, "/control/deletions") => {
             if !controlled() {
@@ -383,7 +383,7 @@ impl DevnetChain {
         self.control(&format!("nodes/{index}/fault"), &FaultSwitch { fault }).await
     }
 
-    /// Holds `delete_file` calls back (they wait, as for a block) until called with `false`.
+    /// Holds `delete_files` calls back (they wait, as for a block) until called with `false`.
     pub async fn hold_deletions(&self, held: bool) -> Result<(), ChainError> {
         self.control::<_, HoldSwitch>("control/deletions", &HoldSwitch { held }).await.map(drop)
     }
@@ -475,7 +475,7 @@ impl Chain for DevnetChain {
         self.call("tx_pending", &TxQuery { tx: sent.hash.clone() }, false).await
     }
 
-    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError> {
-        self.call("delete_file", &Deletion { owner: self.signer.account(), fid: *fid }, true).await
+    async fn delete_files(&self, fids: &[Hash]) -> Result<BatchReceipt, ChainError> {
+        self.call("delete_files", &Deletion { owner: self.signer.account(), fids: fids.to_vec() }, true).await
     }
 }

@@ -349,11 +349,15 @@ mod tests {
         let tree = k.seal_tree(42, b"a tree");
         let tree_place = space.place(tree.len()).unwrap();
         segment[tree_place.range().unwrap()].copy_from_slice(&tree);
-        let used = space.used() as usize;
         let (header, offset, index) = seal_index(&k, 42, &blobs, &mut space, Some(tree_place)).unwrap();
         segment[..PACK_HEADER_LEN].copy_from_slice(&header);
         segment[offset..offset + index.len()].copy_from_slice(&index);
-        assert!(offset >= used, "the index is placed after the blobs of its quarter");
+        let index_range = offset..offset + index.len();
+        for place in blobs.iter().map(|(_, p)| *p).chain([tree_place]) {
+            let r = place.range().unwrap();
+            assert!(r.end <= index_range.start || index_range.end <= r.start, "the index overlaps {r:?}");
+        }
+        assert_eq!(index_range.start / FRAGMENT_SIZE, (index_range.end - 1) / FRAGMENT_SIZE, "in one quarter");
         assert_eq!(space.quarters_used(), 2, "100 blobs of up to 300 KB and the index fill two quarters");
         assert_eq!(read_tree(&k, &segment).unwrap().as_deref(), Some(&b"a tree"[..]));
         let (number, read) = read_index(&k, &segment).unwrap();

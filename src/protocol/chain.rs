@@ -155,6 +155,16 @@ pub struct TxReceipt {
     pub block: u32,
 }
 
+/// Where a batch of deletions landed, and what became of each ([`Chain::delete_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReceipt {
+    /// The transaction.
+    pub receipt: TxReceipt,
+    /// Each deletion's outcome, in the order asked: `Err` is the pallet's refusal of that one
+    /// (the others went on).
+    pub items: Vec<Result<(), ChainError>>,
+}
+
 /// A transaction signed and about to be sent: what is recorded before it goes, so that after a
 /// crash it is followed to its end instead of being sent again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +277,8 @@ pub trait Chain: Send + Sync {
     ) -> Result<TxReceipt, ChainError>;
     /// Whether transaction `sent`, whose effect is not seen on chain, may still be included.
     async fn may_land(&self, sent: &SentTx) -> Result<bool, ChainError>;
-    /// `FileBank.delete_file` of this account's copy of `fid`, returning once it is in a block.
-    async fn delete_file(&self, fid: &Hash) -> Result<TxReceipt, ChainError>;
+    /// `FileBank.delete_file` of this account's copy of each of `fids`, all in one transaction
+    /// (`Utility.force_batch`: one refused does not stop the others), returning once it is in a
+    /// block, with each one's outcome.
+    async fn delete_files(&self, fids: &[Hash]) -> Result<BatchReceipt, ChainError>;
 }

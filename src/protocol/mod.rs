@@ -12,8 +12,8 @@ mod pushes;
 
 pub use account::{AccountId, SS58_PREFIX, Signer, verify};
 pub use chain::{
-    BeforeSend, Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo, SegmentInfo,
-    SentTx, TerritoryInfo, TerritoryState, TxReceipt, UserBrief,
+    BatchReceipt, BeforeSend, Chain, ChainError, CompleteInfo, DealInfo, FileInfo, FragmentInfo, HeldFile, MinerInfo,
+    SegmentInfo, SentTx, TerritoryInfo, TerritoryState, TxReceipt, UserBrief,
 };
 pub use health::{ChainHealth, utc};
 pub use pushes::{PushedBytes, Pushes};

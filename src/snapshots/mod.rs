@@ -67,6 +67,11 @@ pub(crate) fn lineage_writer(restored: &[u8; 16]) -> (&'static [u8], Vec<u8>) {
     (WRITER, writer.to_vec())
 }
 
+/// This data dir's writer id, if it has written a tree.
+pub(crate) fn writer_id(store: &Store) -> Result<Option<[u8; 16]>, StoreError> {
+    Ok(store.meta(WRITER)?.and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()))
+}
+
 /// The tree a writer keeps on chain: where, and under which names.
 pub struct TreeOnChain {
     /// The chain.
@@ -75,8 +80,8 @@ pub struct TreeOnChain {
     pub territory: Vec<u8>,
     /// The tree's name key.
     pub names: NameKey,
-    /// The tree's blob keys: commits are sealed and read with them (`None`: a key without
-    /// packs, whose trees go in snapshot files).
+    /// The tree's blob keys, commits are sealed with (`None`: no commits, `--commits false` or a
+    /// key without packs: trees go in snapshot files).
     pub blobs: Option<BlobKeys>,
 }
 
@@ -97,7 +102,7 @@ impl Writer {
         watch: Arc<watch::TreeWatch>,
         config: SnapshotConfig,
     ) -> Result<Writer, StoreError> {
-        let writer = match store.meta(WRITER)?.and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()) {
+        let writer = match writer_id(&store)? {
             Some(w) => w,
             None => {
                 let w: [u8; 16] = rand::random();
@@ -319,8 +324,8 @@ impl Writer {
                 log::info!("tree snapshot {generation} written ({bytes} bytes) in commit inode {ino}")
             }
             _ => log::info!(
-                "tree snapshot {generation} written ({bytes} bytes, inode {ino}) in a file of its own, too large for a \
-                 commit; on its way to CESS"
+                "tree snapshot {generation} written ({bytes} bytes) in a file of its own (inode {ino}{}); on its way to CESS",
+                if tree.blobs.is_some() { ", too large for a commit" } else { "" }
             ),
         }
         // Older snapshot files whose deal has not begun will never be needed: this one replaces

@@ -31,8 +31,9 @@ pub struct TreeWatch {
     finder: Finder,
     /// Whether this mount writes the tree (else it only keeps from deleting what others use).
     writes: bool,
-    /// The FIDs each snapshot read refers to (`None`: it reads as damaged).
-    read: Mutex<HashMap<Hash, Option<Arc<Vec<Hash>>>>>,
+    /// The writer of each snapshot read, and the FIDs it refers to (`None`: it reads as
+    /// damaged).
+    read: Mutex<HashMap<Hash, Option<Written>>>,
     /// When the last look succeeded.
     looked: Mutex<Option<Instant>>,
     /// One look at a time.
@@ -100,6 +101,7 @@ impl TreeWatch {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        let me = super::writer_id(&self.store).map_err(|e| e.to_string())?;
         if self.writes
             && let Some(why) = newer_elsewhere(&found, &ours, floor)
         {
@@ -107,8 +109,12 @@ impl TreeWatch {
         }
         let mut refs = HashSet::new();
         for f in found.iter().filter(|f| f.active && !ours.contains(&f.fid) && !deleting.contains(&f.fid)) {
-            if let Some(fids) = self.refs_of(f).await? {
-                refs.extend(fids.iter().copied());
+            // This lineage's own trees up to its newest kept are its past (a dropped commit stays
+            // on chain while a later tree refers to it): what they refer to is its to delete.
+            if let Some(written) = self.refs_of(f).await?
+                && !(me.is_some_and(|me| super::same_lineage(&me, &written.writer)) && f.generation <= floor)
+            {
+                refs.extend(written.fids.iter().copied());
             }
         }
         self.store.set_refs_on_chain(refs);
@@ -116,13 +122,16 @@ impl TreeWatch {
         Ok(())
     }
 
-    /// The FIDs snapshot `f` refers to, read once (`None`: it reads as damaged).
-    async fn refs_of(&self, f: &Found) -> Result<Option<Arc<Vec<Hash>>>, String> {
+    /// Who wrote snapshot `f` and the FIDs it refers to, read once (`None`: it reads as
+    /// damaged).
+    async fn refs_of(&self, f: &Found) -> Result<Option<Written>, String> {
         if let Some(known) = lock(&self.read).get(&f.fid) {
             return Ok(known.clone());
         }
         let refs = match read(&self.fetcher, f).await {
-            Ok((snapshot, _)) => Some(Arc::new(KeptSnapshot::of(&snapshot).fids)),
+            Ok((snapshot, _)) => {
+                Some(Written { writer: snapshot.writer, fids: Arc::new(KeptSnapshot::of(&snapshot).fids) })
+            }
             Err(ReadError::Damaged(why)) => {
                 log::warn!("tree snapshot {} on chain cannot be read ({why}): it refers to nothing", f.generation);
                 None
@@ -152,6 +161,13 @@ impl TreeWatch {
     pub fn stopped(&self) -> bool {
         lock(&self.flags.stopped).is_some()
     }
+}
+
+/// Who wrote a snapshot on chain, and the FIDs it refers to.
+#[derive(Clone)]
+struct Written {
+    writer: [u8; 16],
+    fids: Arc<Vec<Hash>>,
 }
 
 /// The FIDs of the trees this mount keeps (and of the commits it no longer keeps that still

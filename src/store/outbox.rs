@@ -469,11 +469,13 @@ impl Store {
         Ok(self.tree.contains_key(key::deletion_sent(fid))?)
     }
 
-    /// Records durably, before the transaction goes, that a deletion of `fid` is sent: its FID
-    /// stays claimed, across restarts too, until the chain shows how it ended. Its own key, so
-    /// that the FID queued again meanwhile does not clear it.
-    pub fn mark_deletion_sent(&self, fid: &Hash) -> Result<(), StoreError> {
-        self.tree.insert(key::deletion_sent(fid), &[])?;
+    /// Records durably, before the transaction goes, that a deletion of each of `fids` is sent:
+    /// its FID stays claimed, across restarts too, until the chain shows how it ended. Its own
+    /// key, so that the FID queued again meanwhile does not clear it.
+    pub fn mark_deletion_sent(&self, fids: &[Hash]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        fids.iter().for_each(|fid| b.insert(key::deletion_sent(fid), &[]));
+        self.tree.apply_batch(b)?;
         self.sync()
     }
 

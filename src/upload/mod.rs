@@ -24,6 +24,7 @@ mod job;
 mod placement;
 mod push;
 mod reaper;
+pub use reaper::DELETE_BATCH;
 mod window;
 
 use std::cmp::Reverse;
@@ -605,7 +606,7 @@ mod tests {
         async fn may_land(&self, _: &crate::protocol::SentTx) -> Result<bool, ChainError> {
             panic!("pool bug")
         }
-        async fn delete_file(&self, _: &Hash) -> Result<TxReceipt, ChainError> {
+        async fn delete_files(&self, _: &[Hash]) -> Result<crate::protocol::BatchReceipt, ChainError> {
             panic!("deletion bug")
         }
     }

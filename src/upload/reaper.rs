@@ -1,7 +1,8 @@
-//! The reaper: deletes the FIDs queued in tombstones from the chain, one at a time, each once
-//! nothing here needs it (`Store::claim_deletion`). A deletion is recorded as sent before its
-//! transaction goes, so that after a restart it is followed to its end, with its FID claimed
-//! meanwhile; a tombstone is settled only if it is still the one the attempt read.
+//! The reaper: deletes the FIDs queued in tombstones from the chain, each once nothing here
+//! needs it (`Store::claim_deletion`), many in one transaction (`Chain::delete_files`). A
+//! deletion is recorded as sent before its transaction goes, so that after a restart it is
+//! followed to its end, with its FID claimed meanwhile; a tombstone is settled only if it is
+//! still the one the attempt read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,28 +10,17 @@ use std::time::Duration;
 use super::{Inner, backoff, later, until};
 use crate::format::Hash;
 use crate::protocol::ChainError;
-use crate::store::{Deletion, Store, Tombstone};
-
-/// A deletion claimed in the store ([`Store::claim_deletion`]), ended when dropped unless
-/// `kept` (its outcome is not known yet). Kept too if the attempt is dropped half-way (at
-/// shutdown): the tombstone, marked sent, claims it again at the next start.
-struct ClaimedDeletion<'a> {
-    store: &'a Store,
-    fid: Hash,
-    kept: bool,
-}
-
-impl Drop for ClaimedDeletion<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.store.end_deletion(&self.fid);
-        }
-    }
-}
+use crate::store::{Deletion, Tombstone};
 
 /// How long a landed deletion may take to show in the chain's reads (finalized blocks) before
 /// the reaper looks again later.
 const DELETION_SEEN_WITHIN: Duration = Duration::from_secs(60);
+
+/// The most FIDs deleted in one transaction. `delete_file` rewrites the account's whole
+/// `UserHoldFileList`, so a batch weighs with the hold list's length: 100 keeps a batch far
+/// inside a block's weight at the 100,000 held files of `cargo bench --bench snapshot`
+/// (measured on the devnet, which counts no weight; see the README for the rig).
+pub const DELETE_BATCH: usize = 100;
 
 /// How old the look at the tree's snapshots on chain may be when a FID is deleted.
 const TREE_SEEN_WITHIN: Duration = Duration::from_secs(60);
@@ -66,6 +56,7 @@ impl Inner {
                         stones.clear();
                         waits = Some(why);
                     }
+                    let mut claimed = Vec::new();
                     for (fid, t) in stones {
                         if *stop.borrow() {
                             return;
@@ -74,13 +65,23 @@ impl Inner {
                             next = next.min(wait);
                             continue;
                         }
-                        let (read, fid_copy) = (t.clone(), fid);
-                        let Attempt { retry, .. } = self.delete(&fid, t, &mut waits).await;
-                        if let Some(retry) = &retry {
-                            next = next.min(retry.retry_at.map(until).unwrap_or_default());
+                        match self.claim(&fid, &t, &mut waits).await {
+                            Some(retry) => self.settle(fid, t, retry, &mut next).await,
+                            None => claimed.push((fid, t)),
                         }
-                        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid_copy, &read, retry)).await {
-                            log::error!("tombstone of {fid}: {e}");
+                    }
+                    for batch in claimed.chunks(DELETE_BATCH) {
+                        if *stop.borrow() {
+                            // The claims end with the engine; the tombstones stay for the next run.
+                            batch.iter().for_each(|(fid, _)| self.store.end_deletion(fid));
+                            continue;
+                        }
+                        let attempts = self.delete_claimed(batch).await;
+                        for ((fid, read), attempt) in batch.iter().zip(attempts) {
+                            if attempt.settled {
+                                self.store.end_deletion(fid);
+                            }
+                            self.settle(*fid, read.clone(), attempt.retry, &mut next).await;
                         }
                     }
                     self.store.set_deletions_wait(waits);
@@ -124,146 +125,239 @@ impl Inner {
         }
     }
 
-    /// Deletes `fid` from the chain unless something still needs it; `waits` is set to why
+    /// Records how an attempt on `fid` ended: the tombstone `read` is replaced by `retry`
+    /// (`None`: done), if it is still the one read.
+    async fn settle(&self, fid: Hash, read: Tombstone, retry: Option<Tombstone>, next: &mut Duration) {
+        if let Some(retry) = &retry {
+            *next = (*next).min(retry.retry_at.map(until).unwrap_or_default());
+        }
+        if let Err(e) = self.db(move |s| s.settle_tombstone(&fid, &read, retry)).await {
+            log::error!("tombstone of {fid}: {e}");
+        }
+    }
+
+    /// Claims `fid` for its deletion unless something still needs it: `None` once claimed,
+    /// else the tombstone to keep (`Some(None)`: none, it is done). `waits` is set to why
     /// deletions wait, if they do for a reason `cessfs status` shows.
-    async fn delete(&self, fid: &Hash, read: Tombstone, waits: &mut Option<String>) -> Attempt {
-        let later_by = |d: Duration| {
-            let t = Tombstone { retry_at: Some(later(d)), ..read.clone() };
-            Attempt { retry: Some(t), settled: true }
-        };
+    async fn claim(&self, fid: &Hash, read: &Tombstone, waits: &mut Option<String>) -> Option<Option<Tombstone>> {
+        let later_by = |d: Duration| Some(Some(Tombstone { retry_at: Some(later(d)), ..read.clone() }));
         let fid_copy = *fid;
         let decided = self.db(move |s| s.claim_deletion(&fid_copy)).await;
         crate::hooks::reached_async("reaper-decided").await;
         match decided {
-            Ok(Deletion::Claimed) => {}
+            Ok(Deletion::Claimed) => None,
             Ok(Deletion::InUse) => {
                 log::info!("{fid} is in use here (a file or a kept tree snapshot): not deleted");
-                return Attempt { retry: None, settled: true };
+                Some(None)
             }
             Ok(Deletion::OnChain) => {
                 log::info!(
                     "{fid} is in a tree snapshot on chain that this mount does not keep: asked again in an hour"
                 );
-                return later_by(Duration::from_secs(3600));
+                later_by(Duration::from_secs(3600))
             }
             // A snapshot being built may refer to it: ask again in a moment.
-            Ok(Deletion::Held) => return later_by(Duration::from_secs(1)),
-            Ok(Deletion::Stopped) => return later_by(Duration::from_secs(600)),
+            Ok(Deletion::Held) => later_by(Duration::from_secs(1)),
+            Ok(Deletion::Stopped) => later_by(Duration::from_secs(600)),
             // Queued by a record that lets go of it in a moment (a file moving to its newer
             // version, or to another pack): asked again then.
-            Ok(Deletion::Replacing) => return later_by(Duration::from_secs(5)),
+            Ok(Deletion::Replacing) => later_by(Duration::from_secs(5)),
             Ok(Deletion::Pinned) => {
                 log::info!("{fid} is being taken as stored by an upload: asked again in 5 s");
-                return later_by(Duration::from_secs(5));
+                later_by(Duration::from_secs(5))
             }
             Ok(Deletion::InDoubt(why)) => {
                 crate::log_limited!(log::Level::Warn, "deletion in doubt", "{fid} is not deleted now: {why}");
                 *waits = Some(why);
-                return later_by(Duration::from_secs(60));
+                later_by(Duration::from_secs(60))
             }
             Err(e) => {
                 log::error!("checking whether {fid} is in use: {e}");
-                return later_by(Duration::from_secs(60));
+                later_by(Duration::from_secs(60))
             }
         }
-        let mut claim = ClaimedDeletion { store: &self.store, fid: *fid, kept: true };
-        let attempt = self.delete_claimed(fid, read).await;
-        claim.kept = !attempt.settled;
-        attempt
     }
 
-    /// Whether the chain, as its reads see it, holds `fid` for this tree (`None`: unknown now).
-    async fn held_here_now(&self, fid: &Hash) -> Option<bool> {
-        let file = self.chain.file(fid).await.ok()?;
-        Some(file.is_some_and(|f| self.held_here(&f)))
+    /// Which of `fids` the chain, as its reads see it, still holds for this tree (`None`:
+    /// unknown now).
+    async fn held_here_now(&self, fids: &[Hash]) -> Option<Vec<bool>> {
+        let files = self.chain.files(fids).await.ok()?;
+        Some(files.iter().map(|f| f.as_ref().is_some_and(|f| self.held_here(f))).collect())
     }
 
-    /// Deletes `fid`, claimed, from the chain (see [`Attempt`]): the claim may end once the
-    /// chain's reads no longer show it held here, or no deletion sent can still land.
-    async fn delete_claimed(&self, fid: &Hash, read: Tombstone) -> Attempt {
-        let fid_copy = *fid;
+    /// Deletes the claimed FIDs of `batch` (with the tombstones read) from the chain in one
+    /// transaction; returns each one's [`Attempt`]: a claim may end once the chain's reads no
+    /// longer show the FID held here, or no deletion sent can still land.
+    async fn delete_claimed(&self, batch: &[(Hash, Tombstone)]) -> Vec<Attempt> {
+        let fids: Vec<Hash> = batch.iter().map(|(fid, _)| *fid).collect();
         // A deletion sent before (by this run or one before a restart) may still land.
-        let sent_before = self.db(move |s| s.deletion_sent(&fid_copy)).await.unwrap_or(true);
-        let retry = |d: Duration, error: Option<String>, failed: bool| {
-            let mut t = read.clone();
+        let sent_before = {
+            let fids = fids.clone();
+            self.db(move |s| fids.iter().map(|f| s.deletion_sent(f)).collect::<Result<Vec<bool>, _>>())
+                .await
+                .unwrap_or_else(|_| vec![true; batch.len()])
+        };
+        let retry = |i: usize, d: Duration, error: Option<String>, failed: bool| {
+            let mut t = batch[i].1.clone();
             t.attempts += u32::from(failed);
             t.retry_at = Some(later(d));
             t.error = error.or(t.error);
             t
         };
+        let mut attempts: Vec<Option<Attempt>> = (0..batch.len()).map(|_| None).collect();
         // `delete_file` drops the account's every hold of the FID: one it also holds in another
         // territory (plaintext mode shares FIDs) belongs to another tree too, and stays.
         let me = self.chain.account();
-        match self.chain.file(fid).await {
-            Ok(Some(file)) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
-                log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
-                let t = retry(Duration::from_secs(600), None, false);
-                return Attempt { retry: sent_before.then_some(t), settled: !sent_before };
-            }
-            Ok(Some(file)) if self.held_here(&file) => {}
-            Ok(_) => {
-                log::info!("{fid} is not on the chain any more");
-                return Attempt { retry: None, settled: true };
-            }
+        let files = match self.chain.files(&fids).await {
+            Ok(files) => files,
             Err(e) => {
-                let attempts = read.attempts + 1;
-                let t = retry(backoff(attempts), Some(format!("reading the file before deleting it: {e}")), true);
-                return Attempt { retry: Some(t), settled: !sent_before };
+                let why = format!("reading the files before deleting them: {e}");
+                return (0..batch.len())
+                    .map(|i| {
+                        let t = retry(i, backoff(batch[i].1.attempts + 1), Some(why.clone()), true);
+                        Attempt { retry: Some(t), settled: !sent_before[i] }
+                    })
+                    .collect();
             }
-        }
-        if let Err(e) = self.db(move |s| s.mark_deletion_sent(&fid_copy)).await {
-            log::error!("recording the deletion of {fid} before sending it: {e}");
-            return Attempt { retry: Some(retry(Duration::from_secs(60), None, false)), settled: !sent_before };
-        }
-        log::info!("deleting {fid} from the chain");
-        match self.chain.delete_file(fid).await {
-            Ok(r) => {
-                log::info!("deleted {fid} from the chain (tx {}, block {})", r.tx_hash, r.block);
-                // The territory has room again: files that failed for want of it go now, not
-                // when the watcher next reads the territory, which may also see a file that
-                // became active meanwhile and miss the net gain.
-                self.territory_changed.notify_one();
-                // Reads follow finalized blocks, a few behind the one the deletion is in: until
-                // they see it, a file of the same bytes would still find the FID held.
-                let seen = tokio::time::Instant::now() + DELETION_SEEN_WITHIN;
-                while self.held_here_now(fid).await != Some(false) {
-                    if tokio::time::Instant::now() > seen {
-                        return Attempt { retry: Some(retry(Duration::from_secs(10), None, false)), settled: false };
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let mut to_delete = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            let fid = fids[i];
+            attempts[i] = match file {
+                Some(file) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
+                    log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
+                    let t = retry(i, Duration::from_secs(600), None, false);
+                    Some(Attempt { retry: sent_before[i].then_some(t), settled: !sent_before[i] })
                 }
-                Attempt { retry: None, settled: true }
+                Some(file) if self.held_here(file) => {
+                    to_delete.push(i);
+                    None
+                }
+                _ => {
+                    log::info!("{fid} is not on the chain any more");
+                    Some(Attempt { retry: None, settled: true })
+                }
+            };
+        }
+        if !to_delete.is_empty() {
+            let sending: Vec<Hash> = to_delete.iter().map(|&i| fids[i]).collect();
+            let outcomes = self.send_deletions(&sending).await;
+            for (&i, outcome) in to_delete.iter().zip(outcomes) {
+                attempts[i] = Some(match outcome {
+                    Sent::Done => Attempt { retry: None, settled: true },
+                    Sent::Retry { after, error, failed } => {
+                        Attempt { retry: Some(retry(i, after, error, failed)), settled: false }
+                    }
+                    Sent::Unsent(after) => {
+                        Attempt { retry: Some(retry(i, after, None, false)), settled: !sent_before[i] }
+                    }
+                    Sent::Backoff(error) => {
+                        let after = backoff(batch[i].1.attempts + 1);
+                        Attempt { retry: Some(retry(i, after, Some(error), true)), settled: false }
+                    }
+                });
             }
-            Err(ChainError::Dispatch { error, .. }) if error == "NonExistent" || error == "NotOwner" => {
-                log::info!("{fid} is not on the chain any more");
-                Attempt { retry: None, settled: true }
-            }
+        }
+        attempts.into_iter().map(|a| a.unwrap_or(Attempt { retry: None, settled: true })).collect()
+    }
+
+    /// Sends the deletion of `fids`, held here, in one transaction, and follows it until the
+    /// chain's reads show them gone: each one's outcome, in order.
+    async fn send_deletions(&self, fids: &[Hash]) -> Vec<Sent> {
+        let all = |sent: Sent| fids.iter().map(|_| sent.clone()).collect();
+        let marked = fids.to_vec();
+        if let Err(e) = self.db(move |s| s.mark_deletion_sent(&marked)).await {
+            log::error!("recording the deletions before sending them: {e}");
+            return all(Sent::Unsent(Duration::from_secs(60)));
+        }
+        match fids {
+            [fid] => log::info!("deleting {fid} from the chain"),
+            _ => log::info!("deleting {} FIDs from the chain in one transaction", fids.len()),
+        }
+        let receipt = match self.chain.delete_files(fids).await {
+            Ok(r) => r,
             // Sent, and how it ended is not known (no block seen, the connection lost): it may
-            // still land, so the claim stays until a later attempt sees.
+            // still land, so the claims stay until a later attempt sees.
             Err(e) if e.is_transient() && !matches!(e, ChainError::Refused { .. }) => {
                 crate::log_limited!(
                     log::Level::Warn,
                     &format!("delete: {e}"),
-                    "deleting {fid} from the chain failed, retrying: {e}"
+                    "deleting {} from the chain failed, retrying: {e}",
+                    crate::words::count(fids.len() as u64, "FID")
                 );
-                let t = retry(backoff(read.attempts + 1), Some(e.to_string()), true);
-                Attempt { retry: Some(t), settled: false }
+                return all(Sent::Backoff(e.to_string()));
             }
             // Refused by the pool (the account cannot pay the fee, say): the space stays charged
             // until it can, so it is asked again, slowly. A pool may also drop a transaction it
-            // passed on already, so the claim stays until a later attempt sees how it ended.
+            // passed on already, so the claims stay until a later attempt sees how it ended.
             Err(e @ ChainError::Refused { .. }) => {
                 crate::log_limited!(
                     log::Level::Warn,
                     "delete refused",
-                    "deleting {fid} from the chain refused, asked again in 10 minutes: {e}"
+                    "deleting from the chain refused, asked again in 10 minutes: {e}"
                 );
-                Attempt { retry: Some(retry(Duration::from_secs(600), Some(e.to_string()), true)), settled: false }
+                return all(Sent::Retry { after: Duration::from_secs(600), error: Some(e.to_string()), failed: true });
             }
             Err(e) => {
-                log::error!("deleting {fid} from the chain refused: {e}");
-                Attempt { retry: None, settled: true }
+                log::error!("deleting {} from the chain refused: {e}", crate::words::count(fids.len() as u64, "FID"));
+                return all(Sent::Done);
             }
+        };
+        let (tx, block) = (&receipt.receipt.tx_hash, receipt.receipt.block);
+        let mut outcomes = Vec::with_capacity(fids.len());
+        let mut deleted = Vec::new();
+        for (fid, item) in fids.iter().zip(&receipt.items) {
+            match item {
+                Ok(()) => {
+                    log::info!("deleted {fid} from the chain (tx {tx}, block {block})");
+                    deleted.push(*fid);
+                }
+                Err(ChainError::Dispatch { error, .. }) if error == "NonExistent" || error == "NotOwner" => {
+                    log::info!("{fid} is not on the chain any more");
+                }
+                Err(e) => log::error!("deleting {fid} from the chain refused: {e}"),
+            }
+            outcomes.push(Sent::Done);
         }
+        // The territory has room again: files that failed for want of it go now, not when the
+        // watcher next reads the territory, which may also see a file that became active
+        // meanwhile and miss the net gain.
+        if !deleted.is_empty() {
+            self.territory_changed.notify_one();
+        }
+        // Reads follow finalized blocks, a few behind the one the deletions are in: until they
+        // see them, a file of the same bytes would still find the FID held.
+        let seen = tokio::time::Instant::now() + DELETION_SEEN_WITHIN;
+        while !deleted.is_empty() {
+            if let Some(held) = self.held_here_now(&deleted).await {
+                deleted = deleted.into_iter().zip(held).filter(|(_, held)| *held).map(|(fid, _)| fid).collect();
+            }
+            if deleted.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() > seen {
+                for (fid, outcome) in fids.iter().zip(outcomes.iter_mut()) {
+                    if deleted.contains(fid) {
+                        *outcome = Sent::Retry { after: Duration::from_secs(10), error: None, failed: false };
+                    }
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        outcomes
     }
+}
+
+/// What became of one deletion sent in a batch.
+#[derive(Debug, Clone)]
+enum Sent {
+    /// Done: deleted, gone already, or refused for good.
+    Done,
+    /// Its outcome is not known yet: asked again after `after`, its claim kept.
+    Retry { after: Duration, error: Option<String>, failed: bool },
+    /// Not sent (its record could not be written): asked again after this.
+    Unsent(Duration),
+    /// Sent, its outcome not known: asked again after the tombstone's back-off, its claim kept.
+    Backoff(String),
 }

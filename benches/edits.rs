@@ -1,0 +1,174 @@
+//! What an edit costs: a tree of N notes of 4 KiB settles, then 7 bytes are appended to one
+//! note. For that edit: the declarations it took, the fragment bytes the nodes took, the tree's
+//! bytes per round, and the time to settle; with commits (the default) against `--commits
+//! false` (packs and tree snapshots as CESS files of their own, as before commits) in the same
+//! run. Then a fresh data dir restores the tree: the time until its root lists. Last, a devnet
+//! holding 10,000 files of the account deletes them: transactions and time, one FID per
+//! transaction against batches of `DELETE_BATCH`, in the same run.
+//!
+//! Run: `cargo bench --bench edits` (as root or with fusermount3). FILES=1000,10000 sets the
+//! tree sizes (comma-separated); EDITS_BENCH_KEEP=1 keeps the work dir (the daemons' logs are
+//! DIR/N-MODE/data.log).
+
+#[path = "support/data.rs"]
+mod data;
+#[path = "support/mounted.rs"]
+#[allow(dead_code)]
+mod mounted;
+#[path = "support/standalone.rs"]
+#[allow(dead_code)]
+mod standalone;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cessfs::devnet::Event;
+use cessfs::format::Hash;
+use cessfs::protocol::Chain;
+use standalone::Devnet;
+
+/// Whether the newest tree of the mount at `root` is active, with no change waiting.
+fn tree_settled(root: &Path) -> bool {
+    let (p, n) = (std::ffi::CString::new(root.to_str().expect("utf-8")).expect("path"), c"user.cess.snapshot");
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: NUL-terminated strings and a buffer of the given length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return false;
+    }
+    let s: serde_json::Value = serde_json::from_slice(&buf[..r as usize]).expect("json");
+    s["status"] == "active" && s["generation"] == s["active_generation"] && s["changes_waiting"] == false
+}
+
+fn wait_settled(root: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while !tree_settled(root) {
+        assert!(Instant::now() < deadline, "{what}: the tree did not settle in 30 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The bytes of the last tree the daemon logged as written.
+fn last_tree_bytes(log: &Path) -> u64 {
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let line = log.lines().rev().find(|l| l.contains("tree snapshot") && l.contains(" written (")).unwrap_or("");
+    let after = line.split(" written (").nth(1).unwrap_or("0");
+    after.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+struct Edit {
+    declarations: usize,
+    mib_pushed: f64,
+    tree_bytes: u64,
+    settle_secs: f64,
+    restore_secs: f64,
+}
+
+fn edit(work: &Path, key: &Path, files: usize, mode: &str, args: &[&str]) -> Edit {
+    let dir = work.join(format!("{files}-{mode}"));
+    let net = Devnet::start(&dir.join("devnet"), &[], &[]);
+    let mut all = vec!["--chain", &net.rpc, "--quiet-delay", "0.2"];
+    all.extend_from_slice(args);
+    let data = dir.join("data");
+    let m = mounted::mount(&data, key, &all);
+    let root = m.dir.path();
+    for d in 0..files.div_ceil(1000) {
+        std::fs::create_dir(root.join(format!("d{d}"))).expect("mkdir");
+    }
+    for i in 0..files {
+        let mut note = data::random(4096, i as u64);
+        note.extend_from_slice(format!("note {i}").as_bytes());
+        std::fs::write(root.join(format!("d{}/{i}.txt", i / 1000)), note).expect("write");
+    }
+    wait_settled(root, "the notes");
+    let (declared, moved) = (net.declarations(), net.moved().bytes_in);
+    let note = root.join("d0/7.txt");
+    let t = Instant::now();
+    std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&note).expect("open"), b"edited!")
+        .expect("append");
+    while mounted::status(&note) != "active" || !tree_settled(root) {
+        assert!(t.elapsed() < Duration::from_secs(600), "the edit did not settle");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let settle_secs = t.elapsed().as_secs_f64();
+    let edit = (net.declarations() - declared, (net.moved().bytes_in - moved) as f64 / (1 << 20) as f64);
+    let tree_bytes = last_tree_bytes(&data.with_extension("log"));
+    drop(m);
+    let fresh = dir.join("fresh");
+    let t = Instant::now();
+    let restored = mounted::mount(&fresh, key, &all);
+    let listed = std::fs::read_dir(restored.dir.path()).expect("the restored root").count();
+    let restore_secs = t.elapsed().as_secs_f64();
+    assert_eq!(listed, files.div_ceil(1000), "the restored root");
+    Edit { declarations: edit.0, mib_pushed: edit.1, tree_bytes, settle_secs, restore_secs }
+}
+
+/// Deletes the 10,000 files a devnet holds for the account, the first half one per
+/// transaction, the second in batches of `batch`: (transactions, seconds) for each half.
+fn deletions(work: &Path, batch: usize) -> [(usize, f64); 2] {
+    let net = Devnet::start(&work.join("deletions"), &["--held-files", "10000"], &[]);
+    let chain = net.client();
+    let fids: Vec<Hash> =
+        net.run(chain.held_files(&chain.account())).expect("held").into_iter().map(|h| h.fid).collect();
+    assert_eq!(fids.len(), 10_000);
+    let (one, many) = fids.split_at(5_000);
+    let mut out = [(0, 0.0); 2];
+    for (half, size) in [(one, 1), (many, batch)] {
+        let blocks_before = net.block();
+        let t = Instant::now();
+        for chunk in half.chunks(size) {
+            let r = net.run(chain.delete_files(chunk)).expect("delete");
+            assert!(r.items.iter().all(Result::is_ok), "every deletion went through");
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let events = net.run(chain.events()).expect("events");
+        let txs = events
+            .iter()
+            .filter(|(b, e)| *b > blocks_before && matches!(e, Event::DeleteFile { .. }))
+            .map(|(b, _)| *b)
+            .collect::<std::collections::BTreeSet<u32>>()
+            .len();
+        out[usize::from(size != 1)] = (txs, secs);
+    }
+    out
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("FILES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("FILES: comma-separated numbers"))
+        .collect();
+    let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
+    let (key, _) = mounted::key_file(work.path());
+    println!("one edit (7 bytes appended to one note of N), commits against --commits false, same run:");
+    for &n in &sizes {
+        let with = edit(work.path(), &key, n, "commits", &[]);
+        let without = edit(work.path(), &key, n, "files", &["--commits", "false"]);
+        for (name, e) in [("commits", &with), ("--commits false", &without)] {
+            println!(
+                "  {n:>7} files, {name:<15}: {} declarations, {:>6.1} MiB pushed, tree {:>9} bytes, settled in {:>5.2} s; \
+                 restore to the root listed {:>5.2} s",
+                e.declarations, e.mib_pushed, e.tree_bytes, e.settle_secs, e.restore_secs
+            );
+        }
+        println!(
+            "  {n:>7} files: commits take {:.2}x the declarations and {:.2}x the bytes pushed",
+            with.declarations as f64 / without.declarations.max(1) as f64,
+            with.mib_pushed / without.mib_pushed.max(f64::MIN_POSITIVE)
+        );
+    }
+    let batch = cessfs::upload::DELETE_BATCH;
+    let [one, many] = deletions(work.path(), batch);
+    println!("deleting 5,000 FIDs one per transaction: {} transactions, {:.2} s", one.0, one.1);
+    println!(
+        "deleting 5,000 FIDs in batches of {batch}: {} transactions, {:.2} s ({:.2}x the transactions, {:.2}x the time)",
+        many.0,
+        many.1,
+        many.0 as f64 / one.0.max(1) as f64,
+        many.1 / one.1.max(f64::MIN_POSITIVE)
+    );
+    if std::env::var_os("EDITS_BENCH_KEEP").is_some() {
+        println!("work dir kept: {}", work.keep().display());
+    }
+}

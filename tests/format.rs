@@ -325,3 +325,88 @@ fn version_3_blocks_open_alone_as_format_md_says() {
     assert!(manifest.segments[1].fragments[1..4].iter().all(|h| *h == ZERO_FRAGMENT_HASH));
     assert_eq!(manifest.fid.to_string(), "2da5c6f0a4566a4cb62232a45d219c5b7696218cb19f1258c1e52035a5d340c2");
 }
+
+/// A commit built from docs/FORMAT.md's text alone ("Packs", "Commits"): the header, the
+/// index and the tree sealed by hand open with cessfs's reader, its tree's own blobs resolve to
+/// the commit's FID, and cessfs seals the tree to the same bytes.
+#[test]
+fn a_commit_opens_as_format_md_says() {
+    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+    use cessfs::format::{Link, Location, Node, NodeKind, Snapshot, THIS_COMMIT};
+    let master = [9u8; 32];
+    let key = MasterKey::from_bytes(master).for_territory(b"golden");
+    let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
+    let k_blob = hmac(&k_territory, &[b"blob-key"]);
+    let (k_id, k_seal) = (hmac(&k_blob, &[b"id"]), hmac(&k_blob, &[b"seal"]));
+    let seal = |id: &[u8; 32], plain: &[u8]| {
+        let cipher = aes_gcm_siv::Aes256GcmSiv::new(&hmac(&k_seal, &[id]).into());
+        let mut aad = b"CFSB\x01".to_vec();
+        aad.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+        cipher.encrypt(&[0u8; 12].into(), Payload { msg: plain, aad: &aad }).unwrap()
+    };
+    let number = 42u64;
+    let content = b"a note in its commit";
+    let blob_id = hmac(&k_id, &[content]);
+    let blob = seal(&blob_id, content);
+    let blob_at = 32u32;
+    let node = |id: u64, kind: NodeKind, location: Location| Node {
+        id,
+        kind,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        size: content.len() as u64,
+        atime: (0, 0),
+        mtime: (0, 0),
+        ctime: (0, 0),
+        crtime: (0, 0),
+        target: Vec::new(),
+        rdev: 0,
+        xattrs: Vec::new(),
+        location,
+    };
+    let in_commit = Location::Packed {
+        fid: THIS_COMMIT,
+        id: cessfs::format::Hash(blob_id),
+        offset: blob_at,
+        len: blob.len() as u32,
+    };
+    let snapshot = Snapshot {
+        generation: 7,
+        writer: [1; 16],
+        written_at: (0, 0),
+        nodes: vec![node(1, NodeKind::Dir, Location::Empty), node(2, NodeKind::File, in_commit)],
+        links: vec![Link { parent: 1, name: b"note.txt".to_vec(), child: 2 }],
+    };
+    let tree = snapshot.encode();
+    let tree_id = hmac(&k_id, &[b"tree", &number.to_le_bytes()]);
+    let sealed_tree = seal(&tree_id, &tree);
+    assert_eq!(key.blobs().unwrap().seal_tree(number, &tree), sealed_tree, "cessfs seals the tree alike");
+    let tree_at = blob_at + blob.len() as u32;
+    let mut index = 1u32.to_le_bytes().to_vec();
+    index.extend_from_slice(&blob_id);
+    index.extend_from_slice(&blob_at.to_le_bytes());
+    index.extend_from_slice(&(blob.len() as u32).to_le_bytes());
+    let sealed_index = seal(&hmac(&k_id, &[b"index", &number.to_le_bytes()]), &index);
+    let index_at = tree_at + sealed_tree.len() as u32;
+    let mut segment = vec![0u8; SEGMENT_SIZE];
+    segment[..8].copy_from_slice(b"CFSPACK\x02");
+    segment[8..16].copy_from_slice(&number.to_le_bytes());
+    for (at, v) in [(16, index_at), (20, sealed_index.len() as u32), (24, tree_at), (28, sealed_tree.len() as u32)] {
+        segment[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    for (at, bytes) in [(blob_at, &blob), (tree_at, &sealed_tree), (index_at, &sealed_index)] {
+        segment[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+    }
+    let keys = key.blobs().unwrap();
+    assert_eq!(cessfs::format::read_tree(keys, &segment).unwrap(), Some(tree));
+    let (read_number, blobs) = cessfs::format::read_index(keys, &segment).unwrap();
+    assert_eq!((read_number, blobs.len()), (number, 1));
+    assert_eq!(keys.open(&blobs[0].0, &segment[blob_at as usize..tree_at as usize]).unwrap(), content);
+    // Stored in the plaintext layout: all in quarter 0, so 9 fragments go.
+    let (manifest, _) = encode(&segment, None, false);
+    assert!(manifest.segments[0].fragments[1..4].iter().all(|h| *h == ZERO_FRAGMENT_HASH));
+    let opened = Snapshot::decode(&cessfs::format::read_tree(keys, &segment).unwrap().unwrap()).unwrap();
+    let resolved = opened.resolve_commit(manifest.fid);
+    assert!(matches!(resolved.nodes[1].location, Location::Packed { fid, .. } if fid == manifest.fid));
+}

@@ -10,12 +10,6 @@ use crate::common::*;
 
 const MIN: Duration = Duration::from_secs(60);
 
-fn note(i: usize) -> Vec<u8> {
-    let mut bytes = random_bytes(4096, i as u64);
-    bytes.extend_from_slice(format!("note {i}").as_bytes());
-    bytes
-}
-
 /// Whether the newest tree is in an active commit, with no change waiting for the next.
 fn tree_settled(m: &Mount) -> bool {
     let Ok(raw) = getxattr(m.root(), "user.cess.snapshot") else { return false };

@@ -433,6 +433,13 @@ impl Devnet {
 
 // ── helpers for checks ────────────────────────────────────────────────────────────────────────
 
+/// A note of 4 KiB and a few bytes, different for each `i`.
+pub fn note(i: usize) -> Vec<u8> {
+    let mut bytes = random_bytes(4096, i as u64);
+    bytes.extend_from_slice(format!("note {i}").as_bytes());
+    bytes
+}
+
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

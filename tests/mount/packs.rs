@@ -9,12 +9,6 @@ use crate::common::*;
 
 const MIN: Duration = Duration::from_secs(60);
 
-fn note(i: usize) -> Vec<u8> {
-    let mut bytes = random_bytes(4096, i as u64);
-    bytes.extend_from_slice(format!("note {i}").as_bytes());
-    bytes
-}
-
 /// Space the territory has left, in bytes of content (as df shows it).
 fn available(m: &Mount) -> u64 {
     let st = statvfs(m.root());

@@ -137,13 +137,6 @@ fn an_unreadable_upload_record_holds_deletions_back() {
     assert!(net.file(&fid).is_some(), "b's bytes stay on CESS");
 }
 
-/// 4 KiB of a note, different for each `i`.
-fn note(i: usize) -> Vec<u8> {
-    let mut bytes = random_bytes(4096, i as u64);
-    bytes.extend_from_slice(format!("note {i}").as_bytes());
-    bytes
-}
-
 /// A file evicted while a merge of under-full packs is about to read it is packed again with
 /// its own bytes (read back from its pack), not with the hole eviction left.
 #[test]

@@ -7,8 +7,9 @@
 //! transaction against batches of `DELETE_BATCH`, in the same run.
 //!
 //! Run: `cargo bench --bench edits` (as root or with fusermount3). FILES=1000,10000 sets the
-//! tree sizes (comma-separated); EDITS_BENCH_KEEP=1 keeps the work dir (the daemons' logs are
-//! DIR/N-MODE/data.log).
+//! tree sizes (comma-separated); LINK=up=20M,down=100M,rtt=60ms puts the devnet behind that link
+//! model (the times then are a home link's); EDITS_BENCH_KEEP=1 keeps the work dir (the
+//! daemons' logs are DIR/N-MODE/data.log).
 
 #[path = "support/data.rs"]
 mod data;
@@ -66,7 +67,9 @@ struct Edit {
 
 fn edit(work: &Path, key: &Path, files: usize, mode: &str, args: &[&str]) -> Edit {
     let dir = work.join(format!("{files}-{mode}"));
-    let net = Devnet::start(&dir.join("devnet"), &[], &[]);
+    let link = std::env::var("LINK").ok();
+    let link_args: Vec<&str> = link.iter().flat_map(|l| ["--link", l.as_str()]).collect();
+    let net = Devnet::start(&dir.join("devnet"), &link_args, &[]);
     let mut all = vec!["--chain", &net.rpc, "--quiet-delay", "0.2"];
     all.extend_from_slice(args);
     let data = dir.join("data");
@@ -159,6 +162,9 @@ fn main() {
         );
     }
     let batch = cessfs::upload::DELETE_BATCH;
+    if std::env::var_os("LINK").is_some() {
+        return;
+    }
     let [one, many] = deletions(work.path(), batch);
     println!("deleting 5,000 FIDs one per transaction: {} transactions, {:.2} s", one.0, one.1);
     println!(

@@ -14,8 +14,10 @@ use crate::fetch::Fetcher;
 use crate::format::{BlobKeys, Hash, NameKey, SEGMENT_SIZE};
 use crate::store::{Store, StoreError, UploadState};
 
-/// Room kept free in a pack that merged files fill (the index, the tree).
+/// Room kept free in a pack that merged files fill: the index, and with commits the tree too
+/// (any tree that fits a quarter, which is what a commit takes).
 const KEPT_FREE: u64 = 4 << 20;
+const KEPT_FREE_FOR_A_TREE: u64 = KEPT_FREE + crate::format::FRAGMENT_SIZE as u64;
 
 /// Which under-full packs a merge empties, the emptiest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +68,7 @@ impl Merger {
             self.db(|s| Ok(s.stored_packs())).await?.into_iter().filter(|p| p.2 < half).collect();
         underfull.sort_by_key(|p| p.2);
         let room = match rule {
-            Rule::IntoCommit => self.db(|s| s.open_pack_room()).await?.saturating_sub(KEPT_FREE),
+            Rule::IntoCommit => self.db(|s| s.open_pack_room()).await?.saturating_sub(KEPT_FREE_FOR_A_TREE),
             Rule::Alone => SEGMENT_SIZE as u64 - KEPT_FREE,
         };
         let mut total = 0;

@@ -172,6 +172,7 @@ impl Writer {
                 break;
             }
             this.merge_into_commit(&stop).await;
+            crate::hooks::reached_async("commit-merged").await;
             let me = this.clone();
             match tokio::task::spawn_blocking(move || me.write()).await {
                 Ok(Ok(())) => first_change = None,
@@ -292,13 +293,22 @@ impl Writer {
         // The digest and size of the tree written.
         let mut made = None;
         let outcome = match &tree.blobs {
-            Some(keys) => self.store.seal_commit(keys, &tree.names, |pack| {
-                let to_write = self.tree_to_write(generation, pack, last_fid, kept.is_empty())?;
-                Ok(to_write.map(|(tree, digest)| {
-                    made = Some((digest, tree.bytes.len()));
-                    tree
-                }))
-            })?,
+            Some(keys) => {
+                let sealed = self.store.seal_commit(keys, &tree.names, |pack| {
+                    let to_write = self.tree_to_write(generation, pack, last_fid, kept.is_empty())?;
+                    Ok(to_write.map(|(tree, digest)| {
+                        made = Some((digest, tree.bytes.len()));
+                        tree
+                    }))
+                });
+                // No commit now: the small files waiting in the open pack go without one.
+                if sealed.is_err()
+                    && let Err(e) = self.store.seal_quiet_pack(Duration::ZERO, keys)
+                {
+                    log::error!("sealing the open pack without its tree: {e}");
+                }
+                sealed?
+            }
             None => CommitOutcome::TooLarge,
         };
         let ino = match outcome {
@@ -365,8 +375,8 @@ impl Writer {
         let bytes = snapshot.encode();
         // What a restore would refuse is never stored.
         if let Err(e) = Snapshot::decode(&bytes) {
-            log::error!("a tree snapshot came out unreadable ({e}): not stored; tried again at the next change");
-            return Ok(None);
+            log::error!("a tree snapshot came out unreadable ({e}): not stored; the small files waiting go without it");
+            return Err(StoreError::Corrupt { what: "tree snapshot" });
         }
         let name = self.watch.tree().names.commit_name(generation);
         Ok(Some((CommitTree { kept, bytes, name }, digest)))

@@ -102,6 +102,7 @@ impl TreeWatch {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let me = super::writer_id(&self.store).map_err(|e| e.to_string())?;
+        let baseline = super::baseline(&self.store).map_err(|e| e.to_string())?;
         if self.writes
             && let Some(why) = newer_elsewhere(&found, &ours, floor)
         {
@@ -109,10 +110,12 @@ impl TreeWatch {
         }
         let mut refs = HashSet::new();
         for f in found.iter().filter(|f| f.active && !ours.contains(&f.fid) && !deleting.contains(&f.fid)) {
-            // This lineage's own trees up to its newest kept are its past (a dropped commit stays
-            // on chain while a later tree refers to it): what they refer to is its to delete.
+            // This data dir's own trees, and its lineage's from before it took the tree up, are
+            // its past (a dropped commit stays on chain while a later tree refers to it): what
+            // they refer to is its to delete. Another writer's are not, whatever their lineage.
             if let Some(written) = self.refs_of(f).await?
-                && !(me.is_some_and(|me| super::same_lineage(&me, &written.writer)) && f.generation <= floor)
+                && !(me == Some(written.writer)
+                    || me.is_some_and(|me| super::same_lineage(&me, &written.writer)) && f.generation <= baseline)
             {
                 refs.extend(written.fids.iter().copied());
             }

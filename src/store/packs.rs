@@ -293,6 +293,7 @@ impl Store {
         let sealed = keys.seal_tree(record.number, &tree.bytes);
         let place = record.space.place(sealed.len()).ok_or(StoreError::Corrupt { what: "pack room" })?;
         self.open_content(pack)?.write_all_at(&sealed, u64::from(place.offset))?;
+        crate::hooks::reached("commit-tree-written");
         self.seal_pack(pack, &record, keys, Some((place, &tree)))?;
         Ok(CommitOutcome::Sealed(pack))
     }

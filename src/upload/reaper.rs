@@ -71,9 +71,29 @@ impl Inner {
                         }
                     }
                     for batch in claimed.chunks(DELETE_BATCH) {
+                        // The claims stay until the process ends (a deletion sent before may
+                        // still land: its record stays too), and the tombstones for the next run.
                         if *stop.borrow() {
-                            // The claims end with the engine; the tombstones stay for the next run.
-                            batch.iter().for_each(|(fid, _)| self.store.end_deletion(fid));
+                            return;
+                        }
+                        // Each batch goes within a minute of a look at the tree's snapshots on
+                        // chain (the batches before may have taken that long), and not once
+                        // another writer is found: its claims then wait like the rest.
+                        let fresh = match &self.watch {
+                            Some(watch) => watch.look_within(TREE_SEEN_WITHIN).await,
+                            None => Ok(()),
+                        };
+                        if let Err(why) = fresh.as_ref().map_err(Clone::clone).and_then(|()| match self.store.another_writer() {
+                            true => Err("another mount writes this tree".to_string()),
+                            false => Ok(()),
+                        }) {
+                            crate::log_limited!(log::Level::Warn, "deletions wait", "deletions wait: {why}");
+                            for (fid, read) in batch {
+                                self.release_unsent(fid);
+                                let retry = Tombstone { retry_at: Some(later(TREE_SEEN_WITHIN)), ..read.clone() };
+                                self.settle(*fid, read.clone(), Some(retry), &mut next).await;
+                            }
+                            waits = Some(why);
                             continue;
                         }
                         let attempts = self.delete_claimed(batch).await;
@@ -122,6 +142,14 @@ impl Inner {
             if let Err(e) = self.db(move |s| s.forget_abandoned(&fid, delete)).await {
                 log::error!("the abandoned deal of {fid}: {e}");
             }
+        }
+    }
+
+    /// Ends the claim of `fid` unless a deletion of it was sent before whose end is not known:
+    /// that one stays claimed, and recorded, until a later attempt sees how it ended.
+    fn release_unsent(&self, fid: &Hash) {
+        if !self.store.deletion_sent(fid).unwrap_or(true) {
+            self.store.end_deletion(fid);
         }
     }
 
@@ -298,9 +326,14 @@ impl Inner {
                 );
                 return all(Sent::Retry { after: Duration::from_secs(600), error: Some(e.to_string()), failed: true });
             }
+            // The whole transaction refused (not one item): nothing was deleted; asked again
+            // slowly rather than forgotten, the claims kept until then.
             Err(e) => {
-                log::error!("deleting {} from the chain refused: {e}", crate::words::count(fids.len() as u64, "FID"));
-                return all(Sent::Done);
+                log::error!(
+                    "deleting {} from the chain refused, asked again in 10 minutes: {e}",
+                    crate::words::count(fids.len() as u64, "FID")
+                );
+                return all(Sent::Retry { after: Duration::from_secs(600), error: Some(e.to_string()), failed: true });
             }
         };
         let (tx, block) = (&receipt.receipt.tx_hash, receipt.receipt.block);

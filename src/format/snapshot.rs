@@ -189,12 +189,17 @@ impl Snapshot {
     }
 
     /// The tree a commit of FID `commit` holds, its blobs named by that FID.
-    pub fn resolve_commit(mut self, commit: Hash) -> Snapshot {
+    pub fn resolve_commit(self, commit: Hash) -> Snapshot {
+        self.with_pack_renamed(THIS_COMMIT, commit)
+    }
+
+    /// The tree with the blobs of pack `from` named as pack `to`'s.
+    pub fn with_pack_renamed(mut self, from: Hash, to: Hash) -> Snapshot {
         for n in &mut self.nodes {
             if let Location::Packed { fid, .. } = &mut n.location
-                && *fid == THIS_COMMIT
+                && *fid == from
             {
-                *fid = commit;
+                *fid = to;
             }
         }
         self

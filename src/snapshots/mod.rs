@@ -409,17 +409,7 @@ impl Writer {
 fn tree_digest(s: &Snapshot, commit: Option<Hash>) -> Hash {
     let body = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), ..s.clone() };
     let body = match commit {
-        Some(fid) => {
-            let mut body = body;
-            for n in &mut body.nodes {
-                if let crate::format::Location::Packed { fid: pack, .. } = &mut n.location
-                    && *pack == fid
-                {
-                    *pack = crate::format::THIS_COMMIT;
-                }
-            }
-            body
-        }
+        Some(fid) => body.with_pack_renamed(fid, crate::format::THIS_COMMIT),
         None => body,
     };
     crate::format::sha256(&postcard::to_stdvec(&body).unwrap_or_default())

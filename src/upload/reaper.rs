@@ -48,10 +48,8 @@ impl Inner {
                     // minute before: nothing may go until it is known.
                     let mut waits = None;
                     if stones.iter().any(|(_, t)| due(t))
-                        && let Some(watch) = &self.watch
-                        && let Err(why) = watch.look_within(TREE_SEEN_WITHIN).await
+                        && let Err(why) = self.tree_looked_at().await
                     {
-                        crate::log_limited!(log::Level::Warn, "deletions wait", "deletions wait: {why}");
                         next = TREE_SEEN_WITHIN;
                         stones.clear();
                         waits = Some(why);
@@ -76,18 +74,14 @@ impl Inner {
                         if *stop.borrow() {
                             return;
                         }
-                        // Each batch goes within a minute of a look at the tree's snapshots on
-                        // chain (the batches before may have taken that long), and not once
-                        // another writer is found: its claims then wait like the rest.
-                        let fresh = match &self.watch {
-                            Some(watch) => watch.look_within(TREE_SEEN_WITHIN).await,
-                            None => Ok(()),
-                        };
-                        if let Err(why) = fresh.as_ref().map_err(Clone::clone).and_then(|()| match self.store.another_writer() {
+                        // Each batch goes within a minute of a look (the batches before may
+                        // have taken that long), and not once another writer is found: else its
+                        // claims wait too.
+                        let stopped = || match self.store.another_writer() {
                             true => Err("another mount writes this tree".to_string()),
                             false => Ok(()),
-                        }) {
-                            crate::log_limited!(log::Level::Warn, "deletions wait", "deletions wait: {why}");
+                        };
+                        if let Err(why) = self.tree_looked_at().await.and_then(|()| stopped()) {
                             for (fid, read) in batch {
                                 self.release_unsent(fid);
                                 let retry = Tombstone { retry_at: Some(later(TREE_SEEN_WITHIN)), ..read.clone() };
@@ -143,6 +137,19 @@ impl Inner {
                 log::error!("the abandoned deal of {fid}: {e}");
             }
         }
+    }
+
+    /// Looks at the tree's snapshots on chain unless that was done within a minute: nothing may
+    /// go until what they refer to is known. An error says why deletions wait, and is logged.
+    async fn tree_looked_at(&self) -> Result<(), String> {
+        let looked = match &self.watch {
+            Some(watch) => watch.look_within(TREE_SEEN_WITHIN).await,
+            None => Ok(()),
+        };
+        if let Err(why) = &looked {
+            crate::log_limited!(log::Level::Warn, "deletions wait", "deletions wait: {why}");
+        }
+        looked
     }
 
     /// Ends the claim of `fid` unless a deletion of it was sent before whose end is not known:

@@ -388,6 +388,15 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
+    if let (Some(config), Some(watch)) = (&snapshot_config, &watch) {
+        fs.set_collector(Arc::new(crate::snapshots::collect::OnDemand {
+            store: store.clone(),
+            watch: watch.clone(),
+            flags: snapshot_flags.clone(),
+            runtime: runtime.handle().clone(),
+            grace: config.gc_grace,
+        }));
+    }
     fs.set_cold_reader(ColdReader { fetcher: fetcher.clone(), runtime: runtime.handle().clone(), read_ahead: 2 });
     let fs = Arc::new(fs);
     let housekeeping = Housekeeping::start(store.clone(), fs.clone())?;
@@ -541,7 +550,15 @@ impl TreeSetup<'_> {
             _ => None,
         };
         crate::hooks::reached("restore-chosen");
+        // The newest block a file of this key was stored at, if the chain said: what a tree
+        // beginning here finds is its past, or another lineage's.
+        let newest_block =
+            named.as_ref().and_then(|n| n.as_ref().ok()).map(|n| n.iter().map(|n| n.completion).max().unwrap_or(0));
         let Some((chosen, names)) = chosen else {
+            // Unknown, collections go from the oldest snapshot kept (collect.rs).
+            if let Some(block) = newest_block {
+                meta.push(crate::snapshots::collect::lineage_meta(block));
+            }
             let origin = if self.settings.fresh.unwrap_or(false) { "fresh" } else { "new" };
             if origin == "new" && names.is_some() {
                 self.note_other_trees(notices);
@@ -553,8 +570,8 @@ impl TreeSetup<'_> {
             return Ok(None);
         };
         // Files of the tree stored after this block are another mount's (the sweep's rule).
-        let restored_block = named.and_then(Result::ok).and_then(|n| n.iter().map(|n| n.completion).max());
-        meta.push(crate::snapshots::sweep::pending_meta(chosen.lineage_from(), restored_block.unwrap_or(0)));
+        meta.push(crate::snapshots::collect::pending_meta(chosen.lineage_from(), newest_block.unwrap_or(0)));
+        meta.push(crate::snapshots::collect::lineage_meta(chosen.lineage_from()));
         meta.push((TREE_ORIGIN, format!("restored {}", chosen.generation()).into_bytes()));
         // One step: a crash before it ends leaves the data dir empty, and the next mount restores
         // again from the start.

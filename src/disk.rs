@@ -40,3 +40,39 @@ pub fn usage(dirs: &[PathBuf]) -> u64 {
     }
     total
 }
+
+/// The ranges of `file`'s first `size` bytes that hold data, as `(offset, length)`: what
+/// `SEEK_DATA` and `SEEK_HOLE` report (holes are what was never written, or was punched). A file
+/// system without them reports the whole file as data.
+pub fn data_ranges(file: &std::fs::File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let seek = |offset: u64, whence: i32| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on an open descriptor; it moves only that descriptor's offset.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match io::Error::last_os_error() {
+            // No data at or past `offset`.
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    };
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(start)) if start < size => start,
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(0, size)]),
+            Err(e) => return Err(e),
+        };
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        if end <= start {
+            break;
+        }
+        ranges.push((start, end - start));
+        at = end;
+    }
+    Ok(ranges)
+}

@@ -410,3 +410,73 @@ fn a_commit_opens_as_format_md_says() {
     let resolved = opened.resolve_commit(manifest.fid);
     assert!(matches!(resolved.nodes[1].location, Location::Packed { fid, .. } if fid == manifest.fid));
 }
+
+/// A sparse file as docs/FORMAT.md ("Sparse files") says: its FID is that of its data ranges end
+/// to end, encoded as any file; cessfs's reader of the content file through the map gives the
+/// same object; the tree's location is postcard variant 4 with the ranges; a map that overlaps
+/// or leaves the file is refused as damaged.
+#[test]
+fn a_sparse_file_is_stored_as_format_md_says() {
+    use cessfs::format::{ChunkSource, Extents, Hash, Link, Location, Node, NodeKind, Snapshot, SnapshotError};
+    use std::os::unix::fs::FileExt;
+    let key = MasterKey::from_bytes([9u8; 32]).for_territory(b"golden");
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(dir.path().join("disk.img")).unwrap();
+    let size = 1u64 << 30;
+    let (one, two) = (golden_stream(100_000), golden_stream(3000));
+    file.set_len(size).unwrap();
+    file.write_all_at(&one, 64 << 20).unwrap();
+    file.write_all_at(&two, size - 3000).unwrap();
+    let file = std::fs::File::open(dir.path().join("disk.img")).unwrap();
+    let extents = cessfs::store::sparse_extents(&file, size, Mode::Blocks).unwrap().expect("sparse");
+    // The file system keeps data in blocks: each range holds what was written, and some zeros.
+    assert_eq!(extents.ranges().len(), 2, "{extents:?}");
+    let mut object = Vec::new();
+    for &(at, len) in extents.ranges() {
+        let mut part = vec![0u8; len as usize];
+        file.read_exact_at(&mut part, at).unwrap();
+        object.extend_from_slice(&part);
+    }
+    let source = cessfs::store::FileSource::<anyhow::Error>::new(file, Some(extents.clone()));
+    let mut read = vec![0u8; object.len()];
+    source.read_at(0, &mut read).unwrap();
+    assert!(read == object, "cessfs reads the ranges end to end");
+    let (manifest, _) = encode(&object, Some(&key), false);
+    assert_eq!(manifest.segments.len(), 1, "1 GiB holding 103,000 bytes is one segment");
+
+    let node = |id: u64, kind: NodeKind, location: Location, size: u64| Node {
+        id,
+        kind,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        size,
+        atime: (0, 0),
+        mtime: (0, 0),
+        ctime: (0, 0),
+        crtime: (0, 0),
+        target: Vec::new(),
+        rdev: 0,
+        xattrs: Vec::new(),
+        location,
+    };
+    let sparse = |extents: Vec<(u64, u64)>| Location::Sparse { fid: Hash([7; 32]), format: 3, seed: None, extents };
+    let tree = |location: Location| Snapshot {
+        generation: 1,
+        writer: [1; 16],
+        written_at: (0, 0),
+        nodes: vec![node(1, NodeKind::Dir, Location::Empty, 0), node(2, NodeKind::File, location, size)],
+        links: vec![Link { parent: 1, name: b"disk.img".to_vec(), child: 2 }],
+    };
+    let encoded = postcard::to_stdvec(&sparse(vec![(5, 2)])).unwrap();
+    assert_eq!(encoded[0], 4, "variant 4");
+    assert_eq!(&encoded[1..33], &[7u8; 32]);
+    assert_eq!(&encoded[33..], &[3, 0, 1, 5, 2], "format, no seed, one range (5, 2)");
+    let good = tree(sparse(extents.ranges().to_vec()));
+    assert_eq!(Snapshot::decode(&good.encode()).unwrap(), good);
+    for bad in [vec![(0, 10), (5, 10)], vec![(size - 1, 2)], vec![(10, 0)], vec![]] {
+        let damaged = Snapshot::decode(&tree(sparse(bad.clone())).encode());
+        assert!(matches!(damaged, Err(SnapshotError::Damaged(_))), "{bad:?}: {damaged:?}");
+    }
+    assert!(Extents::new(extents.ranges().to_vec(), size).is_some());
+}

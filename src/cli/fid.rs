@@ -56,7 +56,7 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
         }
     }
     let manifest = Encoder::default()
-        .encode(&FileSource::<anyhow::Error>::new(file), size, key.as_ref(), |_| Ok(()))
+        .encode(&FileSource::<anyhow::Error>::new(file, None), size, key.as_ref(), |_| Ok(()))
         .with_context(|| format!("encoding {}", args.file.display()))?;
     println!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(())

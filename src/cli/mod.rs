@@ -5,6 +5,7 @@ mod bwlimit;
 mod devnet;
 mod fid;
 mod fstab;
+mod gc;
 mod mount;
 mod snapshots;
 mod status;
@@ -32,6 +33,9 @@ enum Command {
     /// Show or change a running mount's bandwidth limit (as --bwlimit: 10M, 2M:off, or a
     /// timetable "08:00,512k 19:00,10M 23:00,off"), and the rates it moves at now.
     Bwlimit(bwlimit::BwlimitArgs),
+    /// Delete the FIDs of this tree on CESS that nothing refers to (a lost machine's, a crash's);
+    /// --dry-run lists them and the territory they take.
+    Gc(gc::GcArgs),
     /// Print what FILE will be stored as on CESS: FID, size, segment and fragment hashes (JSON).
     Fid(fid::FidArgs),
     /// Run a local CESS network (ledger and storage nodes on loopback) for mounts and tools.
@@ -136,7 +140,10 @@ pub fn main() -> i32 {
     };
     // Commands that print a report end quietly when their reader goes (`| head`), as other
     // tools do; the daemon keeps SIGPIPE ignored (a miner that hangs up is an error to handle).
-    if matches!(cli.command, Command::Status(_) | Command::Snapshots(_) | Command::Fid(_) | Command::Account(_)) {
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Gc(_) | Command::Snapshots(_) | Command::Fid(_) | Command::Account(_)
+    ) {
         // SAFETY: setting a signal's disposition to its default has no preconditions.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -146,6 +153,7 @@ pub fn main() -> i32 {
         Command::Status(args) => status::run(args),
         Command::Evict(args) => status::evict(args),
         Command::Bwlimit(args) => bwlimit::run(args),
+        Command::Gc(args) => gc::run(args),
         Command::Fid(args) => fid::run(args),
         Command::Devnet(args) => devnet::run(args),
         Command::Account(args) => account::account(args),

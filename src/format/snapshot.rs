@@ -81,6 +81,28 @@ pub enum Location {
         /// Its sealed length.
         len: u32,
     },
+    /// A sparse file: its data ranges, end to end, stored on CESS under `fid` (format/extents.rs);
+    /// the rest of the node's size reads as zeros.
+    Sparse {
+        /// The file id of its data.
+        fid: Hash,
+        /// Its encryption format version.
+        format: u8,
+        /// Its key seed.
+        seed: Option<[u8; 32]>,
+        /// Where the data lies in the file: `(offset, length)`, sorted, apart.
+        extents: Vec<(u64, u64)>,
+    },
+}
+
+impl Location {
+    /// The FID it refers to, if any.
+    pub fn fid(&self) -> Option<&Hash> {
+        match self {
+            Location::Fid { fid, .. } | Location::Packed { fid, .. } | Location::Sparse { fid, .. } => Some(fid),
+            Location::Empty | Location::Inline(_) => None,
+        }
+    }
 }
 
 /// The pack FID that stands for the commit holding the tree: all zeros.
@@ -218,6 +240,11 @@ impl Snapshot {
         for n in &self.nodes {
             if kinds.insert(n.id, n.kind).is_some() {
                 return bad("two nodes with one id");
+            }
+            if let Location::Sparse { extents, .. } = &n.location
+                && super::Extents::new(extents.clone(), n.size).is_none_or(|e| e.data_len() == 0)
+            {
+                return bad("a sparse file whose data ranges are not sorted, apart and within its size");
             }
         }
         if self.nodes.first().map(|n| (n.id, n.kind)) != Some((1, NodeKind::Dir)) {

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use super::handles::OpenFile;
 use super::{Fs, FsError, FsResult};
 use crate::fetch::{Fetcher, Stored};
-use crate::format::{DecodedSegment, Hash, Layout, Mode, SEGMENT_SIZE};
+use crate::format::{DecodedSegment, Extents, Hash, Layout, Mode, SEGMENT_SIZE};
 use crate::store::{Batch, Kind, Residency, Store, UploadRecord, UploadState};
 use crate::sync::lock;
 
@@ -76,14 +76,39 @@ impl Sequence {
     }
 }
 
+/// Where a file's bytes lie in the object its FID holds: at the same offsets, or (a sparse
+/// file) its data ranges end to end.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ObjectMap(Option<Arc<Extents>>);
+
+impl ObjectMap {
+    /// The object bytes that hold file bytes `file`, within an object of `size` bytes.
+    fn object_range(&self, file: Range<u64>, size: u64) -> Range<u64> {
+        match &self.0 {
+            Some(extents) => extents.object_range(file),
+            None => file.start.min(size)..file.end.min(size),
+        }
+    }
+
+    /// Where object bytes `object` go in the file: `(file offset, object range)` pieces.
+    fn file_pieces(&self, object: Range<u64>) -> Vec<(u64, Range<u64>)> {
+        match &self.0 {
+            Some(extents) => extents.pieces(object).collect(),
+            None => vec![(object.start, object)],
+        }
+    }
+}
+
 /// Where the bytes of a file that is not whole locally come from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct ColdSource {
     fid: Hash,
+    /// Its object (a sparse file's data ranges) as the fetcher reads it.
     stored: Stored,
     layout: Layout,
     /// A packed file's blob: its id and place in the pack `fid`.
     blob: Option<(Hash, crate::format::BlobPlace)>,
+    map: ObjectMap,
 }
 
 /// Why a file cannot be evicted.
@@ -100,6 +125,7 @@ pub(super) struct Presence {
     now: Option<Residency>,
     stored: Option<Residency>,
     layout: Option<Layout>,
+    map: ObjectMap,
     /// The file was closed: fetches finishing late leave it alone.
     closed: bool,
 }
@@ -107,11 +133,12 @@ pub(super) struct Presence {
 impl Presence {
     /// Content that is all here.
     pub(super) fn whole() -> Presence {
-        Presence { now: None, stored: None, layout: None, closed: false }
+        Presence { now: None, stored: None, layout: None, map: ObjectMap::default(), closed: false }
     }
 
-    fn from_record(stored: Option<Residency>, layout: Option<Layout>) -> Presence {
-        Presence { now: stored.clone(), stored, layout, closed: false }
+    fn from_record(stored: Option<Residency>, source: &ColdSource) -> Presence {
+        let (layout, map) = (Some(source.layout), source.map.clone());
+        Presence { now: stored.clone(), stored, layout, map, closed: false }
     }
 
     /// Whether the whole content is here.
@@ -123,9 +150,10 @@ impl Presence {
         self.now.as_ref().is_some_and(|r| !r.has(s))
     }
 
-    /// The first missing segment whose bytes start below `limit`.
+    /// The first missing segment holding file bytes below `limit`.
     pub(super) fn first_missing_below(&self, limit: u64) -> Option<usize> {
         let (now, layout) = (self.now.as_ref()?, self.layout.as_ref()?);
+        let limit = self.map.object_range(0..limit, layout.size()).end;
         (0..now.segments as usize).find(|&s| !now.has(s) && layout.chunk(s).start < limit)
     }
 
@@ -183,7 +211,10 @@ fn install(
     if !store.has_room_for(data.len() as u64, essential) {
         return Ok(false);
     }
-    of.file.write_all_at(data, source.layout.chunk(s).start)?;
+    let start = source.layout.chunk(s).start;
+    for (at, part) in source.map.file_pieces(start..start + data.len() as u64) {
+        of.file.write_all_at(&data[(part.start - start) as usize..(part.end - start) as usize], at)?;
+    }
     if let Some(r) = p.now.as_mut() {
         r.set(s);
         if r.complete() {
@@ -210,10 +241,11 @@ impl Piece {
 }
 
 /// What a read found: how many segments it waited for, and the bytes it got that are not in
-/// the content file (served from memory), each with its file offset.
+/// the content file (served from memory), each with its object offset.
 pub(super) struct Fetched {
     pub(super) waited: usize,
     uncached: Vec<(u64, Piece)>,
+    map: ObjectMap,
 }
 
 impl Fetched {
@@ -222,11 +254,13 @@ impl Fetched {
     pub(super) fn fill(&self, offset: u64, buf: &mut [u8]) {
         for (start, piece) in &self.uncached {
             let data = piece.data();
-            let end = start + data.len() as u64;
-            let (from, to) = (offset.max(*start), end.min(offset + buf.len() as u64));
-            if from < to {
-                let src = &data[(from - start) as usize..(to - start) as usize];
-                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            for (at, part) in self.map.file_pieces(*start..start + data.len() as u64) {
+                let end = at + (part.end - part.start);
+                let (from, to) = (offset.max(at), end.min(offset + buf.len() as u64));
+                if from < to {
+                    let in_data = (part.start - start + from - at) as usize..(part.start - start + to - at) as usize;
+                    buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(&data[in_data]);
+                }
             }
         }
     }
@@ -333,10 +367,13 @@ impl Fs {
         });
         let Some(stored) = stored else { return Err(FsError::NotCached(ino)) };
         let mode = Mode::of(stored.format, stored.seed.is_some());
-        let layout = Layout::new(stored.size, mode).map_err(|_| FsError::NotCached(ino))?;
-        let kept = Stored { size: stored.size, mode, seed: stored.seed };
-        let source = ColdSource { fid: stored.fid, stored: kept, layout, blob: stored.blob };
-        Ok((Some(source), Presence::from_record(Some(residency), Some(layout))))
+        let size = stored.object_size();
+        let layout = Layout::new(size, mode).map_err(|_| FsError::NotCached(ino))?;
+        let kept = Stored { size, mode, seed: stored.seed };
+        let map = ObjectMap(stored.extents.map(Arc::new));
+        let source = ColdSource { fid: stored.fid, stored: kept, layout, blob: stored.blob, map };
+        let presence = Presence::from_record(Some(residency), &source);
+        Ok((Some(source), presence))
     }
 
     /// Makes the bytes `range` of an open file present locally, fetching missing segments (and
@@ -351,9 +388,13 @@ impl Fs {
         reader: Option<u32>,
     ) -> FsResult<Fetched> {
         let read_ahead = reader.is_some();
-        let mut fetched = Fetched { waited: 0, uncached: Vec::new() };
-        let Some(source) = of.cold else { return Ok(fetched) };
+        let Some(source) = &of.cold else {
+            return Ok(Fetched { waited: 0, uncached: Vec::new(), map: ObjectMap::default() });
+        };
+        let mut fetched = Fetched { waited: 0, uncached: Vec::new(), map: source.map.clone() };
         let size = source.stored.size;
+        // From here on, offsets are the object's (a sparse file's holes need no fetch).
+        let range = source.map.object_range(range, size);
         if range.start >= size || range.is_empty() {
             return Ok(fetched);
         }
@@ -383,7 +424,7 @@ impl Fs {
                 let want = (range.start.max(chunk.start) - chunk.start) as usize
                     ..(range.end.min(chunk.end) - chunk.start) as usize;
                 if cold.fetcher.expect(&source.fid, s, want.start / crate::format::BLOCK_CAPACITY, ino) {
-                    cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+                    cold.prefetch(self.store.clone(), ino, of.clone(), source.clone(), s);
                 }
                 match cold.wait_for(reader, cold.fetcher.range(&source.fid, s, want.clone()))? {
                     // The read that completes the segment keeps it before it returns, so that a
@@ -400,7 +441,7 @@ impl Fs {
                 }
             }
             // Without read-ahead, it is for a writer (`localize`), which needs it kept.
-            if let Some(segment) = cold.load(&self.store, of, &source, s, writer, false)? {
+            if let Some(segment) = cold.load(&self.store, of, source, s, writer, false)? {
                 if writer {
                     return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
                 }
@@ -410,7 +451,7 @@ impl Fs {
         for &s in &ahead {
             // Wanted by this open file: dropped if it closes first.
             if ino_reads.is_none_or(|ino| cold.fetcher.expect(&source.fid, s, 0, ino)) {
-                cold.prefetch(self.store.clone(), ino, of.clone(), source, s);
+                cold.prefetch(self.store.clone(), ino, of.clone(), source.clone(), s);
             }
         }
         fetched.waited = needed.len();
@@ -484,7 +525,7 @@ impl Fs {
                 return Err(not_evictable("another mount writes this tree: local copies are kept"));
             }
             let residency = self.store.residency(ino)?;
-            let freed = crate::store::resident_bytes(rec.size, up.segments, residency.as_ref());
+            let freed = crate::store::resident_bytes(up.object_size(), up.segments, residency.as_ref());
             let mut b = Batch::default();
             b.put_residency(ino, Some(&Residency::empty(up.segments)));
             self.store.commit(b)?;

@@ -54,7 +54,7 @@ fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.allocated.div_ceil(512),
         atime: a.atime.into(),
         mtime: a.mtime.into(),
         ctime: a.ctime.into(),

@@ -29,16 +29,19 @@ mod xattr;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use cache::ColdReader;
 pub use error::FsError;
-pub use types::{Attr, Caller, DirEntry, FsConfig, Opened, SetAttr, SnapshotFlags, StatFs, StorageSpace, TimeSet};
+pub use types::{
+    Attr, Caller, Collector, DirEntry, FsConfig, Opened, SetAttr, SnapshotFlags, StatFs, StorageSpace, TimeSet,
+};
 
 use crate::format::{Layout, Mode};
 use crate::protocol::ChainHealth;
-use crate::store::{InodeRecord, Store, Timestamp};
+use crate::store::{InodeRecord, Kind, Store, Timestamp};
 use crate::sync::lock;
 use handles::{Handle, OpenFile};
 
@@ -70,6 +73,10 @@ pub struct Fs {
     snapshots: Option<Arc<SnapshotFlags>>,
     /// The link's pace, on a mount with a network.
     pace: Option<Arc<crate::pace::Pace>>,
+    /// Collects the tree's garbage on CESS when asked, on a mount that writes the tree.
+    collector: Option<Arc<dyn Collector>>,
+    /// The report of the last collection asked for (`user.cess.gc`).
+    collected: Mutex<Option<String>>,
 }
 
 /// The one rule for a name in a directory: 1 to 255 bytes, any but `/` and NUL, not `.` or `..`.
@@ -119,6 +126,8 @@ impl Fs {
             pushes: None,
             snapshots: None,
             pace: None,
+            collector: None,
+            collected: Mutex::new(None),
         }
     }
 
@@ -141,6 +150,11 @@ impl Fs {
     /// Lets the upload attributes say how far a push has come.
     pub fn set_pushes(&mut self, pushes: Arc<crate::protocol::Pushes>) {
         self.pushes = Some(pushes);
+    }
+
+    /// Runs collections when `user.cess.gc` is set on the root.
+    pub fn set_collector(&mut self, collector: Arc<dyn Collector>) {
+        self.collector = Some(collector);
     }
 
     /// Shows the state of the tree's snapshots in `user.cess.snapshot` on the root.
@@ -177,12 +191,24 @@ impl Fs {
             ctime: rec.ctime,
             crtime: rec.crtime,
             rdev: rec.rdev(),
+            allocated: rec.size,
         };
         if let Some(of) = self.open_file(ino) {
-            (attr.size, attr.mtime) = content_meta(&of.file)?;
+            let meta = of.file.metadata()?;
+            (attr.size, attr.mtime, attr.allocated) = (meta.len(), meta.modified()?.into(), meta.blocks() * 512);
             if lock(&of.state).unlinked {
                 attr.nlink = 0;
             }
+        } else if rec.kind == Kind::File {
+            attr.allocated =
+                std::fs::symlink_metadata(self.store.content_path(ino)).map_or(rec.size, |m| m.blocks() * 512);
+        }
+        // Not all here (evicted, or being fetched): what it stores.
+        if rec.kind == Kind::File
+            && self.store.residency(ino)?.is_some()
+            && let Some(up) = self.store.upload(ino)?
+        {
+            attr.allocated = attr.allocated.max(up.object_size());
         }
         Ok(attr)
     }

@@ -41,6 +41,9 @@ pub struct Attr {
     pub crtime: Timestamp,
     /// A device node's number.
     pub rdev: u32,
+    /// Bytes of data it holds (`du`): a regular file's allocated content, or, when it is not
+    /// all here, its stored data (a sparse file's data ranges); else its size.
+    pub allocated: u64,
 }
 
 /// An opened file.
@@ -136,4 +139,11 @@ pub struct SnapshotFlags {
     pub stopped: std::sync::Mutex<Option<String>>,
     /// Why the restored tree is not swept yet, if it waits for something.
     pub sweep_waits: std::sync::Mutex<Option<String>>,
+}
+
+/// Collects this tree's garbage on CESS when asked (`user.cess.gc` on the root): the snapshot
+/// writer's collector, given by the daemon.
+pub trait Collector: Send + Sync {
+    /// Runs a collection (`dry_run`: lists only) and returns its report, as JSON.
+    fn collect(&self, dry_run: bool) -> Result<serde_json::Value, String>;
 }

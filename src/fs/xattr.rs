@@ -45,6 +45,9 @@ fn progress(
 pub const EVICT: &[u8] = b"user.cess.evict";
 /// The root's bandwidth limit, readable and writable (`cessfs bwlimit`).
 pub const BWLIMIT: &[u8] = b"user.cess.bwlimit";
+/// The root's collection of garbage on CESS: set to `dry-run` (list) or `run` (delete) to run
+/// one; read, the report of the last one (`cessfs gc`).
+pub const GC: &[u8] = b"user.cess.gc";
 /// The namespace cessfs keeps for itself.
 pub const CESS_PREFIX: &[u8] = b"user.cess.";
 const USER_PREFIX: &[u8] = b"user.";
@@ -67,6 +70,9 @@ impl Fs {
             }
             if let Some(flags) = &self.snapshots {
                 attrs.push(("user.cess.snapshot", self.snapshot_json(flags)?.to_string()));
+            }
+            if let Some(report) = lock(&self.collected).clone() {
+                attrs.push(("user.cess.gc", report));
             }
             if let Some(pace) = &self.pace {
                 attrs.push(("user.cess.bwlimit", pace.limit().to_string()));
@@ -132,6 +138,10 @@ impl Fs {
                 "offset": b.place.offset,
                 "length": b.place.len,
                 "data_fragment": fragment,
+            })),
+            "sparse": shown.extents.as_ref().map(|e| serde_json::json!({
+                "data_bytes": e.data_len(),
+                "ranges": e.ranges().len(),
             })),
             "territory": String::from_utf8_lossy(&up.territory),
             "name_on_chain": String::from_utf8_lossy(&up.file_name),
@@ -246,6 +256,18 @@ impl Fs {
             })?;
             log::info!("bandwidth limit now {text}");
             pace.set_limit(limit);
+            return Ok(());
+        }
+        if name == GC && ino == crate::store::ROOT_INO {
+            let collector = self.collector.as_ref().ok_or(FsError::Unsupported)?;
+            let dry_run = match value {
+                b"dry-run" => true,
+                b"run" => false,
+                _ => return Err(FsError::Invalid),
+            };
+            // A failure is the report: the caller reads why.
+            let report = collector.collect(dry_run).unwrap_or_else(|e| serde_json::json!({ "error": e }));
+            *lock(&self.collected) = Some(report.to_string());
             return Ok(());
         }
         if name.starts_with(CESS_PREFIX) {

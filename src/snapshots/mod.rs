@@ -8,9 +8,9 @@
 //! deal byte for byte. Once a snapshot is active, all but the newest `keep` active ones are
 //! dropped, and with them the FIDs only they referred to.
 
+pub mod collect;
 pub mod merge;
 pub mod restore;
-pub mod sweep;
 pub mod watch;
 
 use std::sync::Arc;
@@ -30,8 +30,11 @@ pub struct SnapshotConfig {
     pub interval: Duration,
     /// Active snapshots kept.
     pub keep: usize,
-    /// How long after a restore the tree is swept of FIDs no snapshot refers to ([`sweep`]).
+    /// How long after a restore the tree is swept of FIDs no snapshot refers to ([`collect`]).
     pub sweep_after: Duration,
+    /// How long a collection on demand leaves a FID nothing refers to alone after first finding
+    /// it ([`collect`]).
+    pub gc_grace: Duration,
     /// How often the tree's snapshots on chain are looked at for another writer, besides
     /// before each snapshot is written.
     pub look_every: Duration,
@@ -121,7 +124,7 @@ impl Writer {
         let mut first_change = Some(Instant::now());
         let mut last_change = Instant::now();
         let mut retry_at = Instant::now();
-        let mut sweep = this.store_call(sweep::pending);
+        let mut sweep = this.store_call(collect::pending);
         let mut sweep_at = Instant::now();
         // Another writer is looked for at once (this mount may have been away), then now and then.
         let mut look_at = Instant::now();
@@ -156,7 +159,7 @@ impl Writer {
                 && crate::sync::lock(&this.flags.stopped).is_none()
             {
                 sweep_at = Instant::now() + this.sweep(pending).await;
-                sweep = this.store_call(sweep::pending);
+                sweep = this.store_call(collect::pending);
             }
             let Some(since) = first_change else { continue };
             let settled = this.round_due() && last_change.elapsed() >= this.config.quiet;
@@ -202,24 +205,24 @@ impl Writer {
         })
     }
 
-    /// Sweeps the restored tree ([`sweep`]); returns when to try again if it is not done.
-    async fn sweep(&self, pending: sweep::Pending) -> Duration {
+    /// Sweeps the restored tree ([`collect`]); returns when to try again if it is not done.
+    async fn sweep(&self, pending: collect::Pending) -> Duration {
         let waiting = |why: Option<String>| *crate::sync::lock(&self.flags.sweep_waits) = why;
-        match sweep::sweep(&self.store, &self.watch, pending).await {
-            Ok(sweep::Swept::Queued(n)) => {
+        match collect::sweep(&self.store, &self.watch, pending).await {
+            Ok(collect::Swept::Queued(n)) => {
                 waiting(None);
                 log::info!(
                     "swept the restored tree: {} that no snapshot refers to (declared after the last snapshot \
                      of the machine it was restored from) queued for deletion",
                     crate::words::count(n as u64, "FID")
                 );
-                if let Err(e) = sweep::done(&self.store) {
+                if let Err(e) = collect::done(&self.store) {
                     log::error!("recording the sweep: {e}");
                 }
                 Duration::ZERO
             }
-            Ok(sweep::Swept::NotYet) => Duration::from_secs(30),
-            Ok(sweep::Swept::Waiting(why)) => {
+            Ok(collect::Swept::NotYet) => Duration::from_secs(30),
+            Ok(collect::Swept::Waiting(why)) => {
                 crate::log_limited!(log::Level::Info, "sweep", "the restored tree is not swept yet: {why}");
                 waiting(Some(why));
                 Duration::from_secs(600)

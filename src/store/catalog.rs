@@ -90,7 +90,7 @@ impl Catalog {
     pub(super) fn refresh(&mut self, ino: u64, up: Option<&UploadRecord>, residency: Option<&Residency>) {
         let new = up.map(|u| {
             let stored = u.state == UploadState::Active && !u.retired;
-            let cached = if stored { resident_bytes(u.size, u.segments, residency) } else { 0 };
+            let cached = if stored { resident_bytes(u.object_size(), u.segments, residency) } else { 0 };
             let order = (cached > 0).then(|| match self.used.get(&ino) {
                 Some(t) => (true, *t, ino),
                 None => (false, nanos(u.updated_at), ino),

@@ -19,6 +19,7 @@ mod placements;
 mod records;
 mod reserve;
 mod residency;
+mod source;
 mod tree;
 
 use std::fs::{File, OpenOptions};
@@ -37,6 +38,7 @@ pub use placements::Placement;
 pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use reserve::kept_free;
 pub use residency::Residency;
+pub use source::{FileSource, sparse_extents};
 pub use tree::{Adopted, KeptSnapshot, Restored, SnapshotSummary};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
@@ -672,23 +674,5 @@ impl Store {
             }
         }
         Ok(())
-    }
-}
-
-/// A file as the encoder's [`ChunkSource`](crate::format::ChunkSource), reporting errors as `E`.
-pub struct FileSource<E>(pub File, std::marker::PhantomData<fn() -> E>);
-
-impl<E> FileSource<E> {
-    /// Reads `file`.
-    pub fn new(file: File) -> FileSource<E> {
-        FileSource(file, std::marker::PhantomData)
-    }
-}
-
-impl<E: From<io::Error> + From<crate::format::FormatError> + Send> crate::format::ChunkSource for FileSource<E> {
-    type Error = E;
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), E> {
-        use std::os::unix::fs::FileExt;
-        Ok(self.0.read_exact_at(buf, offset)?)
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::{decode, encode, key};
 use super::{Batch, Store, StoreError, Timestamp};
-use crate::format::Hash;
+use crate::format::{Extents, Hash};
 use crate::sync::lock;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -125,6 +125,9 @@ pub struct UploadRecord {
     /// land, so no other is sent until it can land no more (a second would lock the
     /// territory's space again and start the deal over).
     pub declaring: Option<crate::protocol::SentTx>,
+    /// A sparse file's data ranges: `fid` holds them end to end (`None`: the whole file). Chosen
+    /// when encoding begins, with the format, and kept until its deal ends.
+    pub extents: Option<Extents>,
 }
 
 /// A file's content as a blob in a pack.
@@ -139,7 +142,7 @@ pub struct PackedBlob {
 }
 
 /// A version of a file's content stored on CESS: what reading it needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredVersion {
     /// Its FID.
     pub fid: Hash,
@@ -151,37 +154,55 @@ pub struct StoredVersion {
     pub format: u8,
     /// Its blob (id and place) in the pack `fid`, if packed.
     pub blob: Option<(Hash, crate::format::BlobPlace)>,
+    /// A sparse file's data ranges (the record keeps them apart: [`UploadRecord`]).
+    #[serde(skip)]
+    pub extents: Option<Extents>,
 }
 
-/// The version byte of upload records: 5 since they end with `declaring`. Records of versions 1
-/// (without `format` and `previous`: all of format version 1), 2 (without `previous`), 3
-/// (without the blobs) and 4 (without `declaring`) are those bytes with fewer fields at the
-/// end; [`Store::open`] rewrites them, since records are swapped by comparing their bytes.
-const UPLOAD_RECORD_VERSION: u8 = 5;
+impl StoredVersion {
+    /// The bytes `fid` holds: the data ranges of a sparse file, else all of it.
+    pub fn object_size(&self) -> u64 {
+        self.extents.as_ref().map_or(self.size, Extents::data_len)
+    }
+}
+
+/// The version byte of upload records: 6 since they end with the data ranges. Records of
+/// versions 1 (without `format` and `previous`: all of format version 1), 2 (without `previous`),
+/// 3 (without the blobs), 4 (without `declaring`) and 5 (without the ranges) are those bytes with
+/// fewer fields at the end; [`Store::open`] rewrites them, since records are swapped by comparing
+/// their bytes.
+const UPLOAD_RECORD_VERSION: u8 = 6;
 
 /// Encodes an upload record.
 pub(super) fn encode_upload(rec: &UploadRecord) -> Vec<u8> {
     let mut out = vec![UPLOAD_RECORD_VERSION];
-    out.extend(postcard::to_stdvec(rec).expect("records always serialize"));
+    // `previous`'s ranges follow the record, so that records without them decode.
+    let previous_extents = rec.previous.as_ref().and_then(|p| p.extents.as_ref());
+    out.extend(postcard::to_stdvec(&(rec, previous_extents)).expect("records always serialize"));
     out
 }
 
-/// Decodes an upload record of either version.
+/// Decodes an upload record of any version.
 pub(super) fn decode_upload(bytes: &[u8]) -> Result<UploadRecord, StoreError> {
     let corrupt = || StoreError::Corrupt { what: "upload" };
-    match bytes.split_first() {
-        Some((&UPLOAD_RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| corrupt()),
-        // The fields a version lacks, as postcard writes them: format 1, `previous` None, no
-        // blobs, no declaration. A version 3 record ends with `previous`: its blob and the
-        // record's follow (one zero left over if `previous` is None, which postcard ignores).
-        Some((&4, rest)) => postcard::from_bytes(&[rest, &[0]].concat()).map_err(|_| corrupt()),
-        Some((&3, rest)) => postcard::from_bytes(&[rest, &[0, 0, 0]].concat()).map_err(|_| corrupt()),
-        Some((&2, rest)) => postcard::from_bytes(&[rest, &[0, 0, 0]].concat()).map_err(|_| corrupt()),
-        Some((&1, rest)) => {
-            postcard::from_bytes(&[rest, &[crate::format::FORMAT_V1, 0, 0, 0]].concat()).map_err(|_| corrupt())
-        }
-        _ => Err(corrupt()),
+    // The fields a version lacks, as postcard writes them: format 1, `previous` None, no blobs,
+    // no declaration, no ranges. A version 3 record ends with `previous`: its blob and the
+    // record's follow (one zero left over if `previous` is None, which postcard ignores).
+    const NO_RANGES: [u8; 2] = [0, 0];
+    let tail: &[u8] = match bytes.first() {
+        Some(&UPLOAD_RECORD_VERSION) => &[],
+        Some(&5) => &NO_RANGES,
+        Some(&4) => &[0, 0, 0],
+        Some(&3) | Some(&2) => &[0, 0, 0, 0, 0],
+        Some(&1) => &[crate::format::FORMAT_V1, 0, 0, 0, 0, 0],
+        _ => return Err(corrupt()),
+    };
+    let (mut rec, previous_extents): (UploadRecord, Option<Extents>) =
+        postcard::from_bytes(&[&bytes[1..], tail].concat()).map_err(|_| corrupt())?;
+    if let Some(previous) = rec.previous.as_mut() {
+        previous.extents = previous_extents;
     }
+    Ok(rec)
 }
 
 impl UploadRecord {
@@ -213,6 +234,7 @@ impl UploadRecord {
             previous: None,
             blob: None,
             declaring: None,
+            extents: None,
         }
     }
 
@@ -220,7 +242,13 @@ impl UploadRecord {
     pub fn stored_version(&self) -> Option<StoredVersion> {
         let fid = self.fid.filter(|_| self.state == UploadState::Active)?;
         let blob = self.blob.map(|b| (b.id, b.place));
-        Some(StoredVersion { fid, size: self.size, seed: self.seed, format: self.format, blob })
+        let extents = self.extents.clone();
+        Some(StoredVersion { fid, size: self.size, seed: self.seed, format: self.format, blob, extents })
+    }
+
+    /// The bytes its FID holds (or will): the data ranges of a sparse file, else all of it.
+    pub fn object_size(&self) -> u64 {
+        self.extents.as_ref().map_or(self.size, Extents::data_len)
     }
 
     /// The record of a file stored on CESS as `stored` (restored from a snapshot: nothing to
@@ -229,6 +257,7 @@ impl UploadRecord {
         let mut up = UploadRecord::staged(1);
         up.state = UploadState::Active;
         (up.size, up.fid, up.seed, up.format) = (stored.size, Some(stored.fid), stored.seed, stored.format);
+        up.extents = stored.extents;
         if let Some((id, place)) = stored.blob {
             up.blob = Some(PackedBlob { pack: 0, id, place });
         }
@@ -836,15 +865,18 @@ fn copy_durably(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
     let mut raw = vec![0u8; PIECE + ALIGN];
     let start = raw.as_ptr().align_offset(ALIGN);
     let buf = &mut raw[start..start + PIECE];
-    let mut done = 0u64;
-    while done < len {
-        let want = PIECE.min((len - done) as usize);
-        src.read_exact_at(&mut buf[..want], done)?;
-        // Direct writes go in whole blocks: the last one is padded, and the length cut after.
-        let padded = want.next_multiple_of(ALIGN);
-        buf[want..padded].fill(0);
-        dst.write_all_at(&buf[..padded], done)?;
-        done += want as u64;
+    // Holes stay holes: only the data ranges are copied, each from its block's start.
+    for (at, range_len) in crate::disk::data_ranges(&src, len)? {
+        let (mut done, end) = (at - at % ALIGN as u64, at + range_len);
+        while done < end {
+            let want = PIECE.min((end - done) as usize);
+            src.read_exact_at(&mut buf[..want], done)?;
+            // Direct writes go in whole blocks: the last one is padded, and the length cut after.
+            let padded = want.next_multiple_of(ALIGN);
+            buf[want..padded].fill(0);
+            dst.write_all_at(&buf[..padded], done)?;
+            done += want as u64;
+        }
     }
     dst.set_len(len)?;
     dst.sync_all()
@@ -884,27 +916,42 @@ mod tests {
         let mut rec = UploadRecord::staged(3);
         rec.fid = Some(Hash([4; 32]));
         let current = encode_upload(&rec);
-        // A version 1 record: the same fields without the trailing format, previous, blob and
-        // declaration.
-        let old = [&[1u8][..], &current[1..current.len() - 4]].concat();
+        // A version 1 record: the same fields without the trailing format, previous, blob,
+        // declaration and ranges.
+        let old = [&[1u8][..], &current[1..current.len() - 6]].concat();
         let read = decode_upload(&old).unwrap();
         assert_eq!(read.format, crate::format::FORMAT_V1);
         assert_eq!(UploadRecord { format: rec.format, ..read }, rec);
-        // Versions 2 (without previous, blob and declaration), 3 (without blob and declaration)
-        // and 4 (without declaration).
-        let v2 = [&[2u8][..], &current[1..current.len() - 3]].concat();
+        // Versions 2 (without previous, blob, declaration and ranges), 3 (without blob,
+        // declaration and ranges), 4 (without declaration and ranges) and 5 (without ranges).
+        let v2 = [&[2u8][..], &current[1..current.len() - 5]].concat();
         assert_eq!(decode_upload(&v2).unwrap(), rec);
-        let v3 = [&[3u8][..], &current[1..current.len() - 2]].concat();
+        let v3 = [&[3u8][..], &current[1..current.len() - 4]].concat();
         assert_eq!(decode_upload(&v3).unwrap(), rec);
-        let v4 = [&[4u8][..], &current[1..current.len() - 1]].concat();
+        let v4 = [&[4u8][..], &current[1..current.len() - 3]].concat();
         assert_eq!(decode_upload(&v4).unwrap(), rec);
+        let v5 = [&[5u8][..], &current[1..current.len() - 2]].concat();
+        assert_eq!(decode_upload(&v5).unwrap(), rec);
         // A version 3 record with a previous version: without its blob, nor the record's.
         let mut with_previous = rec.clone();
-        with_previous.previous =
-            Some(StoredVersion { fid: Hash([5; 32]), size: 9, seed: Some([6; 32]), format: 2, blob: None });
+        with_previous.previous = Some(StoredVersion {
+            fid: Hash([5; 32]),
+            size: 9,
+            seed: Some([6; 32]),
+            format: 2,
+            blob: None,
+            extents: None,
+        });
         let bytes = encode_upload(&with_previous);
-        let v3 = [&[3u8][..], &bytes[1..bytes.len() - 3]].concat();
+        let v3 = [&[3u8][..], &bytes[1..bytes.len() - 5]].concat();
         assert_eq!(decode_upload(&v3).unwrap(), with_previous);
+        // A sparse file's ranges, its own and its previous version's.
+        let mut sparse = with_previous.clone();
+        sparse.extents = Extents::new(vec![(4, 2)], 9);
+        if let Some(p) = sparse.previous.as_mut() {
+            p.extents = Extents::new(vec![(0, 1), (7, 2)], 9);
+        }
+        assert_eq!(decode_upload(&encode_upload(&sparse)).unwrap(), sparse);
         // A declaration on its way.
         let mut declaring = rec.clone();
         declaring.declaring = Some(crate::protocol::SentTx { hash: "0x01".into(), block: 7, until: 39 });

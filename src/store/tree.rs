@@ -33,14 +33,7 @@ pub struct KeptSnapshot {
 impl KeptSnapshot {
     /// The record of `snapshot`.
     pub fn of(snapshot: &Snapshot) -> KeptSnapshot {
-        let fids = snapshot
-            .nodes
-            .iter()
-            .filter_map(|n| match n.location {
-                Location::Fid { fid, .. } | Location::Packed { fid, .. } => Some(fid),
-                _ => None,
-            })
-            .collect();
+        let fids = snapshot.nodes.iter().filter_map(|n| n.location.fid().copied()).collect();
         KeptSnapshot { generation: snapshot.generation, fids }
     }
 }
@@ -409,14 +402,16 @@ impl Store {
                     let (offset, len) = (blob.place.offset, blob.place.len);
                     Location::Packed { fid: crate::format::THIS_COMMIT, id: blob.id, offset, len }
                 } else {
-                    let stored = up.as_ref().and_then(|u| u.stored_version().or(u.previous));
+                    let stored = up.and_then(|u| u.stored_version().or(u.previous));
                     let Some(stored) = stored else { return Ok(None) };
                     size = stored.size;
-                    match stored.blob {
-                        Some((id, place)) => {
-                            Location::Packed { fid: stored.fid, id, offset: place.offset, len: place.len }
+                    let (fid, format, seed) = (stored.fid, stored.format, stored.seed);
+                    match (stored.blob, stored.extents) {
+                        (Some((id, place)), _) => Location::Packed { fid, id, offset: place.offset, len: place.len },
+                        (None, Some(extents)) => {
+                            Location::Sparse { fid, format, seed, extents: extents.ranges().to_vec() }
                         }
-                        None => Location::Fid { fid: stored.fid, format: stored.format, seed: stored.seed },
+                        (None, None) => Location::Fid { fid, format, seed },
                     }
                 }
             }
@@ -472,7 +467,7 @@ impl Store {
             false => (crate::format::snapshot_len_of(adopted.segments as usize), crate::format::FORMAT_V2),
         };
         self.create_content(ino)?.set_len(size)?;
-        let stored = StoredVersion { fid: adopted.fid, size, seed: adopted.seed, format, blob: None };
+        let stored = StoredVersion { fid: adopted.fid, size, seed: adopted.seed, format, blob: None, extents: None };
         let up = UploadRecord::stored(stored, adopted.segments, territory, adopted.name.clone());
         let cold = Residency::empty(adopted.segments);
         hidden_snapshot(b, ino, size, &adopted.name, &KeptSnapshot::of(adopted.snapshot), &up, Some(&cold));
@@ -642,7 +637,10 @@ impl Store {
                 b.remove_xattr(ino, &name);
             }
             let same_bytes = match (wanted.get(&ino).map(|n| &n.location), self.upload(ino)?) {
-                (Some(Location::Fid { fid, .. }), Some(up)) => up.fid == Some(*fid),
+                (Some(Location::Fid { fid, .. }), Some(up)) => up.fid == Some(*fid) && up.extents.is_none(),
+                (Some(Location::Sparse { fid, extents, .. }), Some(up)) => {
+                    up.fid == Some(*fid) && up.extents.as_ref().is_some_and(|e| e.ranges() == &extents[..])
+                }
                 _ => false,
             };
             if same_bytes {
@@ -760,11 +758,18 @@ impl Store {
                 (&file).write_all(bytes)?;
                 file.sync_all()?;
             }
-            Location::Fid { fid, format, seed } => {
+            Location::Fid { fid, format, seed } | Location::Sparse { fid, format, seed, .. } => {
                 file.set_len(n.size)?;
+                let extents = match &n.location {
+                    // Checked when the snapshot was read.
+                    Location::Sparse { extents, .. } => crate::format::Extents::new(extents.clone(), n.size),
+                    _ => None,
+                };
+                let object_size = extents.as_ref().map_or(n.size, |e| e.data_len());
                 let mode = Mode::of(*format, seed.is_some());
-                let segments = Layout::new(n.size, mode).map(|l| l.segments() as u32).unwrap_or(0);
-                let stored = StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format, blob: None };
+                let segments = Layout::new(object_size, mode).map(|l| l.segments() as u32).unwrap_or(0);
+                let stored =
+                    StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format, blob: None, extents };
                 up = UploadRecord::stored(stored, segments, territory, chain_name(fid));
                 b.put_residency(ino, Some(&Residency::empty(segments)));
             }
@@ -772,8 +777,14 @@ impl Store {
                 file.set_len(n.size)?;
                 let place = crate::format::BlobPlace { offset: *offset, len: *len };
                 let blob = Some((*id, place));
-                let stored =
-                    StoredVersion { fid: *fid, size: n.size, seed: None, format: crate::format::FORMAT_V2, blob };
+                let stored = StoredVersion {
+                    fid: *fid,
+                    size: n.size,
+                    seed: None,
+                    format: crate::format::FORMAT_V2,
+                    blob,
+                    extents: None,
+                };
                 up = UploadRecord::stored(stored, 1, territory, chain_name(fid));
                 b.put_residency(ino, Some(&Residency::empty(1)));
             }

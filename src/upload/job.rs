@@ -117,14 +117,15 @@ impl Inner {
     async fn encode(
         self: &Arc<Self>,
         ino: u64,
-        size: u64,
-        format: u8,
+        rec: &UploadRecord,
     ) -> Result<(Arc<FileManifest>, Option<Seed>), UploadError> {
-        let key = self.key_for(format)?;
+        let key = self.key_for(rec.format)?;
         let _cpu = self.cpu.acquire().await.map_err(|_| UploadError::ShuttingDown)?;
         let inner = self.clone();
+        let (size, extents) = (rec.object_size(), rec.extents.clone());
         let encoded = tokio::task::spawn_blocking(move || {
-            let source = FileSource::<UploadError>::new(std::fs::File::open(inner.store.upload_source(ino))?);
+            let file = std::fs::File::open(inner.store.upload_source(ino))?;
+            let source = FileSource::<UploadError>::new(file, extents);
             let (manifest, seed) = inner.encoder.encode_with_seed(&source, size, key.as_ref(), |_| {
                 if *inner.stop.borrow() { Err(UploadError::ShuttingDown) } else { Ok(()) }
             })?;
@@ -139,7 +140,7 @@ impl Inner {
         if let Some(m) = lock(&self.manifests).get(&ino).filter(|m| Some(m.fid) == rec.fid) {
             return Ok(m.clone());
         }
-        let (manifest, _) = self.encode(ino, rec.size, rec.format).await?;
+        let (manifest, _) = self.encode(ino, rec).await?;
         // The file may have changed while it was read (its bytes set aside meanwhile): read again.
         if Some(manifest.fid) != rec.fid {
             return Err(UploadError::Changed);
@@ -201,6 +202,23 @@ impl Inner {
             _ => crate::format::FORMAT_NEWEST,
         };
         let begins = rec.state == UploadState::Staged;
+        let hidden = self.db(move |s| Ok(s.snapshot_generation(ino)?.is_some() || s.pack(ino)?.is_some())).await?;
+        let packs = self.packing().is_some() && !hidden && inode.size < self.config.pack_below;
+        // A sparse file stores its data only (not in the plaintext layout, which other clients
+        // read as one whole file); its ranges are chosen with the format, and kept.
+        let extents = match format {
+            _ if !begins || packs || hidden || inode.size == 0 => None,
+            crate::format::FORMAT_PLAIN => None,
+            _ => {
+                let (path, size, mode) =
+                    (self.store.content_path(ino), inode.size, crate::format::Mode::of(format, true));
+                let found = tokio::task::spawn_blocking(move || {
+                    crate::store::sparse_extents(&std::fs::File::open(path)?, size, mode)
+                })
+                .await;
+                found.map_err(|e| UploadError::Internal(format!("the data ranges of inode {ino}: {e}")))??
+            }
+        };
         let encoding = self
             .update(ino, &rec, |r| {
                 r.state = if inode.size == 0 { UploadState::Local } else { UploadState::Encoding };
@@ -208,19 +226,19 @@ impl Inner {
                 r.territory = territory.clone();
                 if begins {
                     r.format = format;
+                    r.extents = extents.clone();
                 }
             })
             .await?;
         let Some(encoding) = encoding.filter(|r| r.state == UploadState::Encoding) else { return Ok(Flow::Wait) };
-        let hidden = self.db(move |s| Ok(s.snapshot_generation(ino)?.is_some() || s.pack(ino)?.is_some())).await?;
-        if let Some(keys) = self.packing().filter(|_| !hidden && inode.size < self.config.pack_below) {
+        if let Some(keys) = self.packing().filter(|_| packs) {
             let names = self.config.master.as_ref().and_then(|m| m.names()).cloned();
             let (keys, names) = (keys.clone(), names.ok_or_else(|| UploadError::Internal("no name key".into()))?);
             let packed = self.db(move |s| s.pack_file(ino, &encoding, &keys, &names)).await?;
             log::info!("inode {ino}: encoding → packed{}", if packed { "" } else { " (it changed meanwhile)" });
             return Ok(Flow::Continue);
         }
-        let (manifest, seed) = self.encode(ino, inode.size, encoding.format).await?;
+        let (manifest, seed) = self.encode(ino, &encoding).await?;
         let fid = manifest.fid;
         lock(&self.manifests).insert(ino, manifest.clone());
         let segments = manifest.segments.len() as u32;

@@ -64,7 +64,7 @@ pub(super) async fn push_columns(
     columns: Vec<Assignment>,
     pace: &mut Option<f64>,
 ) -> Result<Pushed, UploadError> {
-    let (size, seed) = (rec.size, rec.seed);
+    let (size, seed, extents) = (rec.object_size(), rec.seed, rec.extents.clone());
     let layout = crate::format::Layout::new(size, Mode::of(rec.format, seed.is_some()))?;
     if layout.segments() != segments.len() {
         return Err(UploadError::Chain(crate::protocol::ChainError::Decode(format!(
@@ -155,7 +155,7 @@ pub(super) async fn push_columns(
     let out: Arc<Mutex<Vec<Vec<Detach>>>> = Arc::default();
     let (regen, hashes, registry) = (inner.clone(), segments.to_vec(), out.clone());
     let produced = tokio::task::spawn_blocking(move || -> Result<(), UploadError> {
-        let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?);
+        let file = FileSource::<UploadError>::new(std::fs::File::open(regen.store.upload_source(ino))?, extents);
         let master = key.as_ref().zip(seed.as_ref());
         let stop = || {
             if *regen.stop.borrow() {

@@ -6,10 +6,13 @@
 //! holding 10,000 files of the account deletes them: transactions and time, one FID per
 //! transaction against batches of `DELETE_BATCH`, in the same run.
 //!
+//! A sparse disk image (SPARSE_MIB, 2048 by default, holding 14 bytes) is stored, against the
+//! same bytes written out as zeros, in the same run: declarations, bytes pushed, time to active.
+//!
 //! Run: `cargo bench --bench edits` (as root or with fusermount3). FILES=1000,10000 sets the
-//! tree sizes (comma-separated); LINK=up=20M,down=100M,rtt=60ms puts the devnet behind that link
-//! model (the times then are a home link's); EDITS_BENCH_KEEP=1 keeps the work dir (the
-//! daemons' logs are DIR/N-MODE/data.log).
+//! tree sizes (comma-separated; empty: none); LINK=up=20M,down=100M,rtt=60ms puts the devnet
+//! behind that link model (the times then are a home link's); EDITS_BENCH_KEEP=1 keeps the work
+//! dir (the daemons' logs are DIR/N-MODE/data.log).
 
 #[path = "support/data.rs"]
 mod data;
@@ -106,6 +109,34 @@ fn edit(work: &Path, key: &Path, files: usize, mode: &str, args: &[&str]) -> Edi
     Edit { declarations: edit.0, mib_pushed: edit.1, tree_bytes, settle_secs, restore_secs }
 }
 
+/// A disk image of `mib` MiB holding 14 bytes, its zeros `holes` or written out, stored: the
+/// declarations, MiB pushed and seconds until it is active.
+fn image(work: &Path, key: &Path, mib: u64, holes: bool) -> (usize, f64, f64) {
+    use std::os::unix::fs::FileExt;
+    let dir = work.join(format!("image-{}", if holes { "holes" } else { "zeros" }));
+    let link = std::env::var("LINK").ok();
+    let link_args: Vec<&str> = link.iter().flat_map(|l| ["--link", l.as_str()]).collect();
+    let net = Devnet::start(&dir.join("devnet"), &link_args, &[]);
+    let m = mounted::mount(&dir.join("data"), key, &["--chain", &net.rpc, "--quiet-delay", "0.2"]);
+    let (declared, moved) = (net.declarations(), net.moved().bytes_in);
+    let (path, size) = (m.dir.path().join("disk.img"), mib << 20);
+    let t = Instant::now();
+    {
+        let f = std::fs::File::create(&path).expect("create");
+        if holes {
+            f.set_len(size).expect("set_len");
+        } else {
+            let zeros = vec![0u8; 1 << 20];
+            (0..mib).for_each(|i| f.write_all_at(&zeros, i << 20).expect("zeros"));
+        }
+        f.write_all_at(b"hello, ", size / 2).expect("write");
+        f.write_all_at(b"world!!", size - 7).expect("write");
+    }
+    mounted::wait_active(&path);
+    let secs = t.elapsed().as_secs_f64();
+    (net.declarations() - declared, (net.moved().bytes_in - moved) as f64 / (1 << 20) as f64, secs)
+}
+
 /// Deletes the 10,000 files a devnet holds for the account, the first half one per
 /// transaction, the second in batches of `batch`: (transactions, seconds) for each half.
 fn deletions(work: &Path, batch: usize) -> [(usize, f64); 2] {
@@ -140,6 +171,7 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("FILES")
         .unwrap_or_else(|_| "1000,10000".into())
         .split(',')
+        .filter(|n| !n.trim().is_empty())
         .map(|n| n.trim().parse().expect("FILES: comma-separated numbers"))
         .collect();
     let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
@@ -161,6 +193,19 @@ fn main() {
             with.mib_pushed / without.mib_pushed.max(f64::MIN_POSITIVE)
         );
     }
+    let mib: u64 = std::env::var("SPARSE_MIB").map_or(2048, |n| n.parse().expect("SPARSE_MIB: a number"));
+    let holes = image(work.path(), &key, mib, true);
+    let zeros = image(work.path(), &key, mib, false);
+    for (name, (declarations, pushed, secs)) in [("holes", holes), ("zeros written", zeros)] {
+        println!(
+            "a {mib} MiB image holding 14 bytes, {name:<13}: {declarations} declarations, {pushed:>7.1} MiB pushed, active in {secs:>6.2} s"
+        );
+    }
+    println!(
+        "holes take {:.3}x the bytes pushed and {:.3}x the time of zeros written",
+        holes.1 / zeros.1.max(f64::MIN_POSITIVE),
+        holes.2 / zeros.2.max(f64::MIN_POSITIVE)
+    );
     let batch = cessfs::upload::DELETE_BATCH;
     if std::env::var_os("LINK").is_some() {
         return;

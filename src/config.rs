@@ -107,10 +107,6 @@ pub struct Settings {
     /// wrote the tree meanwhile [default: 3600].
     #[arg(long, value_name = "SECS")]
     pub sweep_after: Option<f64>,
-    /// Seconds a FID of this tree that nothing refers to is left alone after a collection
-    /// (`cessfs gc`) first finds it, before one deletes it [default: 3600].
-    #[arg(long, value_name = "SECS")]
-    pub gc_grace: Option<f64>,
     /// Show the tree of the territory's newest snapshot, read-only, and follow newer ones (a second
     /// machine; writes get EROFS). Use a data dir of its own.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -209,7 +205,6 @@ impl Settings {
             snapshot_interval,
             snapshots_kept,
             sweep_after,
-            gc_grace,
             fresh,
             devnet_territory_gib,
             devnet_link,
@@ -259,7 +254,6 @@ impl Settings {
             interval: std::time::Duration::from_secs_f64(self.snapshot_interval.unwrap_or(600.0).max(1.0)),
             keep: self.snapshots_kept.unwrap_or(3).max(1),
             sweep_after: std::time::Duration::from_secs_f64(self.sweep_after.unwrap_or(3600.0).max(0.0)),
-            gc_grace: std::time::Duration::from_secs_f64(self.gc_grace.unwrap_or(3600.0).max(0.0)),
             look_every: self.poll_interval(),
         })
     }

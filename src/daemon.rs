@@ -388,14 +388,14 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     if snapshot_config.is_some() || settings.read_only() {
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
-    if let (Some(config), Some(watch)) = (&snapshot_config, &watch) {
-        fs.set_collector(Arc::new(crate::snapshots::collect::OnDemand {
-            store: store.clone(),
-            watch: watch.clone(),
-            flags: snapshot_flags.clone(),
-            runtime: runtime.handle().clone(),
-            grace: config.gc_grace,
-        }));
+    if let (Some(_), Some(watch)) = (&snapshot_config, &watch) {
+        fs.set_collector(Arc::new(crate::snapshots::collect::OnDemand::new(
+            store.clone(),
+            watch.clone(),
+            snapshot_flags.clone(),
+            runtime.handle().clone(),
+            stop.subscribe(),
+        )));
     }
     fs.set_cold_reader(ColdReader { fetcher: fetcher.clone(), runtime: runtime.handle().clone(), read_ahead: 2 });
     let fs = Arc::new(fs);
@@ -555,9 +555,10 @@ impl TreeSetup<'_> {
         let newest_block =
             named.as_ref().and_then(|n| n.as_ref().ok()).map(|n| n.iter().map(|n| n.completion).max().unwrap_or(0));
         let Some((chosen, names)) = chosen else {
-            // Unknown, collections go from the oldest snapshot kept (collect.rs).
+            // A tree beginning here collects nothing of what was stored before (unknown: nothing
+            // at all).
             if let Some(block) = newest_block {
-                meta.push(crate::snapshots::collect::lineage_meta(block));
+                meta.push(crate::snapshots::collect::window_meta(block, block));
             }
             let origin = if self.settings.fresh.unwrap_or(false) { "fresh" } else { "new" };
             if origin == "new" && names.is_some() {
@@ -571,7 +572,9 @@ impl TreeSetup<'_> {
         };
         // Files of the tree stored after this block are another mount's (the sweep's rule).
         meta.push(crate::snapshots::collect::pending_meta(chosen.lineage_from(), newest_block.unwrap_or(0)));
-        meta.push(crate::snapshots::collect::lineage_meta(chosen.lineage_from()));
+        if let Some(block) = newest_block {
+            meta.push(crate::snapshots::collect::window_meta(chosen.lineage_from(), block));
+        }
         meta.push((TREE_ORIGIN, format!("restored {}", chosen.generation()).into_bytes()));
         // One step: a crash before it ends leaves the data dir empty, and the next mount restores
         // again from the start.

@@ -473,6 +473,8 @@ fn a_sparse_file_is_stored_as_format_md_says() {
     assert_eq!(&encoded[1..33], &[7u8; 32]);
     assert_eq!(&encoded[33..], &[3, 0, 1, 5, 2], "format, no seed, one range (5, 2)");
     let good = tree(sparse(extents.ranges().to_vec()));
+    assert_eq!(&good.encode()[..8], b"CFSTREE\x02", "a tree with sparse files is version 2");
+    assert_eq!(&tree(Location::Empty).encode()[..8], b"CFSTREE\x01", "others stay version 1");
     assert_eq!(Snapshot::decode(&good.encode()).unwrap(), good);
     for bad in [vec![(0, 10), (5, 10)], vec![(size - 1, 2)], vec![(10, 0)], vec![]] {
         let damaged = Snapshot::decode(&tree(sparse(bad.clone())).encode());

@@ -55,8 +55,22 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
             eprintln!("in its mount, it is in pack {fid}: {pack}");
         }
     }
+    // A sparse file stores its data ranges only (encrypted mode; docs/FORMAT.md).
+    let extents = match &key {
+        Some(_) if size >= pack_below => crate::store::sparse_extents(&file, size, crate::format::Mode::Blocks)?,
+        _ => None,
+    };
+    if let Some(e) = &extents {
+        eprintln!(
+            "{} is sparse: its {} ({} bytes) are stored, end to end, and the manifest is theirs",
+            args.file.display(),
+            crate::words::count(e.ranges().len() as u64, "data range"),
+            e.data_len()
+        );
+    }
+    let object_size = extents.as_ref().map_or(size, |e| e.data_len());
     let manifest = Encoder::default()
-        .encode(&FileSource::<anyhow::Error>::new(file, None), size, key.as_ref(), |_| Ok(()))
+        .encode(&FileSource::<anyhow::Error>::new(file, extents), object_size, key.as_ref(), |_| Ok(()))
         .with_context(|| format!("encoding {}", args.file.display()))?;
     println!("{}", serde_json::to_string_pretty(&manifest)?);
     Ok(())

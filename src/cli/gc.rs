@@ -2,6 +2,7 @@
 //! that nothing refers to), run by the mount through its root's `user.cess.gc`.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -25,17 +26,52 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-pub fn run(args: GcArgs) -> anyhow::Result<()> {
-    crate::mountpoint::in_cessfs_mount(&args.dir)?;
-    let how: &[u8] = if args.dry_run { b"dry-run" } else { b"run" };
-    xattr_set(&args.dir, c"user.cess.gc", how).with_context(|| {
+/// The state of the mount's last collection.
+fn state(args: &GcArgs) -> anyhow::Result<Value> {
+    json_attr(&args.dir, c"user.cess.gc").with_context(|| {
         format!(
             "{} is not the root of a running cessfs mount that writes its tree to CESS (read-only views, \
              --snapshots false and --plain true mounts collect nothing)",
             args.dir.display()
         )
-    })?;
-    let report = json_attr(&args.dir, c"user.cess.gc").context("reading the collection's report")?;
+    })
+}
+
+/// Starts a collection, once the one running (someone else's) is done; returns its number.
+fn start(args: &GcArgs) -> anyhow::Result<u64> {
+    let how: &[u8] = if args.dry_run { b"dry-run" } else { b"run" };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match xattr_set(&args.dir, c"user.cess.gc", how) {
+            Ok(()) => return Ok(state(args)?["run"].as_u64().unwrap_or(0)),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(POLL);
+            }
+            Err(e) => return Err(e).context("starting a collection"),
+        }
+    }
+}
+
+/// How long a collection may take (listing a territory of 100,000 files takes seconds).
+const WAIT: Duration = Duration::from_secs(1800);
+const POLL: Duration = Duration::from_millis(200);
+
+pub fn run(args: GcArgs) -> anyhow::Result<()> {
+    crate::mountpoint::in_cessfs_mount(&args.dir)?;
+    state(&args)?;
+    let run = start(&args)?;
+    let deadline = Instant::now() + WAIT;
+    let report = loop {
+        let s = state(&args)?;
+        if s["run"].as_u64() != Some(run) {
+            anyhow::bail!("another collection started before this one's report was read: run cessfs gc again");
+        }
+        if s["running"] == Value::Bool(false) {
+            break s;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the collection did not end within {WAIT:?}");
+        std::thread::sleep(POLL);
+    };
     if args.json {
         println!("{report}");
         return Ok(());
@@ -50,9 +86,8 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     let count = |key: &str| report[key].as_u64().unwrap_or(0);
     let fids = report["fids"].as_array().cloned().unwrap_or_default();
     for f in &fids {
-        let due = if f["due"] == Value::Bool(true) { "" } else { " (in its grace period)" };
         println!(
-            "{}  {:<4}  {}{due}",
+            "{}  {:<4}  {}",
             f["fid"].as_str().unwrap_or_default(),
             f["kind"].as_str().unwrap_or_default(),
             mib(f["space"].as_u64().unwrap_or(0))
@@ -62,26 +97,17 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
         println!("… and {} more", count("unreferenced") - fids.len() as u64);
     }
     let found = crate::words::count(count("unreferenced"), "FID");
-    let grace = count("unreferenced") - count("due");
-    let waits = if grace > 0 {
-        format!(
-            "; {grace} found less than {} s ago stay for now (--gc-grace)",
-            report["grace_secs"].as_u64().unwrap_or(0)
-        )
-    } else {
-        String::new()
+    let done = match args.dry_run {
+        true => format!("would free {}", mib(count("frees"))),
+        false => format!("{} queued for deletion, freeing {}", count("queued"), mib(count("frees"))),
     };
-    match args.dry_run {
-        true => println!(
-            "{found} of this tree that nothing refers to: {} would free {}{waits}",
-            count("due"),
-            mib(count("frees"))
-        ),
-        false => println!(
-            "{found} of this tree that nothing refers to: {} queued for deletion, freeing {}{waits}",
-            count("queued"),
-            mib(count("frees"))
-        ),
+    println!("{found} of this tree that nothing refers to: {done}");
+    if count("others") > 0 {
+        println!(
+            "kept: {} of this key stored since the tree began here by another mount (not in its tree: \
+             that mount writes none, or stopped writing it)",
+            crate::words::count(count("others"), "FID")
+        );
     }
     Ok(())
 }

@@ -24,7 +24,8 @@ pub struct StatusArgs {
 /// The JSON attribute `name` of `path`, if it has one.
 pub(super) fn json_attr(path: &Path, name: &std::ffi::CStr) -> Option<Value> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    let mut buf = vec![0u8; 16 << 10];
+    // 64 KiB: the most an attribute holds.
+    let mut buf = vec![0u8; 64 << 10];
     // SAFETY: a NUL-terminated path, a NUL-terminated name and a buffer of the given length.
     let n = unsafe { libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
@@ -158,7 +159,8 @@ fn queued_bytes(files: &[(PathBuf, Value)]) -> (usize, u64) {
             continue;
         }
         let segments = v["segments"].as_u64().filter(|&n| n > 0).unwrap_or_else(|| {
-            let size = v["size"].as_u64().unwrap_or(0);
+            // A sparse file's data, once its upload began; its size before.
+            let size = v["sparse"]["data_bytes"].as_u64().or_else(|| v["size"].as_u64()).unwrap_or(0);
             crate::format::Layout::new(size, crate::format::Mode::Blocks).map_or(1, |l| l.segments() as u64)
         });
         bytes += match (v["push_bytes"].as_u64(), v["pushed_bytes"].as_u64(), state(v)) {

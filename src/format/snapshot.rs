@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use super::Hash;
 
-/// First bytes of a snapshot file: "CFSTREE" and the snapshot format version.
+/// First bytes of a snapshot file: "CFSTREE" and the snapshot format version: 1, or 2 for a
+/// tree with sparse files (`Location::Sparse`), which a reader of version 1 cannot read.
 const MAGIC: [u8; 8] = *b"CFSTREE\x01";
+/// [`MAGIC`] of version 2.
+const MAGIC_SPARSE: [u8; 8] = *b"CFSTREE\x02";
 /// The largest snapshot decoded (its encoded tree): far above 100,000 files' worth.
 const MAX_TREE_BYTES: u64 = 1 << 30;
 
@@ -184,7 +187,8 @@ impl Snapshot {
         let tree = postcard::to_stdvec(self).expect("snapshots always serialize");
         let packed = ruzstd::encoding::compress_to_vec(&tree[..], ruzstd::encoding::CompressionLevel::Fastest);
         let mut out = Vec::with_capacity(16 + packed.len());
-        out.extend_from_slice(&MAGIC);
+        let sparse = self.nodes.iter().any(|n| matches!(n.location, Location::Sparse { .. }));
+        out.extend_from_slice(if sparse { &MAGIC_SPARSE } else { &MAGIC });
         out.extend_from_slice(&(packed.len() as u64).to_le_bytes());
         out.extend_from_slice(&packed);
         out
@@ -193,7 +197,10 @@ impl Snapshot {
     /// Reads a snapshot file (padding included).
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
         use std::io::Read;
-        let rest = bytes.strip_prefix(&MAGIC[..]).ok_or(SnapshotError::NotASnapshot)?;
+        let rest = bytes
+            .strip_prefix(&MAGIC[..])
+            .or_else(|| bytes.strip_prefix(&MAGIC_SPARSE[..]))
+            .ok_or(SnapshotError::NotASnapshot)?;
         let len = rest.get(..8).and_then(|l| l.try_into().ok()).map(u64::from_le_bytes);
         let packed = len
             .and_then(|n| rest.get(8..8usize.checked_add(usize::try_from(n).ok()?)?))

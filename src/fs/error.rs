@@ -82,6 +82,9 @@ pub enum FsError {
     /// Eviction asked for a file whose content is not (only) a cache.
     #[error("cannot evict: {0}")]
     NotEvictable(String),
+    /// A collection of the tree's garbage runs already.
+    #[error("a collection runs already")]
+    Busy,
     /// The process waiting for a cold read is being killed (Ctrl-C): answered at once.
     #[error("the reader was interrupted")]
     Interrupted,
@@ -114,7 +117,7 @@ impl FsError {
             FsError::FileTooBig => libc::EFBIG,
             FsError::Fetch(_) | FsError::NotCached(_) | FsError::NoNetwork | FsError::NotFetched { .. } => libc::EIO,
             FsError::Poisoned(_) => libc::EIO,
-            FsError::NotEvictable(_) => libc::EBUSY,
+            FsError::NotEvictable(_) | FsError::Busy => libc::EBUSY,
             FsError::Interrupted => libc::EINTR,
             // Disk full and quota pass through; anything else from the disk or sled is EIO.
             FsError::Store(StoreError::Io(e)) => match e.raw_os_error() {
@@ -150,7 +153,8 @@ impl FsError {
             | FsError::Unsupported
             | FsError::BadHandle
             | FsError::FileTooBig
-            | FsError::NotEvictable(_) => log::Level::Info,
+            | FsError::NotEvictable(_)
+            | FsError::Busy => log::Level::Info,
             FsError::Store(_)
             | FsError::Fetch(_)
             | FsError::NotCached(_)
@@ -200,10 +204,11 @@ mod tests {
             (FsError::NotFetched { ino: 1, segment: 0 }, libc::EIO),
             (FsError::Poisoned("why".into()), libc::EIO),
             (FsError::NotEvictable("open".into()), libc::EBUSY),
+            (FsError::Busy, libc::EBUSY),
             (FsError::Interrupted, libc::EINTR),
         ];
         let variants: std::collections::HashSet<_> = cases.iter().map(|(e, _)| std::mem::discriminant(e)).collect();
-        assert_eq!(variants.len(), 23, "every variant of FsError is in the table");
+        assert_eq!(variants.len(), 24, "every variant of FsError is in the table");
         for (e, errno) in &cases {
             assert_eq!(e.errno(), *errno, "{e:?}");
             // Exhaustive: adding a variant breaks this match until the table above lists it.
@@ -230,6 +235,7 @@ mod tests {
                 | FsError::NotFetched { .. }
                 | FsError::Poisoned(_)
                 | FsError::NotEvictable(_)
+                | FsError::Busy
                 | FsError::Interrupted => {}
             }
         }

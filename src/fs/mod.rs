@@ -75,8 +75,6 @@ pub struct Fs {
     pace: Option<Arc<crate::pace::Pace>>,
     /// Collects the tree's garbage on CESS when asked, on a mount that writes the tree.
     collector: Option<Arc<dyn Collector>>,
-    /// The report of the last collection asked for (`user.cess.gc`).
-    collected: Mutex<Option<String>>,
 }
 
 /// The one rule for a name in a directory: 1 to 255 bytes, any but `/` and NUL, not `.` or `..`.
@@ -127,7 +125,6 @@ impl Fs {
             snapshots: None,
             pace: None,
             collector: None,
-            collected: Mutex::new(None),
         }
     }
 

@@ -142,8 +142,10 @@ pub struct SnapshotFlags {
 }
 
 /// Collects this tree's garbage on CESS when asked (`user.cess.gc` on the root): the snapshot
-/// writer's collector, given by the daemon.
+/// writer's collector, given by the daemon. Collections run in the background.
 pub trait Collector: Send + Sync {
-    /// Runs a collection (`dry_run`: lists only) and returns its report, as JSON.
-    fn collect(&self, dry_run: bool) -> Result<serde_json::Value, String>;
+    /// Starts a collection (`dry_run`: lists only); `false` if one is running.
+    fn start(&self, dry_run: bool) -> bool;
+    /// The last collection: its number (`run`), whether it is `running`, and its report.
+    fn state(&self) -> serde_json::Value;
 }

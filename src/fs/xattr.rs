@@ -45,8 +45,8 @@ fn progress(
 pub const EVICT: &[u8] = b"user.cess.evict";
 /// The root's bandwidth limit, readable and writable (`cessfs bwlimit`).
 pub const BWLIMIT: &[u8] = b"user.cess.bwlimit";
-/// The root's collection of garbage on CESS: set to `dry-run` (list) or `run` (delete) to run
-/// one; read, the report of the last one (`cessfs gc`).
+/// The root's collection of garbage on CESS: set to `dry-run` (list) or `run` (delete) to start
+/// one (EBUSY while one runs); read, the state of the last one and its report (`cessfs gc`).
 pub const GC: &[u8] = b"user.cess.gc";
 /// The namespace cessfs keeps for itself.
 pub const CESS_PREFIX: &[u8] = b"user.cess.";
@@ -71,8 +71,8 @@ impl Fs {
             if let Some(flags) = &self.snapshots {
                 attrs.push(("user.cess.snapshot", self.snapshot_json(flags)?.to_string()));
             }
-            if let Some(report) = lock(&self.collected).clone() {
-                attrs.push(("user.cess.gc", report));
+            if let Some(collector) = &self.collector {
+                attrs.push(("user.cess.gc", collector.state().to_string()));
             }
             if let Some(pace) = &self.pace {
                 attrs.push(("user.cess.bwlimit", pace.limit().to_string()));
@@ -265,10 +265,7 @@ impl Fs {
                 b"run" => false,
                 _ => return Err(FsError::Invalid),
             };
-            // A failure is the report: the caller reads why.
-            let report = collector.collect(dry_run).unwrap_or_else(|e| serde_json::json!({ "error": e }));
-            *lock(&self.collected) = Some(report.to_string());
-            return Ok(());
+            return if collector.start(dry_run) { Ok(()) } else { Err(FsError::Busy) };
         }
         if name.starts_with(CESS_PREFIX) {
             return Err(FsError::ReadOnlyAttr);

@@ -20,10 +20,11 @@
 //!   restored on another machine deletes them once no other mount has written the tree for a
 //!   while (`sweep_after`; the lost machine may not be lost). A file or pack of this key stored
 //!   after the restore that nothing here knows stops it: another mount went on uploading.
-//! - When asked (`cessfs gc`, `user.cess.gc` on the root), with `--dry-run` listing only. A
-//!   candidate goes once it was found unmarked at least the grace period ago (`gc_grace`, by
-//!   this data dir's clock: the first collection that finds it starts it), so that a file
-//!   another mount just stored, not in a tree yet, is left alone.
+//! - When asked (`cessfs gc`, `user.cess.gc` on the root; `--dry-run` lists only), at once,
+//!   and as often as asked: the FIDs of the window between the lineage's start and the block
+//!   at which the tree began in this data dir (restored: a lost machine's; a new or `--fresh`
+//!   tree has an empty window). A FID of this key stored later that nothing here knows is
+//!   another mount's (one that writes no tree, or stopped writing it): kept, and counted.
 
 use serde::{Deserialize, Serialize};
 
@@ -78,15 +79,26 @@ pub fn done(store: &Store) -> Result<(), StoreError> {
     store.remove_meta(PENDING)
 }
 
-/// The meta record of the block the tree's lineage began at, for collections on demand.
-const LINEAGE_FROM: &[u8] = b"lineage-from";
-/// The meta record of when each unmarked candidate was first found (grace periods).
-const FIRST_FOUND: &[u8] = b"gc-first-found";
+/// The meta record of the window a collection on demand looks in: the block the tree's
+/// lineage began at, and the block at which the tree began in this data dir.
+const WINDOW: &[u8] = b"collect-window";
 
-/// The meta record of the block the lineage of a tree beginning now began at (written with the
-/// restore, or when a new or fresh tree begins).
-pub fn lineage_meta(lineage_from: u32) -> (&'static [u8], Vec<u8>) {
-    (LINEAGE_FROM, lineage_from.to_be_bytes().to_vec())
+/// The meta record of the window of a tree beginning now (written with the restore, or when a
+/// new or fresh tree begins): FIDs active after `lineage_from` and up to `began`.
+pub fn window_meta(lineage_from: u32, began: u32) -> (&'static [u8], Vec<u8>) {
+    (WINDOW, [lineage_from.to_be_bytes(), began.to_be_bytes()].concat())
+}
+
+/// The window recorded when the tree began here; for a data dir from before that record, its
+/// restore's sweep's, if it is still to come.
+fn window(store: &Store) -> Result<Option<(u32, u32)>, StoreError> {
+    if let Some(v) = store.meta(WINDOW)?
+        && let (Some(from), Some(began)) = (v.get(..4), v.get(4..8))
+        && let (Ok(from), Ok(began)) = (<[u8; 4]>::try_from(from), <[u8; 4]>::try_from(began))
+    {
+        return Ok(Some((u32::from_be_bytes(from), u32::from_be_bytes(began))));
+    }
+    Ok(pending(store)?.map(|p| (p.lineage_from, p.restored_block)))
 }
 
 /// What a sweep did.
@@ -109,9 +121,14 @@ async fn unmarked(
 ) -> anyhow::Result<Result<Vec<Named>, Swept>> {
     let tree = watch.tree();
     let named = watch.finder().named(&*tree.chain, &tree.territory, &tree.names).await?;
+    if let Some(why) = store.unreadable_records() {
+        return Ok(Err(Swept::Waiting(why)));
+    }
+    // The trees this mount keeps, and those it is deleting: neither is another writer's.
     let kept = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || super::watch::ours(&store).map(|(ours, _, _)| ours)).await??
+        let ours = move || super::watch::ours(&store).map(|(ours, deleting, _)| &ours | &deleting);
+        tokio::task::spawn_blocking(ours).await??
     };
     let baseline = super::baseline(store)?;
     let newest = named.iter().filter(|n| n.kind.is_tree()).max_by_key(|n| (n.number, n.fid.0));
@@ -172,8 +189,6 @@ pub struct Garbage {
     pub kind: &'static str,
     /// Bytes of territory it takes.
     pub space: u64,
-    /// Whether its grace period is over (else it stays, for now).
-    pub due: bool,
 }
 
 /// What a collection on demand found, and did.
@@ -181,47 +196,32 @@ pub struct Garbage {
 pub struct Collection {
     /// Only listed (`--dry-run`).
     pub dry_run: bool,
-    /// The FIDs nothing refers to.
+    /// The FIDs of the window that nothing refers to.
     pub garbage: Vec<Garbage>,
-    /// How many of them were queued for deletion now.
-    pub queued: usize,
-    /// Bytes of territory the due ones free.
+    /// Bytes of territory they take.
     pub frees: u64,
+    /// How many of them were queued for deletion.
+    pub queued: usize,
+    /// FIDs of this key stored since the tree began here that nothing here knows: another
+    /// mount's, kept.
+    pub others: usize,
     /// Why nothing was collected, if so.
     pub waiting: Option<String>,
 }
 
-/// The block the lineage began at: as recorded when the tree began here; for a data dir from
-/// before that record, the block the oldest snapshot this mount keeps became active at.
-fn lineage_from(store: &Store, named: &[Named]) -> Result<Option<u32>, StoreError> {
-    if let Some(v) = store.meta(LINEAGE_FROM)?
-        && let Ok(bytes) = <[u8; 4]>::try_from(&v[..])
-    {
-        return Ok(Some(u32::from_be_bytes(bytes)));
-    }
-    if let Some(p) = pending(store)? {
-        return Ok(Some(p.lineage_from));
-    }
-    let (ours, _, _) = super::watch::ours(store)?;
-    Ok(named.iter().filter(|n| n.kind.is_tree() && n.active && ours.contains(&n.fid)).map(|n| n.completion).min())
-}
-
-/// A collection on demand (see the module docs): lists the FIDs of this tree that nothing
-/// refers to and, unless `dry_run`, queues for deletion those whose grace period is over.
-pub async fn collect(
-    store: &std::sync::Arc<Store>,
-    watch: &TreeWatch,
-    grace: std::time::Duration,
-    dry_run: bool,
-) -> anyhow::Result<Collection> {
+/// A collection on demand (see the module docs): lists the FIDs of the window that nothing
+/// refers to and, unless `dry_run`, queues them for deletion.
+pub async fn collect(store: &std::sync::Arc<Store>, watch: &TreeWatch, dry_run: bool) -> anyhow::Result<Collection> {
     let mut collection = Collection { dry_run, ..Collection::default() };
-    let tree = watch.tree();
-    let named = watch.finder().named(&*tree.chain, &tree.territory, &tree.names).await?;
-    let Some(since) = lineage_from(store, &named)? else {
-        collection.waiting = Some("this mount has not written a tree snapshot to CESS yet".into());
+    let Some((from, began)) = window(store)? else {
+        collection.waiting = Some(
+            "this data dir's tree began before cessfs recorded where its lineage starts: \
+             nothing is collected on demand (a restore's sweep still runs)"
+                .into(),
+        );
         return Ok(collection);
     };
-    let candidates = match unmarked(store, watch, |n| n.completion > since).await? {
+    let candidates = match unmarked(store, watch, |n| n.completion > from).await? {
         Ok(candidates) => candidates,
         Err(Swept::NotYet) => {
             collection.waiting = Some("this mount has not written the newest tree snapshot on CESS yet".into());
@@ -233,27 +233,17 @@ pub async fn collect(
         }
         Err(Swept::Queued(_)) => return Ok(collection),
     };
-    // When each was first found unmarked: the grace period counts from there.
-    let now = Timestamp::now().secs;
-    let earlier: std::collections::HashMap<Hash, i64> = store
-        .meta(FIRST_FOUND)?
-        .and_then(|v| postcard::from_bytes::<Vec<(Hash, i64)>>(&v).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let first_found: Vec<(Hash, i64)> =
-        candidates.iter().map(|n| (n.fid, earlier.get(&n.fid).copied().unwrap_or(now))).collect();
-    store.set_meta(FIRST_FOUND, &postcard::to_stdvec(&first_found)?)?;
-    for (n, (_, found_at)) in candidates.iter().zip(&first_found) {
+    let (garbage, others): (Vec<Named>, Vec<Named>) =
+        candidates.into_iter().partition(|n| n.active && n.completion <= began);
+    collection.others = others.len();
+    for n in &garbage {
         let space = crate::protocol::charged_space(n.segments) as u64;
-        let due = n.active && now.saturating_sub(*found_at) >= grace.as_secs() as i64;
         let kind = if n.kind == NameKind::Pack { "pack" } else { "file" };
-        collection.garbage.push(Garbage { fid: n.fid, kind, space, due });
+        collection.garbage.push(Garbage { fid: n.fid, kind, space });
+        collection.frees += space;
     }
-    let due: Vec<Hash> = collection.garbage.iter().filter(|g| g.due).map(|g| g.fid).collect();
-    collection.frees = collection.garbage.iter().filter(|g| g.due).map(|g| g.space).sum();
-    if !dry_run && !due.is_empty() {
-        collection.queued = queue(store, due).await?;
+    if !dry_run && !garbage.is_empty() {
+        collection.queued = queue(store, garbage.iter().map(|n| n.fid).collect()).await?;
         log::info!(
             "collected {} that nothing refers to: queued for deletion",
             crate::words::count(collection.queued as u64, "FID")
@@ -262,41 +252,84 @@ pub async fn collect(
     Ok(collection)
 }
 
-/// Collections on demand for the filesystem (`user.cess.gc` on the root).
+/// The last collection on demand: its number, whether it runs, and its report once done.
+type Last = std::sync::Arc<std::sync::Mutex<(u64, bool, Option<serde_json::Value>)>>;
+
+/// Collections on demand for the filesystem (`user.cess.gc` on the root): one at a time, in
+/// the background, so that no FUSE thread waits on the chain.
 pub struct OnDemand {
-    /// The data dir.
-    pub store: std::sync::Arc<Store>,
-    /// The tree on chain.
-    pub watch: std::sync::Arc<TreeWatch>,
-    /// Whether this mount stopped writing the tree.
-    pub flags: std::sync::Arc<crate::fs::SnapshotFlags>,
-    /// The runtime collections run on (FUSE threads are not its threads).
-    pub runtime: tokio::runtime::Handle,
-    /// `gc_grace`.
-    pub grace: std::time::Duration,
+    store: std::sync::Arc<Store>,
+    watch: std::sync::Arc<TreeWatch>,
+    flags: std::sync::Arc<crate::fs::SnapshotFlags>,
+    runtime: tokio::runtime::Handle,
+    stop: tokio::sync::watch::Receiver<bool>,
+    last: Last,
 }
 
 /// FIDs listed in a report, at most: the rest are counted (an attribute holds 64 KiB).
 const LISTED: usize = 200;
 
-impl crate::fs::Collector for OnDemand {
-    fn collect(&self, dry_run: bool) -> Result<serde_json::Value, String> {
-        if let Some(why) = crate::sync::lock(&self.flags.stopped).clone() {
-            return Err(format!("{why}: this mount deletes nothing from the chain"));
+impl OnDemand {
+    /// Collections of `store`'s tree, on `runtime`, until `stop`.
+    pub fn new(
+        store: std::sync::Arc<Store>,
+        watch: std::sync::Arc<TreeWatch>,
+        flags: std::sync::Arc<crate::fs::SnapshotFlags>,
+        runtime: tokio::runtime::Handle,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> OnDemand {
+        OnDemand { store, watch, flags, runtime, stop, last: Last::default() }
+    }
+
+    async fn report(store: &std::sync::Arc<Store>, watch: &TreeWatch, dry_run: bool) -> serde_json::Value {
+        match collect(store, watch, dry_run).await {
+            Ok(c) => serde_json::json!({
+                "dry_run": c.dry_run,
+                "unreferenced": c.garbage.len(),
+                "frees": c.frees,
+                "queued": c.queued,
+                "others": c.others,
+                "waiting": c.waiting,
+                "fids": c.garbage.iter().take(LISTED).collect::<Vec<_>>(),
+            }),
+            Err(e) => serde_json::json!({ "dry_run": dry_run, "error": format!("{e:#}") }),
         }
-        let c = self
-            .runtime
-            .block_on(collect(&self.store, &self.watch, self.grace, dry_run))
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(serde_json::json!({
-            "dry_run": c.dry_run,
-            "unreferenced": c.garbage.len(),
-            "due": c.garbage.iter().filter(|g| g.due).count(),
-            "frees": c.frees,
-            "queued": c.queued,
-            "grace_secs": self.grace.as_secs(),
-            "waiting": c.waiting,
-            "fids": c.garbage.iter().take(LISTED).collect::<Vec<_>>(),
-        }))
+    }
+}
+
+impl crate::fs::Collector for OnDemand {
+    fn start(&self, dry_run: bool) -> bool {
+        let mut last = crate::sync::lock(&self.last);
+        if last.1 {
+            return false;
+        }
+        last.0 += 1;
+        last.1 = true;
+        let (number, state) = (last.0, self.last.clone());
+        let stopped = crate::sync::lock(&self.flags.stopped).clone();
+        let (store, watch, mut stop) = (self.store.clone(), self.watch.clone(), self.stop.clone());
+        // It ends with the mount: one cut short has queued nothing (the queue is one batch).
+        self.runtime.spawn(async move {
+            let report = match stopped {
+                Some(why) => serde_json::json!({
+                    "dry_run": dry_run,
+                    "error": format!("{why}: this mount deletes nothing from the chain"),
+                }),
+                None => tokio::select! {
+                    report = OnDemand::report(&store, &watch, dry_run) => report,
+                    _ = stop.changed() => serde_json::json!({ "dry_run": dry_run, "error": "the mount is stopping" }),
+                },
+            };
+            *crate::sync::lock(&state) = (number, false, Some(report));
+        });
+        true
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let last = crate::sync::lock(&self.last);
+        let mut state = last.2.clone().unwrap_or_else(|| serde_json::json!({}));
+        state["run"] = last.0.into();
+        state["running"] = last.1.into();
+        state
     }
 }

@@ -32,9 +32,6 @@ pub struct SnapshotConfig {
     pub keep: usize,
     /// How long after a restore the tree is swept of FIDs no snapshot refers to ([`collect`]).
     pub sweep_after: Duration,
-    /// How long a collection on demand leaves a FID nothing refers to alone after first finding
-    /// it ([`collect`]).
-    pub gc_grace: Duration,
     /// How often the tree's snapshots on chain are looked at for another writer, besides
     /// before each snapshot is written.
     pub look_every: Duration,

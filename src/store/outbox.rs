@@ -537,6 +537,11 @@ impl Store {
         Ok(out)
     }
 
+    /// Why some FIDs here are not known for sure: upload records that cannot be read.
+    pub fn unreadable_records(&self) -> Option<String> {
+        lock(&self.catalog).doubt()
+    }
+
     /// Queues for deletion those of `fids` that nothing here refers to: FIDs of this tree
     /// declared elsewhere. Returns how many.
     pub fn delete_unknown(&self, fids: &[Hash]) -> Result<usize, StoreError> {
@@ -703,7 +708,8 @@ impl Store {
         if !self.needs_deal_copy(ino)? {
             return Ok(());
         }
-        let len = std::fs::metadata(self.content_path(ino))?.len();
+        // What the copy takes: the data (holes stay holes).
+        let len = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(self.content_path(ino))?) * 512;
         if !self.has_room_for(len, true) {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into());
         }

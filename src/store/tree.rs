@@ -638,8 +638,11 @@ impl Store {
             }
             let same_bytes = match (wanted.get(&ino).map(|n| &n.location), self.upload(ino)?) {
                 (Some(Location::Fid { fid, .. }), Some(up)) => up.fid == Some(*fid) && up.extents.is_none(),
+                // One FID holds the data of sparse files of any size: the size must match too.
                 (Some(Location::Sparse { fid, extents, .. }), Some(up)) => {
-                    up.fid == Some(*fid) && up.extents.as_ref().is_some_and(|e| e.ranges() == &extents[..])
+                    up.fid == Some(*fid)
+                        && wanted.get(&ino).is_some_and(|n| n.size == up.size)
+                        && up.extents.as_ref().is_some_and(|e| e.ranges() == &extents[..])
                 }
                 _ => false,
             };

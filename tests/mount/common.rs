@@ -786,3 +786,11 @@ impl DiesWithTheTest for Command {
         }
     }
 }
+
+/// Writes a file of `mib` MiB of data at `path`: zeros written out, since holes (`set_len`)
+/// would cost nothing on CESS (sparse files).
+pub fn write_zeros(path: &Path, mib: usize) {
+    let zeros = vec![0u8; 1 << 20];
+    let mut f = File::create(path).expect("create");
+    (0..mib).for_each(|_| std::io::Write::write_all(&mut f, &zeros).expect("write zeros"));
+}

@@ -1,7 +1,7 @@
 //! Nothing lost in deletion, packing and restore: each test forces the race or the crash it is
 //! about (with a hook where timing alone would decide) and fails without its fix.
 
-use std::fs::{self, File};
+use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,8 +26,9 @@ fn a_failed_file_renamed_over_a_stored_one_keeps_its_place_in_the_tree() {
     first.wait_status("doc.bin", &["active"], MIN);
     let old = first.cess("doc.bin", "fid").unwrap();
     wait_for_snapshot(&first);
-    // 400 MiB need more segments than 1 GiB of territory takes: this version fails.
-    File::create(first.path(".doc.tmp")).unwrap().set_len(400 << 20).unwrap();
+    // 400 MiB of data (zeros written out: holes would cost nothing) need more segments than
+    // 1 GiB of territory takes: this version fails.
+    write_zeros(&first.path(".doc.tmp"), 400);
     first.wait_status(".doc.tmp", &["failed"], 2 * MIN);
     fs::rename(first.path(".doc.tmp"), first.path("doc.bin")).unwrap();
     first.wait_status("doc.bin", &["failed"], MIN);

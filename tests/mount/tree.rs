@@ -1,6 +1,6 @@
 //! The tree on CESS: what the chain learns of names and sizes, and which tree holds a FID.
 
-use std::fs::{self, File};
+use std::fs;
 use std::time::Duration;
 
 use crate::common::*;
@@ -313,8 +313,8 @@ fn a_file_whose_new_version_fails_is_restored_at_its_last_stored_version() {
     wait_for_snapshot(&first);
     // 400 MiB need more segments than 1 GiB of territory takes: these versions fail, one
     // written in place, one saved as editors do (a temporary file renamed over the old one).
-    File::create(first.path("doc.bin")).unwrap().set_len(400 << 20).unwrap();
-    File::create(first.path(".saved.tmp")).unwrap().set_len(400 << 20).unwrap();
+    write_zeros(&first.path("doc.bin"), 400);
+    write_zeros(&first.path(".saved.tmp"), 400);
     fs::rename(first.path(".saved.tmp"), first.path("saved.bin")).unwrap();
     first.wait_status("doc.bin", &["failed"], MIN);
     first.wait_status("saved.bin", &["failed"], MIN);

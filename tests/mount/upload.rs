@@ -156,7 +156,7 @@ fn stopped_nodes_are_replaced_by_spares() {
 fn a_file_too_large_for_the_territory_fails_clearly_and_the_mount_goes_on() {
     let m = Mount::uploading("0.2", &["--devnet-territory-gib", "1", "--snapshots", "false"]);
     // 1 GiB of territory takes at most 10 segments (96 MiB each, strictly less than the total).
-    File::create(m.path("huge.bin")).unwrap().set_len(400 << 20).unwrap();
+    write_zeros(&m.path("huge.bin"), 400);
     m.wait_status("huge.bin", &["failed"], MIN);
     let err = m.cess("huge.bin", "error").unwrap();
     assert!(err.contains("territory \"cessfs\"") && err.contains("expand"), "{err}");

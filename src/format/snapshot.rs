@@ -357,7 +357,7 @@ mod tests {
     #[test]
     fn damage_is_an_error_never_a_panic() {
         let bytes = sample().encode();
-        assert_eq!(Snapshot::decode(b"CFSTREE\x02"), Err(SnapshotError::NotASnapshot));
+        assert_eq!(Snapshot::decode(b"CFSTREE\x03"), Err(SnapshotError::NotASnapshot));
         for cut in [0, 8, 12, 16, bytes.len() - 1] {
             assert!(Snapshot::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -5,7 +5,9 @@
 # are routed around; a fresh data dir with the same key restores the tree from its snapshot on
 # chain, and reads the file back from the miners. Also: a territory's price as shown, as spent
 # (the chain's event) and as the balance dropped; an account with no funds told so; 8 files
-# declared at once with one nonce each.
+# declared at once with one nonce each. A sparse image stored as one segment and restored with its
+# holes; `cessfs gc --dry-run` on a tree with no garbage; the runtime's weight of batches of
+# deletions against a block's.
 #
 #   scripts/rig-e2e.sh --rig ../shared/rig --deps DIR --cess-repo PATH [--size-mib N]
 #
@@ -178,6 +180,19 @@ for _ in $(seq 120); do  # a second pack, if the notes were sealed apart, is mer
 done
 [ "$(onchain "$(packs)")" = "present Active" ] || { echo "the notes are not in one Active pack: $(packs)"; exit 1; }
 echo "20 small files in pack $(packs), Active on chain"
+# A sparse image: 1 GiB holding 14 bytes is one segment on chain, and comes back with its holes.
+truncate -s 1G "$MNT/disk.img"
+printf 'hello, world!!' | dd of="$MNT/disk.img" bs=1 seek=$((512 << 20)) conv=notrunc status=none
+cp --sparse=always "$MNT/disk.img" "$WORK/disk.img"
+for _ in $(seq 600); do [ "$(getfattr --only-values -n user.cess.status "$MNT/disk.img")" = active ] && break; sleep 1; done
+IMAGE=$(getfattr --only-values -n user.cess.json "$MNT/disk.img")
+echo "$IMAGE" | grep -q '"segments":1,' || { echo "the sparse image is not one segment: $IMAGE"; exit 1; }
+[ "$(onchain "$(getfattr --only-values -n user.cess.fid "$MNT/disk.img")")" = "present Active" ] ||
+  { echo "the sparse image is not Active on chain"; exit 1; }
+echo "a 1 GiB sparse image holding 14 bytes: one segment, Active on chain"
+GC=$("$BIN" gc --dry-run "$MNT")
+echo "$GC"
+echo "$GC" | grep -q "^0 FIDs of this tree that nothing refers to" || { echo "gc found garbage in a tree with none"; exit 1; }
 "$BIN" unmount --wait --timeout 600 "$MNT"
 "$BIN" snapshots --data-dir "$DATA" "${TREE_ARGS[@]}" | head -3
 mkdir -p "$WORK/mnt2" "$WORK/data2"
@@ -186,6 +201,8 @@ mkdir -p "$WORK/mnt2" "$WORK/data2"
 [ "$(stat -c %Y "$WORK/mnt2/dir")" = "$(stat -c %Y "$WORK/dir")" ] || { echo "the directory's time did not come back"; exit 1; }
 cmp "$WORK/file.bin" "$WORK/mnt2/file.bin"
 diff -r "$WORK/notes" "$WORK/mnt2/notes"
+cmp "$WORK/disk.img" "$WORK/mnt2/disk.img"
+[ "$(stat -c %b "$WORK/mnt2/disk.img")" -lt 2048 ] || { echo "du of the restored sparse image is not its data"; exit 1; }
 echo "restored and read back byte for byte, the small files from their pack"
 "$BIN" unmount "$WORK/mnt2"
 "$BIN" mount "$MNT" --data-dir "$DATA" "${MOUNT_ARGS[@]}"
@@ -195,6 +212,30 @@ rm "$MNT/file.bin"
 for _ in $(seq 300); do [ "$(onchain "$FID")" = absent ] && break; sleep 1; done
 [ "$(onchain "$FID")" = absent ] || { echo "File[$FID] still on chain"; exit 1; }
 echo "FileBank.File[$FID]: absent"
+
+step "the weight of deletions in batches (Utility.force_batch of FileBank.delete_file) against the block's"
+# The runtime's own figures (TransactionPaymentApi.query_info) for batches of 1 to 1000: a batch
+# of cessfs's size (100) must fit one extrinsic's share of a block.
+(cd "$DEPS" && "$NODE" -e '
+  const { ApiPromise, WsProvider, Keyring } = require("@polkadot/api");
+  (async () => {
+    const api = await ApiPromise.create({ provider: new WsProvider("ws://127.0.0.1:9970"), noInitWarn: true });
+    const alice = new Keyring({ type: "sr25519" }).addFromUri("//Alice");
+    const max = api.consts.system.blockWeights.perClass.normal.maxExtrinsic.unwrap();
+    const [maxRef, maxProof] = [max.refTime.toBigInt(), max.proofSize.toBigInt()];
+    let fits = true;
+    for (const n of [1, 10, 100, 1000]) {
+      const calls = [...Array(n)].map((_, i) =>
+        api.tx.fileBank.deleteFile(alice.address, new TextEncoder().encode(i.toString(16).padStart(64, "0"))));
+      const info = await api.tx.utility.forceBatch(calls).paymentInfo(alice);
+      const [ref, proof] = [info.weight.refTime.toBigInt(), info.weight.proofSize.toBigInt()];
+      const share = (x, m) => (Number(x * 10000n / m) / 100).toFixed(2);
+      console.log(`${n} deletions: ref time ${ref} (${share(ref, maxRef)}% of an extrinsic at most), ` +
+        `proof size ${proof} (${share(proof, maxProof)}%), fee ${info.partialFee.toHuman()}`);
+      if (n === 100 && (ref > maxRef || proof > maxProof)) fits = false;
+    }
+    process.exit(fits ? 0 : 1);
+  })();') || { echo "a batch of 100 deletions does not fit one extrinsic"; exit 1; }
 
 step "8 files declared at once: one nonce each, no retry"
 mkdir -p "$WORK/eight" && for i in $(seq 8); do head -c $((9 << 20)) /dev/urandom >"$WORK/eight/$i"; done

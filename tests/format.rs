@@ -326,13 +326,38 @@ fn version_3_blocks_open_alone_as_format_md_says() {
     assert_eq!(manifest.fid.to_string(), "2da5c6f0a4566a4cb62232a45d219c5b7696218cb19f1258c1e52035a5d340c2");
 }
 
+/// A tree node of `size` bytes at `location`, its other fields plain.
+fn node(
+    id: u64,
+    kind: cessfs::format::NodeKind,
+    size: u64,
+    location: cessfs::format::Location,
+) -> cessfs::format::Node {
+    cessfs::format::Node {
+        id,
+        kind,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        size,
+        atime: (0, 0),
+        mtime: (0, 0),
+        ctime: (0, 0),
+        crtime: (0, 0),
+        target: Vec::new(),
+        rdev: 0,
+        xattrs: Vec::new(),
+        location,
+    }
+}
+
 /// A commit built from docs/FORMAT.md's text alone ("Packs", "Commits"): the header, the
 /// index and the tree sealed by hand open with cessfs's reader, its tree's own blobs resolve to
 /// the commit's FID, and cessfs seals the tree to the same bytes.
 #[test]
 fn a_commit_opens_as_format_md_says() {
     use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
-    use cessfs::format::{Link, Location, Node, NodeKind, Snapshot, THIS_COMMIT};
+    use cessfs::format::{Link, Location, NodeKind, Snapshot, THIS_COMMIT};
     let master = [9u8; 32];
     let key = MasterKey::from_bytes(master).for_territory(b"golden");
     let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
@@ -349,22 +374,6 @@ fn a_commit_opens_as_format_md_says() {
     let blob_id = hmac(&k_id, &[content]);
     let blob = seal(&blob_id, content);
     let blob_at = 32u32;
-    let node = |id: u64, kind: NodeKind, location: Location| Node {
-        id,
-        kind,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        size: content.len() as u64,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-        crtime: (0, 0),
-        target: Vec::new(),
-        rdev: 0,
-        xattrs: Vec::new(),
-        location,
-    };
     let in_commit = Location::Packed {
         fid: THIS_COMMIT,
         id: cessfs::format::Hash(blob_id),
@@ -375,7 +384,10 @@ fn a_commit_opens_as_format_md_says() {
         generation: 7,
         writer: [1; 16],
         written_at: (0, 0),
-        nodes: vec![node(1, NodeKind::Dir, Location::Empty), node(2, NodeKind::File, in_commit)],
+        nodes: vec![
+            node(1, NodeKind::Dir, 0, Location::Empty),
+            node(2, NodeKind::File, content.len() as u64, in_commit),
+        ],
         links: vec![Link { parent: 1, name: b"note.txt".to_vec(), child: 2 }],
     };
     let tree = snapshot.encode();
@@ -417,7 +429,7 @@ fn a_commit_opens_as_format_md_says() {
 /// or leaves the file is refused as damaged.
 #[test]
 fn a_sparse_file_is_stored_as_format_md_says() {
-    use cessfs::format::{ChunkSource, Extents, Hash, Link, Location, Node, NodeKind, Snapshot, SnapshotError};
+    use cessfs::format::{ChunkSource, Extents, Hash, Link, Location, NodeKind, Snapshot, SnapshotError};
     use std::os::unix::fs::FileExt;
     let key = MasterKey::from_bytes([9u8; 32]).for_territory(b"golden");
     let dir = tempfile::tempdir().unwrap();
@@ -444,28 +456,12 @@ fn a_sparse_file_is_stored_as_format_md_says() {
     let (manifest, _) = encode(&object, Some(&key), false);
     assert_eq!(manifest.segments.len(), 1, "1 GiB holding 103,000 bytes is one segment");
 
-    let node = |id: u64, kind: NodeKind, location: Location, size: u64| Node {
-        id,
-        kind,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        size,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-        crtime: (0, 0),
-        target: Vec::new(),
-        rdev: 0,
-        xattrs: Vec::new(),
-        location,
-    };
     let sparse = |extents: Vec<(u64, u64)>| Location::Sparse { fid: Hash([7; 32]), format: 3, seed: None, extents };
     let tree = |location: Location| Snapshot {
         generation: 1,
         writer: [1; 16],
         written_at: (0, 0),
-        nodes: vec![node(1, NodeKind::Dir, Location::Empty, 0), node(2, NodeKind::File, location, size)],
+        nodes: vec![node(1, NodeKind::Dir, 0, Location::Empty), node(2, NodeKind::File, size, location)],
         links: vec![Link { parent: 1, name: b"disk.img".to_vec(), child: 2 }],
     };
     let encoded = postcard::to_stdvec(&sparse(vec![(5, 2)])).unwrap();

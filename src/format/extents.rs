@@ -60,6 +60,20 @@ impl Extents {
         })
     }
 
+    /// `lseek(SEEK_DATA)` from file offset `offset`: the first data byte at or after it.
+    pub fn next_data(&self, offset: u64) -> Option<u64> {
+        self.0.iter().find(|&&(at, len)| at + len > offset).map(|&(at, _)| at.max(offset))
+    }
+
+    /// `lseek(SEEK_HOLE)` from `offset`, below the file's `size`: the first byte of a hole at or
+    /// after it (`size`: the end counts as one).
+    pub fn next_hole(&self, offset: u64, size: u64) -> u64 {
+        match self.0.iter().find(|&&(at, len)| at + len > offset) {
+            Some(&(at, len)) if at <= offset => (at + len).min(size),
+            _ => offset,
+        }
+    }
+
     /// Copies object bytes from `object_offset` into `buf`, reading the file with `read_at`.
     pub fn read_object<E>(
         &self,
@@ -102,6 +116,15 @@ mod tests {
         assert_eq!(m.object_range(12..110), 2..15);
         assert_eq!(m.object_range(20..100), 0..0);
         assert_eq!(m.object_range(0..2000), 0..26);
+    }
+
+    #[test]
+    fn data_and_holes_are_found_as_lseek_finds_them() {
+        let m = map();
+        assert_eq!((m.next_data(0), m.next_data(12), m.next_data(15)), (Some(10), Some(12), Some(100)));
+        assert_eq!((m.next_data(1000), m.next_data(1001)), (Some(1000), None));
+        assert_eq!((m.next_hole(0, 1001), m.next_hole(10, 1001), m.next_hole(119, 1001)), (0, 15, 120));
+        assert_eq!((m.next_hole(120, 1001), m.next_hole(1000, 1001)), (120, 1001));
     }
 
     #[test]

@@ -90,6 +90,17 @@ impl ObjectMap {
         }
     }
 
+    /// `lseek` for data (`data`) or a hole from `offset`, below the file's `size`, as the stored
+    /// data lies: a dense file is data to its end.
+    fn seek(&self, offset: u64, data: bool, size: u64) -> Option<u64> {
+        match (&self.0, data) {
+            (Some(extents), true) => extents.next_data(offset),
+            (Some(extents), false) => Some(extents.next_hole(offset, size)),
+            (None, true) => Some(offset),
+            (None, false) => Some(size),
+        }
+    }
+
     /// Where object bytes `object` go in the file: `(file offset, object range)` pieces.
     fn file_pieces(&self, object: Range<u64>) -> Vec<(u64, Range<u64>)> {
         match &self.0 {
@@ -155,6 +166,14 @@ impl Presence {
         let (now, layout) = (self.now.as_ref()?, self.layout.as_ref()?);
         let limit = self.map.object_range(0..limit, layout.size()).end;
         (0..now.segments as usize).find(|&s| !now.has(s) && layout.chunk(s).start < limit)
+    }
+
+    /// `lseek` for data or a hole from `offset` (below `size`) while not all of the content is
+    /// here: from the stored data's map (its content file's holes include bytes not fetched
+    /// yet). `None`: all is here, the content file answers.
+    pub(super) fn seek(&self, offset: u64, data: bool, size: u64) -> Option<Option<u64>> {
+        self.now.as_ref()?;
+        Some(self.map.seek(offset, data, size))
     }
 
     /// The content was replaced (truncated): all of it is here.

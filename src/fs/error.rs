@@ -82,6 +82,9 @@ pub enum FsError {
     /// Eviction asked for a file whose content is not (only) a cache.
     #[error("cannot evict: {0}")]
     NotEvictable(String),
+    /// No data (or no hole) at or after an offset, or an offset past the end (`lseek`).
+    #[error("no data past the offset")]
+    NoData,
     /// A collection of the tree's garbage runs already.
     #[error("a collection runs already")]
     Busy,
@@ -118,6 +121,7 @@ impl FsError {
             FsError::Fetch(_) | FsError::NotCached(_) | FsError::NoNetwork | FsError::NotFetched { .. } => libc::EIO,
             FsError::Poisoned(_) => libc::EIO,
             FsError::NotEvictable(_) | FsError::Busy => libc::EBUSY,
+            FsError::NoData => libc::ENXIO,
             FsError::Interrupted => libc::EINTR,
             // Disk full and quota pass through; anything else from the disk or sled is EIO.
             FsError::Store(StoreError::Io(e)) => match e.raw_os_error() {
@@ -154,7 +158,8 @@ impl FsError {
             | FsError::BadHandle
             | FsError::FileTooBig
             | FsError::NotEvictable(_)
-            | FsError::Busy => log::Level::Info,
+            | FsError::Busy
+            | FsError::NoData => log::Level::Info,
             FsError::Store(_)
             | FsError::Fetch(_)
             | FsError::NotCached(_)
@@ -205,10 +210,11 @@ mod tests {
             (FsError::Poisoned("why".into()), libc::EIO),
             (FsError::NotEvictable("open".into()), libc::EBUSY),
             (FsError::Busy, libc::EBUSY),
+            (FsError::NoData, libc::ENXIO),
             (FsError::Interrupted, libc::EINTR),
         ];
         let variants: std::collections::HashSet<_> = cases.iter().map(|(e, _)| std::mem::discriminant(e)).collect();
-        assert_eq!(variants.len(), 24, "every variant of FsError is in the table");
+        assert_eq!(variants.len(), 25, "every variant of FsError is in the table");
         for (e, errno) in &cases {
             assert_eq!(e.errno(), *errno, "{e:?}");
             // Exhaustive: adding a variant breaks this match until the table above lists it.
@@ -236,6 +242,7 @@ mod tests {
                 | FsError::Poisoned(_)
                 | FsError::NotEvictable(_)
                 | FsError::Busy
+                | FsError::NoData
                 | FsError::Interrupted => {}
             }
         }

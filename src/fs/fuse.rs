@@ -477,8 +477,13 @@ impl Filesystem for FuseAdapter {
         reply_or!(reply, "fallocate", self.fs.fallocate(fh.0, offset, length, mode), |()| reply.ok());
     }
 
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers SEEK_SET, SEEK_CUR and SEEK_END itself).
+    fn lseek(&self, _: &Request, _: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        reply_or!(reply, "lseek", self.fs.seek_data(fh.0, offset, whence), |found| reply.offset(found as i64));
+    }
+
     // Requests cessfs does not implement: counted for the metrics, answered ENOSYS. The kernel
-    // falls back by itself for lseek (SEEK_DATA/SEEK_HOLE), copy_file_range and poll.
+    // falls back by itself for copy_file_range and poll.
 
     fn getlk(
         &self,
@@ -514,9 +519,6 @@ impl Filesystem for FuseAdapter {
         reply.error(unsupported("poll"));
     }
 
-    fn lseek(&self, _: &Request, _: INodeNo, _: FileHandle, _: i64, _: i32, reply: ReplyLseek) {
-        reply.error(unsupported("lseek"));
-    }
 
     #[rustfmt::skip]
     fn copy_file_range(&self, _: &Request, _: INodeNo, _: FileHandle, _: u64, _: INodeNo, _: FileHandle, _: u64, _: u64, _: CopyFileRangeFlags, reply: ReplyWrite) {

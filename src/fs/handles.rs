@@ -370,6 +370,29 @@ impl Fs {
         Ok(())
     }
 
+    /// lseek with `SEEK_DATA` or `SEEK_HOLE` (the kernel answers the others): where the content
+    /// file has data while it is all here, else where the file's stored data lies (a sparse
+    /// file's map), so that `cp` and `tar` copy a sparse file as one.
+    pub fn seek_data(&self, fh: u64, offset: i64, whence: i32) -> FsResult<u64> {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(FsError::Invalid);
+        }
+        let of = self.handle_file(fh)?;
+        let size = of.file.metadata()?.len();
+        let offset = u64::try_from(offset).ok().filter(|&o| o < size).ok_or(FsError::NoData)?;
+        if let Some(found) = lock(&of.presence).seek(offset, whence == libc::SEEK_DATA, size) {
+            return found.ok_or(FsError::NoData);
+        }
+        // SAFETY: lseek on the content file's descriptor, which `of` keeps open; its reads and
+        // writes are positional, so moving its offset changes nothing else.
+        let r = unsafe { libc::lseek(of.file.as_raw_fd(), offset as i64, whence) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::ENXIO) { FsError::NoData } else { e.into() });
+        }
+        Ok(r as u64)
+    }
+
     /// fallocate: allocate (possibly growing the file), punch holes, zero ranges.
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         let (_, write, of) = self.handle(fh)?;

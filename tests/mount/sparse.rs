@@ -35,14 +35,34 @@ fn check_sparse(path: &std::path::Path) {
     assert!(read(SIZE - (32 << 20), (32 << 20) - 7).iter().all(|&b| b == 0), "the last hole too");
 }
 
+/// Where `lseek` finds the first data of the file at `path`, and the hole after it.
+fn first_data(path: &std::path::Path) -> (i64, i64) {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path).unwrap();
+    // SAFETY: lseek on a descriptor `f` keeps open.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), data.max(0), libc::SEEK_HOLE) };
+    (data, hole)
+}
+
+/// `lseek` finds the data where it was written (the file system's blocks around it), and a hole
+/// right after.
+fn check_seek(path: &std::path::Path) {
+    let (data, hole) = first_data(path);
+    assert_eq!(data, 1 << 30, "SEEK_DATA");
+    assert!(hole > data + 6 && hole <= data + (1 << 20), "SEEK_HOLE: {hole}");
+}
+
 /// Bytes `du` counts for `path`.
 fn allocated(path: &std::path::Path) -> u64 {
     fs::metadata(path).unwrap().blocks() * 512
 }
 
 /// A sparse 2 GiB file holding 14 bytes costs one segment: one declaration of at most 9
-/// fragments, its holes never uploaded. `du` shows its data, not its size. Evicted, it reads back
-/// from the miners byte for byte; a fresh data dir restores it with its holes.
+/// fragments, its holes never uploaded. `du` shows its data, not its size, and `lseek` finds
+/// its data and holes, here and evicted. Evicted, it reads back from the miners byte for byte; a
+/// fresh data dir restores it with its holes, and `cp` copies it out sparse.
 #[test]
 fn a_sparse_file_of_2_gib_holding_14_bytes_costs_one_segment() {
     let net = StandaloneDevnet::start();
@@ -50,6 +70,7 @@ fn a_sparse_file_of_2_gib_holding_14_bytes_costs_one_segment() {
     let client = net.client();
     let (declared, put) = (client.all_declarations(), client.bytes_put());
     write_sparse(&first.path("disk.img"));
+    check_seek(&first.path("disk.img"));
     assert!(allocated(&first.path("disk.img")) < 1 << 20, "du shows the data: {}", allocated(&first.path("disk.img")));
     first.wait_status("disk.img", &["active"], MIN);
     let fid = first.cess("disk.img", "fid").unwrap();
@@ -66,11 +87,18 @@ fn a_sparse_file_of_2_gib_holding_14_bytes_costs_one_segment() {
     let stored = allocated(&first.path("disk.img"));
     assert!((14..1 << 20).contains(&stored), "du of an evicted sparse file shows its data: {stored}");
     check_sparse(&first.path("disk.img"));
+    check_seek(&first.path("disk.img"));
     first.unmount_with(&["--wait", "--timeout", "120"]);
 
     let second = Mount::uploading("0", &["--chain", &net.url]);
     assert!(second.log().contains("restored the tree"), "{}", second.log());
     assert_eq!(second.cess("disk.img", "cached").as_deref(), Some("no"), "restored files are cold");
+    check_seek(&second.path("disk.img"));
     check_sparse(&second.path("disk.img"));
     assert!(allocated(&second.path("disk.img")) < 1 << 20, "restored with its holes");
+    // cp finds the holes with lseek and keeps them.
+    let out = tempfile::tempdir().unwrap();
+    run(std::process::Command::new("cp").arg(second.path("disk.img")).arg(out.path()));
+    check_sparse(&out.path().join("disk.img"));
+    assert!(allocated(&out.path().join("disk.img")) < 1 << 20, "cp kept the holes");
 }

@@ -182,7 +182,13 @@ impl Inner {
         match decided {
             Ok(Deletion::Claimed) => None,
             Ok(Deletion::InUse) => {
-                log::info!("{fid} is in use here (a file or a kept tree snapshot): not deleted");
+                // Once a minute for a FID: merged files tombstone the pack they leave, one each.
+                let key = format!("in use {fid}");
+                crate::log_limited!(
+                    log::Level::Info,
+                    &key,
+                    "{fid} is in use here (a file or a kept tree snapshot): not deleted"
+                );
                 Some(None)
             }
             Ok(Deletion::OnChain) => {

@@ -172,8 +172,9 @@ pub fn preflight(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Checks that `path` exists and lies in a cessfs mount (what `status` and `evict` act on).
-pub fn in_cessfs_mount(path: &Path) -> anyhow::Result<()> {
+/// Checks that `path` exists and lies in a cessfs mount (what `status` and `evict` act on);
+/// returns that mount's root.
+pub fn in_cessfs_mount(path: &Path) -> anyhow::Result<PathBuf> {
     let resolved = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
     let under = mounts()?.into_iter().filter(|m| resolved.starts_with(&m.mountpoint));
     // The deepest mount holds it (the last of equals: the top of a stack).
@@ -182,7 +183,7 @@ pub fn in_cessfs_mount(path: &Path) -> anyhow::Result<()> {
         _ => Some(m),
     });
     match holder {
-        Some(m) if m.fstype == FSTYPE => Ok(()),
+        Some(m) if m.fstype == FSTYPE => Ok(m.mountpoint),
         _ => bail!("{} is not in a cessfs mount", path.display()),
     }
 }

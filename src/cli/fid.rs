@@ -62,10 +62,11 @@ pub fn run(args: FidArgs) -> anyhow::Result<()> {
     };
     if let Some(e) = &extents {
         eprintln!(
-            "{} is sparse: its {} ({} bytes) are stored, end to end, and the manifest is theirs",
+            "{} is sparse: only its data is stored ({} bytes in {}, end to end; the holes are kept in the \
+             tree), and the manifest below, its size too, is of those bytes",
             args.file.display(),
-            crate::words::count(e.ranges().len() as u64, "data range"),
-            e.data_len()
+            e.data_len(),
+            crate::words::count(e.ranges().len() as u64, "range")
         );
     }
     let object_size = extents.as_ref().map_or(size, |e| e.data_len());

@@ -30,8 +30,8 @@ fn mib(bytes: u64) -> String {
 fn state(args: &GcArgs) -> anyhow::Result<Value> {
     json_attr(&args.dir, c"user.cess.gc").with_context(|| {
         format!(
-            "{} is not the root of a running cessfs mount that writes its tree to CESS (read-only views, \
-             --snapshots false and --plain true mounts collect nothing)",
+            "the cessfs mount at {} does not write its tree to CESS (read-only views, --snapshots false \
+             and --plain true mounts collect nothing)",
             args.dir.display()
         )
     })
@@ -57,7 +57,15 @@ const WAIT: Duration = Duration::from_secs(1800);
 const POLL: Duration = Duration::from_millis(200);
 
 pub fn run(args: GcArgs) -> anyhow::Result<()> {
-    crate::mountpoint::in_cessfs_mount(&args.dir)?;
+    let root = crate::mountpoint::in_cessfs_mount(&args.dir)?;
+    if std::fs::canonicalize(&args.dir)? != root {
+        anyhow::bail!(
+            "{} is inside the cessfs mount {}: a collection is of a whole tree, run cessfs gc {}",
+            args.dir.display(),
+            root.display(),
+            root.display()
+        );
+    }
     state(&args)?;
     let run = start(&args)?;
     let deadline = Instant::now() + WAIT;
@@ -96,17 +104,21 @@ pub fn run(args: GcArgs) -> anyhow::Result<()> {
     if fids.len() < count("unreferenced") as usize {
         println!("… and {} more", count("unreferenced") - fids.len() as u64);
     }
-    let found = crate::words::count(count("unreferenced"), "FID");
+    let found = crate::words::count_as(count("unreferenced"), "file", "files");
     let done = match args.dry_run {
         true => format!("would free {}", mib(count("frees"))),
         false => format!("{} queued for deletion, freeing {}", count("queued"), mib(count("frees"))),
     };
-    println!("{found} of this tree that nothing refers to: {done}");
+    if count("unreferenced") == 0 {
+        println!("nothing to collect: every file this tree stored on CESS is still in use");
+    } else {
+        println!("{found} on CESS that nothing in this tree refers to any more: {done}");
+    }
     if count("others") > 0 {
         println!(
-            "kept: {} of this key stored since the tree began here by another mount (not in its tree: \
-             that mount writes none, or stopped writing it)",
-            crate::words::count(count("others"), "FID")
+            "kept: {} on CESS that another mount of this key stored since this tree began here (not in \
+             the tree: that mount writes none, or stopped writing it)",
+            crate::words::count_as(count("others"), "file", "files")
         );
     }
     Ok(())

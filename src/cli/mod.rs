@@ -33,8 +33,8 @@ enum Command {
     /// Show or change a running mount's bandwidth limit (as --bwlimit: 10M, 2M:off, or a
     /// timetable "08:00,512k 19:00,10M 23:00,off"), and the rates it moves at now.
     Bwlimit(bwlimit::BwlimitArgs),
-    /// Delete the FIDs of this tree on CESS that nothing refers to (a lost machine's, a crash's);
-    /// --dry-run lists them and the territory they take.
+    /// Delete the files this tree stored on CESS that nothing refers to any more (left by a
+    /// machine lost before its last snapshot); --dry-run lists them and the territory they take.
     Gc(gc::GcArgs),
     /// Print what FILE will be stored as on CESS: FID, size, segment and fragment hashes (JSON).
     Fid(fid::FidArgs),

@@ -31,7 +31,7 @@ fn gc_deletes_what_nothing_refers_to_and_nothing_else() {
     lost.wait_status("note.txt", &["active"], MIN);
     wait_for_tree(&lost);
     let nothing = gc(&lost, &["--dry-run"]);
-    assert!(nothing.contains("0 FIDs of this tree that nothing refers to"), "{nothing}\n{}", lost.log());
+    assert!(nothing.contains("nothing to collect"), "{nothing}\n{}", lost.log());
     // Stored, then the machine dies before the round that names it.
     lost.arm("commit-merged");
     fs::write(lost.path("stray.bin"), random_bytes(9 << 20, 2)).unwrap();
@@ -51,9 +51,13 @@ fn gc_deletes_what_nothing_refers_to_and_nothing_else() {
         s.cess("other.bin", "fid").unwrap()
     };
     let listed = gc(&m, &["--dry-run"]);
-    assert!(listed.contains(&stray) && listed.contains("1 FID of this tree"), "{listed}\n{}", m.log());
+    assert!(
+        listed.contains(&stray) && listed.contains("1 file on CESS that nothing in this tree refers to"),
+        "{listed}\n{}",
+        m.log()
+    );
     assert!(listed.contains("would free 96 MiB"), "{listed}");
-    assert!(listed.contains("kept: 1 FID of this key stored since the tree began here"), "{listed}");
+    assert!(listed.contains("kept: 1 file on CESS that another mount of this key stored"), "{listed}");
     assert!(!listed.contains(&other), "{listed}");
     assert!(client.file(&stray).is_some(), "a dry run deletes nothing");
 
@@ -66,5 +70,8 @@ fn gc_deletes_what_nothing_refers_to_and_nothing_else() {
     assert!(fs::read(m.path("kept.bin")).unwrap() == kept, "read back from CESS");
     assert_eq!(fs::read(m.path("note.txt")).unwrap(), b"a small file");
     let after = gc(&m, &["--dry-run"]);
-    assert!(after.contains("0 FIDs"), "{after}");
+    assert!(after.contains("nothing to collect"), "{after}");
+    let inside = std::process::Command::new(BIN).args(["gc", "--dry-run"]).arg(m.path("kept.bin")).output().unwrap();
+    let said = String::from_utf8_lossy(&inside.stderr);
+    assert!(!inside.status.success() && said.contains("is inside the cessfs mount"), "{said}");
 }

@@ -17,8 +17,9 @@ fn wait_for_tree(m: &Mount) {
 
 /// A machine killed after storing a file and before its tree named it leaves that FID on chain.
 /// The tree restored on a fresh data dir lists it with `cessfs gc --dry-run` (and the territory
-/// it takes), deleting nothing; `cessfs gc` deletes it. A file another mount of the key stored
-/// after the restore without a tree is kept, and counted; what the tree refers to stays.
+/// it takes), deleting nothing; `cessfs gc` deletes it, after one killed -9 midway deleted
+/// nothing. A file another mount of the key stored after the restore without a tree is kept, and
+/// counted; what the tree refers to stays.
 #[test]
 fn gc_deletes_what_nothing_refers_to_and_nothing_else() {
     let net = StandaloneDevnet::start();
@@ -61,6 +62,16 @@ fn gc_deletes_what_nothing_refers_to_and_nothing_else() {
     assert!(!listed.contains(&other), "{listed}");
     assert!(client.file(&stray).is_some(), "a dry run deletes nothing");
 
+    // kill -9 during a collection: nothing was queued, nothing is lost; the next one collects.
+    let mut m = m;
+    m.arm("sweep");
+    let mut asked = std::process::Command::new(BIN).arg("gc").arg(m.root()).spawn().unwrap();
+    m.wait_hook("sweep", MIN);
+    m.kill9();
+    m.release("sweep");
+    let _ = asked.wait();
+    m.mount();
+    assert!(client.file(&stray).is_some(), "a collection cut short deletes nothing");
     let done = gc(&m, &[]);
     assert!(done.contains("1 queued for deletion"), "{done}\n{}", m.log());
     wait_until(MIN, "the stray FID to leave the chain", || client.file(&stray).is_none());

@@ -102,3 +102,24 @@ fn a_sparse_file_of_2_gib_holding_14_bytes_costs_one_segment() {
     check_sparse(&out.path().join("disk.img"));
     assert!(allocated(&out.path().join("disk.img")) < 1 << 20, "cp kept the holes");
 }
+
+/// kill -9 while a sparse file's fragments go out: the next mount resumes its deal from the map
+/// its upload record keeps (the same FID, declared once), and the file reads back byte for byte.
+#[test]
+fn kill_9_during_a_sparse_upload_resumes_its_deal() {
+    let mut m = Mount::uploading("0", &[]);
+    m.arm("column-placed");
+    write_sparse(&m.path("disk.img"));
+    m.wait_hook("column-placed", MIN);
+    let fid = m.cess("disk.img", "fid").expect("declared");
+    m.kill9();
+    m.release("column-placed");
+    m.mount();
+    m.wait_status("disk.img", &["active"], MIN);
+    assert_eq!(m.cess("disk.img", "fid").as_deref(), Some(fid.as_str()), "the same FID");
+    let net = m.devnet();
+    assert_eq!(net.declarations(&fid), 1, "declared once\n{}", m.log());
+    assert_eq!(net.file(&fid).expect("on chain").segments.len(), 1);
+    run(std::process::Command::new(BIN).arg("evict").arg(m.path("disk.img")));
+    check_sparse(&m.path("disk.img"));
+}

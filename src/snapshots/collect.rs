@@ -112,17 +112,25 @@ pub enum Swept {
     NotYet,
 }
 
+/// Why no candidate may be collected now.
+enum Blocked {
+    /// This mount has not written the newest snapshot on chain yet.
+    NotYet,
+    /// For this reason.
+    Waiting(String),
+}
+
 /// The candidates of this tree since block `since` that nothing here refers to, or why none may
 /// be collected now.
 async fn unmarked(
     store: &std::sync::Arc<Store>,
     watch: &TreeWatch,
     since: impl Fn(&Named) -> bool,
-) -> anyhow::Result<Result<Vec<Named>, Swept>> {
+) -> anyhow::Result<Result<Vec<Named>, Blocked>> {
     let tree = watch.tree();
     let named = watch.finder().named(&*tree.chain, &tree.territory, &tree.names).await?;
     if let Some(why) = store.unreadable_records() {
-        return Ok(Err(Swept::Waiting(why)));
+        return Ok(Err(Blocked::Waiting(why)));
     }
     // The trees this mount keeps, and those it is deleting: neither is another writer's.
     let kept = {
@@ -134,13 +142,13 @@ async fn unmarked(
     let newest = named.iter().filter(|n| n.kind.is_tree()).max_by_key(|n| (n.number, n.fid.0));
     match newest {
         Some(n) if n.active && kept.contains(&n.fid) && n.number.unwrap_or_default() > baseline => {}
-        _ => return Ok(Err(Swept::NotYet)),
+        _ => return Ok(Err(Blocked::NotYet)),
     }
     crate::hooks::reached_async("sweep").await;
     let named = watch.finder().named(&*tree.chain, &tree.territory, &tree.names).await?;
     let since = |n: &&Named| !n.active || since(n);
     if let Some(other) = named.iter().filter(since).find(|n| n.kind.is_tree() && !kept.contains(&n.fid)) {
-        return Ok(Err(Swept::Waiting(format!(
+        return Ok(Err(Blocked::Waiting(format!(
             "tree snapshot {} is not one this mount keeps: another mount may write this tree",
             other.number.unwrap_or_default()
         ))));
@@ -164,10 +172,10 @@ async fn queue(store: &std::sync::Arc<Store>, fids: Vec<Hash>) -> anyhow::Result
 /// The sweep after a restore: looks for the FIDs of `pending` (see the module docs) and queues
 /// them for deletion.
 pub async fn sweep(store: &std::sync::Arc<Store>, watch: &TreeWatch, pending: Pending) -> anyhow::Result<Swept> {
-    let found = unmarked(store, watch, |n| n.completion > pending.lineage_from).await?;
-    let candidates = match found {
+    let candidates = match unmarked(store, watch, |n| n.completion > pending.lineage_from).await? {
         Ok(candidates) => candidates,
-        Err(why) => return Ok(why),
+        Err(Blocked::NotYet) => return Ok(Swept::NotYet),
+        Err(Blocked::Waiting(why)) => return Ok(Swept::Waiting(why)),
     };
     if let Some(late) = candidates.iter().find(|n| !n.active || n.completion > pending.restored_block) {
         return Ok(Swept::Waiting(format!(
@@ -191,12 +199,15 @@ pub struct Garbage {
     pub space: u64,
 }
 
-/// What a collection on demand found, and did.
+/// What a collection on demand found, and did: its report (docs/XATTRS.md `user.cess.gc`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Collection {
     /// Only listed (`--dry-run`).
     pub dry_run: bool,
-    /// The FIDs of the window that nothing refers to.
+    /// How many FIDs of the window nothing refers to.
+    pub unreferenced: usize,
+    /// Those FIDs (a report lists the first [`LISTED`]).
+    #[serde(rename = "fids")]
     pub garbage: Vec<Garbage>,
     /// Bytes of territory they take.
     pub frees: u64,
@@ -223,19 +234,17 @@ pub async fn collect(store: &std::sync::Arc<Store>, watch: &TreeWatch, dry_run: 
     };
     let candidates = match unmarked(store, watch, |n| n.completion > from).await? {
         Ok(candidates) => candidates,
-        Err(Swept::NotYet) => {
-            collection.waiting = Some("this mount has not written the newest tree snapshot on CESS yet".into());
+        Err(blocked) => {
+            collection.waiting = Some(match blocked {
+                Blocked::NotYet => "this mount has not written the newest tree snapshot on CESS yet".into(),
+                Blocked::Waiting(why) => why,
+            });
             return Ok(collection);
         }
-        Err(Swept::Waiting(why)) => {
-            collection.waiting = Some(why);
-            return Ok(collection);
-        }
-        Err(Swept::Queued(_)) => return Ok(collection),
     };
     let (garbage, others): (Vec<Named>, Vec<Named>) =
         candidates.into_iter().partition(|n| n.active && n.completion <= began);
-    collection.others = others.len();
+    (collection.unreferenced, collection.others) = (garbage.len(), others.len());
     for n in &garbage {
         let space = crate::protocol::charged_space(n.segments) as u64;
         let kind = if n.kind == NameKind::Pack { "pack" } else { "file" };
@@ -283,15 +292,10 @@ impl OnDemand {
 
     async fn report(store: &std::sync::Arc<Store>, watch: &TreeWatch, dry_run: bool) -> serde_json::Value {
         match collect(store, watch, dry_run).await {
-            Ok(c) => serde_json::json!({
-                "dry_run": c.dry_run,
-                "unreferenced": c.garbage.len(),
-                "frees": c.frees,
-                "queued": c.queued,
-                "others": c.others,
-                "waiting": c.waiting,
-                "fids": c.garbage.iter().take(LISTED).collect::<Vec<_>>(),
-            }),
+            Ok(mut c) => {
+                c.garbage.truncate(LISTED);
+                serde_json::to_value(&c).unwrap_or_default()
+            }
             Err(e) => serde_json::json!({ "dry_run": dry_run, "error": format!("{e:#}") }),
         }
     }

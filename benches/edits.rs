@@ -52,10 +52,12 @@ fn wait_settled(root: &Path, what: &str) {
     }
 }
 
-/// The bytes of the last tree the daemon logged as written.
+/// The bytes of the last tree the daemon logged as written (with directory blobs: the root and
+/// the blobs new in it).
 fn last_tree_bytes(log: &Path) -> u64 {
     let log = std::fs::read_to_string(log).unwrap_or_default();
-    let line = log.lines().rev().find(|l| l.contains("tree snapshot") && l.contains(" written (")).unwrap_or("");
+    let line =
+        log.lines().rev().find(|l| l.contains("cessfs::snapshots] tree ") && l.contains(" written (")).unwrap_or("");
     let after = line.split(" written (").nth(1).unwrap_or("0");
     after.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }

@@ -147,6 +147,11 @@ pub static UPLOADED_BYTES: Counter =
 /// Files that reached `active`.
 pub static UPLOADED_FILES: Counter =
     Counter::new("cessfs_uploaded_files_total", "Files that reached the active state.");
+/// Bytes of trees written (roots, directory blobs new in them; whole snapshots).
+pub static TREE_BYTES_WRITTEN: Counter = Counter::new(
+    "cessfs_tree_bytes_written_total",
+    "Bytes of trees written to commits and tree files: roots and the directory blobs each wrote new.",
+);
 /// Bytes read through the daemon.
 pub static READ_BYTES: Counter = Counter::new(
     "cessfs_read_bytes_total",
@@ -230,7 +235,15 @@ fn escape(value: &str) -> String {
 pub fn render(gauges: &dyn Gauges) -> String {
     let mut out = String::new();
     gauges.render(&mut out);
-    for c in [&PUSHED_BYTES, &UPLOADED_BYTES, &UPLOADED_FILES, &READ_BYTES, &FETCHED_BYTES, &HEDGED_BYTES] {
+    for c in [
+        &PUSHED_BYTES,
+        &UPLOADED_BYTES,
+        &UPLOADED_FILES,
+        &TREE_BYTES_WRITTEN,
+        &READ_BYTES,
+        &FETCHED_BYTES,
+        &HEDGED_BYTES,
+    ] {
         c.render(&mut out);
     }
     for f in [

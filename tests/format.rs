@@ -389,6 +389,7 @@ fn a_commit_opens_as_format_md_says() {
             node(2, NodeKind::File, content.len() as u64, in_commit),
         ],
         links: vec![Link { parent: 1, name: b"note.txt".to_vec(), child: 2 }],
+        holders: Vec::new(),
     };
     let tree = snapshot.encode();
     let tree_id = hmac(&k_id, &[b"tree", &number.to_le_bytes()]);
@@ -463,6 +464,7 @@ fn a_sparse_file_is_stored_as_format_md_says() {
         written_at: (0, 0),
         nodes: vec![node(1, NodeKind::Dir, 0, Location::Empty), node(2, NodeKind::File, size, location)],
         links: vec![Link { parent: 1, name: b"disk.img".to_vec(), child: 2 }],
+        holders: Vec::new(),
     };
     let encoded = postcard::to_stdvec(&sparse(vec![(5, 2)])).unwrap();
     assert_eq!(encoded[0], 4, "variant 4");
@@ -477,4 +479,122 @@ fn a_sparse_file_is_stored_as_format_md_says() {
         assert!(matches!(damaged, Err(SnapshotError::Damaged(_))), "{bad:?}: {damaged:?}");
     }
     assert!(Extents::new(extents.ranges().to_vec(), size).is_some());
+}
+
+/// Postcard's unsigned varint.
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A tree in directory blobs built from docs/FORMAT.md's text alone ("Trees in directory
+/// blobs"): a root directory holding a directory and two names of one file. The blobs and root
+/// written by hand read back with cessfs's reader, references of 32 zero bytes name the file
+/// holding them, and cessfs encodes the directories to the same bytes.
+#[test]
+fn a_tree_in_directory_blobs_reads_as_format_md_says() {
+    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+    use cessfs::format::{Dir, Entry, Hash, Location, NodeKind, Root, THIS_COMMIT, TreeRef};
+    let master = [9u8; 32];
+    let key = MasterKey::from_bytes(master).for_territory(b"golden");
+    let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
+    let k_blob = hmac(&k_territory, &[b"blob-key"]);
+    let (k_id, k_seal) = (hmac(&k_blob, &[b"id"]), hmac(&k_blob, &[b"seal"]));
+    let seal = |id: &[u8; 32], plain: &[u8]| {
+        let cipher = aes_gcm_siv::Aes256GcmSiv::new(&hmac(&k_seal, &[id]).into());
+        let mut aad = b"CFSB\x01".to_vec();
+        aad.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+        cipher.encrypt(&[0u8; 12].into(), Payload { msg: plain, aad: &aad }).unwrap()
+    };
+    let dir_node = node(0, NodeKind::Dir, 0, Location::Empty);
+    let lone = node(0, NodeKind::File, 5, Location::Fid { fid: Hash([3; 32]), format: 3, seed: None });
+    let linked =
+        node(7, NodeKind::File, 2, Location::Packed { fid: THIS_COMMIT, id: Hash([4; 32]), offset: 9, len: 18 });
+    let entry = |name: &[u8], node: &cessfs::format::Node, dir: Option<([u8; 32], u32, u32)>| {
+        let mut e = varint(name.len() as u64);
+        e.extend_from_slice(name);
+        e.extend(postcard::to_stdvec(node).unwrap());
+        match dir {
+            None => e.push(0),
+            Some((id, offset, len)) => {
+                e.push(1);
+                e.extend_from_slice(&[0u8; 32]);
+                e.extend_from_slice(&id);
+                e.extend(varint(offset.into()));
+                e.extend(varint(len.into()));
+            }
+        }
+        e
+    };
+    let blob = |entries: &[Vec<u8>]| {
+        let mut plain = vec![0u8];
+        plain.extend(varint(entries.len() as u64));
+        entries.iter().for_each(|e| plain.extend_from_slice(e));
+        let mut content = b"CFSDIR\x00\x01".to_vec();
+        content.extend(ruzstd::encoding::compress_to_vec(&plain[..], ruzstd::encoding::CompressionLevel::Fastest));
+        content
+    };
+    let docs = blob(&[entry(b"a.txt", &lone, None)]);
+    let docs_id = hmac(&k_id, &[&docs]);
+    let docs_sealed = seal(&docs_id, &docs);
+    let (docs_at, docs_len) = (32u32, docs_sealed.len() as u32);
+    let top = blob(&[
+        entry(b"docs", &dir_node, Some((docs_id, docs_at, docs_len))),
+        entry(b"x", &linked, None),
+        entry(b"y", &linked, None),
+    ]);
+    let top_id = hmac(&k_id, &[&top]);
+    let top_sealed = seal(&top_id, &top);
+    let top_at = docs_at + docs_len;
+    let mut root = b"CFSTREE\x03".to_vec();
+    root.extend(varint(11));
+    root.extend_from_slice(&[1; 16]);
+    root.extend([varint(200), varint(5)].concat());
+    root.extend([0, 0]);
+    root.extend(varint(4));
+    root.extend(postcard::to_stdvec(&dir_node).unwrap());
+    root.extend_from_slice(&[0u8; 32]);
+    root.extend_from_slice(&top_id);
+    root.extend([varint(top_at.into()), varint(top_sealed.len() as u64)].concat());
+
+    let mut commit = vec![0u8; 4096];
+    commit[docs_at as usize..top_at as usize].copy_from_slice(&docs_sealed);
+    commit[top_at as usize..top_at as usize + top_sealed.len()].copy_from_slice(&top_sealed);
+    let commit_fid = Hash([6; 32]);
+    let keys = key.blobs().unwrap();
+    let read = Root::decode(&root).unwrap();
+    assert_eq!((read.generation, read.written_at, read.parent, read.nodes), (11, (100, 5), None, 4));
+    let mut dirs = std::collections::HashMap::new();
+    let mut wanted = vec![read.dir];
+    while let Some(r) = wanted.pop() {
+        let sealed = &commit[r.offset as usize..(r.offset + r.len) as usize];
+        let dir = Dir::decode(&keys.open(&r.id, sealed).unwrap()).unwrap().resolved(commit_fid);
+        wanted.extend(cessfs::format::refs_of(&dir));
+        dirs.insert(r.id, dir);
+    }
+    let tree = cessfs::format::assemble(&read, &dirs, Vec::new()).unwrap();
+    assert_eq!(tree.nodes.len(), 4, "x and y are one node");
+    let name_of = |id: u64| tree.links.iter().filter(|l| l.child == id).map(|l| l.name.clone()).collect::<Vec<_>>();
+    let linked_node = tree.nodes.iter().find(|n| n.size == 2).unwrap();
+    assert_eq!(name_of(linked_node.id), vec![b"x".to_vec(), b"y".to_vec()]);
+    assert!(matches!(linked_node.location, Location::Packed { fid, .. } if fid == commit_fid), "zeros: the commit");
+
+    // cessfs writes the same directory bytes, so the same ids.
+    let ours = Dir::Entries(vec![Entry { name: b"a.txt".to_vec(), node: lone, dir: None }]);
+    assert_eq!(ours.encode(), docs);
+    let docs_ref = TreeRef { fid: THIS_COMMIT, id: Hash(docs_id), offset: docs_at, len: docs_len };
+    let ours = Dir::Entries(vec![
+        Entry { name: b"docs".to_vec(), node: dir_node, dir: Some(docs_ref) },
+        Entry { name: b"x".to_vec(), node: linked.clone(), dir: None },
+        Entry { name: b"y".to_vec(), node: linked, dir: None },
+    ]);
+    assert_eq!(ours.encode(), top);
 }

@@ -29,8 +29,8 @@ use thiserror::Error;
 use tokio::sync::OnceCell;
 
 use crate::format::{
-    BLOCK_CAPACITY, BLOCK_SIZE, BLOCKS, BlobPlace, DATA_FRAGMENTS, DecodedSegment, Erasure, FRAGMENT_SIZE, FRAGMENTS,
-    FileDecoder, FileKey, FormatError, Hash, Layout, MasterKey, Mode, SEGMENT_SIZE, Seed, SegmentManifest,
+    BLOCK_CAPACITY, BLOCK_SIZE, BLOCKS, BlobKeys, BlobPlace, DATA_FRAGMENTS, DecodedSegment, Erasure, FRAGMENT_SIZE,
+    FRAGMENTS, FileDecoder, FileKey, FormatError, Hash, Layout, MasterKey, Mode, SEGMENT_SIZE, Seed, SegmentManifest,
     ZERO_FRAGMENT_HASH, sha256,
 };
 use crate::metrics;
@@ -410,16 +410,44 @@ impl Fetcher {
         }
     }
 
-    /// The tree snapshot's bytes that commit `fid` holds. Its segment is fetched whole: the
-    /// quarters it leaves empty are all zero, known without a fetch.
-    pub async fn commit_tree(&self, fid: &Hash) -> Result<Vec<u8>, FetchError> {
-        let keys = self.master.as_ref().and_then(|m| m.blobs()).ok_or(FetchError::NoKey(*fid))?;
-        let decode = |error| FetchError::Decode { fid: *fid, segment: 0, error };
+    /// The keys of packed blobs and directory blobs, if this fetcher has a territory's key.
+    pub fn blob_keys(&self) -> Option<&BlobKeys> {
+        self.master.as_ref().and_then(|m| m.blobs())
+    }
+
+    /// The segment of pack (or commit) `fid`, fetched whole: the quarters it leaves empty are
+    /// all zero, known without a fetch.
+    pub async fn pack_segment(&self, fid: &Hash) -> Result<Vec<u8>, FetchError> {
         let pack = Stored { size: SEGMENT_SIZE as u64, mode: Mode::Plain, seed: None };
         let segment = self.segment(fid, &pack, 0, false).await?;
-        let tree = crate::format::read_tree(keys, segment.data());
         self.forget(fid, 0);
-        tree.map_err(decode)?.ok_or_else(|| decode(FormatError::Pack("a pack without a tree".into())))
+        Ok(segment.data().to_vec())
+    }
+
+    /// The tree snapshot's bytes that commit `fid` holds, and the commit's segment.
+    pub async fn commit_tree(&self, fid: &Hash) -> Result<(Vec<u8>, Vec<u8>), FetchError> {
+        let keys = self.blob_keys().ok_or(FetchError::NoKey(*fid))?;
+        let decode = |error| FetchError::Decode { fid: *fid, segment: 0, error };
+        let segment = self.pack_segment(fid).await?;
+        let tree = crate::format::read_tree(keys, &segment).map_err(decode)?;
+        let tree = tree.ok_or_else(|| decode(FormatError::Pack("a pack without a tree".into())))?;
+        Ok((tree, segment))
+    }
+
+    /// The plaintext of snapshot or tree file `fid` of `segments` segments (format version 2:
+    /// one sealed message per segment), and the seed its segments carry.
+    pub async fn tree_file(&self, fid: &Hash, segments: usize) -> Result<(Vec<u8>, Option<[u8; 32]>), FetchError> {
+        let size = crate::format::snapshot_len_of(segments);
+        let stored = Stored { size, mode: Mode::Encrypted, seed: None };
+        let mut bytes = Vec::new();
+        let mut seed = None;
+        for s in 0..segments {
+            let segment = self.segment(fid, &stored, s, false).await?;
+            seed = seed.or(segment.seed());
+            bytes.extend_from_slice(segment.data());
+            self.forget(fid, s);
+        }
+        Ok((bytes, seed))
     }
 
     /// The content of blob `id` at `place` in pack `fid`: one ranged read of the data fragment
@@ -427,7 +455,7 @@ impl Fetcher {
     /// segment is rebuilt from any 4 of its fragments (each checked against its hash) and the
     /// blob cut from it. The blob's tag checks it either way: never wrong bytes.
     pub async fn blob(&self, fid: &Hash, id: &Hash, place: BlobPlace, size: u64) -> Result<Vec<u8>, FetchError> {
-        let keys = self.master.as_ref().and_then(|m| m.blobs()).ok_or(FetchError::NoKey(*fid))?;
+        let keys = self.blob_keys().ok_or(FetchError::NoKey(*fid))?;
         let decode = |error| FetchError::Decode { fid: *fid, segment: 0, error };
         let range =
             place.range().ok_or_else(|| decode(FormatError::Pack(format!("a blob outside the pack: {place:?}"))))?;

@@ -23,6 +23,7 @@ mod layout;
 mod names;
 mod pack;
 mod snapshot;
+mod tree;
 
 pub use crypto::{
     BLOCK_CAPACITY, BLOCK_SIZE, BLOCKS, FORMAT_NEWEST, FORMAT_PLAIN, FORMAT_V1, FORMAT_V2, FORMAT_V3, FileKey,
@@ -42,6 +43,10 @@ pub use pack::{
 };
 pub use snapshot::{
     Link, Location, Node, NodeKind, Snapshot, SnapshotError, THIS_COMMIT, snapshot_file_len, snapshot_len_of,
+};
+pub use tree::{
+    CHUNK_ABOVE, Dir, Entry, Home, Root, TREE_FILE_HEADER, TreeFile, TreeRef, Written, assemble, refs_of,
+    tree_file_header, tree_file_root, write_tree,
 };
 
 use serde::{Deserialize, Serialize};

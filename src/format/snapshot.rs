@@ -19,7 +19,7 @@ const MAGIC: [u8; 8] = *b"CFSTREE\x01";
 /// [`MAGIC`] of version 2.
 const MAGIC_SPARSE: [u8; 8] = *b"CFSTREE\x02";
 /// The largest snapshot decoded (its encoded tree): far above 100,000 files' worth.
-const MAX_TREE_BYTES: u64 = 1 << 30;
+pub(super) const MAX_TREE_BYTES: u64 = 1 << 30;
 
 /// File bytes an encrypted segment carries.
 const CHUNK: u64 = (super::SEGMENT_SIZE - super::crypto::OVERHEAD) as u64;
@@ -168,6 +168,10 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     /// Every name.
     pub links: Vec<Link>,
+    /// The CESS files holding its directory blobs (format/tree.rs), apart from the one holding
+    /// its root; none for a tree read from one file. Not part of the encoding.
+    #[serde(skip)]
+    pub holders: Vec<Hash>,
 }
 
 /// Why bytes are not a snapshot.
@@ -241,7 +245,7 @@ impl Snapshot {
 
     /// Checks what a restore relies on: the root first, unique ids, names that POSIX allows
     /// between nodes that exist, directories as parents.
-    fn check(&self) -> Result<(), SnapshotError> {
+    pub(crate) fn check(&self) -> Result<(), SnapshotError> {
         let bad = |what: &str| Err(SnapshotError::Damaged(what.to_string()));
         let mut kinds = std::collections::HashMap::new();
         for n in &self.nodes {
@@ -343,6 +347,7 @@ mod tests {
                 Link { parent: 1, name: b"hard".to_vec(), child: 2 },
                 Link { parent: 1, name: b"x".to_vec(), child: 3 },
             ],
+            holders: Vec::new(),
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::format::{BlobKeys, Hash, NameKey, Snapshot};
+use crate::format::{BlobKeys, Hash, NameKey, Snapshot, Written};
 use crate::fs::SnapshotFlags;
 use crate::store::{CommitOutcome, CommitTree, KeptSnapshot, Store, StoreError, UploadState};
 
@@ -290,16 +290,20 @@ impl Writer {
             None => None,
         };
         let tree = self.watch.tree();
-        // The digest and size of the tree written.
+        let parent = kept.last().map(|(_, s)| s.generation);
+        // The digest of the tree written, and what it took.
         let mut made = None;
         let outcome = match &tree.blobs {
             Some(keys) => {
-                let sealed = self.store.seal_commit(keys, &tree.names, |pack| {
-                    let to_write = self.tree_to_write(generation, pack, last_fid, kept.is_empty())?;
-                    Ok(to_write.map(|(tree, digest)| {
-                        made = Some((digest, tree.bytes.len()));
-                        tree
-                    }))
+                let sealed = self.store.seal_commit(keys, &tree.names, |pack, place| {
+                    let Some((snapshot, digest)) = self.tree_to_write(generation, pack, last_fid, kept.is_empty())?
+                    else {
+                        return Ok(None);
+                    };
+                    let Some(written) = self.store.write_dirs(&snapshot, keys, parent, place)? else { return Ok(None) };
+                    made = Some((digest, Made::of(&written)));
+                    let name = tree.names.commit_name(generation);
+                    Ok(Some(commit_tree(snapshot, written, name, true)))
                 });
                 // No commit now: the small files waiting in the open pack go without one.
                 if sealed.is_err()
@@ -315,26 +319,42 @@ impl Writer {
             CommitOutcome::Unchanged => None,
             CommitOutcome::Sealed(ino) => Some(ino),
             CommitOutcome::TooLarge => match self.tree_to_write(generation, None, last_fid, kept.is_empty())? {
-                Some((to_write, digest)) => {
-                    made = Some((digest, to_write.bytes.len()));
+                Some((snapshot, digest)) => {
                     let name = tree.names.snapshot_name(generation);
-                    Some(self.store.stage_snapshot(&to_write.kept, &to_write.bytes, &name)?)
+                    let (ino, what) = match &tree.blobs {
+                        Some(keys) => self.stage_tree_file(snapshot, keys, parent, name)?,
+                        None => {
+                            let bytes = snapshot.encode();
+                            let what = Made { bytes: bytes.len() as u64, dirs: None };
+                            (self.store.stage_snapshot(&KeptSnapshot::of(&snapshot), &bytes, &name)?, what)
+                        }
+                    };
+                    made = Some((digest, what));
+                    Some(ino)
                 }
                 None => None,
             },
         };
-        let (Some(ino), Some((digest, bytes))) = (ino, made) else {
+        let (Some(ino), Some((digest, what))) = (ino, made) else {
             self.flags.covered.fetch_max(covered, Ordering::AcqRel);
             return Ok(());
         };
         self.store.set_meta(LAST_TREE, &digest.0)?;
         self.flags.covered.fetch_max(covered, Ordering::AcqRel);
+        crate::metrics::TREE_BYTES_WRITTEN.add(what.bytes);
+        let what = match what.dirs {
+            Some((new, reused)) => format!(
+                "{} bytes: {} new, {} where they were",
+                what.bytes,
+                crate::words::count(new as u64, "directory blob"),
+                reused
+            ),
+            None => format!("{} bytes", what.bytes),
+        };
         match outcome {
-            CommitOutcome::Sealed(_) => {
-                log::info!("tree snapshot {generation} written ({bytes} bytes) in commit inode {ino}")
-            }
+            CommitOutcome::Sealed(_) => log::info!("tree {generation} written ({what}) in commit inode {ino}"),
             _ => log::info!(
-                "tree snapshot {generation} written ({bytes} bytes) in a file of its own (inode {ino}{}); on its way to CESS",
+                "tree {generation} written ({what}) in a file of its own (inode {ino}{}); on its way to CESS",
                 if tree.blobs.is_some() { ", too large for a commit" } else { "" }
             ),
         }
@@ -361,7 +381,7 @@ impl Writer {
         pack: Option<u64>,
         last: Option<Hash>,
         nothing_kept: bool,
-    ) -> Result<Option<(CommitTree, Hash)>, StoreError> {
+    ) -> Result<Option<(Snapshot, Hash)>, StoreError> {
         let snapshot = self.store.build_snapshot(generation, self.writer, pack)?;
         // The last tree as written named its commit's blobs as its own: so do they count here.
         let unchanged = self.store.meta(LAST_TREE)?.as_deref() == Some(&tree_digest(&snapshot, last).0[..]);
@@ -371,15 +391,47 @@ impl Writer {
         if (nothing_kept && snapshot.links.is_empty()) || (unchanged && !snapshot.refers_to_its_commit()) {
             return Ok(None);
         }
-        let kept = KeptSnapshot::of(&snapshot);
-        let bytes = snapshot.encode();
         // What a restore would refuse is never stored.
-        if let Err(e) = Snapshot::decode(&bytes) {
-            log::error!("a tree snapshot came out unreadable ({e}): not stored; the small files waiting go without it");
+        if let Err(e) = snapshot.check() {
+            log::error!("a tree came out unreadable ({e}): not stored; the small files waiting go without it");
             return Err(StoreError::Corrupt { what: "tree snapshot" });
         }
-        let name = self.watch.tree().names.commit_name(generation);
-        Ok(Some((CommitTree { kept, bytes, name }, digest)))
+        Ok(Some((snapshot, digest)))
+    }
+
+    /// Writes the tree `snapshot` in a tree file of its own (format/tree.rs): the directory
+    /// blobs not stored already, and the root. Returns its hidden inode.
+    fn stage_tree_file(
+        &self,
+        snapshot: Snapshot,
+        keys: &BlobKeys,
+        parent: Option<u64>,
+        name: Vec<u8>,
+    ) -> Result<(u64, Made), StoreError> {
+        let mut file = vec![0u8; crate::format::TREE_FILE_HEADER];
+        let mut place = |_: &Hash, sealed: Vec<u8>| {
+            let at = u32::try_from(file.len()).ok()?;
+            file.extend(sealed);
+            Some(at)
+        };
+        let written = self.store.write_dirs(&snapshot, keys, parent, &mut place)?;
+        let written = written.ok_or(StoreError::Corrupt { what: "tree larger than 4 GiB" })?;
+        let root_id = keys.id(&written.root);
+        let sealed = keys.seal(&root_id, &written.root);
+        let too_large = || StoreError::Corrupt { what: "tree larger than 4 GiB" };
+        let root_at = u32::try_from(file.len()).map_err(|_| too_large())?;
+        let root_len = u32::try_from(sealed.len()).map_err(|_| too_large())?;
+        file.extend(sealed);
+        file[..crate::format::TREE_FILE_HEADER]
+            .copy_from_slice(&crate::format::tree_file_header(&root_id, root_at, root_len));
+        let made = Made { bytes: file.len() as u64, dirs: Some((written.placed.len(), written.reused)) };
+        let placed = written.placed.clone();
+        let tree = commit_tree(snapshot, written, name, false);
+        let ino = self.store.stage_snapshot(&tree.kept, &file, &tree.name)?;
+        let mut b = crate::store::Batch::default();
+        b.put_dir_homes(ino, true, &placed);
+        self.store.commit(b)?;
+        Ok((ino, made))
     }
 
     /// Drops the snapshots older than the newest `keep` active ones.
@@ -402,6 +454,31 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// What writing a tree took: its bytes, and the directory blobs written and referred to where
+/// they were (`None`: a whole snapshot).
+struct Made {
+    bytes: u64,
+    dirs: Option<(usize, usize)>,
+}
+
+impl Made {
+    fn of(written: &Written) -> Made {
+        Made {
+            bytes: written.new_bytes + written.root.len() as u64,
+            dirs: Some((written.placed.len(), written.reused)),
+        }
+    }
+}
+
+/// The commit (or tree file: `commit` false) of tree `snapshot` written as `written`: it refers
+/// to the files its nodes name and to the other files holding its directory blobs (its own is
+/// kept by being a kept tree).
+fn commit_tree(mut snapshot: Snapshot, written: Written, name: Vec<u8>, commit: bool) -> CommitTree {
+    snapshot.holders = written.holders;
+    let dirs = if commit { written.placed } else { Vec::new() };
+    CommitTree { kept: KeptSnapshot::of(&snapshot), bytes: written.root, name, dirs }
 }
 
 /// A digest of what a snapshot says of the tree, its generation, writer and time aside, and

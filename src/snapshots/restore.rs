@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use futures_util::StreamExt;
 
 use crate::fetch::{FetchError, Fetcher};
-use crate::format::{Hash, NameKey, NameKind, Snapshot, snapshot_len_of};
+use crate::format::{Dir, Hash, Home, NameKey, NameKind, Root, Snapshot, SnapshotError, THIS_COMMIT, TreeRef, refs_of};
 use crate::protocol::{Chain, ChainError};
 use crate::store::{Adopted, Restored, Store};
 
@@ -152,30 +152,101 @@ pub enum ReadError {
     Unavailable(FetchError),
 }
 
-/// Reads snapshot `found` from CESS: its tree, and the seed its segments carry.
-pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<(Snapshot, Option<[u8; 32]>), ReadError> {
-    let unreadable = |e: FetchError| match e {
-        FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
-        e => ReadError::Unavailable(e),
+/// A tree read from CESS.
+pub struct ReadTree {
+    /// The tree.
+    pub snapshot: Snapshot,
+    /// The seed its snapshot file's segments carry (`None`: a commit).
+    pub seed: Option<[u8; 32]>,
+    /// Where its directory blobs are (none for a whole snapshot).
+    pub dirs: Vec<(Hash, Home)>,
+}
+
+/// Reads snapshot `found` from CESS: a commit's or a snapshot file's tree, whole or in
+/// directory blobs (format/tree.rs).
+pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<ReadTree, ReadError> {
+    let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
+    let whole = |bytes: &[u8], seed| {
+        let snapshot = Snapshot::decode(bytes).map_err(damaged)?;
+        Ok(ReadTree { snapshot, seed, dirs: Vec::new() })
     };
     if found.commit {
-        let bytes = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
-        let snapshot = Snapshot::decode(&bytes).map_err(|e| ReadError::Damaged(e.to_string()))?;
-        return Ok((snapshot.resolve_commit(found.fid), None));
+        let (tree, segment) = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
+        if Root::is_root(&tree) {
+            return read_dirs(fetcher, &tree, (found.fid, None, segment)).await;
+        }
+        return whole(&tree, None).map(|t| ReadTree { snapshot: t.snapshot.resolve_commit(found.fid), ..t });
     }
-    let size = snapshot_len_of(found.segments);
-    // Snapshots are written in format version 2: one sealed message per segment.
-    let stored = crate::fetch::Stored { size, mode: crate::format::Mode::Encrypted, seed: None };
-    let mut bytes = Vec::new();
-    let mut seed = None;
-    for s in 0..found.segments {
-        let segment = fetcher.segment(&found.fid, &stored, s, false).await.map_err(unreadable)?;
-        seed = seed.or(segment.seed());
-        bytes.extend_from_slice(segment.data());
-        fetcher.forget(&found.fid, s);
+    let (bytes, seed) = fetcher.tree_file(&found.fid, found.segments).await.map_err(unreadable)?;
+    if !Root::is_root(&bytes) {
+        return whole(&bytes, seed);
     }
-    let snapshot = Snapshot::decode(&bytes).map_err(|e| ReadError::Damaged(e.to_string()))?;
-    Ok((snapshot, seed))
+    let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(found.fid)))?;
+    let root = crate::format::tree_file_root(keys, &bytes).map_err(damaged)?;
+    let segments = found.segments as u32;
+    read_dirs(fetcher, &root, (found.fid, Some(segments), bytes)).await.map(|t| ReadTree { seed, ..t })
+}
+
+/// A fetch failure as a reason not to read a snapshot.
+fn unreadable(e: FetchError) -> ReadError {
+    match e {
+        FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
+        e => ReadError::Unavailable(e),
+    }
+}
+
+/// Reads the tree of `root` from its directory blobs. `own`: the file holding the root (its
+/// FID, its segments if a tree file, its bytes). The blobs are read file by file, the file
+/// with the most of them wanted first, each file's bytes fetched whole and let go once none
+/// of its blobs is wanted.
+async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<u8>)) -> Result<ReadTree, ReadError> {
+    let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
+    let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(own.0)))?;
+    let root = Root::decode(root).map_err(damaged)?;
+    let mut files: HashMap<Hash, u32> = root.files.iter().map(|f| (f.fid, f.segments)).collect();
+    if let Some(segments) = own.1 {
+        files.insert(own.0, segments);
+    }
+    let mut start = root.dir;
+    if start.fid == THIS_COMMIT {
+        start.fid = own.0;
+    }
+    let mut wanted: HashMap<Hash, Vec<TreeRef>> = HashMap::from([(start.fid, vec![start])]);
+    let mut seen = HashSet::from([start.id]);
+    let mut dirs = HashMap::new();
+    let mut homes = Vec::new();
+    let mut holders = HashSet::new();
+    let mut own_bytes = Some(own.2);
+    while let Some(holder) = wanted.iter().max_by_key(|(_, refs)| refs.len()).map(|(fid, _)| *fid) {
+        let mut refs = wanted.remove(&holder).unwrap_or_default();
+        let bytes = match (holder == own.0).then(|| own_bytes.take()).flatten() {
+            Some(bytes) => bytes,
+            None => match files.get(&holder) {
+                Some(&segments) => fetcher.tree_file(&holder, segments as usize).await.map_err(unreadable)?.0,
+                None => fetcher.pack_segment(&holder).await.map_err(unreadable)?,
+            },
+        };
+        holders.insert(holder);
+        while let Some(r) = refs.pop() {
+            let range = r.offset as usize..(r.offset as usize).saturating_add(r.len as usize);
+            let sealed = bytes
+                .get(range)
+                .ok_or_else(|| ReadError::Damaged(format!("directory blob {} outside its file", r.id)))?;
+            let content = keys.open(&r.id, sealed).map_err(|e| ReadError::Damaged(e.to_string()))?;
+            let dir = Dir::decode(&content).map_err(damaged)?.resolved(holder);
+            for child in refs_of(&dir).into_iter().filter(|c| seen.insert(c.id)) {
+                match child.fid == holder {
+                    true => refs.push(child),
+                    false => wanted.entry(child.fid).or_default().push(child),
+                }
+            }
+            homes.push((r.id, (r, files.get(&holder).copied())));
+            dirs.insert(r.id, dir);
+        }
+    }
+    holders.remove(&own.0);
+    let snapshot = crate::format::assemble(&root, &dirs, holders.into_iter().collect()).map_err(damaged)?;
+    Ok(ReadTree { snapshot, seed: None, dirs: homes })
 }
 
 /// What a restore did, for the person who asked for it.
@@ -202,6 +273,8 @@ struct ReadBack {
 /// the network part of a restore, before anything is written.
 pub struct Chosen {
     newest: ReadBack,
+    /// Where the newest tree's directory blobs are.
+    dirs: Vec<(Hash, Home)>,
     older: Vec<ReadBack>,
     skipped: Vec<(u64, String)>,
 }
@@ -212,7 +285,7 @@ pub async fn choose(found: &[Found], fetcher: &Fetcher) -> anyhow::Result<Option
     let mut skipped = Vec::new();
     let mut active = found.iter().filter(|f| f.active);
     for f in active.by_ref() {
-        let (snapshot, seed) = match read(fetcher, f).await {
+        let ReadTree { snapshot, seed, dirs } = match read(fetcher, f).await {
             Ok(read) => read,
             Err(ReadError::Damaged(why)) => {
                 log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
@@ -230,15 +303,15 @@ pub async fn choose(found: &[Found], fetcher: &Fetcher) -> anyhow::Result<Option
         let mut older = Vec::new();
         for o in active {
             match read(fetcher, o).await {
-                Ok((old, _)) if !super::same_lineage(&old.writer, &snapshot.writer) => {
+                Ok(old) if !super::same_lineage(&old.snapshot.writer, &snapshot.writer) => {
                     log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation);
                 }
-                Ok((old, seed)) => older.push(ReadBack { found: o.clone(), snapshot: old, seed }),
+                Ok(old) => older.push(ReadBack { found: o.clone(), snapshot: old.snapshot, seed: old.seed }),
                 Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
             }
         }
         let newest = ReadBack { found: f.clone(), snapshot, seed };
-        return Ok(Some(Chosen { newest, older, skipped }));
+        return Ok(Some(Chosen { newest, dirs, older, skipped }));
     }
     if let Some((generation, why)) = skipped.first() {
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
@@ -285,6 +358,9 @@ impl Chosen {
         meta.push(super::lineage_writer(&self.newest.snapshot.writer));
         let snapshot = &self.newest.snapshot;
         let restored = store.restore_snapshot(snapshot, territory, |fid| names.file_name(fid), &adopted, &meta)?;
+        // The next tree refers to these directories where they are (a crash before costs only
+        // writing them again).
+        store.put_read_dirs(&self.dirs)?;
         Ok(Outcome {
             generation: self.generation(),
             written_at: snapshot.written_at.0,
@@ -331,7 +407,7 @@ impl Follower {
         if shown == Some(want.generation) {
             return Ok(shown);
         }
-        let (snapshot, _) = read(&self.fetcher, want).await?;
+        let snapshot = read(&self.fetcher, want).await?.snapshot;
         let store = self.store.clone();
         let (territory, names) = (self.territory.clone(), self.names.clone());
         let restored = tokio::task::spawn_blocking(move || {

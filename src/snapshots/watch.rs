@@ -132,8 +132,8 @@ impl TreeWatch {
             return Ok(known.clone());
         }
         let refs = match read(&self.fetcher, f).await {
-            Ok((snapshot, _)) => {
-                Some(Written { writer: snapshot.writer, fids: Arc::new(KeptSnapshot::of(&snapshot).fids) })
+            Ok(tree) => {
+                Some(Written { writer: tree.snapshot.writer, fids: Arc::new(KeptSnapshot::of(&tree.snapshot).fids) })
             }
             Err(ReadError::Damaged(why)) => {
                 log::warn!("tree snapshot {} on chain cannot be read ({why}): it refers to nothing", f.generation);

@@ -13,6 +13,7 @@
 
 mod abandoned;
 mod catalog;
+mod dirs;
 mod outbox;
 mod packs;
 mod placements;

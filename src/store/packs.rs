@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::{decode, encode, key};
 use super::{Batch, KeptSnapshot, PackedBlob, Store, StoreError, Timestamp, UploadRecord, UploadState};
-use crate::format::{
-    BlobKeys, BlobPlace, FORMAT_PLAIN, FRAGMENTS, Hash, MAX_BLOB, NameKey, PackSpace, SEGMENT_SIZE, sealed_len,
-};
+use crate::format::{BlobKeys, BlobPlace, FORMAT_PLAIN, FRAGMENTS, Hash, NameKey, PackSpace, SEGMENT_SIZE, sealed_len};
 use crate::sync::lock;
 
 /// The meta record of the number the next pack takes.
@@ -38,8 +36,10 @@ pub struct PackRecord {
 pub struct CommitTree {
     /// Its record as a kept snapshot.
     pub kept: KeptSnapshot,
-    /// The snapshot's bytes ([`crate::format::Snapshot::encode`]).
+    /// The tree's root ([`crate::format::Root::encode`]).
     pub bytes: Vec<u8>,
+    /// The directory blobs placed in the commit: id, offset, sealed length.
+    pub dirs: Vec<(Hash, u32, u32)>,
     /// The commit's name on chain.
     pub name: Vec<u8>,
 }
@@ -262,40 +262,63 @@ impl Store {
 
     /// Seals the open pack as a commit with the tree `build` makes for it: `build` gets the open
     /// pack (`None`: none is open), whose blobs the tree refers to as
-    /// [`crate::format::THIS_COMMIT`], and says what to write (`None`: nothing, the tree did not
-    /// change). No blob goes in and no pack is sealed meanwhile. A tree that does not fit the
-    /// pack's room (or any quarter) is [`CommitOutcome::TooLarge`], and the pack is then sealed
-    /// alone if it holds blobs: the tree is to be written as a snapshot file of its own.
+    /// [`crate::format::THIS_COMMIT`], and a function that places a sealed directory blob in the
+    /// commit and says where (`None`: no room); it says what to write (`None`: nothing, the tree
+    /// did not change). No blob goes in and no pack is sealed meanwhile. A tree whose blobs do
+    /// not fit the pack's room is [`CommitOutcome::TooLarge`], and the pack is then sealed alone
+    /// if it holds blobs: the tree is to be written in a file of its own.
     pub fn seal_commit(
         &self,
         keys: &BlobKeys,
         names: &NameKey,
-        build: impl FnOnce(Option<u64>) -> Result<Option<CommitTree>, StoreError>,
+        build: impl FnOnce(
+            Option<u64>,
+            &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
+        ) -> Result<Option<CommitTree>, StoreError>,
     ) -> Result<CommitOutcome, StoreError> {
         let _packer = lock(&self.packer);
         let open = self.packs()?.into_iter().find(|(_, p)| !p.sealed);
-        let Some(tree) = build(open.as_ref().map(|(ino, _)| *ino))? else { return Ok(CommitOutcome::Unchanged) };
-        let fits = |pack: &PackRecord| {
-            let mut space = pack.space;
-            space.place(sealed_len(tree.bytes.len())).is_some()
-        };
-        let (pack, mut record) = match open {
-            Some(open) if fits(&open.1) => open,
-            Some((pack, record)) => {
-                if record.space.blobs() > 0 {
-                    self.seal_pack(pack, &record, keys, None)?;
-                }
-                return Ok(CommitOutcome::TooLarge);
+        let mut space = open.as_ref().map_or_else(PackSpace::default, |(_, p)| p.space);
+        let mut dirs: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut full = false;
+        let mut place = |_: &Hash, sealed: Vec<u8>| match space.place(sealed.len()) {
+            Some(at) => {
+                dirs.push((at.offset, sealed));
+                Some(at.offset)
             }
-            None if tree.bytes.len() > MAX_BLOB => return Ok(CommitOutcome::TooLarge),
+            None => {
+                full = true;
+                None
+            }
+        };
+        let built = build(open.as_ref().map(|(ino, _)| *ino), &mut place)?;
+        let tree = match built {
+            Some(tree) if !full => tree,
+            None if !full => return Ok(CommitOutcome::Unchanged),
+            _ => return self.too_large(open, keys),
+        };
+        let Some(root_at) = space.place(sealed_len(tree.bytes.len())) else { return self.too_large(open, keys) };
+        let (pack, record) = match open {
+            Some(open) => open,
             None => self.open_pack(names)?,
         };
-        let sealed = keys.seal_tree(record.number, &tree.bytes);
-        let place = record.space.place(sealed.len()).ok_or(StoreError::Corrupt { what: "pack room" })?;
-        self.open_content(pack)?.write_all_at(&sealed, u64::from(place.offset))?;
+        let record = PackRecord { space, ..record };
+        let file = self.open_content(pack)?;
+        for (offset, sealed) in &dirs {
+            file.write_all_at(sealed, u64::from(*offset))?;
+        }
+        file.write_all_at(&keys.seal_tree(record.number, &tree.bytes), u64::from(root_at.offset))?;
         crate::hooks::reached("commit-tree-written");
-        self.seal_pack(pack, &record, keys, Some((place, &tree)))?;
+        self.seal_pack(pack, &record, keys, Some((root_at, &tree)))?;
         Ok(CommitOutcome::Sealed(pack))
+    }
+
+    /// A tree too large for the commit: the open pack, if it holds blobs, is sealed alone.
+    fn too_large(&self, open: Option<(u64, PackRecord)>, keys: &BlobKeys) -> Result<CommitOutcome, StoreError> {
+        if let Some((pack, record)) = open.filter(|(_, r)| r.space.blobs() > 0) {
+            self.seal_pack(pack, &record, keys, None)?;
+        }
+        Ok(CommitOutcome::TooLarge)
     }
 
     /// Seals pack `pack` (with a commit's tree, written at its place): header and index written
@@ -314,6 +337,10 @@ impl Store {
             let id = Hash(k.get(9..41).and_then(|s| s.try_into().ok()).ok_or(StoreError::Corrupt { what: "blob" })?);
             blobs.push((id, decode::<BlobPlace>(&v, "blob")?));
             b.0.remove(k);
+        }
+        if let Some((_, tree)) = commit {
+            blobs.extend(tree.dirs.iter().map(|&(id, offset, len)| (id, BlobPlace { offset, len })));
+            b.put_dir_homes(pack, false, &tree.dirs);
         }
         blobs.sort_by_key(|(_, p)| p.offset);
         let mut space = record.space;

@@ -264,6 +264,13 @@ pub mod key {
         tagged(b'b', pack)
     }
 
+    /// `t` blob-id → where a directory blob of the tree is (store/dirs.rs).
+    pub fn dir_home(id: &crate::format::Hash) -> Vec<u8> {
+        let mut k = vec![b't'];
+        k.extend_from_slice(&id.0);
+        k
+    }
+
     fn tagged(tag: u8, ino: u64) -> [u8; 9] {
         let mut k = [tag; 9];
         k[1..].copy_from_slice(&ino.to_be_bytes());

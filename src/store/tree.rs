@@ -33,7 +33,8 @@ pub struct KeptSnapshot {
 impl KeptSnapshot {
     /// The record of `snapshot`.
     pub fn of(snapshot: &Snapshot) -> KeptSnapshot {
-        let fids = snapshot.nodes.iter().filter_map(|n| n.location.fid().copied()).collect();
+        let mut fids: Vec<Hash> = snapshot.nodes.iter().filter_map(|n| n.location.fid().copied()).collect();
+        fids.extend(&snapshot.holders);
         KeptSnapshot { generation: snapshot.generation, fids }
     }
 }
@@ -237,7 +238,7 @@ impl Walk {
         // Names of files left out go too.
         let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
         links.retain(|l| present.contains(&l.child));
-        Snapshot { generation, writer, written_at: time(Timestamp::now()), nodes, links }
+        Snapshot { generation, writer, written_at: time(Timestamp::now()), nodes, links, holders: Vec::new() }
     }
 }
 

@@ -143,3 +143,64 @@ fn kill_9_at_each_step_of_a_commit_loses_nothing_and_declares_nothing_twice() {
         assert!(fs::read(m.path(name)).unwrap() == *bytes, "{name}");
     }
 }
+
+/// The bytes and new directory blobs of the last tree written in a commit, from the log after
+/// `from`.
+fn last_tree_written(log: &str, from: usize) -> (u64, u64) {
+    let line = log[from..]
+        .lines()
+        .rfind(|l| l.contains(" written (") && l.contains("in commit inode"))
+        .unwrap_or_else(|| panic!("no tree written after byte {from}\n{log}"));
+    let inside = line.split(" written (").nth(1).unwrap();
+    let number = |s: &str| s.trim().split(' ').next().unwrap().parse::<u64>().unwrap();
+    let (bytes, rest) = inside.split_once(" bytes: ").unwrap();
+    (number(bytes), number(rest))
+}
+
+/// 2,500 notes of 8 KiB in one directory (cut into chunks by name hash) and a deep path settle;
+/// then 7 bytes are appended to one note. The edit's commit writes one chunk, the chunk list
+/// and the root directory, a few KiB, and refers to every other directory where it is. A fresh
+/// data dir restores the tree (read from both commits), and an edit there writes as little
+/// (the next chunk list and root refer to the restored directories where they are).
+#[test]
+fn an_edit_among_thousands_of_files_writes_only_the_directories_it_touches() {
+    let net = StandaloneDevnet::start();
+    let args = ["--chain", net.url.as_str(), "--pack-below", "1M"];
+    let m = Mount::uploading("0.2", &args);
+    fs::create_dir(m.path("notes")).unwrap();
+    fs::create_dir_all(m.path("deep/a/b")).unwrap();
+    fs::write(m.path("deep/a/b/leaf.txt"), b"leaf").unwrap();
+    let mut names: Vec<String> = (0..2500).map(|i| format!("notes/{i}.md")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fs::write(m.path(name), [note(i), note(i)].concat()).unwrap();
+    }
+    names.push("deep/a/b/leaf.txt".into());
+    wait_until(3 * MIN, "the notes and their tree to settle", || all_active(&m, &names) && tree_settled(&m));
+    let (first_bytes, first_new) = last_tree_written(&m.log(), 0);
+
+    let edit = |m: &Mount, name: &str| {
+        let from = m.log().len();
+        fs::OpenOptions::new().append(true).open(m.path(name)).unwrap().write_all(b"edited!").unwrap();
+        wait_until(MIN, "the edit and its tree to settle", || {
+            m.cess(name, "status").as_deref() == Some("active") && tree_settled(m)
+        });
+        last_tree_written(&m.log(), from)
+    };
+    let (bytes, new) = edit(&m, "notes/1234.md");
+    assert!((1..=3).contains(&new), "{new} directory blobs written for one edit (the first tree: {first_new})");
+    assert!(bytes < 64 << 10 && bytes * 5 < first_bytes, "{bytes} bytes of tree for one edit, {first_bytes} at first");
+
+    let before = snapshot(m.root());
+    drop(m);
+    let second = Mount::uploading("0.2", &args);
+    assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
+    assert!(snapshot(second.root()) == before, "every name and byte");
+    // This commit also empties the last one (its pack holds one note): that note's chunk too.
+    let (bytes, new) = edit(&second, "notes/7.md");
+    assert!((1..=4).contains(&new), "{new} directory blobs written for an edit after a restore\n{}", second.log());
+    assert!(bytes < 64 << 10, "{bytes} bytes of tree for an edit after a restore");
+    let mut edited = [note(7), note(7)].concat();
+    edited.extend_from_slice(b"edited!");
+    run(std::process::Command::new(BIN).arg("evict").arg(second.root()));
+    assert!(fs::read(second.path("notes/7.md")).unwrap() == edited);
+}

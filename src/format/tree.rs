@@ -1,0 +1,602 @@
+//! Trees in directory blobs (snapshot format version 3): a root names the blob of the root
+//! directory; a directory's blob holds its entries, each with its node and, for a directory,
+//! where that directory's blob is. Blobs are content-addressed and sealed as pack blobs
+//! (format/pack.rs), so an unchanged directory is referred to where it already is and a commit
+//! carries only the directories a change touched, and their ancestors. A directory of more than
+//! [`CHUNK_ABOVE`] entries is cut into chunks by name-hash ranges, so an edit in it rewrites one
+//! chunk and the list of chunks.
+//!
+//! ```text
+//! root (a commit's tree)   "CFSTREE" 0x03 ‖ postcard(Root)
+//! directory blob content   "CFSDIR" 0x00 0x01 ‖ zstd frame of postcard(Dir)
+//! tree file (plaintext)    "CFSTREE" 0x03 ‖ root id [32] ‖ le32(root offset) ‖ le32(root length)
+//!                          ‖ sealed blobs ‖ sealed root ‖ zeros to whole segments
+//! ```
+//!
+//! A reference's FID [`THIS_COMMIT`] is the CESS file holding the blob that contains it (the
+//! commit or tree file it was written in, which cannot name itself); so is a file's
+//! `Packed { fid: THIS_COMMIT }` inside a directory blob.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::snapshot::{Link, MAX_TREE_BYTES, Snapshot, SnapshotError, THIS_COMMIT, Time};
+use super::{BlobKeys, Hash, Location, Node, NodeKind};
+
+/// First bytes of a root and of a tree file.
+pub const MAGIC_V3: [u8; 8] = *b"CFSTREE\x03";
+/// First bytes of a directory blob's content.
+const DIR_MAGIC: [u8; 8] = *b"CFSDIR\x00\x01";
+/// Bytes of a tree file's header.
+pub const TREE_FILE_HEADER: usize = 48;
+/// A directory of more entries than this is cut into chunks.
+pub const CHUNK_ABOVE: usize = 1024;
+/// An entry whose name hash has these low bits all zero ends a chunk (about 256 entries each).
+const CHUNK_MASK: u64 = 0xff;
+/// No chunk has more entries than this, whatever the hashes.
+const CHUNK_MAX: usize = 4096;
+
+/// Where a directory blob is: in CESS file `fid` ([`THIS_COMMIT`]: the file holding the
+/// reference) at `offset`, `len` sealed bytes, sealed as blob `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TreeRef {
+    /// The commit or tree file holding it.
+    pub fid: Hash,
+    /// Its blob id (its key derives from it).
+    pub id: Hash,
+    /// Its first byte in that file (a commit's segment, a tree file's plaintext).
+    pub offset: u32,
+    /// Its sealed length.
+    pub len: u32,
+}
+
+/// One name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The name.
+    pub name: Vec<u8>,
+    /// What it names. `id` is 0 for a node of one name; a node of several names (hard links)
+    /// has one id, unique in the tree, under each of them.
+    pub node: Node,
+    /// A directory's blob.
+    pub dir: Option<TreeRef>,
+}
+
+/// A directory blob's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dir {
+    /// Entries, sorted by name (or, in a chunk, by name hash).
+    Entries(Vec<Entry>),
+    /// A large directory: its chunks in name-hash order, each an `Entries` blob.
+    Chunks(Vec<TreeRef>),
+}
+
+/// A CESS file holding directory blobs that is a tree file (not a commit): a reader fetches it
+/// by segments, in format version 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeFile {
+    /// Its FID.
+    pub fid: Hash,
+    /// Its segments.
+    pub segments: u32,
+}
+
+/// The root of a tree at one generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    /// Its generation (as [`Snapshot::generation`]).
+    pub generation: u64,
+    /// The mount that wrote it (as [`Snapshot::writer`]).
+    pub writer: [u8; 16],
+    /// When it was written.
+    pub written_at: Time,
+    /// The generation of the tree this one was written after, if any.
+    pub parent: Option<u64>,
+    /// The tree files that directory blobs of this tree are in.
+    pub files: Vec<TreeFile>,
+    /// Nodes in the tree, the root included.
+    pub nodes: u64,
+    /// The root directory's node.
+    pub node: Node,
+    /// The root directory's blob.
+    pub dir: TreeRef,
+}
+
+impl Root {
+    /// The root's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC_V3.to_vec();
+        out.extend(postcard::to_stdvec(self).expect("roots always serialize"));
+        out
+    }
+
+    /// Reads a root.
+    pub fn decode(bytes: &[u8]) -> Result<Root, SnapshotError> {
+        let rest = bytes.strip_prefix(&MAGIC_V3[..]).ok_or(SnapshotError::NotASnapshot)?;
+        postcard::from_bytes(rest).map_err(|e| SnapshotError::Damaged(format!("the tree's root: {e}")))
+    }
+
+    /// Whether tree bytes are a root of this version.
+    pub fn is_root(bytes: &[u8]) -> bool {
+        bytes.starts_with(&MAGIC_V3)
+    }
+}
+
+impl Dir {
+    /// The blob content of a directory.
+    pub fn encode(&self) -> Vec<u8> {
+        let plain = postcard::to_stdvec(self).expect("directories always serialize");
+        let mut out = DIR_MAGIC.to_vec();
+        out.extend(ruzstd::encoding::compress_to_vec(&plain[..], ruzstd::encoding::CompressionLevel::Fastest));
+        out
+    }
+
+    /// Reads a directory blob's content.
+    pub fn decode(content: &[u8]) -> Result<Dir, SnapshotError> {
+        use std::io::Read;
+        let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged(format!("a directory blob: {e}"));
+        let packed = content.strip_prefix(&DIR_MAGIC[..]).ok_or_else(|| damaged(&"no directory header"))?;
+        let decoder = ruzstd::decoding::StreamingDecoder::new(packed).map_err(|e| damaged(&e))?;
+        let mut plain = Vec::new();
+        decoder.take(MAX_TREE_BYTES + 1).read_to_end(&mut plain).map_err(|e| damaged(&e))?;
+        if plain.len() as u64 > MAX_TREE_BYTES {
+            return Err(damaged(&"larger than any tree cessfs writes"));
+        }
+        postcard::from_bytes(&plain).map_err(|e| damaged(&e))
+    }
+
+    /// The same directory read from CESS file `holder`: references to [`THIS_COMMIT`] name it.
+    pub fn resolved(self, holder: Hash) -> Dir {
+        self.renamed(THIS_COMMIT, holder)
+    }
+
+    /// The directory as written in CESS file `holder`, which it then refers to as
+    /// [`THIS_COMMIT`].
+    fn relative_to(&self, holder: Hash) -> Dir {
+        self.clone().renamed(holder, THIS_COMMIT)
+    }
+
+    /// The CESS files it refers to (blobs of directories and of packed files).
+    fn fids(&self) -> Vec<Hash> {
+        let mut out: Vec<Hash> = match self {
+            Dir::Entries(entries) => entries
+                .iter()
+                .flat_map(|e| {
+                    let packed = match &e.node.location {
+                        Location::Packed { fid, .. } => Some(*fid),
+                        _ => None,
+                    };
+                    e.dir.map(|r| r.fid).into_iter().chain(packed)
+                })
+                .collect(),
+            Dir::Chunks(chunks) => chunks.iter().map(|r| r.fid).collect(),
+        };
+        out.sort();
+        out.dedup();
+        out.retain(|f| *f != THIS_COMMIT);
+        out
+    }
+
+    fn renamed(mut self, from: Hash, to: Hash) -> Dir {
+        let fix = |fid: &mut Hash| {
+            if *fid == from {
+                *fid = to;
+            }
+        };
+        match &mut self {
+            Dir::Entries(entries) => {
+                for e in entries {
+                    if let Some(r) = &mut e.dir {
+                        fix(&mut r.fid);
+                    }
+                    if let Location::Packed { fid, .. } = &mut e.node.location {
+                        fix(fid);
+                    }
+                }
+            }
+            Dir::Chunks(chunks) => chunks.iter_mut().for_each(|r| fix(&mut r.fid)),
+        }
+        self
+    }
+}
+
+/// The header of a tree file whose root, sealed as `root_id`, lies at `offset`.
+pub fn tree_file_header(root_id: &Hash, offset: u32, len: u32) -> [u8; TREE_FILE_HEADER] {
+    let mut h = [0u8; TREE_FILE_HEADER];
+    h[..8].copy_from_slice(&MAGIC_V3);
+    h[8..40].copy_from_slice(&root_id.0);
+    h[40..44].copy_from_slice(&offset.to_le_bytes());
+    h[44..48].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// The root a tree file's plaintext holds, opened with `keys`.
+pub fn tree_file_root(keys: &BlobKeys, file: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    let damaged = |why: &str| SnapshotError::Damaged(format!("a tree file: {why}"));
+    let header =
+        file.get(..TREE_FILE_HEADER).filter(|h| h.starts_with(&MAGIC_V3)).ok_or(SnapshotError::NotASnapshot)?;
+    let id = Hash(header[8..40].try_into().unwrap_or_default());
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize;
+    let (offset, len) = (le32(&header[40..44]), le32(&header[44..48]));
+    let sealed =
+        offset.checked_add(len).and_then(|end| file.get(offset..end)).ok_or_else(|| damaged("root outside"))?;
+    keys.open(&id, sealed).map_err(|e| damaged(&e.to_string()))
+}
+
+/// What writing a tree did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    /// The root's bytes ([`Root::encode`]).
+    pub root: Vec<u8>,
+    /// Directory blobs placed new, and their sealed bytes.
+    pub placed: Vec<(Hash, u32, u32)>,
+    /// Sealed bytes placed new.
+    pub new_bytes: u64,
+    /// Directory blobs referred to where they already were.
+    pub reused: usize,
+    /// The CESS files holding the blobs referred to where they were (not the one written).
+    pub holders: Vec<Hash>,
+}
+
+/// Where a directory blob already is: its reference, and the segments of its tree file if it is
+/// in one (`None`: in a commit).
+pub type Home = (TreeRef, Option<u32>);
+
+/// Writes `snapshot` as directory blobs: each directory's blob is looked up with `reuse` (by
+/// id) and referred to there, or sealed and handed to `place`, which puts it in the file being
+/// written and says where (`None`: no room; the tree is then not written). `parent`: the
+/// generation written before. Directories are written children first, so a parent names where
+/// its children are.
+pub fn write_tree(
+    snapshot: &Snapshot,
+    keys: &BlobKeys,
+    parent: Option<u64>,
+    reuse: &mut dyn FnMut(&Hash) -> Option<Home>,
+    place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
+) -> Option<Written> {
+    let nodes: HashMap<u64, &Node> = snapshot.nodes.iter().map(|n| (n.id, n)).collect();
+    let mut children: HashMap<u64, Vec<&Link>> = HashMap::new();
+    let mut names: HashMap<u64, u32> = HashMap::new();
+    for l in &snapshot.links {
+        children.entry(l.parent).or_default().push(l);
+        *names.entry(l.child).or_default() += 1;
+    }
+    let mut out = Written::default();
+    let mut files: BTreeMap<Hash, u32> = BTreeMap::new();
+    let mut blob = |dir: &Dir, out: &mut Written| -> Option<TreeRef> {
+        let content = dir.encode();
+        let id = keys.id(&content);
+        // As it is, or as written in a file it refers to (where that file was itself).
+        let mut found = reuse(&id);
+        for holder in dir.fids() {
+            if found.is_some() {
+                break;
+            }
+            found = reuse(&keys.id(&dir.relative_to(holder).encode())).filter(|(r, _)| r.fid == holder);
+        }
+        if let Some((r, file)) = found {
+            out.reused += 1;
+            out.holders.push(r.fid);
+            if let Some(segments) = file {
+                files.insert(r.fid, segments);
+            }
+            return Some(r);
+        }
+        let sealed = keys.seal(&id, &content);
+        let len = sealed.len() as u32;
+        let offset = place(&id, sealed)?;
+        out.new_bytes += u64::from(len);
+        out.placed.push((id, offset, len));
+        Some(TreeRef { fid: THIS_COMMIT, id, offset, len })
+    };
+    // Directories in an order where each comes after all below it: breadth first, reversed.
+    let mut order = vec![1u64];
+    let mut i = 0;
+    while i < order.len() {
+        let dir = order[i];
+        i += 1;
+        for l in children.get(&dir).into_iter().flatten() {
+            if nodes.get(&l.child).is_some_and(|n| n.kind == NodeKind::Dir) {
+                order.push(l.child);
+            }
+        }
+    }
+    let mut refs: HashMap<u64, TreeRef> = HashMap::new();
+    for &dir in order.iter().rev() {
+        let mut entries = Vec::new();
+        for l in children.get(&dir).into_iter().flatten() {
+            let Some(&node) = nodes.get(&l.child) else { continue };
+            let mut node = node.clone();
+            if names.get(&l.child).copied().unwrap_or(0) < 2 {
+                node.id = 0;
+            }
+            let dir_ref = refs.get(&l.child).copied();
+            entries.push(Entry { name: l.name.clone(), node, dir: dir_ref });
+        }
+        let r = if entries.len() > CHUNK_ABOVE {
+            let mut chunks = Vec::new();
+            for chunk in chunks_of(entries) {
+                chunks.push(blob(&Dir::Entries(chunk), &mut out)?);
+            }
+            blob(&Dir::Chunks(chunks), &mut out)?
+        } else {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            blob(&Dir::Entries(entries), &mut out)?
+        };
+        refs.insert(dir, r);
+    }
+    let mut node = (*nodes.get(&1)?).clone();
+    node.id = 0;
+    out.holders.sort();
+    out.holders.dedup();
+    let root = Root {
+        generation: snapshot.generation,
+        writer: snapshot.writer,
+        written_at: snapshot.written_at,
+        parent,
+        files: files.into_iter().map(|(fid, segments)| TreeFile { fid, segments }).collect(),
+        nodes: snapshot.nodes.len() as u64,
+        node,
+        dir: *refs.get(&1)?,
+    };
+    out.root = root.encode();
+    Some(out)
+}
+
+/// The name hash that orders a large directory's entries and cuts it into chunks.
+fn name_hash(name: &[u8]) -> u64 {
+    let h = super::sha256(name);
+    u64::from_le_bytes(h.0[..8].try_into().unwrap_or_default())
+}
+
+/// `entries` in name-hash order, cut after each entry whose hash ends in [`CHUNK_MASK`] zero
+/// bits (and after [`CHUNK_MAX`]): a name added or removed changes one chunk.
+fn chunks_of(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
+    let mut keyed: Vec<(u64, Entry)> = entries.into_iter().map(|e| (name_hash(&e.name), e)).collect();
+    keyed.sort_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+    let mut chunks = vec![Vec::new()];
+    for (hash, e) in keyed {
+        let last = chunks.last_mut().expect("one chunk at least");
+        last.push(e);
+        if hash & CHUNK_MASK == 0 || last.len() >= CHUNK_MAX {
+            chunks.push(Vec::new());
+        }
+    }
+    chunks.retain(|c| !c.is_empty());
+    chunks
+}
+
+/// Assembles the snapshot of `root` from its directories `dirs` (each read from its holder and
+/// [`Dir::resolved`], by blob id), numbering its nodes afresh (the root 1). `holders`: the
+/// CESS files the blobs were read from. The snapshot is checked as [`Snapshot::decode`] checks.
+pub fn assemble(root: &Root, dirs: &HashMap<Hash, Dir>, holders: Vec<Hash>) -> Result<Snapshot, SnapshotError> {
+    let damaged = |why: &str| SnapshotError::Damaged(why.to_string());
+    let mut nodes = vec![Node { id: 1, ..root.node.clone() }];
+    let mut links = Vec::new();
+    let mut linked: HashMap<u64, u64> = HashMap::new();
+    let mut stack = vec![(1u64, root.dir)];
+    while let Some((parent, r)) = stack.pop() {
+        let entries: Vec<&Entry> = match dirs.get(&r.id).ok_or_else(|| damaged("a directory blob missing"))? {
+            Dir::Entries(entries) => entries.iter().collect(),
+            Dir::Chunks(chunks) => {
+                let mut all = Vec::new();
+                for c in chunks {
+                    match dirs.get(&c.id) {
+                        Some(Dir::Entries(entries)) => all.extend(entries.iter()),
+                        _ => return Err(damaged("a chunk that is not a list of entries")),
+                    }
+                }
+                all
+            }
+        };
+        for e in entries {
+            let shared = (e.node.id != 0).then_some(e.node.id);
+            let id = match shared.and_then(|s| linked.get(&s)) {
+                Some(&id) => id,
+                None => {
+                    let id = nodes.len() as u64 + 1;
+                    nodes.push(Node { id, ..e.node.clone() });
+                    if let Some(s) = shared {
+                        linked.insert(s, id);
+                    }
+                    if e.node.kind == NodeKind::Dir {
+                        let r = e.dir.ok_or_else(|| damaged("a directory without its blob"))?;
+                        stack.push((id, r));
+                    }
+                    id
+                }
+            };
+            links.push(Link { parent, name: e.name.clone(), child: id });
+            if nodes.len() as u64 > root.nodes.max(1) {
+                return Err(damaged("more nodes than its root says"));
+            }
+        }
+    }
+    let snapshot = Snapshot {
+        generation: root.generation,
+        writer: root.writer,
+        written_at: root.written_at,
+        nodes,
+        links,
+        holders,
+    };
+    snapshot.check()?;
+    Ok(snapshot)
+}
+
+/// The references `dir` makes to other directory blobs.
+pub fn refs_of(dir: &Dir) -> Vec<TreeRef> {
+    match dir {
+        Dir::Entries(entries) => entries.iter().filter_map(|e| e.dir).collect(),
+        Dir::Chunks(chunks) => chunks.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> BlobKeys {
+        BlobKeys::new([7; 32])
+    }
+
+    fn node(id: u64, kind: NodeKind, location: Location) -> Node {
+        Node {
+            id,
+            kind,
+            perm: 0o755,
+            uid: 1000,
+            gid: 1000,
+            size: 4,
+            atime: (1, 2),
+            mtime: (3, 4),
+            ctime: (5, 6),
+            crtime: (7, 8),
+            target: Vec::new(),
+            rdev: 0,
+            xattrs: Vec::new(),
+            location,
+        }
+    }
+
+    /// A tree of a root, a directory of `big` files, a hard link and a small directory.
+    fn tree(big: u64) -> Snapshot {
+        let mut nodes = vec![node(1, NodeKind::Dir, Location::Empty), node(2, NodeKind::Dir, Location::Empty)];
+        let mut links = vec![Link { parent: 1, name: b"big".to_vec(), child: 2 }];
+        for i in 0..big {
+            let id = 10 + i;
+            let fid = Location::Fid { fid: Hash([i as u8; 32]), format: 3, seed: Some([1; 32]) };
+            nodes.push(node(id, NodeKind::File, fid));
+            links.push(Link { parent: 2, name: format!("note-{i}.md").into_bytes(), child: id });
+        }
+        nodes.push(node(3, NodeKind::Dir, Location::Empty));
+        links.push(Link { parent: 1, name: b"small".to_vec(), child: 3 });
+        links.push(Link { parent: 3, name: b"hard".to_vec(), child: 10 });
+        let packed = Location::Packed { fid: THIS_COMMIT, id: Hash([5; 32]), offset: 32, len: 20 };
+        nodes.push(node(4, NodeKind::File, packed));
+        links.push(Link { parent: 3, name: b"packed".to_vec(), child: 4 });
+        Snapshot { generation: 9, writer: [2; 16], written_at: (10, 11), nodes, links, holders: Vec::new() }
+    }
+
+    /// A holder in memory: blobs placed end to end, homes by id.
+    #[derive(Default)]
+    struct Holder {
+        bytes: Vec<u8>,
+        homes: HashMap<Hash, Home>,
+    }
+
+    impl Holder {
+        fn write(&mut self, s: &Snapshot, fid: Hash) -> Written {
+            let start = self.bytes.len();
+            let homes = self.homes.clone();
+            let mut bytes = std::mem::take(&mut self.bytes);
+            let written = write_tree(s, &keys(), None, &mut |id| homes.get(id).copied(), &mut |_, sealed| {
+                let at = bytes.len() as u32;
+                bytes.extend(sealed);
+                Some(at)
+            })
+            .unwrap();
+            for (id, offset, len) in &written.placed {
+                self.homes.insert(*id, (TreeRef { fid, id: *id, offset: *offset, len: *len }, None));
+            }
+            assert!(written.placed.iter().all(|(_, o, _)| *o as usize >= start));
+            self.bytes = bytes;
+            written
+        }
+
+        fn read(&self, root: &[u8]) -> Snapshot {
+            let root = Root::decode(root).unwrap();
+            let mut dirs = HashMap::new();
+            let mut queue = vec![root.dir];
+            while let Some(r) = queue.pop() {
+                let sealed = &self.bytes[r.offset as usize..(r.offset + r.len) as usize];
+                let dir = Dir::decode(&keys().open(&r.id, sealed).unwrap()).unwrap();
+                queue.extend(refs_of(&dir));
+                dirs.insert(r.id, dir);
+            }
+            assemble(&root, &dirs, Vec::new()).unwrap()
+        }
+    }
+
+    /// Names and nodes (ids aside) of a snapshot, as a map from path to node.
+    fn paths(s: &Snapshot) -> BTreeMap<Vec<u8>, Node> {
+        let nodes: HashMap<u64, &Node> = s.nodes.iter().map(|n| (n.id, n)).collect();
+        let mut path: HashMap<u64, Vec<u8>> = HashMap::from([(1, Vec::new())]);
+        let mut out = BTreeMap::new();
+        let mut links = s.links.clone();
+        while !links.is_empty() {
+            links.retain(|l| match path.get(&l.parent).cloned() {
+                Some(mut p) => {
+                    p.push(b'/');
+                    p.extend(&l.name);
+                    out.insert(p.clone(), Node { id: 0, ..nodes[&l.child].clone() });
+                    path.insert(l.child, p);
+                    false
+                }
+                None => true,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_tree_reads_back_as_written_with_its_hard_links() {
+        let s = tree(3000);
+        let mut holder = Holder::default();
+        let written = holder.write(&s, Hash([1; 32]));
+        let back = holder.read(&written.root);
+        assert_eq!(paths(&back), paths(&s));
+        assert_eq!(back.nodes.len(), s.nodes.len(), "one node for the hard link");
+        assert!(written.placed.len() > 4, "the large directory is cut into chunks");
+    }
+
+    #[test]
+    fn one_edit_writes_one_chunk_and_its_ancestors() {
+        let mut s = tree(3000);
+        let mut holder = Holder::default();
+        let first = holder.write(&s, Hash([1; 32]));
+        let n = s.nodes.iter_mut().find(|n| n.id == 1500).unwrap();
+        n.size += 7;
+        let second = holder.write(&s, Hash([2; 32]));
+        // The chunk, the list of chunks, the root directory.
+        assert_eq!(second.placed.len(), 3, "{second:?}");
+        assert!(second.reused > 0 && second.new_bytes * 4 < first.new_bytes);
+        assert_eq!(paths(&holder.read(&second.root)), paths(&s));
+        // Unchanged: nothing new, though the second commit referred to its own blobs as its own.
+        assert!(holder.write(&s, Hash([3; 32])).placed.is_empty());
+    }
+
+    #[test]
+    fn this_commit_names_the_file_holding_the_blob() {
+        let dir = Dir::Entries(vec![Entry {
+            name: b"a".to_vec(),
+            node: node(0, NodeKind::File, Location::Packed { fid: THIS_COMMIT, id: Hash([5; 32]), offset: 1, len: 2 }),
+            dir: None,
+        }]);
+        let Dir::Entries(e) = dir.resolved(Hash([8; 32])) else { panic!() };
+        assert_eq!(e[0].node.location.fid(), Some(&Hash([8; 32])));
+    }
+
+    #[test]
+    fn damaged_directories_are_refused() {
+        assert!(Dir::decode(b"CFSDIR\x00\x01garbage").is_err());
+        assert!(Root::decode(b"CFSTREE\x03\xff").is_err());
+        let s = tree(2);
+        let mut holder = Holder::default();
+        let written = holder.write(&s, Hash([1; 32]));
+        let root = Root::decode(&written.root).unwrap();
+        // A root that says fewer nodes than its directories hold.
+        let short = Root { nodes: 2, ..root.clone() };
+        let mut dirs = HashMap::new();
+        let mut queue = vec![root.dir];
+        while let Some(r) = queue.pop() {
+            let sealed = &holder.bytes[r.offset as usize..(r.offset + r.len) as usize];
+            let dir = Dir::decode(&keys().open(&r.id, sealed).unwrap()).unwrap();
+            queue.extend(refs_of(&dir));
+            dirs.insert(r.id, dir);
+        }
+        assert!(assemble(&short, &dirs, Vec::new()).is_err());
+        assert!(assemble(&root, &HashMap::new(), Vec::new()).is_err());
+    }
+}

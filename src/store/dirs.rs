@@ -1,0 +1,111 @@
+//! Where the tree's directory blobs are (format/tree.rs), by blob id: the commit or tree file
+//! holding each, so that a tree written later refers to an unchanged directory there instead of
+//! writing it again. A home is used only while its file is stored and a kept tree refers to it
+//! (so it stays on chain); a missing or stale one only costs writing that directory again.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::records::{decode, encode, key};
+use super::{Batch, Store, StoreError, UploadState};
+use crate::format::{BlobKeys, Hash, Home, Snapshot, TreeRef, Written};
+
+/// Where one directory blob is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct DirHome {
+    holder: Holder,
+    offset: u32,
+    len: u32,
+}
+
+/// The CESS file holding a directory blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Holder {
+    /// A commit (`file`: false) or tree file this data dir wrote, by its hidden inode.
+    Inode { ino: u64, file: bool },
+    /// A stored file: a commit (`segments`: `None`) or a tree file of that many segments.
+    Stored { fid: Hash, segments: Option<u32> },
+}
+
+impl Batch {
+    /// Records that directory blobs `placed` (id, offset, sealed length) are in the commit or
+    /// tree file (`file`) of hidden inode `ino`.
+    pub fn put_dir_homes(&mut self, ino: u64, file: bool, placed: &[(Hash, u32, u32)]) {
+        for &(id, offset, len) in placed {
+            let home = DirHome { holder: Holder::Inode { ino, file }, offset, len };
+            self.0.insert(key::dir_home(&id), encode(&home));
+        }
+    }
+}
+
+impl Store {
+    /// Writes `snapshot` as directory blobs ([`crate::format::write_tree`]), referring to those
+    /// stored already where they are; new ones go to `place`. `None`: `place` had no room.
+    pub fn write_dirs(
+        &self,
+        snapshot: &Snapshot,
+        keys: &BlobKeys,
+        parent: Option<u64>,
+        place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
+    ) -> Result<Option<Written>, StoreError> {
+        // Files a kept tree refers to, and the kept trees' own.
+        let mut kept: HashSet<Hash> = self.kept_snapshot_fids()?.iter().copied().collect();
+        for (ino, _) in self.kept_snapshots()? {
+            kept.extend(self.upload(ino)?.and_then(|u| u.fid));
+        }
+        let mut failed = None;
+        let mut reuse = |id: &Hash| match self.dir_home(id, &kept) {
+            Ok(home) => home,
+            Err(e) => {
+                failed.get_or_insert(e);
+                None
+            }
+        };
+        let written = crate::format::write_tree(snapshot, keys, parent, &mut reuse, place);
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(written),
+        }
+    }
+
+    /// Where directory blob `id` is, if a tree may refer to it there: in a stored file that a
+    /// kept tree refers to. A home in a file this data dir wrote becomes its FID once stored.
+    fn dir_home(&self, id: &Hash, kept: &HashSet<Hash>) -> Result<Option<Home>, StoreError> {
+        let Some(v) = self.tree.get(key::dir_home(id))? else { return Ok(None) };
+        let home: DirHome = decode(&v, "directory home")?;
+        let (fid, segments) = match home.holder {
+            Holder::Stored { fid, segments } => (fid, segments),
+            // Its own hidden inode keeps it on chain while it is there.
+            Holder::Inode { ino, file } => {
+                if self.snapshot_generation(ino)?.is_none() {
+                    self.tree.remove(key::dir_home(id))?;
+                    return Ok(None);
+                }
+                let stored = self.upload(ino)?.filter(|u| u.state == UploadState::Active);
+                let Some((fid, segments)) = stored.and_then(|u| Some((u.fid?, file.then_some(u.segments)))) else {
+                    return Ok(None);
+                };
+                let resolved = DirHome { holder: Holder::Stored { fid, segments }, ..home };
+                self.tree.insert(key::dir_home(id), encode(&resolved))?;
+                return Ok(Some((TreeRef { fid, id: *id, offset: home.offset, len: home.len }, segments)));
+            }
+        };
+        if !kept.contains(&fid) {
+            self.tree.remove(key::dir_home(id))?;
+            return Ok(None);
+        }
+        Ok(Some((TreeRef { fid, id: *id, offset: home.offset, len: home.len }, segments)))
+    }
+
+    /// Records where the directory blobs of a tree read from CESS are.
+    pub fn put_read_dirs(&self, dirs: &[(Hash, Home)]) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        for (id, (r, segments)) in dirs {
+            let home =
+                DirHome { holder: Holder::Stored { fid: r.fid, segments: *segments }, offset: r.offset, len: r.len };
+            b.0.insert(key::dir_home(id), encode(&home));
+        }
+        self.commit(b)
+    }
+}

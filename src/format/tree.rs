@@ -30,12 +30,15 @@ pub const MAGIC_V3: [u8; 8] = *b"CFSTREE\x03";
 const DIR_MAGIC: [u8; 8] = *b"CFSDIR\x00\x01";
 /// Bytes of a tree file's header.
 pub const TREE_FILE_HEADER: usize = 48;
+/// The most nodes a tree is read with, whatever its root says (far above any tree
+/// [`MAX_TREE_BYTES`] of whole snapshot could hold).
+const MAX_TREE_NODES: u64 = MAX_TREE_BYTES / 16;
 /// A directory of more entries than this is cut into chunks.
-pub const CHUNK_ABOVE: usize = 1024;
-/// An entry whose name hash has these low bits all zero ends a chunk (about 256 entries each).
-const CHUNK_MASK: u64 = 0xff;
+pub const CHUNK_ABOVE: usize = 256;
+/// An entry whose name hash has these low bits all zero ends a chunk (about 128 entries each).
+const CHUNK_MASK: u64 = 0x7f;
 /// No chunk has more entries than this, whatever the hashes.
-const CHUNK_MAX: usize = 4096;
+const CHUNK_MAX: usize = 1024;
 
 /// Where a directory blob is: in CESS file `fid` ([`THIS_COMMIT`]: the file holding the
 /// reference) at `offset`, `len` sealed bytes, sealed as blob `id`.
@@ -157,21 +160,28 @@ impl Dir {
         self.clone().renamed(holder, THIS_COMMIT)
     }
 
+    /// Whether it refers to the file holding it (blobs placed with it).
+    fn refers_to_this_file(&self) -> bool {
+        self.all_fids().any(|f| f == THIS_COMMIT)
+    }
+
+    /// Every FID it names, once for each reference.
+    fn all_fids(&self) -> Box<dyn Iterator<Item = Hash> + '_> {
+        match self {
+            Dir::Entries(entries) => Box::new(entries.iter().flat_map(|e| {
+                let packed = match &e.node.location {
+                    Location::Packed { fid, .. } => Some(*fid),
+                    _ => None,
+                };
+                e.dir.map(|r| r.fid).into_iter().chain(packed)
+            })),
+            Dir::Chunks(chunks) => Box::new(chunks.iter().map(|r| r.fid)),
+        }
+    }
+
     /// The CESS files it refers to (blobs of directories and of packed files).
     fn fids(&self) -> Vec<Hash> {
-        let mut out: Vec<Hash> = match self {
-            Dir::Entries(entries) => entries
-                .iter()
-                .flat_map(|e| {
-                    let packed = match &e.node.location {
-                        Location::Packed { fid, .. } => Some(*fid),
-                        _ => None,
-                    };
-                    e.dir.map(|r| r.fid).into_iter().chain(packed)
-                })
-                .collect(),
-            Dir::Chunks(chunks) => chunks.iter().map(|r| r.fid).collect(),
-        };
+        let mut out: Vec<Hash> = self.all_fids().collect();
         out.sort();
         out.dedup();
         out.retain(|f| *f != THIS_COMMIT);
@@ -237,6 +247,9 @@ pub struct Written {
     pub reused: usize,
     /// The CESS files holding the blobs referred to where they were (not the one written).
     pub holders: Vec<Hash>,
+    /// Sealed bytes of directory blobs the tree has in each file, [`THIS_COMMIT`] for the one
+    /// written.
+    pub holder_bytes: BTreeMap<Hash, u64>,
 }
 
 /// Where a directory blob already is: its reference, and the segments of its tree file if it is
@@ -264,20 +277,30 @@ pub fn write_tree(
     }
     let mut out = Written::default();
     let mut files: BTreeMap<Hash, u32> = BTreeMap::new();
+    // Blobs placed by this write: an equal directory is one blob.
+    let mut placed: HashMap<Hash, TreeRef> = HashMap::new();
     let mut blob = |dir: &Dir, out: &mut Written| -> Option<TreeRef> {
         let content = dir.encode();
         let id = keys.id(&content);
-        // As it is, or as written in a file it refers to (where that file was itself).
-        let mut found = reuse(&id);
-        for holder in dir.fids() {
-            if found.is_some() {
-                break;
+        if let Some(r) = placed.get(&id) {
+            return Some(*r);
+        }
+        // As it is, or as written in a file it refers to (where that file was itself); one that
+        // refers to the file being written is new.
+        let mut found = None;
+        if !dir.refers_to_this_file() {
+            found = reuse(&id);
+            for holder in dir.fids() {
+                if found.is_some() {
+                    break;
+                }
+                found = reuse(&keys.id(&dir.relative_to(holder).encode())).filter(|(r, _)| r.fid == holder);
             }
-            found = reuse(&keys.id(&dir.relative_to(holder).encode())).filter(|(r, _)| r.fid == holder);
         }
         if let Some((r, file)) = found {
             out.reused += 1;
             out.holders.push(r.fid);
+            *out.holder_bytes.entry(r.fid).or_default() += u64::from(r.len);
             if let Some(segments) = file {
                 files.insert(r.fid, segments);
             }
@@ -287,8 +310,11 @@ pub fn write_tree(
         let len = sealed.len() as u32;
         let offset = place(&id, sealed)?;
         out.new_bytes += u64::from(len);
+        *out.holder_bytes.entry(THIS_COMMIT).or_default() += u64::from(len);
         out.placed.push((id, offset, len));
-        Some(TreeRef { fid: THIS_COMMIT, id, offset, len })
+        let r = TreeRef { fid: THIS_COMMIT, id, offset, len };
+        placed.insert(id, r);
+        Some(r)
     };
     // Directories in an order where each comes after all below it: breadth first, reversed.
     let mut order = vec![1u64];
@@ -408,7 +434,7 @@ pub fn assemble(root: &Root, dirs: &HashMap<Hash, Dir>, holders: Vec<Hash>) -> R
                 }
             };
             links.push(Link { parent, name: e.name.clone(), child: id });
-            if nodes.len() as u64 > root.nodes.max(1) {
+            if nodes.len() as u64 > root.nodes.clamp(1, MAX_TREE_NODES) {
                 return Err(damaged("more nodes than its root says"));
             }
         }
@@ -473,7 +499,7 @@ mod tests {
         nodes.push(node(3, NodeKind::Dir, Location::Empty));
         links.push(Link { parent: 1, name: b"small".to_vec(), child: 3 });
         links.push(Link { parent: 3, name: b"hard".to_vec(), child: 10 });
-        let packed = Location::Packed { fid: THIS_COMMIT, id: Hash([5; 32]), offset: 32, len: 20 };
+        let packed = Location::Packed { fid: Hash([6; 32]), id: Hash([5; 32]), offset: 32, len: 20 };
         nodes.push(node(4, NodeKind::File, packed));
         links.push(Link { parent: 3, name: b"packed".to_vec(), child: 4 });
         Snapshot { generation: 9, writer: [2; 16], written_at: (10, 11), nodes, links, holders: Vec::new() }
@@ -565,6 +591,27 @@ mod tests {
         assert_eq!(paths(&holder.read(&second.root)), paths(&s));
         // Unchanged: nothing new, though the second commit referred to its own blobs as its own.
         assert!(holder.write(&s, Hash([3; 32])).placed.is_empty());
+    }
+
+    #[test]
+    fn equal_directories_are_one_blob_and_one_naming_its_own_file_is_new() {
+        let mut s = tree(2);
+        for i in 0..3 {
+            s.nodes.push(node(100 + i, NodeKind::Dir, Location::Empty));
+            s.links.push(Link { parent: 1, name: format!("empty-{i}").into_bytes(), child: 100 + i });
+        }
+        let mut holder = Holder::default();
+        let first = holder.write(&s, Hash([1; 32]));
+        // The root, "big", "small" and one blob for the three empty directories.
+        assert_eq!(first.placed.len(), 4, "{first:?}");
+        assert_eq!(paths(&holder.read(&first.root)), paths(&s));
+        // A file in the pack being written makes its directory new, whatever is stored.
+        let in_this = Location::Packed { fid: THIS_COMMIT, id: Hash([5; 32]), offset: 32, len: 20 };
+        s.nodes.iter_mut().find(|n| n.id == 4).unwrap().location = in_this;
+        let second = holder.write(&s, Hash([2; 32]));
+        let again = holder.write(&s, Hash([3; 32]));
+        assert_eq!(second.placed.len(), 2, "the small directory and the root");
+        assert_eq!(again.placed.len(), 2, "still new: it names the file being written");
     }
 
     #[test]

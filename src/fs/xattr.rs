@@ -199,6 +199,7 @@ impl Fs {
             "kept": summary.kept,
             "space": summary.segments * (crate::format::FRAGMENT_SIZE * FRAGMENTS) as u64,
             "held_back_fids": summary.held_back,
+            "tree_files": summary.tree_files,
             "stopped": lock(&flags.stopped).clone(),
             "sweep_waits": lock(&flags.sweep_waits).clone(),
             "deletions_wait": self.store.deletions_wait(),

@@ -39,6 +39,31 @@ pub struct SnapshotConfig {
 
 /// The meta record of the digest of the last tree written (generation and time left out).
 const LAST_TREE: &[u8] = b"snapshot-tree";
+/// The most files besides its own that a tree's directory blobs are left in: past it, those of
+/// the files holding the fewest are written again (up to [`EMPTY_BUDGET`] bytes), so old
+/// commits do not stay on chain for a directory each.
+const MAX_TREE_HOLDERS: usize = 8;
+/// The most bytes of directory blobs a round writes again to empty older files.
+const EMPTY_BUDGET: u64 = 4 << 20;
+
+/// Of the files holding the last tree's directories, those whose blobs this round writes again
+/// ([`MAX_TREE_HOLDERS`]): the ones holding the fewest bytes, within [`EMPTY_BUDGET`].
+fn holders_to_empty(mut held: Vec<(Hash, u64)>) -> std::collections::HashSet<Hash> {
+    held.sort_by_key(|(_, bytes)| *bytes);
+    // The files of the last tree stay, with this round's own: keep MAX_TREE_HOLDERS of them.
+    let mut over = held.len().saturating_sub(MAX_TREE_HOLDERS);
+    let mut budget = EMPTY_BUDGET;
+    let mut out = std::collections::HashSet::new();
+    for (fid, bytes) in held {
+        if over == 0 || bytes > budget {
+            break;
+        }
+        budget -= bytes;
+        over -= 1;
+        out.insert(fid);
+    }
+    out
+}
 /// The meta record of the newest snapshot generation on chain when this tree began (restored,
 /// fresh or new): snapshots up to it are the past, not another writer.
 pub const BASELINE: &[u8] = b"snapshot-baseline";
@@ -291,6 +316,15 @@ impl Writer {
         };
         let tree = self.watch.tree();
         let parent = kept.last().map(|(_, s)| s.generation);
+        let emptying = holders_to_empty(self.store.tree_holders(last_fid)?);
+        if !emptying.is_empty() {
+            log::info!(
+                "the tree's directories in {} are written again with this round, so that few files hold it",
+                crate::words::count(emptying.len() as u64, "older commit")
+            );
+        }
+        // The files holding the tree written, and its bytes in each.
+        let mut holders = None;
         // The digest of the tree written, and what it took.
         let mut made = None;
         let outcome = match &tree.blobs {
@@ -300,8 +334,10 @@ impl Writer {
                     else {
                         return Ok(None);
                     };
-                    let Some(written) = self.store.write_dirs(&snapshot, keys, parent, place)? else { return Ok(None) };
+                    let written = self.store.write_dirs(&snapshot, keys, parent, &emptying, place)?;
+                    let Some(written) = written else { return Ok(None) };
                     made = Some((digest, Made::of(&written)));
+                    holders = Some(written.holder_bytes.clone());
                     let name = tree.names.commit_name(generation);
                     Ok(Some(commit_tree(snapshot, written, name, true)))
                 });
@@ -322,7 +358,11 @@ impl Writer {
                 Some((snapshot, digest)) => {
                     let name = tree.names.snapshot_name(generation);
                     let (ino, what) = match &tree.blobs {
-                        Some(keys) => self.stage_tree_file(snapshot, keys, parent, name)?,
+                        Some(keys) => {
+                            let (ino, what, held) = self.stage_tree_file(snapshot, keys, parent, &emptying, name)?;
+                            holders = Some(held);
+                            (ino, what)
+                        }
                         None => {
                             let bytes = snapshot.encode();
                             let what = Made { bytes: bytes.len() as u64, dirs: None };
@@ -340,6 +380,7 @@ impl Writer {
             return Ok(());
         };
         self.store.set_meta(LAST_TREE, &digest.0)?;
+        self.store.set_tree_holders(&holders.unwrap_or_default())?;
         self.flags.covered.fetch_max(covered, Ordering::AcqRel);
         crate::metrics::TREE_BYTES_WRITTEN.add(what.bytes);
         let what = match what.dirs {
@@ -406,15 +447,16 @@ impl Writer {
         snapshot: Snapshot,
         keys: &BlobKeys,
         parent: Option<u64>,
+        emptying: &std::collections::HashSet<Hash>,
         name: Vec<u8>,
-    ) -> Result<(u64, Made), StoreError> {
+    ) -> Result<(u64, Made, std::collections::BTreeMap<Hash, u64>), StoreError> {
         let mut file = vec![0u8; crate::format::TREE_FILE_HEADER];
         let mut place = |_: &Hash, sealed: Vec<u8>| {
             let at = u32::try_from(file.len()).ok()?;
             file.extend(sealed);
             Some(at)
         };
-        let written = self.store.write_dirs(&snapshot, keys, parent, &mut place)?;
+        let written = self.store.write_dirs(&snapshot, keys, parent, emptying, &mut place)?;
         let written = written.ok_or(StoreError::Corrupt { what: "tree larger than 4 GiB" })?;
         let root_id = keys.id(&written.root);
         let sealed = keys.seal(&root_id, &written.root);
@@ -425,13 +467,13 @@ impl Writer {
         file[..crate::format::TREE_FILE_HEADER]
             .copy_from_slice(&crate::format::tree_file_header(&root_id, root_at, root_len));
         let made = Made { bytes: file.len() as u64, dirs: Some((written.placed.len(), written.reused)) };
-        let placed = written.placed.clone();
+        let (placed, held) = (written.placed.clone(), written.holder_bytes.clone());
         let tree = commit_tree(snapshot, written, name, false);
         let ino = self.store.stage_snapshot(&tree.kept, &file, &tree.name)?;
         let mut b = crate::store::Batch::default();
         b.put_dir_homes(ino, true, &placed);
         self.store.commit(b)?;
-        Ok((ino, made))
+        Ok((ino, made, held))
     }
 
     /// Drops the snapshots older than the newest `keep` active ones.
@@ -444,6 +486,7 @@ impl Writer {
             }
         }
         let Some(&cutoff) = active.iter().rev().nth(self.config.keep.max(1) - 1) else { return Ok(()) };
+        let mut dropped = false;
         for (ino, s) in kept.iter().filter(|(_, s)| s.generation < cutoff) {
             // A commit on its way holds blobs: it goes once stored.
             if self.store.pack(*ino)?.is_some() {
@@ -451,6 +494,10 @@ impl Writer {
             }
             log::info!("tree snapshot {} is older than the {} kept: deleted", s.generation, self.config.keep);
             self.store.drop_snapshot(*ino)?;
+            dropped = true;
+        }
+        if dropped {
+            self.store.forget_stale_dir_homes()?;
         }
         Ok(())
     }
@@ -490,4 +537,22 @@ fn tree_digest(s: &Snapshot, commit: Option<Hash>) -> Hash {
         None => body,
     };
     crate::format::sha256(&postcard::to_stdvec(&body).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_files_holding_the_fewest_bytes_are_emptied_within_the_budget() {
+        let fid = |i: u8| Hash([i; 32]);
+        let few: Vec<(Hash, u64)> = (0..8).map(|i| (fid(i), 100)).collect();
+        assert!(holders_to_empty(few).is_empty(), "8 files besides this round's own stay");
+        let mut many: Vec<(Hash, u64)> = (0..11).map(|i| (fid(i), 1000 * u64::from(i) + 1)).collect();
+        many.push((fid(99), EMPTY_BUDGET));
+        let emptied = holders_to_empty(many);
+        assert_eq!(emptied, (0..4).map(fid).collect(), "the 4 holding the fewest bytes");
+        let heavy: Vec<(Hash, u64)> = (0..10).map(|i| (fid(i), EMPTY_BUDGET)).collect();
+        assert_eq!(holders_to_empty(heavy).len(), 1, "no more than the budget");
+    }
 }

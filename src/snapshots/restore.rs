@@ -197,8 +197,7 @@ fn unreadable(e: FetchError) -> ReadError {
 
 /// Reads the tree of `root` from its directory blobs. `own`: the file holding the root (its
 /// FID, its segments if a tree file, its bytes). The blobs are read file by file, the file
-/// with the most of them wanted first, each file's bytes fetched whole and let go once none
-/// of its blobs is wanted.
+/// with the most of them wanted first, each file's bytes fetched whole once.
 async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<u8>)) -> Result<ReadTree, ReadError> {
     let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
     let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(own.0)))?;
@@ -215,18 +214,32 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
     let mut seen = HashSet::from([start.id]);
     let mut dirs = HashMap::new();
     let mut homes = Vec::new();
-    let mut holders = HashSet::new();
-    let mut own_bytes = Some(own.2);
+    let trim = |mut bytes: Vec<u8>| {
+        bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
+        std::sync::Arc::new(bytes)
+    };
+    let mut fetched = HashMap::from([(own.0, trim(own.2))]);
     while let Some(holder) = wanted.iter().max_by_key(|(_, refs)| refs.len()).map(|(fid, _)| *fid) {
         let mut refs = wanted.remove(&holder).unwrap_or_default();
-        let bytes = match (holder == own.0).then(|| own_bytes.take()).flatten() {
-            Some(bytes) => bytes,
-            None => match files.get(&holder) {
-                Some(&segments) => fetcher.tree_file(&holder, segments as usize).await.map_err(unreadable)?.0,
-                None => fetcher.pack_segment(&holder).await.map_err(unreadable)?,
-            },
+        let bytes = match fetched.get(&holder) {
+            Some(bytes) => bytes.clone(),
+            None => {
+                // A file this tree needs that the chain no longer has: the tree is damaged.
+                let gone = |e: FetchError| match e {
+                    FetchError::NotStored(_) => ReadError::Damaged(e.to_string()),
+                    e => unreadable(e),
+                };
+                let bytes = match files.get(&holder) {
+                    Some(&segments) => fetcher.tree_file(&holder, segments as usize).await.map_err(gone)?.0,
+                    None => fetcher.pack_segment(&holder).await.map_err(gone)?,
+                };
+                // Kept until the tree is read (a later blob may refer to this file again),
+                // without the zeros that end it.
+                let bytes = trim(bytes);
+                fetched.insert(holder, bytes.clone());
+                bytes
+            }
         };
-        holders.insert(holder);
         while let Some(r) = refs.pop() {
             let range = r.offset as usize..(r.offset as usize).saturating_add(r.len as usize);
             let sealed = bytes
@@ -244,8 +257,8 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
             dirs.insert(r.id, dir);
         }
     }
-    holders.remove(&own.0);
-    let snapshot = crate::format::assemble(&root, &dirs, holders.into_iter().collect()).map_err(damaged)?;
+    let holders = fetched.into_keys().filter(|fid| *fid != own.0).collect();
+    let snapshot = crate::format::assemble(&root, &dirs, holders).map_err(damaged)?;
     Ok(ReadTree { snapshot, seed: None, dirs: homes })
 }
 

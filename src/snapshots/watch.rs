@@ -174,11 +174,12 @@ struct Written {
 }
 
 /// The FIDs of the trees this mount keeps (and of the commits it no longer keeps that still
-/// hold its files: their trees are its past), those it is deleting, and the generation below
-/// which a snapshot is not another writer's (its newest kept, or the newest on chain when the
-/// tree began here).
+/// hold its files or its kept trees' directories: their trees are its past), those it is
+/// deleting, and the generation below which a snapshot is not another writer's (its newest
+/// kept, or the newest on chain when the tree began here).
 pub(super) fn ours(store: &Store) -> Result<(HashSet<Hash>, HashSet<Hash>, u64), StoreError> {
     let mut fids: HashSet<Hash> = store.stored_packs().into_iter().map(|(fid, _, _)| fid).collect();
+    fids.extend(store.kept_snapshot_fids()?.iter());
     let mut floor = super::baseline(store)?;
     for (ino, kept) in store.kept_snapshots()? {
         fids.extend(store.upload(ino)?.and_then(|u| u.fid));

@@ -39,24 +39,47 @@ impl Batch {
     }
 }
 
+/// The meta record of the files holding the last tree's directory blobs, and its bytes in each
+/// ([`crate::format::THIS_COMMIT`]: the one it was written in).
+const TREE_HOLDERS: &[u8] = b"tree-holders";
+
 impl Store {
+    /// The files holding the last tree written's directory blobs, and its bytes in each; `last`:
+    /// the file it was written in, if stored.
+    pub fn tree_holders(&self, last: Option<Hash>) -> Result<Vec<(Hash, u64)>, StoreError> {
+        let Some(v) = self.meta(TREE_HOLDERS)? else { return Ok(Vec::new()) };
+        // Only a hint of which files to empty: a record that does not read is none.
+        let held: Vec<(Hash, u64)> = decode(&v, "tree holders").unwrap_or_default();
+        Ok(held
+            .into_iter()
+            .filter_map(|(fid, bytes)| match fid == crate::format::THIS_COMMIT {
+                true => last.map(|l| (l, bytes)),
+                false => Some((fid, bytes)),
+            })
+            .collect())
+    }
+
+    /// Records the files holding the tree just written, and its bytes in each.
+    pub fn set_tree_holders(&self, held: &std::collections::BTreeMap<Hash, u64>) -> Result<(), StoreError> {
+        let held: Vec<(Hash, u64)> = held.iter().map(|(f, b)| (*f, *b)).collect();
+        self.set_meta(TREE_HOLDERS, &encode(&held))
+    }
+
     /// Writes `snapshot` as directory blobs ([`crate::format::write_tree`]), referring to those
-    /// stored already where they are; new ones go to `place`. `None`: `place` had no room.
+    /// stored already where they are, except in the files `emptying`; new ones go to `place`.
+    /// `None`: `place` had no room.
     pub fn write_dirs(
         &self,
         snapshot: &Snapshot,
         keys: &BlobKeys,
         parent: Option<u64>,
+        emptying: &HashSet<Hash>,
         place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
     ) -> Result<Option<Written>, StoreError> {
-        // Files a kept tree refers to, and the kept trees' own.
-        let mut kept: HashSet<Hash> = self.kept_snapshot_fids()?.iter().copied().collect();
-        for (ino, _) in self.kept_snapshots()? {
-            kept.extend(self.upload(ino)?.and_then(|u| u.fid));
-        }
+        let kept = self.kept_tree_files()?;
         let mut failed = None;
         let mut reuse = |id: &Hash| match self.dir_home(id, &kept) {
-            Ok(home) => home,
+            Ok(home) => home.filter(|(r, _)| !emptying.contains(&r.fid)),
             Err(e) => {
                 failed.get_or_insert(e);
                 None
@@ -67,6 +90,37 @@ impl Store {
             Some(e) => Err(e),
             None => Ok(written),
         }
+    }
+
+    /// The files a kept tree refers to, and the kept trees' own: those a tree may refer to.
+    fn kept_tree_files(&self) -> Result<HashSet<Hash>, StoreError> {
+        let mut kept: HashSet<Hash> = self.kept_snapshot_fids()?.iter().copied().collect();
+        for (ino, _) in self.kept_snapshots()? {
+            kept.extend(self.upload(ino)?.and_then(|u| u.fid));
+        }
+        Ok(kept)
+    }
+
+    /// Forgets the homes of directory blobs in files that no kept tree keeps any more (a changed
+    /// directory's home is never looked up again). Returns how many went.
+    pub fn forget_stale_dir_homes(&self) -> Result<usize, StoreError> {
+        let kept = self.kept_tree_files()?;
+        let mut b = Batch::default();
+        let mut stale = 0;
+        for kv in self.tree.scan_prefix(key::DIR_HOME_PREFIX) {
+            let (k, v) = kv?;
+            let gone = match decode::<DirHome>(&v, "directory home").map(|h| h.holder) {
+                Ok(Holder::Inode { ino, .. }) => self.snapshot_generation(ino)?.is_none(),
+                Ok(Holder::Stored { fid, .. }) => !kept.contains(&fid),
+                Err(_) => true,
+            };
+            if gone {
+                b.0.remove(k);
+                stale += 1;
+            }
+        }
+        self.commit(b)?;
+        Ok(stale)
     }
 
     /// Where directory blob `id` is, if a tree may refer to it there: in a stored file that a

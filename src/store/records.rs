@@ -266,10 +266,12 @@ pub mod key {
 
     /// `t` blob-id → where a directory blob of the tree is (store/dirs.rs).
     pub fn dir_home(id: &crate::format::Hash) -> Vec<u8> {
-        let mut k = vec![b't'];
+        let mut k = DIR_HOME_PREFIX.to_vec();
         k.extend_from_slice(&id.0);
         k
     }
+    /// Prefix of every directory blob's home.
+    pub const DIR_HOME_PREFIX: &[u8] = b"t";
 
     fn tagged(tag: u8, ino: u64) -> [u8; 9] {
         let mut k = [tag; 9];

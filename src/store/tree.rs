@@ -55,6 +55,8 @@ pub struct SnapshotSummary {
     /// FIDs of removed or replaced files that stay on chain because a kept snapshot refers to
     /// them (deleted once none does).
     pub held_back: usize,
+    /// The CESS files holding the newest tree's directory blobs.
+    pub tree_files: usize,
 }
 
 /// What a restore brought back.
@@ -516,6 +518,7 @@ impl Store {
             summary.newest = Some((s.generation, state));
             summary.kept += 1;
         }
+        summary.tree_files = self.tree_holders(summary.newest_fid)?.len();
         let kept = self.kept_snapshot_fids()?;
         let catalog = lock(&self.catalog);
         // A commit's FID is held by its own hidden inode too: that does not make it needed.
@@ -534,7 +537,7 @@ impl Store {
     }
 
     /// Every FID a kept snapshot refers to.
-    pub(super) fn kept_snapshot_fids(&self) -> Result<Arc<HashSet<Hash>>, StoreError> {
+    pub fn kept_snapshot_fids(&self) -> Result<Arc<HashSet<Hash>>, StoreError> {
         let version = {
             let cached = lock(&self.kept_fids);
             if let Some(set) = cached.1.clone() {

@@ -204,3 +204,44 @@ fn an_edit_among_thousands_of_files_writes_only_the_directories_it_touches() {
     run(std::process::Command::new(BIN).arg("evict").arg(second.root()));
     assert!(fs::read(second.path("notes/7.md")).unwrap() == edited);
 }
+
+/// The number of CESS files holding the newest tree's directories.
+fn tree_files(m: &Mount) -> u64 {
+    let s: serde_json::Value = serde_json::from_slice(&getxattr(m.root(), "user.cess.snapshot").unwrap()).unwrap();
+    s["tree_files"].as_u64().unwrap()
+}
+
+/// Twelve directories, each holding a file with a FID of its own, changed one a round: each
+/// round's directory lands in a commit of its own, yet the newest tree is held by its commit
+/// and at most 8 others (the directories of older ones are written again); commits kept only
+/// for its directories hold up no collection, and a fresh data dir restores it whole once the
+/// older commits are gone.
+#[test]
+fn a_tree_is_held_by_few_files_however_its_rounds_scatter_it() {
+    let net = StandaloneDevnet::start();
+    let args = ["--chain", net.url.as_str(), "--pack-below", "64K"];
+    let m = Mount::uploading("0.2", &args);
+    let names: Vec<String> = (0..12).map(|i| format!("d{i}/big.bin")).collect();
+    for (i, name) in names.iter().enumerate() {
+        fs::create_dir(m.path(&format!("d{i}"))).unwrap();
+        fs::write(m.path(name), random_bytes(200 << 10, i as u64)).unwrap();
+    }
+    wait_until(2 * MIN, "the files and their tree to settle", || all_active(&m, &names) && tree_settled(&m));
+    for (i, name) in names.iter().enumerate() {
+        fs::write(m.path(name), random_bytes(200 << 10, 100 + i as u64)).unwrap();
+        wait_until(MIN, "the round to settle", || {
+            m.cess(name, "status").as_deref() == Some("active") && tree_settled(&m)
+        });
+        let files = tree_files(&m);
+        assert!((1..=9).contains(&files), "{files} files hold the tree after round {i}\n{}", m.log());
+    }
+    assert!(m.log().contains("written again with this round"), "{}", m.log());
+    // Commits kept on chain only for the tree's directories are this tree's past: a collection
+    // is not held up by them.
+    let gc = run(std::process::Command::new(BIN).args(["gc", "--dry-run"]).arg(m.root()));
+    assert!(gc.contains("nothing to collect"), "{gc}\n{}", m.log());
+    let before = snapshot(m.root());
+    drop(m);
+    let second = Mount::uploading("0.2", &args);
+    assert!(snapshot(second.root()) == before, "every name and byte");
+}

@@ -5,14 +5,21 @@
 //! Then the search for a tree's snapshots among as many files held by the account, on a devnet,
 //! against one read of the account's hold list (what any search costs at least).
 //!
-//! Run: `cargo bench --bench snapshot`. FILES=20000 for a shorter run.
+//! Then the tree written in directory blobs, whole and after one edit, against the whole
+//! snapshot's bytes and encoding time.
+//!
+//! Run: `cargo bench --bench snapshot`. FILES=20000 for a shorter run; PER_DIR=20000 for larger
+//! directories.
 
 use std::time::Instant;
 
 use cessfs::format::{Hash, Location, Snapshot};
 use cessfs::store::{Batch, InodeRecord, Kind, ROOT_INO, Store, Timestamp, UploadRecord, UploadState};
 
-const PER_DIR: usize = 2_000;
+/// Files a directory (PER_DIR sets it).
+fn per_dir() -> usize {
+    std::env::var("PER_DIR").ok().and_then(|f| f.parse().ok()).unwrap_or(2_000)
+}
 
 fn record(kind: Kind, size: u64, name: &[u8], parent: u64) -> InodeRecord {
     let now = Timestamp::now();
@@ -40,13 +47,14 @@ fn main() {
     let store = Store::open(&work.path().join("a"), 1000, 1000).expect("store");
 
     let start = Instant::now();
-    for d in 0..files.div_ceil(PER_DIR) {
+    let per_dir = per_dir();
+    for d in 0..files.div_ceil(per_dir) {
         let dir = store.allocate_ino().expect("ino");
         let name = format!("photos-{d:03}");
         let mut b = Batch::default();
         b.put_inode(dir, &record(Kind::Dir, 0, name.as_bytes(), ROOT_INO));
         b.put_dirent(ROOT_INO, name.as_bytes(), dir, Kind::Dir);
-        for i in 0..PER_DIR.min(files - d * PER_DIR) {
+        for i in 0..per_dir.min(files - d * per_dir) {
             let ino = store.allocate_ino().expect("ino");
             let name = format!("IMG_2026{d:03}_{i:05}.jpg");
             b.put_inode(ino, &record(Kind::File, 3 << 20, name.as_bytes(), 0));
@@ -99,6 +107,8 @@ fn main() {
     println!("restore {:>7.0} ms  {:.2}x creating the tree", ms(restore), ms(restore) / ms(created));
     drop((store, fresh));
 
+    directory_blobs(&decoded, bytes.len(), encoded);
+
     let (listed, found) = find_among(files, &work.path().join("net"));
     println!("baseline: reading the hold list of {files} files on a devnet {:.0} ms", ms(listed));
     println!(
@@ -106,6 +116,57 @@ fn main() {
         ms(found),
         found.as_secs_f64() * 1e6 / files as f64,
         ms(found) / ms(listed)
+    );
+}
+
+/// The tree in directory blobs (docs/FORMAT.md): written whole, then again after one file of
+/// the middle directory grew by 7 bytes, referring to the directories written before where they
+/// are. Bytes and time against the whole snapshot's encoding (`whole` bytes in `encoded`).
+fn directory_blobs(snapshot: &Snapshot, whole: usize, encoded: std::time::Duration) {
+    use std::collections::HashMap;
+    let keys = cessfs::format::MasterKey::from_bytes([7; 32]).for_territory(b"cessfs");
+    let keys = keys.blobs().expect("blob keys").clone();
+    let mut homes: HashMap<Hash, cessfs::format::Home> = HashMap::new();
+    let mut write = |s: &Snapshot, fid: Hash| {
+        let start = Instant::now();
+        let mut file_len = 0u64;
+        let mut place = |_: &Hash, sealed: Vec<u8>| {
+            let at = u32::try_from(file_len).ok()?;
+            file_len += sealed.len() as u64;
+            Some(at)
+        };
+        let known = homes.clone();
+        let written =
+            cessfs::format::write_tree(s, &keys, None, &mut |id| known.get(id).copied(), &mut place).expect("room");
+        let took = start.elapsed();
+        for &(id, offset, len) in &written.placed {
+            homes.insert(id, (cessfs::format::TreeRef { fid, id, offset, len }, None));
+        }
+        (written, took)
+    };
+    let (first, first_took) = write(snapshot, Hash([1; 32]));
+    let mut edited = snapshot.clone();
+    let middle = edited.links.iter().filter(|l| l.parent != 1).nth(edited.links.len() / 2).expect("a file").child;
+    edited.nodes.iter_mut().find(|n| n.id == middle).expect("its node").size += 7;
+    let (edit, edit_took) = write(&edited, Hash([2; 32]));
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let tree = |w: &cessfs::format::Written| w.new_bytes + w.root.len() as u64;
+    println!(
+        "directory blobs, first write: {} bytes in {} blobs, {:.0} ms ({:.2}x the whole snapshot's bytes, {:.2}x its encoding time)",
+        tree(&first),
+        first.placed.len(),
+        ms(first_took),
+        tree(&first) as f64 / whole as f64,
+        ms(first_took) / ms(encoded)
+    );
+    println!(
+        "directory blobs, one edit: {} bytes in {} new blobs ({} where they were), {:.0} ms ({:.4}x the whole snapshot's bytes, {:.2}x its encoding time)",
+        tree(&edit),
+        edit.placed.len(),
+        edit.reused,
+        ms(edit_took),
+        tree(&edit) as f64 / whole as f64,
+        ms(edit_took) / ms(encoded)
     );
 }
 

@@ -88,6 +88,54 @@ impl Finder {
         Ok(snapshots_of(&self.named(chain, territory, names).await?))
     }
 
+    /// The files the account holds in `territory` under a name of `names` that became active
+    /// last: its hold list is in completion order, so it is read from its end, a batch at a
+    /// time, until a batch after the one holding the newest active tree (or its start). What a
+    /// restore needs (that tree, those just before it, the newest block) without reading the
+    /// record of every file held.
+    pub async fn named_newest(
+        &self,
+        chain: &dyn Chain,
+        territory: &[u8],
+        names: &NameKey,
+    ) -> Result<Vec<Named>, ChainError> {
+        let me = chain.account();
+        let held: Vec<Hash> =
+            chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
+        let mut named = Vec::new();
+        let mut after_tree = None;
+        for batch in held.rchunks(READ_BATCH) {
+            named.extend(self.read_names(chain, territory, names, batch).await?);
+            let tree = named.iter().any(|n: &Named| n.kind.is_tree() && n.active);
+            match after_tree {
+                Some(()) => break,
+                None if tree => after_tree = Some(()),
+                None => {}
+            }
+        }
+        Ok(named)
+    }
+
+    /// The files among `fids` that the account holds in `territory` under a name of `names`.
+    async fn read_names(
+        &self,
+        chain: &dyn Chain,
+        territory: &[u8],
+        names: &NameKey,
+        fids: &[Hash],
+    ) -> Result<Vec<Named>, ChainError> {
+        let me = chain.account();
+        let files = chain.files(fids).await?;
+        let mut out = Vec::new();
+        for (&fid, file) in fids.iter().zip(files) {
+            let Some(file) = file else { continue };
+            if let Some(named) = named_of(&file, fid, &me, territory, names) {
+                out.push(named);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every file the account holds in `territory` under a name of `names`.
     pub async fn named(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Named>, ChainError> {
         let me = chain.account();
@@ -114,20 +162,7 @@ impl Finder {
             };
             for (&fid, file) in fids.iter().zip(files) {
                 let Some(file) = file else { continue };
-                let named = file
-                    .owners
-                    .iter()
-                    .filter(|o| o.user == me && o.territory_name == territory)
-                    .find_map(|o| names.parse(&o.file_name))
-                    .map(|(kind, number)| Named {
-                        fid,
-                        kind,
-                        number,
-                        segments: file.segments.len(),
-                        active: file.active,
-                        completion: file.completion,
-                    });
-                known.insert(fid, named);
+                known.insert(fid, named_of(&file, fid, &me, territory, names));
             }
         }
         drop(reads);
@@ -138,6 +173,28 @@ impl Finder {
             None => Ok(named),
         }
     }
+}
+
+/// What the name `me` gave file `fid` in `territory` says it is, if it is a name of `names`.
+fn named_of(
+    file: &crate::protocol::FileInfo,
+    fid: Hash,
+    me: &crate::protocol::AccountId,
+    territory: &[u8],
+    names: &NameKey,
+) -> Option<Named> {
+    file.owners
+        .iter()
+        .filter(|o| o.user == *me && o.territory_name == territory)
+        .find_map(|o| names.parse(&o.file_name))
+        .map(|(kind, number)| Named {
+            fid,
+            kind,
+            number,
+            segments: file.segments.len(),
+            active: file.active,
+            completion: file.completion,
+        })
 }
 
 /// Why a snapshot was not read.

@@ -129,10 +129,7 @@ impl Root {
 impl Dir {
     /// The blob content of a directory.
     pub fn encode(&self) -> Vec<u8> {
-        let plain = postcard::to_stdvec(self).expect("directories always serialize");
-        let mut out = DIR_MAGIC.to_vec();
-        out.extend(ruzstd::encoding::compress_to_vec(&plain[..], ruzstd::encoding::CompressionLevel::Fastest));
-        out
+        compress(&postcard::to_stdvec(self).expect("directories always serialize"))
     }
 
     /// Reads a directory blob's content.
@@ -211,6 +208,40 @@ impl Dir {
     }
 }
 
+/// A directory blob's content from its postcard encoding.
+fn compress(plain: &[u8]) -> Vec<u8> {
+    let mut out = DIR_MAGIC.to_vec();
+    out.extend(ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest));
+    out
+}
+
+/// The ids of directory blobs worked out before, by the SHA-256 of their postcard encoding:
+/// the compressed content (so the id) depends on that encoding alone, so an unchanged
+/// directory's id is known without compressing it again. For one territory's blob keys.
+#[derive(Default)]
+pub struct DirIds(HashMap<Hash, Hash>);
+
+impl DirIds {
+    /// Ids kept at most; past it they are all forgotten (and worked out again).
+    const MAX: usize = 1 << 20;
+
+    /// The id of `dir`'s blob, and its content if it had to be made.
+    fn id(&mut self, keys: &BlobKeys, dir: &Dir) -> (Hash, Option<Vec<u8>>) {
+        let plain = postcard::to_stdvec(dir).expect("directories always serialize");
+        let digest = super::sha256(&plain);
+        if let Some(id) = self.0.get(&digest) {
+            return (*id, None);
+        }
+        let content = compress(&plain);
+        let id = keys.id(&content);
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(digest, id);
+        (id, Some(content))
+    }
+}
+
 /// The header of a tree file whose root, sealed as `root_id`, lies at `offset`.
 pub fn tree_file_header(root_id: &Hash, offset: u32, len: u32) -> [u8; TREE_FILE_HEADER] {
     let mut h = [0u8; TREE_FILE_HEADER];
@@ -260,11 +291,12 @@ pub type Home = (TreeRef, Option<u32>);
 /// id) and referred to there, or sealed and handed to `place`, which puts it in the file being
 /// written and says where (`None`: no room; the tree is then not written). `parent`: the
 /// generation written before. Directories are written children first, so a parent names where
-/// its children are.
+/// its children are. `ids` keeps the ids worked out, for the next write with the same keys.
 pub fn write_tree(
     snapshot: &Snapshot,
     keys: &BlobKeys,
     parent: Option<u64>,
+    ids: &mut DirIds,
     reuse: &mut dyn FnMut(&Hash) -> Option<Home>,
     place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
 ) -> Option<Written> {
@@ -280,8 +312,7 @@ pub fn write_tree(
     // Blobs placed by this write: an equal directory is one blob.
     let mut placed: HashMap<Hash, TreeRef> = HashMap::new();
     let mut blob = |dir: &Dir, out: &mut Written| -> Option<TreeRef> {
-        let content = dir.encode();
-        let id = keys.id(&content);
+        let (id, content) = ids.id(keys, dir);
         if let Some(r) = placed.get(&id) {
             return Some(*r);
         }
@@ -294,7 +325,7 @@ pub fn write_tree(
                 if found.is_some() {
                     break;
                 }
-                found = reuse(&keys.id(&dir.relative_to(holder).encode())).filter(|(r, _)| r.fid == holder);
+                found = reuse(&ids.id(keys, &dir.relative_to(holder)).0).filter(|(r, _)| r.fid == holder);
             }
         }
         if let Some((r, file)) = found {
@@ -306,7 +337,7 @@ pub fn write_tree(
             }
             return Some(r);
         }
-        let sealed = keys.seal(&id, &content);
+        let sealed = keys.seal(&id, &content.unwrap_or_else(|| dir.encode()));
         let len = sealed.len() as u32;
         let offset = place(&id, sealed)?;
         out.new_bytes += u64::from(len);
@@ -510,6 +541,7 @@ mod tests {
     struct Holder {
         bytes: Vec<u8>,
         homes: HashMap<Hash, Home>,
+        ids: DirIds,
     }
 
     impl Holder {
@@ -517,7 +549,8 @@ mod tests {
             let start = self.bytes.len();
             let homes = self.homes.clone();
             let mut bytes = std::mem::take(&mut self.bytes);
-            let written = write_tree(s, &keys(), None, &mut |id| homes.get(id).copied(), &mut |_, sealed| {
+            let ids = &mut self.ids;
+            let written = write_tree(s, &keys(), None, ids, &mut |id| homes.get(id).copied(), &mut |_, sealed| {
                 let at = bytes.len() as u32;
                 bytes.extend(sealed);
                 Some(at)

@@ -117,6 +117,8 @@ pub struct Writer {
     watch: Arc<watch::TreeWatch>,
     config: SnapshotConfig,
     writer: [u8; 16],
+    /// The ids of the tree's directory blobs worked out so far.
+    dir_ids: std::sync::Mutex<crate::format::DirIds>,
 }
 
 impl Writer {
@@ -135,7 +137,7 @@ impl Writer {
                 w
             }
         };
-        Ok(Writer { store, flags, watch, config, writer })
+        Ok(Writer { store, flags, watch, config, writer, dir_ids: Default::default() })
     }
 
     /// Runs until `stop`; then writes a last snapshot locally if the tree changed (the next
@@ -334,7 +336,8 @@ impl Writer {
                     else {
                         return Ok(None);
                     };
-                    let written = self.store.write_dirs(&snapshot, keys, parent, &emptying, place)?;
+                    let mut ids = crate::sync::lock(&self.dir_ids);
+                    let written = self.store.write_dirs(&snapshot, keys, parent, &emptying, &mut ids, place)?;
                     let Some(written) = written else { return Ok(None) };
                     made = Some((digest, Made::of(&written)));
                     holders = Some(written.holder_bytes.clone());
@@ -456,7 +459,8 @@ impl Writer {
             file.extend(sealed);
             Some(at)
         };
-        let written = self.store.write_dirs(&snapshot, keys, parent, emptying, &mut place)?;
+        let mut ids = crate::sync::lock(&self.dir_ids);
+        let written = self.store.write_dirs(&snapshot, keys, parent, emptying, &mut ids, &mut place)?;
         let written = written.ok_or(StoreError::Corrupt { what: "tree larger than 4 GiB" })?;
         let root_id = keys.id(&written.root);
         let sealed = keys.seal(&root_id, &written.root);

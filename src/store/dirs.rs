@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::{decode, encode, key};
 use super::{Batch, Store, StoreError, UploadState};
-use crate::format::{BlobKeys, Hash, Home, Snapshot, TreeRef, Written};
+use crate::format::{BlobKeys, DirIds, Hash, Home, Snapshot, TreeRef, Written};
 
 /// Where one directory blob is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,7 @@ impl Store {
         keys: &BlobKeys,
         parent: Option<u64>,
         emptying: &HashSet<Hash>,
+        ids: &mut DirIds,
         place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
     ) -> Result<Option<Written>, StoreError> {
         let kept = self.kept_tree_files()?;
@@ -85,7 +86,7 @@ impl Store {
                 None
             }
         };
-        let written = crate::format::write_tree(snapshot, keys, parent, &mut reuse, place);
+        let written = crate::format::write_tree(snapshot, keys, parent, ids, &mut reuse, place);
         match failed {
             Some(e) => Err(e),
             None => Ok(written),

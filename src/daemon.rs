@@ -526,12 +526,11 @@ impl TreeSetup<'_> {
         if !undecided {
             return Ok(None);
         }
-        // The tree's files on chain that became active last, looked for once: the snapshot to
-        // restore, the baseline of snapshots that are this tree's past, and the newest block a
-        // file of it was stored at.
+        // The tree's files on chain, looked for once: the snapshot to restore, the baseline of
+        // snapshots that are this tree's past, and the newest block a file of it was stored at.
         let named = names.map(|n| {
             let finder = crate::snapshots::restore::Finder::default();
-            self.runtime.block_on(finder.named_newest(&*self.network.chain, &territory, n))
+            self.runtime.block_on(finder.named(&*self.network.chain, &territory, n))
         });
         let found = named
             .as_ref()

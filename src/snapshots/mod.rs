@@ -47,11 +47,15 @@ const MAX_TREE_HOLDERS: usize = 8;
 const EMPTY_BUDGET: u64 = 4 << 20;
 
 /// Of the files holding the last tree's directories, those whose blobs this round writes again
-/// ([`MAX_TREE_HOLDERS`]): the ones holding the fewest bytes, within [`EMPTY_BUDGET`].
+/// ([`MAX_TREE_HOLDERS`]): past it, the ones holding the fewest bytes, within [`EMPTY_BUDGET`],
+/// down to half of it (so that it is not every round).
 fn holders_to_empty(mut held: Vec<(Hash, u64)>) -> std::collections::HashSet<Hash> {
     held.sort_by_key(|(_, bytes)| *bytes);
-    // The files of the last tree stay, with this round's own: keep MAX_TREE_HOLDERS of them.
-    let mut over = held.len().saturating_sub(MAX_TREE_HOLDERS);
+    // The files of the last tree stay, with this round's own: at most MAX_TREE_HOLDERS of them.
+    let mut over = match held.len() > MAX_TREE_HOLDERS {
+        true => held.len() - MAX_TREE_HOLDERS / 2,
+        false => 0,
+    };
     let mut budget = EMPTY_BUDGET;
     let mut out = std::collections::HashSet::new();
     for (fid, bytes) in held {
@@ -555,7 +559,7 @@ mod tests {
         let mut many: Vec<(Hash, u64)> = (0..11).map(|i| (fid(i), 1000 * u64::from(i) + 1)).collect();
         many.push((fid(99), EMPTY_BUDGET));
         let emptied = holders_to_empty(many);
-        assert_eq!(emptied, (0..4).map(fid).collect(), "the 4 holding the fewest bytes");
+        assert_eq!(emptied, (0..8).map(fid).collect(), "the 8 holding the fewest bytes: 4 stay");
         let heavy: Vec<(Hash, u64)> = (0..10).map(|i| (fid(i), EMPTY_BUDGET)).collect();
         assert_eq!(holders_to_empty(heavy).len(), 1, "no more than the budget");
     }

@@ -88,54 +88,6 @@ impl Finder {
         Ok(snapshots_of(&self.named(chain, territory, names).await?))
     }
 
-    /// The files the account holds in `territory` under a name of `names` that became active
-    /// last: its hold list is in completion order, so it is read from its end, a batch at a
-    /// time, until a batch after the one holding the newest active tree (or its start). What a
-    /// restore needs (that tree, those just before it, the newest block) without reading the
-    /// record of every file held.
-    pub async fn named_newest(
-        &self,
-        chain: &dyn Chain,
-        territory: &[u8],
-        names: &NameKey,
-    ) -> Result<Vec<Named>, ChainError> {
-        let me = chain.account();
-        let held: Vec<Hash> =
-            chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
-        let mut named = Vec::new();
-        let mut after_tree = None;
-        for batch in held.rchunks(READ_BATCH) {
-            named.extend(self.read_names(chain, territory, names, batch).await?);
-            let tree = named.iter().any(|n: &Named| n.kind.is_tree() && n.active);
-            match after_tree {
-                Some(()) => break,
-                None if tree => after_tree = Some(()),
-                None => {}
-            }
-        }
-        Ok(named)
-    }
-
-    /// The files among `fids` that the account holds in `territory` under a name of `names`.
-    async fn read_names(
-        &self,
-        chain: &dyn Chain,
-        territory: &[u8],
-        names: &NameKey,
-        fids: &[Hash],
-    ) -> Result<Vec<Named>, ChainError> {
-        let me = chain.account();
-        let files = chain.files(fids).await?;
-        let mut out = Vec::new();
-        for (&fid, file) in fids.iter().zip(files) {
-            let Some(file) = file else { continue };
-            if let Some(named) = named_of(&file, fid, &me, territory, names) {
-                out.push(named);
-            }
-        }
-        Ok(out)
-    }
-
     /// Every file the account holds in `territory` under a name of `names`.
     pub async fn named(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Named>, ChainError> {
         let me = chain.account();
@@ -207,6 +159,10 @@ pub enum ReadError {
     /// older snapshot would bring back an older tree.
     #[error("{0}")]
     Unavailable(FetchError),
+    /// A file holding its directories is no longer on chain: a restore takes an older one; what
+    /// it refers to is not known, so nothing may be deleted on its account.
+    #[error("a file holding its directories is gone: {0}")]
+    Lost(String),
 }
 
 /// A tree read from CESS.
@@ -271,9 +227,11 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
     let mut seen = HashSet::from([start.id]);
     let mut dirs = HashMap::new();
     let mut homes = Vec::new();
+    // Each file's bytes without the zeros that end them, and their length before.
     let trim = |mut bytes: Vec<u8>| {
+        let len = bytes.len();
         bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
-        std::sync::Arc::new(bytes)
+        std::sync::Arc::new((bytes, len))
     };
     let mut fetched = HashMap::from([(own.0, trim(own.2))]);
     while let Some(holder) = wanted.iter().max_by_key(|(_, refs)| refs.len()).map(|(fid, _)| *fid) {
@@ -281,28 +239,30 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
         let bytes = match fetched.get(&holder) {
             Some(bytes) => bytes.clone(),
             None => {
-                // A file this tree needs that the chain no longer has: the tree is damaged.
                 let gone = |e: FetchError| match e {
-                    FetchError::NotStored(_) => ReadError::Damaged(e.to_string()),
+                    FetchError::NotStored(_) => ReadError::Lost(e.to_string()),
                     e => unreadable(e),
                 };
                 let bytes = match files.get(&holder) {
                     Some(&segments) => fetcher.tree_file(&holder, segments as usize).await.map_err(gone)?.0,
                     None => fetcher.pack_segment(&holder).await.map_err(gone)?,
                 };
-                // Kept until the tree is read (a later blob may refer to this file again),
-                // without the zeros that end it.
+                // Kept until the tree is read: a later blob may refer to this file again.
                 let bytes = trim(bytes);
                 fetched.insert(holder, bytes.clone());
                 bytes
             }
         };
         while let Some(r) = refs.pop() {
-            let range = r.offset as usize..(r.offset as usize).saturating_add(r.len as usize);
-            let sealed = bytes
-                .get(range)
-                .ok_or_else(|| ReadError::Damaged(format!("directory blob {} outside its file", r.id)))?;
-            let content = keys.open(&r.id, sealed).map_err(|e| ReadError::Damaged(e.to_string()))?;
+            let (start, end) = (r.offset as usize, (r.offset as usize).saturating_add(r.len as usize));
+            let (kept, len) = (&bytes.0, bytes.1);
+            if end > len {
+                return Err(ReadError::Damaged(format!("directory blob {} outside its file", r.id)));
+            }
+            // The zeros cut from the end are put back where a blob reaches them.
+            let mut sealed = kept.get(start.min(kept.len())..end.min(kept.len())).unwrap_or_default().to_vec();
+            sealed.resize(r.len as usize, 0);
+            let content = keys.open(&r.id, &sealed).map_err(|e| ReadError::Damaged(e.to_string()))?;
             let dir = Dir::decode(&content).map_err(damaged)?.resolved(holder);
             for child in refs_of(&dir).into_iter().filter(|c| seen.insert(c.id)) {
                 match child.fid == holder {
@@ -357,7 +317,7 @@ pub async fn choose(found: &[Found], fetcher: &Fetcher) -> anyhow::Result<Option
     for f in active.by_ref() {
         let ReadTree { snapshot, seed, dirs } = match read(fetcher, f).await {
             Ok(read) => read,
-            Err(ReadError::Damaged(why)) => {
+            Err(ReadError::Damaged(why) | ReadError::Lost(why)) => {
                 log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
                 skipped.push((f.generation, why));
                 continue;

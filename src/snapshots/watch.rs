@@ -142,6 +142,8 @@ impl TreeWatch {
             Err(ReadError::Unavailable(e)) => {
                 return Err(format!("tree snapshot {} on chain could not be fetched now: {e}", f.generation));
             }
+            // What it refers to is not known: nothing is deleted while it is on chain.
+            Err(e @ ReadError::Lost(_)) => return Err(format!("tree snapshot {} on chain: {e}", f.generation)),
         };
         lock(&self.read).insert(f.fid, refs.clone());
         Ok(refs)

@@ -287,6 +287,7 @@ impl Store {
             b.put_inode(ROOT_INO, &root);
             store.commit(b)?;
         }
+        store.forget_partial_restore()?;
         store.recover()?;
         store.sync()?;
         store.build_catalog()?;

@@ -17,6 +17,11 @@ use super::{
 use crate::format::{Hash, Layout, Link, Location, Mode, Node, NodeKind, Snapshot};
 use crate::sync::lock;
 
+/// The meta record of a restore begun and not ended (its generation).
+const RESTORING: &[u8] = b"restoring";
+/// Names or nodes a restore writes in one batch.
+const RESTORE_CHUNK: usize = 20_000;
+
 /// The meta record of the generation a read-only view shows.
 const VIEW_GENERATION: &[u8] = b"view-generation";
 
@@ -603,20 +608,60 @@ impl Store {
         for n in &snapshot.nodes[1..] {
             inos.insert(n.id, self.allocate_ino()?);
         }
+        // Marked first: a crash before the end leaves a data dir that the next open empties.
+        self.set_meta(RESTORING, &snapshot.generation.to_be_bytes())?;
+        self.sync()?;
         let mut b = Batch::default();
-        let restored = self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &HashSet::new())?;
+        let restored =
+            self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &HashSet::new(), Some(RESTORE_CHUNK))?;
+        self.commit(b)?;
+        self.sync_content_dir()?;
+        self.sync()?;
+        crate::hooks::reached("restore-files");
+        let mut b = Batch::default();
         for a in adopted {
             self.adopt_into(&mut b, a, territory)?;
         }
         for (name, value) in meta {
             b.put_meta(name, value);
         }
+        b.0.remove(key::meta(RESTORING));
         self.sync_content_dir()?;
-        crate::hooks::reached("restore-files");
         self.commit(b)?;
         self.kept_snapshots_changed();
         self.sync()?;
         Ok(restored)
+    }
+
+    /// Empties a data dir holding part of a restore that a crash cut short: every record of its
+    /// tree goes (the root stays, without names), and their content files are then strays,
+    /// removed at open. The mount restores again from the start.
+    pub(super) fn forget_partial_restore(&self) -> Result<(), StoreError> {
+        if self.meta(RESTORING)?.is_none() {
+            return Ok(());
+        }
+        log::warn!("the data dir holds part of a restore cut short: it is emptied, and the tree is restored again");
+        let mut b = Batch::default();
+        let prefixes = [
+            key::INODE_PREFIX,
+            key::DIRENT_PREFIX,
+            b"x",
+            key::UPLOAD_PREFIX,
+            key::RESIDENCY_PREFIX,
+            key::SNAPSHOT_PREFIX,
+            key::DIR_HOME_PREFIX,
+        ];
+        for prefix in prefixes {
+            for k in self.tree.scan_prefix(prefix).keys() {
+                let k = k?;
+                if k[..] != key::inode(ROOT_INO)[..] {
+                    b.0.remove(k);
+                }
+            }
+        }
+        b.0.remove(key::meta(RESTORING));
+        self.commit(b)?;
+        self.sync()
     }
 
     /// Makes the tree of this store (a read-only view) `snapshot`'s, with the inode numbers it
@@ -665,7 +710,7 @@ impl Store {
         for &ino in &gone {
             self.remove_content(ino)?;
         }
-        let restored = self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &same)?;
+        let restored = self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &same, None)?;
         self.sync_content_dir()?;
         self.commit(b)?;
         self.sync()?;
@@ -674,6 +719,9 @@ impl Store {
 
     /// Writes every node and name of `snapshot` into `b` (node ids mapped by `inos`), making
     /// the content files; the files of `keep` keep their content and upload record as they are.
+    /// `chunk`: commits `b` after as many names or nodes (sled takes gigabytes for a batch of a
+    /// large tree).
+    #[allow(clippy::too_many_arguments)]
     fn fill_except(
         &self,
         snapshot: &Snapshot,
@@ -682,7 +730,17 @@ impl Store {
         territory: &[u8],
         chain_name: &impl Fn(&Hash) -> Vec<u8>,
         keep: &HashSet<u64>,
+        chunk: Option<usize>,
     ) -> Result<Restored, StoreError> {
+        let mut written = 0usize;
+        let mut step = |b: &mut Batch| -> Result<(), StoreError> {
+            written += 1;
+            if chunk.is_some_and(|c| written.is_multiple_of(c)) {
+                self.commit(std::mem::take(b))?;
+                self.sync()?;
+            }
+            Ok(())
+        };
         let mut nlink: HashMap<u64, u32> = HashMap::new();
         let mut parent: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
         let mut subdirs: HashMap<u64, u32> = HashMap::new();
@@ -695,6 +753,7 @@ impl Store {
                 *subdirs.entry(l.parent).or_default() += 1;
             }
             b.put_dirent(inos[&l.parent], &l.name, inos[&l.child], store_kind(kind));
+            step(b)?;
         }
         let mut restored = Restored::default();
         for n in &snapshot.nodes {
@@ -744,6 +803,7 @@ impl Store {
                     }
                 }
             }
+            step(b)?;
         }
         Ok(restored)
     }

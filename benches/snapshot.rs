@@ -9,7 +9,8 @@
 //! snapshot's bytes and encoding time.
 //!
 //! Run: `cargo bench --bench snapshot`. FILES=20000 for a shorter run; PER_DIR=20000 for larger
-//! directories.
+//! directories; NO_FIND=1 leaves out the search on a devnet (whose ledger holds every file in
+//! memory).
 
 use std::time::Instant;
 
@@ -105,9 +106,13 @@ fn main() {
     println!("encode  {:>7.0} ms  {:.2}x the scan", ms(encoded), ms(encoded) / ms(scan));
     println!("decode  {:>7.0} ms  {:.2}x the scan", ms(decode), ms(decode) / ms(scan));
     println!("restore {:>7.0} ms  {:.2}x creating the tree", ms(restore), ms(restore) / ms(created));
+    println!("peak resident memory so far (through the restore): {} MiB", peak_rss_kib() >> 10);
     drop((store, fresh));
 
     directory_blobs(&decoded, bytes.len(), encoded);
+    if std::env::var_os("NO_FIND").is_some() {
+        return;
+    }
 
     let (listed, found) = find_among(files, &work.path().join("net"));
     println!("baseline: reading the hold list of {files} files on a devnet {:.0} ms", ms(listed));
@@ -117,6 +122,13 @@ fn main() {
         found.as_secs_f64() * 1e6 / files as f64,
         ms(found) / ms(listed)
     );
+}
+
+/// The process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// The tree in directory blobs (docs/FORMAT.md): written whole, then again after one file of

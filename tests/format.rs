@@ -351,24 +351,33 @@ fn node(
     }
 }
 
+/// The golden territory's key, and its blob keys derived by hand as docs/FORMAT.md says
+/// ("Packs"): `k_id`, `k_seal`.
+fn golden_blob_keys() -> (cessfs::format::MasterKey, [u8; 32], [u8; 32]) {
+    let master = [9u8; 32];
+    let key = MasterKey::from_bytes(master).for_territory(b"golden");
+    let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
+    let k_blob = hmac(&k_territory, &[b"blob-key"]);
+    (key, hmac(&k_blob, &[b"id"]), hmac(&k_blob, &[b"seal"]))
+}
+
+/// `plain` sealed by hand as blob `id` with `k_seal` (docs/FORMAT.md, "Packs").
+fn seal_by_hand(k_seal: &[u8; 32], id: &[u8; 32], plain: &[u8]) -> Vec<u8> {
+    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+    let cipher = aes_gcm_siv::Aes256GcmSiv::new(&hmac(k_seal, &[id]).into());
+    let mut aad = b"CFSB\x01".to_vec();
+    aad.extend_from_slice(&(plain.len() as u64).to_le_bytes());
+    cipher.encrypt(&[0u8; 12].into(), Payload { msg: plain, aad: &aad }).unwrap()
+}
+
 /// A commit built from docs/FORMAT.md's text alone ("Packs", "Commits"): the header, the
 /// index and the tree sealed by hand open with cessfs's reader, its tree's own blobs resolve to
 /// the commit's FID, and cessfs seals the tree to the same bytes.
 #[test]
 fn a_commit_opens_as_format_md_says() {
-    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
     use cessfs::format::{Link, Location, NodeKind, Snapshot, THIS_COMMIT};
-    let master = [9u8; 32];
-    let key = MasterKey::from_bytes(master).for_territory(b"golden");
-    let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
-    let k_blob = hmac(&k_territory, &[b"blob-key"]);
-    let (k_id, k_seal) = (hmac(&k_blob, &[b"id"]), hmac(&k_blob, &[b"seal"]));
-    let seal = |id: &[u8; 32], plain: &[u8]| {
-        let cipher = aes_gcm_siv::Aes256GcmSiv::new(&hmac(&k_seal, &[id]).into());
-        let mut aad = b"CFSB\x01".to_vec();
-        aad.extend_from_slice(&(plain.len() as u64).to_le_bytes());
-        cipher.encrypt(&[0u8; 12].into(), Payload { msg: plain, aad: &aad }).unwrap()
-    };
+    let (key, k_id, k_seal) = golden_blob_keys();
+    let seal = |id: &[u8; 32], plain: &[u8]| seal_by_hand(&k_seal, id, plain);
     let number = 42u64;
     let content = b"a note in its commit";
     let blob_id = hmac(&k_id, &[content]);
@@ -501,19 +510,9 @@ fn varint(mut v: u64) -> Vec<u8> {
 /// holding them, and cessfs encodes the directories to the same bytes.
 #[test]
 fn a_tree_in_directory_blobs_reads_as_format_md_says() {
-    use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
     use cessfs::format::{Dir, Entry, Hash, Location, NodeKind, Root, THIS_COMMIT, TreeRef};
-    let master = [9u8; 32];
-    let key = MasterKey::from_bytes(master).for_territory(b"golden");
-    let k_territory = hmac(&hmac(&master, &[b"cessfs/v2/root"]), &[b"territory", b"golden"]);
-    let k_blob = hmac(&k_territory, &[b"blob-key"]);
-    let (k_id, k_seal) = (hmac(&k_blob, &[b"id"]), hmac(&k_blob, &[b"seal"]));
-    let seal = |id: &[u8; 32], plain: &[u8]| {
-        let cipher = aes_gcm_siv::Aes256GcmSiv::new(&hmac(&k_seal, &[id]).into());
-        let mut aad = b"CFSB\x01".to_vec();
-        aad.extend_from_slice(&(plain.len() as u64).to_le_bytes());
-        cipher.encrypt(&[0u8; 12].into(), Payload { msg: plain, aad: &aad }).unwrap()
-    };
+    let (key, k_id, k_seal) = golden_blob_keys();
+    let seal = |id: &[u8; 32], plain: &[u8]| seal_by_hand(&k_seal, id, plain);
     let dir_node = node(0, NodeKind::Dir, 0, Location::Empty);
     let lone = node(0, NodeKind::File, 5, Location::Fid { fid: Hash([3; 32]), format: 3, seed: None });
     let linked =

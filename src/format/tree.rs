@@ -564,8 +564,8 @@ mod tests {
             written
         }
 
-        fn read(&self, root: &[u8]) -> Snapshot {
-            let root = Root::decode(root).unwrap();
+        /// The directories of `root`, by blob id.
+        fn dirs(&self, root: &Root) -> HashMap<Hash, Dir> {
             let mut dirs = HashMap::new();
             let mut queue = vec![root.dir];
             while let Some(r) = queue.pop() {
@@ -574,7 +574,12 @@ mod tests {
                 queue.extend(refs_of(&dir));
                 dirs.insert(r.id, dir);
             }
-            assemble(&root, &dirs, Vec::new()).unwrap()
+            dirs
+        }
+
+        fn read(&self, root: &[u8]) -> Snapshot {
+            let root = Root::decode(root).unwrap();
+            assemble(&root, &self.dirs(&root), Vec::new()).unwrap()
         }
     }
 
@@ -648,6 +653,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_file_opens_at_its_root() {
+        let s = tree(300);
+        let mut holder = Holder { bytes: vec![0; TREE_FILE_HEADER], ..Holder::default() };
+        let written = holder.write(&s, Hash([1; 32]));
+        let root_id = keys().id(&written.root);
+        let sealed = keys().seal(&root_id, &written.root);
+        let at = holder.bytes.len() as u32;
+        holder.bytes.extend(&sealed);
+        holder.bytes[..TREE_FILE_HEADER].copy_from_slice(&tree_file_header(&root_id, at, sealed.len() as u32));
+        holder.bytes.resize(holder.bytes.len() + 1000, 0);
+        let root = tree_file_root(&keys(), &holder.bytes).unwrap();
+        assert_eq!(paths(&holder.read(&root)), paths(&s));
+        assert_eq!(tree_file_root(&keys(), b"CFSTREE\x01"), Err(SnapshotError::NotASnapshot));
+        holder.bytes[at as usize] ^= 1;
+        assert!(tree_file_root(&keys(), &holder.bytes).is_err(), "a damaged root");
+    }
+
+    #[test]
     fn this_commit_names_the_file_holding_the_blob() {
         let dir = Dir::Entries(vec![Entry {
             name: b"a".to_vec(),
@@ -668,15 +691,7 @@ mod tests {
         let root = Root::decode(&written.root).unwrap();
         // A root that says fewer nodes than its directories hold.
         let short = Root { nodes: 2, ..root.clone() };
-        let mut dirs = HashMap::new();
-        let mut queue = vec![root.dir];
-        while let Some(r) = queue.pop() {
-            let sealed = &holder.bytes[r.offset as usize..(r.offset + r.len) as usize];
-            let dir = Dir::decode(&keys().open(&r.id, sealed).unwrap()).unwrap();
-            queue.extend(refs_of(&dir));
-            dirs.insert(r.id, dir);
-        }
-        assert!(assemble(&short, &dirs, Vec::new()).is_err());
+        assert!(assemble(&short, &holder.dirs(&root), Vec::new()).is_err());
         assert!(assemble(&root, &HashMap::new(), Vec::new()).is_err());
     }
 }

@@ -185,11 +185,27 @@ pub enum SnapshotError {
     Damaged(String),
 }
 
+/// `plain` as one zstd frame (whole snapshots and directory blobs).
+pub(super) fn zstd(plain: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+/// The bytes of zstd frame `packed`, if it holds no more than [`MAX_TREE_BYTES`].
+pub(super) fn unzstd(packed: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let decoder = ruzstd::decoding::StreamingDecoder::new(packed).map_err(|e| e.to_string())?;
+    let mut plain = Vec::new();
+    decoder.take(MAX_TREE_BYTES + 1).read_to_end(&mut plain).map_err(|e| e.to_string())?;
+    if plain.len() as u64 > MAX_TREE_BYTES {
+        return Err("larger than any tree cessfs writes".into());
+    }
+    Ok(plain)
+}
+
 impl Snapshot {
     /// The snapshot file's bytes, before padding to whole segments.
     pub fn encode(&self) -> Vec<u8> {
-        let tree = postcard::to_stdvec(self).expect("snapshots always serialize");
-        let packed = ruzstd::encoding::compress_to_vec(&tree[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let packed = zstd(&postcard::to_stdvec(self).expect("snapshots always serialize"));
         let mut out = Vec::with_capacity(16 + packed.len());
         let sparse = self.nodes.iter().any(|n| matches!(n.location, Location::Sparse { .. }));
         out.extend_from_slice(if sparse { &MAGIC_SPARSE } else { &MAGIC });
@@ -200,7 +216,6 @@ impl Snapshot {
 
     /// Reads a snapshot file (padding included).
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
-        use std::io::Read;
         let rest = bytes
             .strip_prefix(&MAGIC[..])
             .or_else(|| bytes.strip_prefix(&MAGIC_SPARSE[..]))
@@ -209,14 +224,8 @@ impl Snapshot {
         let packed = len
             .and_then(|n| rest.get(8..8usize.checked_add(usize::try_from(n).ok()?)?))
             .ok_or_else(|| SnapshotError::Damaged("shorter than its length says".into()))?;
-        let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged(e.to_string());
-        let decoder = ruzstd::decoding::StreamingDecoder::new(packed).map_err(|e| damaged(&e))?;
-        let mut tree = Vec::new();
-        decoder.take(MAX_TREE_BYTES + 1).read_to_end(&mut tree).map_err(|e| damaged(&e))?;
-        if tree.len() as u64 > MAX_TREE_BYTES {
-            return Err(SnapshotError::Damaged("larger than any tree cessfs writes".into()));
-        }
-        let snapshot: Snapshot = postcard::from_bytes(&tree).map_err(|e| damaged(&e))?;
+        let tree = unzstd(packed).map_err(SnapshotError::Damaged)?;
+        let snapshot: Snapshot = postcard::from_bytes(&tree).map_err(|e| SnapshotError::Damaged(e.to_string()))?;
         snapshot.check()?;
         Ok(snapshot)
     }

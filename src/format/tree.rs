@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::{Link, MAX_TREE_BYTES, Snapshot, SnapshotError, THIS_COMMIT, Time};
+use super::snapshot::{Link, MAX_TREE_BYTES, Snapshot, SnapshotError, THIS_COMMIT, Time, unzstd, zstd};
 use super::{BlobKeys, Hash, Location, Node, NodeKind};
 
 /// First bytes of a root and of a tree file.
@@ -134,15 +134,9 @@ impl Dir {
 
     /// Reads a directory blob's content.
     pub fn decode(content: &[u8]) -> Result<Dir, SnapshotError> {
-        use std::io::Read;
         let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged(format!("a directory blob: {e}"));
         let packed = content.strip_prefix(&DIR_MAGIC[..]).ok_or_else(|| damaged(&"no directory header"))?;
-        let decoder = ruzstd::decoding::StreamingDecoder::new(packed).map_err(|e| damaged(&e))?;
-        let mut plain = Vec::new();
-        decoder.take(MAX_TREE_BYTES + 1).read_to_end(&mut plain).map_err(|e| damaged(&e))?;
-        if plain.len() as u64 > MAX_TREE_BYTES {
-            return Err(damaged(&"larger than any tree cessfs writes"));
-        }
+        let plain = unzstd(packed).map_err(|e| damaged(&e))?;
         postcard::from_bytes(&plain).map_err(|e| damaged(&e))
     }
 
@@ -211,7 +205,7 @@ impl Dir {
 /// A directory blob's content from its postcard encoding.
 fn compress(plain: &[u8]) -> Vec<u8> {
     let mut out = DIR_MAGIC.to_vec();
-    out.extend(ruzstd::encoding::compress_to_vec(plain, ruzstd::encoding::CompressionLevel::Fastest));
+    out.extend(zstd(plain));
     out
 }
 

@@ -95,7 +95,7 @@ fn main() {
     let fresh = Store::open(&work.path().join("b"), 1000, 1000).expect("store");
     let start = Instant::now();
     let restored =
-        fresh.restore_snapshot(&decoded, b"cessfs", |fid: &Hash| fid.0[..8].to_vec(), &[], &[]).expect("restore");
+        fresh.restore_snapshot(&decoded, b"cessfs", |fid: &Hash| fid.0[..8].to_vec(), &[], &[], None).expect("restore");
     let restore = start.elapsed();
 
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;

@@ -345,7 +345,19 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let names = config.master.as_ref().and_then(|m| m.names()).cloned();
     let blobs = config.master.as_ref().and_then(|m| m.blobs()).cloned().filter(|_| commits);
     let tree = TreeSetup { settings, runtime: &runtime, network: &network, store: &store, fetcher: &fetcher };
-    let follower = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
+    let (follower, restored_loader) = tree.prepare(names.as_ref(), tree_undecided, &mut notices)?;
+    // A restored tree still being loaded (restored now, or before a restart) loads the rest
+    // through the mount: directories when first opened, the others in the background.
+    let tree_load = match (store.loading_tree()?, names.clone()) {
+        (Some(loading), Some(names)) => {
+            let loader = restored_loader.unwrap_or_else(|| {
+                let handle = runtime.handle().clone();
+                Arc::new(crate::snapshots::load::DirLoader::new(fetcher.clone(), names.clone(), handle, &loading.tree_files))
+            });
+            Some((loader, names))
+        }
+        _ => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let snapshot_flags = Arc::new(crate::fs::SnapshotFlags::default());
     let snapshot_config = settings.snapshot_config().filter(|_| names.is_some());
@@ -398,6 +410,9 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         )));
     }
     fs.set_cold_reader(ColdReader { fetcher: fetcher.clone(), runtime: runtime.handle().clone(), read_ahead: 2 });
+    if let Some((loader, _)) = &tree_load {
+        fs.set_tree_loader(loader.clone());
+    }
     let fs = Arc::new(fs);
     let housekeeping = Housekeeping::start(store.clone(), fs.clone())?;
     let refresh = Duration::from_secs(if settings.chain.is_none() { 1 } else { 30 });
@@ -412,6 +427,11 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let mut tasks = vec![runtime.spawn(watched)];
     if let Some(follower) = follower {
         tasks.push(runtime.spawn(follower.run(settings.poll_interval(), stop.subscribe())));
+    }
+    if let Some((loader, names)) = tree_load {
+        let load =
+            crate::snapshots::load::Load { fs: fs.clone(), store: store.clone(), loader, fetcher: fetcher.clone(), names };
+        tasks.push(runtime.spawn(load.run(stop.subscribe())));
     }
     if let (Some(config), Some(watch)) = (snapshot_config, watch) {
         let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, watch, config)?;
@@ -476,13 +496,15 @@ struct TreeSetup<'a> {
 impl TreeSetup<'_> {
     /// Sets the tree up before the mount shows it: a read-only view shows the newest snapshot
     /// (and returns the follower that keeps it so); an empty data dir whose tree is undecided
-    /// restores the newest snapshot, unless `--fresh`.
+    /// restores the newest snapshot, unless `--fresh` (and returns what reads the rest of a
+    /// tree restored lazily).
     fn prepare(
         &self,
         names: Option<&crate::format::NameKey>,
         undecided: bool,
         notices: &mut Vec<String>,
-    ) -> anyhow::Result<Option<crate::snapshots::restore::Follower>> {
+    ) -> anyhow::Result<(Option<crate::snapshots::restore::Follower>, Option<Arc<crate::snapshots::load::DirLoader>>)>
+    {
         let territory = self.settings.territory();
         // A view and a writable tree never share a data dir: a view replaces its tree with
         // another mount's, and a writable tree would take the view's records for its own.
@@ -521,10 +543,10 @@ impl TreeSetup<'_> {
                 }
                 Err(e) => return Err(e),
             }
-            return Ok(self.settings.generation.is_none().then_some(follower));
+            return Ok((self.settings.generation.is_none().then_some(follower), None));
         }
         if !undecided {
-            return Ok(None);
+            return Ok((None, None));
         }
         // The tree's files on chain, looked for once: the snapshot to restore, the baseline of
         // snapshots that are this tree's past, and the newest block a file of it was stored at.
@@ -545,7 +567,7 @@ impl TreeSetup<'_> {
         let chosen = match (names, self.settings.fresh.unwrap_or(false)) {
             (Some(names), false) => {
                 let found = found.clone().transpose()?.unwrap_or_default();
-                self.runtime.block_on(crate::snapshots::restore::choose(&found, self.fetcher))?.map(|c| (c, names))
+                self.runtime.block_on(crate::snapshots::restore::choose(&found, self.fetcher, names))?.map(|c| (c, names))
             }
             _ => None,
         };
@@ -568,7 +590,7 @@ impl TreeSetup<'_> {
             for (name, value) in &meta {
                 self.store.set_meta(name, value)?;
             }
-            return Ok(None);
+            return Ok((None, None));
         };
         // Files of the tree stored after this block are another mount's (the sweep's rule).
         meta.push(crate::snapshots::collect::pending_meta(chosen.lineage_from(), newest_block.unwrap_or(0)));
@@ -583,7 +605,7 @@ impl TreeSetup<'_> {
         let said = describe_restore(&outcome);
         log::info!("{said}");
         notices.push(said);
-        Ok(None)
+        Ok((None, chosen.loader()))
     }
 }
 
@@ -611,12 +633,22 @@ impl TreeSetup<'_> {
 /// What a restore brought back, in words.
 fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {
     let written = std::time::UNIX_EPOCH + Duration::from_secs(o.written_at.max(0) as u64);
-    let mut said = format!(
-        "restored the tree from snapshot {} (written {}): {}; files are fetched from CESS when read",
-        o.generation,
-        crate::protocol::utc(written),
-        o.restored.counts()
-    );
+    let written = crate::protocol::utc(written);
+    let mut said = match o.loading {
+        None => format!(
+            "restored the tree from snapshot {} (written {written}): {}; files are fetched from CESS when read",
+            o.generation,
+            o.restored.counts()
+        ),
+        Some(nodes) => format!(
+            "restored the tree from snapshot {} (written {written}), {} in all: its root directory ({}) shows now; \
+             the rest is loaded in the background, a directory at once when opened, and files are fetched from \
+             CESS when read",
+            o.generation,
+            crate::words::count(nodes, "node"),
+            o.restored.counts()
+        ),
+    };
     for (generation, why) in &o.skipped {
         said.push_str(&format!("\nthe newer snapshot {generation} could not be read: {why}"));
     }

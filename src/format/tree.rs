@@ -476,6 +476,70 @@ pub fn assemble(root: &Root, dirs: &HashMap<Hash, Dir>, holders: Vec<Hash>) -> R
     Ok(snapshot)
 }
 
+/// One directory of a tree read on its own (a restore loads a tree directory by directory):
+/// `snapshot` holds the directory (node 1) and what its entries name (nodes 2 on, one per
+/// node: names of one hard-linked node share it), checked as a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneDir {
+    /// The directory and its entries.
+    pub snapshot: Snapshot,
+    /// Each subdirectory's node in `snapshot`, and where its blob is.
+    pub dirs: Vec<(u64, TreeRef)>,
+    /// The node in `snapshot` of each entry's tree-wide hard-link id (ids other than 0).
+    pub shared: Vec<(u64, u64)>,
+}
+
+/// Reads one directory from its `entries` (a blob's, or its chunks' in order); its own node is
+/// a bare directory (its parent's entry has its attributes).
+pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
+    let damaged = |why: &str| SnapshotError::Damaged(why.to_string());
+    let bare = Node {
+        id: 1,
+        kind: NodeKind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        atime: (0, 0),
+        mtime: (0, 0),
+        ctime: (0, 0),
+        crtime: (0, 0),
+        target: Vec::new(),
+        rdev: 0,
+        xattrs: Vec::new(),
+        location: Location::Empty,
+    };
+    let mut nodes = vec![bare];
+    let (mut links, mut dirs, mut shared) = (Vec::new(), Vec::new(), Vec::new());
+    let mut linked: HashMap<u64, u64> = HashMap::new();
+    for e in entries {
+        let tree_id = (e.node.id != 0).then_some(e.node.id);
+        let id = match tree_id.and_then(|s| linked.get(&s)) {
+            Some(&id) => id,
+            None => {
+                let id = nodes.len() as u64 + 1;
+                nodes.push(Node { id, ..e.node.clone() });
+                if let Some(s) = tree_id {
+                    linked.insert(s, id);
+                    shared.push((s, id));
+                }
+                if e.node.kind == NodeKind::Dir {
+                    dirs.push((id, e.dir.ok_or_else(|| damaged("a directory without its blob"))?));
+                }
+                id
+            }
+        };
+        links.push(Link { parent: 1, name: e.name.clone(), child: id });
+        if nodes.len() as u64 > MAX_TREE_NODES {
+            return Err(damaged("a directory of more nodes than any tree"));
+        }
+    }
+    let snapshot =
+        Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() };
+    snapshot.check()?;
+    Ok(OneDir { snapshot, dirs, shared })
+}
+
 /// The references `dir` makes to other directory blobs.
 pub fn refs_of(dir: &Dir) -> Vec<TreeRef> {
     match dir {

@@ -62,6 +62,9 @@ pub enum FsError {
     /// Content that is not cached could not be read back from the network.
     #[error("reading from CESS: {0}")]
     Fetch(#[from] FetchError),
+    /// A directory of a restored tree could not be read from CESS (damaged, or its file gone).
+    #[error("a directory of the restored tree cannot be read from CESS: {0}")]
+    TreeNotLoaded(String),
     /// Evicted content with nothing on CESS to read it from (the record that says where is gone).
     #[error("inode {0} has evicted content but no active upload to read it from")]
     NotCached(u64),
@@ -119,6 +122,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::FileTooBig => libc::EFBIG,
             FsError::Fetch(_) | FsError::NotCached(_) | FsError::NoNetwork | FsError::NotFetched { .. } => libc::EIO,
+            FsError::TreeNotLoaded(_) => libc::EIO,
             FsError::Poisoned(_) => libc::EIO,
             FsError::NotEvictable(_) | FsError::Busy => libc::EBUSY,
             FsError::NoData => libc::ENXIO,
@@ -164,6 +168,7 @@ impl FsError {
             | FsError::Fetch(_)
             | FsError::NotCached(_)
             | FsError::NoNetwork
+            | FsError::TreeNotLoaded(_)
             | FsError::NotFetched { .. }
             | FsError::Poisoned(_) => log::Level::Error,
         }
@@ -206,6 +211,7 @@ mod tests {
             (FsError::Fetch(FetchError::NotStored(Hash::default())), libc::EIO),
             (FsError::NotCached(1), libc::EIO),
             (FsError::NoNetwork, libc::EIO),
+            (FsError::TreeNotLoaded(String::new()), libc::EIO),
             (FsError::NotFetched { ino: 1, segment: 0 }, libc::EIO),
             (FsError::Poisoned("why".into()), libc::EIO),
             (FsError::NotEvictable("open".into()), libc::EBUSY),
@@ -214,7 +220,7 @@ mod tests {
             (FsError::Interrupted, libc::EINTR),
         ];
         let variants: std::collections::HashSet<_> = cases.iter().map(|(e, _)| std::mem::discriminant(e)).collect();
-        assert_eq!(variants.len(), 25, "every variant of FsError is in the table");
+        assert_eq!(variants.len(), 26, "every variant of FsError is in the table");
         for (e, errno) in &cases {
             assert_eq!(e.errno(), *errno, "{e:?}");
             // Exhaustive: adding a variant breaks this match until the table above lists it.
@@ -237,6 +243,7 @@ mod tests {
                 | FsError::Store(_)
                 | FsError::Fetch(_)
                 | FsError::NotCached(_)
+                | FsError::TreeNotLoaded(_)
                 | FsError::NoNetwork
                 | FsError::NotFetched { .. }
                 | FsError::Poisoned(_)

@@ -37,6 +37,7 @@ pub use cache::ColdReader;
 pub use error::FsError;
 pub use types::{
     Attr, Caller, Collector, DirEntry, FsConfig, Opened, SetAttr, SnapshotFlags, StatFs, StorageSpace, TimeSet,
+    TreeLoader,
 };
 
 use crate::format::{Layout, Mode};
@@ -75,6 +76,8 @@ pub struct Fs {
     pace: Option<Arc<crate::pace::Pace>>,
     /// Collects the tree's garbage on CESS when asked, on a mount that writes the tree.
     collector: Option<Arc<dyn Collector>>,
+    /// Reads directories of a restored tree still on CESS, while it is loaded.
+    tree_loader: Option<Arc<dyn TreeLoader>>,
 }
 
 /// The one rule for a name in a directory: 1 to 255 bytes, any but `/` and NUL, not `.` or `..`.
@@ -125,7 +128,30 @@ impl Fs {
             snapshots: None,
             pace: None,
             collector: None,
+            tree_loader: None,
         }
+    }
+
+    /// Lets directories of a restored tree still on CESS be loaded when first used.
+    pub fn set_tree_loader(&mut self, loader: Arc<dyn TreeLoader>) {
+        self.tree_loader = Some(loader);
+    }
+
+    /// Loads directory `ino` if it is still on CESS (a restored tree being loaded): read from
+    /// CESS outside `ns`, then written under it. Every call that lists, looks in or changes a
+    /// directory calls this first; nothing makes a directory pending again.
+    fn loaded(&self, ino: u64) -> FsResult<()> {
+        let Some(dir) = self.store.pending_dir(ino)? else { return Ok(()) };
+        let loader = self.tree_loader.as_ref().ok_or(FsError::NoNetwork)?;
+        let read = loader.read_dir(&dir)?;
+        self.apply_loaded_dir(ino, &dir, &read)
+    }
+
+    /// Writes directory `ino`, read from its blob `from`, unless it was loaded meanwhile.
+    pub fn apply_loaded_dir(&self, ino: u64, from: &crate::format::TreeRef, read: &crate::store::LoadedDir) -> FsResult<()> {
+        let _ns = lock(&self.ns);
+        self.store.load_dir(ino, from, read)?;
+        Ok(())
     }
 
     /// Records the space of the territory files are stored in, which `statfs` reports.
@@ -225,6 +251,7 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
+        self.loaded(parent)?;
         let (ino, _) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         self.getattr(ino)
     }

@@ -97,6 +97,7 @@ impl Fs {
 
     fn add_entry(&self, parent: u64, name: &[u8], make: impl FnOnce(&InodeRecord) -> InodeRecord) -> FsResult<Attr> {
         check_name(name)?;
+        self.loaded(parent)?;
         let _ns = lock(&self.ns);
         let mut ch = Changes::new(&self.store);
         let parent_rec = ch.dir(parent)?.clone();
@@ -169,6 +170,7 @@ impl Fs {
     pub fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, caller: Caller) -> FsResult<(Attr, Opened)> {
         check_name(name)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        self.loaded(parent)?;
         let guard = lock(&self.ns);
         if let Some((ino, _)) = self.store.lookup(parent, name)? {
             drop(guard);
@@ -204,6 +206,7 @@ impl Fs {
     /// link: a new name for `ino`.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
+        self.loaded(parent)?;
         let _ns = lock(&self.ns);
         let mut ch = Changes::new(&self.store);
         ch.dir(parent)?;
@@ -252,6 +255,7 @@ impl Fs {
 
     /// unlink.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.loaded(parent)?;
         let ns = lock(&self.ns);
         let (ino, kind) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         if kind == Kind::Dir {
@@ -275,6 +279,11 @@ impl Fs {
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         if name == b"." {
             return Err(FsError::Invalid);
+        }
+        self.loaded(parent)?;
+        // Whether it is empty is known once it is loaded.
+        if let Some((dir, Kind::Dir)) = self.store.lookup(parent, name)? {
+            self.loaded(dir)?;
         }
         let ns = lock(&self.ns);
         let (ino, kind) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
@@ -317,6 +326,12 @@ impl Fs {
         }
         if noreplace && exchange {
             return Err(FsError::Invalid);
+        }
+        self.loaded(parent)?;
+        self.loaded(new_parent)?;
+        // A directory renamed over must be empty, which is known once it is loaded.
+        if let Some((target, Kind::Dir)) = self.store.lookup(new_parent, new_name)? {
+            self.loaded(target)?;
         }
         check_name(new_name)?;
         let ns = lock(&self.ns);
@@ -407,6 +422,7 @@ impl Fs {
 
     /// opendir: a snapshot of the entries, so offsets stay valid while the directory changes.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        self.loaded(ino)?;
         let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         if rec.kind != Kind::Dir {
             return Err(FsError::NotDir);

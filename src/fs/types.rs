@@ -141,6 +141,13 @@ pub struct SnapshotFlags {
     pub sweep_waits: std::sync::Mutex<Option<String>>,
 }
 
+/// Reads the directories of a restored tree still on CESS (store/loading.rs): given by the
+/// daemon to a mount whose tree is being loaded.
+pub trait TreeLoader: Send + Sync {
+    /// Reads the directory of blob `dir` from CESS (blocking: FUSE threads wait on it).
+    fn read_dir(&self, dir: &crate::format::TreeRef) -> Result<crate::store::LoadedDir, super::FsError>;
+}
+
 /// Collects this tree's garbage on CESS when asked (`user.cess.gc` on the root): the snapshot
 /// writer's collector, given by the daemon. Collections run in the background.
 pub trait Collector: Send + Sync {

@@ -203,7 +203,7 @@ impl Fs {
             "stopped": lock(&flags.stopped).clone(),
             "sweep_waits": lock(&flags.sweep_waits).clone(),
             "deletions_wait": self.store.deletions_wait(),
-
+            "dirs_to_load": self.store.tree_loading().then(|| self.store.pending_dirs(usize::MAX)).transpose()?.map(|d| d.len()),
             "read_only_view_of": self.store.view_generation()?,
         }))
     }

@@ -9,6 +9,7 @@
 //! dropped, and with them the FIDs only they referred to.
 
 pub mod collect;
+pub mod load;
 pub mod merge;
 pub mod restore;
 pub mod watch;
@@ -190,6 +191,10 @@ impl Writer {
                 sweep = this.store_call(collect::pending);
             }
             let Some(since) = first_change else { continue };
+            // A restored tree is written again once it is whole (store/loading.rs).
+            if this.store.tree_loading() {
+                continue;
+            }
             let settled = this.round_due() && last_change.elapsed() >= this.config.quiet;
             if (!settled && since.elapsed() < this.config.interval) || Instant::now() < retry_at {
                 continue;
@@ -217,6 +222,9 @@ impl Writer {
         if crate::sync::lock(&this.flags.stopped).is_some() {
             // Another mount writes this tree: wait for the end, writing nothing.
             let _ = stop.changed().await;
+            return;
+        }
+        if this.store.tree_loading() {
             return;
         }
         let me = this.clone();

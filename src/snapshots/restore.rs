@@ -16,7 +16,7 @@ const READ_BATCH: usize = 500;
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// A snapshot of this tree on chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Found {
     /// Its generation.
     pub generation: u64,
@@ -178,17 +178,35 @@ pub struct ReadTree {
 /// Reads snapshot `found` from CESS: a commit's or a snapshot file's tree, whole or in
 /// directory blobs (format/tree.rs).
 pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<ReadTree, ReadError> {
+    match open(fetcher, found).await? {
+        Opened::Whole(tree) => Ok(tree),
+        Opened::Root { root, own, seed } => read_dirs(fetcher, &root, own).await.map(|t| ReadTree { seed, ..t }),
+    }
+}
+
+/// A tree's file as fetched.
+enum Opened {
+    /// A whole snapshot, read.
+    Whole(ReadTree),
+    /// The root of a tree in directory blobs: its bytes, the file holding it (its FID, its
+    /// segments if a tree file, its bytes) and the seed of a tree file's segments.
+    Root { root: Vec<u8>, own: (Hash, Option<u32>, Vec<u8>), seed: Option<[u8; 32]> },
+}
+
+/// Fetches the file of snapshot `found`: a whole snapshot is read, a root is found.
+async fn open(fetcher: &Fetcher, found: &Found) -> Result<Opened, ReadError> {
     let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
     let whole = |bytes: &[u8], seed| {
         let snapshot = Snapshot::decode(bytes).map_err(damaged)?;
-        Ok(ReadTree { snapshot, seed, dirs: Vec::new() })
+        Ok(Opened::Whole(ReadTree { snapshot, seed, dirs: Vec::new() }))
     };
     if found.commit {
         let (tree, segment) = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
         if Root::is_root(&tree) {
-            return read_dirs(fetcher, &tree, (found.fid, None, segment)).await;
+            return Ok(Opened::Root { root: tree, own: (found.fid, None, segment), seed: None });
         }
-        return whole(&tree, None).map(|t| ReadTree { snapshot: t.snapshot.resolve_commit(found.fid), ..t });
+        let snapshot = Snapshot::decode(&tree).map_err(damaged)?.resolve_commit(found.fid);
+        return Ok(Opened::Whole(ReadTree { snapshot, seed: None, dirs: Vec::new() }));
     }
     let (bytes, seed) = fetcher.tree_file(&found.fid, found.segments).await.map_err(unreadable)?;
     if !Root::is_root(&bytes) {
@@ -196,8 +214,57 @@ pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<ReadTree, ReadErro
     }
     let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(found.fid)))?;
     let root = crate::format::tree_file_root(keys, &bytes).map_err(damaged)?;
-    let segments = found.segments as u32;
-    read_dirs(fetcher, &root, (found.fid, Some(segments), bytes)).await.map(|t| ReadTree { seed, ..t })
+    Ok(Opened::Root { root, own: (found.fid, Some(found.segments as u32), bytes), seed })
+}
+
+/// The root directory of a tree in directory blobs, read to restore the tree lazily.
+struct LazyStart {
+    /// The root directory and its entries, as a snapshot (with the files holding them).
+    snapshot: Snapshot,
+    /// The root's subdirectories, still on CESS, and the hard-linked nodes among its entries.
+    dir: crate::format::OneDir,
+    /// The blobs read, and where each is.
+    homes: Vec<(Hash, Home)>,
+    /// The tree files holding its blobs.
+    tree_files: Vec<(Hash, u32)>,
+    /// Nodes in the whole tree.
+    nodes: u64,
+    /// Reads the rest, holding what it fetched already.
+    loader: std::sync::Arc<super::load::DirLoader>,
+}
+
+/// Reads the root directory of the tree of `root` (held in `own`, as [`Opened::Root`]).
+async fn start_lazily(
+    fetcher: &std::sync::Arc<Fetcher>,
+    names: &NameKey,
+    root: &[u8],
+    own: (Hash, Option<u32>, Vec<u8>),
+) -> Result<LazyStart, ReadError> {
+    let root = Root::decode(root).map_err(|e| ReadError::Damaged(e.to_string()))?;
+    if root.node.kind != crate::format::NodeKind::Dir {
+        return Err(ReadError::Damaged("the tree's root is not a directory".into()));
+    }
+    let mut tree_files: Vec<(Hash, u32)> = root.files.iter().map(|f| (f.fid, f.segments)).collect();
+    tree_files.extend(own.1.map(|segments| (own.0, segments)));
+    let runtime = tokio::runtime::Handle::current();
+    let loader = super::load::DirLoader::new(fetcher.clone(), names.clone(), runtime, &tree_files);
+    loader.keep(own.0, Held::of(own.2));
+    let mut start = root.dir;
+    if start.fid == THIS_COMMIT {
+        start.fid = own.0;
+    }
+    let loaded = loader.read(&start).await?;
+    let mut snapshot = loaded.dir.snapshot.clone();
+    snapshot.nodes[0] = crate::format::Node { id: 1, ..root.node.clone() };
+    (snapshot.generation, snapshot.writer, snapshot.written_at) = (root.generation, root.writer, root.written_at);
+    let mut holders: Vec<Hash> =
+        loaded.homes.iter().map(|(_, h)| h.0.fid).chain(tree_files.iter().map(|f| f.0)).collect();
+    holders.sort();
+    holders.dedup();
+    holders.retain(|f| *f != own.0);
+    snapshot.holders = holders;
+    let loader = std::sync::Arc::new(loader);
+    Ok(LazyStart { snapshot, dir: loaded.dir, homes: loaded.homes, tree_files, nodes: root.nodes, loader })
 }
 
 /// A fetch failure as a reason not to read a snapshot.
@@ -227,43 +294,20 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
     let mut seen = HashSet::from([start.id]);
     let mut dirs = HashMap::new();
     let mut homes = Vec::new();
-    // Each file's bytes without the zeros that end them, and their length before.
-    let trim = |mut bytes: Vec<u8>| {
-        let len = bytes.len();
-        bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
-        std::sync::Arc::new((bytes, len))
-    };
-    let mut fetched = HashMap::from([(own.0, trim(own.2))]);
+    let mut fetched = HashMap::from([(own.0, Held::of(own.2))]);
     while let Some(holder) = wanted.iter().max_by_key(|(_, refs)| refs.len()).map(|(fid, _)| *fid) {
         let mut refs = wanted.remove(&holder).unwrap_or_default();
         let bytes = match fetched.get(&holder) {
             Some(bytes) => bytes.clone(),
             None => {
-                let gone = |e: FetchError| match e {
-                    FetchError::NotStored(_) => ReadError::Lost(e.to_string()),
-                    e => unreadable(e),
-                };
-                let bytes = match files.get(&holder) {
-                    Some(&segments) => fetcher.tree_file(&holder, segments as usize).await.map_err(gone)?.0,
-                    None => fetcher.pack_segment(&holder).await.map_err(gone)?,
-                };
                 // Kept until the tree is read: a later blob may refer to this file again.
-                let bytes = trim(bytes);
+                let bytes = Held::fetch(fetcher, holder, files.get(&holder).copied()).await?;
                 fetched.insert(holder, bytes.clone());
                 bytes
             }
         };
         while let Some(r) = refs.pop() {
-            let (start, end) = (r.offset as usize, (r.offset as usize).saturating_add(r.len as usize));
-            let (kept, len) = (&bytes.0, bytes.1);
-            if end > len {
-                return Err(ReadError::Damaged(format!("directory blob {} outside its file", r.id)));
-            }
-            // The zeros cut from the end are put back where a blob reaches them.
-            let mut sealed = kept.get(start.min(kept.len())..end.min(kept.len())).unwrap_or_default().to_vec();
-            sealed.resize(r.len as usize, 0);
-            let content = keys.open(&r.id, &sealed).map_err(|e| ReadError::Damaged(e.to_string()))?;
-            let dir = Dir::decode(&content).map_err(damaged)?.resolved(holder);
+            let dir = bytes.open(keys, &r)?;
             for child in refs_of(&dir).into_iter().filter(|c| seen.insert(c.id)) {
                 match child.fid == holder {
                     true => refs.push(child),
@@ -279,6 +323,59 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
     Ok(ReadTree { snapshot, seed: None, dirs: homes })
 }
 
+/// A CESS file holding directory blobs, as read: its bytes without the zeros that end them
+/// (a commit's segment is mostly zeros), and its length before.
+pub(super) struct Held {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Held {
+    /// The file of bytes `bytes`.
+    fn of(mut bytes: Vec<u8>) -> std::sync::Arc<Held> {
+        let len = bytes.len();
+        bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
+        std::sync::Arc::new(Held { bytes, len })
+    }
+
+    /// Fetches file `fid`: a tree file of `segments`, or a commit. One the chain no longer holds
+    /// is [`ReadError::Lost`].
+    pub(super) async fn fetch(
+        fetcher: &Fetcher,
+        fid: Hash,
+        segments: Option<u32>,
+    ) -> Result<std::sync::Arc<Held>, ReadError> {
+        let gone = |e: FetchError| match e {
+            FetchError::NotStored(_) => ReadError::Lost(e.to_string()),
+            e => unreadable(e),
+        };
+        let bytes = match segments {
+            Some(segments) => fetcher.tree_file(&fid, segments as usize).await.map_err(gone)?.0,
+            None => fetcher.pack_segment(&fid).await.map_err(gone)?,
+        };
+        Ok(Held::of(bytes))
+    }
+
+    /// Bytes it takes in memory.
+    pub(super) fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Opens directory blob `r` in it (`r.fid` is this file).
+    pub(super) fn open(&self, keys: &crate::format::BlobKeys, r: &TreeRef) -> Result<Dir, ReadError> {
+        let (start, end) = (r.offset as usize, (r.offset as usize).saturating_add(r.len as usize));
+        if end > self.len {
+            return Err(ReadError::Damaged(format!("directory blob {} outside its file", r.id)));
+        }
+        // The zeros cut from the end are put back where a blob reaches them.
+        let kept = &self.bytes;
+        let mut sealed = kept.get(start.min(kept.len())..end.min(kept.len())).unwrap_or_default().to_vec();
+        sealed.resize(r.len as usize, 0);
+        let content = keys.open(&r.id, &sealed).map_err(|e| ReadError::Damaged(e.to_string()))?;
+        Ok(Dir::decode(&content).map_err(|e| ReadError::Damaged(e.to_string()))?.resolved(r.fid))
+    }
+}
+
 /// What a restore did, for the person who asked for it.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -290,6 +387,9 @@ pub struct Outcome {
     pub restored: Restored,
     /// The newer generations that could not be read, and why.
     pub skipped: Vec<(u64, String)>,
+    /// The nodes of the whole tree, if only its root directory came back yet (the rest is
+    /// loaded in the background).
+    pub loading: Option<u64>,
 }
 
 /// A snapshot read from CESS, with where it is.
@@ -300,23 +400,43 @@ struct ReadBack {
 }
 
 /// The snapshot a restore brings back, read from CESS with the older ones of its lineage: all
-/// the network part of a restore, before anything is written.
+/// the network part of a restore, before anything is written. A tree in directory blobs is
+/// read only down to its root directory: the rest, and the older snapshots, are read after
+/// the mount shows the root (snapshots/load.rs).
 pub struct Chosen {
     newest: ReadBack,
-    /// Where the newest tree's directory blobs are.
+    /// Where the newest tree's directory blobs read so far are.
     dirs: Vec<(Hash, Home)>,
     older: Vec<ReadBack>,
     skipped: Vec<(u64, String)>,
+    /// The tree's root directory, if the tree is loaded lazily; and the older active snapshots,
+    /// read and adopted once it is whole.
+    lazy: Option<(LazyStart, Vec<Found>)>,
 }
 
 /// Reads the newest of `found` (the tree's snapshots, [`find`]) that reads back, and the older
 /// snapshots of its lineage. `None`: the territory holds no snapshot of this tree.
-pub async fn choose(found: &[Found], fetcher: &Fetcher) -> anyhow::Result<Option<Chosen>> {
+pub async fn choose(
+    found: &[Found],
+    fetcher: &std::sync::Arc<Fetcher>,
+    names: &NameKey,
+) -> anyhow::Result<Option<Chosen>> {
     let mut skipped = Vec::new();
     let mut active = found.iter().filter(|f| f.active);
     for f in active.by_ref() {
-        let ReadTree { snapshot, seed, dirs } = match read(fetcher, f).await {
-            Ok(read) => read,
+        let start = match open(fetcher, f).await {
+            Ok(Opened::Whole(tree)) => Ok(Ok(tree)),
+            Ok(Opened::Root { root, own, seed: _ }) => start_lazily(fetcher, names, &root, own).await.map(Err),
+            Err(e) => Err(e),
+        };
+        let ReadTree { snapshot, seed, dirs } = match start {
+            Ok(Ok(read)) => read,
+            Ok(Err(lazy)) => {
+                let newest = ReadBack { found: f.clone(), snapshot: lazy.snapshot.clone(), seed: None };
+                let dirs = lazy.homes.clone();
+                let later = active.cloned().collect();
+                return Ok(Some(Chosen { newest, dirs, older: Vec::new(), skipped, lazy: Some((lazy, later)) }));
+            }
             Err(ReadError::Damaged(why) | ReadError::Lost(why)) => {
                 log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
                 skipped.push((f.generation, why));
@@ -341,12 +461,25 @@ pub async fn choose(found: &[Found], fetcher: &Fetcher) -> anyhow::Result<Option
             }
         }
         let newest = ReadBack { found: f.clone(), snapshot, seed };
-        return Ok(Some(Chosen { newest, dirs, older, skipped }));
+        return Ok(Some(Chosen { newest, dirs, older, skipped, lazy: None }));
     }
     if let Some((generation, why)) = skipped.first() {
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
     }
     Ok(None)
+}
+
+/// The record that keeps snapshot `found` of tree `snapshot` (its seed `seed`).
+pub(super) fn adopted<'a>(found: &Found, snapshot: &'a Snapshot, seed: Option<[u8; 32]>, names: &NameKey) -> Adopted<'a> {
+    let generation = found.generation;
+    Adopted {
+        snapshot,
+        fid: found.fid,
+        seed,
+        segments: found.segments as u32,
+        name: if found.commit { names.commit_name(generation) } else { names.snapshot_name(generation) },
+        commit: found.commit,
+    }
 }
 
 impl Chosen {
@@ -357,14 +490,23 @@ impl Chosen {
 
     /// The block at which the oldest kept snapshot of its lineage became active: files of that
     /// lineage that became active later and that no snapshot refers to were declared by its
-    /// lost machine after its last snapshot (see [`super::sweep`]).
+    /// lost machine after its last snapshot (see [`super::sweep`]). A tree loaded lazily has
+    /// not read its older snapshots yet: the oldest active one's block is taken, which only
+    /// widens what the sweep looks at (a snapshot there that is not kept holds it up).
     pub fn lineage_from(&self) -> u32 {
-        self.older.iter().map(|o| o.found.completion).fold(self.newest.found.completion, u32::min)
+        let later = self.lazy.iter().flat_map(|(_, later)| later.iter().map(|f| f.completion));
+        self.older.iter().map(|o| o.found.completion).chain(later).fold(self.newest.found.completion, u32::min)
+    }
+
+    /// Reads the rest of a tree restored lazily, holding what the restore fetched already.
+    pub fn loader(&self) -> Option<std::sync::Arc<super::load::DirLoader>> {
+        self.lazy.as_ref().map(|(lazy, _)| lazy.loader.clone())
     }
 
     /// Restores it into the empty `store` in one step (it completes, or a crash leaves the data
     /// dir as empty as before and the next mount starts over), with the facts `meta` about the
-    /// data dir and a writer id that carries its lineage on.
+    /// data dir and a writer id that carries its lineage on. A tree loaded lazily is restored
+    /// down to its root directory, and recorded as being loaded.
     pub fn restore(
         &self,
         store: &Store,
@@ -372,22 +514,25 @@ impl Chosen {
         names: &NameKey,
         mut meta: Vec<(&[u8], Vec<u8>)>,
     ) -> Result<Outcome, crate::store::StoreError> {
-        fn adopt<'a>(r: &'a ReadBack, names: &NameKey) -> Adopted<'a> {
-            let generation = r.found.generation;
-            Adopted {
-                snapshot: &r.snapshot,
-                fid: r.found.fid,
-                seed: r.seed,
-                segments: r.found.segments as u32,
-                name: if r.found.commit { names.commit_name(generation) } else { names.snapshot_name(generation) },
-                commit: r.found.commit,
-            }
-        }
-        let adopted: Vec<Adopted<'_>> =
-            std::iter::once(&self.newest).chain(&self.older).map(|r| adopt(r, names)).collect();
+        let adopted: Vec<Adopted<'_>> = std::iter::once(&self.newest)
+            .chain(&self.older)
+            .map(|r| adopted(&r.found, &r.snapshot, r.seed, names))
+            .collect();
         meta.push(super::lineage_writer(&self.newest.snapshot.writer));
         let snapshot = &self.newest.snapshot;
-        let restored = store.restore_snapshot(snapshot, territory, |fid| names.file_name(fid), &adopted, &meta)?;
+        let lazy = self.lazy.as_ref().map(|(lazy, later)| crate::store::LazyRoot {
+            loading: crate::store::Loading {
+                generation: snapshot.generation,
+                snapshot: 0,
+                territory: territory.to_vec(),
+                tree_files: lazy.tree_files.clone(),
+                then: postcard::to_stdvec(later).unwrap_or_default(),
+            },
+            dirs: lazy.dir.dirs.clone(),
+            shared: lazy.dir.shared.clone(),
+        });
+        let chain_name = |fid: &Hash| names.file_name(fid);
+        let restored = store.restore_snapshot(snapshot, territory, chain_name, &adopted, &meta, lazy.as_ref())?;
         // The next tree refers to these directories where they are (a crash before costs only
         // writing them again).
         store.put_read_dirs(&self.dirs)?;
@@ -396,6 +541,7 @@ impl Chosen {
             written_at: snapshot.written_at.0,
             restored,
             skipped: self.skipped.clone(),
+            loading: self.lazy.as_ref().map(|(lazy, _)| lazy.nodes),
         })
     }
 }

@@ -29,6 +29,15 @@ enum Holder {
 }
 
 impl Batch {
+    /// Records where directory blobs read from CESS are.
+    pub(super) fn put_read_dir_homes(&mut self, dirs: &[(Hash, Home)]) {
+        for (id, (r, segments)) in dirs {
+            let home =
+                DirHome { holder: Holder::Stored { fid: r.fid, segments: *segments }, offset: r.offset, len: r.len };
+            self.0.insert(key::dir_home(id), encode(&home));
+        }
+    }
+
     /// Records that directory blobs `placed` (id, offset, sealed length) are in the commit or
     /// tree file (`file`) of hidden inode `ino`.
     pub fn put_dir_homes(&mut self, ino: u64, file: bool, placed: &[(Hash, u32, u32)]) {
@@ -156,11 +165,7 @@ impl Store {
     /// Records where the directory blobs of a tree read from CESS are.
     pub fn put_read_dirs(&self, dirs: &[(Hash, Home)]) -> Result<(), StoreError> {
         let mut b = Batch::default();
-        for (id, (r, segments)) in dirs {
-            let home =
-                DirHome { holder: Holder::Stored { fid: r.fid, segments: *segments }, offset: r.offset, len: r.len };
-            b.0.insert(key::dir_home(id), encode(&home));
-        }
+        b.put_read_dir_homes(dirs);
         self.commit(b)
     }
 }

@@ -14,6 +14,7 @@
 mod abandoned;
 mod catalog;
 mod dirs;
+mod loading;
 mod outbox;
 mod packs;
 mod placements;
@@ -40,6 +41,7 @@ pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use reserve::kept_free;
 pub use residency::Residency;
 pub use source::{FileSource, sparse_extents};
+pub use loading::{LazyRoot, LoadedDir, Loading};
 pub use tree::{Adopted, KeptSnapshot, Restored, SnapshotSummary};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};
@@ -104,6 +106,8 @@ pub struct Store {
     journal: std::sync::Mutex<Option<std::collections::HashSet<tree::TreeChange>>>,
     /// Snapshots being built and staged: no FID is deleted meanwhile (tree.rs).
     building: std::sync::atomic::AtomicUsize,
+    /// A restored tree is still being loaded: no FID is deleted meanwhile (loading.rs).
+    loading: AtomicBool,
     /// The FIDs kept snapshots refer to, once read (tree.rs).
     /// (bumped on every change of the kept snapshots, so a set read before one is not kept)
     kept_fids: std::sync::Mutex<(u64, Option<std::sync::Arc<std::collections::HashSet<crate::format::Hash>>>)>,
@@ -259,6 +263,7 @@ impl Store {
             gate: std::sync::RwLock::new(()),
             journal: std::sync::Mutex::new(None),
             building: std::sync::atomic::AtomicUsize::new(0),
+            loading: AtomicBool::new(false),
             kept_fids: std::sync::Mutex::new((0, None)),
             refs_on_chain: Default::default(),
             another_writer: AtomicBool::new(false),
@@ -288,6 +293,7 @@ impl Store {
             store.commit(b)?;
         }
         store.forget_partial_restore()?;
+        store.note_loading()?;
         store.recover()?;
         store.sync()?;
         store.build_catalog()?;

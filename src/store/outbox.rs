@@ -537,8 +537,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Why some FIDs here are not known for sure: upload records that cannot be read.
+    /// Why some FIDs here are not known for sure: upload records that cannot be read, or a
+    /// restored tree not loaded whole yet.
     pub fn unreadable_records(&self) -> Option<String> {
+        if self.tree_loading() {
+            return Some("the restored tree is still being loaded from CESS".into());
+        }
         lock(&self.catalog).doubt()
     }
 

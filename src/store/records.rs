@@ -273,6 +273,27 @@ pub mod key {
     /// Prefix of every directory blob's home.
     pub const DIR_HOME_PREFIX: &[u8] = b"t";
 
+    /// `e` ino → where a directory's blob is, while it is still on CESS (store/loading.rs).
+    pub fn pending_dir(ino: u64) -> [u8; 9] {
+        tagged(b'e', ino)
+    }
+    /// Prefix of every directory still on CESS.
+    pub const PENDING_DIR_PREFIX: &[u8] = b"e";
+    /// `n` tree-wide node id → ino: a hard-linked node of a tree being loaded.
+    pub fn loaded_node(tree_id: u64) -> [u8; 9] {
+        tagged(b'n', tree_id)
+    }
+    /// Prefix of every loaded hard-linked node.
+    pub const LOADED_NODE_PREFIX: &[u8] = b"n";
+    /// `q` fid → () : a FID the loaded part of a tree being loaded refers to.
+    pub fn loading_fid(fid: &crate::format::Hash) -> Vec<u8> {
+        let mut k = LOADING_FID_PREFIX.to_vec();
+        k.extend_from_slice(&fid.0);
+        k
+    }
+    /// Prefix of every FID of a tree being loaded.
+    pub const LOADING_FID_PREFIX: &[u8] = b"q";
+
     fn tagged(tag: u8, ino: u64) -> [u8; 9] {
         let mut k = [tag; 9];
         k[1..].copy_from_slice(&ino.to_be_bytes());

@@ -333,7 +333,7 @@ impl Store {
 
     /// Whether deletions from the chain are held back now.
     pub fn deletions_held(&self) -> bool {
-        self.building.load(Ordering::Acquire) > 0
+        self.building.load(Ordering::Acquire) > 0 || self.tree_loading()
     }
 
     /// The tree as it is, as a snapshot of `generation` by `writer`. A regular file appears once
@@ -468,7 +468,7 @@ impl Store {
     /// hidden inode whose content is not cached: its FIDs are protected and it is dropped in its
     /// turn. Its content file (a hole) is made now; a crash before `b` is committed leaves it a
     /// stray, removed at the next open.
-    fn adopt_into(&self, b: &mut Batch, adopted: &Adopted<'_>, territory: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn adopt_into(&self, b: &mut Batch, adopted: &Adopted<'_>, territory: &[u8]) -> Result<u64, StoreError> {
         let ino = self.allocate_ino()?;
         let (size, format) = match adopted.commit {
             true => (crate::format::SEGMENT_SIZE as u64, crate::format::FORMAT_PLAIN),
@@ -479,7 +479,7 @@ impl Store {
         let up = UploadRecord::stored(stored, adopted.segments, territory, adopted.name.clone());
         let cold = Residency::empty(adopted.segments);
         hidden_snapshot(b, ino, size, &adopted.name, &KeptSnapshot::of(adopted.snapshot), &up, Some(&cold));
-        Ok(())
+        Ok(ino)
     }
 
     /// Records hidden inode `ino` (its content file made, `size` bytes) as the kept snapshot
@@ -596,6 +596,8 @@ impl Store {
     /// fetched on read; `chain_name` gives the name a FID was declared under, for the records;
     /// `territory` is where the files are), the snapshots to keep (`adopted`, the restored one
     /// among them), and the facts `meta` about the data dir, in one batch, made durable.
+    /// `lazy`: `snapshot` is the root directory of a tree loaded directory by directory
+    /// (loading.rs), the first of `adopted` the snapshot it is restored from.
     pub fn restore_snapshot(
         &self,
         snapshot: &Snapshot,
@@ -603,6 +605,7 @@ impl Store {
         chain_name: impl Fn(&Hash) -> Vec<u8>,
         adopted: &[Adopted<'_>],
         meta: &[(&[u8], Vec<u8>)],
+        lazy: Option<&super::LazyRoot>,
     ) -> Result<Restored, StoreError> {
         let mut inos: HashMap<u64, u64> = HashMap::from([(1, ROOT_INO)]);
         for n in &snapshot.nodes[1..] {
@@ -619,8 +622,12 @@ impl Store {
         self.sync()?;
         crate::hooks::reached("restore-files");
         let mut b = Batch::default();
+        let mut hidden = Vec::new();
         for a in adopted {
-            self.adopt_into(&mut b, a, territory)?;
+            hidden.push(self.adopt_into(&mut b, a, territory)?);
+        }
+        if let (Some(lazy), Some(&snapshot)) = (lazy, hidden.first()) {
+            b.put_lazy_root(lazy, &inos, snapshot);
         }
         for (name, value) in meta {
             b.put_meta(name, value);
@@ -629,6 +636,7 @@ impl Store {
         self.sync_content_dir()?;
         self.commit(b)?;
         self.kept_snapshots_changed();
+        self.note_loading()?;
         self.sync()?;
         Ok(restored)
     }
@@ -650,6 +658,9 @@ impl Store {
             key::RESIDENCY_PREFIX,
             key::SNAPSHOT_PREFIX,
             key::DIR_HOME_PREFIX,
+            key::PENDING_DIR_PREFIX,
+            key::LOADED_NODE_PREFIX,
+            key::LOADING_FID_PREFIX,
         ];
         for prefix in prefixes {
             for k in self.tree.scan_prefix(prefix).keys() {
@@ -660,6 +671,7 @@ impl Store {
             }
         }
         b.0.remove(key::meta(RESTORING));
+        b.0.remove(key::meta(super::loading::LOADING));
         self.commit(b)?;
         self.sync()
     }
@@ -760,38 +772,11 @@ impl Store {
             let ino = inos[&n.id];
             let kind = store_kind(n.kind);
             let (up, name) = parent.get(&n.id).map_or((ROOT_INO, Vec::new()), |(p, name)| (inos[p], name.clone()));
-            let rec = InodeRecord {
-                kind,
-                perm: n.perm & 0o7777,
-                uid: n.uid,
-                gid: n.gid,
-                nlink: if kind == Kind::Dir {
-                    2 + subdirs.get(&n.id).copied().unwrap_or(0)
-                } else {
-                    nlink.get(&n.id).copied().unwrap_or(1)
-                },
-                size: match kind {
-                    Kind::Symlink => n.target.len() as u64,
-                    k if k.is_special() => 0,
-                    _ => n.size,
-                },
-                atime: timestamp(n.atime),
-                mtime: timestamp(n.mtime),
-                ctime: timestamp(n.ctime),
-                crtime: timestamp(n.crtime),
-                parent: if kind == Kind::Dir { up } else { 0 },
-                target: match kind {
-                    Kind::Symlink => n.target.clone(),
-                    Kind::CharDevice | Kind::BlockDevice => n.rdev.to_le_bytes().to_vec(),
-                    _ => Vec::new(),
-                },
-                content_version: 1,
-                name,
+            let links = match kind {
+                Kind::Dir => 2 + subdirs.get(&n.id).copied().unwrap_or(0),
+                _ => nlink.get(&n.id).copied().unwrap_or(1),
             };
-            b.put_inode(ino, &rec);
-            for (name, value) in &n.xattrs {
-                b.put_xattr(ino, name, value);
-            }
+            put_node(b, ino, n, links, up, name);
             match kind {
                 Kind::Dir => restored.dirs += 1,
                 Kind::Symlink => restored.symlinks += 1,
@@ -809,7 +794,7 @@ impl Store {
     }
 
     /// A regular file of a snapshot: its content file and upload record.
-    fn restore_file(
+    pub(super) fn restore_file(
         &self,
         b: &mut Batch,
         ino: u64,
@@ -858,6 +843,40 @@ impl Store {
         }
         b.put_upload(ino, &up);
         Ok(())
+    }
+}
+
+/// Adds to `b` the inode record and xattrs of node `n` as inode `ino`, of `nlink` links, named
+/// `name` in directory `parent` (recorded for a directory only).
+pub(super) fn put_node(b: &mut Batch, ino: u64, n: &Node, nlink: u32, parent: u64, name: Vec<u8>) {
+    let kind = store_kind(n.kind);
+    let rec = InodeRecord {
+        kind,
+        perm: n.perm & 0o7777,
+        uid: n.uid,
+        gid: n.gid,
+        nlink,
+        size: match kind {
+            Kind::Symlink => n.target.len() as u64,
+            k if k.is_special() => 0,
+            _ => n.size,
+        },
+        atime: timestamp(n.atime),
+        mtime: timestamp(n.mtime),
+        ctime: timestamp(n.ctime),
+        crtime: timestamp(n.crtime),
+        parent: if kind == Kind::Dir { parent } else { 0 },
+        target: match kind {
+            Kind::Symlink => n.target.clone(),
+            Kind::CharDevice | Kind::BlockDevice => n.rdev.to_le_bytes().to_vec(),
+            _ => Vec::new(),
+        },
+        content_version: 1,
+        name,
+    };
+    b.put_inode(ino, &rec);
+    for (name, value) in &n.xattrs {
+        b.put_xattr(ino, name, value);
     }
 }
 
@@ -916,7 +935,7 @@ pub(super) fn hidden_inode(size: u64, name: &[u8]) -> InodeRecord {
     }
 }
 
-fn store_kind(kind: NodeKind) -> Kind {
+pub(super) fn store_kind(kind: NodeKind) -> Kind {
     match kind {
         NodeKind::File => Kind::File,
         NodeKind::Dir => Kind::Dir,

@@ -1,0 +1,226 @@
+//! Loading a restored tree directory by directory (store/loading.rs): [`DirLoader`] reads a
+//! directory's blobs from the CESS files holding them, for the filesystem when a directory is
+//! first opened and for [`Load`], which loads the rest in the background and then ends the
+//! load (adopting the older snapshots of the tree's lineage).
+//!
+//! A file holding blobs (a commit's segment, a tree file) is fetched once and kept while it may
+//! serve the next directories, within [`HELD_BYTES`]: a tree's directories sit together in few
+//! files, and the loader takes them in inode order, which is the order the restore found them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::restore::{Found, Held, ReadError, read};
+use crate::fetch::Fetcher;
+use crate::format::{Dir, Hash, NameKey, TreeRef, one_dir};
+use crate::fs::{Fs, FsError};
+use crate::store::{Adopted, LoadedDir, Store};
+use crate::sync::lock;
+
+/// Bytes of fetched files kept for the directories to come (past it the oldest go; a file is
+/// at most a few segments).
+const HELD_BYTES: usize = 256 << 20;
+/// Directories taken from the store at once by the background load.
+const LOAD_BATCH: usize = 256;
+/// How long the background load waits after a directory could not be read.
+const RETRY: Duration = Duration::from_secs(30);
+
+/// Reads directories of a tree from CESS.
+pub struct DirLoader {
+    fetcher: Arc<Fetcher>,
+    names: NameKey,
+    runtime: tokio::runtime::Handle,
+    /// The tree files among the files holding blobs (the others are commits), by segments.
+    tree_files: HashMap<Hash, u32>,
+    held: std::sync::Mutex<HeldFiles>,
+}
+
+/// The files fetched, each fetched once however many readers want it at once.
+#[derive(Default)]
+struct HeldFiles {
+    files: HashMap<Hash, Arc<tokio::sync::OnceCell<Arc<Held>>>>,
+    /// Fetched files, oldest first, and their bytes.
+    order: VecDeque<(Hash, usize)>,
+    bytes: usize,
+}
+
+impl HeldFiles {
+    /// Notes that `fid` was fetched; forgets the oldest past [`HELD_BYTES`].
+    fn fetched(&mut self, fid: Hash, size: usize) {
+        if self.order.iter().any(|(f, _)| *f == fid) {
+            return;
+        }
+        self.order.push_back((fid, size));
+        self.bytes += size;
+        while self.bytes > HELD_BYTES && self.order.len() > 1 {
+            if let Some((old, size)) = self.order.pop_front() {
+                self.files.remove(&old);
+                self.bytes -= size;
+            }
+        }
+    }
+}
+
+impl DirLoader {
+    /// A loader of a tree whose blobs are in `tree_files` (with their segments) and commits.
+    pub fn new(
+        fetcher: Arc<Fetcher>,
+        names: NameKey,
+        runtime: tokio::runtime::Handle,
+        tree_files: &[(Hash, u32)],
+    ) -> DirLoader {
+        DirLoader {
+            fetcher,
+            names,
+            runtime,
+            tree_files: tree_files.iter().copied().collect(),
+            held: Default::default(),
+        }
+    }
+
+    /// Keeps `held`, the bytes of file `fid` read already.
+    pub(super) fn keep(&self, fid: Hash, held: Arc<Held>) {
+        let mut files = lock(&self.held);
+        let size = held.size();
+        files.files.insert(fid, Arc::new(tokio::sync::OnceCell::new_with(Some(held))));
+        files.fetched(fid, size);
+    }
+
+    /// Reads the directory of blob `dir` (and its chunks).
+    pub async fn read(&self, dir: &TreeRef) -> Result<LoadedDir, ReadError> {
+        let damaged = |e: crate::format::SnapshotError| ReadError::Damaged(e.to_string());
+        let mut homes = Vec::new();
+        let entries = match self.blob(dir, &mut homes).await? {
+            Dir::Entries(entries) => entries,
+            Dir::Chunks(chunks) => {
+                let mut all = Vec::new();
+                for c in &chunks {
+                    match self.blob(c, &mut homes).await? {
+                        Dir::Entries(entries) => all.extend(entries),
+                        Dir::Chunks(_) => return Err(ReadError::Damaged("a chunk of chunks".into())),
+                    }
+                }
+                all
+            }
+        };
+        let dir = one_dir(&entries).map_err(damaged)?;
+        let names = dir
+            .snapshot
+            .nodes
+            .iter()
+            .filter_map(|n| n.location.fid())
+            .map(|fid| (*fid, self.names.file_name(fid)))
+            .collect();
+        Ok(LoadedDir { dir, homes, names })
+    }
+
+    /// Opens blob `r`, noting where it is in `homes`.
+    async fn blob(&self, r: &TreeRef, homes: &mut Vec<(Hash, crate::format::Home)>) -> Result<Dir, ReadError> {
+        let keys = self.fetcher.blob_keys().ok_or(ReadError::Unavailable(crate::fetch::FetchError::NoKey(r.fid)))?;
+        let held = self.file(r.fid).await?;
+        let dir = held.open(keys, r)?;
+        homes.push((r.id, (*r, self.tree_files.get(&r.fid).copied())));
+        Ok(dir)
+    }
+
+    /// The bytes of file `fid`, fetched once.
+    async fn file(&self, fid: Hash) -> Result<Arc<Held>, ReadError> {
+        let cell = lock(&self.held).files.entry(fid).or_default().clone();
+        let segments = self.tree_files.get(&fid).copied();
+        let held = cell.get_or_try_init(|| Held::fetch(&self.fetcher, fid, segments)).await?.clone();
+        lock(&self.held).fetched(fid, held.size());
+        Ok(held)
+    }
+}
+
+impl crate::fs::TreeLoader for DirLoader {
+    fn read_dir(&self, dir: &TreeRef) -> Result<LoadedDir, FsError> {
+        self.runtime.block_on(self.read(dir)).map_err(|e| match e {
+            ReadError::Unavailable(e) => FsError::Fetch(e),
+            e => FsError::TreeNotLoaded(e.to_string()),
+        })
+    }
+}
+
+/// The background load of a restored tree (see the module docs).
+pub struct Load {
+    /// The filesystem the directories are loaded through.
+    pub fs: Arc<Fs>,
+    /// Its store.
+    pub store: Arc<Store>,
+    /// Reads the directories.
+    pub loader: Arc<DirLoader>,
+    /// Reads the older snapshots to adopt.
+    pub fetcher: Arc<Fetcher>,
+    /// The tree's name key.
+    pub names: NameKey,
+}
+
+impl Load {
+    /// Loads every directory still on CESS, then ends the load; until `stop`.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        crate::hooks::reached_async("restore-load").await;
+        let started = Instant::now();
+        loop {
+            let wait = match self.step().await {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(e) => {
+                    crate::log_limited!(
+                        log::Level::Warn,
+                        "tree load",
+                        "loading the restored tree: {e:#}; trying again in {} s",
+                        RETRY.as_secs()
+                    );
+                    RETRY
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+        log::info!("the restored tree is loaded whole, in {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    /// Loads the next directories still on CESS, or ends the load if none is. `true`: ended.
+    async fn step(&self) -> anyhow::Result<bool> {
+        let store = self.store.clone();
+        let pending = tokio::task::spawn_blocking(move || store.pending_dirs(LOAD_BATCH)).await??;
+        if pending.is_empty() {
+            return self.finish().await;
+        }
+        for ino in pending {
+            let Some(dir) = self.store.pending_dir(ino)? else { continue };
+            let loaded = self.loader.read(&dir).await?;
+            let fs = self.fs.clone();
+            tokio::task::spawn_blocking(move || fs.apply_loaded_dir(ino, &dir, &loaded)).await??;
+        }
+        Ok(false)
+    }
+
+    /// Adopts the older snapshots of the lineage and ends the load.
+    async fn finish(&self) -> anyhow::Result<bool> {
+        let Some(loading) = self.store.loading_tree()? else { return Ok(true) };
+        let older: Vec<Found> = postcard::from_bytes(&loading.then).unwrap_or_default();
+        let writer = super::writer_id(&self.store)?;
+        let mut read_back = Vec::new();
+        for o in &older {
+            match read(&self.fetcher, o).await {
+                Ok(old) if writer.is_some_and(|w| super::same_lineage(&old.snapshot.writer, &w)) => {
+                    read_back.push((o, old));
+                }
+                Ok(_) => log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation),
+                Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
+            }
+        }
+        let names = &self.names;
+        let adopted: Vec<Adopted<'_>> =
+            read_back.iter().map(|(found, old)| super::restore::adopted(found, &old.snapshot, old.seed, names)).collect();
+        Ok(tokio::task::block_in_place(|| self.store.finish_loading(&adopted))?)
+    }
+}

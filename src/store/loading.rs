@@ -1,0 +1,240 @@
+//! A restored tree loaded directory by directory. The restore of a tree in directory blobs
+//! writes the root directory and marks each directory under it as still on CESS (`e` ino →
+//! where its blob is). A directory is loaded the first time it is listed, looked in or changed
+//! (fs), or by the loader in the background (snapshots/load.rs), in one batch each.
+//!
+//! Until every directory is loaded the tree is not whole: no round of it is written and nothing
+//! is deleted from the chain, since what the rest refers to is not known yet. Meanwhile the FIDs
+//! the loaded part refers to gather under `q`, and the inodes of hard-linked nodes under `n`
+//! (by their tree-wide id). Once whole, the FIDs join the restored snapshot's record and the
+//! older snapshots of its lineage are adopted, in one batch.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::records::{decode, encode, key};
+use super::tree::{Adopted, KeptSnapshot, put_node, store_kind};
+use super::{Batch, Kind, Store, StoreError};
+use crate::format::{Hash, Home, NodeKind, OneDir, TreeRef};
+
+/// The meta record of a tree being loaded ([`Loading`]).
+pub(super) const LOADING: &[u8] = b"tree-loading";
+/// Keys removed in one batch when the records of a load are forgotten.
+const FORGET_CHUNK: usize = 20_000;
+
+/// A restored tree being loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loading {
+    /// Its generation.
+    pub generation: u64,
+    /// The hidden inode of the snapshot it was restored from (set by the restore).
+    pub snapshot: u64,
+    /// The territory its files are in.
+    pub territory: Vec<u8>,
+    /// The tree files holding its directory blobs, and their segments.
+    pub tree_files: Vec<(Hash, u32)>,
+    /// What the restore does once the tree is whole (its own record: the older snapshots of
+    /// the lineage to adopt).
+    pub then: Vec<u8>,
+}
+
+/// The root of a tree restored to be loaded directory by directory.
+pub struct LazyRoot {
+    /// The load to record.
+    pub loading: Loading,
+    /// The root's subdirectories (their nodes in the restored snapshot), still on CESS.
+    pub dirs: Vec<(u64, TreeRef)>,
+    /// The node in the restored snapshot of each tree-wide hard-link id.
+    pub shared: Vec<(u64, u64)>,
+}
+
+/// A directory read from CESS, to load.
+pub struct LoadedDir {
+    /// The directory.
+    pub dir: OneDir,
+    /// The blobs it was read from, and where each is.
+    pub homes: Vec<(Hash, Home)>,
+    /// The chain name of each FID its files refer to.
+    pub names: HashMap<Hash, Vec<u8>>,
+}
+
+impl Batch {
+    /// Marks directory `ino` as still on CESS, in blob `dir`.
+    pub(super) fn put_pending_dir(&mut self, ino: u64, dir: &TreeRef) {
+        self.0.insert(&key::pending_dir(ino), encode(dir));
+    }
+
+    /// Records the state of a restore that loads its tree directory by directory: the root's
+    /// subdirectories (`inos` maps the restored snapshot's nodes to inodes) and the load,
+    /// whose snapshot is hidden inode `snapshot`.
+    pub(super) fn put_lazy_root(&mut self, lazy: &LazyRoot, inos: &HashMap<u64, u64>, snapshot: u64) {
+        for (node, dir) in &lazy.dirs {
+            self.put_pending_dir(inos[node], dir);
+        }
+        for (tree_id, node) in &lazy.shared {
+            self.0.insert(&key::loaded_node(*tree_id), &inos[node].to_be_bytes());
+        }
+        let loading = Loading { snapshot, ..lazy.loading.clone() };
+        self.put_meta(LOADING, &encode(&loading));
+    }
+}
+
+impl Store {
+    /// Whether a restored tree is still being loaded.
+    pub fn tree_loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    /// Notes whether the records say a tree is being loaded (at open, after a restore).
+    pub(super) fn note_loading(&self) -> Result<(), StoreError> {
+        let loading = self.meta(LOADING)?.is_some();
+        self.loading.store(loading, Ordering::Release);
+        if !loading {
+            self.forget_loading_records()?;
+        }
+        Ok(())
+    }
+
+    /// The tree being loaded, if one is.
+    pub fn loading_tree(&self) -> Result<Option<Loading>, StoreError> {
+        self.meta(LOADING)?.map(|v| decode(&v, "tree being loaded")).transpose()
+    }
+
+    /// Where directory `ino`'s blob is, if it is still on CESS.
+    pub fn pending_dir(&self, ino: u64) -> Result<Option<TreeRef>, StoreError> {
+        if !self.tree_loading() {
+            return Ok(None);
+        }
+        self.tree.get(key::pending_dir(ino))?.map(|v| decode(&v, "directory on CESS")).transpose()
+    }
+
+    /// Up to `at_most` directories still on CESS, the oldest inodes first (nearest the root).
+    pub fn pending_dirs(&self, at_most: usize) -> Result<Vec<u64>, StoreError> {
+        let keys = self.tree.scan_prefix(key::PENDING_DIR_PREFIX).keys().take(at_most);
+        keys.map(|k| key::ino_of(&k?)).collect()
+    }
+
+    /// Loads directory `ino` from `loaded`, read from its blob `from`: its names, their inodes
+    /// (a hard-linked node loaded before gains a link), and its subdirectories, still on CESS.
+    /// `false`: it was loaded already. The caller serialises namespace changes.
+    pub fn load_dir(&self, ino: u64, from: &TreeRef, loaded: &LoadedDir) -> Result<bool, StoreError> {
+        if self.pending_dir(ino)? != Some(*from) {
+            return Ok(false);
+        }
+        let loading = self.loading_tree()?.ok_or(StoreError::Corrupt { what: "tree being loaded" })?;
+        let mut dir = self.inode(ino)?.ok_or(StoreError::Corrupt { what: "directory on CESS" })?;
+        let one = &loaded.dir;
+        let tree_ids: HashMap<u64, u64> = one.shared.iter().map(|&(tree_id, node)| (node, tree_id)).collect();
+        let mut links: HashMap<u64, (u32, &[u8])> = HashMap::new();
+        for l in &one.snapshot.links {
+            links.entry(l.child).or_insert((0, &l.name)).0 += 1;
+        }
+        let chain_name = |fid: &Hash| loaded.names.get(fid).cloned().unwrap_or_default();
+        let mut b = Batch::default();
+        let mut inos = HashMap::new();
+        for n in &one.snapshot.nodes[1..] {
+            let (count, name) = links.get(&n.id).copied().unwrap_or((1, b""));
+            let tree_id = tree_ids.get(&n.id).copied();
+            let linked = match tree_id {
+                Some(t) => self.loaded_node(t, store_kind(n.kind))?,
+                None => None,
+            };
+            let child = match linked {
+                Some((child, mut rec)) => {
+                    rec.nlink += count;
+                    b.put_inode(child, &rec);
+                    child
+                }
+                None => {
+                    let child = self.allocate_ino()?;
+                    let nlink = if n.kind == NodeKind::Dir { 2 } else { count };
+                    put_node(&mut b, child, n, nlink, ino, name.to_vec());
+                    if n.kind == NodeKind::File {
+                        self.restore_file(&mut b, child, n, &loading.territory, &chain_name)?;
+                    }
+                    if let Some(t) = tree_id {
+                        b.0.insert(&key::loaded_node(t), &child.to_be_bytes());
+                    }
+                    child
+                }
+            };
+            inos.insert(n.id, child);
+        }
+        let kinds: HashMap<u64, NodeKind> = one.snapshot.nodes.iter().map(|n| (n.id, n.kind)).collect();
+        for l in &one.snapshot.links {
+            b.put_dirent(ino, &l.name, inos[&l.child], store_kind(kinds[&l.child]));
+        }
+        for (node, sub) in &one.dirs {
+            b.put_pending_dir(inos[node], sub);
+        }
+        dir.nlink = 2 + one.dirs.len() as u32;
+        b.put_inode(ino, &dir);
+        b.0.remove(&key::pending_dir(ino));
+        let fids = KeptSnapshot::of(&one.snapshot).fids.into_iter().chain(loaded.homes.iter().map(|(_, h)| h.0.fid));
+        for fid in fids {
+            b.0.insert(key::loading_fid(&fid), &[]);
+        }
+        b.put_read_dir_homes(&loaded.homes);
+        self.sync_content_dir()?;
+        self.commit(b)?;
+        Ok(true)
+    }
+
+    /// The inode a hard-linked node of tree-wide id `tree_id` was loaded as, and its record, if
+    /// it is still there as a `kind` other than a directory (a directory has one name).
+    fn loaded_node(&self, tree_id: u64, kind: Kind) -> Result<Option<(u64, super::InodeRecord)>, StoreError> {
+        let Some(v) = self.tree.get(key::loaded_node(tree_id))? else { return Ok(None) };
+        let ino = u64::from_be_bytes(v[..].try_into().map_err(|_| StoreError::Corrupt { what: "loaded node" })?);
+        Ok(self.inode(ino)?.filter(|r| r.kind == kind && kind != Kind::Dir && r.nlink > 0).map(|r| (ino, r)))
+    }
+
+    /// Ends the load of a whole tree: the FIDs it refers to join its snapshot's record, and
+    /// `older` (the older snapshots of its lineage) are adopted, in one batch. `false`: a
+    /// directory is still on CESS.
+    pub fn finish_loading(&self, older: &[Adopted<'_>]) -> Result<bool, StoreError> {
+        let Some(loading) = self.loading_tree()? else { return Ok(true) };
+        if self.tree.scan_prefix(key::PENDING_DIR_PREFIX).next().is_some() {
+            return Ok(false);
+        }
+        let mut b = Batch::default();
+        if let Some(v) = self.tree.get(key::snapshot(loading.snapshot))? {
+            let mut kept: KeptSnapshot = decode(&v, "snapshot")?;
+            for k in self.tree.scan_prefix(key::LOADING_FID_PREFIX).keys() {
+                kept.fids.push(key::fid_of(&k?)?);
+            }
+            kept.fids.sort();
+            kept.fids.dedup();
+            b.0.insert(&key::snapshot(loading.snapshot), encode(&kept));
+        }
+        for a in older {
+            self.adopt_into(&mut b, a, &loading.territory)?;
+        }
+        b.0.remove(key::meta(LOADING));
+        self.sync_content_dir()?;
+        self.commit(b)?;
+        self.loading.store(false, Ordering::Release);
+        self.kept_snapshots_changed();
+        self.sync()?;
+        self.forget_loading_records()?;
+        Ok(true)
+    }
+
+    /// Removes what a load gathered once it has ended (or a partial restore is forgotten).
+    fn forget_loading_records(&self) -> Result<(), StoreError> {
+        for prefix in [key::LOADING_FID_PREFIX, key::LOADED_NODE_PREFIX, key::PENDING_DIR_PREFIX] {
+            loop {
+                let keys: Vec<sled::IVec> =
+                    self.tree.scan_prefix(prefix).keys().take(FORGET_CHUNK).collect::<Result<_, _>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                let mut b = Batch::default();
+                keys.into_iter().for_each(|k| b.0.remove(k));
+                self.commit(b)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -6,7 +6,8 @@
 //! against one read of the account's hold list (what any search costs at least).
 //!
 //! Then the tree written in directory blobs, whole and after one edit, against the whole
-//! snapshot's bytes and encoding time.
+//! snapshot's bytes and encoding time; and restored lazily from those blobs (held in memory: no
+//! network), to its root and to the whole tree, against the restore of the whole snapshot.
 //!
 //! Run: `cargo bench --bench snapshot`. FILES=20000 for a shorter run; PER_DIR=20000 for larger
 //! directories; NO_FIND=1 leaves out the search on a devnet (whose ledger holds every file in
@@ -109,7 +110,7 @@ fn main() {
     println!("peak resident memory so far (through the restore): {} MiB", peak_rss_kib() >> 10);
     drop((store, fresh));
 
-    directory_blobs(&decoded, bytes.len(), encoded);
+    directory_blobs(&decoded, bytes.len(), encoded, restore, &work.path().join("c"));
     if std::env::var_os("NO_FIND").is_some() {
         return;
     }
@@ -133,18 +134,28 @@ fn peak_rss_kib() -> u64 {
 
 /// The tree in directory blobs (docs/FORMAT.md): written whole, then again after one file of
 /// the middle directory grew by 7 bytes, referring to the directories written before where they
-/// are. Bytes and time against the whole snapshot's encoding (`whole` bytes in `encoded`).
-fn directory_blobs(snapshot: &Snapshot, whole: usize, encoded: std::time::Duration) {
+/// are. Bytes and time against the whole snapshot's encoding (`whole` bytes in `encoded`). Then
+/// the first write restored lazily into a store at `dir`, against the whole snapshot's restore
+/// (`restored`).
+fn directory_blobs(
+    snapshot: &Snapshot,
+    whole: usize,
+    encoded: std::time::Duration,
+    restored: std::time::Duration,
+    dir: &std::path::Path,
+) {
     use std::collections::HashMap;
     let keys = cessfs::format::MasterKey::from_bytes([7; 32]).for_territory(b"cessfs");
     let keys = keys.blobs().expect("blob keys").clone();
     let mut homes: HashMap<Hash, cessfs::format::Home> = HashMap::new();
+    // The bytes of the first file written.
+    let mut first_file: Option<Vec<u8>> = None;
     let mut write = |s: &Snapshot, fid: Hash, ids: &mut cessfs::format::DirIds| {
         let start = Instant::now();
-        let mut file_len = 0u64;
+        let mut file = Vec::new();
         let mut place = |_: &Hash, sealed: Vec<u8>| {
-            let at = u32::try_from(file_len).ok()?;
-            file_len += sealed.len() as u64;
+            let at = u32::try_from(file.len()).ok()?;
+            file.extend_from_slice(&sealed);
             Some(at)
         };
         let known = homes.clone();
@@ -154,6 +165,7 @@ fn directory_blobs(snapshot: &Snapshot, whole: usize, encoded: std::time::Durati
         for &(id, offset, len) in &written.placed {
             homes.insert(id, (cessfs::format::TreeRef { fid, id, offset, len }, None));
         }
+        first_file.get_or_insert(file);
         (written, took)
     };
     let mut ids = cessfs::format::DirIds::default();
@@ -188,6 +200,93 @@ fn directory_blobs(snapshot: &Snapshot, whole: usize, encoded: std::time::Durati
         ms(cold_took),
         ms(cold_took) / ms(encoded)
     );
+    let file = first_file.expect("the first write");
+    let (to_root, to_whole) = restore_lazily(&first.root, &file, Hash([1; 32]), &keys, dir);
+    println!(
+        "lazy restore of the first write (blobs in memory): the root shown after {:.0} ms ({:.4}x the whole snapshot's restore), the tree whole after {:.0} ms ({:.2}x); peak resident memory so far: {} MiB",
+        ms(to_root),
+        ms(to_root) / ms(restored),
+        ms(to_whole),
+        ms(to_whole) / ms(restored),
+        peak_rss_kib() >> 10
+    );
+}
+
+/// Restores the tree of `root`, whose blobs are in `file` (CESS file `fid`), lazily into a new
+/// store at `dir`, as a mount does (snapshots/load.rs) without the network: the root directory,
+/// then every other directory. Returns the times to the root and to the whole tree.
+fn restore_lazily(
+    root: &[u8],
+    file: &[u8],
+    fid: Hash,
+    keys: &cessfs::format::BlobKeys,
+    dir: &std::path::Path,
+) -> (std::time::Duration, std::time::Duration) {
+    use cessfs::format::{Dir, Entry, Root, THIS_COMMIT, TreeRef, one_dir};
+    use std::collections::HashMap;
+    let open = |r: &TreeRef| {
+        let sealed = &file[r.offset as usize..(r.offset + r.len) as usize];
+        Dir::decode(&keys.open(&r.id, sealed).expect("open")).expect("a directory").resolved(fid)
+    };
+    let entries_of = |r: &TreeRef| -> Vec<Entry> {
+        match open(r) {
+            Dir::Entries(entries) => entries,
+            Dir::Chunks(chunks) => chunks
+                .iter()
+                .flat_map(|c| match open(c) {
+                    Dir::Entries(entries) => entries,
+                    Dir::Chunks(_) => panic!("a chunk of chunks"),
+                })
+                .collect(),
+        }
+    };
+    let store = Store::open(dir, 1000, 1000).expect("store");
+    let start = Instant::now();
+    let root = Root::decode(root).expect("root");
+    let mut start_ref = root.dir;
+    if start_ref.fid == THIS_COMMIT {
+        start_ref.fid = fid;
+    }
+    let one = one_dir(&entries_of(&start_ref)).expect("the root directory");
+    let mut snapshot = one.snapshot.clone();
+    snapshot.nodes[0] = cessfs::format::Node { id: 1, ..root.node.clone() };
+    let adopted = cessfs::store::Adopted {
+        snapshot: &snapshot,
+        fid,
+        seed: None,
+        segments: 1,
+        name: b"commit".to_vec(),
+        commit: true,
+    };
+    let lazy = cessfs::store::LazyRoot {
+        loading: cessfs::store::Loading {
+            generation: root.generation,
+            snapshot: 0,
+            territory: b"cessfs".to_vec(),
+            tree_files: Vec::new(),
+            then: Vec::new(),
+        },
+        dirs: one.dirs.clone(),
+        shared: one.shared.clone(),
+    };
+    let name = |fid: &Hash| fid.0[..8].to_vec();
+    store.restore_snapshot(&snapshot, b"cessfs", name, &[adopted], &[], Some(&lazy)).expect("the root");
+    let to_root = start.elapsed();
+    loop {
+        let pending = store.pending_dirs(256).expect("pending");
+        if pending.is_empty() {
+            break;
+        }
+        for ino in pending {
+            let from = store.pending_dir(ino).expect("read").expect("pending");
+            let dir = one_dir(&entries_of(&from)).expect("a directory");
+            let loaded = cessfs::store::LoadedDir { dir, homes: Vec::new(), names: HashMap::new() };
+            let prepared = store.prepare_loaded_dir(&loaded).expect("prepare");
+            store.load_dir(ino, &from, &loaded, &prepared).expect("load");
+        }
+    }
+    assert!(store.finish_loading(&[], &[]).expect("finish"), "whole");
+    (to_root, start.elapsed())
 }
 
 /// Times, on a devnet whose account holds `files` files: one read of its hold list, and a

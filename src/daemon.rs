@@ -352,7 +352,12 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         (Some(loading), Some(names)) => {
             let loader = restored_loader.unwrap_or_else(|| {
                 let handle = runtime.handle().clone();
-                Arc::new(crate::snapshots::load::DirLoader::new(fetcher.clone(), names.clone(), handle, &loading.tree_files))
+                Arc::new(crate::snapshots::load::DirLoader::new(
+                    fetcher.clone(),
+                    names.clone(),
+                    handle,
+                    &loading.tree_files,
+                ))
             });
             Some((loader, names))
         }
@@ -429,8 +434,13 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         tasks.push(runtime.spawn(follower.run(settings.poll_interval(), stop.subscribe())));
     }
     if let Some((loader, names)) = tree_load {
-        let load =
-            crate::snapshots::load::Load { fs: fs.clone(), store: store.clone(), loader, fetcher: fetcher.clone(), names };
+        let load = crate::snapshots::load::Load {
+            fs: fs.clone(),
+            store: store.clone(),
+            loader,
+            fetcher: fetcher.clone(),
+            names,
+        };
         tasks.push(runtime.spawn(load.run(stop.subscribe())));
     }
     if let (Some(config), Some(watch)) = (snapshot_config, watch) {
@@ -567,7 +577,9 @@ impl TreeSetup<'_> {
         let chosen = match (names, self.settings.fresh.unwrap_or(false)) {
             (Some(names), false) => {
                 let found = found.clone().transpose()?.unwrap_or_default();
-                self.runtime.block_on(crate::snapshots::restore::choose(&found, self.fetcher, names))?.map(|c| (c, names))
+                self.runtime
+                    .block_on(crate::snapshots::restore::choose(&found, self.fetcher, names))?
+                    .map(|c| (c, names))
             }
             _ => None,
         };

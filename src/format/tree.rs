@@ -534,8 +534,7 @@ pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
             return Err(damaged("a directory of more nodes than any tree"));
         }
     }
-    let snapshot =
-        Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() };
+    let snapshot = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() };
     snapshot.check()?;
     Ok(OneDir { snapshot, dirs, shared })
 }

@@ -147,10 +147,21 @@ impl Fs {
         self.apply_loaded_dir(ino, &dir, &read)
     }
 
-    /// Writes directory `ino`, read from its blob `from`, unless it was loaded meanwhile.
-    pub fn apply_loaded_dir(&self, ino: u64, from: &crate::format::TreeRef, read: &crate::store::LoadedDir) -> FsResult<()> {
-        let _ns = lock(&self.ns);
-        self.store.load_dir(ino, from, read)?;
+    /// Writes directory `ino`, read from its blob `from`, unless it was loaded meanwhile: its
+    /// inodes' content files first, outside `ns`, then its records under it.
+    pub fn apply_loaded_dir(
+        &self,
+        ino: u64,
+        from: &crate::format::TreeRef,
+        read: &crate::store::LoadedDir,
+    ) -> FsResult<()> {
+        let prepared = self.store.prepare_loaded_dir(read)?;
+        let ns = lock(&self.ns);
+        let unused = self.store.load_dir(ino, from, read, &prepared);
+        drop(ns);
+        for ino in unused? {
+            self.store.remove_content(ino)?;
+        }
         Ok(())
     }
 

@@ -89,6 +89,21 @@ pub fn window_meta(lineage_from: u32, began: u32) -> (&'static [u8], Vec<u8>) {
     (WINDOW, [lineage_from.to_be_bytes(), began.to_be_bytes()].concat())
 }
 
+/// The sweep and window records of a restored tree whose lineage turned out to begin at block
+/// `lineage_from` (a tree loaded lazily learns it once it has read its older snapshots), to
+/// write with the end of its load.
+pub fn lineage_meta(store: &Store, lineage_from: u32) -> Result<Vec<(&'static [u8], Vec<u8>)>, StoreError> {
+    let mut meta = Vec::new();
+    if let Some(p) = pending(store)? {
+        let p = Pending { lineage_from, ..p };
+        meta.push((PENDING, postcard::to_stdvec(&p).unwrap_or_default()));
+    }
+    if let Some((_, began)) = window(store)? {
+        meta.push(window_meta(lineage_from, began));
+    }
+    Ok(meta)
+}
+
 /// The window recorded when the tree began here; for a data dir from before that record, its
 /// restore's sweep's, if it is still to come.
 fn window(store: &Store) -> Result<Option<(u32, u32)>, StoreError> {

@@ -214,13 +214,26 @@ impl Load {
                 Ok(old) if writer.is_some_and(|w| super::same_lineage(&old.snapshot.writer, &w)) => {
                     read_back.push((o, old));
                 }
-                Ok(_) => log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation),
+                Ok(_) => {
+                    log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation)
+                }
                 Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
             }
         }
         let names = &self.names;
-        let adopted: Vec<Adopted<'_>> =
-            read_back.iter().map(|(found, old)| super::restore::adopted(found, &old.snapshot, old.seed, names)).collect();
-        Ok(tokio::task::block_in_place(|| self.store.finish_loading(&adopted))?)
+        let adopted: Vec<Adopted<'_>> = read_back
+            .iter()
+            .map(|(found, old)| super::restore::adopted(found, &old.snapshot, old.seed, names))
+            .collect();
+        // The sweep and the collections look back to the oldest snapshot of the lineage.
+        let oldest = read_back.iter().map(|(found, _)| found.completion).min();
+        let meta = match oldest {
+            Some(block) => {
+                let from = super::collect::pending(&self.store)?.map_or(block, |p| p.lineage_from.min(block));
+                super::collect::lineage_meta(&self.store, from)?
+            }
+            None => Vec::new(),
+        };
+        Ok(tokio::task::block_in_place(|| self.store.finish_loading(&adopted, &meta))?)
     }
 }

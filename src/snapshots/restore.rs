@@ -470,7 +470,12 @@ pub async fn choose(
 }
 
 /// The record that keeps snapshot `found` of tree `snapshot` (its seed `seed`).
-pub(super) fn adopted<'a>(found: &Found, snapshot: &'a Snapshot, seed: Option<[u8; 32]>, names: &NameKey) -> Adopted<'a> {
+pub(super) fn adopted<'a>(
+    found: &Found,
+    snapshot: &'a Snapshot,
+    seed: Option<[u8; 32]>,
+    names: &NameKey,
+) -> Adopted<'a> {
     let generation = found.generation;
     Adopted {
         snapshot,
@@ -491,11 +496,10 @@ impl Chosen {
     /// The block at which the oldest kept snapshot of its lineage became active: files of that
     /// lineage that became active later and that no snapshot refers to were declared by its
     /// lost machine after its last snapshot (see [`super::sweep`]). A tree loaded lazily has
-    /// not read its older snapshots yet: the oldest active one's block is taken, which only
-    /// widens what the sweep looks at (a snapshot there that is not kept holds it up).
+    /// not read its older snapshots yet: its own block stands until its load ends
+    /// ([`super::load`]), and nothing is swept before.
     pub fn lineage_from(&self) -> u32 {
-        let later = self.lazy.iter().flat_map(|(_, later)| later.iter().map(|f| f.completion));
-        self.older.iter().map(|o| o.found.completion).chain(later).fold(self.newest.found.completion, u32::min)
+        self.older.iter().map(|o| o.found.completion).fold(self.newest.found.completion, u32::min)
     }
 
     /// Reads the rest of a tree restored lazily, holding what the restore fetched already.

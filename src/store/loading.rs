@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::records::{decode, encode, key};
-use super::tree::{Adopted, KeptSnapshot, put_node, store_kind};
+use super::tree::{Adopted, KeptSnapshot, put_node, restored_upload, store_kind};
 use super::{Batch, Kind, Store, StoreError};
 use crate::format::{Hash, Home, NodeKind, OneDir, TreeRef};
 
@@ -58,6 +58,13 @@ pub struct LoadedDir {
     pub homes: Vec<(Hash, Home)>,
     /// The chain name of each FID its files refer to.
     pub names: HashMap<Hash, Vec<u8>>,
+}
+
+/// The inodes and content files made for a directory read from CESS, before it is loaded:
+/// made outside the namespace lock, since they take fsyncs.
+pub struct PreparedDir {
+    /// The inode of each node of the directory.
+    inos: HashMap<u64, u64>,
 }
 
 impl Batch {
@@ -116,12 +123,35 @@ impl Store {
         keys.map(|k| key::ino_of(&k?)).collect()
     }
 
-    /// Loads directory `ino` from `loaded`, read from its blob `from`: its names, their inodes
-    /// (a hard-linked node loaded before gains a link), and its subdirectories, still on CESS.
-    /// `false`: it was loaded already. The caller serialises namespace changes.
-    pub fn load_dir(&self, ino: u64, from: &TreeRef, loaded: &LoadedDir) -> Result<bool, StoreError> {
+    /// Makes the inodes and content files of directory `loaded`, durably, for [`Store::load_dir`].
+    pub fn prepare_loaded_dir(&self, loaded: &LoadedDir) -> Result<PreparedDir, StoreError> {
+        let mut inos = HashMap::new();
+        for n in &loaded.dir.snapshot.nodes[1..] {
+            let ino = self.allocate_ino()?;
+            if n.kind == NodeKind::File {
+                self.restored_content(ino, n)?;
+            }
+            inos.insert(n.id, ino);
+        }
+        self.sync_content_dir()?;
+        Ok(PreparedDir { inos })
+    }
+
+    /// Loads directory `ino` from `loaded`, read from its blob `from`, with the inodes of
+    /// `prepared`: its names, their inodes (a hard-linked node loaded before gains a link
+    /// instead), and its subdirectories, still on CESS. Nothing if it was loaded already.
+    /// Returns the prepared inodes not taken, whose content files the caller removes (after
+    /// the namespace lock, which it holds: loads are namespace changes).
+    pub fn load_dir(
+        &self,
+        ino: u64,
+        from: &TreeRef,
+        loaded: &LoadedDir,
+        prepared: &PreparedDir,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut unused = Vec::new();
         if self.pending_dir(ino)? != Some(*from) {
-            return Ok(false);
+            return Ok(prepared.inos.values().copied().collect());
         }
         let loading = self.loading_tree()?.ok_or(StoreError::Corrupt { what: "tree being loaded" })?;
         let mut dir = self.inode(ino)?.ok_or(StoreError::Corrupt { what: "directory on CESS" })?;
@@ -141,18 +171,20 @@ impl Store {
                 Some(t) => self.loaded_node(t, store_kind(n.kind))?,
                 None => None,
             };
+            let made = *prepared.inos.get(&n.id).ok_or(StoreError::Corrupt { what: "prepared directory" })?;
             let child = match linked {
                 Some((child, mut rec)) => {
                     rec.nlink += count;
                     b.put_inode(child, &rec);
+                    unused.push(made);
                     child
                 }
                 None => {
-                    let child = self.allocate_ino()?;
+                    let child = made;
                     let nlink = if n.kind == NodeKind::Dir { 2 } else { count };
                     put_node(&mut b, child, n, nlink, ino, name.to_vec());
                     if n.kind == NodeKind::File {
-                        self.restore_file(&mut b, child, n, &loading.territory, &chain_name)?;
+                        restored_upload(&mut b, child, n, &loading.territory, &chain_name);
                     }
                     if let Some(t) = tree_id {
                         b.0.insert(&key::loaded_node(t), &child.to_be_bytes());
@@ -177,9 +209,8 @@ impl Store {
             b.0.insert(key::loading_fid(&fid), &[]);
         }
         b.put_read_dir_homes(&loaded.homes);
-        self.sync_content_dir()?;
         self.commit(b)?;
-        Ok(true)
+        Ok(unused)
     }
 
     /// The inode a hard-linked node of tree-wide id `tree_id` was loaded as, and its record, if
@@ -190,10 +221,10 @@ impl Store {
         Ok(self.inode(ino)?.filter(|r| r.kind == kind && kind != Kind::Dir && r.nlink > 0).map(|r| (ino, r)))
     }
 
-    /// Ends the load of a whole tree: the FIDs it refers to join its snapshot's record, and
-    /// `older` (the older snapshots of its lineage) are adopted, in one batch. `false`: a
-    /// directory is still on CESS.
-    pub fn finish_loading(&self, older: &[Adopted<'_>]) -> Result<bool, StoreError> {
+    /// Ends the load of a whole tree: the FIDs it refers to join its snapshot's record, `older`
+    /// (the older snapshots of its lineage) are adopted, and the facts `meta` written, in one
+    /// batch. `false`: a directory is still on CESS.
+    pub fn finish_loading(&self, older: &[Adopted<'_>], meta: &[(&[u8], Vec<u8>)]) -> Result<bool, StoreError> {
         let Some(loading) = self.loading_tree()? else { return Ok(true) };
         if self.tree.scan_prefix(key::PENDING_DIR_PREFIX).next().is_some() {
             return Ok(false);
@@ -210,6 +241,9 @@ impl Store {
         }
         for a in older {
             self.adopt_into(&mut b, a, &loading.territory)?;
+        }
+        for (name, value) in meta {
+            b.put_meta(name, value);
         }
         b.0.remove(key::meta(LOADING));
         self.sync_content_dir()?;

@@ -34,6 +34,7 @@ use thiserror::Error;
 
 pub use abandoned::AbandonedDeal;
 pub use catalog::resident_bytes;
+pub use loading::{LazyRoot, LoadedDir, Loading};
 pub use outbox::{DealGuard, Deletion, FidPin, PackedBlob, StoredVersion, Tombstone, UploadRecord, UploadState};
 pub use packs::{CommitOutcome, CommitTree, PackRecord, PackSummary};
 pub use placements::Placement;
@@ -41,7 +42,6 @@ pub use records::{InodeRecord, Kind, ROOT_INO, Timestamp};
 pub use reserve::kept_free;
 pub use residency::Residency;
 pub use source::{FileSource, sparse_extents};
-pub use loading::{LazyRoot, LoadedDir, Loading};
 pub use tree::{Adopted, KeptSnapshot, Restored, SnapshotSummary};
 
 use records::{decode, decode_dirent, encode, encode_dirent, key};

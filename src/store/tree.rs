@@ -794,7 +794,7 @@ impl Store {
     }
 
     /// A regular file of a snapshot: its content file and upload record.
-    pub(super) fn restore_file(
+    fn restore_file(
         &self,
         b: &mut Batch,
         ino: u64,
@@ -802,48 +802,68 @@ impl Store {
         territory: &[u8],
         chain_name: &impl Fn(&Hash) -> Vec<u8>,
     ) -> Result<(), StoreError> {
+        self.restored_content(ino, n)?;
+        restored_upload(b, ino, n, territory, chain_name);
+        Ok(())
+    }
+
+    /// The content file of regular file `n` of a snapshot, as inode `ino`: its bytes if the
+    /// snapshot holds them, else a hole of its size (cold).
+    pub(super) fn restored_content(&self, ino: u64, n: &Node) -> Result<(), StoreError> {
         let file = self.create_content(ino)?;
-        let mut up = UploadRecord::staged(1);
         match &n.location {
             Location::Empty => {}
             Location::Inline(bytes) => {
                 (&file).write_all(bytes)?;
                 file.sync_all()?;
             }
-            Location::Fid { fid, format, seed } | Location::Sparse { fid, format, seed, .. } => {
-                file.set_len(n.size)?;
-                let extents = match &n.location {
-                    // Checked when the snapshot was read.
-                    Location::Sparse { extents, .. } => crate::format::Extents::new(extents.clone(), n.size),
-                    _ => None,
-                };
-                let object_size = extents.as_ref().map_or(n.size, |e| e.data_len());
-                let mode = Mode::of(*format, seed.is_some());
-                let segments = Layout::new(object_size, mode).map(|l| l.segments() as u32).unwrap_or(0);
-                let stored =
-                    StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format, blob: None, extents };
-                up = UploadRecord::stored(stored, segments, territory, chain_name(fid));
-                b.put_residency(ino, Some(&Residency::empty(segments)));
-            }
-            Location::Packed { fid, id, offset, len } => {
-                file.set_len(n.size)?;
-                let place = crate::format::BlobPlace { offset: *offset, len: *len };
-                let blob = Some((*id, place));
-                let stored = StoredVersion {
-                    fid: *fid,
-                    size: n.size,
-                    seed: None,
-                    format: crate::format::FORMAT_V2,
-                    blob,
-                    extents: None,
-                };
-                up = UploadRecord::stored(stored, 1, territory, chain_name(fid));
-                b.put_residency(ino, Some(&Residency::empty(1)));
-            }
+            Location::Fid { .. } | Location::Sparse { .. } | Location::Packed { .. } => file.set_len(n.size)?,
         }
-        b.put_upload(ino, &up);
         Ok(())
     }
+}
+
+/// Adds to `b` the upload record (and residency) of regular file `n` of a snapshot, as inode
+/// `ino`: stored where the snapshot says, or staged if the snapshot holds its bytes.
+pub(super) fn restored_upload(
+    b: &mut Batch,
+    ino: u64,
+    n: &Node,
+    territory: &[u8],
+    chain_name: &impl Fn(&Hash) -> Vec<u8>,
+) {
+    let mut up = UploadRecord::staged(1);
+    match &n.location {
+        Location::Empty | Location::Inline(_) => {}
+        Location::Fid { fid, format, seed } | Location::Sparse { fid, format, seed, .. } => {
+            let extents = match &n.location {
+                // Checked when the snapshot was read.
+                Location::Sparse { extents, .. } => crate::format::Extents::new(extents.clone(), n.size),
+                _ => None,
+            };
+            let object_size = extents.as_ref().map_or(n.size, |e| e.data_len());
+            let mode = Mode::of(*format, seed.is_some());
+            let segments = Layout::new(object_size, mode).map(|l| l.segments() as u32).unwrap_or(0);
+            let stored = StoredVersion { fid: *fid, size: n.size, seed: *seed, format: *format, blob: None, extents };
+            up = UploadRecord::stored(stored, segments, territory, chain_name(fid));
+            b.put_residency(ino, Some(&Residency::empty(segments)));
+        }
+        Location::Packed { fid, id, offset, len } => {
+            let place = crate::format::BlobPlace { offset: *offset, len: *len };
+            let blob = Some((*id, place));
+            let stored = StoredVersion {
+                fid: *fid,
+                size: n.size,
+                seed: None,
+                format: crate::format::FORMAT_V2,
+                blob,
+                extents: None,
+            };
+            up = UploadRecord::stored(stored, 1, territory, chain_name(fid));
+            b.put_residency(ino, Some(&Residency::empty(1)));
+        }
+    }
+    b.put_upload(ino, &up);
 }
 
 /// Adds to `b` the inode record and xattrs of node `n` as inode `ino`, of `nlink` links, named

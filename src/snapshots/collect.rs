@@ -89,10 +89,13 @@ pub fn window_meta(lineage_from: u32, began: u32) -> (&'static [u8], Vec<u8>) {
     (WINDOW, [lineage_from.to_be_bytes(), began.to_be_bytes()].concat())
 }
 
+/// A meta record to write: its name and value.
+pub type MetaRecord = (&'static [u8], Vec<u8>);
+
 /// The sweep and window records of a restored tree whose lineage turned out to begin at block
 /// `lineage_from` (a tree loaded lazily learns it once it has read its older snapshots), to
 /// write with the end of its load.
-pub fn lineage_meta(store: &Store, lineage_from: u32) -> Result<Vec<(&'static [u8], Vec<u8>)>, StoreError> {
+pub fn lineage_meta(store: &Store, lineage_from: u32) -> Result<Vec<MetaRecord>, StoreError> {
     let mut meta = Vec::new();
     if let Some(p) = pending(store)? {
         let p = Pending { lineage_from, ..p };

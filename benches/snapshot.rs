@@ -265,6 +265,8 @@ fn restore_lazily(
             territory: b"cessfs".to_vec(),
             tree_files: Vec::new(),
             then: Vec::new(),
+            nodes: root.nodes,
+            loaded: snapshot.nodes.len() as u64,
         },
         dirs: one.dirs.clone(),
         shared: one.shared.clone(),
@@ -273,7 +275,7 @@ fn restore_lazily(
     store.restore_snapshot(&snapshot, b"cessfs", name, &[adopted], &[], Some(&lazy)).expect("the root");
     let to_root = start.elapsed();
     loop {
-        let pending = store.pending_dirs(256).expect("pending");
+        let pending = store.pending_dirs(0, 256).expect("pending");
         if pending.is_empty() {
             break;
         }

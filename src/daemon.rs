@@ -440,6 +440,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
             loader,
             fetcher: fetcher.clone(),
             names,
+            flags: snapshot_flags.clone(),
         };
         tasks.push(runtime.spawn(load.run(stop.subscribe())));
     }

@@ -290,6 +290,11 @@ impl Fs {
         if kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
+        if self.store.pending_dir(ino)?.is_some() {
+            // Renamed here since the look before: that one is loaded now.
+            drop(ns);
+            return self.rmdir(parent, name);
+        }
         if !self.store.dir_is_empty(ino)? {
             return Err(FsError::NotEmpty);
         }
@@ -337,6 +342,13 @@ impl Fs {
         let ns = lock(&self.ns);
         let (src, src_kind) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         let dst = self.store.lookup(new_parent, new_name)?;
+        if let Some((target, Kind::Dir)) = dst
+            && self.store.pending_dir(target)?.is_some()
+        {
+            // Renamed there since the look before: that one is loaded now.
+            drop(ns);
+            return self.rename(parent, name, new_parent, new_name, flags);
+        }
         let mut ch = Changes::new(&self.store);
         ch.dir(new_parent)?;
         if src_kind == Kind::Dir && parent != new_parent && self.is_within(new_parent, src)? {

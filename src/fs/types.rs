@@ -139,6 +139,8 @@ pub struct SnapshotFlags {
     pub stopped: std::sync::Mutex<Option<String>>,
     /// Why the restored tree is not swept yet, if it waits for something.
     pub sweep_waits: std::sync::Mutex<Option<String>>,
+    /// Why the restored tree's load waits, if it does (a directory that cannot be read now).
+    pub load_waits: std::sync::Mutex<Option<String>>,
 }
 
 /// Reads the directories of a restored tree still on CESS (store/loading.rs): given by the

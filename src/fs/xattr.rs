@@ -202,8 +202,9 @@ impl Fs {
             "tree_files": summary.tree_files,
             "stopped": lock(&flags.stopped).clone(),
             "sweep_waits": lock(&flags.sweep_waits).clone(),
+            "load_waits": lock(&flags.load_waits).clone(),
             "deletions_wait": self.store.deletions_wait(),
-            "dirs_to_load": self.store.tree_loading().then(|| self.store.pending_dirs(usize::MAX)).transpose()?.map(|d| d.len()),
+            "dirs_to_load": self.store.tree_loading().then(|| self.store.pending_dirs(0, usize::MAX)).transpose()?.map(|d| d.len()),
             "read_only_view_of": self.store.view_generation()?,
         }))
     }

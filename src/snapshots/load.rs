@@ -79,6 +79,11 @@ impl DirLoader {
         }
     }
 
+    /// Forgets the files fetched (the load has ended).
+    fn forget(&self) {
+        *lock(&self.held) = HeldFiles::default();
+    }
+
     /// Keeps `held`, the bytes of file `fid` read already.
     pub(super) fn keep(&self, fid: Hash, held: Arc<Held>) {
         let mut files = lock(&self.held);
@@ -155,6 +160,18 @@ pub struct Load {
     pub fetcher: Arc<Fetcher>,
     /// The tree's name key.
     pub names: NameKey,
+    /// Where the mount says why the load waits (`user.cess.snapshot`'s `load_waits`).
+    pub flags: Arc<crate::fs::SnapshotFlags>,
+}
+
+/// How a pass over the directories still on CESS went.
+enum Pass {
+    /// Every directory was loaded and the load ended.
+    Ended,
+    /// Some could not be read now (the first, and why): try again later.
+    Failed(u64, String),
+    /// The mount is stopping.
+    Stopped,
 }
 
 impl Load {
@@ -163,47 +180,69 @@ impl Load {
         crate::hooks::reached_async("restore-load").await;
         let started = Instant::now();
         loop {
-            let wait = match self.step().await {
-                Ok(true) => break,
-                Ok(false) => continue,
-                Err(e) => {
-                    crate::log_limited!(
-                        log::Level::Warn,
-                        "tree load",
-                        "loading the restored tree: {e:#}; trying again in {} s",
-                        RETRY.as_secs()
-                    );
-                    RETRY
-                }
+            let why = match self.pass(&mut stop).await {
+                Ok(Pass::Ended) => break,
+                Ok(Pass::Stopped) => return,
+                Ok(Pass::Failed(ino, why)) => format!("directory inode {ino} could not be read: {why}"),
+                Err(e) => format!("{e:#}"),
             };
+            crate::log_limited!(
+                log::Level::Warn,
+                "tree load",
+                "loading the restored tree: {why}; trying again in {} s (nothing is deleted from the chain meanwhile)",
+                RETRY.as_secs()
+            );
+            *lock(&self.flags.load_waits) = Some(why);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(RETRY) => {}
                 _ = stop.changed() => return,
             }
-            if *stop.borrow() {
-                return;
-            }
         }
+        *lock(&self.flags.load_waits) = None;
+        self.loader.forget();
         log::info!("the restored tree is loaded whole, in {:.1} s", started.elapsed().as_secs_f64());
     }
 
-    /// Loads the next directories still on CESS, or ends the load if none is. `true`: ended.
-    async fn step(&self) -> anyhow::Result<bool> {
-        let store = self.store.clone();
-        let pending = tokio::task::spawn_blocking(move || store.pending_dirs(LOAD_BATCH)).await??;
-        if pending.is_empty() {
-            return self.finish().await;
+    /// Loads every directory still on CESS, in inode order, going past those that cannot be
+    /// read now; then ends the load if none is left.
+    async fn pass(&self, stop: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Pass> {
+        let mut after = 0;
+        let mut failed = None;
+        loop {
+            let store = self.store.clone();
+            let pending = tokio::task::spawn_blocking(move || store.pending_dirs(after, LOAD_BATCH)).await??;
+            let Some(&last) = pending.last() else { break };
+            after = last;
+            for ino in pending {
+                if *stop.borrow() {
+                    return Ok(Pass::Stopped);
+                }
+                let Some(dir) = self.store.pending_dir(ino)? else { continue };
+                let read = tokio::select! {
+                    read = self.loader.read(&dir) => read,
+                    _ = stop.changed() => return Ok(Pass::Stopped),
+                };
+                let loaded = match read {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        failed.get_or_insert((ino, e.to_string()));
+                        continue;
+                    }
+                };
+                let fs = self.fs.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || fs.apply_loaded_dir(ino, &dir, &loaded)).await? {
+                    failed.get_or_insert((ino, e.to_string()));
+                }
+            }
         }
-        for ino in pending {
-            let Some(dir) = self.store.pending_dir(ino)? else { continue };
-            let loaded = self.loader.read(&dir).await?;
-            let fs = self.fs.clone();
-            tokio::task::spawn_blocking(move || fs.apply_loaded_dir(ino, &dir, &loaded)).await??;
+        if let Some((ino, why)) = failed {
+            return Ok(Pass::Failed(ino, why));
         }
-        Ok(false)
+        Ok(if self.finish().await? { Pass::Ended } else { Pass::Failed(0, "a directory was left".into()) })
     }
 
-    /// Adopts the older snapshots of the lineage and ends the load.
+    /// Adopts the older snapshots of the lineage and ends the load. `false`: a directory is
+    /// still on CESS.
     async fn finish(&self) -> anyhow::Result<bool> {
         let Some(loading) = self.store.loading_tree()? else { return Ok(true) };
         let older: Vec<Found> = postcard::from_bytes(&loading.then).unwrap_or_default();
@@ -216,6 +255,10 @@ impl Load {
                 }
                 Ok(_) => {
                     log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation)
+                }
+                // Not fetched now: the load ends once it is, to keep it.
+                Err(ReadError::Unavailable(e)) => {
+                    anyhow::bail!("the older tree snapshot {} could not be fetched now: {e}", o.generation)
                 }
                 Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
             }

@@ -531,6 +531,8 @@ impl Chosen {
                 territory: territory.to_vec(),
                 tree_files: lazy.tree_files.clone(),
                 then: postcard::to_stdvec(later).unwrap_or_default(),
+                nodes: lazy.nodes,
+                loaded: snapshot.nodes.len() as u64,
             },
             dirs: lazy.dir.dirs.clone(),
             shared: lazy.dir.shared.clone(),

@@ -38,6 +38,10 @@ pub struct Loading {
     /// What the restore does once the tree is whole (its own record: the older snapshots of
     /// the lineage to adopt).
     pub then: Vec<u8>,
+    /// Nodes in the whole tree, as its root says.
+    pub nodes: u64,
+    /// Nodes loaded so far (the root directory's included).
+    pub loaded: u64,
 }
 
 /// The root of a tree restored to be loaded directory by directory.
@@ -49,6 +53,9 @@ pub struct LazyRoot {
     /// The node in the restored snapshot of each tree-wide hard-link id.
     pub shared: Vec<(u64, u64)>,
 }
+
+/// A hard-linked node loaded before: its inode and record.
+type Linked = (u64, super::InodeRecord);
 
 /// A directory read from CESS, to load.
 pub struct LoadedDir {
@@ -117,9 +124,12 @@ impl Store {
         self.tree.get(key::pending_dir(ino))?.map(|v| decode(&v, "directory on CESS")).transpose()
     }
 
-    /// Up to `at_most` directories still on CESS, the oldest inodes first (nearest the root).
-    pub fn pending_dirs(&self, at_most: usize) -> Result<Vec<u64>, StoreError> {
-        let keys = self.tree.scan_prefix(key::PENDING_DIR_PREFIX).keys().take(at_most);
+    /// Up to `at_most` directories still on CESS of inodes after `after`, the oldest first
+    /// (nearest the root).
+    pub fn pending_dirs(&self, after: u64, at_most: usize) -> Result<Vec<u64>, StoreError> {
+        let from = key::pending_dir(after.saturating_add(1));
+        let to = key::pending_dir(u64::MAX);
+        let keys = self.tree.range(from..=to).keys().take(at_most);
         keys.map(|k| key::ino_of(&k?)).collect()
     }
 
@@ -153,8 +163,15 @@ impl Store {
         if self.pending_dir(ino)? != Some(*from) {
             return Ok(prepared.inos.values().copied().collect());
         }
-        let loading = self.loading_tree()?.ok_or(StoreError::Corrupt { what: "tree being loaded" })?;
-        let mut dir = self.inode(ino)?.ok_or(StoreError::Corrupt { what: "directory on CESS" })?;
+        let mut loading = self.loading_tree()?.ok_or(StoreError::Corrupt { what: "tree being loaded" })?;
+        let Some(mut dir) = self.inode(ino)? else {
+            // Gone (removed once loaded elsewhere, which cannot be): nothing to load.
+            let mut b = Batch::default();
+            b.0.remove(&key::pending_dir(ino));
+            self.commit(b)?;
+            return Ok(prepared.inos.values().copied().collect());
+        };
+
         let one = &loaded.dir;
         let tree_ids: HashMap<u64, u64> = one.shared.iter().map(|&(tree_id, node)| (node, tree_id)).collect();
         let mut links: HashMap<u64, (u32, &[u8])> = HashMap::new();
@@ -167,10 +184,12 @@ impl Store {
         for n in &one.snapshot.nodes[1..] {
             let (count, name) = links.get(&n.id).copied().unwrap_or((1, b""));
             let tree_id = tree_ids.get(&n.id).copied();
-            let linked = match tree_id {
+            let (seen, linked) = match tree_id {
                 Some(t) => self.loaded_node(t, store_kind(n.kind))?,
-                None => None,
+                None => (false, None),
             };
+            // A node of a hard-link id seen before is counted once.
+            loading.loaded += u64::from(!seen);
             let made = *prepared.inos.get(&n.id).ok_or(StoreError::Corrupt { what: "prepared directory" })?;
             let child = match linked {
                 Some((child, mut rec)) => {
@@ -194,6 +213,11 @@ impl Store {
             };
             inos.insert(n.id, child);
         }
+        // A tree of more nodes than its root says refers to a directory twice (or in a cycle):
+        // it is damaged, and loading it would never end.
+        if loading.loaded > loading.nodes {
+            return Err(StoreError::Corrupt { what: "tree with more nodes than its root says" });
+        }
         let kinds: HashMap<u64, NodeKind> = one.snapshot.nodes.iter().map(|n| (n.id, n.kind)).collect();
         for l in &one.snapshot.links {
             b.put_dirent(ino, &l.name, inos[&l.child], store_kind(kinds[&l.child]));
@@ -209,16 +233,23 @@ impl Store {
             b.0.insert(key::loading_fid(&fid), &[]);
         }
         b.put_read_dir_homes(&loaded.homes);
+        b.put_meta(LOADING, &encode(&loading));
         self.commit(b)?;
         Ok(unused)
     }
 
-    /// The inode a hard-linked node of tree-wide id `tree_id` was loaded as, and its record, if
-    /// it is still there as a `kind` other than a directory (a directory has one name).
-    fn loaded_node(&self, tree_id: u64, kind: Kind) -> Result<Option<(u64, super::InodeRecord)>, StoreError> {
-        let Some(v) = self.tree.get(key::loaded_node(tree_id))? else { return Ok(None) };
+    /// Whether a node of tree-wide hard-link id `tree_id` was loaded before, and the inode it
+    /// was loaded as with its record, if that is still there (its names loaded so far may all
+    /// be gone). A node of that id loaded as another kind, or a directory (which has one name),
+    /// makes the tree damaged.
+    fn loaded_node(&self, tree_id: u64, kind: Kind) -> Result<(bool, Option<Linked>), StoreError> {
+        let Some(v) = self.tree.get(key::loaded_node(tree_id))? else { return Ok((false, None)) };
         let ino = u64::from_be_bytes(v[..].try_into().map_err(|_| StoreError::Corrupt { what: "loaded node" })?);
-        Ok(self.inode(ino)?.filter(|r| r.kind == kind && kind != Kind::Dir && r.nlink > 0).map(|r| (ino, r)))
+        let Some(rec) = self.inode(ino)?.filter(|r| r.nlink > 0) else { return Ok((true, None)) };
+        if rec.kind != kind || kind == Kind::Dir {
+            return Err(StoreError::Corrupt { what: "tree naming one node as two kinds, or a directory twice" });
+        }
+        Ok((true, Some((ino, rec))))
     }
 
     /// Ends the load of a whole tree: the FIDs it refers to join its snapshot's record, `older`

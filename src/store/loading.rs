@@ -303,3 +303,116 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Entry, Location, Node, one_dir};
+    use crate::store::ROOT_INO;
+
+    fn node(id: u64, kind: NodeKind, location: Location) -> Node {
+        Node {
+            id,
+            kind,
+            perm: 0o644,
+            uid: 1,
+            gid: 1,
+            size: if kind == NodeKind::File { 10 } else { 0 },
+            atime: (1, 0),
+            mtime: (1, 0),
+            ctime: (1, 0),
+            crtime: (1, 0),
+            target: Vec::new(),
+            rdev: 0,
+            xattrs: Vec::new(),
+            location,
+        }
+    }
+
+    fn dir(name: &str, blob: u8) -> Entry {
+        let r = TreeRef { fid: Hash([9; 32]), id: Hash([blob; 32]), offset: 0, len: 1 };
+        Entry { name: name.into(), node: node(0, NodeKind::Dir, Location::Empty), dir: Some(r) }
+    }
+
+    fn file(name: &str, id: u64, fid: u8) -> Entry {
+        let location = Location::Fid { fid: Hash([fid; 32]), format: crate::format::FORMAT_V2, seed: Some([1; 32]) };
+        Entry { name: name.into(), node: node(id, NodeKind::File, location), dir: None }
+    }
+
+    /// Restores a tree of `nodes` nodes lazily: the root directory of `entries`.
+    fn restore(store: &Store, entries: &[Entry], nodes: u64) {
+        let one = one_dir(entries).unwrap();
+        let adopted = Adopted {
+            snapshot: &one.snapshot,
+            fid: Hash([9; 32]),
+            seed: None,
+            segments: 1,
+            name: b"commit".to_vec(),
+            commit: true,
+        };
+        let loading = Loading {
+            generation: 1,
+            snapshot: 0,
+            territory: b"t".to_vec(),
+            tree_files: Vec::new(),
+            then: Vec::new(),
+            nodes,
+            loaded: one.snapshot.nodes.len() as u64,
+        };
+        let lazy = LazyRoot { loading, dirs: one.dirs.clone(), shared: one.shared.clone() };
+        store.restore_snapshot(&one.snapshot, b"t", |_| b"n".to_vec(), &[adopted], &[], Some(&lazy)).unwrap();
+    }
+
+    /// Loads directory `ino` (still on CESS) with `entries`.
+    fn load(store: &Store, ino: u64, entries: &[Entry]) -> Result<Vec<u64>, StoreError> {
+        let from = store.pending_dir(ino)?.expect("on CESS");
+        let loaded = LoadedDir { dir: one_dir(entries).unwrap(), homes: Vec::new(), names: HashMap::new() };
+        let prepared = store.prepare_loaded_dir(&loaded)?;
+        store.load_dir(ino, &from, &loaded, &prepared)
+    }
+
+    fn child(store: &Store, parent: u64, name: &str) -> u64 {
+        store.lookup(parent, name.as_bytes()).unwrap().expect("a name").0
+    }
+
+    /// A node hard-linked from two directories is one inode of two links once both are loaded;
+    /// deletions wait until the tree is whole, and then every FID the tree refers to is kept.
+    #[test]
+    fn a_hard_link_across_directories_is_one_inode_and_the_whole_tree_is_kept() {
+        let dir_ = tempfile::tempdir().unwrap();
+        let store = Store::open(dir_.path(), 0, 0).unwrap();
+        restore(&store, &[dir("a", 1), dir("b", 2), file("top", 0, 3)], 6);
+        assert!(store.tree_loading() && store.deletions_held());
+        let (a, b) = (child(&store, ROOT_INO, "a"), child(&store, ROOT_INO, "b"));
+        assert_eq!(store.pending_dirs(0, 10).unwrap(), [a, b]);
+        assert!(store.dir_entries(a).unwrap().is_empty(), "not loaded yet");
+        assert_eq!(load(&store, a, &[file("f", 7, 4), file("own", 0, 5)]).unwrap(), Vec::<u64>::new());
+        assert_eq!(store.pending_dirs(a, 10).unwrap(), [b]);
+        assert_eq!(load(&store, b, &[file("g", 7, 4)]).unwrap().len(), 1, "the prepared inode not taken");
+        let (f, g) = (child(&store, a, "f"), child(&store, b, "g"));
+        assert_eq!(f, g);
+        assert_eq!(store.inode(f).unwrap().unwrap().nlink, 2);
+        assert_eq!(store.pending_dir(b).unwrap(), None, "loaded once");
+        assert!(store.finish_loading(&[], &[]).unwrap());
+        assert!(!store.tree_loading() && !store.deletions_held());
+        let kept = store.kept_snapshot_fids().unwrap();
+        for fid in [3, 4, 5] {
+            assert!(kept.contains(&Hash([fid; 32])), "FID {fid} kept");
+        }
+        assert!(store.tree.scan_prefix(key::LOADING_FID_PREFIX).next().is_none(), "the load's records gone");
+    }
+
+    /// A directory referred to twice gives the tree more nodes than its root says: the second
+    /// load fails as damaged, and the load does not end.
+    #[test]
+    fn a_directory_referred_to_twice_makes_the_tree_damaged() {
+        let dir_ = tempfile::tempdir().unwrap();
+        let store = Store::open(dir_.path(), 0, 0).unwrap();
+        restore(&store, &[dir("a", 1), dir("b", 1)], 4);
+        let (a, b) = (child(&store, ROOT_INO, "a"), child(&store, ROOT_INO, "b"));
+        load(&store, a, &[file("x", 0, 3)]).unwrap();
+        assert!(matches!(load(&store, b, &[file("x", 0, 3)]), Err(StoreError::Corrupt { .. })));
+        assert!(!store.finish_loading(&[], &[]).unwrap());
+        assert!(store.tree_loading());
+    }
+}

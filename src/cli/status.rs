@@ -121,6 +121,13 @@ fn describe_snapshots(v: &Value) -> String {
     if let Some(why) = v["sweep_waits"].as_str() {
         line.push_str(&format!("; the restored tree is not swept yet: {why}"));
     }
+    if let Some(n) = v["dirs_to_load"].as_u64() {
+        let dirs = crate::words::count_as(n, "directory", "directories");
+        line.push_str(&format!("; the restored tree is loading ({dirs} to go)"));
+        if let Some(why) = v["load_waits"].as_str() {
+            line.push_str(&format!(", waiting: {why}"));
+        }
+    }
     line
 }
 
@@ -393,4 +400,20 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} failed to upload (see user.cess.error)", crate::words::count(failed as u64, "file"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// A restored tree still loading says how many directories are left, and why it waits.
+    #[test]
+    fn a_tree_still_loading_says_how_many_directories_are_left() {
+        let v = serde_json::json!({
+            "generation": 5, "status": "active", "written_at": "2026-12-07 09:00:00 UTC", "kept": 1, "space": 0,
+            "dirs_to_load": 3, "load_waits": "directory inode 9 could not be read: gone",
+        });
+        let line = super::describe_snapshots(&v);
+        let want = "; the restored tree is loading (3 directories to go), waiting: directory inode 9 could not be read";
+        assert!(line.contains(want), "{line}");
+        assert!(!super::describe_snapshots(&serde_json::json!({"generation": 5})).contains("loading"));
+    }
 }

@@ -144,6 +144,28 @@ pub struct Node {
     pub location: Location,
 }
 
+impl Node {
+    /// A node of `kind` with nothing set: owned by root, times zero, empty.
+    pub fn bare(id: u64, kind: NodeKind) -> Node {
+        Node {
+            id,
+            kind,
+            perm: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime: (0, 0),
+            mtime: (0, 0),
+            ctime: (0, 0),
+            crtime: (0, 0),
+            target: Vec::new(),
+            rdev: 0,
+            xattrs: Vec::new(),
+            location: Location::Empty,
+        }
+    }
+}
+
 /// One name: `name` in directory `parent` is node `child`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {

@@ -493,22 +493,7 @@ pub struct OneDir {
 /// a bare directory (its parent's entry has its attributes).
 pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
     let damaged = |why: &str| SnapshotError::Damaged(why.to_string());
-    let bare = Node {
-        id: 1,
-        kind: NodeKind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-        crtime: (0, 0),
-        target: Vec::new(),
-        rdev: 0,
-        xattrs: Vec::new(),
-        location: Location::Empty,
-    };
+    let bare = Node::bare(1, NodeKind::Dir);
     let mut nodes = vec![bare];
     let (mut links, mut dirs, mut shared) = (Vec::new(), Vec::new(), Vec::new());
     let mut linked: HashMap<u64, u64> = HashMap::new();

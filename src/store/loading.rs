@@ -311,22 +311,8 @@ mod tests {
     use crate::store::ROOT_INO;
 
     fn node(id: u64, kind: NodeKind, location: Location) -> Node {
-        Node {
-            id,
-            kind,
-            perm: 0o644,
-            uid: 1,
-            gid: 1,
-            size: if kind == NodeKind::File { 10 } else { 0 },
-            atime: (1, 0),
-            mtime: (1, 0),
-            ctime: (1, 0),
-            crtime: (1, 0),
-            target: Vec::new(),
-            rdev: 0,
-            xattrs: Vec::new(),
-            location,
-        }
+        let size = if kind == NodeKind::File { 10 } else { 0 };
+        Node { size, location, ..Node::bare(id, kind) }
     }
 
     fn dir(name: &str, blob: u8) -> Entry {

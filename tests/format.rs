@@ -333,22 +333,7 @@ fn node(
     size: u64,
     location: cessfs::format::Location,
 ) -> cessfs::format::Node {
-    cessfs::format::Node {
-        id,
-        kind,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        size,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-        crtime: (0, 0),
-        target: Vec::new(),
-        rdev: 0,
-        xattrs: Vec::new(),
-        location,
-    }
+    cessfs::format::Node { perm: 0o644, size, location, ..cessfs::format::Node::bare(id, kind) }
 }
 
 /// The golden territory's key, and its blob keys derived by hand as docs/FORMAT.md says

@@ -419,9 +419,10 @@ impl Fetcher {
     /// all zero, known without a fetch.
     pub async fn pack_segment(&self, fid: &Hash) -> Result<Vec<u8>, FetchError> {
         let pack = Stored { size: SEGMENT_SIZE as u64, mode: Mode::Plain, seed: None };
-        let segment = self.segment(fid, &pack, 0, false).await?;
+        // Forgotten whatever the outcome: a failure is not the answer to the next ask.
+        let segment = self.segment(fid, &pack, 0, false).await;
         self.forget(fid, 0);
-        Ok(segment.data().to_vec())
+        Ok(segment?.data().to_vec())
     }
 
     /// The tree snapshot's bytes that commit `fid` holds, and the commit's segment.
@@ -442,10 +443,11 @@ impl Fetcher {
         let mut bytes = Vec::new();
         let mut seed = None;
         for s in 0..segments {
-            let segment = self.segment(fid, &stored, s, false).await?;
+            let segment = self.segment(fid, &stored, s, false).await;
+            self.forget(fid, s);
+            let segment = segment?;
             seed = seed.or(segment.seed());
             bytes.extend_from_slice(segment.data());
-            self.forget(fid, s);
         }
         Ok((bytes, seed))
     }

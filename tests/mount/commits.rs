@@ -313,3 +313,43 @@ fn a_restore_lists_the_root_before_reading_any_other_directory() {
     let third = Mount::uploading("0.2", &args);
     assert!(snapshot(third.root()) == want, "the tree written after the load, restored");
 }
+
+/// A directory of a restored tree whose blob cannot be read now (every miner down) gives EIO,
+/// and holds up neither the root nor a directory read already; the load says why it waits, and
+/// ends once the miners are back.
+#[test]
+fn a_directory_that_cannot_be_read_now_holds_up_nothing_else() {
+    let net = StandaloneDevnet::start();
+    let args = ["--chain", net.url.as_str(), "--pack-below", "1M"];
+    let m = Mount::uploading("0.2", &args);
+    // A file of its own FID: the commit holding this round's directories holds no file, and a
+    // later round leaves it as it is.
+    fs::create_dir(m.path("old")).unwrap();
+    let big = random_bytes(2 << 20, 7);
+    fs::write(m.path("old/big.bin"), &big).unwrap();
+    wait_until(MIN, "the first round", || all_active(&m, &["old/big.bin".into()]) && tree_settled(&m));
+    fs::create_dir(m.path("new")).unwrap();
+    fs::write(m.path("new/note.txt"), note(2)).unwrap();
+    wait_until(MIN, "the second round", || all_active(&m, &["new/note.txt".into()]) && tree_settled(&m));
+    drop(m);
+
+    let client = net.client();
+    let mut second = Mount::unmounted("0.2", &args);
+    second.arm("restore-load");
+    second.mount();
+    second.wait_hook("restore-load", MIN);
+    let nodes = client.nodes();
+    nodes.iter().for_each(|n| client.fault(n.index, "down"));
+    second.release("restore-load");
+    // `new` is in the commit the root came from, fetched already.
+    let listed: Vec<_> = fs::read_dir(second.path("new")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(listed, ["note.txt"]);
+    let err = fs::read_dir(second.path("old")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    wait_until(MIN, "the load to say why it waits", || tree_state(&second)["load_waits"].is_string());
+    assert_eq!(tree_state(&second)["dirs_to_load"], 1, "{}", tree_state(&second));
+    nodes.iter().for_each(|n| client.fault(n.index, "none"));
+    assert!(fs::read(second.path("old/big.bin")).unwrap() == big);
+    wait_until(MIN, "the load to end", || tree_state(&second)["dirs_to_load"].is_null());
+    assert!(tree_state(&second)["load_waits"].is_null(), "{}", tree_state(&second));
+}

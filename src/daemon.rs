@@ -653,14 +653,18 @@ fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {
             o.generation,
             o.restored.counts()
         ),
-        Some(nodes) => format!(
-            "restored the tree from snapshot {} (written {written}), {} in all: its root directory ({}) shows now; \
-             the rest is loaded in the background, a directory at once when opened, and files are fetched from \
-             CESS when read",
-            o.generation,
-            crate::words::count(nodes, "node"),
-            o.restored.counts()
-        ),
+        Some(nodes) => {
+            // The root directory itself is not among what it holds.
+            let held = crate::store::Restored { dirs: o.restored.dirs.saturating_sub(1), ..o.restored };
+            format!(
+                "restored the tree from snapshot {} (written {written}), {} in all: its root directory, holding {}, \
+                 shows now; the rest loads in the background (a directory you open loads at once), and files are \
+                 fetched from CESS when read",
+                o.generation,
+                crate::words::count(nodes, "node"),
+                held.counts()
+            )
+        }
     };
     for (generation, why) in &o.skipped {
         said.push_str(&format!("\nthe newer snapshot {generation} could not be read: {why}"));

@@ -122,8 +122,14 @@ fn describe_snapshots(v: &Value) -> String {
         line.push_str(&format!("; the restored tree is not swept yet: {why}"));
     }
     if let Some(n) = v["dirs_to_load"].as_u64() {
-        let dirs = crate::words::count_as(n, "directory", "directories");
-        line.push_str(&format!("; the restored tree is loading ({dirs} to go)"));
+        // Directories are found as their parents load: the count is of those found so far.
+        match n {
+            0 => line.push_str("; the restored tree is loaded, its older snapshots being read"),
+            n => {
+                let dirs = crate::words::count_as(n, "directory", "directories");
+                line.push_str(&format!("; the restored tree is loading ({dirs} found still to load)"));
+            }
+        }
         if let Some(why) = v["load_waits"].as_str() {
             line.push_str(&format!(", waiting: {why}"));
         }
@@ -412,7 +418,8 @@ mod tests {
             "dirs_to_load": 3, "load_waits": "directory inode 9 could not be read: gone",
         });
         let line = super::describe_snapshots(&v);
-        let want = "; the restored tree is loading (3 directories to go), waiting: directory inode 9 could not be read";
+        let want =
+            "; the restored tree is loading (3 directories found still to load), waiting: directory inode 9 could not";
         assert!(line.contains(want), "{line}");
         assert!(!super::describe_snapshots(&serde_json::json!({"generation": 5})).contains("loading"));
     }

@@ -267,10 +267,12 @@ async fn start_lazily(
     Ok(LazyStart { snapshot, dir: loaded.dir, homes: loaded.homes, tree_files, nodes: root.nodes, loader })
 }
 
-/// A fetch failure as a reason not to read a snapshot.
+/// A fetch failure as a reason not to read a snapshot. Too few good fragments is no verdict on
+/// the snapshot (miners down or away answer so too): it could not be fetched now, so a restore
+/// does not take an older tree for it, nor the watch take it as referring to nothing.
 fn unreadable(e: FetchError) -> ReadError {
     match e {
-        FetchError::Decode { .. } | FetchError::TooFewFragments { .. } => ReadError::Damaged(e.to_string()),
+        FetchError::Decode { .. } => ReadError::Damaged(e.to_string()),
         e => ReadError::Unavailable(e),
     }
 }

@@ -442,22 +442,10 @@ pub fn assemble(root: &Root, dirs: &HashMap<Hash, Dir>, holders: Vec<Hash>) -> R
             }
         };
         for e in entries {
-            let shared = (e.node.id != 0).then_some(e.node.id);
-            let id = match shared.and_then(|s| linked.get(&s)) {
-                Some(&id) => id,
-                None => {
-                    let id = nodes.len() as u64 + 1;
-                    nodes.push(Node { id, ..e.node.clone() });
-                    if let Some(s) = shared {
-                        linked.insert(s, id);
-                    }
-                    if e.node.kind == NodeKind::Dir {
-                        let r = e.dir.ok_or_else(|| damaged("a directory without its blob"))?;
-                        stack.push((id, r));
-                    }
-                    id
-                }
-            };
+            let (id, new) = number_node(&mut nodes, &mut linked, e);
+            if new && e.node.kind == NodeKind::Dir {
+                stack.push((id, e.dir.ok_or_else(|| damaged("a directory without its blob"))?));
+            }
             links.push(Link { parent, name: e.name.clone(), child: id });
             if nodes.len() as u64 > root.nodes.clamp(1, MAX_TREE_NODES) {
                 return Err(damaged("more nodes than its root says"));
@@ -498,22 +486,13 @@ pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
     let (mut links, mut dirs, mut shared) = (Vec::new(), Vec::new(), Vec::new());
     let mut linked: HashMap<u64, u64> = HashMap::new();
     for e in entries {
-        let tree_id = (e.node.id != 0).then_some(e.node.id);
-        let id = match tree_id.and_then(|s| linked.get(&s)) {
-            Some(&id) => id,
-            None => {
-                let id = nodes.len() as u64 + 1;
-                nodes.push(Node { id, ..e.node.clone() });
-                if let Some(s) = tree_id {
-                    linked.insert(s, id);
-                    shared.push((s, id));
-                }
-                if e.node.kind == NodeKind::Dir {
-                    dirs.push((id, e.dir.ok_or_else(|| damaged("a directory without its blob"))?));
-                }
-                id
-            }
-        };
+        let (id, new) = number_node(&mut nodes, &mut linked, e);
+        if new && e.node.id != 0 {
+            shared.push((e.node.id, id));
+        }
+        if new && e.node.kind == NodeKind::Dir {
+            dirs.push((id, e.dir.ok_or_else(|| damaged("a directory without its blob"))?));
+        }
         links.push(Link { parent: 1, name: e.name.clone(), child: id });
         if nodes.len() as u64 > MAX_TREE_NODES {
             return Err(damaged("a directory of more nodes than any tree"));
@@ -522,6 +501,21 @@ pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
     let snapshot = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() };
     snapshot.check()?;
     Ok(OneDir { snapshot, dirs, shared })
+}
+
+/// Numbers the node entry `e` names, in `nodes`: a new node, or the one its hard-link id named
+/// before (`linked`: hard-link id → node). Returns its number and whether it is new.
+fn number_node(nodes: &mut Vec<Node>, linked: &mut HashMap<u64, u64>, e: &Entry) -> (u64, bool) {
+    let shared = (e.node.id != 0).then_some(e.node.id);
+    if let Some(&id) = shared.and_then(|s| linked.get(&s)) {
+        return (id, false);
+    }
+    let id = nodes.len() as u64 + 1;
+    nodes.push(Node { id, ..e.node.clone() });
+    if let Some(s) = shared {
+        linked.insert(s, id);
+    }
+    (id, true)
 }
 
 /// The references `dir` makes to other directory blobs.

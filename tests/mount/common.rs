@@ -738,11 +738,13 @@ impl TestFs {
         TestFs { dir: dir.to_path_buf() }
     }
 
-    /// The ext4 image `image` mounted through a loop device on `dir`.
+    /// The ext4 image `image` mounted through a loop device on `dir`, without a journal and with
+    /// `errors=continue`: a block that cannot be written fails the fsync of its file, and the
+    /// file system stays writable (a journal that cannot be written would turn it read-only).
     pub fn ext4(image: &Path, dir: &Path) -> TestFs {
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(image));
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=0"]).arg(image));
         std::fs::create_dir_all(dir).expect("ext4 mount point");
-        run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(dir));
+        run(Command::new("mount").args(["-o", "loop,errors=continue"]).arg(image).arg(dir));
         TestFs { dir: dir.to_path_buf() }
     }
 }

@@ -94,6 +94,15 @@ fn hold_key(owner: &AccountId, fid: &Hash, territory: &[u8]) -> Vec<u8> {
     key(b'h', &[&owner.0, &fid.0, territory])
 }
 
+/// A hold's value: the file's segment count, and where the hold comes in the list (the block
+/// it was made in, then its place in that block). The runtime pushes each hold onto the end of
+/// `UserHoldFileList`, so the list is in completion order; a hold without a place (ledgers
+/// before this) comes first.
+fn hold_value(segments: usize, block: u32, place: u32) -> Vec<u8> {
+    let at = (u64::from(block) << 32) | u64::from(place);
+    [&(segments as u32).to_le_bytes()[..], &at.to_be_bytes()].concat()
+}
+
 fn storage(e: sled::Error) -> ChainError {
     ChainError::Unreachable(format!("devnet ledger storage: {e}"))
 }
@@ -292,13 +301,15 @@ impl Ledger {
                 .ok_or_else(|| ChainError::Decode("a hold key of the wrong length".into()))?;
             let territory = rest[32..].to_vec();
             // A hold keeps the file's segment count (ledgers before it: read from the file).
-            let segments = match <[u8; 4]>::try_from(&v[..]) {
-                Ok(n) => u32::from_le_bytes(n) as usize,
-                Err(_) => self.file(&Hash(fid))?.map_or(0, |f| f.segments.len()),
+            let segments = match v.get(..4).and_then(|n| <[u8; 4]>::try_from(n).ok()) {
+                Some(n) => u32::from_le_bytes(n) as usize,
+                None => self.file(&Hash(fid))?.map_or(0, |f| f.segments.len()),
             };
-            out.push(HeldFile { fid: Hash(fid), territory, charged: charged_space(segments) });
+            let at = v.get(4..12).and_then(|at| <[u8; 8]>::try_from(at).ok()).map_or(0, u64::from_be_bytes);
+            out.push((at, HeldFile { fid: Hash(fid), territory, charged: charged_space(segments) }));
         }
-        Ok(out)
+        out.sort_by_key(|(at, _)| *at);
+        Ok(out.into_iter().map(|(_, held)| held).collect())
     }
 
     /// Stores `count` active one-segment files of random FIDs for `owner` in `territory`, in one
@@ -343,7 +354,7 @@ impl Ledger {
                 active: true,
             };
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
-            b.insert(hold_key(owner, &fid, territory), &1u32.to_le_bytes()[..]);
+            b.insert(hold_key(owner, &fid, territory), hold_value(1, block, i as u32));
         }
         b.insert(&b"preloaded"[..], &count.to_le_bytes()[..]);
         self.seal(b, &format!("preload {count} files"), Vec::new())?;
@@ -410,7 +421,7 @@ impl Ledger {
             t.used_space += need;
             file.owners.push(user.clone());
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
-            b.insert(hold, &(segments.len() as u32).to_le_bytes()[..]);
+            b.insert(hold, hold_value(segments.len(), self.block() + 1, 0));
         } else {
             // As the runtime does, an existing deal is overwritten and the space locked again:
             // clients must look DealMap up first.
@@ -481,7 +492,7 @@ impl Ledger {
             self.put(&mut b, &key(b'f', &[&fid.0]), &file);
             b.insert(
                 hold_key(&deal.user.user, fid, &deal.user.territory_name),
-                &(deal.segments.len() as u32).to_le_bytes()[..],
+                hold_value(deal.segments.len(), block, 0),
             );
             b.remove(dkey);
             events.push(Event::StorageCompleted { file_hash: *fid });
@@ -676,6 +687,32 @@ mod tests {
         for t in [&b"one"[..], b"two"] {
             assert_eq!(l.territory(&alice, t).unwrap().unwrap().used_space, 0);
         }
+    }
+
+    /// As the runtime pushes each hold onto the end of `UserHoldFileList`, the list is in the
+    /// order files completed, whatever their FIDs, and a deletion keeps the others' order.
+    #[test]
+    fn the_hold_list_is_in_completion_order() {
+        let (_dir, l, alice, miners) = ledger(&[b"t"], 12);
+        let user = UserBrief { user: alice, file_name: b"name.txt".to_vec(), territory_name: b"t".to_vec() };
+        let fids: Vec<Hash> = (0..4u8).map(|i| crate::format::sha256(&[i])).collect();
+        let mut order = fids.clone();
+        order.sort_by_key(|f| std::cmp::Reverse(f.0));
+        for fid in &order {
+            l.upload_declaration(&alice, fid, &manifest(1), &user, 1).unwrap();
+        }
+        // Completed in another order than declared.
+        order.swap(0, 3);
+        for fid in &order {
+            for (j, m) in miners.iter().enumerate() {
+                l.transfer_report(m, j as u8 + 1, fid).unwrap();
+            }
+        }
+        let held = |l: &Ledger| l.held_files(&alice).unwrap().into_iter().map(|h| h.fid).collect::<Vec<_>>();
+        assert_eq!(held(&l), order);
+        l.delete_file(&alice, &alice, &order[1]).unwrap();
+        order.remove(1);
+        assert_eq!(held(&l), order);
     }
 
     /// A batch of deletions is one block: each item on its own, a refused one not stopping the

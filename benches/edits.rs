@@ -12,7 +12,9 @@
 //! Run: `cargo bench --bench edits` (as root or with fusermount3). FILES=1000,10000 sets the
 //! tree sizes (comma-separated; empty: none); LINK=up=20M,down=100M,rtt=60ms puts the devnet
 //! behind that link model (the times then are a home link's); EDITS_BENCH_KEEP=1 keeps the work
-//! dir (the daemons' logs are DIR/N-MODE/data.log).
+//! dir (the daemons' logs are DIR/N-MODE/data.log); HELD=100000 starts each devnet with that
+//! many files of the account already stored, and times too a search that reads every record of
+//! them (as restores did before they read the hold list from its tail).
 
 #[path = "support/data.rs"]
 mod data;
@@ -27,7 +29,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cessfs::devnet::Event;
-use cessfs::format::Hash;
+use cessfs::format::{Hash, MasterKey};
 use cessfs::protocol::Chain;
 use standalone::Devnet;
 
@@ -68,13 +70,17 @@ struct Edit {
     tree_bytes: u64,
     settle_secs: f64,
     restore_secs: f64,
+    /// A search reading every record of the account (`HELD`).
+    find_secs: Option<f64>,
 }
 
-fn edit(work: &Path, key: &Path, files: usize, mode: &str, args: &[&str]) -> Edit {
+fn edit(work: &Path, (key, master): (&Path, &MasterKey), files: usize, mode: &str, args: &[&str]) -> Edit {
     let dir = work.join(format!("{files}-{mode}"));
     let link = std::env::var("LINK").ok();
     let link_args: Vec<&str> = link.iter().flat_map(|l| ["--link", l.as_str()]).collect();
-    let net = Devnet::start(&dir.join("devnet"), &link_args, &[]);
+    let held = std::env::var("HELD").ok();
+    let held_args: Vec<&str> = held.iter().flat_map(|n| ["--held-files", n.as_str()]).collect();
+    let net = Devnet::start(&dir.join("devnet"), &[link_args, held_args].concat(), &[]);
     let mut all = vec!["--chain", &net.rpc, "--quiet-delay", "0.2"];
     all.extend_from_slice(args);
     let data = dir.join("data");
@@ -108,7 +114,14 @@ fn edit(work: &Path, key: &Path, files: usize, mode: &str, args: &[&str]) -> Edi
     let listed = std::fs::read_dir(restored.dir.path()).expect("the restored root").count();
     let restore_secs = t.elapsed().as_secs_f64();
     assert_eq!(listed, files.div_ceil(1000), "the restored root");
-    Edit { declarations: edit.0, mib_pushed: edit.1, tree_bytes, settle_secs, restore_secs }
+    let find_secs = held.map(|_| {
+        let names = master.for_territory(b"cessfs").names().expect("a territory's names").clone();
+        let t = Instant::now();
+        let found = net.run(cessfs::snapshots::restore::find(&net.client(), b"cessfs", &names)).expect("find");
+        assert!(!found.is_empty(), "the tree's snapshots");
+        t.elapsed().as_secs_f64()
+    });
+    Edit { declarations: edit.0, mib_pushed: edit.1, tree_bytes, settle_secs, restore_secs, find_secs }
 }
 
 /// A disk image of `mib` MiB holding 14 bytes, its zeros `holes` or written out, stored: the
@@ -177,17 +190,24 @@ fn main() {
         .map(|n| n.trim().parse().expect("FILES: comma-separated numbers"))
         .collect();
     let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
-    let (key, _) = mounted::key_file(work.path());
+    let (key, master) = mounted::key_file(work.path());
     println!("one edit (7 bytes appended to one note of N), commits against --commits false, same run:");
     for &n in &sizes {
-        let with = edit(work.path(), &key, n, "commits", &[]);
-        let without = edit(work.path(), &key, n, "files", &["--commits", "false"]);
+        let with = edit(work.path(), (&key, &master), n, "commits", &[]);
+        let without = edit(work.path(), (&key, &master), n, "files", &["--commits", "false"]);
         for (name, e) in [("commits", &with), ("--commits false", &without)] {
             println!(
                 "  {n:>7} files, {name:<15}: {} declarations, {:>6.1} MiB pushed, tree {:>9} bytes, settled in {:>5.2} s; \
                  restore to the root listed {:>5.2} s",
                 e.declarations, e.mib_pushed, e.tree_bytes, e.settle_secs, e.restore_secs
             );
+            if let Some(find) = e.find_secs {
+                println!(
+                    "  {n:>7} files, {name:<15}: reading every record of the account's files takes {find:>5.2} s \
+                     ({:.2}x the restore to the root listed)",
+                    find / e.restore_secs
+                );
+            }
         }
         println!(
             "  {n:>7} files: commits take {:.2}x the declarations and {:.2}x the bytes pushed",

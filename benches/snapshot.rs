@@ -264,7 +264,6 @@ fn restore_lazily(
             snapshot: 0,
             territory: b"cessfs".to_vec(),
             tree_files: Vec::new(),
-            then: Vec::new(),
             nodes: root.nodes,
             loaded: snapshot.nodes.len() as u64,
         },

@@ -439,6 +439,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
             store: store.clone(),
             loader,
             fetcher: fetcher.clone(),
+            chain: network.chain.clone(),
             names,
             flags: snapshot_flags.clone(),
         };
@@ -559,36 +560,44 @@ impl TreeSetup<'_> {
         if !undecided {
             return Ok((None, None));
         }
-        // The tree's files on chain, looked for once: the snapshot to restore, the baseline of
-        // snapshots that are this tree's past, and the newest block a file of it was stored at.
-        let named = names.map(|n| {
-            let finder = crate::snapshots::restore::Finder::default();
-            self.runtime.block_on(finder.named(&*self.network.chain, &territory, n))
+        // The tree's files on chain, read from the tail of the hold list as far back as it takes
+        // to know the newest tree (every record, for a tree beginning here): the snapshot to
+        // restore, the baseline of snapshots that are this tree's past, and the newest block a
+        // file of it was stored at.
+        let fresh = self.settings.fresh.unwrap_or(false);
+        let chain = &*self.network.chain;
+        let mut search = names.map(|n| {
+            self.runtime.block_on(async {
+                let mut search = crate::snapshots::restore::TailSearch::start(chain, &territory, n).await?;
+                if fresh {
+                    search.read_all().await?;
+                }
+                Ok::<_, crate::protocol::ChainError>(search)
+            })
         });
-        let found = named
-            .as_ref()
-            .map(|n| n.as_ref().map(|n| crate::snapshots::restore::snapshots_of(n)).map_err(Clone::clone));
-        // Snapshots already on chain are this tree's past (a dead machine's last one may be
-        // newer than what was restored): only newer ones tell of another writer.
-        let mut meta: Vec<(&[u8], Vec<u8>)> = Vec::new();
-        if let Some(found) = &found {
-            let baseline = found.as_ref().ok().and_then(|f| f.iter().map(|s| s.generation).max()).unwrap_or(0);
-            meta.push((crate::snapshots::BASELINE, baseline.to_be_bytes().to_vec()));
-        }
-        let chosen = match (names, self.settings.fresh.unwrap_or(false)) {
-            (Some(names), false) => {
-                let found = found.clone().transpose()?.unwrap_or_default();
-                self.runtime
-                    .block_on(crate::snapshots::restore::choose(&found, self.fetcher, names))?
-                    .map(|c| (c, names))
+        let chosen = match (search.as_mut(), names, fresh) {
+            (Some(search), Some(names), false) => {
+                let search = search.as_mut().map_err(|e| e.clone())?;
+                let chosen = self.runtime.block_on(crate::snapshots::restore::choose(search, self.fetcher, names))?;
+                let (read, held) = search.read_of();
+                log::info!("looked for the tree in {read} of the {held} files the territory holds, from the newest");
+                chosen.map(|c| (c, names))
             }
             _ => None,
         };
         crate::hooks::reached("restore-chosen");
+        // Snapshots already on chain are this tree's past (a dead machine's last one may be
+        // newer than what was restored): only newer ones tell of another writer.
+        let mut meta: Vec<(&[u8], Vec<u8>)> = Vec::new();
+        let search = search.map(Result::ok);
+        if let Some(search) = &search {
+            let found = search.as_ref().map(|s| s.found()).unwrap_or_default();
+            let baseline = found.iter().map(|s| s.generation).max().unwrap_or(0);
+            meta.push((crate::snapshots::BASELINE, baseline.to_be_bytes().to_vec()));
+        }
         // The newest block a file of this key was stored at, if the chain said: what a tree
         // beginning here finds is its past, or another lineage's.
-        let newest_block =
-            named.as_ref().and_then(|n| n.as_ref().ok()).map(|n| n.iter().map(|n| n.completion).max().unwrap_or(0));
+        let newest_block = search.flatten().map(|s| s.named().iter().map(|n| n.completion).max().unwrap_or(0));
         let Some((chosen, names)) = chosen else {
             // A tree beginning here collects nothing of what was stored before (unknown: nothing
             // at all).

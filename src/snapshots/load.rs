@@ -158,6 +158,8 @@ pub struct Load {
     pub loader: Arc<DirLoader>,
     /// Reads the older snapshots to adopt.
     pub fetcher: Arc<Fetcher>,
+    /// Where to look for them.
+    pub chain: Arc<dyn crate::protocol::Chain>,
     /// The tree's name key.
     pub names: NameKey,
     /// Where the mount says why the load waits (`user.cess.snapshot`'s `load_waits`).
@@ -245,7 +247,10 @@ impl Load {
     /// still on CESS.
     async fn finish(&self) -> anyhow::Result<bool> {
         let Some(loading) = self.store.loading_tree()? else { return Ok(true) };
-        let older: Vec<Found> = postcard::from_bytes(&loading.then).unwrap_or_default();
+        // The restore read the hold list only as far back as it took to find the newest tree:
+        // the older ones are looked for now, in every record.
+        let found = super::restore::find(&*self.chain, &loading.territory, &self.names).await?;
+        let older: Vec<Found> = found.into_iter().filter(|f| f.active && f.generation < loading.generation).collect();
         let writer = super::writer_id(&self.store)?;
         let mut read_back = Vec::new();
         for o in &older {

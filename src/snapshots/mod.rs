@@ -182,10 +182,14 @@ impl Writer {
                     break;
                 }
             }
-            if let Some(pending) = sweep
+            // A restored tree is swept once it is whole: its load widens the lineage the sweep
+            // looks back to, so the record is read afresh.
+            if sweep.is_some()
                 && Instant::now() >= sweep_at
-                && crate::store::Timestamp::now().secs >= pending.restored_at + this.config.sweep_after.as_secs() as i64
+                && !this.store.tree_loading()
                 && crate::sync::lock(&this.flags.stopped).is_none()
+                && let Some(pending) = this.store_call(collect::pending)
+                && crate::store::Timestamp::now().secs >= pending.restored_at + this.config.sweep_after.as_secs() as i64
             {
                 sweep_at = Instant::now() + this.sweep(pending).await;
                 sweep = this.store_call(collect::pending);
@@ -302,14 +306,23 @@ impl Writer {
         if self.watch.tree().blobs.is_none() {
             return uploads_settled();
         }
-        let packs = match self.store.pack_summary() {
-            Ok(packs) => packs,
-            Err(e) => {
-                crate::log_limited!(log::Level::Error, "snapshot", "reading the packs: {e}");
+        let (packs, last_stored) = match (self.store.pack_summary(), self.last_tree_stored()) {
+            (Ok(packs), Ok(stored)) => (packs, stored),
+            (Err(e), _) | (_, Err(e)) => {
+                crate::log_limited!(log::Level::Error, "snapshot", "reading the packs and trees: {e}");
                 return false;
             }
         };
-        packs.uploading == 0 && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+        packs.uploading == 0 && last_stored && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+    }
+
+    /// Whether the last tree written is stored (or failed). A tree is written only once the one
+    /// before it is: a restore finds the newest tree from the tail of the hold list on that
+    /// ([`restore::TailSearch`]).
+    fn last_tree_stored(&self) -> Result<bool, StoreError> {
+        let kept = self.store.kept_snapshots()?;
+        let Some((ino, _)) = kept.last() else { return Ok(true) };
+        Ok(self.store.upload(*ino)?.is_none_or(|u| u.state.settled()))
     }
 
     /// Writes the tree if it differs from the last one written: in a commit with the blobs of

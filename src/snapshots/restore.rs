@@ -90,40 +90,152 @@ impl Finder {
 
     /// Every file the account holds in `territory` under a name of `names`.
     pub async fn named(&self, chain: &dyn Chain, territory: &[u8], names: &NameKey) -> Result<Vec<Named>, ChainError> {
-        let me = chain.account();
-        let held: HashSet<Hash> =
-            chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect();
+        let held: HashSet<Hash> = held_in(chain, territory).await?.into_iter().collect();
         let mut known = std::mem::take(&mut *crate::sync::lock(&self.known));
         known.retain(|fid, n| held.contains(fid) && n.is_none_or(|n| !n.kind.is_tree()));
         let unread: Vec<Hash> = held.into_iter().filter(|fid| !known.contains_key(fid)).collect();
-        let batches: Vec<Vec<Hash>> = unread.chunks(READ_BATCH).map(<[Hash]>::to_vec).collect();
-        let mut reads = futures_util::stream::iter(batches)
-            .map(|fids: Vec<Hash>| async move {
-                let files = chain.files(&fids).await;
-                (fids, files)
-            })
-            .buffer_unordered(BATCHES_IN_FLIGHT);
-        let mut failed = None;
-        while let Some((fids, files)) = reads.next().await {
-            let files = match files {
-                Ok(files) => files,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
-            for (&fid, file) in fids.iter().zip(files) {
-                let Some(file) = file else { continue };
-                known.insert(fid, named_of(&file, fid, &me, territory, names));
-            }
-        }
-        drop(reads);
+        let failed = read_names(chain, &unread, territory, names, |fid, named| {
+            known.insert(fid, named);
+        })
+        .await;
         let named = known.values().flatten().copied().collect();
         *crate::sync::lock(&self.known) = known;
         match failed {
-            Some(e) => Err(e),
-            None => Ok(named),
+            Err(e) => Err(e),
+            Ok(()) => Ok(named),
         }
+    }
+}
+
+/// The FIDs the account holds in `territory`, in the order the hold list has them: the order
+/// they were stored in (the runtime pushes each new hold onto its end).
+async fn held_in(chain: &dyn Chain, territory: &[u8]) -> Result<Vec<Hash>, ChainError> {
+    let me = chain.account();
+    Ok(chain.held_files(&me).await?.into_iter().filter(|h| h.territory == territory).map(|h| h.fid).collect())
+}
+
+/// Reads the `File` records of `fids`, several batches at once, and gives `each` what the name
+/// of each one on chain says it is. Stops at the first failed read (what was read is given).
+async fn read_names(
+    chain: &dyn Chain,
+    fids: &[Hash],
+    territory: &[u8],
+    names: &NameKey,
+    mut each: impl FnMut(Hash, Option<Named>),
+) -> Result<(), ChainError> {
+    let me = chain.account();
+    let batches: Vec<Vec<Hash>> = fids.chunks(READ_BATCH).map(<[Hash]>::to_vec).collect();
+    let mut reads = futures_util::stream::iter(batches)
+        .map(|fids: Vec<Hash>| async move {
+            let files = chain.files(&fids).await;
+            (fids, files)
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT);
+    while let Some((fids, files)) = reads.next().await {
+        for (&fid, file) in fids.iter().zip(files?) {
+            if let Some(file) = file {
+                each(fid, named_of(&file, fid, &me, territory, names));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records read first from the tail of the hold list; each read back reads twice as many, up to
+/// [`READ_BATCH`].
+const FIRST_TAIL: usize = 32;
+
+/// A search for a tree's newest snapshot that reads the account's hold list from its tail. The
+/// list is in completion order, and a writer writes a tree only once the one before it (its
+/// root's `parent`) is stored: a tree newer than one whose parent was read back to was stored
+/// after that parent, so it was read too (docs/FORMAT.md, "Finding the newest tree").
+pub struct TailSearch<'a> {
+    chain: &'a dyn Chain,
+    territory: Vec<u8>,
+    names: &'a NameKey,
+    /// The FIDs held in the territory, in completion order.
+    held: Vec<Hash>,
+    /// `held[unread..]` has been read.
+    unread: usize,
+    /// What the files read are, by their place in `held`.
+    named: Vec<(usize, Named)>,
+    /// How many records the next read back reads.
+    batch: usize,
+}
+
+impl<'a> TailSearch<'a> {
+    /// Reads the hold list, and no `File` record yet.
+    pub async fn start(
+        chain: &'a dyn Chain,
+        territory: &[u8],
+        names: &'a NameKey,
+    ) -> Result<TailSearch<'a>, ChainError> {
+        let held = held_in(chain, territory).await?;
+        let unread = held.len();
+        Ok(TailSearch {
+            chain,
+            territory: territory.to_vec(),
+            names,
+            held,
+            unread,
+            named: Vec::new(),
+            batch: FIRST_TAIL,
+        })
+    }
+
+    /// Reads the records of the next files back from the tail. `false`: every one was read.
+    pub async fn read_back(&mut self) -> Result<bool, ChainError> {
+        if self.unread == 0 {
+            return Ok(false);
+        }
+        let from = self.unread.saturating_sub(self.batch);
+        self.read_range(from).await?;
+        self.batch = (self.batch * 2).min(READ_BATCH);
+        Ok(true)
+    }
+
+    /// Reads the records of every file not read yet.
+    pub async fn read_all(&mut self) -> Result<(), ChainError> {
+        self.read_range(0).await
+    }
+
+    /// Reads `held[from..unread]`.
+    async fn read_range(&mut self, from: usize) -> Result<(), ChainError> {
+        let places: HashMap<Hash, usize> = (from..self.unread).map(|i| (self.held[i], i)).collect();
+        let mut read = Vec::new();
+        read_names(self.chain, &self.held[from..self.unread], &self.territory, self.names, |fid, named| {
+            read.extend(named.zip(places.get(&fid).copied()).map(|(n, at)| (at, n)));
+        })
+        .await?;
+        self.named.extend(read);
+        self.unread = from;
+        Ok(())
+    }
+
+    /// Whether every record was read.
+    pub fn whole(&self) -> bool {
+        self.unread == 0
+    }
+
+    /// Whether a tree of `generation` is among the files read, or every file was read: what
+    /// was stored after it was read.
+    pub fn reached(&self, generation: u64) -> bool {
+        self.whole() || self.named.iter().any(|(_, n)| n.kind.is_tree() && n.number == Some(generation))
+    }
+
+    /// The files read that are this tree's.
+    pub fn named(&self) -> Vec<Named> {
+        self.named.iter().map(|(_, n)| *n).collect()
+    }
+
+    /// The tree's snapshots among the files read, newest first.
+    pub fn found(&self) -> Vec<Found> {
+        snapshots_of(&self.named())
+    }
+
+    /// Records read, and files held in the territory.
+    pub fn read_of(&self) -> (usize, usize) {
+        (self.held.len() - self.unread, self.held.len())
     }
 }
 
@@ -229,6 +341,8 @@ struct LazyStart {
     tree_files: Vec<(Hash, u32)>,
     /// Nodes in the whole tree.
     nodes: u64,
+    /// The generation its writer wrote before it (or restored it from).
+    parent: Option<u64>,
     /// Reads the rest, holding what it fetched already.
     loader: std::sync::Arc<super::load::DirLoader>,
 }
@@ -264,7 +378,15 @@ async fn start_lazily(
     holders.retain(|f| *f != own.0);
     snapshot.holders = holders;
     let loader = std::sync::Arc::new(loader);
-    Ok(LazyStart { snapshot, dir: loaded.dir, homes: loaded.homes, tree_files, nodes: root.nodes, loader })
+    Ok(LazyStart {
+        snapshot,
+        dir: loaded.dir,
+        homes: loaded.homes,
+        tree_files,
+        nodes: root.nodes,
+        parent: root.parent,
+        loader,
+    })
 }
 
 /// A fetch failure as a reason not to read a snapshot. Too few good fragments is no verdict on
@@ -411,36 +533,39 @@ pub struct Chosen {
     dirs: Vec<(Hash, Home)>,
     older: Vec<ReadBack>,
     skipped: Vec<(u64, String)>,
-    /// The tree's root directory, if the tree is loaded lazily; and the older active snapshots,
-    /// read and adopted once it is whole.
-    lazy: Option<(LazyStart, Vec<Found>)>,
+    /// The tree's root directory, if the tree is loaded lazily.
+    lazy: Option<LazyStart>,
 }
 
-/// Reads the newest of `found` (the tree's snapshots, [`find`]) that reads back, and the older
-/// snapshots of its lineage. `None`: the territory holds no snapshot of this tree.
+/// Reads the newest snapshot of the tree that reads back, and the older snapshots of its
+/// lineage, reading the hold list from its tail in `search` only as far as it takes to know
+/// which is the newest. `None`: the territory holds no snapshot of this tree.
 pub async fn choose(
-    found: &[Found],
+    search: &mut TailSearch<'_>,
     fetcher: &std::sync::Arc<Fetcher>,
     names: &NameKey,
 ) -> anyhow::Result<Option<Chosen>> {
-    let mut skipped = Vec::new();
-    let mut active = found.iter().filter(|f| f.active);
-    for f in active.by_ref() {
-        let start = match open(fetcher, f).await {
-            Ok(Opened::Whole(tree)) => Ok(Ok(tree)),
-            Ok(Opened::Root { root, own, seed: _ }) => start_lazily(fetcher, names, &root, own).await.map(Err),
-            Err(e) => Err(e),
-        };
-        let ReadTree { snapshot, seed, dirs } = match start {
-            Ok(Ok(read)) => read,
-            Ok(Err(lazy)) => {
-                let newest = ReadBack { found: f.clone(), snapshot: lazy.snapshot.clone(), seed: None };
-                let dirs = lazy.homes.clone();
-                let later = active.cloned().collect();
-                return Ok(Some(Chosen { newest, dirs, older: Vec::new(), skipped, lazy: Some((lazy, later)) }));
+    let mut skipped: Vec<(u64, String)> = Vec::new();
+    let mut passed: HashSet<Hash> = HashSet::new();
+    // Read while the search goes on: a newer snapshot may turn up further back.
+    let mut started: HashMap<Hash, Result<ReadTree, LazyStart>> = HashMap::new();
+    loop {
+        let found = search.found();
+        let Some(f) = found.iter().find(|f| f.active && !passed.contains(&f.fid)) else {
+            if search.read_back().await? {
+                continue;
             }
+            break;
+        };
+        let start = match started.remove(&f.fid) {
+            Some(start) => Ok(start),
+            None => start(fetcher, names, f).await,
+        };
+        let start = match start {
+            Ok(start) => start,
             Err(ReadError::Damaged(why) | ReadError::Lost(why)) => {
                 log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
+                passed.insert(f.fid);
                 skipped.push((f.generation, why));
                 continue;
             }
@@ -450,10 +575,30 @@ pub async fn choose(
                 f.generation
             ),
         };
+        // It is the newest once what was stored after its parent is read (a whole snapshot
+        // names no parent: every record is read).
+        let settled = match &start {
+            Err(lazy) => lazy.parent.is_some_and(|p| search.reached(p)),
+            Ok(_) => false,
+        };
+        if !settled && !search.whole() {
+            started.insert(f.fid, start);
+            search.read_back().await?;
+            continue;
+        }
+        skipped.retain(|(g, _)| *g >= f.generation);
+        let ReadTree { snapshot, seed, dirs } = match start {
+            Ok(read) => read,
+            Err(lazy) => {
+                let newest = ReadBack { found: f.clone(), snapshot: lazy.snapshot.clone(), seed: None };
+                let dirs = lazy.homes.clone();
+                return Ok(Some(Chosen { newest, dirs, older: Vec::new(), skipped, lazy: Some(lazy) }));
+            }
+        };
         // The older ones of its lineage are kept too, and dropped in their turn with what only
         // they refer to; another lineage's (a `--fresh` tree's predecessor) are its own past.
         let mut older = Vec::new();
-        for o in active {
+        for o in found.iter().filter(|o| o.active && (o.generation, o.fid.0) < (f.generation, f.fid.0)) {
             match read(fetcher, o).await {
                 Ok(old) if !super::same_lineage(&old.snapshot.writer, &snapshot.writer) => {
                     log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation);
@@ -469,6 +614,19 @@ pub async fn choose(
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
     }
     Ok(None)
+}
+
+/// Reads snapshot `f` as far as a restore reads it before choosing it: a whole snapshot
+/// whole, a tree in directory blobs down to its root directory.
+async fn start(
+    fetcher: &std::sync::Arc<Fetcher>,
+    names: &NameKey,
+    f: &Found,
+) -> Result<Result<ReadTree, LazyStart>, ReadError> {
+    match open(fetcher, f).await? {
+        Opened::Whole(tree) => Ok(Ok(tree)),
+        Opened::Root { root, own, seed: _ } => start_lazily(fetcher, names, &root, own).await.map(Err),
+    }
 }
 
 /// The record that keeps snapshot `found` of tree `snapshot` (its seed `seed`).
@@ -506,7 +664,7 @@ impl Chosen {
 
     /// Reads the rest of a tree restored lazily, holding what the restore fetched already.
     pub fn loader(&self) -> Option<std::sync::Arc<super::load::DirLoader>> {
-        self.lazy.as_ref().map(|(lazy, _)| lazy.loader.clone())
+        self.lazy.as_ref().map(|lazy| lazy.loader.clone())
     }
 
     /// Restores it into the empty `store` in one step (it completes, or a crash leaves the data
@@ -526,13 +684,12 @@ impl Chosen {
             .collect();
         meta.push(super::lineage_writer(&self.newest.snapshot.writer));
         let snapshot = &self.newest.snapshot;
-        let lazy = self.lazy.as_ref().map(|(lazy, later)| crate::store::LazyRoot {
+        let lazy = self.lazy.as_ref().map(|lazy| crate::store::LazyRoot {
             loading: crate::store::Loading {
                 generation: snapshot.generation,
                 snapshot: 0,
                 territory: territory.to_vec(),
                 tree_files: lazy.tree_files.clone(),
-                then: postcard::to_stdvec(later).unwrap_or_default(),
                 nodes: lazy.nodes,
                 loaded: snapshot.nodes.len() as u64,
             },
@@ -549,7 +706,7 @@ impl Chosen {
             written_at: snapshot.written_at.0,
             restored,
             skipped: self.skipped.clone(),
-            loading: self.lazy.as_ref().map(|(lazy, _)| lazy.nodes),
+            loading: self.lazy.as_ref().map(|lazy| lazy.nodes),
         })
     }
 }

@@ -35,9 +35,6 @@ pub struct Loading {
     pub territory: Vec<u8>,
     /// The tree files holding its directory blobs, and their segments.
     pub tree_files: Vec<(Hash, u32)>,
-    /// What the restore does once the tree is whole (its own record: the older snapshots of
-    /// the lineage to adopt).
-    pub then: Vec<u8>,
     /// Nodes in the whole tree, as its root says.
     pub nodes: u64,
     /// Nodes loaded so far (the root directory's included).
@@ -341,7 +338,6 @@ mod tests {
             snapshot: 0,
             territory: b"t".to_vec(),
             tree_files: Vec::new(),
-            then: Vec::new(),
             nodes,
             loaded: one.snapshot.nodes.len() as u64,
         };

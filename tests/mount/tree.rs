@@ -385,8 +385,9 @@ fn a_restored_tree_deletes_what_its_lost_machine_declared_after_its_last_snapsho
     }
 }
 
-/// The tree is found among the 100,000 files of a large account: a hold list of several MB and
-/// as many records, read in batches.
+/// The tree is found among the 100,000 files of a large account: a mount that begins a tree
+/// reads every record to know there is none; a restore reads the hold list from its tail, only
+/// back to the newest tree's parent (files stored after the tree are read too).
 #[test]
 fn a_tree_is_found_among_100000_files_the_account_holds() {
     let net = StandaloneDevnet::start_with(&["--held-files", "100000"]);
@@ -394,8 +395,24 @@ fn a_tree_is_found_among_100000_files_the_account_holds() {
     assert!(first.log().contains("holds 100000 files of this account but no tree snapshot of this key"));
     fs::write(first.path("a.txt"), b"found among many").unwrap();
     first.wait_status("a.txt", &["active"], MIN);
+    let stored = |m: &Mount| {
+        let state = tree_state(m);
+        (state["status"] == "active" && state["changes_waiting"] == false).then(|| state["generation"].clone())
+    };
+    wait_until(MIN, "a first tree stored", || stored(&first).is_some());
+    let first_tree = stored(&first);
+    fs::write(first.path("b.txt"), b"in the second round").unwrap();
+    wait_until(MIN, "a second tree stored", || stored(&first).is_some_and(|g| Some(&g) != first_tree.as_ref()));
     first.unmount_with(&["--wait", "--timeout", "120"]);
     let second = Mount::uploading("0", &["--chain", &net.url]);
     assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
+    let looked = second.log().lines().find_map(|l| {
+        let rest = l.split("looked for the tree in ").nth(1)?;
+        let mut words = rest.split(' ');
+        Some((words.next()?.parse::<usize>().ok()?, words.nth(2)?.parse::<usize>().ok()?))
+    });
+    let (read, held) = looked.unwrap_or_else(|| panic!("no search said how far it read:\n{}", second.log()));
+    assert!(held > 100_000 && read < 100, "{read} of {held} records read");
+    assert_eq!(fs::read(second.path("b.txt")).unwrap(), b"in the second round");
     assert_eq!(fs::read(second.path("a.txt")).unwrap(), b"found among many");
 }

@@ -159,8 +159,9 @@ fn directory_blobs(
             Some(at)
         };
         let known = homes.clone();
-        let written = cessfs::format::write_tree(s, &keys, None, ids, &mut |id| known.get(id).copied(), &mut place)
-            .expect("room");
+        let written =
+            cessfs::format::write_tree(s, &keys, Default::default(), ids, &mut |id| known.get(id).copied(), &mut place)
+                .expect("room");
         let took = start.elapsed();
         for &(id, offset, len) in &written.placed {
             homes.insert(id, (cessfs::format::TreeRef { fid, id, offset, len }, None));

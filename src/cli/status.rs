@@ -299,14 +299,19 @@ fn scan(paths: &[PathBuf]) -> Vec<(PathBuf, Value)> {
 /// failed, or `timeout` passes; returns their last status.
 pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<(PathBuf, Value)>> {
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    // The progress bar is for a person watching, not for a log.
+    // The progress bar is for a person watching; a log gets a line when the count moves, at
+    // most every half minute.
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut said: Option<(usize, std::time::Instant)> = None;
     loop {
         let files = scan(paths);
         let done = files.iter().filter(|(_, v)| settled(v)).count();
         let bar = if files.is_empty() { 20 } else { 20 * done / files.len() };
         if terminal {
             eprint!("\r[{}{}] {done}/{} settled ", "#".repeat(bar), ".".repeat(20 - bar), files.len());
+        } else if said.is_none_or(|(before, at)| before != done && at.elapsed() >= Duration::from_secs(30)) {
+            eprintln!("waiting: {done}/{} settled", files.len());
+            said = Some((done, std::time::Instant::now()));
         }
         let trees = snapshots_of(paths);
         let trees_done = trees.iter().all(|(_, v)| snapshot_settled(v));

@@ -45,8 +45,8 @@ pub use snapshot::{
     Link, Location, Node, NodeKind, Snapshot, SnapshotError, THIS_COMMIT, snapshot_file_len, snapshot_len_of,
 };
 pub use tree::{
-    CHUNK_ABOVE, Dir, DirIds, Entry, Home, OneDir, Root, TREE_FILE_HEADER, TreeFile, TreeRef, Written, assemble,
-    one_dir, refs_of, tree_file_header, tree_file_root, write_tree,
+    Ancestry, CHUNK_ABOVE, Dir, DirIds, Entry, Home, OneDir, Root, TREE_FILE_HEADER, TreeFile, TreeRef, Written,
+    assemble, one_dir, refs_of, tree_file_header, tree_file_root, write_tree,
 };
 
 use serde::{Deserialize, Serialize};

@@ -104,6 +104,20 @@ pub struct Root {
     pub node: Node,
     /// The root directory's blob.
     pub dir: TreeRef,
+    /// The newest generation its writer had stored on CESS when it wrote this one: a newer
+    /// tree was stored after that one (docs/FORMAT.md, "Finding the newest tree"). It follows
+    /// the rest of the root (roots written before it end without it: `None`).
+    #[serde(skip)]
+    pub stored: Option<u64>,
+}
+
+/// Where a tree comes in its writer's history: [`Root::parent`] and [`Root::stored`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ancestry {
+    /// The generation written before.
+    pub parent: Option<u64>,
+    /// The newest generation stored when it is written.
+    pub stored: Option<u64>,
 }
 
 impl Root {
@@ -111,13 +125,19 @@ impl Root {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC_V3.to_vec();
         out.extend(postcard::to_stdvec(self).expect("roots always serialize"));
+        out.extend(postcard::to_stdvec(&self.stored).expect("generations always serialize"));
         out
     }
 
     /// Reads a root.
     pub fn decode(bytes: &[u8]) -> Result<Root, SnapshotError> {
+        let damaged = |e: postcard::Error| SnapshotError::Damaged(format!("the tree's root: {e}"));
         let rest = bytes.strip_prefix(&MAGIC_V3[..]).ok_or(SnapshotError::NotASnapshot)?;
-        postcard::from_bytes(rest).map_err(|e| SnapshotError::Damaged(format!("the tree's root: {e}")))
+        let (mut root, rest): (Root, _) = postcard::take_from_bytes(rest).map_err(damaged)?;
+        if !rest.is_empty() {
+            root.stored = postcard::from_bytes(rest).map_err(damaged)?;
+        }
+        Ok(root)
     }
 
     /// Whether tree bytes are a root of this version.
@@ -283,13 +303,13 @@ pub type Home = (TreeRef, Option<u32>);
 
 /// Writes `snapshot` as directory blobs: each directory's blob is looked up with `reuse` (by
 /// id) and referred to there, or sealed and handed to `place`, which puts it in the file being
-/// written and says where (`None`: no room; the tree is then not written). `parent`: the
-/// generation written before. Directories are written children first, so a parent names where
-/// its children are. `ids` keeps the ids worked out, for the next write with the same keys.
+/// written and says where (`None`: no room; the tree is then not written). `before`: where it
+/// comes in its writer's history. Directories are written children first, so a parent names
+/// where its children are. `ids` keeps the ids worked out, for the next write with the same keys.
 pub fn write_tree(
     snapshot: &Snapshot,
     keys: &BlobKeys,
-    parent: Option<u64>,
+    before: Ancestry,
     ids: &mut DirIds,
     reuse: &mut dyn FnMut(&Hash) -> Option<Home>,
     place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
@@ -385,11 +405,12 @@ pub fn write_tree(
         generation: snapshot.generation,
         writer: snapshot.writer,
         written_at: snapshot.written_at,
-        parent,
+        parent: before.parent,
         files: files.into_iter().map(|(fid, segments)| TreeFile { fid, segments }).collect(),
         nodes: snapshot.nodes.len() as u64,
         node,
         dir: *refs.get(&1)?,
+        stored: before.stored,
     };
     out.root = root.encode();
     Some(out)
@@ -586,12 +607,13 @@ mod tests {
             let homes = self.homes.clone();
             let mut bytes = std::mem::take(&mut self.bytes);
             let ids = &mut self.ids;
-            let written = write_tree(s, &keys(), None, ids, &mut |id| homes.get(id).copied(), &mut |_, sealed| {
-                let at = bytes.len() as u32;
-                bytes.extend(sealed);
-                Some(at)
-            })
-            .unwrap();
+            let written =
+                write_tree(s, &keys(), Ancestry::default(), ids, &mut |id| homes.get(id).copied(), &mut |_, sealed| {
+                    let at = bytes.len() as u32;
+                    bytes.extend(sealed);
+                    Some(at)
+                })
+                .unwrap();
             for (id, offset, len) in &written.placed {
                 self.homes.insert(*id, (TreeRef { fid, id: *id, offset: *offset, len: *len }, None));
             }
@@ -715,6 +737,22 @@ mod tests {
         }]);
         let Dir::Entries(e) = dir.resolved(Hash([8; 32])) else { panic!() };
         assert_eq!(e[0].node.location.fid(), Some(&Hash([8; 32])));
+    }
+
+    /// The newest tree stored follows the rest of a root: a root without it (written before it
+    /// was) reads as naming none, and a reader before it reads a root with it.
+    #[test]
+    fn a_root_names_the_newest_tree_stored_after_the_rest() {
+        let s = tree(2);
+        let mut holder = Holder::default();
+        let root = Root::decode(&holder.write(&s, Hash([1; 32])).root).unwrap();
+        let with = Root { stored: Some(7), parent: Some(9), ..root.clone() };
+        let bytes = with.encode();
+        assert_eq!(Root::decode(&bytes).unwrap(), with);
+        let before: Vec<u8> = [&MAGIC_V3[..], &postcard::to_stdvec(&with).unwrap()].concat();
+        assert_eq!(bytes[..before.len()], before[..], "the rest as before");
+        assert_eq!(Root::decode(&before).unwrap(), Root { stored: None, ..with.clone() });
+        assert!(Root::decode(&[&before[..], &[2]].concat()).is_err(), "damaged after the rest");
     }
 
     #[test]

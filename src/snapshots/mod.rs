@@ -306,23 +306,25 @@ impl Writer {
         if self.watch.tree().blobs.is_none() {
             return uploads_settled();
         }
-        let (packs, last_stored) = match (self.store.pack_summary(), self.last_tree_stored()) {
-            (Ok(packs), Ok(stored)) => (packs, stored),
-            (Err(e), _) | (_, Err(e)) => {
-                crate::log_limited!(log::Level::Error, "snapshot", "reading the packs and trees: {e}");
+        let packs = match self.store.pack_summary() {
+            Ok(packs) => packs,
+            Err(e) => {
+                crate::log_limited!(log::Level::Error, "snapshot", "reading the packs: {e}");
                 return false;
             }
         };
-        packs.uploading == 0 && last_stored && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+        packs.uploading == 0 && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
     }
 
-    /// Whether the last tree written is stored (or failed). A tree is written only once the one
-    /// before it is: a restore finds the newest tree from the tail of the hold list on that
-    /// ([`restore::TailSearch`]).
-    fn last_tree_stored(&self) -> Result<bool, StoreError> {
-        let kept = self.store.kept_snapshots()?;
-        let Some((ino, _)) = kept.last() else { return Ok(true) };
-        Ok(self.store.upload(*ino)?.is_none_or(|u| u.state.settled()))
+    /// The newest of the `kept` trees that is stored on CESS: a tree newer than the one written
+    /// now is stored after it, whatever was on its way ([`restore::TailSearch`]).
+    fn newest_stored(&self, kept: &[(u64, crate::store::KeptSnapshot)]) -> Result<Option<u64>, StoreError> {
+        for (ino, s) in kept.iter().rev() {
+            if self.store.upload(*ino)?.is_some_and(|u| u.state == crate::store::UploadState::Active) {
+                return Ok(Some(s.generation));
+            }
+        }
+        Ok(None)
     }
 
     /// Writes the tree if it differs from the last one written: in a commit with the blobs of
@@ -342,7 +344,10 @@ impl Writer {
             None => None,
         };
         let tree = self.watch.tree();
-        let parent = kept.last().map(|(_, s)| s.generation);
+        let before = crate::format::Ancestry {
+            parent: kept.last().map(|(_, s)| s.generation),
+            stored: self.newest_stored(&kept)?,
+        };
         let emptying = holders_to_empty(self.store.tree_holders(last_fid)?);
         if !emptying.is_empty() {
             log::info!(
@@ -362,7 +367,7 @@ impl Writer {
                         return Ok(None);
                     };
                     let mut ids = crate::sync::lock(&self.dir_ids);
-                    let written = self.store.write_dirs(&snapshot, keys, parent, &emptying, &mut ids, place)?;
+                    let written = self.store.write_dirs(&snapshot, keys, before, &emptying, &mut ids, place)?;
                     let Some(written) = written else { return Ok(None) };
                     made = Some((digest, Made::of(&written)));
                     holders = Some(written.holder_bytes.clone());
@@ -387,7 +392,7 @@ impl Writer {
                     let name = tree.names.snapshot_name(generation);
                     let (ino, what) = match &tree.blobs {
                         Some(keys) => {
-                            let (ino, what, held) = self.stage_tree_file(snapshot, keys, parent, &emptying, name)?;
+                            let (ino, what, held) = self.stage_tree_file(snapshot, keys, before, &emptying, name)?;
                             holders = Some(held);
                             (ino, what)
                         }
@@ -474,7 +479,7 @@ impl Writer {
         &self,
         snapshot: Snapshot,
         keys: &BlobKeys,
-        parent: Option<u64>,
+        before: crate::format::Ancestry,
         emptying: &std::collections::HashSet<Hash>,
         name: Vec<u8>,
     ) -> Result<(u64, Made, std::collections::BTreeMap<Hash, u64>), StoreError> {
@@ -485,7 +490,7 @@ impl Writer {
             Some(at)
         };
         let mut ids = crate::sync::lock(&self.dir_ids);
-        let written = self.store.write_dirs(&snapshot, keys, parent, emptying, &mut ids, &mut place)?;
+        let written = self.store.write_dirs(&snapshot, keys, before, emptying, &mut ids, &mut place)?;
         let written = written.ok_or(StoreError::Corrupt { what: "tree larger than 4 GiB" })?;
         let root_id = keys.id(&written.root);
         let sealed = keys.seal(&root_id, &written.root);

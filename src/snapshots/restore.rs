@@ -142,13 +142,13 @@ async fn read_names(
 }
 
 /// Records read first from the tail of the hold list; each read back reads twice as many, up to
-/// [`READ_BATCH`].
+/// [`BATCHES_IN_FLIGHT`] batches of [`READ_BATCH`].
 const FIRST_TAIL: usize = 32;
 
 /// A search for a tree's newest snapshot that reads the account's hold list from its tail. The
-/// list is in completion order, and a writer writes a tree only once the one before it (its
-/// root's `parent`) is stored: a tree newer than one whose parent was read back to was stored
-/// after that parent, so it was read too (docs/FORMAT.md, "Finding the newest tree").
+/// list is in completion order, and a root names the newest tree its writer had stored when it
+/// wrote it (`Root::stored`): a newer tree was written later, so stored after that one, and is
+/// read once the search has read back to it (docs/FORMAT.md, "Finding the newest tree").
 pub struct TailSearch<'a> {
     chain: &'a dyn Chain,
     territory: Vec<u8>,
@@ -190,7 +190,7 @@ impl<'a> TailSearch<'a> {
         }
         let from = self.unread.saturating_sub(self.batch);
         self.read_range(from).await?;
-        self.batch = (self.batch * 2).min(READ_BATCH);
+        self.batch = (self.batch * 2).min(READ_BATCH * BATCHES_IN_FLIGHT);
         Ok(true)
     }
 
@@ -341,8 +341,9 @@ struct LazyStart {
     tree_files: Vec<(Hash, u32)>,
     /// Nodes in the whole tree.
     nodes: u64,
-    /// The generation its writer wrote before it (or restored it from).
-    parent: Option<u64>,
+    /// The newest generation its writer had stored when it wrote it (newer trees were stored
+    /// after that one).
+    stored: Option<u64>,
     /// Reads the rest, holding what it fetched already.
     loader: std::sync::Arc<super::load::DirLoader>,
 }
@@ -384,7 +385,7 @@ async fn start_lazily(
         homes: loaded.homes,
         tree_files,
         nodes: root.nodes,
-        parent: root.parent,
+        stored: root.stored,
         loader,
     })
 }
@@ -575,15 +576,19 @@ pub async fn choose(
                 f.generation
             ),
         };
-        // It is the newest once what was stored after its parent is read (a whole snapshot
-        // names no parent: every record is read).
-        let settled = match &start {
-            Err(lazy) => lazy.parent.is_some_and(|p| search.reached(p)),
-            Ok(_) => false,
+        // It is the newest once what was stored after the tree its writer had stored when it
+        // wrote it is read; without such a tree (a whole snapshot, the first of a lineage, a
+        // root from before the rule), once every record is.
+        let bound = match &start {
+            Err(lazy) => lazy.stored,
+            Ok(_) => None,
         };
-        if !settled && !search.whole() {
+        if !(search.whole() || bound.is_some_and(|g| search.reached(g))) {
             started.insert(f.fid, start);
-            search.read_back().await?;
+            match bound {
+                Some(_) => search.read_back().await?,
+                None => search.read_all().await.map(|()| true)?,
+            };
             continue;
         }
         skipped.retain(|(g, _)| *g >= f.generation);
@@ -610,6 +615,7 @@ pub async fn choose(
         let newest = ReadBack { found: f.clone(), snapshot, seed };
         return Ok(Some(Chosen { newest, dirs, older, skipped, lazy: None }));
     }
+    skipped.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
     if let Some((generation, why)) = skipped.first() {
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
     }

@@ -81,7 +81,7 @@ impl Store {
         &self,
         snapshot: &Snapshot,
         keys: &BlobKeys,
-        parent: Option<u64>,
+        before: crate::format::Ancestry,
         emptying: &HashSet<Hash>,
         ids: &mut DirIds,
         place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
@@ -95,7 +95,7 @@ impl Store {
                 None
             }
         };
-        let written = crate::format::write_tree(snapshot, keys, parent, ids, &mut reuse, place);
+        let written = crate::format::write_tree(snapshot, keys, before, ids, &mut reuse, place);
         match failed {
             Some(e) => Err(e),
             None => Ok(written),

@@ -229,7 +229,9 @@ impl Mount {
     }
 
     /// `cessfs unmount` with extra flags, then waits for the daemon to exit.
-    pub fn unmount_with(&mut self, args: &[&str]) {
+    /// Unmounts with `cessfs unmount ARGS`, waiting for the daemon to exit; returns what the
+    /// command said on stderr.
+    pub fn unmount_with(&mut self, args: &[&str]) -> String {
         let out = Command::new(BIN).arg("unmount").args(args).arg(self.root()).output().expect("run cessfs unmount");
         assert!(
             out.status.success(),
@@ -240,6 +242,7 @@ impl Mount {
         let mut child = self.child.take().expect("mounted");
         let status = child.wait().expect("wait for daemon");
         assert!(status.success(), "daemon exited with {status}:\n{}", self.log());
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// The `user.cess.*` attribute `name` of file `rel`, as text.

@@ -403,7 +403,8 @@ fn a_tree_is_found_among_100000_files_the_account_holds() {
     let first_tree = stored(&first);
     fs::write(first.path("b.txt"), b"in the second round").unwrap();
     wait_until(MIN, "a second tree stored", || stored(&first).is_some_and(|g| Some(&g) != first_tree.as_ref()));
-    first.unmount_with(&["--wait", "--timeout", "120"]);
+    let said = first.unmount_with(&["--wait", "--timeout", "120"]);
+    assert!(said.contains("waiting: 2/2 settled"), "off a terminal, the wait says where it is: {said:?}");
     let second = Mount::uploading("0", &["--chain", &net.url]);
     assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
     let looked = second.log().lines().find_map(|l| {

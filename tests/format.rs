@@ -556,6 +556,11 @@ fn a_tree_in_directory_blobs_reads_as_format_md_says() {
     let keys = key.blobs().unwrap();
     let read = Root::decode(&root).unwrap();
     assert_eq!((read.generation, read.written_at, read.parent, read.nodes), (11, (100, 5), None, 4));
+    assert_eq!(read.stored, None, "a root that ends after Root names no tree stored before it");
+    // `stored` follows: Some (1) of generation 10 (a varint), as cessfs writes it.
+    let with_stored = [&root[..], &[1], &varint(10)].concat();
+    assert_eq!(Root::decode(&with_stored).unwrap(), Root { stored: Some(10), ..read.clone() });
+    assert_eq!(Root { stored: Some(10), ..read.clone() }.encode(), with_stored, "byte for byte");
     let mut dirs = std::collections::HashMap::new();
     let mut wanted = vec![read.dir];
     while let Some(r) = wanted.pop() {

@@ -577,8 +577,8 @@ pub async fn choose(
             ),
         };
         // It is the newest once what was stored after the tree its writer had stored when it
-        // wrote it is read; without such a tree (a whole snapshot, the first of a lineage, a
-        // root from before the rule), once every record is.
+        // wrote it is read; without such a tree (a whole snapshot, a root from before the rule,
+        // one written before any tree of its writer was stored), once every record is.
         let bound = match &start {
             Err(lazy) => lazy.stored,
             Ok(_) => None,

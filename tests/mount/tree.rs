@@ -387,7 +387,7 @@ fn a_restored_tree_deletes_what_its_lost_machine_declared_after_its_last_snapsho
 
 /// The tree is found among the 100,000 files of a large account: a mount that begins a tree
 /// reads every record to know there is none; a restore reads the hold list from its tail, only
-/// back to the newest tree's parent (files stored after the tree are read too).
+/// back to the tree the newest root names as stored before it (the first round's).
 #[test]
 fn a_tree_is_found_among_100000_files_the_account_holds() {
     let net = StandaloneDevnet::start_with(&["--held-files", "100000"]);

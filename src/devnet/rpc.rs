@@ -410,6 +410,11 @@ impl DevnetChain {
         if resp.status() == StatusCode::FORBIDDEN {
             return Err(ChainError::dispatch("Devnet", "ControlTokenRequired"));
         }
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let said = resp.text().await.unwrap_or_default();
+            return Err(ChainError::Refused { reason: format!("{url}: {status}: {said}"), transient: false });
+        }
         resp.json().await.map_err(|e| ChainError::Decode(format!("{url}: {e}")))
     }
 

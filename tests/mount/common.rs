@@ -624,14 +624,21 @@ pub struct StandaloneDevnet {
     pub url: String,
 }
 
-/// A base port with 16 free ports from it, on loopback.
+/// A base port with `count` free ports from it, on loopback, below the kernel's ephemeral
+/// range: a node switched down and up again binds its port anew, and an outgoing connection
+/// anywhere on the machine may have taken a port of that range meanwhile.
 fn free_ports(count: u16) -> u16 {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, span) = (10_000, u64::from(ephemeral.saturating_sub(10_000 + count).max(1_000)));
     let mut x = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ 0x9e37_79b9;
     loop {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let base = 20_000 + (x % 30_000) as u16;
+        let base = low + (x % span) as u16;
         let free = (base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if free {
             return base;

@@ -579,8 +579,7 @@ impl TreeSetup<'_> {
             (Some(search), Some(names), false) => {
                 let search = search.as_mut().map_err(|e| e.clone())?;
                 let chosen = self.runtime.block_on(crate::snapshots::restore::choose(search, self.fetcher, names))?;
-                let (read, held) = search.read_of();
-                log::info!("looked for the tree in {read} of the {held} files the territory holds, from the newest");
+                search.log_reach();
                 chosen.map(|c| (c, names))
             }
             _ => None,

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 
 use crate::fetch::{FetchError, Fetcher};
 use crate::format::{Dir, Hash, Home, NameKey, NameKind, Root, Snapshot, SnapshotError, THIS_COMMIT, TreeRef, refs_of};
@@ -233,9 +234,10 @@ impl<'a> TailSearch<'a> {
         snapshots_of(&self.named())
     }
 
-    /// Records read, and files held in the territory.
-    pub fn read_of(&self) -> (usize, usize) {
-        (self.held.len() - self.unread, self.held.len())
+    /// Logs how far back it read.
+    pub fn log_reach(&self) {
+        let (read, held) = (self.held.len() - self.unread, self.held.len());
+        log::info!("looked for the tree in {read} of the {held} files the territory holds, from the newest");
     }
 }
 
@@ -285,6 +287,9 @@ pub struct ReadTree {
     pub seed: Option<[u8; 32]>,
     /// Where its directory blobs are (none for a whole snapshot).
     pub dirs: Vec<(Hash, Home)>,
+    /// The generation its writer had stored when it wrote it (`Root::stored`; none for a
+    /// whole snapshot).
+    pub stored: Option<u64>,
 }
 
 /// Reads snapshot `found` from CESS: a commit's or a snapshot file's tree, whole or in
@@ -310,7 +315,7 @@ async fn open(fetcher: &Fetcher, found: &Found) -> Result<Opened, ReadError> {
     let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
     let whole = |bytes: &[u8], seed| {
         let snapshot = Snapshot::decode(bytes).map_err(damaged)?;
-        Ok(Opened::Whole(ReadTree { snapshot, seed, dirs: Vec::new() }))
+        Ok(Opened::Whole(ReadTree { snapshot, seed, dirs: Vec::new(), stored: None }))
     };
     if found.commit {
         let (tree, segment) = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
@@ -318,7 +323,7 @@ async fn open(fetcher: &Fetcher, found: &Found) -> Result<Opened, ReadError> {
             return Ok(Opened::Root { root: tree, own: (found.fid, None, segment), seed: None });
         }
         let snapshot = Snapshot::decode(&tree).map_err(damaged)?.resolve_commit(found.fid);
-        return Ok(Opened::Whole(ReadTree { snapshot, seed: None, dirs: Vec::new() }));
+        return Ok(Opened::Whole(ReadTree { snapshot, seed: None, dirs: Vec::new(), stored: None }));
     }
     let (bytes, seed) = fetcher.tree_file(&found.fid, found.segments).await.map_err(unreadable)?;
     if !Root::is_root(&bytes) {
@@ -445,7 +450,7 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
     }
     let holders = fetched.into_keys().filter(|fid| *fid != own.0).collect();
     let snapshot = crate::format::assemble(&root, &dirs, holders).map_err(damaged)?;
-    Ok(ReadTree { snapshot, seed: None, dirs: homes })
+    Ok(ReadTree { snapshot, seed: None, dirs: homes, stored: root.stored })
 }
 
 /// A CESS file holding directory blobs, as read: its bytes without the zeros that end them
@@ -538,18 +543,18 @@ pub struct Chosen {
     lazy: Option<LazyStart>,
 }
 
-/// Reads the newest snapshot of the tree that reads back, and the older snapshots of its
-/// lineage, reading the hold list from its tail in `search` only as far as it takes to know
-/// which is the newest. `None`: the territory holds no snapshot of this tree.
-pub async fn choose(
+/// The newest snapshot of the tree that reads back, as `open` reads it, with the snapshots
+/// newer than it that do not (generation, why). `open` also says the generation its writer had
+/// stored when it wrote it, if it says. The hold list in `search` is read from its tail only as
+/// far as it takes to know which is the newest: back to that generation, or whole.
+async fn newest_settled<'a, T>(
     search: &mut TailSearch<'_>,
-    fetcher: &std::sync::Arc<Fetcher>,
-    names: &NameKey,
-) -> anyhow::Result<Option<Chosen>> {
+    mut open: impl FnMut(Found) -> BoxFuture<'a, Result<(T, Option<u64>), ReadError>>,
+) -> anyhow::Result<(Option<(Found, T)>, Vec<(u64, String)>)> {
     let mut skipped: Vec<(u64, String)> = Vec::new();
     let mut passed: HashSet<Hash> = HashSet::new();
     // Read while the search goes on: a newer snapshot may turn up further back.
-    let mut started: HashMap<Hash, Result<ReadTree, LazyStart>> = HashMap::new();
+    let mut opened: HashMap<Hash, (T, Option<u64>)> = HashMap::new();
     loop {
         let found = search.found();
         let Some(f) = found.iter().find(|f| f.active && !passed.contains(&f.fid)) else {
@@ -558,33 +563,27 @@ pub async fn choose(
             }
             break;
         };
-        let start = match started.remove(&f.fid) {
-            Some(start) => Ok(start),
-            None => start(fetcher, names, f).await,
+        let read = match opened.remove(&f.fid) {
+            Some(read) => Ok(read),
+            None => open(f.clone()).await,
         };
-        let start = match start {
-            Ok(start) => start,
+        let (read, bound) = match read {
+            Ok(read) => read,
             Err(ReadError::Damaged(why) | ReadError::Lost(why)) => {
                 log::warn!("tree snapshot {} cannot be read ({why}); trying the one before", f.generation);
                 passed.insert(f.fid);
                 skipped.push((f.generation, why));
                 continue;
             }
-            Err(ReadError::Unavailable(e)) => anyhow::bail!(
-                "tree snapshot {} of this territory could not be fetched now ({e}); nothing was restored: \
-                 mount again once the chain and the miners answer (or use --fresh to start an empty tree)",
-                f.generation
-            ),
+            Err(ReadError::Unavailable(e)) => {
+                anyhow::bail!("tree snapshot {} of this territory could not be fetched now ({e})", f.generation)
+            }
         };
         // It is the newest once what was stored after the tree its writer had stored when it
         // wrote it is read; without such a tree (a whole snapshot, a root from before the rule,
         // one written before any tree of its writer was stored), once every record is.
-        let bound = match &start {
-            Err(lazy) => lazy.stored,
-            Ok(_) => None,
-        };
         if !(search.whole() || bound.is_some_and(|g| search.reached(g))) {
-            started.insert(f.fid, start);
+            opened.insert(f.fid, (read, bound));
             match bound {
                 Some(_) => search.read_back().await?,
                 None => search.read_all().await.map(|()| true)?,
@@ -592,34 +591,72 @@ pub async fn choose(
             continue;
         }
         skipped.retain(|(g, _)| *g >= f.generation);
-        let ReadTree { snapshot, seed, dirs } = match start {
-            Ok(read) => read,
-            Err(lazy) => {
-                let newest = ReadBack { found: f.clone(), snapshot: lazy.snapshot.clone(), seed: None };
-                let dirs = lazy.homes.clone();
-                return Ok(Some(Chosen { newest, dirs, older: Vec::new(), skipped, lazy: Some(lazy) }));
-            }
-        };
-        // The older ones of its lineage are kept too, and dropped in their turn with what only
-        // they refer to; another lineage's (a `--fresh` tree's predecessor) are its own past.
-        let mut older = Vec::new();
-        for o in found.iter().filter(|o| o.active && (o.generation, o.fid.0) < (f.generation, f.fid.0)) {
-            match read(fetcher, o).await {
-                Ok(old) if !super::same_lineage(&old.snapshot.writer, &snapshot.writer) => {
-                    log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation);
-                }
-                Ok(old) => older.push(ReadBack { found: o.clone(), snapshot: old.snapshot, seed: old.seed }),
-                Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
-            }
-        }
-        let newest = ReadBack { found: f.clone(), snapshot, seed };
-        return Ok(Some(Chosen { newest, dirs, older, skipped, lazy: None }));
+        return Ok((Some((f.clone(), read)), skipped));
     }
     skipped.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
     if let Some((generation, why)) = skipped.first() {
         anyhow::bail!("no tree snapshot of this territory could be read (the newest, {generation}: {why})");
     }
-    Ok(None)
+    Ok((None, skipped))
+}
+
+/// The newest snapshot of the tree that reads back, read whole (a read-only view shows it),
+/// from the tail of the hold list in `search` ([`newest_settled`]).
+pub async fn newest_whole(search: &mut TailSearch<'_>, fetcher: &Fetcher) -> anyhow::Result<Option<(Found, Snapshot)>> {
+    let open = |f: Found| -> BoxFuture<'_, _> {
+        Box::pin(async move { read(fetcher, &f).await.map(|t| (t.snapshot, t.stored)) })
+    };
+    let (newest, _) = newest_settled(search, open).await?;
+    Ok(newest)
+}
+
+/// Reads the newest snapshot of the tree that reads back, and the older snapshots of its
+/// lineage, reading the hold list from its tail in `search` only as far as it takes to know
+/// which is the newest. `None`: the territory holds no snapshot of this tree.
+pub async fn choose(
+    search: &mut TailSearch<'_>,
+    fetcher: &std::sync::Arc<Fetcher>,
+    names: &NameKey,
+) -> anyhow::Result<Option<Chosen>> {
+    let restored = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "{e}; nothing was restored: mount again once the chain and the miners answer (or use --fresh to \
+             start an empty tree)"
+        )
+    };
+    let open = |f: Found| -> BoxFuture<'_, _> {
+        Box::pin(async move {
+            start(fetcher, names, &f).await.map(|s| {
+                let bound = s.as_ref().err().and_then(|lazy| lazy.stored);
+                (s, bound)
+            })
+        })
+    };
+    let opened = newest_settled(search, open).await.map_err(restored)?;
+    let (Some((f, start)), skipped) = opened else { return Ok(None) };
+    let ReadTree { snapshot, seed, dirs, stored: _ } = match start {
+        Ok(read) => read,
+        Err(lazy) => {
+            let newest = ReadBack { found: f, snapshot: lazy.snapshot.clone(), seed: None };
+            let dirs = lazy.homes.clone();
+            return Ok(Some(Chosen { newest, dirs, older: Vec::new(), skipped, lazy: Some(lazy) }));
+        }
+    };
+    // The older ones of its lineage are kept too, and dropped in their turn with what only
+    // they refer to; another lineage's (a `--fresh` tree's predecessor) are its own past. A
+    // whole snapshot was settled by reading every record.
+    let mut older = Vec::new();
+    for o in search.found().iter().filter(|o| o.active && (o.generation, o.fid.0) < (f.generation, f.fid.0)) {
+        match read(fetcher, o).await {
+            Ok(old) if !super::same_lineage(&old.snapshot.writer, &snapshot.writer) => {
+                log::info!("tree snapshot {} is an earlier tree's (before --fresh): left as it is", o.generation);
+            }
+            Ok(old) => older.push(ReadBack { found: o.clone(), snapshot: old.snapshot, seed: old.seed }),
+            Err(e) => log::warn!("the older tree snapshot {} is left as it is: {e}", o.generation),
+        }
+    }
+    let newest = ReadBack { found: f, snapshot, seed };
+    Ok(Some(Chosen { newest, dirs, older, skipped, lazy: None }))
 }
 
 /// Reads snapshot `f` as far as a restore reads it before choosing it: a whole snapshot
@@ -741,20 +778,34 @@ impl Follower {
     /// what it now shows.
     pub async fn sync(&self) -> anyhow::Result<Option<u64>> {
         let shown = self.store.view_generation()?;
-        let found = self.finder.find(&*self.chain, &self.territory, &self.names).await?;
-        let want = match self.pinned {
-            Some(g) => found.iter().find(|f| f.generation == g && f.active).ok_or_else(|| {
-                anyhow::anyhow!("no active tree snapshot of generation {g} in this territory (see cessfs snapshots)")
-            })?,
-            None => match found.iter().find(|f| f.active) {
-                Some(f) => f,
+        let (want, snapshot) = if shown.is_none() && self.pinned.is_none() {
+            // A view that shows nothing yet finds the newest tree from the tail of the hold
+            // list; the later looks read every record once, then the new ones.
+            let mut search = TailSearch::start(&*self.chain, &self.territory, &self.names).await?;
+            let newest = newest_whole(&mut search, &self.fetcher).await?;
+            search.log_reach();
+            match newest {
+                Some(newest) => newest,
                 None => return Ok(shown),
-            },
+            }
+        } else {
+            let found = self.finder.find(&*self.chain, &self.territory, &self.names).await?;
+            let want = match self.pinned {
+                Some(g) => found.iter().find(|f| f.generation == g && f.active).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no active tree snapshot of generation {g} in this territory (see cessfs snapshots)"
+                    )
+                })?,
+                None => match found.iter().find(|f| f.active) {
+                    Some(f) => f,
+                    None => return Ok(shown),
+                },
+            };
+            if shown == Some(want.generation) {
+                return Ok(shown);
+            }
+            (want.clone(), read(&self.fetcher, want).await?.snapshot)
         };
-        if shown == Some(want.generation) {
-            return Ok(shown);
-        }
-        let snapshot = read(&self.fetcher, want).await?.snapshot;
         let store = self.store.clone();
         let (territory, names) = (self.territory.clone(), self.names.clone());
         let restored = tokio::task::spawn_blocking(move || {

@@ -319,8 +319,12 @@ pub fn wait(paths: &[PathBuf], timeout: Option<Duration>) -> anyhow::Result<Vec<
             eprint!("(waiting for the tree snapshot) ");
         }
         if done == files.len() && trees_done {
-            if terminal {
-                eprintln!();
+            match terminal {
+                true => eprintln!(),
+                false => {
+                    let tree = if trees.is_empty() { "" } else { ", and the tree snapshot" };
+                    eprintln!("settled: {done}/{} files{tree}", files.len());
+                }
             }
             return Ok(files);
         }

@@ -405,6 +405,7 @@ fn a_tree_is_found_among_100000_files_the_account_holds() {
     wait_until(MIN, "a second tree stored", || stored(&first).is_some_and(|g| Some(&g) != first_tree.as_ref()));
     let said = first.unmount_with(&["--wait", "--timeout", "120"]);
     assert!(said.contains("waiting: 2/2 settled"), "off a terminal, the wait says where it is: {said:?}");
+    assert!(said.trim_end().ends_with("settled: 2/2 files, and the tree snapshot"), "and when it is done: {said:?}");
     let second = Mount::uploading("0", &["--chain", &net.url]);
     assert!(second.log().contains("restored the tree from snapshot"), "{}", second.log());
     let few_read = |m: &Mount| {

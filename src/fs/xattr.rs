@@ -188,6 +188,8 @@ impl Fs {
     /// `user.cess.snapshot`: the state of the tree's snapshots.
     fn snapshot_json(&self, flags: &super::SnapshotFlags) -> FsResult<serde_json::Value> {
         let summary = self.store.snapshot_summary()?;
+        // A read-only view writes no tree: what changes it is the tree it follows.
+        let view = self.store.view_generation()?;
         let written = |generation: u64| utc(std::time::UNIX_EPOCH + std::time::Duration::from_millis(generation));
         Ok(serde_json::json!({
             "generation": summary.newest.map(|(g, _)| g),
@@ -195,7 +197,8 @@ impl Fs {
             "written_at": summary.newest.map(|(g, _)| written(g)),
             "fid": summary.newest_fid.map(|f| f.to_hex()),
             "active_generation": summary.newest_active,
-            "changes_waiting": self.store.commits() > flags.covered.load(std::sync::atomic::Ordering::Acquire),
+            "changes_waiting": view.is_none()
+                && self.store.commits() > flags.covered.load(std::sync::atomic::Ordering::Acquire),
             "kept": summary.kept,
             "space": summary.segments * (crate::format::FRAGMENT_SIZE * FRAGMENTS) as u64,
             "held_back_fids": summary.held_back,
@@ -205,7 +208,7 @@ impl Fs {
             "load_waits": lock(&flags.load_waits).clone(),
             "deletions_wait": self.store.deletions_wait(),
             "dirs_to_load": self.store.tree_loading().then(|| self.store.pending_dirs(0, usize::MAX)).transpose()?.map(|d| d.len()),
-            "read_only_view_of": self.store.view_generation()?,
+            "read_only_view_of": view,
         }))
     }
 

@@ -259,6 +259,7 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     wait_until(Duration::from_secs(10), "the reader to show the new file", || reader.path("second.txt").exists());
     assert_eq!(fs::read(reader.path("second.txt")).unwrap(), b"second");
     assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    assert_eq!(tree_state(&reader)["changes_waiting"], false, "a view writes no tree");
     // A view and a writable tree never share a data dir.
     reader.unmount();
     let view_dir = reader.data_dir().to_path_buf();

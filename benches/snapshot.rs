@@ -40,6 +40,7 @@ fn record(kind: Kind, size: u64, name: &[u8], parent: u64) -> InodeRecord {
         target: Vec::new(),
         content_version: 1,
         name: name.to_vec(),
+        key: None,
     }
 }
 

@@ -577,7 +577,7 @@ fn a_tree_in_directory_blobs_reads_as_format_md_says() {
     assert!(matches!(linked_node.location, Location::Packed { fid, .. } if fid == commit_fid), "zeros: the commit");
 
     // cessfs writes the same directory bytes, so the same ids.
-    let ours = Dir::Entries(vec![Entry { name: b"a.txt".to_vec(), node: lone, dir: None }]);
+    let ours = Dir::Entries(vec![Entry { name: b"a.txt".to_vec(), node: lone.clone(), dir: None }]);
     assert_eq!(ours.encode(), docs);
     let docs_ref = TreeRef { fid: THIS_COMMIT, id: Hash(docs_id), offset: docs_at, len: docs_len };
     let ours = Dir::Entries(vec![
@@ -586,4 +586,18 @@ fn a_tree_in_directory_blobs_reads_as_format_md_says() {
         Entry { name: b"y".to_vec(), node: linked, dir: None },
     ]);
     assert_eq!(ours.encode(), top);
+
+    // Node keys follow the directory: a count, then each key's 8 origin bytes and its serial (a
+    // varint), in entry order; a reader takes each as its entry's node's.
+    let mut plain = vec![0u8, 1];
+    plain.extend(entry(b"a.txt", &lone, None));
+    plain.extend([&[1u8][..], &[5; 8], &varint(300)].concat());
+    let mut keyed = b"CFSDIR\x00\x01".to_vec();
+    keyed.extend(ruzstd::encoding::compress_to_vec(&plain[..], ruzstd::encoding::CompressionLevel::Fastest));
+    let key = cessfs::format::NodeKey { origin: [5; 8], serial: 300 };
+    let with_key = cessfs::format::Node { key: Some(key), ..lone };
+    let ours = Dir::Entries(vec![Entry { name: b"a.txt".to_vec(), node: with_key, dir: None }]);
+    assert_eq!(Dir::decode(&keyed).unwrap(), ours);
+    assert_eq!(ours.encode(), keyed, "byte for byte");
+    assert_eq!(key.to_hex(), "0505050505050505000000000000012c", "as user.cess.node shows it");
 }

@@ -42,7 +42,7 @@ pub use pack::{
     BlobKeys, BlobPlace, MAX_BLOB, MAX_BLOBS, PACK_HEADER_LEN, PackSpace, read_index, read_tree, seal_index, sealed_len,
 };
 pub use snapshot::{
-    Link, Location, Node, NodeKind, Snapshot, SnapshotError, THIS_COMMIT, snapshot_file_len, snapshot_len_of,
+    Link, Location, Node, NodeKey, NodeKind, Snapshot, SnapshotError, THIS_COMMIT, snapshot_file_len, snapshot_len_of,
 };
 pub use tree::{
     Ancestry, CHUNK_ABOVE, Dir, DirIds, Entry, Home, OneDir, Root, TREE_FILE_HEADER, TreeFile, TreeRef, Written,

@@ -142,6 +142,34 @@ pub struct Node {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// A regular file's bytes.
     pub location: Location,
+    /// Its id across machines, where the tree says it ([`NodeKey`]): directory blobs do, whole
+    /// snapshots do not.
+    #[serde(skip)]
+    pub key: Option<NodeKey>,
+}
+
+/// A node's id across machines: the data dir that made it (8 bytes drawn with the data dir)
+/// and its inode number there. Every name of a node carries it, and a restore keeps it, so a
+/// node renamed, moved or restored elsewhere is still known as the same node (a merge of two
+/// writers' trees tells a moved node from a new one by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeKey {
+    /// The data dir that made the node.
+    pub origin: [u8; 8],
+    /// Its inode number there.
+    pub serial: u64,
+}
+
+impl NodeKey {
+    /// Every tree's root, whichever data dir holds it (no origin is all zeros).
+    pub const ROOT: NodeKey = NodeKey { origin: [0; 8], serial: 1 };
+
+    /// 32 hex characters: the origin, then the serial (big-endian).
+    pub fn to_hex(&self) -> String {
+        let mut bytes = self.origin.to_vec();
+        bytes.extend(self.serial.to_be_bytes());
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl Node {
@@ -162,6 +190,7 @@ impl Node {
             rdev: 0,
             xattrs: Vec::new(),
             location: Location::Empty,
+            key: None,
         }
     }
 }
@@ -359,6 +388,7 @@ mod tests {
             rdev: 0,
             xattrs: vec![(b"user.tag".to_vec(), b"v".to_vec())],
             location,
+            key: None,
         }
     }
 

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! root (a commit's tree)   "CFSTREE" 0x03 ‖ postcard(Root)
-//! directory blob content   "CFSDIR" 0x00 0x01 ‖ zstd frame of postcard(Dir)
+//! directory blob content   "CFSDIR" 0x00 0x01 ‖ zstd frame of postcard(Dir) ‖ postcard(keys)
 //! tree file (plaintext)    "CFSTREE" 0x03 ‖ root id [32] ‖ le32(root offset) ‖ le32(root length)
 //!                          ‖ sealed blobs ‖ sealed root ‖ zeros to whole segments
 //! ```
@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::{Link, MAX_TREE_BYTES, Snapshot, SnapshotError, THIS_COMMIT, Time, unzstd, zstd};
-use super::{BlobKeys, Hash, Location, Node, NodeKind};
+use super::{BlobKeys, Hash, Location, Node, NodeKey, NodeKind};
 
 /// First bytes of a root and of a tree file.
 pub const MAGIC_V3: [u8; 8] = *b"CFSTREE\x03";
@@ -60,7 +60,8 @@ pub struct Entry {
     /// The name.
     pub name: Vec<u8>,
     /// What it names. `id` is 0 for a node of one name; a node of several names (hard links)
-    /// has one id, unique in the tree, under each of them.
+    /// has one id, unique in the tree, under each of them. Its `key` follows the directory
+    /// ([`Dir::plain`]).
     pub node: Node,
     /// A directory's blob.
     pub dir: Option<TreeRef>,
@@ -149,7 +150,21 @@ impl Root {
 impl Dir {
     /// The blob content of a directory.
     pub fn encode(&self) -> Vec<u8> {
-        compress(&postcard::to_stdvec(self).expect("directories always serialize"))
+        compress(&self.plain())
+    }
+
+    /// What a directory blob's zstd frame holds: postcard of the directory, then, for entries
+    /// that all have a [`NodeKey`], postcard of their keys in entry order (readers from before
+    /// keys stop at the directory and read it as before).
+    fn plain(&self) -> Vec<u8> {
+        let mut plain = postcard::to_stdvec(self).expect("directories always serialize");
+        if let Dir::Entries(entries) = self {
+            let keys: Option<Vec<NodeKey>> = entries.iter().map(|e| e.node.key).collect();
+            if let Some(keys) = keys.filter(|k| !k.is_empty()) {
+                plain.extend(postcard::to_stdvec(&keys).expect("keys always serialize"));
+            }
+        }
+        plain
     }
 
     /// Reads a directory blob's content.
@@ -157,7 +172,17 @@ impl Dir {
         let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged(format!("a directory blob: {e}"));
         let packed = content.strip_prefix(&DIR_MAGIC[..]).ok_or_else(|| damaged(&"no directory header"))?;
         let plain = unzstd(packed).map_err(|e| damaged(&e))?;
-        postcard::from_bytes(&plain).map_err(|e| damaged(&e))
+        let (mut dir, rest): (Dir, _) = postcard::take_from_bytes(&plain).map_err(|e| damaged(&e))?;
+        if !rest.is_empty() {
+            let keys: Vec<NodeKey> = postcard::from_bytes(rest).map_err(|e| damaged(&e))?;
+            match &mut dir {
+                Dir::Entries(entries) if entries.len() == keys.len() => {
+                    entries.iter_mut().zip(keys).for_each(|(e, key)| e.node.key = Some(key));
+                }
+                _ => return Err(damaged(&"node keys that do not match its entries")),
+            }
+        }
+        Ok(dir)
     }
 
     /// The same directory read from CESS file `holder`: references to [`THIS_COMMIT`] name it.
@@ -229,8 +254,8 @@ fn compress(plain: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The ids of directory blobs worked out before, by the SHA-256 of their postcard encoding:
-/// the compressed content (so the id) depends on that encoding alone, so an unchanged
+/// The ids of directory blobs worked out before, by the SHA-256 of what their zstd frame holds
+/// ([`Dir::plain`]): the compressed content (so the id) depends on it alone, so an unchanged
 /// directory's id is known without compressing it again. For one territory's blob keys.
 #[derive(Default)]
 pub struct DirIds(HashMap<Hash, Hash>);
@@ -241,7 +266,7 @@ impl DirIds {
 
     /// The id of `dir`'s blob, and its content if it had to be made.
     fn id(&mut self, keys: &BlobKeys, dir: &Dir) -> (Hash, Option<Vec<u8>>) {
-        let plain = postcard::to_stdvec(dir).expect("directories always serialize");
+        let plain = dir.plain();
         let digest = super::sha256(&plain);
         if let Some(id) = self.0.get(&digest) {
             return (*id, None);
@@ -571,6 +596,7 @@ mod tests {
             rdev: 0,
             xattrs: Vec::new(),
             location,
+            key: None,
         }
     }
 
@@ -753,6 +779,39 @@ mod tests {
         assert_eq!(bytes[..before.len()], before[..], "the rest as before");
         assert_eq!(Root::decode(&before).unwrap(), Root { stored: None, ..with.clone() });
         assert!(Root::decode(&[&before[..], &[2]].concat()).is_err(), "damaged after the rest");
+    }
+
+    /// Node keys follow each directory: they read back with their nodes (one for a hard link's
+    /// names), a blob without them reads as before, and a reader from before keys reads a blob
+    /// with them.
+    #[test]
+    fn node_keys_follow_the_directory_they_name() {
+        let mut s = tree(300);
+        for n in &mut s.nodes {
+            n.key = Some(NodeKey { origin: [3; 8], serial: n.id * 7 });
+        }
+        let mut holder = Holder::default();
+        let written = holder.write(&s, Hash([1; 32]));
+        let back = holder.read(&written.root);
+        assert_eq!(paths(&back), paths(&s), "every node with its key");
+        let hard: Vec<_> =
+            paths(&back).into_iter().filter(|(p, _)| p.ends_with(b"hard") || p.ends_with(b"note-0.md")).collect();
+        assert_eq!(hard.len(), 2);
+        assert_eq!(hard[0].1.key, Some(NodeKey { origin: [3; 8], serial: 70 }));
+        assert_eq!(hard[0].1.key, hard[1].1.key, "the names of a hard link: one key");
+
+        let dir = Dir::Entries(vec![Entry { name: b"a".to_vec(), node: back.nodes[1].clone(), dir: None }]);
+        let plain = dir.plain();
+        let before: Dir = postcard::from_bytes(&plain).unwrap();
+        let Dir::Entries(e) = &before else { panic!() };
+        assert_eq!(e[0].node.key, None, "a reader from before keys reads the directory");
+        assert_eq!(Dir::decode(&dir.encode()).unwrap(), dir);
+        assert_eq!(Dir::decode(&compress(&postcard::to_stdvec(&dir).unwrap())).unwrap(), before);
+        let key = NodeKey { origin: [1; 8], serial: 1 };
+        let with = |keys: &[NodeKey]| [postcard::to_stdvec(&dir).unwrap(), postcard::to_stdvec(keys).unwrap()].concat();
+        assert_eq!(with(&[back.nodes[1].key.unwrap()]), plain);
+        assert!(Dir::decode(&compress(&with(&[key, key]))).is_err(), "two keys for one entry");
+        assert!(Dir::decode(&compress(&[&postcard::to_stdvec(&dir).unwrap()[..], &[0xff]].concat())).is_err());
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl Fs {
             target: Vec::new(),
             content_version: 0,
             name: name.to_vec(),
+            key: None,
         }
     }
 

@@ -48,6 +48,10 @@ pub const BWLIMIT: &[u8] = b"user.cess.bwlimit";
 /// The root's collection of garbage on CESS: set to `dry-run` (list) or `run` (delete) to start
 /// one (EBUSY while one runs); read, the state of the last one and its report (`cessfs gc`).
 pub const GC: &[u8] = b"user.cess.gc";
+/// Every node's id across machines (docs/FORMAT.md, "Node keys"), read-only and, as CephFS's
+/// virtual attributes, not listed: `cp -a` and `rsync -X` copy what is listed, and a copy is
+/// another node.
+pub const NODE: &[u8] = b"user.cess.node";
 /// The namespace cessfs keeps for itself.
 pub const CESS_PREFIX: &[u8] = b"user.cess.";
 const USER_PREFIX: &[u8] = b"user.";
@@ -214,7 +218,10 @@ impl Fs {
 
     /// getxattr.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+        let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
+        if name == NODE {
+            return Ok(self.store.node_key(ino, &rec).to_hex().into_bytes());
+        }
         if name.starts_with(CESS_PREFIX) {
             return self
                 .cess_attributes(ino)?

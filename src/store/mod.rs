@@ -44,7 +44,8 @@ pub use residency::Residency;
 pub use source::{FileSource, sparse_extents};
 pub use tree::{Adopted, KeptSnapshot, Restored, SnapshotSummary};
 
-use records::{decode, decode_dirent, encode, encode_dirent, key};
+use crate::format::NodeKey;
+use records::{decode, decode_dirent, decode_inode, encode_dirent, encode_inode, key};
 
 /// Why the store failed.
 #[derive(Debug, Error)]
@@ -120,6 +121,8 @@ pub struct Store {
     deletions_wait: std::sync::Mutex<Option<String>>,
     /// One snapshot build at a time: they share the journal.
     builder: std::sync::Mutex<()>,
+    /// This data dir's part of the keys of the nodes made in it ([`Store::node_key`]).
+    node_origin: [u8; 8],
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -139,10 +142,27 @@ struct Touched {
     tree: Vec<tree::TreeChange>,
 }
 
+/// The meta record of this data dir's node origin ([`Store::node_key`]).
+const NODE_ORIGIN: &[u8] = b"node-origin";
+
+/// This data dir's node origin: read, or drawn the first time, never all zeros (the store syncs
+/// before any node is made with it).
+fn node_origin(tree: &sled::Tree) -> Result<[u8; 8], StoreError> {
+    if let Some(origin) = tree.get(key::meta(NODE_ORIGIN))?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()) {
+        return Ok(origin);
+    }
+    let mut origin = [0u8; 8];
+    while origin == NodeKey::ROOT.origin {
+        origin = rand::random();
+    }
+    tree.insert(key::meta(NODE_ORIGIN), &origin[..])?;
+    Ok(origin)
+}
+
 impl Batch {
     /// Writes an inode record.
     pub fn put_inode(&mut self, ino: u64, rec: &InodeRecord) {
-        self.0.insert(&key::inode(ino), encode(rec));
+        self.0.insert(&key::inode(ino), encode_inode(rec));
         self.1.tree.push(tree::TreeChange::Node(ino));
     }
     /// Removes an inode record.
@@ -243,6 +263,7 @@ impl Store {
         // The daemon syncs every half second.
         let db = sled::Config::new().path(data_dir.join("db")).cache_capacity(32 << 20).flush_every_ms(None).open()?;
         let tree = db.open_tree("fs")?;
+        let node_origin = node_origin(&tree)?;
         let store = Store {
             content_dir_handle: File::open(&content_dir)?,
             content_dir,
@@ -269,6 +290,7 @@ impl Store {
             another_writer: AtomicBool::new(false),
             deletions_wait: std::sync::Mutex::new(None),
             builder: std::sync::Mutex::new(()),
+            node_origin,
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();
@@ -287,6 +309,7 @@ impl Store {
                 target: Vec::new(),
                 content_version: 0,
                 name: Vec::new(),
+                key: None,
             };
             let mut b = Batch::default();
             b.put_inode(ROOT_INO, &root);
@@ -306,9 +329,20 @@ impl Store {
         Ok(self.db.generate_id()? + ROOT_INO + 1)
     }
 
+    /// The id across machines of inode `ino` of record `rec`: the key it was restored with, or
+    /// this data dir's origin and its inode number (inode numbers are never reused in a data
+    /// dir, and the origin is drawn with it).
+    pub fn node_key(&self, ino: u64, rec: &InodeRecord) -> NodeKey {
+        match rec.key {
+            _ if ino == ROOT_INO => NodeKey::ROOT,
+            Some(key) => key,
+            None => NodeKey { origin: self.node_origin, serial: ino },
+        }
+    }
+
     /// The record of inode `ino`.
     pub fn inode(&self, ino: u64) -> Result<Option<InodeRecord>, StoreError> {
-        self.tree.get(key::inode(ino))?.map(|v| decode(&v, "inode")).transpose()
+        self.tree.get(key::inode(ino))?.map(|v| decode_inode(&v)).transpose()
     }
 
     /// The child `name` of directory `parent`.

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::format::NodeKey;
 
 /// Inode number of the root directory.
 pub const ROOT_INO: u64 = 1;
@@ -113,6 +114,11 @@ pub struct InodeRecord {
     pub content_version: u64,
     /// The name it was last given (a file's name on chain; hard links share one record).
     pub name: Vec<u8>,
+    /// Its id across machines as a restore read it from the tree (`None`: made here, or read
+    /// from a tree without keys: [`crate::store::Store::node_key`]). It follows the rest of the
+    /// record ([`encode_inode`]).
+    #[serde(skip)]
+    pub key: Option<NodeKey>,
 }
 
 impl InodeRecord {
@@ -138,6 +144,29 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Re
         Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| StoreError::Corrupt { what }),
         _ => Err(StoreError::Corrupt { what }),
     }
+}
+
+/// An inode record's bytes: [`encode`] of it, then postcard of its key when it has one (records
+/// from before keys end without it, and a reader from before keys stops before it).
+pub fn encode_inode(rec: &InodeRecord) -> Vec<u8> {
+    let mut out = encode(rec);
+    if let Some(key) = &rec.key {
+        out.extend(postcard::to_stdvec(key).expect("keys always serialize"));
+    }
+    out
+}
+
+/// Decodes an inode record written by [`encode_inode`].
+pub fn decode_inode(bytes: &[u8]) -> Result<InodeRecord, StoreError> {
+    let corrupt = |_| StoreError::Corrupt { what: "inode" };
+    let Some((&RECORD_VERSION, rest)) = bytes.split_first() else {
+        return Err(StoreError::Corrupt { what: "inode" });
+    };
+    let (mut rec, rest): (InodeRecord, _) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+    if !rest.is_empty() {
+        rec.key = Some(postcard::from_bytes(rest).map_err(corrupt)?);
+    }
+    Ok(rec)
 }
 
 /// Key prefixes, one per record type.
@@ -380,9 +409,15 @@ mod tests {
             target: b"abc".to_vec(),
             content_version: 0,
             name: b"link".to_vec(),
+            key: None,
         };
-        assert_eq!(decode::<InodeRecord>(&encode(&r), "inode").unwrap(), r);
-        assert!(decode::<InodeRecord>(&[9, 1, 2], "inode").is_err());
+        assert_eq!(decode_inode(&encode_inode(&r)).unwrap(), r);
+        assert!(decode_inode(&[9, 1, 2]).is_err());
+        let keyed = InodeRecord { key: Some(NodeKey { origin: [4; 8], serial: 300 }), ..r.clone() };
+        let bytes = encode_inode(&keyed);
+        assert_eq!(decode_inode(&bytes).unwrap(), keyed);
+        assert_eq!(decode::<InodeRecord>(&bytes, "inode").unwrap(), r, "a reader from before keys");
+        assert!(decode_inode(&[&encode(&r)[..], &[0xff]].concat()).is_err(), "a damaged key");
         assert_eq!(decode_dirent(&encode_dirent(42, Kind::Dir)).unwrap(), (42, Kind::Dir));
     }
 }

@@ -446,6 +446,7 @@ impl Store {
             rdev: rec.rdev(),
             xattrs,
             location,
+            key: Some(self.node_key(ino, rec)),
         }))
     }
 
@@ -893,6 +894,7 @@ pub(super) fn put_node(b: &mut Batch, ino: u64, n: &Node, nlink: u32, parent: u6
         },
         content_version: 1,
         name,
+        key: n.key,
     };
     b.put_inode(ino, &rec);
     for (name, value) in &n.xattrs {
@@ -952,6 +954,7 @@ pub(super) fn hidden_inode(size: u64, name: &[u8]) -> InodeRecord {
         target: Vec::new(),
         content_version: 1,
         name: name.to_vec(),
+        key: None,
     }
 }
 

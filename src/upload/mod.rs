@@ -629,6 +629,7 @@ mod tests {
             target: Vec::new(),
             content_version: 1,
             name: format!("file{ino}").into_bytes(),
+            key: None,
         };
         let mut b = Batch::default();
         b.put_inode(ino, &rec);

@@ -157,6 +157,16 @@ fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
         first.wait_status(f, &["active"], MIN);
     }
     let before = (snapshot(first.root()), stats(first.root()));
+    let named = ["", "docs", "docs/a", "docs/深い", "big.bin", "docs/hard", "empty"];
+    let keys_before = node_keys(&first, &named);
+    assert_eq!(keys_before[0], "00000000000000000000000000000001", "the root's key is every tree's");
+    assert_eq!(keys_before[4], keys_before[5], "a hard link's names are one node");
+    assert_eq!(keys_before.iter().collect::<std::collections::HashSet<_>>().len(), named.len() - 1, "{keys_before:?}");
+    assert_eq!(setxattr(&first.path("docs/a"), "user.cess.node", b"0", 0), Err(libc::EPERM));
+    assert!(
+        !listxattr(&first.path("docs/a")).unwrap().iter().any(|n| n == "user.cess.node"),
+        "not listed: a copy is another node"
+    );
     // --wait waits for the files and for a snapshot of the tree as it is.
     first.unmount_with(&["--wait", "--timeout", "120"]);
     let listed = snapshots(&first, &net.url);
@@ -179,6 +189,33 @@ fn a_fresh_data_dir_restores_the_tree_from_its_snapshots() {
     let now = snapshots(&first, &net.url);
     assert_eq!(now.len(), listed.len() + 1, "{listed:?} {now:?}");
     assert_eq!(now[1..], listed[..], "the new one is the newest");
+
+    // Every node keeps its key on another machine, and through a move there; a copy is new.
+    let mut second = second;
+    assert_eq!(node_keys(&second, &named), keys_before);
+    fs::rename(second.path("docs/a"), second.path("docs/深い/nested/moved")).unwrap();
+    run(std::process::Command::new("cp").arg(second.path("big.bin")).arg(second.path("copy.bin")));
+    second.wait_status("copy.bin", &["active"], MIN);
+    second.unmount_with(&["--wait", "--timeout", "120"]);
+    let third = Mount::uploading("0", &["--chain", &net.url]);
+    let moved = node_keys(&third, &["docs/深い/nested/moved", "copy.bin", "big.bin", "docs/hard"]);
+    assert_eq!(moved[0], keys_before[2], "a moved file is the same node");
+    assert_eq!(moved[2..], keys_before[4..6], "{moved:?}");
+    assert!(!keys_before.contains(&moved[1]), "a copy is another node: {moved:?}");
+}
+
+/// `user.cess.node` of each of `paths` under `m` (the root for ""), read with `getfattr`.
+fn node_keys(m: &Mount, paths: &[&str]) -> Vec<String> {
+    let get = |p: &str| {
+        let out = std::process::Command::new("getfattr")
+            .args(["--only-values", "-n", "user.cess.node"])
+            .arg(if p.is_empty() { m.root().to_path_buf() } else { m.path(p) })
+            .output()
+            .expect("run getfattr");
+        assert!(out.status.success(), "getfattr {p}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("hex")
+    };
+    paths.iter().map(|p| get(p)).collect()
 }
 
 /// The root's `user.cess.snapshot`.

@@ -108,9 +108,14 @@ fn describe_snapshots(v: &Value) -> String {
         line.push_str("; newer changes wait for the next one");
     }
     if let Some(n) = v["held_back_fids"].as_u64().filter(|&n| n > 0) {
-        let files = crate::words::count(n, "removed file");
+        // Removed or replaced files, and older commits holding a kept tree's directories (a
+        // restored tree's among them): the count does not tell them apart.
+        let fids = crate::words::count(n, "FID");
         let (stays, them) = if n == 1 { ("stays", "it") } else { ("stay", "them") };
-        line.push_str(&format!("; {files} {stays} on CESS until no kept snapshot refers to {them}"));
+        line.push_str(&format!(
+            "; {fids} that no file here needs {stays} on CESS while a kept snapshot refers to {them} \
+             (removed or replaced files, older commits of the tree)"
+        ));
     }
     if let Some(why) = v["stopped"].as_str() {
         line.push_str(&format!("; snapshots stopped: {why}"));
@@ -260,6 +265,12 @@ pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
                 println!("kept    {} (open)", path.display());
                 kept += 1;
             }
+            // The kernel refuses every attribute write on a read-only mount.
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => anyhow::bail!(
+                "evicting {}: a read-only view (--read-only) cannot drop cached copies by hand; \
+                 its cache keeps within --cache-size, least recently used first",
+                path.display()
+            ),
             Err(e) => anyhow::bail!("evicting {}: {e}", path.display()),
         }
     }

@@ -677,22 +677,23 @@ impl Store {
         self.sync()
     }
 
-    /// Makes the tree of this store (a read-only view) `snapshot`'s, with the inode numbers it
-    /// records, so names the kernel knows stay valid: what is gone goes, everything else is
-    /// written again, and a file whose FID did not change keeps its cached bytes.
+    /// Makes the tree of this store (a read-only view) `snapshot`'s, each node at the inode it
+    /// had in the view before ([`Store::view_inos`]), so names and open files the kernel knows
+    /// stay what they were: what is gone goes, everything else is written again, and a file
+    /// whose bytes did not change keeps its cached copy.
     pub fn replace_tree(
         &self,
         snapshot: &Snapshot,
         territory: &[u8],
         chain_name: impl Fn(&Hash) -> Vec<u8>,
     ) -> Result<Restored, StoreError> {
-        let inos: HashMap<u64, u64> = snapshot.nodes.iter().map(|n| (n.id, n.id)).collect();
-        let wanted: HashMap<u64, &Node> = snapshot.nodes.iter().map(|n| (n.id, n)).collect();
+        let inos = self.view_inos(snapshot)?;
+        let wanted: HashMap<u64, &Node> = snapshot.nodes.iter().map(|n| (inos[&n.id], n)).collect();
         let mut b = Batch::default();
         for k in self.tree.scan_prefix(key::DIRENT_PREFIX).keys() {
             b.0.remove(k?);
         }
-        let (mut gone, mut same) = (Vec::new(), HashSet::new());
+        let (mut gone, mut same, mut moved) = (Vec::new(), HashSet::new(), Vec::new());
         for k in self.tree.scan_prefix(key::INODE_PREFIX).keys() {
             let ino = key::ino_of(&k?)?;
             for name in self.xattr_names(ino)? {
@@ -705,6 +706,17 @@ impl Store {
                     up.fid == Some(*fid)
                         && wanted.get(&ino).is_some_and(|n| n.size == up.size)
                         && up.extents.as_ref().is_some_and(|e| e.ranges() == &extents[..])
+                }
+                // A small file is the same blob (its id derives from its bytes), perhaps moved
+                // to another pack: the bytes stay, the record says where they are now.
+                (Some(Location::Packed { fid, id, offset, len }), Some(up)) => {
+                    let place = crate::format::BlobPlace { offset: *offset, len: *len };
+                    let same_blob =
+                        up.blob.is_some_and(|b| b.id == *id) && wanted.get(&ino).is_some_and(|n| n.size == up.size);
+                    if same_blob && (up.fid != Some(*fid) || up.blob.is_some_and(|b| b.place != place)) {
+                        moved.push((ino, self.residency(ino)?));
+                    }
+                    same_blob
                 }
                 _ => false,
             };
@@ -724,10 +736,51 @@ impl Store {
             self.remove_content(ino)?;
         }
         let restored = self.fill_except(snapshot, &inos, &mut b, territory, &chain_name, &same, None)?;
+        for (ino, residency) in moved {
+            restored_upload(&mut b, ino, wanted[&ino], territory, &chain_name);
+            b.put_residency(ino, residency.as_ref());
+        }
         self.sync_content_dir()?;
         self.commit(b)?;
         self.sync()?;
         Ok(restored)
+    }
+
+    /// The inode of each node of `snapshot` in a read-only view: the one a node of its key has
+    /// now, or a new one. A tree without keys (whole snapshots, trees from before keys) is
+    /// numbered by its own node ids (a whole snapshot's are its writer's inodes).
+    fn view_inos(&self, snapshot: &Snapshot) -> Result<HashMap<u64, u64>, StoreError> {
+        if snapshot.nodes.iter().skip(1).any(|n| n.key.is_none()) {
+            return Ok(snapshot.nodes.iter().map(|n| (n.id, n.id)).collect());
+        }
+        let (mut by_key, mut used) = (HashMap::new(), HashSet::new());
+        for kv in self.tree.scan_prefix(key::INODE_PREFIX) {
+            let (k, v) = kv?;
+            let ino = key::ino_of(&k)?;
+            used.insert(ino);
+            if let Some(key) = super::records::decode_inode(&v)?.key {
+                by_key.insert(key, ino);
+            }
+        }
+        let mut inos = HashMap::from([(1, ROOT_INO)]);
+        let mut taken = HashSet::from([ROOT_INO]);
+        let mut new = Vec::new();
+        for n in &snapshot.nodes[1..] {
+            match n.key.and_then(|k| by_key.get(&k).copied()) {
+                Some(ino) if taken.insert(ino) => {
+                    inos.insert(n.id, ino);
+                }
+                _ => new.push(n.id),
+            }
+        }
+        for id in new {
+            let mut ino = self.allocate_ino()?;
+            while used.contains(&ino) || !taken.insert(ino) {
+                ino = self.allocate_ino()?;
+            }
+            inos.insert(id, ino);
+        }
+        Ok(inos)
     }
 
     /// Writes every node and name of `snapshot` into `b` (node ids mapped by `inos`), making

@@ -287,16 +287,33 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     let first_generation = tree_state(&writer)["generation"].as_u64().unwrap().to_string();
     let mut reader = Mount::uploading("0", &["--chain", &net.url, "--read-only", "--poll-interval", "1"]);
     assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    assert_eq!(reader.cess("first.txt", "cached").as_deref(), Some("yes"), "read once, cached");
+    let first_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(reader.path("first.txt")).unwrap());
+    let mut open_before = fs::File::open(reader.path("first.txt")).unwrap();
     let view = run(std::process::Command::new(BIN).arg("status").arg(reader.root()));
     assert!(view.contains(&format!("read-only view of tree snapshot {first_generation}")), "{view}");
     let refused = fs::write(reader.path("new.txt"), b"x").unwrap_err();
     assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
+    // A name ahead of first.txt in the tree, so the new tree numbers its nodes otherwise.
+    fs::write(writer.path("a.txt"), b"ahead").unwrap();
     fs::write(writer.path("second.txt"), b"second").unwrap();
     wait_for_snapshot(&writer);
     wait_until(Duration::from_secs(10), "the reader to show the new file", || reader.path("second.txt").exists());
     assert_eq!(fs::read(reader.path("second.txt")).unwrap(), b"second");
+    assert_eq!(fs::read(reader.path("a.txt")).unwrap(), b"ahead");
+    let ino_now = std::os::unix::fs::MetadataExt::ino(&fs::metadata(reader.path("first.txt")).unwrap());
+    assert_eq!(ino_now, first_ino, "a node keeps its inode across generations");
+    let mut through_fd = Vec::new();
+    std::io::Read::read_to_end(&mut open_before, &mut through_fd).unwrap();
+    assert_eq!(through_fd, b"first", "a file open across the switch reads as itself");
+    drop(open_before);
+    let kept = reader.cess("first.txt", "cached");
+    assert_eq!(kept.as_deref(), Some("yes"), "a file the new generation left as it was keeps its cached bytes");
     assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
     assert_eq!(tree_state(&reader)["changes_waiting"], false, "a view writes no tree");
+    let evict = std::process::Command::new(BIN).arg("evict").arg(reader.path("first.txt")).output().unwrap();
+    let said = String::from_utf8_lossy(&evict.stderr);
+    assert!(!evict.status.success() && said.contains("read-only view"), "{said}");
     // A view and a writable tree never share a data dir.
     reader.unmount();
     let view_dir = reader.data_dir().to_path_buf();

@@ -267,8 +267,8 @@ pub fn evict(args: EvictArgs) -> anyhow::Result<()> {
             }
             // The kernel refuses every attribute write on a read-only mount.
             Err(e) if e.raw_os_error() == Some(libc::EROFS) => anyhow::bail!(
-                "evicting {}: a read-only view (--read-only) cannot drop cached copies by hand; \
-                 its cache keeps within --cache-size, least recently used first",
+                "evicting {}: a read-only view (--read-only, --generation) cannot drop cached copies by \
+                 hand; its cache keeps within --cache-size, least recently used first",
                 path.display()
             ),
             Err(e) => anyhow::bail!("evicting {}: {e}", path.display()),

@@ -163,6 +163,27 @@ pub struct NodeKey {
 impl NodeKey {
     /// Every tree's root, whichever data dir holds it (no origin is all zeros).
     pub const ROOT: NodeKey = NodeKey { origin: [0; 8], serial: 1 };
+    /// The origin of [`NodeKey::standing_in`] (no data dir draws it).
+    pub const STAND_IN: [u8; 8] = [0xff; 8];
+
+    /// What stands in for the key of node `id` of a whole snapshot (which carries no keys) in a
+    /// read-only view: its writer's inode number. Never written to CESS, never shown.
+    pub fn standing_in(id: u64) -> NodeKey {
+        NodeKey { origin: Self::STAND_IN, serial: id }
+    }
+
+    /// Whether it is a key of a node, not [`NodeKey::standing_in`] for one.
+    pub fn is_key(&self) -> bool {
+        self.origin != Self::STAND_IN
+    }
+
+    /// The id the names of a hard-linked node with this key share in directory blobs: the
+    /// first 8 bytes (little-endian) of SHA-256(origin ‖ le64(serial)), top bit set (ids from
+    /// before keys are inode numbers), so the same on every machine.
+    pub fn link_id(&self) -> u64 {
+        let digest = super::sha256(&[&self.origin[..], &self.serial.to_le_bytes()].concat());
+        u64::from_le_bytes(digest.0[..8].try_into().unwrap_or_default()) | 1 << 63
+    }
 
     /// 32 hex characters: the origin, then the serial (big-endian).
     pub fn to_hex(&self) -> String {

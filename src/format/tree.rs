@@ -348,7 +348,7 @@ pub fn write_tree(
     }
     let mut out = Written::default();
     let mut files: BTreeMap<Hash, u32> = BTreeMap::new();
-    // Blobs placed by this write: an equal directory is one blob.
+    // Blobs placed by this write: an equal directory (the same nodes, keys included) is one blob.
     let mut placed: HashMap<Hash, TreeRef> = HashMap::new();
     let mut blob = |dir: &Dir, out: &mut Written| -> Option<TreeRef> {
         let (id, content) = ids.id(keys, dir);
@@ -406,6 +406,8 @@ pub fn write_tree(
             let mut node = node.clone();
             if names.get(&l.child).copied().unwrap_or(0) < 2 {
                 node.id = 0;
+            } else if let Some(key) = node.key {
+                node.id = key.link_id();
             }
             let dir_ref = refs.get(&l.child).copied();
             entries.push(Entry { name: l.name.clone(), node, dir: dir_ref });
@@ -799,6 +801,19 @@ mod tests {
         assert_eq!(hard.len(), 2);
         assert_eq!(hard[0].1.key, Some(NodeKey { origin: [3; 8], serial: 70 }));
         assert_eq!(hard[0].1.key, hard[1].1.key, "the names of a hard link: one key");
+        let linked = |holder: &Holder| {
+            let dirs = holder.dirs(&Root::decode(&written.root).unwrap());
+            let ids: Vec<u64> = dirs
+                .values()
+                .flat_map(|d| match d {
+                    Dir::Entries(e) => e.iter().map(|e| e.node.id).filter(|&id| id != 0).collect(),
+                    Dir::Chunks(_) => Vec::new(),
+                })
+                .collect();
+            ids
+        };
+        let key = NodeKey { origin: [3; 8], serial: 70 };
+        assert_eq!(linked(&holder), vec![key.link_id(); 2], "its id derives from its key: equal on every machine");
 
         let dir = Dir::Entries(vec![Entry { name: b"a".to_vec(), node: back.nodes[1].clone(), dir: None }]);
         let plain = dir.plain();

@@ -220,7 +220,13 @@ impl Fs {
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         let rec = self.store.inode(ino)?.ok_or(FsError::NotFound)?;
         if name == NODE {
-            return Ok(self.store.node_key(ino, &rec).to_hex().into_bytes());
+            // A view knows only the keys its tree carries.
+            let view = ino != crate::store::ROOT_INO && self.store.view_generation()?.is_some();
+            let key = match view {
+                true => rec.key.filter(|k| k.is_key()).ok_or(FsError::NoAttr)?,
+                false => self.store.node_key(ino, &rec),
+            };
+            return Ok(key.to_hex().into_bytes());
         }
         if name.starts_with(CESS_PREFIX) {
             return self

@@ -602,9 +602,14 @@ async fn newest_settled<'a, T>(
 
 /// The newest snapshot of the tree that reads back, read whole (a read-only view shows it),
 /// from the tail of the hold list in `search` ([`newest_settled`]).
-pub async fn newest_whole(search: &mut TailSearch<'_>, fetcher: &Fetcher) -> anyhow::Result<Option<(Found, Snapshot)>> {
+pub async fn newest_whole(search: &mut TailSearch<'_>, fetcher: &Fetcher) -> anyhow::Result<Option<(Found, ReadTree)>> {
     let open = |f: Found| -> BoxFuture<'_, _> {
-        Box::pin(async move { read(fetcher, &f).await.map(|t| (t.snapshot, t.stored)) })
+        Box::pin(async move {
+            read(fetcher, &f).await.map(|t| {
+                let stored = t.stored;
+                (t, stored)
+            })
+        })
     };
     let (newest, _) = newest_settled(search, open).await?;
     Ok(newest)
@@ -778,7 +783,7 @@ impl Follower {
     /// what it now shows.
     pub async fn sync(&self) -> anyhow::Result<Option<u64>> {
         let shown = self.store.view_generation()?;
-        let (want, snapshot) = if shown.is_none() && self.pinned.is_none() {
+        let (want, tree) = if shown.is_none() && self.pinned.is_none() {
             // A view that shows nothing yet finds the newest tree from the tail of the hold
             // list; the later looks read every record once, then the new ones.
             let mut search = TailSearch::start(&*self.chain, &self.territory, &self.names).await?;
@@ -804,8 +809,17 @@ impl Follower {
             if shown == Some(want.generation) {
                 return Ok(shown);
             }
-            (want.clone(), read(&self.fetcher, want).await?.snapshot)
+            (want.clone(), read(&self.fetcher, want).await?)
         };
+        let whole = tree.dirs.is_empty();
+        let mut snapshot = tree.snapshot;
+        // A whole snapshot names its nodes by its writer's inode numbers, the same from one
+        // generation to the next: they stand in for keys in the view.
+        if whole {
+            for n in snapshot.nodes.iter_mut().filter(|n| n.key.is_none()) {
+                n.key = Some(crate::format::NodeKey::standing_in(n.id));
+            }
+        }
         let store = self.store.clone();
         let (territory, names) = (self.territory.clone(), self.names.clone());
         let restored = tokio::task::spawn_blocking(move || {

@@ -145,14 +145,14 @@ struct Touched {
 /// The meta record of this data dir's node origin ([`Store::node_key`]).
 const NODE_ORIGIN: &[u8] = b"node-origin";
 
-/// This data dir's node origin: read, or drawn the first time, never all zeros (the store syncs
-/// before any node is made with it).
+/// This data dir's node origin: read, or drawn the first time, never that of
+/// [`NodeKey::ROOT`] or [`NodeKey::STAND_IN`] (the store syncs before any node is made with it).
 fn node_origin(tree: &sled::Tree) -> Result<[u8; 8], StoreError> {
-    if let Some(origin) = tree.get(key::meta(NODE_ORIGIN))?.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()) {
-        return Ok(origin);
+    if let Some(v) = tree.get(key::meta(NODE_ORIGIN))? {
+        return <[u8; 8]>::try_from(&v[..]).map_err(|_| StoreError::Corrupt { what: "node origin" });
     }
-    let mut origin = [0u8; 8];
-    while origin == NodeKey::ROOT.origin {
+    let mut origin = NodeKey::ROOT.origin;
+    while origin == NodeKey::ROOT.origin || origin == NodeKey::STAND_IN {
         origin = rand::random();
     }
     tree.insert(key::meta(NODE_ORIGIN), &origin[..])?;

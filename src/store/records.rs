@@ -146,13 +146,12 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Re
     }
 }
 
-/// An inode record's bytes: [`encode`] of it, then postcard of its key when it has one (records
-/// from before keys end without it, and a reader from before keys stops before it).
+/// An inode record's bytes: [`encode`] of it, then postcard of its key, an `Option` (records
+/// from before keys end without it; a reader from before keys stops before it, and one that
+/// writes the record back drops it).
 pub fn encode_inode(rec: &InodeRecord) -> Vec<u8> {
     let mut out = encode(rec);
-    if let Some(key) = &rec.key {
-        out.extend(postcard::to_stdvec(key).expect("keys always serialize"));
-    }
+    out.extend(postcard::to_stdvec(&rec.key).expect("keys always serialize"));
     out
 }
 
@@ -164,7 +163,7 @@ pub fn decode_inode(bytes: &[u8]) -> Result<InodeRecord, StoreError> {
     };
     let (mut rec, rest): (InodeRecord, _) = postcard::take_from_bytes(rest).map_err(corrupt)?;
     if !rest.is_empty() {
-        rec.key = Some(postcard::from_bytes(rest).map_err(corrupt)?);
+        rec.key = postcard::from_bytes(rest).map_err(corrupt)?;
     }
     Ok(rec)
 }

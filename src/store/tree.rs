@@ -746,13 +746,12 @@ impl Store {
         Ok(restored)
     }
 
-    /// The inode of each node of `snapshot` in a read-only view: the one a node of its key has
-    /// now, or a new one. A tree without keys (whole snapshots, trees from before keys) is
-    /// numbered by its own node ids (a whole snapshot's are its writer's inodes).
+    /// The inode of each node of `snapshot` in a read-only view: the one the node of its key
+    /// has now (a whole snapshot's nodes stand in by their writer's inode numbers,
+    /// [`crate::format::NodeKey::standing_in`]), or a new one, never one in use. A node without
+    /// a key (a tree in directory blobs from before keys, which numbers its nodes afresh each
+    /// time) is always new.
     fn view_inos(&self, snapshot: &Snapshot) -> Result<HashMap<u64, u64>, StoreError> {
-        if snapshot.nodes.iter().skip(1).any(|n| n.key.is_none()) {
-            return Ok(snapshot.nodes.iter().map(|n| (n.id, n.id)).collect());
-        }
         let (mut by_key, mut used) = (HashMap::new(), HashSet::new());
         for kv in self.tree.scan_prefix(key::INODE_PREFIX) {
             let (k, v) = kv?;
@@ -1088,5 +1087,43 @@ mod tests {
                 Snapshot::decode(&snapshot.encode()).expect("a valid tree");
             }
         });
+    }
+
+    /// A view finds each node's inode by its key from one generation to the next, whatever the
+    /// tree numbers it; new nodes, nodes without a key and a second node of one key get inodes
+    /// not in use; the root stays the root.
+    #[test]
+    fn a_view_keeps_each_node_at_its_inode_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 0, 0).unwrap();
+        let key = |serial| Some(crate::format::NodeKey { origin: [7; 8], serial });
+        let tree = |files: &[(&str, Option<crate::format::NodeKey>)]| {
+            let mut nodes = vec![Node::bare(1, NodeKind::Dir)];
+            let mut links = Vec::new();
+            for (i, (name, k)) in files.iter().enumerate() {
+                let id = i as u64 + 2;
+                nodes.push(Node { key: *k, ..Node::bare(id, NodeKind::File) });
+                links.push(Link { parent: 1, name: name.as_bytes().to_vec(), child: id });
+            }
+            Snapshot { generation: 1, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() }
+        };
+        let inos = |store: &Store| -> HashMap<String, u64> {
+            let entries = store.dir_entries(ROOT_INO).unwrap();
+            entries.into_iter().map(|(name, ino, _)| (String::from_utf8(name).unwrap(), ino)).collect()
+        };
+        store.replace_tree(&tree(&[("b", key(3)), ("c", key(4)), ("old", None)]), b"t", |_| Vec::new()).unwrap();
+        let first = inos(&store);
+        let second = tree(&[("a", key(9)), ("b", key(3)), ("c2", key(4)), ("d", key(4)), ("old", None)]);
+        store.replace_tree(&second, b"t", |_| Vec::new()).unwrap();
+        let now = inos(&store);
+        assert_eq!(now["b"], first["b"], "numbered 3rd now, 2nd before: the same inode");
+        assert_eq!(now["c2"], first["c"], "renamed: the same inode");
+        let used: HashSet<u64> = first.values().copied().chain([ROOT_INO]).collect();
+        for new in ["a", "d", "old"] {
+            assert!(!used.contains(&now[new]), "{new}: a new inode, not one in use");
+        }
+        assert_eq!(now.values().collect::<HashSet<_>>().len(), 5, "{now:?}");
+        assert_eq!(store.inode(ROOT_INO).unwrap().map(|r| r.kind), Some(Kind::Dir));
+        assert_eq!(store.inode(now["b"]).unwrap().and_then(|r| r.key), key(3));
     }
 }

@@ -306,6 +306,13 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     let mut through_fd = Vec::new();
     std::io::Read::read_to_end(&mut open_before, &mut through_fd).unwrap();
     assert_eq!(through_fd, b"first", "a file open across the switch reads as itself");
+    let open_ino = std::os::unix::fs::MetadataExt::ino(&open_before.metadata().unwrap());
+    assert_eq!(open_ino, first_ino, "and is the same inode");
+    assert_eq!(
+        node_keys(&reader, &["first.txt"]),
+        node_keys(&writer, &["first.txt"]),
+        "the view shows the tree's keys"
+    );
     drop(open_before);
     let kept = reader.cess("first.txt", "cached");
     assert_eq!(kept.as_deref(), Some("yes"), "a file the new generation left as it was keeps its cached bytes");
@@ -332,6 +339,27 @@ fn a_read_only_mount_follows_the_tree_of_another() {
     // An older generation, opened on purpose, stays as it was.
     let old = Mount::uploading("0", &["--chain", &net.url, "--generation", &first_generation]);
     assert!(old.path("first.txt").exists() && !old.path("second.txt").exists());
+}
+
+/// A view of a tree kept in whole snapshots (`--commits false`, no node keys) keeps each node at
+/// its inode across generations by the writer's inode numbers, and shows no key it does not have.
+#[test]
+fn a_view_of_whole_snapshots_keeps_its_inodes() {
+    let net = StandaloneDevnet::start();
+    let writer = Mount::uploading("0", &["--chain", &net.url, "--commits", "false"]);
+    fs::write(writer.path("first.txt"), b"first").unwrap();
+    wait_for_snapshot(&writer);
+    let reader = Mount::uploading("0", &["--chain", &net.url, "--read-only", "--poll-interval", "1"]);
+    assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
+    let ino = |m: &Mount, p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path(p)).unwrap());
+    let first_ino = ino(&reader, "first.txt");
+    assert_eq!(getxattr(&reader.path("first.txt"), "user.cess.node"), Err(libc::ENODATA), "no key to show");
+    fs::write(writer.path("a.txt"), b"ahead").unwrap();
+    wait_for_snapshot(&writer);
+    wait_until(Duration::from_secs(10), "the reader to show the new file", || reader.path("a.txt").exists());
+    assert_eq!(ino(&reader, "first.txt"), first_ino, "a node keeps its inode across generations");
+    assert_eq!(fs::read(reader.path("a.txt")).unwrap(), b"ahead");
+    assert_eq!(fs::read(reader.path("first.txt")).unwrap(), b"first");
 }
 
 /// Two writable mounts of one tree: the one that finds a newer snapshot written by the other

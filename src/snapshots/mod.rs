@@ -510,7 +510,9 @@ impl Writer {
         Ok((ino, made, held))
     }
 
-    /// Drops the snapshots older than the newest `keep` active ones.
+    /// Drops the snapshots older than the newest `keep` active ones; while a file waits for
+    /// room in the territory, those older than the newest active one (they may name removed
+    /// files, whose room comes back only once no kept tree names them).
     fn prune(&self) -> Result<(), StoreError> {
         let kept = self.store.kept_snapshots()?;
         let mut active = Vec::new();
@@ -519,14 +521,22 @@ impl Writer {
                 active.push(s.generation);
             }
         }
-        let Some(&cutoff) = active.iter().rev().nth(self.config.keep.max(1) - 1) else { return Ok(()) };
+        let room_wanted = self.store.room_wanted();
+        let keep = if room_wanted { 1 } else { self.config.keep.max(1) };
+        let Some(&cutoff) = active.iter().rev().nth(keep - 1) else { return Ok(()) };
         let mut dropped = false;
         for (ino, s) in kept.iter().filter(|(_, s)| s.generation < cutoff) {
             // A commit on its way holds blobs: it goes once stored.
             if self.store.pack(*ino)?.is_some() {
                 continue;
             }
-            log::info!("tree snapshot {} is older than the {} kept: deleted", s.generation, self.config.keep);
+            match room_wanted {
+                true => log::info!(
+                    "tree snapshot {} deleted: a file waits for room in the territory, and only the newest stored tree is kept meanwhile",
+                    s.generation
+                ),
+                false => log::info!("tree snapshot {} is older than the {keep} kept: deleted", s.generation),
+            }
             self.store.drop_snapshot(*ino)?;
             dropped = true;
         }

@@ -38,7 +38,8 @@ pub enum UploadError {
     },
     /// The territory is too small for this file.
     #[error(
-        "territory {name:?} has {remaining} bytes free; this file needs more than {needed} (96 MiB per 32 MiB segment): expand it (cessfs territory expand)"
+        "territory {name:?} has {remaining} bytes free; this file needs more than {needed} (96 MiB per 32 MiB segment){}: expand it (cessfs territory expand) or remove files",
+        kept_for_tree(*tree_room)
     )]
     TerritoryFull {
         /// Territory name.
@@ -47,6 +48,8 @@ pub enum UploadError {
         remaining: u128,
         /// Bytes the file locks.
         needed: u128,
+        /// Bytes left free for the tree's next round.
+        tree_room: u128,
     },
     /// Not enough usable miners to place 12 columns.
     #[error(
@@ -117,5 +120,13 @@ impl UploadError {
             | UploadError::TerritoryUnusable { .. }
             | UploadError::TerritoryFull { .. } => false,
         }
+    }
+}
+
+/// What [`UploadError::TerritoryFull`] says of the room kept for the tree.
+fn kept_for_tree(tree_room: u128) -> String {
+    match tree_room {
+        0 => String::new(),
+        room => format!(", and {} MiB stay free for the tree's next round", room >> 20),
     }
 }

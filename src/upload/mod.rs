@@ -70,7 +70,15 @@ pub struct UploadConfig {
     /// under-full packs into it: the engine then seals packs only when full, and merges
     /// nothing, unless another mount writes the tree (this one then writes no commits).
     pub commits: bool,
+    /// Whether tree snapshots are written: then a file's declaration leaves
+    /// [`TREE_ROOM`] of the territory free for the tree's next round.
+    pub tree_room: bool,
 }
+
+/// Segments' charge of the territory a file leaves free while tree snapshots are written: a
+/// territory filled to the last byte could not take the round that no longer names a removed
+/// file, and so the room that file took would never come back.
+pub const TREE_ROOM: usize = 1;
 
 struct Inner {
     store: Arc<Store>,
@@ -283,6 +291,7 @@ impl Engine {
                 }
                 Err(e) => crate::log_limited!(log::Level::Error, "upload queue", "upload queue unreadable: {e}"),
             }
+            inner.store.set_room_wanted(!waiting_for_territory.is_empty());
             let now = Instant::now();
             while lock(&inner.running).len() < inner.config.parallel {
                 let Some(ino) = schedule.pop_due(now) else { break };
@@ -657,6 +666,7 @@ mod tests {
             poll: Duration::from_millis(10),
             pack_below: 0,
             commits: false,
+            tree_room: false,
         };
         let (stop, stopped) = watch::channel(false);
         let chain = Arc::new(PanickingChain(signer.account()));

@@ -435,21 +435,21 @@ impl Fetcher {
         Ok((tree, segment))
     }
 
-    /// The plaintext of snapshot or tree file `fid` of `segments` segments (format version 2:
-    /// one sealed message per segment), and the seed its segments carry.
-    pub async fn tree_file(&self, fid: &Hash, segments: usize) -> Result<(Vec<u8>, Option<[u8; 32]>), FetchError> {
+    /// The plaintext of segment `segment` of snapshot or tree file `fid` of `segments` segments
+    /// (format version 2: one sealed message per segment; bytes `segment * snapshot_len_of(1)`
+    /// on of the file's plaintext), and the seed it carries.
+    pub async fn tree_file_segment(
+        &self,
+        fid: &Hash,
+        segments: usize,
+        segment: usize,
+    ) -> Result<(Vec<u8>, Option<[u8; 32]>), FetchError> {
         let size = crate::format::snapshot_len_of(segments);
         let stored = Stored { size, mode: Mode::Encrypted, seed: None };
-        let mut bytes = Vec::new();
-        let mut seed = None;
-        for s in 0..segments {
-            let segment = self.segment(fid, &stored, s, false).await;
-            self.forget(fid, s);
-            let segment = segment?;
-            seed = seed.or(segment.seed());
-            bytes.extend_from_slice(segment.data());
-        }
-        Ok((bytes, seed))
+        let fetched = self.segment(fid, &stored, segment, false).await;
+        self.forget(fid, segment);
+        let fetched = fetched?;
+        Ok((fetched.data().to_vec(), fetched.seed()))
     }
 
     /// The content of blob `id` at `place` in pack `fid`: one ranged read of the data fragment

@@ -291,17 +291,32 @@ pub fn tree_file_header(root_id: &Hash, offset: u32, len: u32) -> [u8; TREE_FILE
     h
 }
 
-/// The root a tree file's plaintext holds, opened with `keys`.
-pub fn tree_file_root(keys: &BlobKeys, file: &[u8]) -> Result<Vec<u8>, SnapshotError> {
-    let damaged = |why: &str| SnapshotError::Damaged(format!("a tree file: {why}"));
+/// Where the root of a tree file whose plaintext begins with `start` is: its blob id and its
+/// bytes in the file. [`SnapshotError::NotASnapshot`] if `start` is no tree file's header.
+pub fn tree_file_root_place(start: &[u8]) -> Result<(Hash, std::ops::Range<usize>), SnapshotError> {
     let header =
-        file.get(..TREE_FILE_HEADER).filter(|h| h.starts_with(&MAGIC_V3)).ok_or(SnapshotError::NotASnapshot)?;
+        start.get(..TREE_FILE_HEADER).filter(|h| h.starts_with(&MAGIC_V3)).ok_or(SnapshotError::NotASnapshot)?;
     let id = Hash(header[8..40].try_into().unwrap_or_default());
     let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize;
     let (offset, len) = (le32(&header[40..44]), le32(&header[44..48]));
-    let sealed =
-        offset.checked_add(len).and_then(|end| file.get(offset..end)).ok_or_else(|| damaged("root outside"))?;
-    keys.open(&id, sealed).map_err(|e| damaged(&e.to_string()))
+    let end = offset.checked_add(len).ok_or_else(|| tree_file_damaged("root outside"))?;
+    Ok((id, offset..end))
+}
+
+/// The root of a tree file, sealed as blob `id`, opened with `keys`.
+pub fn open_tree_file_root(keys: &BlobKeys, id: &Hash, sealed: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    keys.open(id, sealed).map_err(|e| tree_file_damaged(&e.to_string()))
+}
+
+/// The root a tree file's plaintext holds, opened with `keys`.
+pub fn tree_file_root(keys: &BlobKeys, file: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    let (id, place) = tree_file_root_place(file)?;
+    let sealed = file.get(place).ok_or_else(|| tree_file_damaged("root outside"))?;
+    open_tree_file_root(keys, &id, sealed)
+}
+
+fn tree_file_damaged(why: &str) -> SnapshotError {
+    SnapshotError::Damaged(format!("a tree file: {why}"))
 }
 
 /// What writing a tree did.

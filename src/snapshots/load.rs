@@ -3,9 +3,10 @@
 //! first opened and for [`Load`], which loads the rest in the background and then ends the
 //! load (adopting the older snapshots of the tree's lineage).
 //!
-//! A file holding blobs (a commit's segment, a tree file) is fetched once and kept while it may
-//! serve the next directories, within [`HELD_BYTES`]: a tree's directories sit together in few
-//! files, and the loader takes them in inode order, which is the order the restore found them.
+//! A file holding blobs (a commit's segment, a tree file's segments as blobs in them are
+//! wanted) is fetched once and kept while it may serve the next directories, within
+//! [`HELD_BYTES`]: a tree's directories sit together in few files, and the loader takes them in
+//! inode order, which is the order the restore found them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,23 +37,28 @@ pub struct DirLoader {
     held: std::sync::Mutex<HeldFiles>,
 }
 
-/// The files fetched, each fetched once however many readers want it at once.
+/// The files read, each piece fetched once however many readers want it at once.
 #[derive(Default)]
 struct HeldFiles {
-    files: HashMap<Hash, Arc<tokio::sync::OnceCell<Arc<Held>>>>,
-    /// Fetched files, oldest first, and their bytes.
+    files: HashMap<Hash, Arc<Held>>,
+    /// Files read, oldest first, and their bytes fetched.
     order: VecDeque<(Hash, usize)>,
     bytes: usize,
 }
 
 impl HeldFiles {
-    /// Notes that `fid` was fetched; forgets the oldest past [`HELD_BYTES`].
+    /// Notes that `fid` holds `size` bytes fetched; forgets the oldest past [`HELD_BYTES`].
     fn fetched(&mut self, fid: Hash, size: usize) {
-        if self.order.iter().any(|(f, _)| *f == fid) {
-            return;
+        match self.order.iter_mut().find(|(f, _)| *f == fid) {
+            Some((_, was)) => {
+                self.bytes = self.bytes - *was + size;
+                *was = size;
+            }
+            None => {
+                self.order.push_back((fid, size));
+                self.bytes += size;
+            }
         }
-        self.order.push_back((fid, size));
-        self.bytes += size;
         while self.bytes > HELD_BYTES && self.order.len() > 1 {
             if let Some((old, size)) = self.order.pop_front() {
                 self.files.remove(&old);
@@ -84,11 +90,11 @@ impl DirLoader {
         *lock(&self.held) = HeldFiles::default();
     }
 
-    /// Keeps `held`, the bytes of file `fid` read already.
-    pub(super) fn keep(&self, fid: Hash, held: Arc<Held>) {
+    /// Keeps `held`, a file read already.
+    pub(super) fn keep(&self, held: Arc<Held>) {
         let mut files = lock(&self.held);
-        let size = held.size();
-        files.files.insert(fid, Arc::new(tokio::sync::OnceCell::new_with(Some(held))));
+        let (fid, size) = (held.fid(), held.size());
+        files.files.insert(fid, held);
         files.fetched(fid, size);
     }
 
@@ -123,19 +129,18 @@ impl DirLoader {
     /// Opens blob `r`, noting where it is in `homes`.
     async fn blob(&self, r: &TreeRef, homes: &mut Vec<(Hash, crate::format::Home)>) -> Result<Dir, ReadError> {
         let keys = self.fetcher.blob_keys().ok_or(ReadError::Unavailable(crate::fetch::FetchError::NoKey(r.fid)))?;
-        let held = self.file(r.fid).await?;
-        let dir = held.open(keys, r)?;
+        let held = self.file(r.fid);
+        let dir = held.open(&self.fetcher, keys, r).await;
+        lock(&self.held).fetched(r.fid, held.size());
+        let dir = dir?;
         homes.push((r.id, (*r, self.tree_files.get(&r.fid).copied())));
         Ok(dir)
     }
 
-    /// The bytes of file `fid`, fetched once.
-    async fn file(&self, fid: Hash) -> Result<Arc<Held>, ReadError> {
-        let cell = lock(&self.held).files.entry(fid).or_default().clone();
+    /// File `fid`, as read so far.
+    fn file(&self, fid: Hash) -> Arc<Held> {
         let segments = self.tree_files.get(&fid).copied();
-        let held = cell.get_or_try_init(|| Held::fetch(&self.fetcher, fid, segments)).await?.clone();
-        lock(&self.held).fetched(fid, held.size());
-        Ok(held)
+        lock(&self.held).files.entry(fid).or_insert_with(|| Held::new(fid, segments)).clone()
     }
 }
 

@@ -305,9 +305,9 @@ pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<ReadTree, ReadErro
 enum Opened {
     /// A whole snapshot, read.
     Whole(ReadTree),
-    /// The root of a tree in directory blobs: its bytes, the file holding it (its FID, its
-    /// segments if a tree file, its bytes) and the seed of a tree file's segments.
-    Root { root: Vec<u8>, own: (Hash, Option<u32>, Vec<u8>), seed: Option<[u8; 32]> },
+    /// The root of a tree in directory blobs: its bytes, the file holding it (with what of it
+    /// was fetched) and the seed of a tree file's segments.
+    Root { root: Vec<u8>, own: std::sync::Arc<Held>, seed: Option<[u8; 32]> },
 }
 
 /// Fetches the file of snapshot `found`: a whole snapshot is read, a root is found.
@@ -320,18 +320,27 @@ async fn open(fetcher: &Fetcher, found: &Found) -> Result<Opened, ReadError> {
     if found.commit {
         let (tree, segment) = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
         if Root::is_root(&tree) {
-            return Ok(Opened::Root { root: tree, own: (found.fid, None, segment), seed: None });
+            return Ok(Opened::Root { root: tree, own: Held::with_piece(found.fid, None, 0, segment), seed: None });
         }
         let snapshot = Snapshot::decode(&tree).map_err(damaged)?.resolve_commit(found.fid);
         return Ok(Opened::Whole(ReadTree { snapshot, seed: None, dirs: Vec::new(), stored: None }));
     }
-    let (bytes, seed) = fetcher.tree_file(&found.fid, found.segments).await.map_err(unreadable)?;
-    if !Root::is_root(&bytes) {
+    // The first segment says whether the file is a tree file, and where its root is: only the
+    // segments holding that are fetched now.
+    let (first, seed) = fetcher.tree_file_segment(&found.fid, found.segments, 0).await.map_err(unreadable)?;
+    if !Root::is_root(&first) {
+        let mut bytes = first;
+        for s in 1..found.segments {
+            bytes.extend(fetcher.tree_file_segment(&found.fid, found.segments, s).await.map_err(unreadable)?.0);
+        }
         return whole(&bytes, seed);
     }
     let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(found.fid)))?;
-    let root = crate::format::tree_file_root(keys, &bytes).map_err(damaged)?;
-    Ok(Opened::Root { root, own: (found.fid, Some(found.segments as u32), bytes), seed })
+    let (id, place) = crate::format::tree_file_root_place(&first).map_err(damaged)?;
+    let own = Held::with_piece(found.fid, Some(found.segments as u32), 0, first);
+    let sealed = own.bytes(fetcher, place).await?;
+    let root = crate::format::open_tree_file_root(keys, &id, &sealed).map_err(damaged)?;
+    Ok(Opened::Root { root, own, seed })
 }
 
 /// The root directory of a tree in directory blobs, read to restore the tree lazily.
@@ -358,20 +367,21 @@ async fn start_lazily(
     fetcher: &std::sync::Arc<Fetcher>,
     names: &NameKey,
     root: &[u8],
-    own: (Hash, Option<u32>, Vec<u8>),
+    own: std::sync::Arc<Held>,
 ) -> Result<LazyStart, ReadError> {
     let root = Root::decode(root).map_err(|e| ReadError::Damaged(e.to_string()))?;
     if root.node.kind != crate::format::NodeKind::Dir {
         return Err(ReadError::Damaged("the tree's root is not a directory".into()));
     }
     let mut tree_files: Vec<(Hash, u32)> = root.files.iter().map(|f| (f.fid, f.segments)).collect();
-    tree_files.extend(own.1.map(|segments| (own.0, segments)));
+    tree_files.extend(own.segments.map(|segments| (own.fid, segments)));
     let runtime = tokio::runtime::Handle::current();
     let loader = super::load::DirLoader::new(fetcher.clone(), names.clone(), runtime, &tree_files);
-    loader.keep(own.0, Held::of(own.2));
+    let own_fid = own.fid;
+    loader.keep(own);
     let mut start = root.dir;
     if start.fid == THIS_COMMIT {
-        start.fid = own.0;
+        start.fid = own_fid;
     }
     let loaded = loader.read(&start).await?;
     let mut snapshot = loaded.dir.snapshot.clone();
@@ -381,7 +391,7 @@ async fn start_lazily(
         loaded.homes.iter().map(|(_, h)| h.0.fid).chain(tree_files.iter().map(|f| f.0)).collect();
     holders.sort();
     holders.dedup();
-    holders.retain(|f| *f != own.0);
+    holders.retain(|f| *f != own_fid);
     snapshot.holders = holders;
     let loader = std::sync::Arc::new(loader);
     Ok(LazyStart {
@@ -405,39 +415,33 @@ fn unreadable(e: FetchError) -> ReadError {
     }
 }
 
-/// Reads the tree of `root` from its directory blobs. `own`: the file holding the root (its
-/// FID, its segments if a tree file, its bytes). The blobs are read file by file, the file
-/// with the most of them wanted first, each file's bytes fetched whole once.
-async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<u8>)) -> Result<ReadTree, ReadError> {
+/// Reads the tree of `root` from its directory blobs. `own`: the file holding the root. The
+/// blobs are read file by file, the file with the most of them wanted first, each piece of a
+/// file fetched once.
+async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: std::sync::Arc<Held>) -> Result<ReadTree, ReadError> {
     let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
-    let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(own.0)))?;
+    let own_fid = own.fid;
+    let keys = fetcher.blob_keys().ok_or(ReadError::Unavailable(FetchError::NoKey(own_fid)))?;
     let root = Root::decode(root).map_err(damaged)?;
     let mut files: HashMap<Hash, u32> = root.files.iter().map(|f| (f.fid, f.segments)).collect();
-    if let Some(segments) = own.1 {
-        files.insert(own.0, segments);
+    if let Some(segments) = own.segments {
+        files.insert(own_fid, segments);
     }
     let mut start = root.dir;
     if start.fid == THIS_COMMIT {
-        start.fid = own.0;
+        start.fid = own_fid;
     }
     let mut wanted: HashMap<Hash, Vec<TreeRef>> = HashMap::from([(start.fid, vec![start])]);
     let mut seen = HashSet::from([start.id]);
     let mut dirs = HashMap::new();
     let mut homes = Vec::new();
-    let mut fetched = HashMap::from([(own.0, Held::of(own.2))]);
+    // Kept until the tree is read: a later blob may refer to a file again.
+    let mut fetched = HashMap::from([(own_fid, own)]);
     while let Some(holder) = wanted.iter().max_by_key(|(_, refs)| refs.len()).map(|(fid, _)| *fid) {
         let mut refs = wanted.remove(&holder).unwrap_or_default();
-        let bytes = match fetched.get(&holder) {
-            Some(bytes) => bytes.clone(),
-            None => {
-                // Kept until the tree is read: a later blob may refer to this file again.
-                let bytes = Held::fetch(fetcher, holder, files.get(&holder).copied()).await?;
-                fetched.insert(holder, bytes.clone());
-                bytes
-            }
-        };
+        let file = fetched.entry(holder).or_insert_with(|| Held::new(holder, files.get(&holder).copied())).clone();
         while let Some(r) = refs.pop() {
-            let dir = bytes.open(keys, &r)?;
+            let dir = file.open(fetcher, keys, &r).await?;
             for child in refs_of(&dir).into_iter().filter(|c| seen.insert(c.id)) {
                 match child.fid == holder {
                     true => refs.push(child),
@@ -448,62 +452,128 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: (Hash, Option<u32>, Vec<
             dirs.insert(r.id, dir);
         }
     }
-    let holders = fetched.into_keys().filter(|fid| *fid != own.0).collect();
+    let holders = fetched.into_keys().filter(|fid| *fid != own_fid).collect();
     let snapshot = crate::format::assemble(&root, &dirs, holders).map_err(damaged)?;
     Ok(ReadTree { snapshot, seed: None, dirs: homes, stored: root.stored })
 }
 
-/// A CESS file holding directory blobs, as read: its bytes without the zeros that end them
-/// (a commit's segment is mostly zeros), and its length before.
+/// A CESS file holding directory blobs: a commit (one segment, fetched whole) or a tree file,
+/// whose segments are fetched one by one as blobs in them are wanted. Each piece is kept
+/// without the zeros that end it (a commit's segment is mostly zeros), put back where a blob
+/// reaches them.
 pub(super) struct Held {
-    bytes: Vec<u8>,
-    len: usize,
+    fid: Hash,
+    /// A tree file's segments; `None`: a commit.
+    segments: Option<u32>,
+    /// Each piece's bytes once fetched: the commit's segment, or each segment of the tree file.
+    pieces: Vec<tokio::sync::OnceCell<Vec<u8>>>,
+    /// Bytes of the pieces fetched so far.
+    size: std::sync::atomic::AtomicUsize,
 }
 
 impl Held {
-    /// The file of bytes `bytes`.
-    fn of(mut bytes: Vec<u8>) -> std::sync::Arc<Held> {
-        let len = bytes.len();
-        bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
-        std::sync::Arc::new(Held { bytes, len })
+    /// File `fid`: a tree file of `segments`, or a commit; nothing fetched yet.
+    pub(super) fn new(fid: Hash, segments: Option<u32>) -> std::sync::Arc<Held> {
+        let pieces = (0..segments.unwrap_or(1).max(1)).map(|_| tokio::sync::OnceCell::new()).collect();
+        std::sync::Arc::new(Held { fid, segments, pieces, size: Default::default() })
     }
 
-    /// Fetches file `fid`: a tree file of `segments`, or a commit. One the chain no longer holds
-    /// is [`ReadError::Lost`].
-    pub(super) async fn fetch(
-        fetcher: &Fetcher,
-        fid: Hash,
-        segments: Option<u32>,
-    ) -> Result<std::sync::Arc<Held>, ReadError> {
+    /// File `fid` as [`Held::new`], with its piece `index` fetched already as `bytes`.
+    fn with_piece(fid: Hash, segments: Option<u32>, index: usize, bytes: Vec<u8>) -> std::sync::Arc<Held> {
+        let held = Held::new(fid, segments);
+        if let Some(piece) = held.pieces.get(index) {
+            let bytes = trimmed(bytes);
+            held.size.fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+            let _ = piece.set(bytes);
+        }
+        held
+    }
+
+    /// Bytes of each piece: a tree file's segment's plaintext, or a commit's segment.
+    fn piece_len(&self) -> usize {
+        match self.segments {
+            Some(_) => crate::format::snapshot_len_of(1) as usize,
+            None => crate::format::SEGMENT_SIZE,
+        }
+    }
+
+    /// Its FID.
+    pub(super) fn fid(&self) -> Hash {
+        self.fid
+    }
+
+    /// Bytes fetched so far, kept in memory.
+    pub(super) fn size(&self) -> usize {
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes `range` of the file, fetching the pieces they are in that are not here yet. A
+    /// file the chain no longer holds is [`ReadError::Lost`].
+    async fn bytes(&self, fetcher: &Fetcher, range: std::ops::Range<usize>) -> Result<Vec<u8>, ReadError> {
+        let per = self.piece_len();
+        if range.end > per * self.pieces.len() {
+            return Err(ReadError::Damaged(format!("bytes {range:?} outside file {}", self.fid)));
+        }
+        let mut pieces = Vec::new();
+        for index in range.start / per..range.end.div_ceil(per) {
+            pieces.push(self.piece(fetcher, index).await?.as_slice());
+        }
+        Ok(cut(per, &pieces, range))
+    }
+
+    /// Piece `index`, fetched once.
+    async fn piece(&self, fetcher: &Fetcher, index: usize) -> Result<&Vec<u8>, ReadError> {
         let gone = |e: FetchError| match e {
             FetchError::NotStored(_) => ReadError::Lost(e.to_string()),
             e => unreadable(e),
         };
-        let bytes = match segments {
-            Some(segments) => fetcher.tree_file(&fid, segments as usize).await.map_err(gone)?.0,
-            None => fetcher.pack_segment(&fid).await.map_err(gone)?,
-        };
-        Ok(Held::of(bytes))
+        let cell = self.pieces.get(index).ok_or_else(|| ReadError::Damaged(format!("no piece {index}")))?;
+        cell.get_or_try_init(|| async {
+            let bytes = match self.segments {
+                Some(segments) => fetcher.tree_file_segment(&self.fid, segments as usize, index).await.map_err(gone)?.0,
+                None => fetcher.pack_segment(&self.fid).await.map_err(gone)?,
+            };
+            let bytes = trimmed(bytes);
+            self.size.fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(bytes)
+        })
+        .await
     }
 
-    /// Bytes it takes in memory.
-    pub(super) fn size(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Opens directory blob `r` in it (`r.fid` is this file).
-    pub(super) fn open(&self, keys: &crate::format::BlobKeys, r: &TreeRef) -> Result<Dir, ReadError> {
-        let (start, end) = (r.offset as usize, (r.offset as usize).saturating_add(r.len as usize));
-        if end > self.len {
-            return Err(ReadError::Damaged(format!("directory blob {} outside its file", r.id)));
-        }
-        // The zeros cut from the end are put back where a blob reaches them.
-        let kept = &self.bytes;
-        let mut sealed = kept.get(start.min(kept.len())..end.min(kept.len())).unwrap_or_default().to_vec();
-        sealed.resize(r.len as usize, 0);
+    /// Opens directory blob `r` in it (`r.fid` is this file), fetching what it needs.
+    pub(super) async fn open(
+        &self,
+        fetcher: &Fetcher,
+        keys: &crate::format::BlobKeys,
+        r: &TreeRef,
+    ) -> Result<Dir, ReadError> {
+        let start = r.offset as usize;
+        let sealed = self.bytes(fetcher, start..start.saturating_add(r.len as usize)).await?;
         let content = keys.open(&r.id, &sealed).map_err(|e| ReadError::Damaged(e.to_string()))?;
         Ok(Dir::decode(&content).map_err(|e| ReadError::Damaged(e.to_string()))?.resolved(r.fid))
     }
+}
+
+/// Bytes `range` of a file cut in pieces of `per` bytes, from `pieces`: those `range` reaches,
+/// each without the zeros that end it.
+fn cut(per: usize, pieces: &[&[u8]], range: std::ops::Range<usize>) -> Vec<u8> {
+    let first = range.start / per;
+    let mut out = Vec::with_capacity(range.len());
+    for (i, piece) in pieces.iter().enumerate() {
+        let at = (first + i) * per;
+        let (from, to) = (range.start.max(at) - at, range.end.min(at + per) - at);
+        let have = piece.get(from.min(piece.len())..to.min(piece.len())).unwrap_or_default();
+        out.extend_from_slice(have);
+        out.resize(out.len() + (to - from) - have.len(), 0);
+    }
+    out
+}
+
+/// `bytes` without the zeros that end them.
+fn trimmed(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.truncate(bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1));
+    bytes.shrink_to_fit();
+    bytes
 }
 
 /// What a restore did, for the person who asked for it.
@@ -842,6 +912,25 @@ impl Follower {
             if let Err(e) = self.sync().await {
                 crate::log_limited!(log::Level::Warn, "follow", "looking for a newer tree snapshot: {e:#}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob read from a tree file's pieces comes out as written: across a segment's end, and
+    /// with the zeros each piece was kept without put back.
+    #[test]
+    fn bytes_are_cut_from_the_pieces_they_are_in() {
+        let per: usize = 10;
+        let file: Vec<u8> = (1..=30u8).map(|b| if (9..=10).contains(&b) || b > 25 { 0 } else { b }).collect();
+        let kept: Vec<Vec<u8>> = file.chunks(per).map(|c| trimmed(c.to_vec())).collect();
+        assert_eq!(kept[0].len(), 8, "the zeros ending the first piece are not kept");
+        for (start, end) in [(0usize, 30usize), (5, 15), (9, 11), (12, 18), (20, 30), (29, 30)] {
+            let pieces: Vec<&[u8]> = kept[start / per..end.div_ceil(per)].iter().map(Vec::as_slice).collect();
+            assert_eq!(cut(per, &pieces, start..end), file[start..end], "bytes {start}..{end}");
         }
     }
 }

@@ -313,7 +313,9 @@ impl Writer {
                 return false;
             }
         };
-        packs.uploading == 0 && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+        // A pack that failed (for room in the territory, say) holds up no round: the round may
+        // be what frees the room.
+        packs.uploading == packs.failed && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
     }
 
     /// The newest of the `kept` trees that is stored on CESS: a tree newer than the one written

@@ -457,6 +457,9 @@ async fn read_dirs(fetcher: &Fetcher, root: &[u8], own: std::sync::Arc<Held>) ->
     Ok(ReadTree { snapshot, seed: None, dirs: homes, stored: root.stored })
 }
 
+/// The most segments a tree file is read with: a tree of 10,000,000 files takes about 30.
+const MAX_TREE_FILE_SEGMENTS: u32 = 64;
+
 /// A CESS file holding directory blobs: a commit (one segment, fetched whole) or a tree file,
 /// whose segments are fetched one by one as blobs in them are wanted. Each piece is kept
 /// without the zeros that end it (a commit's segment is mostly zeros), put back where a blob
@@ -472,9 +475,12 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// File `fid`: a tree file of `segments`, or a commit; nothing fetched yet.
+    /// File `fid`: a tree file of `segments`, or a commit; nothing fetched yet. A count past
+    /// [`MAX_TREE_FILE_SEGMENTS`] (a damaged root or record) reads as that many: blobs beyond
+    /// are outside the file.
     pub(super) fn new(fid: Hash, segments: Option<u32>) -> std::sync::Arc<Held> {
-        let pieces = (0..segments.unwrap_or(1).max(1)).map(|_| tokio::sync::OnceCell::new()).collect();
+        let count = segments.unwrap_or(1).clamp(1, MAX_TREE_FILE_SEGMENTS);
+        let pieces = (0..count).map(|_| tokio::sync::OnceCell::new()).collect();
         std::sync::Arc::new(Held { fid, segments, pieces, size: Default::default() })
     }
 

@@ -98,6 +98,16 @@ impl UploadError {
         }
     }
 
+    /// Whether the upload failed for want of room in the territory (not a missing, frozen or
+    /// expired one): removing files may make that room.
+    pub fn waits_for_room(&self) -> bool {
+        match self {
+            UploadError::TerritoryFull { .. } => true,
+            UploadError::Chain(ChainError::Dispatch { error, .. }) => error == "InsufficientAvailableSpace",
+            _ => false,
+        }
+    }
+
     /// Whether nothing went wrong: the step waits for something under way (a block, a
     /// deletion of the same bytes) and looks again.
     pub fn is_wait(&self) -> bool {

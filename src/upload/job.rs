@@ -150,7 +150,8 @@ impl Inner {
     }
 
     /// Checks that the territory can take file `ino` of `segments` segments, leaving
-    /// [`super::TREE_ROOM`] free for the tree's next round unless it is a round of the tree.
+    /// [`super::TREE_ROOM`] free for the tree's next round, unless it is a round of the tree
+    /// and a file waits for room.
     async fn check_territory(&self, ino: u64, segments: usize) -> Result<(), UploadError> {
         let name = String::from_utf8_lossy(&self.config.territory).into_owned();
         let me = self.chain.account();
@@ -162,7 +163,8 @@ impl Inner {
         if t.state != TerritoryState::Active {
             return Err(UploadError::TerritoryUnusable { name, state: format!("{:?}", t.state).to_lowercase() });
         }
-        let tree_room = match self.config.tree_room && !self.db(move |s| s.is_kept_snapshot(ino)).await? {
+        let round_for_room = self.store.room_wanted() && self.db(move |s| s.is_kept_snapshot(ino)).await?;
+        let tree_room = match self.config.tree_room && !round_for_room {
             true => charged_space(super::TREE_ROOM),
             false => 0,
         };

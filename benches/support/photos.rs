@@ -1,8 +1,8 @@
 //! A large tree written straight into a store: directories of photos, each file stored on CESS
-//! as far as the store knows (an active upload record with a made-up FID), as a tree of that
-//! many stored files looks to the tree's writer.
+//! as far as the store knows (an active upload record with a made-up FID) and not cached here
+//! (as once evicted), as a tree of that many stored files looks to the tree's writer.
 
-use cessfs::store::{Batch, InodeRecord, Kind, ROOT_INO, Store, Timestamp, UploadRecord, UploadState};
+use cessfs::store::{Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, Timestamp, UploadRecord, UploadState};
 
 /// Files a directory (PER_DIR sets it; 2,000 unless set).
 pub fn per_dir() -> usize {
@@ -51,6 +51,7 @@ pub fn fill(store: &Store, files: usize) {
             up.fid = Some(cessfs::format::sha256(&ino.to_le_bytes()));
             up.seed = Some(cessfs::format::sha256(name.as_bytes()).0);
             b.put_upload(ino, &up);
+            b.put_residency(ino, Some(&Residency::empty(1)));
         }
         store.commit(b).expect("commit");
     }

@@ -320,10 +320,10 @@ impl Writer {
 
     /// The newest of the `kept` trees that is stored on CESS: a tree newer than the one written
     /// now is stored after it, whatever was on its way ([`restore::TailSearch`]).
-    fn newest_stored(&self, kept: &[(u64, crate::store::KeptSnapshot)]) -> Result<Option<u64>, StoreError> {
-        for (ino, s) in kept.iter().rev() {
-            if self.store.upload(*ino)?.is_some_and(|u| u.state == crate::store::UploadState::Active) {
-                return Ok(Some(s.generation));
+    fn newest_stored(&self, kept: &[(u64, u64)]) -> Result<Option<u64>, StoreError> {
+        for &(ino, generation) in kept.iter().rev() {
+            if self.store.upload(ino)?.is_some_and(|u| u.state == crate::store::UploadState::Active) {
+                return Ok(Some(generation));
             }
         }
         Ok(None)
@@ -332,8 +332,8 @@ impl Writer {
     /// Writes the tree if it differs from the last one written: in a commit with the blobs of
     /// the open pack, or in a snapshot file of its own if it does not fit one.
     fn write(&self) -> Result<(), StoreError> {
-        let kept = self.store.kept_snapshots()?;
-        let last = kept.last().map_or(0, |(_, s)| s.generation);
+        let kept = self.store.kept_generations()?;
+        let last = kept.last().map_or(0, |&(_, generation)| generation);
         let now = crate::store::Timestamp::now();
         let now_ms = now.secs.max(0) as u64 * 1000 + u64::from(now.nanos / 1_000_000);
         let generation = (last + 1).max(now_ms);
@@ -347,7 +347,7 @@ impl Writer {
         };
         let tree = self.watch.tree();
         let before = crate::format::Ancestry {
-            parent: kept.last().map(|(_, s)| s.generation),
+            parent: kept.last().map(|&(_, generation)| generation),
             stored: self.newest_stored(&kept)?,
         };
         let emptying = holders_to_empty(self.store.tree_holders(last_fid)?);
@@ -436,13 +436,13 @@ impl Writer {
         }
         // Older snapshot files whose deal has not begun will never be needed: this one replaces
         // them. (A commit holds blobs too: it goes its way.)
-        for (old, s) in &kept {
-            let state = self.store.upload(*old)?.map(|u| u.state);
+        for &(old, old_generation) in &kept {
+            let state = self.store.upload(old)?.map(|u| u.state);
             let unstarted =
                 matches!(state, Some(UploadState::Staged | UploadState::Encoding | UploadState::Failed) | None);
-            if unstarted && self.store.pack(*old)?.is_none() {
-                log::info!("tree snapshot {} was not stored yet and is replaced by {generation}", s.generation);
-                self.store.drop_snapshot(*old)?;
+            if unstarted && self.store.pack(old)?.is_none() {
+                log::info!("tree snapshot {old_generation} was not stored yet and is replaced by {generation}");
+                self.store.drop_snapshot(old)?;
             }
         }
         Ok(())
@@ -516,30 +516,29 @@ impl Writer {
     /// room in the territory, those older than the newest active one (they may name removed
     /// files, whose room comes back only once no kept tree names them).
     fn prune(&self) -> Result<(), StoreError> {
-        let kept = self.store.kept_snapshots()?;
+        let kept = self.store.kept_generations()?;
         let mut active = Vec::new();
-        for (ino, s) in &kept {
-            if self.store.upload(*ino)?.is_some_and(|u| u.state == UploadState::Active) {
-                active.push(s.generation);
+        for &(ino, generation) in &kept {
+            if self.store.upload(ino)?.is_some_and(|u| u.state == UploadState::Active) {
+                active.push(generation);
             }
         }
         let room_wanted = self.store.room_wanted();
         let keep = if room_wanted { 1 } else { self.config.keep.max(1) };
         let Some(&cutoff) = active.iter().rev().nth(keep - 1) else { return Ok(()) };
         let mut dropped = false;
-        for (ino, s) in kept.iter().filter(|(_, s)| s.generation < cutoff) {
+        for &(ino, generation) in kept.iter().filter(|&&(_, generation)| generation < cutoff) {
             // A commit on its way holds blobs: it goes once stored.
-            if self.store.pack(*ino)?.is_some() {
+            if self.store.pack(ino)?.is_some() {
                 continue;
             }
             match room_wanted {
                 true => log::info!(
-                    "tree snapshot {} deleted: a file waits for room in the territory, and only the newest stored tree is kept meanwhile",
-                    s.generation
+                    "tree snapshot {generation} deleted: a file waits for room in the territory, and only the newest stored tree is kept meanwhile"
                 ),
-                false => log::info!("tree snapshot {} is older than the {keep} kept: deleted", s.generation),
+                false => log::info!("tree snapshot {generation} is older than the {keep} kept: deleted"),
             }
-            self.store.drop_snapshot(*ino)?;
+            self.store.drop_snapshot(ino)?;
             dropped = true;
         }
         if dropped {

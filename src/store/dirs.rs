@@ -105,7 +105,7 @@ impl Store {
     /// The files a kept tree refers to, and the kept trees' own: those a tree may refer to.
     fn kept_tree_files(&self) -> Result<HashSet<Hash>, StoreError> {
         let mut kept: HashSet<Hash> = self.kept_snapshot_fids()?.iter().copied().collect();
-        for (ino, _) in self.kept_snapshots()? {
+        for (ino, _) in self.kept_generations()? {
             kept.extend(self.upload(ino)?.and_then(|u| u.fid));
         }
         Ok(kept)

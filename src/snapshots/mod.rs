@@ -313,9 +313,7 @@ impl Writer {
                 return false;
             }
         };
-        // A pack that failed (for room in the territory, say) holds up no round: the round may
-        // be what frees the room.
-        packs.uploading == packs.failed && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+        packs.uploading == 0 && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
     }
 
     /// The newest of the `kept` trees that is stored on CESS: a tree newer than the one written
@@ -512,9 +510,7 @@ impl Writer {
         Ok((ino, made, held))
     }
 
-    /// Drops the snapshots older than the newest `keep` active ones; while a file waits for
-    /// room in the territory, those older than the newest active one (they may name removed
-    /// files, whose room comes back only once no kept tree names them).
+    /// Drops the snapshots older than the newest `keep` active ones.
     fn prune(&self) -> Result<(), StoreError> {
         let kept = self.store.kept_generations()?;
         let mut active = Vec::new();
@@ -523,8 +519,7 @@ impl Writer {
                 active.push(generation);
             }
         }
-        let room_wanted = self.store.room_wanted();
-        let keep = if room_wanted { 1 } else { self.config.keep.max(1) };
+        let keep = self.config.keep.max(1);
         let Some(&cutoff) = active.iter().rev().nth(keep - 1) else { return Ok(()) };
         let mut dropped = false;
         for &(ino, generation) in kept.iter().filter(|&&(_, generation)| generation < cutoff) {
@@ -532,12 +527,7 @@ impl Writer {
             if self.store.pack(ino)?.is_some() {
                 continue;
             }
-            match room_wanted {
-                true => log::info!(
-                    "tree snapshot {generation} deleted: a file waits for room in the territory, and only the newest stored tree is kept meanwhile"
-                ),
-                false => log::info!("tree snapshot {generation} is older than the {keep} kept: deleted"),
-            }
+            log::info!("tree snapshot {generation} is older than the {keep} kept: deleted");
             self.store.drop_snapshot(ino)?;
             dropped = true;
         }

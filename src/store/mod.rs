@@ -123,8 +123,6 @@ pub struct Store {
     builder: std::sync::Mutex<()>,
     /// This data dir's part of the keys of the nodes made in it ([`Store::node_key`]).
     node_origin: [u8; 8],
-    /// A file waits for room in the territory ([`Store::set_room_wanted`]).
-    room_wanted: AtomicBool,
 }
 
 /// A set of changes that [`Store::commit`] applies atomically.
@@ -293,7 +291,6 @@ impl Store {
             deletions_wait: std::sync::Mutex::new(None),
             builder: std::sync::Mutex::new(()),
             node_origin,
-            room_wanted: AtomicBool::new(false),
         };
         if store.inode(ROOT_INO)?.is_none() {
             let now = Timestamp::now();

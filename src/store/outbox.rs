@@ -63,11 +63,6 @@ impl UploadState {
         matches!(self, UploadState::Declared | UploadState::Pushing | UploadState::Confirming)
     }
 
-    /// Whether no storage order was placed yet (or the last try failed before one was).
-    pub fn before_declaration(&self) -> bool {
-        matches!(self, UploadState::Staged | UploadState::Encoding | UploadState::Failed)
-    }
-
     /// Whether the upload engine has nothing more to do.
     pub fn settled(&self) -> bool {
         matches!(self, UploadState::Active | UploadState::Failed | UploadState::Local)

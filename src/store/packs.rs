@@ -62,9 +62,6 @@ pub struct PackSummary {
     pub filling: Option<(u32, u64)>,
     /// Packs sealed and on their way to CESS.
     pub uploading: usize,
-    /// Those of them, commits aside, whose upload failed (waiting for room in the territory,
-    /// or for a retry): no round of the tree waits for them.
-    pub failed: usize,
     /// Stored packs holding files here.
     pub stored: usize,
     /// The sealed bytes of the files in them.
@@ -77,16 +74,10 @@ impl Store {
     /// The state of the packs.
     pub fn pack_summary(&self) -> Result<PackSummary, StoreError> {
         let mut summary = PackSummary::default();
-        for (ino, pack) in self.packs()? {
+        for (_, pack) in self.packs()? {
             match pack.sealed {
                 true => summary.uploading += 1,
                 false => summary.filling = Some((pack.space.blobs(), pack.space.used())),
-            }
-            if pack.sealed
-                && !self.is_kept_snapshot(ino)?
-                && self.upload(ino)?.is_some_and(|u| u.state == crate::store::UploadState::Failed)
-            {
-                summary.failed += 1;
             }
         }
         let half = SEGMENT_SIZE as u64 / 2;

@@ -525,23 +525,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether `ino` is a kept snapshot's file (a commit or a tree file).
-    pub fn is_kept_snapshot(&self, ino: u64) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(key::snapshot(ino))?)
-    }
-
-    /// Notes whether a file waits for room in the territory. While one does, only the newest
-    /// stored tree is kept (snapshots/mod.rs): the older ones may name removed files, whose
-    /// room comes back only once no kept tree names them.
-    pub fn set_room_wanted(&self, wanted: bool) {
-        self.room_wanted.store(wanted, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether a file waits for room in the territory ([`Store::set_room_wanted`]).
-    pub fn room_wanted(&self) -> bool {
-        self.room_wanted.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// The state of the kept snapshots.
     pub fn snapshot_summary(&self) -> Result<SnapshotSummary, StoreError> {
         let mut summary = SnapshotSummary::default();

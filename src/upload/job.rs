@@ -149,10 +149,8 @@ impl Inner {
         Ok(manifest)
     }
 
-    /// Checks that the territory can take file `ino` of `segments` segments, leaving
-    /// [`super::TREE_ROOM`] free for the tree's next round, unless it is a round of the tree
-    /// and a file waits for room.
-    async fn check_territory(&self, ino: u64, segments: usize) -> Result<(), UploadError> {
+    /// Checks that the territory can take a file of `segments` segments.
+    async fn check_territory(&self, segments: usize) -> Result<(), UploadError> {
         let name = String::from_utf8_lossy(&self.config.territory).into_owned();
         let me = self.chain.account();
         let t = self
@@ -163,14 +161,9 @@ impl Inner {
         if t.state != TerritoryState::Active {
             return Err(UploadError::TerritoryUnusable { name, state: format!("{:?}", t.state).to_lowercase() });
         }
-        let round_for_room = self.store.room_wanted() && self.db(move |s| s.is_kept_snapshot(ino)).await?;
-        let tree_room = match self.config.tree_room && !round_for_room {
-            true => charged_space(super::TREE_ROOM),
-            false => 0,
-        };
         let needed = charged_space(segments);
-        if t.remaining_space <= needed + tree_room {
-            return Err(UploadError::TerritoryFull { name, remaining: t.remaining_space, needed, tree_room });
+        if t.remaining_space <= needed {
+            return Err(UploadError::TerritoryFull { name, remaining: t.remaining_space, needed });
         }
         Ok(())
     }
@@ -290,7 +283,7 @@ impl Inner {
         }
         let resume = self.chain.deal(&fid).await?.is_some();
         if !resume {
-            self.check_territory(ino, manifest.segments.len()).await?;
+            self.check_territory(manifest.segments.len()).await?;
         }
         // The point of no return: refused if the file was opened for writing meanwhile.
         let current = self.db(move |s| s.upload(ino)).await?;

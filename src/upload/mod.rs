@@ -70,16 +70,7 @@ pub struct UploadConfig {
     /// under-full packs into it: the engine then seals packs only when full, and merges
     /// nothing, unless another mount writes the tree (this one then writes no commits).
     pub commits: bool,
-    /// Whether tree snapshots are written: then a file's declaration leaves
-    /// [`TREE_ROOM`] of the territory free for the tree's next round.
-    pub tree_room: bool,
 }
-
-/// Segments' charge of the territory a declaration leaves free while tree snapshots are
-/// written: a territory filled to the last byte could not take the round that no longer names a
-/// removed file, and so the room that file took would never come back. A round of the tree may
-/// take it once a file waits for room ([`Store::room_wanted`]).
-pub const TREE_ROOM: usize = 1;
 
 struct Inner {
     store: Arc<Store>,
@@ -107,9 +98,6 @@ struct Inner {
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
     territory_changed: tokio::sync::Notify,
-    /// Files whose upload failed for want of room in the territory, until their record changes
-    /// ([`Store::set_room_wanted`]).
-    waiting_for_room: Mutex<HashSet<u64>>,
     /// Reads the blobs of evicted files when their packs are merged.
     fetcher: Option<Arc<crate::fetch::Fetcher>>,
     /// The tree's snapshots on chain: nothing they refer to is deleted (encrypted mode).
@@ -225,7 +213,6 @@ impl Engine {
             pushes: Arc::default(),
             stop,
             territory_changed: tokio::sync::Notify::new(),
-            waiting_for_room: Mutex::default(),
             fetcher,
             watch: tree,
         }))
@@ -290,32 +277,11 @@ impl Engine {
                             Some(r) if r.state == UploadState::Failed && r.retry_at.is_some() => {
                                 waiting_for_territory.insert(ino)
                             }
-                            _ => {
-                                // One tried again waits for room until it is declared.
-                                if !rec.as_ref().is_some_and(|r| r.state.before_declaration()) {
-                                    lock(&inner.waiting_for_room).remove(&ino);
-                                }
-                                waiting_for_territory.remove(&ino)
-                            }
+                            _ => waiting_for_territory.remove(&ino),
                         };
                     }
                 }
                 Err(e) => crate::log_limited!(log::Level::Error, "upload queue", "upload queue unreadable: {e}"),
-            }
-            let room_wanted = !lock(&inner.waiting_for_room).is_empty();
-            let newly = room_wanted && !inner.store.room_wanted();
-            inner.store.set_room_wanted(room_wanted);
-            if newly {
-                // A round of the tree that waits may now take the room kept for it.
-                let waiting: Vec<u64> = waiting_for_territory.iter().copied().collect();
-                let rounds = move |s: &Store| {
-                    let rounds: Vec<u64> =
-                        waiting.into_iter().filter(|&i| s.is_kept_snapshot(i).unwrap_or(false)).collect();
-                    s.bring_retries_forward(&rounds)
-                };
-                if let Err(e) = inner.db(rounds).await {
-                    log::error!("trying again the tree's rounds that waited for room: {e}");
-                }
             }
             let now = Instant::now();
             while lock(&inner.running).len() < inner.config.parallel {
@@ -549,10 +515,6 @@ impl Inner {
             next.retry_at = Some(later(Duration::from_secs(300)));
             log::error!("inode {ino}: {e}; the deal stays open and is retried");
         } else if e.waits_for_territory() {
-            match e.waits_for_room() {
-                true => lock(&self.waiting_for_room).insert(ino),
-                false => lock(&self.waiting_for_room).remove(&ino),
-            };
             next.state = UploadState::Failed;
             next.retry_at = Some(later(TERRITORY_RECHECK));
             next.error = Some(format!("{e}; tried again when the territory changes, and every 10 minutes"));
@@ -695,7 +657,6 @@ mod tests {
             poll: Duration::from_millis(10),
             pack_below: 0,
             commits: false,
-            tree_room: false,
         };
         let (stop, stopped) = watch::channel(false);
         let chain = Arc::new(PanickingChain(signer.account()));

@@ -314,48 +314,6 @@ fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     m.wait_status("later.txt", &["active"], MIN);
 }
 
-/// With tree snapshots on (the default), a file removed from a full territory still makes room:
-/// the round that no longer names it is stored in the room kept for the tree, the older trees
-/// that name it go, and the file waiting for room goes. Files of `size` bytes, with `args`.
-fn a_removed_file_makes_room(args: &[&str], size: usize) {
-    let m = Mount::uploading("0", &[&["--devnet-territory-gib", "1"], args].concat());
-    let content = |i: usize| [format!("file {i}").into_bytes(), random_bytes(size, i as u64)].concat();
-    fs::write(m.path("note.txt"), b"a small note, packed").unwrap();
-    let mut i = 0;
-    loop {
-        let name = format!("file{i}");
-        fs::write(m.path(&name), content(i)).unwrap();
-        if m.wait_status(&name, &["active", "failed"], MIN) == "failed" {
-            break;
-        }
-        i += 1;
-        assert!(i < 12, "1 GiB holds at most 10 segments' charge");
-    }
-    let late = format!("file{i}");
-    let error = m.cess(&late, "error").unwrap();
-    assert!(error.contains("or remove files") && error.contains("96 MiB stay free for the tree"), "{error}");
-    let removed = m.cess("file0", "fid").unwrap();
-    fs::remove_file(m.path("file0")).unwrap();
-    m.wait_status(&late, &["active"], 2 * MIN);
-    let net = m.devnet();
-    wait_until(MIN, "the removed file to leave the chain", || net.file(&removed).is_none());
-    run(Command::new(BIN).args(["status", "--wait", "--timeout", "120"]).arg(m.root()));
-    assert_eq!(fs::read(m.path(&late)).unwrap(), content(i));
-    assert_eq!(fs::read(m.path("note.txt")).unwrap(), b"a small note, packed");
-}
-
-#[test]
-fn a_removed_file_makes_room_in_a_full_territory_with_tree_snapshots_on() {
-    a_removed_file_makes_room(&["--pack-below", "0"], 0);
-}
-
-/// The same with small files packed into the tree's commits (the default), and files too large
-/// for packs.
-#[test]
-fn a_removed_file_makes_room_in_a_full_territory_with_packs_and_commits() {
-    a_removed_file_makes_room(&[], 9 << 20);
-}
-
 /// The embedded devnet costs about what is stored, through a newcomer's session (a folder of
 /// photos and notes copied in, edited, one removed, all evicted and read back): the fragments
 /// it keeps take at most 1.1× the territory's charged space / 3 (one copy of each segment's

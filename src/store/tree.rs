@@ -44,6 +44,12 @@ impl KeptSnapshot {
     }
 }
 
+/// A [`KeptSnapshot`] record read up to its generation, without the FIDs that follow.
+#[derive(Deserialize)]
+struct KeptHead {
+    generation: u64,
+}
+
 /// The state of a tree's snapshots, for `user.cess.snapshot`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotSummary {
@@ -511,13 +517,8 @@ impl Store {
     /// The kept snapshots' hidden inodes and generations, oldest first: their records read
     /// without the FIDs they list (a million of them at a million files).
     pub fn kept_generations(&self) -> Result<Vec<(u64, u64)>, StoreError> {
-        /// A kept snapshot's record, up to its generation.
-        #[derive(Deserialize)]
-        struct Head {
-            generation: u64,
-        }
         let mut out: Vec<(u64, u64)> = self
-            .records_by_ino::<Head>(key::SNAPSHOT_PREFIX, "snapshot")?
+            .records_by_ino::<KeptHead>(key::SNAPSHOT_PREFIX, "snapshot")?
             .into_iter()
             .map(|(ino, h)| (ino, h.generation))
             .collect();
@@ -554,7 +555,7 @@ impl Store {
         Ok(self
             .tree
             .get(key::snapshot(ino))?
-            .map(|v| decode::<KeptSnapshot>(&v, "snapshot"))
+            .map(|v| decode::<KeptHead>(&v, "snapshot"))
             .transpose()?
             .map(|s| s.generation))
     }

@@ -334,6 +334,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
         pack_below: settings.pack_below()?,
         commits,
+        tree_room: settings.snapshot_config().is_some(),
     };
     let fetcher = Arc::new(Fetcher::new(
         network.chain.clone(),

@@ -66,8 +66,12 @@ fn describe_packs(v: &Value) -> Option<String> {
         v["live_share"].as_f64().unwrap_or(0.0) * 100.0,
         v["space"].as_u64().unwrap_or(0) >> 20
     )];
-    if uploading > 0 {
-        parts.push(format!("{uploading} on their way"));
+    match v["waiting"].as_u64().unwrap_or(0) {
+        _ if uploading == 0 => {}
+        0 => parts.push(format!("{uploading} on their way")),
+        waiting => {
+            parts.push(format!("{uploading} on their way, {waiting} of them failed and waiting to be tried again"))
+        }
     }
     if let Some(files) = filling {
         parts.push(format!("one filling ({})", crate::words::count(files, "file")));

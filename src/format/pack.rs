@@ -168,6 +168,22 @@ impl PackSpace {
         self.used.iter().map(|&u| u64::from(u)).sum()
     }
 
+    /// The room of a pack holding only the blobs at `places` (a sealed pack's blobs, its tree
+    /// and index taken out): each quarter used up to its last blob's end. `None` if a place is
+    /// not inside one quarter.
+    pub fn holding(places: impl IntoIterator<Item = BlobPlace>) -> Option<PackSpace> {
+        let mut space = PackSpace::default();
+        for place in places {
+            let (q, r) = place.in_fragment();
+            if q >= DATA_FRAGMENTS || r.end > FRAGMENT_SIZE || (q == 0 && r.start < PACK_HEADER_LEN) {
+                return None;
+            }
+            space.used[q] = space.used[q].max(r.end as u32);
+            space.blobs += 1;
+        }
+        Some(space)
+    }
+
     /// Places a sealed blob of `len` bytes in the first quarter with room; `None` if the pack
     /// has none.
     pub fn place(&mut self, len: usize) -> Option<BlobPlace> {
@@ -330,6 +346,22 @@ mod tests {
         assert_eq!(last.map(|p| p.offset as usize), Some(PACK_HEADER_LEN), "the largest blob fits quarter 0");
         let tiny = (0..MAX_BLOBS + 5).filter_map(|_| full.place(17)).count();
         assert_eq!(tiny as u32, MAX_BLOBS - 1);
+    }
+
+    #[test]
+    fn a_pack_taken_back_has_the_room_its_blobs_leave() {
+        let mut space = PackSpace::default();
+        let kept: Vec<BlobPlace> = (0..5).filter_map(|_| space.place(3 << 20)).collect();
+        let before = space;
+        let tree = space.place(1 << 20).unwrap();
+        assert_eq!(PackSpace::holding(kept.iter().copied()), Some(before), "the tree's room comes back");
+        assert_ne!(PackSpace::holding(kept.iter().copied().chain([tree])), Some(before));
+        assert_eq!(PackSpace::holding([]), Some(PackSpace::default()));
+        let across = BlobPlace { offset: (FRAGMENT_SIZE - 10) as u32, len: 20 };
+        assert_eq!(PackSpace::holding([across]), None, "a blob across two quarters is no pack's");
+        assert_eq!(PackSpace::holding([BlobPlace { offset: 4, len: 20 }]), None, "nor one over the header");
+        let beyond = BlobPlace { offset: SEGMENT_SIZE as u32, len: 20 };
+        assert_eq!(PackSpace::holding([beyond]), None);
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl Fs {
         Ok(serde_json::json!({
             "filling": p.filling.map(|(files, bytes)| serde_json::json!({"files": files, "bytes": bytes})),
             "uploading": p.uploading,
+            "waiting": p.waiting,
             "stored": p.stored,
             "live_share": if p.stored == 0 { 0.0 } else { p.live as f64 / (p.stored as u64 * segment) as f64 },
             "underfull": p.underfull,

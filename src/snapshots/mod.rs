@@ -313,7 +313,38 @@ impl Writer {
                 return false;
             }
         };
-        packs.uploading == 0 && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || uploads_settled())
+        // A pack whose upload failed holds up no round, nor do the files waiting in it: the round
+        // may be what frees the room it waits for (a commit that waits is taken back by the
+        // round: `take_back_waiting`).
+        let waiting_in_packs = || {
+            self.store.upload_states().iter().all(|(state, files, _)| {
+                *files == 0 || state.settled() || (*state == UploadState::Packed && packs.waiting > 0)
+            })
+        };
+        packs.uploading == packs.waiting && (packs.filling.is_some_and(|(blobs, _)| blobs > 0) || waiting_in_packs())
+    }
+
+    /// Takes back the commits whose upload failed before they were declared (for want of room,
+    /// say) if the tree moved on from the one they hold: the round written now replaces them.
+    /// `true` if it did not: the newest waits as it is, and nothing is to be written.
+    fn take_back_waiting(&self, tree: &TreeOnChain) -> Result<bool, StoreError> {
+        let Some(keys) = &tree.blobs else { return Ok(false) };
+        let mut waiting = Vec::new();
+        for (ino, _) in self.store.kept_generations()? {
+            let sealed = self.store.pack(ino)?.is_some_and(|p| p.sealed);
+            if sealed && self.store.upload(ino)?.is_some_and(|u| u.state == UploadState::Failed) {
+                waiting.push(ino);
+            }
+        }
+        let Some(&newest) = waiting.last() else { return Ok(false) };
+        let snapshot = self.store.build_snapshot(0, self.writer, Some(newest))?;
+        if self.store.meta(LAST_TREE)?.as_deref() == Some(&tree_digest(&snapshot, None).0[..]) {
+            return Ok(true);
+        }
+        for ino in waiting {
+            self.store.take_back_commit(ino, keys, &tree.names)?;
+        }
+        Ok(false)
     }
 
     /// The newest of the `kept` trees that is stored on CESS: a tree newer than the one written
@@ -330,6 +361,12 @@ impl Writer {
     /// Writes the tree if it differs from the last one written: in a commit with the blobs of
     /// the open pack, or in a snapshot file of its own if it does not fit one.
     fn write(&self) -> Result<(), StoreError> {
+        let tree = self.watch.tree();
+        let covered = self.store.commits();
+        if self.take_back_waiting(tree)? {
+            self.flags.covered.fetch_max(covered, Ordering::AcqRel);
+            return Ok(());
+        }
         let kept = self.store.kept_generations()?;
         let last = kept.last().map_or(0, |&(_, generation)| generation);
         let now = crate::store::Timestamp::now();
@@ -343,7 +380,6 @@ impl Writer {
             Some((ino, _)) => self.store.upload(*ino)?.and_then(|u| u.fid),
             None => None,
         };
-        let tree = self.watch.tree();
         let before = crate::format::Ancestry {
             parent: kept.last().map(|&(_, generation)| generation),
             stored: self.newest_stored(&kept)?,
@@ -510,7 +546,9 @@ impl Writer {
         Ok((ino, made, held))
     }
 
-    /// Drops the snapshots older than the newest `keep` active ones.
+    /// Drops the snapshots older than the newest `keep` active ones; while an upload waits for
+    /// room in the territory, those older than the newest active one (they may refer to removed
+    /// files, whose room comes back only once no kept tree does).
     fn prune(&self) -> Result<(), StoreError> {
         let kept = self.store.kept_generations()?;
         let mut active = Vec::new();
@@ -519,7 +557,8 @@ impl Writer {
                 active.push(generation);
             }
         }
-        let keep = self.config.keep.max(1);
+        let room_wanted = self.store.room_wanted()?;
+        let keep = if room_wanted { 1 } else { self.config.keep.max(1) };
         let Some(&cutoff) = active.iter().rev().nth(keep - 1) else { return Ok(()) };
         let mut dropped = false;
         for &(ino, generation) in kept.iter().filter(|&&(_, generation)| generation < cutoff) {
@@ -527,7 +566,12 @@ impl Writer {
             if self.store.pack(ino)?.is_some() {
                 continue;
             }
-            log::info!("tree snapshot {generation} is older than the {keep} kept: deleted");
+            match room_wanted {
+                true => log::info!(
+                    "tree snapshot {generation} deleted: an upload waits for room in the territory, and only the newest stored tree is kept meanwhile"
+                ),
+                false => log::info!("tree snapshot {generation} is older than the {keep} kept: deleted"),
+            }
             self.store.drop_snapshot(ino)?;
             dropped = true;
         }

@@ -7,7 +7,7 @@
 //! snapshot referring to it) does.
 
 use std::collections::HashSet;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,9 @@ pub struct PackSummary {
     pub filling: Option<(u32, u64)>,
     /// Packs sealed and on their way to CESS.
     pub uploading: usize,
+    /// Those of them whose upload failed and waits to be tried again (for room in the
+    /// territory, say): no round of the tree waits for them (a commit is taken back).
+    pub waiting: usize,
     /// Stored packs holding files here.
     pub stored: usize,
     /// The sealed bytes of the files in them.
@@ -74,10 +77,13 @@ impl Store {
     /// The state of the packs.
     pub fn pack_summary(&self) -> Result<PackSummary, StoreError> {
         let mut summary = PackSummary::default();
-        for (_, pack) in self.packs()? {
+        for (ino, pack) in self.packs()? {
             match pack.sealed {
                 true => summary.uploading += 1,
                 false => summary.filling = Some((pack.space.blobs(), pack.space.used())),
+            }
+            if pack.sealed && self.upload(ino)?.is_some_and(|u| u.state == UploadState::Failed) {
+                summary.waiting += 1;
             }
         }
         let half = SEGMENT_SIZE as u64 / 2;
@@ -342,17 +348,9 @@ impl Store {
             blobs.extend(tree.dirs.iter().map(|&(id, offset, len)| (id, BlobPlace { offset, len })));
             b.put_dir_homes(pack, false, &tree.dirs);
         }
-        blobs.sort_by_key(|(_, p)| p.offset);
-        let mut space = record.space;
-        let (header, offset, index) =
-            crate::format::seal_index(keys, record.number, &blobs, &mut space, commit.map(|(place, _)| place))
-                .map_err(|_| StoreError::Corrupt { what: "pack room" })?;
-        let file = self.open_content(pack)?;
-        file.write_all_at(&header, 0)?;
-        file.write_all_at(&index, offset as u64)?;
-        file.sync_all()?;
-        let mut up = UploadRecord::staged(1);
-        (up.format, up.size) = (FORMAT_PLAIN, SEGMENT_SIZE as u64);
+        let count = blobs.len();
+        let space = self.seal_blobs(&self.open_content(pack)?, record, keys, commit.map(|(place, _)| place), blobs)?;
+        let up = sealed_upload();
         b.0.insert(&key::pack(pack), encode(&PackRecord { sealed: true, space, ..record.clone() }));
         match commit {
             Some((_, tree)) => {
@@ -362,7 +360,7 @@ impl Store {
         }
         self.commit(b)?;
         let fragments = space.quarters_used() + crate::format::PARITY_FRAGMENTS;
-        let blobs = crate::words::count(blobs.len() as u64, "blob");
+        let blobs = crate::words::count(count as u64, "blob");
         match commit {
             Some((_, tree)) => {
                 self.kept_snapshots_changed();
@@ -377,6 +375,108 @@ impl Store {
             ),
         }
         Ok(())
+    }
+
+    /// Writes the header and index of pack `record` holding `blobs` (and a commit's tree at
+    /// `tree`) into `file`, durably. Returns its room as sealed.
+    fn seal_blobs(
+        &self,
+        file: &std::fs::File,
+        record: &PackRecord,
+        keys: &BlobKeys,
+        tree: Option<BlobPlace>,
+        mut blobs: Vec<(Hash, BlobPlace)>,
+    ) -> Result<PackSpace, StoreError> {
+        blobs.sort_by_key(|(_, p)| p.offset);
+        let mut space = record.space;
+        let (header, offset, index) = crate::format::seal_index(keys, record.number, &blobs, &mut space, tree)
+            .map_err(|_| StoreError::Corrupt { what: "pack room" })?;
+        file.write_all_at(&header, 0)?;
+        file.write_all_at(&index, offset as u64)?;
+        file.sync_all()?;
+        Ok(space)
+    }
+
+    /// Takes back commit `pack`, sealed but never declared (its upload failed before a storage
+    /// order was sent: for want of room in the territory, say), once a newer round replaces its
+    /// tree: a commit that waits would hold up every round, the one that frees room included.
+    /// Its tree goes; the blobs of files in it stay where they are in a plain pack sealed again
+    /// (a new index, so a new FID), which waits for room as any pack does; with none, it goes
+    /// whole. `false` if it is not such a commit (any more).
+    pub fn take_back_commit(&self, pack: u64, keys: &BlobKeys, names: &NameKey) -> Result<bool, StoreError> {
+        let _packer = lock(&self.packer);
+        let Some(record) = self.pack(pack)?.filter(|p| p.sealed) else { return Ok(false) };
+        let Some(rec) = self.upload(pack)?.filter(|u| u.state == UploadState::Failed && u.declaring.is_none()) else {
+            return Ok(false);
+        };
+        let Some(kept) =
+            self.tree.get(key::snapshot(pack))?.map(|v| decode::<KeptSnapshot>(&v, "snapshot")).transpose()?
+        else {
+            return Ok(false);
+        };
+        let mut blobs: Vec<(Hash, BlobPlace)> = Vec::new();
+        let members = lock(&self.catalog).pack_members(pack);
+        for ino in members {
+            if let Some(blob) = self.upload(ino)?.and_then(|u| u.blob).filter(|b| b.pack == pack)
+                && !blobs.iter().any(|(id, _)| *id == blob.id)
+            {
+                blobs.push((blob.id, blob.place));
+            }
+        }
+        // The new segment is written beside the old one, and takes its place once the records
+        // say so (a crash in between leaves the old one: a pack too, with a tree nothing reads).
+        let aside = self.content_path(pack).with_extension("retake");
+        let mut space = PackSpace::default();
+        if !blobs.is_empty() {
+            space =
+                PackSpace::holding(blobs.iter().map(|(_, p)| *p)).ok_or(StoreError::Corrupt { what: "pack room" })?;
+            let old = self.open_content(pack)?;
+            let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&aside)?;
+            file.set_len(SEGMENT_SIZE as u64)?;
+            for (_, place) in &blobs {
+                let mut sealed = vec![0; place.len as usize];
+                old.read_exact_at(&mut sealed, u64::from(place.offset))?;
+                file.write_all_at(&sealed, u64::from(place.offset))?;
+            }
+            let record = PackRecord { space, ..record.clone() };
+            space = self.seal_blobs(&file, &record, keys, None, blobs.clone())?;
+        }
+        let deals = self.deals();
+        if self.upload(pack)?.as_ref() != Some(&rec) {
+            super::outbox::remove_if_present(&aside)?;
+            return Ok(false);
+        }
+        let mut b = Batch::default();
+        self.forget_snapshot(&mut b, pack, &kept)?;
+        if blobs.is_empty() {
+            b.remove_upload(pack);
+            b.remove_inode(pack);
+            b.put_residency(pack, None);
+            b.0.remove(&key::pack(pack));
+        } else {
+            b.put_upload(pack, &sealed_upload());
+            b.put_inode(pack, &super::tree::hidden_inode(SEGMENT_SIZE as u64, &names.pack_name(record.number)));
+            b.0.insert(&key::pack(pack), encode(&PackRecord { space, ..record.clone() }));
+        }
+        self.commit(b)?;
+        self.kept_snapshots_changed();
+        drop(deals);
+        match blobs.is_empty() {
+            true => self.remove_content(pack)?,
+            false => {
+                std::fs::rename(&aside, self.content_path(pack))?;
+                self.sync_content_dir()?;
+            }
+        }
+        log::info!(
+            "commit {} (inode {pack}) was never declared and a newer round replaces its tree: taken back{}",
+            kept.generation,
+            match blobs.len() {
+                0 => String::new(),
+                n => format!(", its {} sealed again as pack {}", crate::words::count(n as u64, "blob"), record.number),
+            }
+        );
+        Ok(true)
     }
 
     /// Seals the open pack if no file went in for `quiet`.
@@ -452,6 +552,13 @@ impl Store {
         }
         Ok(Some(live))
     }
+}
+
+/// The upload record of a pack just sealed.
+fn sealed_upload() -> UploadRecord {
+    let mut up = UploadRecord::staged(1);
+    (up.format, up.size) = (FORMAT_PLAIN, SEGMENT_SIZE as u64);
+    up
 }
 
 /// The FIDs a record that just became active replaced (to delete), taken from it, and its

@@ -25,6 +25,9 @@ const RESTORE_CHUNK: usize = 20_000;
 /// The meta record of the generation a read-only view shows.
 const VIEW_GENERATION: &[u8] = b"view-generation";
 
+/// The meta record present while an upload waits for room in the territory.
+const ROOM_WANTED: &[u8] = b"room-wanted";
+
 /// A snapshot this tree keeps: its generation and the FIDs it refers to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeptSnapshot {
@@ -526,6 +529,46 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether kept snapshot `ino` (a round of the tree on its way) no longer refers to a FID
+    /// that the newest stored tree refers to and nothing else here needs: storing it lets that
+    /// FID go (once the older trees do), and so gives room back in the territory.
+    pub fn round_frees(&self, ino: u64) -> Result<bool, StoreError> {
+        if self.snapshot_generation(ino)?.is_none() {
+            return Ok(false);
+        }
+        let kept = self.kept_snapshots()?;
+        let Some((_, round)) = kept.iter().find(|(i, _)| *i == ino) else { return Ok(false) };
+        let mut stored = None;
+        for (i, snapshot) in &kept {
+            if *i != ino && self.upload(*i)?.is_some_and(|u| u.state == UploadState::Active) {
+                stored = Some(snapshot);
+            }
+        }
+        let Some(stored) = stored else { return Ok(false) };
+        let named: HashSet<&Hash> = round.fids.iter().collect();
+        let snapshots: HashSet<u64> = kept.iter().map(|(i, _)| *i).collect();
+        let catalog = lock(&self.catalog);
+        Ok(stored.fids.iter().any(|f| {
+            *f != crate::format::THIS_COMMIT && !named.contains(f) && !catalog.needed_apart_from(f, &snapshots)
+        }))
+    }
+
+    /// Notes whether an upload waits for room in the territory. While one does, only the
+    /// newest stored tree is kept (snapshots/mod.rs): the older ones may refer to removed
+    /// files, whose room comes back only once no kept tree does.
+    pub fn set_room_wanted(&self, wanted: bool) -> Result<(), StoreError> {
+        match (wanted, self.room_wanted()?) {
+            (true, false) => self.set_meta(ROOM_WANTED, &[]),
+            (false, true) => self.remove_meta(ROOM_WANTED),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether an upload waits for room in the territory ([`Store::set_room_wanted`]).
+    pub fn room_wanted(&self) -> Result<bool, StoreError> {
+        Ok(self.meta(ROOM_WANTED)?.is_some())
+    }
+
     /// The state of the kept snapshots.
     pub fn snapshot_summary(&self) -> Result<SnapshotSummary, StoreError> {
         let mut summary = SnapshotSummary::default();
@@ -594,20 +637,28 @@ impl Store {
         };
         let deals = self.deals();
         let mut b = Batch::default();
-        b.0.remove(&key::snapshot(ino));
+        self.forget_snapshot(&mut b, ino, &dropped)?;
         self.retire(&deals, &mut b, ino, None)?;
         b.remove_inode(ino);
         b.put_residency(ino, None);
-        let others: HashSet<Hash> =
-            self.kept_snapshots()?.into_iter().filter(|(i, _)| *i != ino).flat_map(|(_, s)| s.fids).collect();
-        let catalog_uses = |fid: &Hash| lock(&self.catalog).needed(fid);
-        for fid in dropped.fids.iter().filter(|f| !others.contains(f) && !catalog_uses(f)) {
-            b.put_tombstone(fid);
-        }
         self.commit(b)?;
         self.kept_snapshots_changed();
         drop(deals);
         self.remove_content(ino)
+    }
+
+    /// Puts in `b` that snapshot `ino` (record `dropped`) is no longer kept, and the deletion of
+    /// every FID it alone still referred to.
+    pub(super) fn forget_snapshot(&self, b: &mut Batch, ino: u64, dropped: &KeptSnapshot) -> Result<(), StoreError> {
+        b.0.remove(&key::snapshot(ino));
+        let others: HashSet<Hash> =
+            self.kept_snapshots()?.into_iter().filter(|(i, _)| *i != ino).flat_map(|(_, s)| s.fids).collect();
+        let catalog_uses = |fid: &Hash| lock(&self.catalog).needed(fid);
+        let own = crate::format::THIS_COMMIT;
+        for fid in dropped.fids.iter().filter(|f| **f != own && !others.contains(f) && !catalog_uses(f)) {
+            b.put_tombstone(fid);
+        }
+        Ok(())
     }
 
     /// Fills an empty store with `snapshot` in one step that completes or leaves the store as it

@@ -38,7 +38,8 @@ pub enum UploadError {
     },
     /// The territory is too small for this file.
     #[error(
-        "territory {name:?} has {remaining} bytes free; this file needs more than {needed} (96 MiB per 32 MiB segment): expand it (cessfs territory expand)"
+        "territory {name:?} has {remaining} bytes free; this file needs more than {needed} (96 MiB per 32 MiB segment){}: expand it (cessfs territory expand) or remove files",
+        kept_for_tree(*kept_free)
     )]
     TerritoryFull {
         /// Territory name.
@@ -47,6 +48,8 @@ pub enum UploadError {
         remaining: u128,
         /// Bytes the file locks.
         needed: u128,
+        /// Bytes left free for a round of the tree that gives room back.
+        kept_free: u128,
     },
     /// Not enough usable miners to place 12 columns.
     #[error(
@@ -95,6 +98,16 @@ impl UploadError {
         }
     }
 
+    /// Whether the upload failed for want of room in the territory (not a missing, frozen or
+    /// expired one): removing files may make that room.
+    pub fn waits_for_room(&self) -> bool {
+        match self {
+            UploadError::TerritoryFull { .. } => true,
+            UploadError::Chain(ChainError::Dispatch { error, .. }) => error == "InsufficientAvailableSpace",
+            _ => false,
+        }
+    }
+
     /// Whether nothing went wrong: the step waits for something under way (a block, a
     /// deletion of the same bytes) and looks again.
     pub fn is_wait(&self) -> bool {
@@ -117,5 +130,13 @@ impl UploadError {
             | UploadError::TerritoryUnusable { .. }
             | UploadError::TerritoryFull { .. } => false,
         }
+    }
+}
+
+/// What [`UploadError::TerritoryFull`] says of the room left free for the tree.
+fn kept_for_tree(kept_free: u128) -> String {
+    match kept_free {
+        0 => String::new(),
+        room => format!(", and {} MiB stay free for a round of the tree that gives room back", room >> 20),
     }
 }

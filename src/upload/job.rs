@@ -55,6 +55,17 @@ impl Inner {
 
     /// Takes the upload of `ino` as far as it goes now.
     pub(super) async fn advance(self: &Arc<Self>, ino: u64) -> Result<(), UploadError> {
+        let advanced = self.advance_steps(ino).await;
+        let declared =
+            self.db(move |s| s.upload(ino)).await.is_ok_and(|r| r.is_some_and(|r| r.state == UploadState::Declared));
+        if !declared {
+            lock(&self.room_promised).remove(&ino);
+        }
+        advanced
+    }
+
+    /// The steps of [`Inner::advance`].
+    async fn advance_steps(self: &Arc<Self>, ino: u64) -> Result<(), UploadError> {
         for _ in 0..16 {
             let Some(rec) = self.db(move |s| s.upload(ino)).await? else { return Ok(()) };
             let flow = match rec.state {
@@ -149,8 +160,9 @@ impl Inner {
         Ok(manifest)
     }
 
-    /// Checks that the territory can take a file of `segments` segments.
-    async fn check_territory(&self, segments: usize) -> Result<(), UploadError> {
+    /// Checks that the territory can take file `ino` of `segments` segments, leaving
+    /// [`super::TREE_ROOM`] free unless it is a round of the tree that gives room back.
+    async fn check_territory(&self, ino: u64, segments: usize) -> Result<(), UploadError> {
         let name = String::from_utf8_lossy(&self.config.territory).into_owned();
         let me = self.chain.account();
         let t = self
@@ -162,9 +174,22 @@ impl Inner {
             return Err(UploadError::TerritoryUnusable { name, state: format!("{:?}", t.state).to_lowercase() });
         }
         let needed = charged_space(segments);
-        if t.remaining_space <= needed {
-            return Err(UploadError::TerritoryFull { name, remaining: t.remaining_space, needed });
+        let promised: u128 = lock(&self.room_promised).iter().filter(|(i, _)| **i != ino).map(|(_, r)| *r).sum();
+        let remaining = t.remaining_space.saturating_sub(promised);
+        let kept_free = charged_space(super::TREE_ROOM);
+        let room_after = remaining.saturating_sub(needed);
+        if self.config.tree_room && room_after > kept_free {
+            // Room for this file and a round after it: nothing waits for room any more.
+            self.db(|s| s.set_room_wanted(false)).await?;
         }
+        let kept_free = match self.config.tree_room && !self.db(move |s| s.round_frees(ino)).await? {
+            true => kept_free,
+            false => 0,
+        };
+        if remaining <= needed + kept_free {
+            return Err(UploadError::TerritoryFull { name, remaining, needed, kept_free });
+        }
+        lock(&self.room_promised).insert(ino, needed);
         Ok(())
     }
 
@@ -282,8 +307,12 @@ impl Inner {
             return Ok(Flow::Continue);
         }
         let resume = self.chain.deal(&fid).await?.is_some();
+        let _checking = match resume {
+            true => None,
+            false => Some(self.territory_check.lock().await),
+        };
         if !resume {
-            self.check_territory(manifest.segments.len()).await?;
+            self.check_territory(ino, manifest.segments.len()).await?;
         }
         // The point of no return: refused if the file was opened for writing meanwhile.
         let current = self.db(move |s| s.upload(ino)).await?;
@@ -355,7 +384,11 @@ impl Inner {
         let declared =
             self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec), &record).await;
         let receipt = match declared {
-            Ok(r) => r,
+            Ok(r) => {
+                // The territory shows the room it took from now on.
+                lock(&self.room_promised).remove(&ino);
+                r
+            }
             // Sent, and how it ended is not known (a pool may also drop what it passed on): it
             // is followed next time, until it can land no more.
             Err(e) if e.is_transient() => return Err(e.into()),

@@ -70,7 +70,16 @@ pub struct UploadConfig {
     /// under-full packs into it: the engine then seals packs only when full, and merges
     /// nothing, unless another mount writes the tree (this one then writes no commits).
     pub commits: bool,
+    /// Whether tree snapshots are written: a declaration then leaves [`TREE_ROOM`] of the
+    /// territory free, except one of a round of the tree that gives room back.
+    pub tree_room: bool,
 }
+
+/// Segments' charge of the territory a declaration leaves free while tree snapshots are
+/// written. A removed file's FID stays while a kept tree names it, so a territory filled to
+/// the last byte could never take the round that no longer names it, and the room the file
+/// took would never come back; that round may take this room ([`Store::round_frees`]).
+pub const TREE_ROOM: usize = 1;
 
 struct Inner {
     store: Arc<Store>,
@@ -98,6 +107,12 @@ struct Inner {
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
     territory_changed: tokio::sync::Notify,
+    /// Taken from a file's look at the territory's room until its record is declared: two
+    /// files looking at once would both take the last room.
+    territory_check: tokio::sync::Mutex<()>,
+    /// The room each declared file takes, until its declaration is seen (it may not show in
+    /// the territory yet).
+    room_promised: Mutex<HashMap<u64, u128>>,
     /// Reads the blobs of evicted files when their packs are merged.
     fetcher: Option<Arc<crate::fetch::Fetcher>>,
     /// The tree's snapshots on chain: nothing they refer to is deleted (encrypted mode).
@@ -213,6 +228,8 @@ impl Engine {
             pushes: Arc::default(),
             stop,
             territory_changed: tokio::sync::Notify::new(),
+            territory_check: tokio::sync::Mutex::new(()),
+            room_promised: Mutex::default(),
             fetcher,
             watch: tree,
         }))
@@ -515,6 +532,11 @@ impl Inner {
             next.retry_at = Some(later(Duration::from_secs(300)));
             log::error!("inode {ino}: {e}; the deal stays open and is retried");
         } else if e.waits_for_territory() {
+            if e.waits_for_room()
+                && let Err(e) = self.db(|s| s.set_room_wanted(true)).await
+            {
+                log::error!("recording that an upload waits for room: {e}");
+            }
             next.state = UploadState::Failed;
             next.retry_at = Some(later(TERRITORY_RECHECK));
             next.error = Some(format!("{e}; tried again when the territory changes, and every 10 minutes"));
@@ -657,6 +679,7 @@ mod tests {
             poll: Duration::from_millis(10),
             pack_below: 0,
             commits: false,
+            tree_room: false,
         };
         let (stop, stopped) = watch::channel(false);
         let chain = Arc::new(PanickingChain(signer.account()));

@@ -314,6 +314,87 @@ fn a_file_that_failed_for_a_full_territory_goes_once_there_is_room() {
     m.wait_status("later.txt", &["active"], MIN);
 }
 
+/// The content of `file{i}` in a territory filled with files of `size` bytes.
+fn filler(i: usize, size: usize) -> Vec<u8> {
+    [format!("file {i}").into_bytes(), random_bytes(size, i as u64)].concat()
+}
+
+/// Writes `file0`, `file1`, … of `size` bytes, each once the one before is active, until one
+/// fails for want of room; returns its number.
+fn fill_territory(m: &Mount, size: usize) -> usize {
+    for i in 0..12 {
+        let name = format!("file{i}");
+        fs::write(m.path(&name), filler(i, size)).unwrap();
+        if m.wait_status(&name, &["active", "failed"], MIN) == "failed" {
+            let error = m.cess(&name, "error").unwrap();
+            assert!(
+                error.contains("or remove files") && error.contains("96 MiB stay free for a round of the tree"),
+                "{error}"
+            );
+            return i;
+        }
+    }
+    panic!("1 GiB holds at most 10 segments' charge");
+}
+
+/// With tree snapshots on (the default), a file removed from a full territory still gives its
+/// room back: the round of the tree that no longer names it takes the room every other
+/// declaration leaves free, the older trees that name it go, and the file that waited for room
+/// goes. Files of `size` bytes, with `args`.
+fn a_removed_file_makes_room(args: &[&str], size: usize) {
+    let m = Mount::uploading("0", &[&["--devnet-territory-gib", "1"], args].concat());
+    fs::write(m.path("note.txt"), b"a small note, packed").unwrap();
+    let late = fill_territory(&m, size);
+    let removed = m.cess("file0", "fid").unwrap();
+    fs::remove_file(m.path("file0")).unwrap();
+    m.wait_status(&format!("file{late}"), &["active"], 2 * MIN);
+    let net = m.devnet();
+    wait_until(MIN, "the removed file to leave the chain", || net.file(&removed).is_none());
+    run(Command::new(BIN).args(["status", "--wait", "--timeout", "120"]).arg(m.root()));
+    assert_eq!(fs::read(m.path(&format!("file{late}"))).unwrap(), filler(late, size));
+    assert_eq!(fs::read(m.path("note.txt")).unwrap(), b"a small note, packed");
+}
+
+#[test]
+fn a_removed_file_makes_room_in_a_full_territory_with_tree_snapshots_on() {
+    a_removed_file_makes_room(&["--pack-below", "0"], 0);
+}
+
+/// The same with small files packed into the tree's commits (the default), and files too large
+/// for packs.
+#[test]
+fn a_removed_file_makes_room_in_a_full_territory_with_packs_and_commits() {
+    a_removed_file_makes_room(&[], 9 << 20);
+}
+
+/// A commit that fails for want of room holds up no round: once files are removed, it is taken
+/// back (its small file sealed again in a pack of its own) for the round that no longer names
+/// them, and everything that waited goes.
+#[test]
+fn a_commit_that_waits_for_room_is_taken_back_for_the_round_that_frees_it() {
+    let m = Mount::uploading("0", &["--devnet-territory-gib", "1"]);
+    let late = fill_territory(&m, 9 << 20);
+    fs::write(m.path("small.txt"), b"packed into a commit that waits").unwrap();
+    let waiting = || {
+        let packs: serde_json::Value =
+            serde_json::from_str(&m.cess("", "packs").unwrap_or_default()).unwrap_or_default();
+        packs["waiting"].as_u64().unwrap_or(0) > 0
+    };
+    wait_until(MIN, "the commit with small.txt to fail for want of room", waiting);
+    // Three segments' charge: the small file's blob may go in a pack of its own.
+    let removed: Vec<String> = (0..3).map(|i| m.cess(&format!("file{i}"), "fid").unwrap()).collect();
+    for i in 0..3 {
+        fs::remove_file(m.path(&format!("file{i}"))).unwrap();
+    }
+    m.wait_status(&format!("file{late}"), &["active"], 2 * MIN);
+    m.wait_status("small.txt", &["active"], 2 * MIN);
+    let net = m.devnet();
+    wait_until(MIN, "the removed files to leave the chain", || removed.iter().all(|f| net.file(f).is_none()));
+    run(Command::new(BIN).args(["status", "--wait", "--timeout", "120"]).arg(m.root()));
+    assert_eq!(fs::read(m.path("small.txt")).unwrap(), b"packed into a commit that waits");
+    assert_eq!(fs::read(m.path(&format!("file{late}"))).unwrap(), filler(late, 9 << 20));
+}
+
 /// The embedded devnet costs about what is stored, through a newcomer's session (a folder of
 /// photos and notes copied in, edited, one removed, all evicted and read back): the fragments
 /// it keeps take at most 1.1× the territory's charged space / 3 (one copy of each segment's

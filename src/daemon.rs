@@ -335,6 +335,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         pack_below: settings.pack_below()?,
         commits,
         tree_room: settings.snapshot_config().is_some(),
+        finality_lag: Duration::from_secs(if settings.chain.is_none() { 0 } else { 60 }),
     };
     let fetcher = Arc::new(Fetcher::new(
         network.chain.clone(),

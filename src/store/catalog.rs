@@ -214,6 +214,13 @@ impl Catalog {
         self.holders(fid).any(|(ino, _, needed)| needed && !apart.contains(&ino)) || self.replaced.contains_key(fid)
     }
 
+    /// [`Catalog::needed_apart_from`], but for `replacing` of the records that keep it as the
+    /// version they replace (a round that stores those records lets it go).
+    pub(super) fn needed_apart_from_replacing(&self, fid: &Hash, apart: &HashSet<u64>, replacing: usize) -> bool {
+        self.holders(fid).any(|(ino, _, needed)| needed && !apart.contains(&ino))
+            || self.replaced.get(fid).is_some_and(|&n| n > replacing)
+    }
+
     /// Claims `fid` for a deletion from the chain, unless a record needs it.
     pub(super) fn claim_deletion(&mut self, fid: &Hash) -> bool {
         !self.needed(fid) && self.deleting.insert(*fid)

@@ -465,7 +465,7 @@ impl Store {
             true => self.remove_content(pack)?,
             false => {
                 std::fs::rename(&aside, self.content_path(pack))?;
-                self.sync_content_dir()?;
+                self.content_dir_handle.sync_all()?;
             }
         }
         log::info!(

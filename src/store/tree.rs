@@ -546,10 +546,21 @@ impl Store {
         }
         let Some(stored) = stored else { return Ok(false) };
         let named: HashSet<&Hash> = round.fids.iter().collect();
-        let snapshots: HashSet<u64> = kept.iter().map(|(i, _)| *i).collect();
+        // A commit stores the files whose blobs it carries: the versions they replace (the
+        // under-full packs it empties) go once it is stored.
+        let members = lock(&self.catalog).pack_members(ino);
+        let mut replacing: HashMap<Hash, usize> = HashMap::new();
+        for member in &members {
+            for fid in self.upload(*member)?.map(|u| u.replaces).unwrap_or_default() {
+                *replacing.entry(fid).or_default() += 1;
+            }
+        }
+        let apart: HashSet<u64> = kept.iter().map(|(i, _)| *i).chain(members).collect();
         let catalog = lock(&self.catalog);
         Ok(stored.fids.iter().any(|f| {
-            *f != crate::format::THIS_COMMIT && !named.contains(f) && !catalog.needed_apart_from(f, &snapshots)
+            *f != crate::format::THIS_COMMIT
+                && !named.contains(f)
+                && !catalog.needed_apart_from_replacing(f, &apart, replacing.get(f).copied().unwrap_or(0))
         }))
     }
 

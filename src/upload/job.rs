@@ -58,9 +58,12 @@ impl Inner {
         let advanced = self.advance_steps(ino).await;
         let declared =
             self.db(move |s| s.upload(ino)).await.is_ok_and(|r| r.is_some_and(|r| r.state == UploadState::Declared));
-        if !declared {
-            lock(&self.room_promised).remove(&ino);
+        // A check that led to no declaration takes no room.
+        let mut promises = lock(&self.room_promised);
+        if !declared && promises.get(&ino).is_some_and(|p| p.landed.is_none()) {
+            promises.remove(&ino);
         }
+        drop(promises);
         advanced
     }
 
@@ -174,22 +177,26 @@ impl Inner {
             return Err(UploadError::TerritoryUnusable { name, state: format!("{:?}", t.state).to_lowercase() });
         }
         let needed = charged_space(segments);
-        let promised: u128 = lock(&self.room_promised).iter().filter(|(i, _)| **i != ino).map(|(_, r)| *r).sum();
+        let promised: u128 = {
+            let mut promises = lock(&self.room_promised);
+            let lag = self.config.finality_lag;
+            promises.retain(|_, p| p.landed.is_none_or(|at| at.elapsed() < lag));
+            promises.iter().filter(|(i, _)| **i != ino).map(|(_, p)| p.room).sum()
+        };
         let remaining = t.remaining_space.saturating_sub(promised);
-        let kept_free = charged_space(super::TREE_ROOM);
-        let room_after = remaining.saturating_sub(needed);
-        if self.config.tree_room && room_after > kept_free {
-            // Room for this file and a round after it: nothing waits for room any more.
-            self.db(|s| s.set_room_wanted(false)).await?;
-        }
-        let kept_free = match self.config.tree_room && !self.db(move |s| s.round_frees(ino)).await? {
-            true => kept_free,
+        let kept_free = match self.config.tree_room {
+            true => charged_space(super::TREE_ROOM),
             false => 0,
         };
-        if remaining <= needed + kept_free {
+        if remaining > needed + kept_free {
+            // Room for this file and a round after it: nothing waits for room any more.
+            if self.config.tree_room {
+                self.db(|s| s.set_room_wanted(false)).await?;
+            }
+        } else if remaining <= needed || kept_free == 0 || !self.db(move |s| s.round_frees(ino)).await? {
             return Err(UploadError::TerritoryFull { name, remaining, needed, kept_free });
         }
-        lock(&self.room_promised).insert(ino, needed);
+        lock(&self.room_promised).insert(ino, super::Promise { room: needed, landed: None });
         Ok(())
     }
 
@@ -385,8 +392,10 @@ impl Inner {
             self.chain.upload_declaration(&fid, &manifest.segments, &user, declared_size(&rec), &record).await;
         let receipt = match declared {
             Ok(r) => {
-                // The territory shows the room it took from now on.
-                lock(&self.room_promised).remove(&ino);
+                // The territory shows the room it took once the chain's reads see this block.
+                if let Some(promise) = lock(&self.room_promised).get_mut(&ino) {
+                    promise.landed = Some(tokio::time::Instant::now());
+                }
                 r
             }
             // Sent, and how it ended is not known (a pool may also drop what it passed on): it

@@ -73,6 +73,17 @@ pub struct UploadConfig {
     /// Whether tree snapshots are written: a declaration then leaves [`TREE_ROOM`] of the
     /// territory free, except one of a round of the tree that gives room back.
     pub tree_room: bool,
+    /// How long a landed declaration may take to show in the territory as the chain's reads
+    /// see it (finalized blocks; none on the embedded devnet).
+    pub finality_lag: Duration,
+}
+
+/// Room in the territory that a file checked against it takes: from the check until its
+/// declaration shows in the chain's reads (`finality_lag` after it landed).
+#[derive(Debug, Clone, Copy)]
+struct Promise {
+    room: u128,
+    landed: Option<Instant>,
 }
 
 /// Segments' charge of the territory a declaration leaves free while tree snapshots are
@@ -110,9 +121,8 @@ struct Inner {
     /// Taken from a file's look at the territory's room until its record is declared: two
     /// files looking at once would both take the last room.
     territory_check: tokio::sync::Mutex<()>,
-    /// The room each declared file takes, until its declaration is seen (it may not show in
-    /// the territory yet).
-    room_promised: Mutex<HashMap<u64, u128>>,
+    /// The room each file checked against the territory takes, until the territory shows it.
+    room_promised: Mutex<HashMap<u64, Promise>>,
     /// Reads the blobs of evicted files when their packs are merged.
     fetcher: Option<Arc<crate::fetch::Fetcher>>,
     /// The tree's snapshots on chain: nothing they refer to is deleted (encrypted mode).
@@ -288,6 +298,11 @@ impl Engine {
                         }
                     }
                     for (ino, rec) in records {
+                        // Declared before a restart: its room counts until it is seen.
+                        if let Some(r) = rec.as_ref().filter(|r| r.state == UploadState::Declared) {
+                            let room = crate::protocol::charged_space(r.segments as usize);
+                            lock(&inner.room_promised).entry(ino).or_insert(Promise { room, landed: None });
+                        }
                         let due = rec.as_ref().and_then(|r| inner.due_in(r));
                         schedule.set(ino, due.map(|d| Instant::now() + d));
                         match rec {
@@ -680,6 +695,7 @@ mod tests {
             pack_below: 0,
             commits: false,
             tree_room: false,
+            finality_lag: Duration::ZERO,
         };
         let (stop, stopped) = watch::channel(false);
         let chain = Arc::new(PanickingChain(signer.account()));

@@ -132,8 +132,8 @@ pub struct Caller {
 /// What the snapshot writer tells the filesystem, for `user.cess.snapshot` on the root.
 #[derive(Debug, Default)]
 pub struct SnapshotFlags {
-    /// The store's commit count up to which the tree is in a snapshot: later commits may be
-    /// changes waiting for the next one.
+    /// The store's count of commits that change the tree ([`crate::store::Store::tree_commits`])
+    /// up to which the tree is in a snapshot: later ones are changes waiting for the next.
     pub covered: std::sync::atomic::AtomicU64,
     /// Why this mount stopped writing snapshots, if it did.
     pub stopped: std::sync::Mutex<Option<String>>,

@@ -203,7 +203,7 @@ impl Fs {
             "fid": summary.newest_fid.map(|f| f.to_hex()),
             "active_generation": summary.newest_active,
             "changes_waiting": view.is_none()
-                && self.store.commits() > flags.covered.load(std::sync::atomic::Ordering::Acquire),
+                && self.store.tree_commits() > flags.covered.load(std::sync::atomic::Ordering::Acquire),
             "kept": summary.kept,
             "space": summary.segments * (crate::format::FRAGMENT_SIZE * FRAGMENTS) as u64,
             "held_back_fids": summary.held_back,

@@ -150,6 +150,7 @@ impl Writer {
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut seen = this.store.commits();
+        let mut tree_seen = this.store.tree_commits();
         let mut first_change = Some(Instant::now());
         let mut last_change = Instant::now();
         let mut retry_at = Instant::now();
@@ -162,11 +163,17 @@ impl Writer {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = stop.changed() => break,
             }
+            // Only a change of what a snapshot shows calls for a round: a cached segment or an
+            // eviction does not (the tree is built again for a round, whole).
+            let tree_now = this.store.tree_commits();
+            if tree_now != tree_seen {
+                tree_seen = tree_now;
+                last_change = Instant::now();
+                first_change.get_or_insert(last_change);
+            }
             let now = this.store.commits();
             if now != seen {
                 seen = now;
-                last_change = Instant::now();
-                first_change.get_or_insert(last_change);
                 // A snapshot may have become active: older ones may go.
                 let me = this.clone();
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.prune()).await {
@@ -369,7 +376,7 @@ impl Writer {
     /// the open pack, or in a snapshot file of its own if it does not fit one.
     fn write(&self) -> Result<(), StoreError> {
         let tree = self.watch.tree();
-        let covered = self.store.commits();
+        let covered = self.store.tree_commits();
         if self.take_back_waiting(tree)? {
             self.flags.covered.fetch_max(covered, Ordering::AcqRel);
             return Ok(());
@@ -381,7 +388,7 @@ impl Writer {
         let generation = (last + 1).max(now_ms);
         // No FID the tree refers to may leave the chain before the snapshot protects it.
         let _hold = self.store.hold_deletions();
-        let covered = self.store.commits();
+        let covered = self.store.tree_commits();
         // The blobs of the commit that holds the last tree are that tree's own.
         let last_fid = match kept.last() {
             Some((ino, _)) => self.store.upload(*ino)?.and_then(|u| u.fid),

@@ -101,6 +101,8 @@ pub struct Store {
     db_dir: PathBuf,
     /// Commits begun: unchanged, nothing changed.
     commits: std::sync::atomic::AtomicU64,
+    /// Commits that changed what a snapshot shows ([`Store::tree_commits`]).
+    tree_commits: std::sync::atomic::AtomicU64,
     /// Held shared by every commit, exclusively by the last step of a snapshot's build (tree.rs).
     gate: std::sync::RwLock<()>,
     /// While a snapshot is built: the inodes whose part of the tree commits changed (tree.rs).
@@ -281,6 +283,7 @@ impl Store {
             reserve,
             db_dir: data_dir.join("db"),
             commits: std::sync::atomic::AtomicU64::new(0),
+            tree_commits: std::sync::atomic::AtomicU64::new(0),
             gate: std::sync::RwLock::new(()),
             journal: std::sync::Mutex::new(None),
             building: std::sync::atomic::AtomicUsize::new(0),

@@ -136,6 +136,9 @@ impl Applying<'_> {
 
 impl Drop for Applying<'_> {
     fn drop(&mut self) {
+        if !self.changed.is_empty() {
+            self.store.tree_commits.fetch_add(1, Ordering::AcqRel);
+        }
         if let Some(journal) = lock(&self.store.journal).as_mut() {
             journal.extend(self.changed.drain(..));
         }
@@ -280,6 +283,12 @@ impl Store {
     /// How many commits the store has begun since it opened: unchanged, nothing changed.
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Acquire)
+    }
+
+    /// How many commits since the store opened changed what a snapshot shows (a node, an
+    /// entry, an upload): not a cached segment, an eviction or a kept snapshot's record.
+    pub fn tree_commits(&self) -> u64 {
+        self.tree_commits.load(Ordering::Acquire)
     }
 
     pub(super) fn applying(&self) -> Applying<'_> {

@@ -55,6 +55,8 @@ fn an_edit_costs_one_declaration_of_nine_fragments() {
     for i in [0, 8, 199] {
         assert!(fs::read(m.path(&format!("notes/{i}.txt"))).unwrap() == note(i), "note {i}");
     }
+    // Neither the eviction nor the cold reads change what a tree shows: no round waits.
+    assert!(tree_settled(&m), "{}", String::from_utf8_lossy(&getxattr(m.root(), "user.cess.snapshot").unwrap()));
 }
 
 /// 100 saves of one file, 100 ms apart (an editor's autosave in a burst), cost at most 2

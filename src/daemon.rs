@@ -429,6 +429,10 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         network.chain.clone(),
         settings.territory(),
         refresh,
+        match settings.snapshot_config().is_some() {
+            true => crate::protocol::charged_space(crate::upload::TREE_ROOM),
+            false => 0,
+        },
         stopped,
     );
     let mut tasks = vec![runtime.spawn(watched)];
@@ -683,7 +687,7 @@ fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {
 }
 
 /// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as
-/// the filesystem lives. An unreachable chain keeps the last figures. A territory that grows,
+/// the filesystem lives (`kept_free` of its charge aside, which no file may take). An unreachable chain keeps the last figures. A territory that grows,
 /// frees space or changes state tells the engine, which tries again the files that failed for
 /// its sake.
 async fn watch_storage_space(
@@ -692,6 +696,7 @@ async fn watch_storage_space(
     chain: Arc<dyn Chain>,
     territory: Vec<u8>,
     refresh: Duration,
+    kept_free: u128,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let owner = chain.account();
@@ -711,7 +716,7 @@ async fn watch_storage_space(
             last = Some(now.clone());
         }
         let space = match read {
-            Ok(Some(t)) => Some(t.content_space()),
+            Ok(Some(t)) => Some(t.content_space(kept_free)),
             Ok(None) => Some((0, 0)),
             Err(e) => {
                 log::debug!("reading territory space: {e}");

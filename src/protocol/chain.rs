@@ -58,9 +58,13 @@ impl TerritoryInfo {
     }
 
     /// Bytes of file content the territory takes in all, and can still take (none unless it is
-    /// active).
-    pub fn content_space(&self) -> (u64, u64) {
-        let free = if self.state == TerritoryState::Active { self.remaining_space } else { 0 };
+    /// active), `kept_free` bytes of its charge aside (the room declarations leave for a round
+    /// of the tree: upload/mod.rs).
+    pub fn content_space(&self, kept_free: u128) -> (u64, u64) {
+        let free = match self.state {
+            TerritoryState::Active => self.remaining_space.saturating_sub(kept_free),
+            _ => 0,
+        };
         (Self::content_bytes(self.total_space), Self::content_bytes(free))
     }
 }

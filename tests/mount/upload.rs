@@ -186,6 +186,21 @@ fn df_shows_the_territory_space_in_bytes_of_content() {
     assert!(df.contains("1024") && df.contains("960"), "{df}");
 }
 
+/// With tree snapshots on (the default), df leaves out the room every declaration keeps free
+/// for a round of the tree: 96 MiB of charge, 32 MiB of content.
+#[test]
+fn df_leaves_out_the_room_kept_for_the_tree() {
+    let m = Mount::uploading("0.2", &["--devnet-territory-gib", "3"]);
+    let space = || {
+        let st = statvfs(m.root());
+        (st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
+    };
+    wait_until(Duration::from_secs(10), "df shows the territory less the room kept", || {
+        let (total, free) = space();
+        total.abs_diff(1 << 30) < 1 << 20 && free.abs_diff((1 << 30) - (32 << 20)) < 1 << 20
+    });
+}
+
 #[test]
 fn changed_files_get_a_new_fid_and_deleted_files_leave_the_chain() {
     // One tree kept: a small file's old version is in the commit of the round that stored it,

@@ -323,6 +323,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
     let commits = settings.commits.unwrap_or(true)
         && settings.snapshot_config().is_some()
         && master.as_ref().is_some_and(|m| m.names().is_some() && m.blobs().is_some());
+    let kept_free = crate::upload::kept_free(settings.snapshot_config().is_some());
     let config = UploadConfig {
         quiet_delay: settings.quiet_delay(),
         parallel: settings.parallel_uploads.unwrap_or(2).max(1),
@@ -334,7 +335,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         poll: Duration::from_millis(if settings.chain.is_none() { 25 } else { 3000 }),
         pack_below: settings.pack_below()?,
         commits,
-        tree_room: settings.snapshot_config().is_some(),
+        kept_free,
         finality_lag: Duration::from_secs(if settings.chain.is_none() { 0 } else { 60 }),
     };
     let fetcher = Arc::new(Fetcher::new(
@@ -429,10 +430,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         network.chain.clone(),
         settings.territory(),
         refresh,
-        match settings.snapshot_config().is_some() {
-            true => crate::protocol::charged_space(crate::upload::TREE_ROOM),
-            false => 0,
-        },
+        kept_free,
         stopped,
     );
     let mut tasks = vec![runtime.spawn(watched)];
@@ -687,9 +685,9 @@ fn describe_restore(o: &crate::snapshots::restore::Outcome) -> String {
 }
 
 /// Keeps the territory's space in the filesystem's statfs, read every `refresh`, for as long as
-/// the filesystem lives (`kept_free` of its charge aside, which no file may take). An unreachable chain keeps the last figures. A territory that grows,
-/// frees space or changes state tells the engine, which tries again the files that failed for
-/// its sake.
+/// the filesystem lives, `kept_free` of its charge aside (no file may take it). An unreachable
+/// chain keeps the last figures. A territory that grows, frees space or changes state tells the
+/// engine, which tries again the files that failed for its sake.
 async fn watch_storage_space(
     fs: std::sync::Weak<Fs>,
     engine: Engine,

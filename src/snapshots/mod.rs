@@ -336,16 +336,12 @@ impl Writer {
     /// `true` if it did not: the newest waits as it is, and nothing is to be written.
     fn take_back_waiting(&self, tree: &TreeOnChain) -> Result<bool, StoreError> {
         let Some(keys) = &tree.blobs else { return Ok(false) };
-        let mut waiting = Vec::new();
-        for (ino, _) in self.store.kept_generations()? {
-            let sealed = self.store.pack(ino)?.is_some_and(|p| p.sealed);
-            if sealed && self.store.upload(ino)?.is_some_and(|u| u.state == UploadState::Failed) {
-                waiting.push(ino);
-            }
-        }
+        let kept = self.store.kept_generations()?;
+        let packs = self.store.waiting_packs()?;
+        let waiting: Vec<u64> = kept.iter().map(|&(ino, _)| ino).filter(|ino| packs.contains(ino)).collect();
         let Some(&newest) = waiting.last() else { return Ok(false) };
         // The last tree written is the newest waiting commit's, unless a newer one was written.
-        let last_written = self.store.kept_generations()?.last().is_some_and(|&(ino, _)| ino == newest);
+        let last_written = kept.last().is_some_and(|&(ino, _)| ino == newest);
         if last_written {
             let snapshot = self.store.build_snapshot(0, self.writer, Some(newest))?;
             if self.store.meta(LAST_TREE)?.as_deref() == Some(&tree_digest(&snapshot, None).0[..]) {

@@ -77,15 +77,13 @@ impl Store {
     /// The state of the packs.
     pub fn pack_summary(&self) -> Result<PackSummary, StoreError> {
         let mut summary = PackSummary::default();
-        for (ino, pack) in self.packs()? {
+        for (_, pack) in self.packs()? {
             match pack.sealed {
                 true => summary.uploading += 1,
                 false => summary.filling = Some((pack.space.blobs(), pack.space.used())),
             }
-            if pack.sealed && self.upload(ino)?.is_some_and(|u| u.state == UploadState::Failed) {
-                summary.waiting += 1;
-            }
         }
+        summary.waiting = self.waiting_packs()?.len();
         let half = SEGMENT_SIZE as u64 / 2;
         for (_, _, bytes) in self.stored_packs() {
             summary.stored += 1;
@@ -93,6 +91,17 @@ impl Store {
             summary.underfull += usize::from(bytes < half);
         }
         Ok(summary)
+    }
+
+    /// The sealed packs (commits included) whose upload failed and waits to be tried again.
+    pub fn waiting_packs(&self) -> Result<Vec<u64>, StoreError> {
+        let mut waiting = Vec::new();
+        for (ino, pack) in self.packs()? {
+            if pack.sealed && self.upload(ino)?.is_some_and(|u| u.state == UploadState::Failed) {
+                waiting.push(ino);
+            }
+        }
+        Ok(waiting)
     }
 
     /// The pack hidden inode `ino` holds, if it holds one.

@@ -164,7 +164,7 @@ impl Inner {
     }
 
     /// Checks that the territory can take file `ino` of `segments` segments, leaving
-    /// [`super::TREE_ROOM`] free unless it is a round of the tree that gives room back.
+    /// [`super::kept_free`] free unless it is a round of the tree that gives room back.
     async fn check_territory(&self, ino: u64, segments: usize) -> Result<(), UploadError> {
         let name = String::from_utf8_lossy(&self.config.territory).into_owned();
         let me = self.chain.account();
@@ -184,13 +184,10 @@ impl Inner {
             promises.iter().filter(|(i, _)| **i != ino).map(|(_, p)| p.room).sum()
         };
         let remaining = t.remaining_space.saturating_sub(promised);
-        let kept_free = match self.config.tree_room {
-            true => charged_space(super::TREE_ROOM),
-            false => 0,
-        };
+        let kept_free = self.config.kept_free;
         if remaining > needed + kept_free {
             // Room for this file and a round after it: nothing waits for room any more.
-            if self.config.tree_room {
+            if kept_free > 0 {
                 self.db(|s| s.set_room_wanted(false)).await?;
             }
         } else if remaining <= needed || kept_free == 0 || !self.db(move |s| s.round_frees(ino)).await? {

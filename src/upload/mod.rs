@@ -70,9 +70,9 @@ pub struct UploadConfig {
     /// under-full packs into it: the engine then seals packs only when full, and merges
     /// nothing, unless another mount writes the tree (this one then writes no commits).
     pub commits: bool,
-    /// Whether tree snapshots are written: a declaration then leaves [`TREE_ROOM`] of the
-    /// territory free, except one of a round of the tree that gives room back.
-    pub tree_room: bool,
+    /// Bytes of the territory's charge a declaration leaves free, except one of a round of the
+    /// tree that gives room back ([`kept_free`]).
+    pub kept_free: u128,
     /// How long a landed declaration may take to show in the territory as the chain's reads
     /// see it (finalized blocks; none on the embedded devnet).
     pub finality_lag: Duration,
@@ -86,11 +86,17 @@ struct Promise {
     landed: Option<Instant>,
 }
 
-/// Segments' charge of the territory a declaration leaves free while tree snapshots are
-/// written. A removed file's FID stays while a kept tree names it, so a territory filled to
-/// the last byte could never take the round that no longer names it, and the room the file
-/// took would never come back; that round may take this room ([`Store::round_frees`]).
-pub const TREE_ROOM: usize = 1;
+/// The territory's charge a declaration leaves free: one segment's while tree snapshots are
+/// written (`trees`). A removed file's FID stays while a kept tree names it, so a territory
+/// filled to the last byte could never take the round that no longer names it, and the room
+/// the file took would never come back; that round may take this room
+/// ([`Store::round_frees`]). `df` leaves it out too.
+pub fn kept_free(trees: bool) -> u128 {
+    match trees {
+        true => crate::protocol::charged_space(1),
+        false => 0,
+    }
+}
 
 struct Inner {
     store: Arc<Store>,
@@ -694,7 +700,7 @@ mod tests {
             poll: Duration::from_millis(10),
             pack_below: 0,
             commits: false,
-            tree_room: false,
+            kept_free: 0,
             finality_lag: Duration::ZERO,
         };
         let (stop, stopped) = watch::channel(false);

@@ -95,7 +95,7 @@ struct HoldSwitch {
 /// What the control token guards, besides the nodes.
 struct Control {
     token: Arc<str>,
-    /// Whether `delete_files` calls wait (until switched off).
+    /// Whether `delete_files` calls wait in the pool (until switched off).
     deletions_held: tokio::sync::watch::Sender<bool>,
     /// Whether `upload_declaration` calls wait in the pool (until switched off).
     declarations_held: tokio::sync::watch::Sender<bool>,
@@ -226,9 +226,14 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
                 Ok(w) => w,
                 Err(e) => return answer::<()>(Err(e)),
             };
-            let mut held = control.deletions_held.subscribe();
-            let _ = held.wait_for(|held| !*held).await;
-            answer(blocking(move || l.delete_files(&who, &d.owner, &d.fids)).await)
+            // Held in the pool, it lands once released, whether its sender still waits or not.
+            let (included, outcome) = tokio::sync::oneshot::channel();
+            let pool = control.clone();
+            tokio::spawn(async move {
+                let _ = pool.deletions_held.subscribe().wait_for(|held| !*held).await;
+                let _ = included.send(blocking(move || l.delete_files(&who, &d.owner, &d.fids)).await);
+            });
+            answer(outcome.await.unwrap_or_else(|_| Err(ChainError::Unreachable("the devnet stopped".into()))))
         }
         (Method::POST, "/control/deletions") => {
             if !controlled() {
@@ -383,7 +388,8 @@ impl DevnetChain {
         self.control(&format!("nodes/{index}/fault"), &FaultSwitch { fault }).await
     }
 
-    /// Holds `delete_files` calls back (they wait, as for a block) until called with `false`.
+    /// Holds `delete_files` calls in the pool (they land once released, sender or not) until
+    /// called with `false`.
     pub async fn hold_deletions(&self, held: bool) -> Result<(), ChainError> {
         self.control::<_, HoldSwitch>("control/deletions", &HoldSwitch { held }).await.map(drop)
     }

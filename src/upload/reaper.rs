@@ -177,6 +177,7 @@ impl Inner {
     async fn claim(&self, fid: &Hash, read: &Tombstone, waits: &mut Option<String>) -> Option<Option<Tombstone>> {
         let later_by = |d: Duration| Some(Some(Tombstone { retry_at: Some(later(d)), ..read.clone() }));
         let fid_copy = *fid;
+        crate::hooks::reached_async("reaper-deciding").await;
         let decided = self.db(move |s| s.claim_deletion(&fid_copy)).await;
         crate::hooks::reached_async("reaper-decided").await;
         match decided {
@@ -311,6 +312,7 @@ impl Inner {
             log::error!("recording the deletions before sending them: {e}");
             return all(Sent::Unsent(Duration::from_secs(60)));
         }
+        crate::hooks::reached_async("deletion-marked").await;
         match fids {
             [fid] => log::info!("deleting {fid} from the chain"),
             _ => log::info!("deleting {} FIDs from the chain in one transaction", fids.len()),
@@ -349,6 +351,7 @@ impl Inner {
                 return all(Sent::Retry { after: Duration::from_secs(600), error: Some(e.to_string()), failed: true });
             }
         };
+        crate::hooks::reached_async("deletion-landed").await;
         let (tx, block) = (&receipt.receipt.tx_hash, receipt.receipt.block);
         let mut outcomes = Vec::with_capacity(fids.len());
         let mut deleted = Vec::new();

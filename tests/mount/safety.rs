@@ -377,3 +377,73 @@ fn a_declaration_in_flight_at_a_kill_is_followed_not_sent_again() {
     assert_eq!(chain.declarations(&fid), 1, "declared once");
     assert_eq!(chain.territory_charged() - before, 96 << 20, "one segment's space, locked once");
 }
+
+/// kill -9 at each step of a deletion (decided; recorded as sent; in flight, held in the chain's
+/// pool; landed but not yet settled) loses nothing: after the restart the removed file's FID
+/// leaves the chain, the other file reads back from CESS byte for byte, and the same bytes
+/// written again are stored again, never taken as held while their deletion may still land.
+#[test]
+fn kill_9_at_each_step_of_a_deletion_loses_nothing() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    for (i, step) in ["reaper-decided", "deletion-marked", "in flight", "deletion-landed"].into_iter().enumerate() {
+        let mut m = Mount::uploading("0", &["--chain", &net.url, "--snapshots", "false", "--pack-below", "0"]);
+        // Bytes of their own in each round: the mounts share a key, so equal bytes share a FID.
+        let kept = random_bytes(1 << 20, 100 + i as u64);
+        let removed = random_bytes(1 << 20, 200 + i as u64);
+        fs::write(m.path("kept.bin"), &kept).unwrap();
+        fs::write(m.path("gone.bin"), &removed).unwrap();
+        m.wait_status("kept.bin", &["active"], MIN);
+        m.wait_status("gone.bin", &["active"], MIN);
+        let (kept_fid, fid) = (m.cess("kept.bin", "fid").unwrap(), m.cess("gone.bin", "fid").unwrap());
+        let in_flight = step == "in flight";
+        match in_flight {
+            true => chain.run(chain.chain.hold_deletions(true)).unwrap(),
+            false => m.arm(step),
+        }
+        fs::remove_file(m.path("gone.bin")).unwrap();
+        let sent = format!("deleting {fid}");
+        match in_flight {
+            true => {
+                wait_until(MIN, "the deletion to be sent", || m.log().contains(&sent));
+                // The same bytes written while it is in the pool wait for it.
+                fs::write(m.path("again.bin"), &removed).unwrap();
+                wait_until(MIN, "the same bytes to wait for their deletion", || {
+                    m.cess("again.bin", "error").is_some_and(|e| e.contains("being deleted"))
+                });
+            }
+            false => m.wait_hook(step, MIN),
+        }
+        sync_mount(&m);
+        let waited = |m: &Mount| m.log().matches(&format!("(fid {fid}) are being deleted")).count();
+        let waited_before = waited(&m);
+        m.kill9();
+        m.release(step);
+        if in_flight {
+            // The deletion may still land. After the restart, its FID stays claimed before the
+            // reaper looks at it again: the file that needs the same bytes still waits.
+            m.arm("reaper-deciding");
+            m.mount();
+            m.wait_hook("reaper-deciding", MIN);
+            wait_until(MIN, "the same bytes to wait again after the restart", || waited(&m) > waited_before);
+            m.release("reaper-deciding");
+            wait_until(MIN, "the deletion to be followed", || m.log().matches(&sent).count() > 1);
+            assert_ne!(m.cess("again.bin", "status").unwrap(), "active", "not taken as held while it may go");
+            chain.run(chain.chain.hold_deletions(false)).unwrap();
+        } else {
+            m.mount();
+        }
+        wait_until(MIN, &format!("{step}: the removed file's FID to leave the chain"), || chain.file(&fid).is_none());
+        if !in_flight {
+            fs::write(m.path("again.bin"), &removed).unwrap();
+        }
+        m.wait_status("again.bin", &["active"], MIN);
+        assert_eq!(m.cess("again.bin", "fid").unwrap(), fid, "{step}: same key, same bytes: same FID");
+        assert!(chain.file(&fid).is_some(), "{step}: the bytes written again are on CESS");
+        assert!(chain.file(&kept_fid).is_some(), "{step}: the kept file stays on CESS");
+        run(Command::new(BIN).arg("evict").arg(m.root()));
+        assert!(fs::read(m.path("kept.bin")).unwrap() == kept, "{step}: the kept file reads back from the nodes");
+        assert!(fs::read(m.path("again.bin")).unwrap() == removed, "{step}: the bytes written again read back");
+        m.unmount();
+    }
+}

@@ -495,7 +495,7 @@ fn varint(mut v: u64) -> Vec<u8> {
 /// holding them, and cessfs encodes the directories to the same bytes.
 #[test]
 fn a_tree_in_directory_blobs_reads_as_format_md_says() {
-    use cessfs::format::{Dir, Entry, Hash, Location, NodeKind, Root, THIS_COMMIT, TreeRef};
+    use cessfs::format::{Dir, Entry, Hash, Location, NodeKind, Root, StoredTree, THIS_COMMIT, TreeRef};
     let (key, k_id, k_seal) = golden_blob_keys();
     let seal = |id: &[u8; 32], plain: &[u8]| seal_by_hand(&k_seal, id, plain);
     let dir_node = node(0, NodeKind::Dir, 0, Location::Empty);
@@ -557,10 +557,16 @@ fn a_tree_in_directory_blobs_reads_as_format_md_says() {
     let read = Root::decode(&root).unwrap();
     assert_eq!((read.generation, read.written_at, read.parent, read.nodes), (11, (100, 5), None, 4));
     assert_eq!(read.stored, None, "a root that ends after Root names no tree stored before it");
-    // `stored` follows: Some (1) of generation 10 (a varint), as cessfs writes it.
-    let with_stored = [&root[..], &[1], &varint(10)].concat();
-    assert_eq!(Root::decode(&with_stored).unwrap(), Root { stored: Some(10), ..read.clone() });
-    assert_eq!(Root { stored: Some(10), ..read.clone() }.encode(), with_stored, "byte for byte");
+    // `stored` follows: Some (1) of generation 10 (a varint), then the block its storage order
+    // was declared in (a varint), as cessfs writes it; a root from before the block ends after
+    // the generation.
+    let stored = StoredTree { generation: 10, declared_at: Some(300) };
+    let with_stored = [&root[..], &[1], &varint(10), &varint(300)].concat();
+    assert_eq!(Root::decode(&with_stored).unwrap(), Root { stored: Some(stored), ..read.clone() });
+    assert_eq!(Root { stored: Some(stored), ..read.clone() }.encode(), with_stored, "byte for byte");
+    let generation_only = [&root[..], &[1], &varint(10)].concat();
+    let without_block = Some(StoredTree { declared_at: None, ..stored });
+    assert_eq!(Root::decode(&generation_only).unwrap(), Root { stored: without_block, ..read.clone() });
     let mut dirs = std::collections::HashMap::new();
     let mut wanted = vec![read.dir];
     while let Some(r) = wanted.pop() {

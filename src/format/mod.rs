@@ -45,8 +45,8 @@ pub use snapshot::{
     Link, Location, Node, NodeKey, NodeKind, Snapshot, SnapshotError, THIS_COMMIT, snapshot_file_len, snapshot_len_of,
 };
 pub use tree::{
-    Ancestry, CHUNK_ABOVE, Dir, DirIds, Entry, Home, OneDir, Root, TREE_FILE_HEADER, TreeFile, TreeRef, Written,
-    assemble, one_dir, open_tree_file_root, refs_of, tree_file_header, tree_file_root, tree_file_root_place,
+    Ancestry, CHUNK_ABOVE, Dir, DirIds, Entry, Home, OneDir, Root, StoredTree, TREE_FILE_HEADER, TreeFile, TreeRef,
+    Written, assemble, one_dir, open_tree_file_root, refs_of, tree_file_header, tree_file_root, tree_file_root_place,
     write_tree,
 };
 

@@ -105,11 +105,21 @@ pub struct Root {
     pub node: Node,
     /// The root directory's blob.
     pub dir: TreeRef,
-    /// The newest generation its writer had stored on CESS when it wrote this one: a newer
-    /// tree was stored after that one (docs/FORMAT.md, "Finding the newest tree"). It follows
-    /// the rest of the root (roots written before it end without it: `None`).
+    /// The newest tree its writer had stored on CESS when it wrote this one: a newer tree was
+    /// stored after that one (docs/FORMAT.md, "Finding the newest tree"). It follows the rest of
+    /// the root (roots written before it end without it: `None`).
     #[serde(skip)]
-    pub stored: Option<u64>,
+    pub stored: Option<StoredTree>,
+}
+
+/// The newest tree a writer had stored on CESS when it wrote a root ([`Root::stored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredTree {
+    /// Its generation.
+    pub generation: u64,
+    /// The block its storage order was declared in, at or before the block it became active in
+    /// (`None` in roots written before it, and when its writer does not know it).
+    pub declared_at: Option<u32>,
 }
 
 /// Where a tree comes in its writer's history: [`Root::parent`] and [`Root::stored`].
@@ -117,8 +127,8 @@ pub struct Root {
 pub struct Ancestry {
     /// The generation written before.
     pub parent: Option<u64>,
-    /// The newest generation stored when it is written.
-    pub stored: Option<u64>,
+    /// The newest tree stored when it is written.
+    pub stored: Option<StoredTree>,
 }
 
 impl Root {
@@ -126,7 +136,11 @@ impl Root {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC_V3.to_vec();
         out.extend(postcard::to_stdvec(self).expect("roots always serialize"));
-        out.extend(postcard::to_stdvec(&self.stored).expect("generations always serialize"));
+        let generation = self.stored.map(|s| s.generation);
+        out.extend(postcard::to_stdvec(&generation).expect("generations always serialize"));
+        if let Some(declared_at) = self.stored.and_then(|s| s.declared_at) {
+            out.extend(postcard::to_stdvec(&declared_at).expect("blocks always serialize"));
+        }
         out
     }
 
@@ -136,7 +150,12 @@ impl Root {
         let rest = bytes.strip_prefix(&MAGIC_V3[..]).ok_or(SnapshotError::NotASnapshot)?;
         let (mut root, rest): (Root, _) = postcard::take_from_bytes(rest).map_err(damaged)?;
         if !rest.is_empty() {
-            root.stored = postcard::from_bytes(rest).map_err(damaged)?;
+            let (generation, rest): (Option<u64>, _) = postcard::take_from_bytes(rest).map_err(damaged)?;
+            let declared_at = match rest.is_empty() {
+                true => None,
+                false => Some(postcard::from_bytes::<u32>(rest).map_err(damaged)?),
+            };
+            root.stored = generation.map(|generation| StoredTree { generation, declared_at });
         }
         Ok(root)
     }
@@ -789,13 +808,20 @@ mod tests {
         let s = tree(2);
         let mut holder = Holder::default();
         let root = Root::decode(&holder.write(&s, Hash([1; 32])).root).unwrap();
-        let with = Root { stored: Some(7), parent: Some(9), ..root.clone() };
+        let stored = StoredTree { generation: 7, declared_at: Some(300) };
+        let with = Root { stored: Some(stored), parent: Some(9), ..root.clone() };
         let bytes = with.encode();
         assert_eq!(Root::decode(&bytes).unwrap(), with);
         let before: Vec<u8> = [&MAGIC_V3[..], &postcard::to_stdvec(&with).unwrap()].concat();
         assert_eq!(bytes[..before.len()], before[..], "the rest as before");
         assert_eq!(Root::decode(&before).unwrap(), Root { stored: None, ..with.clone() });
         assert!(Root::decode(&[&before[..], &[2]].concat()).is_err(), "damaged after the rest");
+        // A root from before `declared_at` ends after the generation.
+        let generation_only = [&before[..], &[1, 7]].concat();
+        let without_block = Some(StoredTree { declared_at: None, ..stored });
+        assert_eq!(Root::decode(&generation_only).unwrap(), Root { stored: without_block, ..with.clone() });
+        assert_eq!(Root { stored: without_block, ..with.clone() }.encode(), generation_only);
+        assert!(Root::decode(&[&generation_only[..], &[0xff]].concat()).is_err(), "damaged after the generation");
     }
 
     /// Node keys follow each directory: they read back with their nodes (one for a hard link's

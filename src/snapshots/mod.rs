@@ -359,10 +359,10 @@ impl Writer {
 
     /// The newest of the `kept` trees that is stored on CESS: a tree newer than the one written
     /// now is stored after it, whatever was on its way ([`restore::TailSearch`]).
-    fn newest_stored(&self, kept: &[(u64, u64)]) -> Result<Option<u64>, StoreError> {
+    fn newest_stored(&self, kept: &[(u64, u64)]) -> Result<Option<crate::format::StoredTree>, StoreError> {
         for &(ino, generation) in kept.iter().rev() {
-            if self.store.upload(ino)?.is_some_and(|u| u.state == crate::store::UploadState::Active) {
-                return Ok(Some(generation));
+            if let Some(u) = self.store.upload(ino)?.filter(|u| u.state == crate::store::UploadState::Active) {
+                return Ok(Some(crate::format::StoredTree { generation, declared_at: u.block }));
             }
         }
         Ok(None)

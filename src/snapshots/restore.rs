@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
 use crate::fetch::{FetchError, Fetcher};
-use crate::format::{Dir, Hash, Home, NameKey, NameKind, Root, Snapshot, SnapshotError, THIS_COMMIT, TreeRef, refs_of};
+use crate::format::{
+    Dir, Hash, Home, NameKey, NameKind, Root, Snapshot, SnapshotError, StoredTree, THIS_COMMIT, TreeRef, refs_of,
+};
 use crate::protocol::{Chain, ChainError};
 use crate::store::{Adopted, Restored, Store};
 
@@ -95,7 +97,7 @@ impl Finder {
         let mut known = std::mem::take(&mut *crate::sync::lock(&self.known));
         known.retain(|fid, n| held.contains(fid) && n.is_none_or(|n| !n.kind.is_tree()));
         let unread: Vec<Hash> = held.into_iter().filter(|fid| !known.contains_key(fid)).collect();
-        let failed = read_names(chain, &unread, territory, names, |fid, named| {
+        let failed = read_names(chain, &unread, territory, names, |fid, named, _| {
             known.insert(fid, named);
         })
         .await;
@@ -116,13 +118,15 @@ async fn held_in(chain: &dyn Chain, territory: &[u8]) -> Result<Vec<Hash>, Chain
 }
 
 /// Reads the `File` records of `fids`, several batches at once, and gives `each` what the name
-/// of each one on chain says it is. Stops at the first failed read (what was read is given).
+/// of each one on chain says it is, and the block it became active at if the account's hold in
+/// `territory` is its only one (the hold then joined the list at that block). Stops at the first
+/// failed read (what was read is given).
 async fn read_names(
     chain: &dyn Chain,
     fids: &[Hash],
     territory: &[u8],
     names: &NameKey,
-    mut each: impl FnMut(Hash, Option<Named>),
+    mut each: impl FnMut(Hash, Option<Named>, Option<u32>),
 ) -> Result<(), ChainError> {
     let me = chain.account();
     let batches: Vec<Vec<Hash>> = fids.chunks(READ_BATCH).map(<[Hash]>::to_vec).collect();
@@ -135,7 +139,9 @@ async fn read_names(
     while let Some((fids, files)) = reads.next().await {
         for (&fid, file) in fids.iter().zip(files?) {
             if let Some(file) = file {
-                each(fid, named_of(&file, fid, &me, territory, names));
+                let only_hold = matches!(&file.owners[..], [o] if o.user == me && o.territory_name == territory);
+                let held_since = (only_hold && file.active).then_some(file.completion);
+                each(fid, named_of(&file, fid, &me, territory, names), held_since);
             }
         }
     }
@@ -162,6 +168,9 @@ pub struct TailSearch<'a> {
     named: Vec<(usize, Named)>,
     /// How many records the next read back reads.
     batch: usize,
+    /// The earliest block at which a file read joined the hold list, among the files whose
+    /// block that is known of (held once, by this account, in this territory).
+    earliest_hold: Option<u32>,
 }
 
 impl<'a> TailSearch<'a> {
@@ -181,6 +190,7 @@ impl<'a> TailSearch<'a> {
             unread,
             named: Vec::new(),
             batch: FIRST_TAIL,
+            earliest_hold: None,
         })
     }
 
@@ -204,11 +214,16 @@ impl<'a> TailSearch<'a> {
     async fn read_range(&mut self, from: usize) -> Result<(), ChainError> {
         let places: HashMap<Hash, usize> = (from..self.unread).map(|i| (self.held[i], i)).collect();
         let mut read = Vec::new();
-        read_names(self.chain, &self.held[from..self.unread], &self.territory, self.names, |fid, named| {
+        let mut earliest = self.earliest_hold;
+        read_names(self.chain, &self.held[from..self.unread], &self.territory, self.names, |fid, named, since| {
             read.extend(named.zip(places.get(&fid).copied()).map(|(n, at)| (at, n)));
+            if let Some(since) = since {
+                earliest = Some(earliest.map_or(since, |e| e.min(since)));
+            }
         })
         .await?;
         self.named.extend(read);
+        self.earliest_hold = earliest;
         self.unread = from;
         Ok(())
     }
@@ -218,10 +233,14 @@ impl<'a> TailSearch<'a> {
         self.unread == 0
     }
 
-    /// Whether a tree of `generation` is among the files read, or every file was read: what
-    /// was stored after it was read.
-    pub fn reached(&self, generation: u64) -> bool {
-        self.whole() || self.named.iter().any(|(_, n)| n.kind.is_tree() && n.number == Some(generation))
+    /// Whether what was stored after tree `stored` was read: the tree is among the files read;
+    /// or a file read joined the hold list before the tree's storage order was declared (the
+    /// list is in completion order, and a newer tree was stored after this one); or every file
+    /// was read.
+    pub fn reached(&self, stored: &StoredTree) -> bool {
+        self.whole()
+            || self.named.iter().any(|(_, n)| n.kind.is_tree() && n.number == Some(stored.generation))
+            || stored.declared_at.zip(self.earliest_hold).is_some_and(|(declared, held)| held < declared)
     }
 
     /// The files read that are this tree's.
@@ -287,9 +306,9 @@ pub struct ReadTree {
     pub seed: Option<[u8; 32]>,
     /// Where its directory blobs are (none for a whole snapshot).
     pub dirs: Vec<(Hash, Home)>,
-    /// The generation its writer had stored when it wrote it (`Root::stored`; none for a
+    /// The newest tree its writer had stored when it wrote it (`Root::stored`; none for a
     /// whole snapshot).
-    pub stored: Option<u64>,
+    pub stored: Option<StoredTree>,
 }
 
 /// Reads snapshot `found` from CESS: a commit's or a snapshot file's tree, whole or in
@@ -355,9 +374,9 @@ struct LazyStart {
     tree_files: Vec<(Hash, u32)>,
     /// Nodes in the whole tree.
     nodes: u64,
-    /// The newest generation its writer had stored when it wrote it (newer trees were stored
-    /// after that one).
-    stored: Option<u64>,
+    /// The newest tree its writer had stored when it wrote it (newer trees were stored after
+    /// that one).
+    stored: Option<StoredTree>,
     /// Reads the rest, holding what it fetched already.
     loader: std::sync::Arc<super::load::DirLoader>,
 }
@@ -625,12 +644,12 @@ pub struct Chosen {
 /// far as it takes to know which is the newest: back to that generation, or whole.
 async fn newest_settled<'a, T>(
     search: &mut TailSearch<'_>,
-    mut open: impl FnMut(Found) -> BoxFuture<'a, Result<(T, Option<u64>), ReadError>>,
+    mut open: impl FnMut(Found) -> BoxFuture<'a, Result<(T, Option<StoredTree>), ReadError>>,
 ) -> anyhow::Result<(Option<(Found, T)>, Vec<(u64, String)>)> {
     let mut skipped: Vec<(u64, String)> = Vec::new();
     let mut passed: HashSet<Hash> = HashSet::new();
     // Read while the search goes on: a newer snapshot may turn up further back.
-    let mut opened: HashMap<Hash, (T, Option<u64>)> = HashMap::new();
+    let mut opened: HashMap<Hash, (T, Option<StoredTree>)> = HashMap::new();
     loop {
         let found = search.found();
         let Some(f) = found.iter().find(|f| f.active && !passed.contains(&f.fid)) else {
@@ -658,7 +677,7 @@ async fn newest_settled<'a, T>(
         // It is the newest once what was stored after the tree its writer had stored when it
         // wrote it is read; without such a tree (a whole snapshot, a root from before the rule,
         // one written before any tree of its writer was stored), once every record is.
-        if !(search.whole() || bound.is_some_and(|g| search.reached(g))) {
+        if !(search.whole() || bound.is_some_and(|stored| search.reached(&stored))) {
             opened.insert(f.fid, (read, bound));
             match bound {
                 Some(_) => search.read_back().await?,

@@ -234,8 +234,10 @@ fn state(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("?")
 }
 
+/// Whether a file's upload is over: stored, nothing to store, or failed. A file a merge moves
+/// to another pack is stored where it was meanwhile.
 fn settled(v: &Value) -> bool {
-    matches!(state(v), "active" | "local" | "failed")
+    matches!(state(v), "active" | "local" | "failed") || v["moving"] == true
 }
 
 #[derive(Args)]
@@ -420,6 +422,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             let cached = v["cached"].as_str().map_or("?", |c| c.split(' ').next().unwrap_or(c));
             let progress = v["progress"].as_str().unwrap_or("");
             println!("{:<11} {progress:<44} {fid:<12} {cached:<7} {}", state(v), p.display());
+            if v["moving"] == true {
+                println!("{:<11} moving to a merged pack; stored in its old pack meanwhile", "");
+            }
             if let Some(e) = v["error"].as_str() {
                 println!("{:<11} error: {e}", "");
             }

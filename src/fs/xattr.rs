@@ -126,8 +126,13 @@ impl Fs {
             Some(r) => format!("partly ({}/{} segments)", r.count(), r.segments),
         };
         attrs.push(("user.cess.cached", cached.clone()));
+        // A merge moves its blob to another pack: the same bytes stay stored where they were
+        // until the new pack is.
+        let moving = up.state != UploadState::Active
+            && up.blob.zip(up.previous.as_ref().and_then(|p| p.blob)).is_some_and(|(new, (old, _))| new.id == old);
         let json = serde_json::json!({
             "status": shown.state.word(),
+            "moving": moving,
             "fid": shown.fid.map(|f| f.to_hex()),
             "size": up.size,
             "segments": shown.segments,

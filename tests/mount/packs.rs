@@ -253,3 +253,40 @@ fn kill_9_during_a_merge_loses_nothing_and_declares_no_pack_twice() {
         assert!(fs::read(m.path(&format!("{i}.txt"))).unwrap() == note(i), "note {i}");
     }
 }
+
+/// Notes a merge moves to another pack stay settled while their new pack goes up: their bytes
+/// are stored in the old one. `cessfs status --wait` on them returns, their JSON says `moving`,
+/// and they read back from CESS meanwhile.
+#[test]
+fn notes_a_merge_moves_stay_settled_until_their_new_pack_is_stored() {
+    let net = StandaloneDevnet::start();
+    let chain = net.client();
+    let m = Mount::uploading("0", &["--chain", &net.url, "--snapshots", "false"]);
+    let json = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&getxattr(&m.path(&format!("{i}.txt")), "user.cess.json").unwrap()).unwrap()
+    };
+    for i in 0..300 {
+        fs::write(m.path(&format!("{i}.txt")), note(i)).unwrap();
+    }
+    wait_until(MIN, "the first batch to be stored", || (0..300).all(|i| json(i)["status"] == "active"));
+    // A second batch, stored in a pack of its own; then both under-full packs are merged, and
+    // the merge's pack waits in the chain's pool.
+    m.arm("merge-read");
+    for i in 300..600 {
+        fs::write(m.path(&format!("{i}.txt")), note(i)).unwrap();
+    }
+    m.wait_hook("merge-read", MIN);
+    chain.run(chain.chain.hold_declarations(true)).unwrap();
+    m.release("merge-read");
+    wait_until(MIN, "the merged pack to wait in the pool", || chain.run(chain.chain.pooled()).unwrap() > 0);
+    let moving: Vec<usize> = (0..600).filter(|&i| json(i)["moving"] == true).collect();
+    assert!(moving.len() >= 300, "the merge moves the notes of one pack at least: {}", moving.len());
+    assert!(moving.iter().all(|&i| json(i)["status"] != "active"), "moving: the new pack is not stored");
+    let paths: Vec<String> = moving.iter().map(|i| m.path(&format!("{i}.txt")).display().to_string()).collect();
+    run(std::process::Command::new(BIN).args(["status", "--wait", "--timeout", "30"]).args(&paths));
+    run(std::process::Command::new(BIN).arg("evict").arg(m.path(&format!("{}.txt", moving[0]))));
+    assert!(fs::read(m.path(&format!("{}.txt", moving[0]))).unwrap() == note(moving[0]), "read from the old pack");
+    chain.run(chain.chain.hold_declarations(false)).unwrap();
+    wait_until(MIN, "every note to be stored", || (0..600).all(|i| json(i)["status"] == "active"));
+    assert!((0..600).all(|i| json(i)["moving"] == false));
+}

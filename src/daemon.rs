@@ -336,7 +336,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         pack_below: settings.pack_below()?,
         commits,
         kept_free,
-        finality_lag: Duration::from_secs(if settings.chain.is_none() { 0 } else { 60 }),
+        finality_lag: network.chain.reads_lag(),
     };
     let fetcher = Arc::new(Fetcher::new(
         network.chain.clone(),

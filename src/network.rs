@@ -139,6 +139,10 @@ impl Chain for Observed {
         self.chain.account()
     }
 
+    fn reads_lag(&self) -> std::time::Duration {
+        self.chain.reads_lag()
+    }
+
     async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
         self.call("territory", self.chain.territory(owner, name)).await
     }

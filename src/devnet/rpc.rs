@@ -441,6 +441,11 @@ impl Chain for DevnetChain {
         self.signer.account()
     }
 
+    /// A devnet's reads show its last block.
+    fn reads_lag(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError> {
         self.call("territory", &TerritoryQuery { owner: *owner, name: name.to_vec() }, false).await
     }

@@ -251,6 +251,11 @@ impl ChainError {
 pub trait Chain: Send + Sync {
     /// The account that signs this client's transactions.
     fn account(&self) -> AccountId;
+    /// How long a transaction in a block may take to show in this client's reads, which follow
+    /// finalized blocks: a minute on a CESS chain.
+    fn reads_lag(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
     /// The territory `name` of `owner`.
     async fn territory(&self, owner: &AccountId, name: &[u8]) -> Result<Option<TerritoryInfo>, ChainError>;
     /// `FileBank.File[fid]`.

@@ -74,7 +74,7 @@ pub struct UploadConfig {
     /// tree that gives room back ([`kept_free`]).
     pub kept_free: u128,
     /// How long a landed declaration may take to show in the territory as the chain's reads
-    /// see it (finalized blocks; none on the embedded devnet).
+    /// see it (finalized blocks; none on a devnet: [`Chain::reads_lag`]).
     pub finality_lag: Duration,
 }
 
@@ -415,6 +415,19 @@ impl Engine {
 }
 
 impl Inner {
+    /// When a file that found no room looks at the territory again, unless it changes first:
+    /// once the room a landed declaration took stops counting twice (its promise ends as the
+    /// chain's reads show it), else in 10 minutes.
+    fn territory_recheck(&self) -> Duration {
+        let lag = self.config.finality_lag;
+        let ends = lock(&self.room_promised)
+            .values()
+            .filter_map(|p| p.landed)
+            .map(|at| (at + lag).saturating_duration_since(Instant::now()))
+            .min();
+        ends.map_or(TERRITORY_RECHECK, |d| (d + Duration::from_secs(1)).min(TERRITORY_RECHECK))
+    }
+
     /// Runs `f` on the store in a blocking thread: sled calls (and the locks the filesystem
     /// holds around them) never stall the runtime's workers.
     async fn db<T: Send + 'static>(
@@ -559,7 +572,7 @@ impl Inner {
                 log::error!("recording that an upload waits for room: {e}");
             }
             next.state = UploadState::Failed;
-            next.retry_at = Some(later(TERRITORY_RECHECK));
+            next.retry_at = Some(later(self.territory_recheck()));
             next.error = Some(format!("{e}; tried again when the territory changes, and every 10 minutes"));
             crate::log_limited!(
                 log::Level::Error,

@@ -487,3 +487,21 @@ fn the_embedded_devnet_costs_what_is_stored() {
     }
     within_bound("after reading back");
 }
+
+/// A standalone devnet's reads show its last block: room a landed declaration took is counted
+/// once, as the chain shows it, so the territory takes files one after another up to its last
+/// segment (1 GiB: 10 of one segment each). Counted again for the minute a real chain's
+/// finalized reads may lag, the sixth would fail for want of room.
+#[test]
+fn a_territory_takes_files_one_after_another_up_to_its_last_segment() {
+    let net = StandaloneDevnet::start_with(&["--territory-gib", "1"]);
+    let m = Mount::uploading("0", &["--chain", &net.url, "--snapshots", "false", "--pack-below", "0"]);
+    for i in 0..10 {
+        let name = format!("file{i}");
+        fs::write(m.path(&name), random_bytes(1 << 20, 500 + i)).unwrap();
+        let status = m.wait_status(&name, &["active", "failed"], MIN);
+        assert_eq!(status, "active", "{name}: {:?}", m.cess(&name, "error"));
+    }
+    fs::write(m.path("file10"), random_bytes(1 << 20, 510)).unwrap();
+    assert_eq!(m.wait_status("file10", &["active", "failed"], MIN), "failed", "the territory is full");
+}

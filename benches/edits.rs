@@ -228,7 +228,7 @@ fn main() {
         holes.1 / zeros.1.max(f64::MIN_POSITIVE),
         holes.2 / zeros.2.max(f64::MIN_POSITIVE)
     );
-    let batch = cessfs::upload::DELETE_BATCH;
+    let batch = cessfs::collect::DELETE_BATCH;
     if std::env::var_os("LINK").is_some() {
         return;
     }

@@ -409,7 +409,7 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         fs.set_snapshot_flags(snapshot_flags.clone());
     }
     if let (Some(_), Some(watch)) = (&snapshot_config, &watch) {
-        fs.set_collector(Arc::new(crate::snapshots::collect::OnDemand::new(
+        fs.set_collector(Arc::new(crate::collect::OnDemand::new(
             store.clone(),
             watch.clone(),
             snapshot_flags.clone(),
@@ -450,6 +450,13 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
         tasks.push(runtime.spawn(load.run(stop.subscribe())));
     }
     if let (Some(config), Some(watch)) = (snapshot_config, watch) {
+        let sweeper = crate::collect::Sweeper {
+            store: store.clone(),
+            watch: watch.clone(),
+            flags: snapshot_flags.clone(),
+            after: config.sweep_after,
+        };
+        tasks.push(runtime.spawn(sweeper.run(stop.subscribe())));
         let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, watch, config)?;
         tasks.push(runtime.spawn(writer.run(stop.subscribe())));
     }
@@ -605,7 +612,7 @@ impl TreeSetup<'_> {
             // A tree beginning here collects nothing of what was stored before (unknown: nothing
             // at all).
             if let Some(block) = newest_block {
-                meta.push(crate::snapshots::collect::window_meta(block, block));
+                meta.push(crate::store::lineage::window_meta(block, block));
             }
             let origin = if self.settings.fresh.unwrap_or(false) { "fresh" } else { "new" };
             if origin == "new" && names.is_some() {
@@ -618,9 +625,9 @@ impl TreeSetup<'_> {
             return Ok((None, None));
         };
         // Files of the tree stored after this block are another mount's (the sweep's rule).
-        meta.push(crate::snapshots::collect::pending_meta(chosen.lineage_from(), newest_block.unwrap_or(0)));
+        meta.push(crate::store::lineage::pending_meta(chosen.lineage_from(), newest_block.unwrap_or(0)));
         if let Some(block) = newest_block {
-            meta.push(crate::snapshots::collect::window_meta(chosen.lineage_from(), block));
+            meta.push(crate::store::lineage::window_meta(chosen.lineage_from(), block));
         }
         meta.push((TREE_ORIGIN, format!("restored {}", chosen.generation()).into_bytes()));
         // One step: a crash before it ends leaves the data dir empty, and the next mount restores

@@ -10,6 +10,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod daemon;
 pub mod devnet;

@@ -126,6 +126,14 @@ pub struct FileInfo {
     pub active: bool,
 }
 
+impl FileInfo {
+    /// Whether `who` holds it in `territory`. (A FID an account holds in another territory
+    /// belongs to another tree.)
+    pub fn held_by(&self, who: &AccountId, territory: &[u8]) -> bool {
+        self.owners.iter().any(|o| o.user == *who && o.territory_name == territory)
+    }
+}
+
 /// `UserFileSliceInfo`: a file an account holds, in one of its territories.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldFile {

@@ -16,6 +16,12 @@ pub use chain::{
     SegmentInfo, SentTx, TerritoryInfo, TerritoryState, TxReceipt, UserBrief,
 };
 pub use health::{ChainHealth, utc};
+
+/// Back-off after `attempts` failures in a row of a call to the chain or the miners: 1 s
+/// doubling, at most 5 minutes.
+pub fn backoff(attempts: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(std::time::Duration::from_secs(300))
+}
 pub use pushes::{PushedBytes, Pushes};
 
 /// Bytes of territory space a file of `segments` segments locks: 12 fragments of 8 MiB each.

@@ -287,8 +287,8 @@ impl Load {
         let oldest = read_back.iter().map(|(found, _)| found.completion).min();
         let meta = match oldest {
             Some(block) => {
-                let from = super::collect::pending(&self.store)?.map_or(block, |p| p.lineage_from.min(block));
-                super::collect::lineage_meta(&self.store, from)?
+                let from = crate::store::lineage::pending(&self.store)?.map_or(block, |p| p.lineage_from.min(block));
+                crate::store::lineage::lineage_meta(&self.store, from)?
             }
             None => Vec::new(),
         };

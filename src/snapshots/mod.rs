@@ -8,7 +8,6 @@
 //! deal byte for byte. Once a snapshot is active, all but the newest `keep` active ones are
 //! dropped, and with them the FIDs only they referred to.
 
-pub mod collect;
 pub mod load;
 pub mod merge;
 pub mod restore;
@@ -31,7 +30,8 @@ pub struct SnapshotConfig {
     pub interval: Duration,
     /// Active snapshots kept.
     pub keep: usize,
-    /// How long after a restore the tree is swept of FIDs no snapshot refers to ([`collect`]).
+    /// How long after a restore the tree is swept of FIDs no snapshot refers to
+    /// ([`crate::collect::Sweeper`]).
     pub sweep_after: Duration,
     /// How often the tree's snapshots on chain are looked at for another writer, besides
     /// before each snapshot is written.
@@ -154,8 +154,6 @@ impl Writer {
         let mut first_change = Some(Instant::now());
         let mut last_change = Instant::now();
         let mut retry_at = Instant::now();
-        let mut sweep = this.store_call(collect::pending);
-        let mut sweep_at = Instant::now();
         // Another writer is looked for at once (this mount may have been away), then now and then.
         let mut look_at = Instant::now();
         loop {
@@ -188,18 +186,6 @@ impl Writer {
                 if this.watch.stopped() {
                     break;
                 }
-            }
-            // A restored tree is swept once it is whole: its load widens the lineage the sweep
-            // looks back to, so the record is read afresh.
-            if sweep.is_some()
-                && Instant::now() >= sweep_at
-                && !this.store.tree_loading()
-                && crate::sync::lock(&this.flags.stopped).is_none()
-                && let Some(pending) = this.store_call(collect::pending)
-                && crate::store::Timestamp::now().secs >= pending.restored_at + this.config.sweep_after.as_secs() as i64
-            {
-                sweep_at = Instant::now() + this.sweep(pending).await;
-                sweep = this.store_call(collect::pending);
             }
             let Some(since) = first_change else { continue };
             // A restored tree is written again once it is whole (store/loading.rs).
@@ -241,43 +227,6 @@ impl Writer {
         let me = this.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.write()).await {
             log::error!("writing the last tree snapshot: {e}");
-        }
-    }
-
-    /// A store call whose failure is logged and taken as nothing.
-    fn store_call<T>(&self, f: impl FnOnce(&Store) -> Result<Option<T>, StoreError>) -> Option<T> {
-        f(&self.store).unwrap_or_else(|e| {
-            log::error!("reading the data dir: {e}");
-            None
-        })
-    }
-
-    /// Sweeps the restored tree ([`collect`]); returns when to try again if it is not done.
-    async fn sweep(&self, pending: collect::Pending) -> Duration {
-        let waiting = |why: Option<String>| *crate::sync::lock(&self.flags.sweep_waits) = why;
-        match collect::sweep(&self.store, &self.watch, pending).await {
-            Ok(collect::Swept::Queued(n)) => {
-                waiting(None);
-                log::info!(
-                    "swept the restored tree: {} that no snapshot refers to (declared after the last snapshot \
-                     of the machine it was restored from) queued for deletion",
-                    crate::words::count(n as u64, "FID")
-                );
-                if let Err(e) = collect::done(&self.store) {
-                    log::error!("recording the sweep: {e}");
-                }
-                Duration::ZERO
-            }
-            Ok(collect::Swept::NotYet) => Duration::from_secs(30),
-            Ok(collect::Swept::Waiting(why)) => {
-                crate::log_limited!(log::Level::Info, "sweep", "the restored tree is not swept yet: {why}");
-                waiting(Some(why));
-                Duration::from_secs(600)
-            }
-            Err(e) => {
-                crate::log_limited!(log::Level::Warn, "sweep", "sweeping the restored tree: {e:#}");
-                Duration::from_secs(60)
-            }
         }
     }
 

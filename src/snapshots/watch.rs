@@ -179,7 +179,7 @@ struct Written {
 /// hold its files or its kept trees' directories: their trees are its past), those it is
 /// deleting, and the generation below which a snapshot is not another writer's (its newest
 /// kept, or the newest on chain when the tree began here).
-pub(super) fn ours(store: &Store) -> Result<(HashSet<Hash>, HashSet<Hash>, u64), StoreError> {
+pub(crate) fn ours(store: &Store) -> Result<(HashSet<Hash>, HashSet<Hash>, u64), StoreError> {
     let mut fids: HashSet<Hash> = store.stored_packs().into_iter().map(|(fid, _, _)| fid).collect();
     fids.extend(store.kept_snapshot_fids()?.iter());
     let mut floor = super::baseline(store)?;

@@ -14,6 +14,7 @@
 mod abandoned;
 mod catalog;
 mod dirs;
+pub mod lineage;
 mod loading;
 mod outbox;
 mod packs;

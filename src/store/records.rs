@@ -53,6 +53,16 @@ impl Timestamp {
     pub fn now() -> Timestamp {
         Timestamp::from(std::time::SystemTime::now())
     }
+
+    /// The time `d` from now.
+    pub fn after(d: std::time::Duration) -> Timestamp {
+        Timestamp::from(std::time::SystemTime::now() + d)
+    }
+
+    /// The time from now until this one, zero if past.
+    pub fn remaining(self) -> std::time::Duration {
+        std::time::SystemTime::from(self).duration_since(std::time::SystemTime::now()).unwrap_or_default()
+    }
 }
 
 impl From<std::time::SystemTime> for Timestamp {

@@ -49,8 +49,7 @@ impl Inner {
     /// Whether this tree holds `file`: the account owns it in this territory. (A FID the
     /// account holds in another territory belongs to another tree.)
     pub(super) fn held_here(&self, file: &crate::protocol::FileInfo) -> bool {
-        let me = self.chain.account();
-        file.owners.iter().any(|o| o.user == me && o.territory_name == self.config.territory)
+        file.held_by(&self.chain.account(), &self.config.territory)
     }
 
     /// Takes the upload of `ino` as far as it goes now.
@@ -676,7 +675,7 @@ impl Inner {
     /// changed, which brings it forward): staged again, to be tried from the start. Other
     /// failures wait for a change of the file.
     async fn retry_step(&self, ino: u64, rec: UploadRecord) -> Result<Flow, UploadError> {
-        if !rec.retry_at.is_some_and(|t| super::until(t).is_zero()) {
+        if !rec.retry_at.is_some_and(|t| t.remaining().is_zero()) {
             return Ok(Flow::Wait);
         }
         let mut next = UploadRecord::restaged(Some(rec.clone()), rec.newer.unwrap_or(rec.content_version));

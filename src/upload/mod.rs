@@ -23,8 +23,6 @@ mod error;
 mod job;
 mod placement;
 mod push;
-mod reaper;
-pub use reaper::DELETE_BATCH;
 mod window;
 
 use std::cmp::Reverse;
@@ -123,7 +121,7 @@ struct Inner {
     /// Turns true at shutdown: encodings and pushes stop at their next step.
     stop: watch::Receiver<bool>,
     /// Rung when the territory changed: files that failed for its sake are tried again.
-    territory_changed: tokio::sync::Notify,
+    territory_changed: Arc<tokio::sync::Notify>,
     /// Taken from a file's look at the territory's room until its record is declared: two
     /// files looking at once would both take the last room.
     territory_check: tokio::sync::Mutex<()>,
@@ -139,11 +137,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Engine(Arc<Inner>);
 
-/// Back-off after `attempts` failures in a row: 1 s doubling, at most 5 minutes.
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(9)).min(Duration::from_secs(300))
-}
-
 /// How often a step that waits for something under way (a block, a deletion) looks again.
 const WAIT_PACE: Duration = Duration::from_secs(5);
 
@@ -153,15 +146,6 @@ const PACK_MERGE_EVERY: Duration = Duration::from_secs(60);
 /// How often a file that failed for its territory's sake (missing, full, frozen) is tried again
 /// when nothing about the territory was seen to change.
 const TERRITORY_RECHECK: Duration = Duration::from_secs(600);
-
-fn later(d: Duration) -> Timestamp {
-    Timestamp::from(std::time::SystemTime::now() + d)
-}
-
-/// Time until `t`, zero if past.
-fn until(t: Timestamp) -> Duration {
-    std::time::SystemTime::from(t).duration_since(std::time::SystemTime::now()).unwrap_or_default()
-}
 
 /// When each inode's upload needs work next: a heap by time, with the latest time per inode
 /// (older heap entries of an inode are skipped when they come up). Per change O(log n).
@@ -243,7 +227,7 @@ impl Engine {
             push_ended: tokio::sync::Notify::new(),
             pushes: Arc::default(),
             stop,
-            territory_changed: tokio::sync::Notify::new(),
+            territory_changed: Arc::default(),
             territory_check: tokio::sync::Mutex::new(()),
             room_promised: Mutex::default(),
             fetcher,
@@ -273,7 +257,14 @@ impl Engine {
         let mut waiting_for_territory: HashSet<u64> = HashSet::new();
         // Files due while their job was running: looked at again when it ends.
         let mut again: HashSet<u64> = HashSet::new();
-        let reaper = tokio::spawn(inner.clone().reap_tombstones());
+        let reaper = crate::collect::Reaper::new(
+            inner.store.clone(),
+            inner.chain.clone(),
+            inner.watch.clone(),
+            inner.config.territory.clone(),
+            inner.territory_changed.clone(),
+        );
+        let reaper = tokio::spawn(reaper.run(inner.stop.clone()));
         let mut idle_since: Option<std::time::Instant> = None;
         // Under-full packs are looked for when a pack was stored or went, and once a minute; one
         // merge at a time.
@@ -442,10 +433,10 @@ impl Inner {
 
     /// When the record needs work: `None` for never (until something changes it).
     fn due_in(&self, rec: &UploadRecord) -> Option<Duration> {
-        let retry = rec.retry_at.map(until).unwrap_or_default();
+        let retry = rec.retry_at.map(Timestamp::remaining).unwrap_or_default();
         match rec.state {
             // Failed for the territory's sake: tried again at `retry_at` (or when it changes).
-            UploadState::Failed => rec.retry_at.map(until),
+            UploadState::Failed => rec.retry_at.map(Timestamp::remaining),
             UploadState::Local | UploadState::Packed => None,
             // A stored pack is finished (its files made active) as soon as it is stored.
             UploadState::Active if rec.format == crate::format::FORMAT_PLAIN => Some(Duration::ZERO),
@@ -547,8 +538,8 @@ impl Inner {
         next.error = Some(e.to_string());
         next.updated_at = Timestamp::now();
         if e.is_transient() {
-            let wait = if e.is_wait() { WAIT_PACE } else { backoff(next.attempts) };
-            next.retry_at = Some(later(wait));
+            let wait = if e.is_wait() { WAIT_PACE } else { crate::protocol::backoff(next.attempts) };
+            next.retry_at = Some(Timestamp::after(wait));
             let (level, what) = if e.is_wait() {
                 (log::Level::Info, "waits, looking again".to_string())
             } else {
@@ -563,7 +554,7 @@ impl Inner {
             );
         } else if rec.state.deal_in_flight() {
             // A declared deal cannot be cancelled: keep trying, slowly.
-            next.retry_at = Some(later(Duration::from_secs(300)));
+            next.retry_at = Some(Timestamp::after(Duration::from_secs(300)));
             log::error!("inode {ino}: {e}; the deal stays open and is retried");
         } else if e.waits_for_territory() {
             if e.waits_for_room()
@@ -572,7 +563,7 @@ impl Inner {
                 log::error!("recording that an upload waits for room: {e}");
             }
             next.state = UploadState::Failed;
-            next.retry_at = Some(later(self.territory_recheck()));
+            next.retry_at = Some(Timestamp::after(self.territory_recheck()));
             next.error = Some(format!("{e}; tried again when the territory changes, and every 10 minutes"));
             crate::log_limited!(
                 log::Level::Error,
@@ -584,7 +575,7 @@ impl Inner {
             next.state = UploadState::Failed;
             // A pack never changes, and its files wait for it: it is tried again in a while.
             let pack = rec.format == crate::format::FORMAT_PLAIN;
-            next.retry_at = pack.then(|| later(TERRITORY_RECHECK));
+            next.retry_at = pack.then(|| Timestamp::after(TERRITORY_RECHECK));
             log::error!("inode {ino}: {} → failed: {e}", rec.state.word());
         }
         if let Err(e) = self.db(move |s| s.swap_upload(ino, &rec, Some(&next))).await {

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Inner, backoff, later, until};
 use crate::format::Hash;
-use crate::protocol::ChainError;
-use crate::store::{Deletion, Tombstone};
+use crate::protocol::{Chain, ChainError, FileInfo, backoff};
+use crate::snapshots::watch::TreeWatch;
+use crate::store::{Deletion, Store, StoreError, Timestamp, Tombstone};
 
 /// How long a landed deletion may take to show in the chain's reads (finalized blocks) before
 /// the reaper looks again later.
@@ -31,10 +31,45 @@ struct Attempt {
     settled: bool,
 }
 
-impl Inner {
-    /// Deletes queued FIDs from the chain, one at a time, until the engine stops.
-    pub(super) async fn reap_tombstones(self: Arc<Self>) {
-        let mut stop = self.stop.clone();
+/// Deletes what the tombstones queue, for the tree of one territory.
+pub struct Reaper {
+    store: Arc<Store>,
+    chain: Arc<dyn Chain>,
+    /// The tree's snapshots on chain (encrypted mode): nothing they refer to is deleted.
+    watch: Option<Arc<TreeWatch>>,
+    territory: Vec<u8>,
+    /// Rung when deletions landed: the territory has room again.
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl Reaper {
+    /// A reaper for the tree of `store` in `territory`, ringing `freed` when deletions land.
+    pub fn new(
+        store: Arc<Store>,
+        chain: Arc<dyn Chain>,
+        watch: Option<Arc<TreeWatch>>,
+        territory: Vec<u8>,
+        freed: Arc<tokio::sync::Notify>,
+    ) -> Reaper {
+        Reaper { store, chain, watch, territory, freed }
+    }
+
+    /// Runs `f` on the store in a blocking thread.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+    }
+
+    /// Whether this tree holds `file`: the account owns it in this territory.
+    fn held_here(&self, file: &FileInfo) -> bool {
+        file.held_by(&self.chain.account(), &self.territory)
+    }
+
+    /// Deletes queued FIDs from the chain, one at a time, until `stop`.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
                 return;
@@ -43,7 +78,7 @@ impl Inner {
             self.follow_abandoned_deals().await;
             match self.db(|s| s.tombstones()).await {
                 Ok(mut stones) => {
-                    let due = |t: &Tombstone| t.retry_at.map(until).is_none_or(|w| w.is_zero());
+                    let due = |t: &Tombstone| t.retry_at.map(Timestamp::remaining).is_none_or(|w| w.is_zero());
                     // What the tree's snapshots on chain refer to is looked at first, at most a
                     // minute before: nothing may go until it is known.
                     let mut waits = None;
@@ -59,7 +94,7 @@ impl Inner {
                         if *stop.borrow() {
                             return;
                         }
-                        if let Some(wait) = t.retry_at.map(until).filter(|w| !w.is_zero()) {
+                        if let Some(wait) = t.retry_at.map(Timestamp::remaining).filter(|w| !w.is_zero()) {
                             next = next.min(wait);
                             continue;
                         }
@@ -84,7 +119,8 @@ impl Inner {
                         if let Err(why) = self.tree_looked_at().await.and_then(|()| stopped()) {
                             for (fid, read) in batch {
                                 self.release_unsent(fid);
-                                let retry = Tombstone { retry_at: Some(later(TREE_SEEN_WITHIN)), ..read.clone() };
+                                let retry =
+                                    Tombstone { retry_at: Some(Timestamp::after(TREE_SEEN_WITHIN)), ..read.clone() };
                                 self.settle(*fid, read.clone(), Some(retry), &mut next).await;
                             }
                             waits = Some(why);
@@ -164,7 +200,7 @@ impl Inner {
     /// (`None`: done), if it is still the one read.
     async fn settle(&self, fid: Hash, read: Tombstone, retry: Option<Tombstone>, next: &mut Duration) {
         if let Some(retry) = &retry {
-            *next = (*next).min(retry.retry_at.map(until).unwrap_or_default());
+            *next = (*next).min(retry.retry_at.map(Timestamp::remaining).unwrap_or_default());
         }
         if let Err(e) = self.db(move |s| s.settle_tombstone(&fid, &read, retry)).await {
             log::error!("tombstone of {fid}: {e}");
@@ -175,7 +211,7 @@ impl Inner {
     /// else the tombstone to keep (`Some(None)`: none, it is done). `waits` is set to why
     /// deletions wait, if they do for a reason `cessfs status` shows.
     async fn claim(&self, fid: &Hash, read: &Tombstone, waits: &mut Option<String>) -> Option<Option<Tombstone>> {
-        let later_by = |d: Duration| Some(Some(Tombstone { retry_at: Some(later(d)), ..read.clone() }));
+        let later_by = |d: Duration| Some(Some(Tombstone { retry_at: Some(Timestamp::after(d)), ..read.clone() }));
         let fid_copy = *fid;
         crate::hooks::reached_async("reaper-deciding").await;
         let decided = self.db(move |s| s.claim_deletion(&fid_copy)).await;
@@ -242,7 +278,7 @@ impl Inner {
         let retry = |i: usize, d: Duration, error: Option<String>, failed: bool| {
             let mut t = batch[i].1.clone();
             t.attempts += u32::from(failed);
-            t.retry_at = Some(later(d));
+            t.retry_at = Some(Timestamp::after(d));
             t.error = error.or(t.error);
             t
         };
@@ -266,7 +302,7 @@ impl Inner {
         for (i, file) in files.iter().enumerate() {
             let fid = fids[i];
             attempts[i] = match file {
-                Some(file) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.config.territory) => {
+                Some(file) if file.owners.iter().any(|o| o.user == me && o.territory_name != self.territory) => {
                     log::info!("{fid} is also held in another territory of this account: not deleted from the chain");
                     let t = retry(i, Duration::from_secs(600), None, false);
                     Some(Attempt { retry: sent_before[i].then_some(t), settled: !sent_before[i] })
@@ -372,7 +408,7 @@ impl Inner {
         // watcher next reads the territory, which may also see a file that became active
         // meanwhile and miss the net gain.
         if !deleted.is_empty() {
-            self.territory_changed.notify_one();
+            self.freed.notify_one();
         }
         // Reads follow finalized blocks, a few behind the one the deletions are in: until they
         // see them, a file of the same bytes would still find the FID held.

@@ -26,98 +26,15 @@
 //!   tree has an empty window). A FID of this key stored later that nothing here knows is
 //!   another mount's (one that writes no tree, or stopped writing it): kept, and counted.
 
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
-use super::restore::Named;
-use super::watch::TreeWatch;
+use serde::Serialize;
+
 use crate::format::{Hash, NameKind};
-use crate::store::{Store, StoreError, Timestamp};
-
-/// The meta record of a sweep to come.
-const PENDING: &[u8] = b"sweep-pending";
-
-/// A sweep to come, recorded when a tree is restored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
-    /// The block the restored lineage began at ([`super::restore::Chosen::lineage_from`]).
-    pub lineage_from: u32,
-    /// When the tree was restored (Unix seconds).
-    pub restored_at: i64,
-    /// The newest block at which a file of the tree held then became active: files stored
-    /// later are another mount's.
-    pub restored_block: u32,
-}
-
-/// The record of a sweep recorded before `restored_block` was.
-#[derive(Deserialize)]
-struct PendingV1 {
-    lineage_from: u32,
-    restored_at: i64,
-}
-
-/// The meta record that schedules the sweep of a tree restored now (written with the restore).
-pub fn pending_meta(lineage_from: u32, restored_block: u32) -> (&'static [u8], Vec<u8>) {
-    let pending = Pending { lineage_from, restored_at: Timestamp::now().secs, restored_block };
-    (PENDING, postcard::to_stdvec(&pending).unwrap_or_default())
-}
-
-/// The sweep to come, if any. One recorded before `restored_block` was sweeps as it did then.
-pub fn pending(store: &Store) -> Result<Option<Pending>, StoreError> {
-    let Some(v) = store.meta(PENDING)? else { return Ok(None) };
-    if let Ok(p) = postcard::from_bytes::<Pending>(&v) {
-        return Ok(Some(p));
-    }
-    Ok(postcard::from_bytes::<PendingV1>(&v).ok().map(|p| Pending {
-        lineage_from: p.lineage_from,
-        restored_at: p.restored_at,
-        restored_block: u32::MAX,
-    }))
-}
-
-/// Records the sweep as done.
-pub fn done(store: &Store) -> Result<(), StoreError> {
-    store.remove_meta(PENDING)
-}
-
-/// The meta record of the window a collection on demand looks in: the block the tree's
-/// lineage began at, and the block at which the tree began in this data dir.
-const WINDOW: &[u8] = b"collect-window";
-
-/// The meta record of the window of a tree beginning now (written with the restore, or when a
-/// new or fresh tree begins): FIDs active after `lineage_from` and up to `began`.
-pub fn window_meta(lineage_from: u32, began: u32) -> (&'static [u8], Vec<u8>) {
-    (WINDOW, [lineage_from.to_be_bytes(), began.to_be_bytes()].concat())
-}
-
-/// A meta record to write: its name and value.
-pub type MetaRecord = (&'static [u8], Vec<u8>);
-
-/// The sweep and window records of a restored tree whose lineage turned out to begin at block
-/// `lineage_from` (a tree loaded lazily learns it once it has read its older snapshots), to
-/// write with the end of its load.
-pub fn lineage_meta(store: &Store, lineage_from: u32) -> Result<Vec<MetaRecord>, StoreError> {
-    let mut meta = Vec::new();
-    if let Some(p) = pending(store)? {
-        let p = Pending { lineage_from, ..p };
-        meta.push((PENDING, postcard::to_stdvec(&p).unwrap_or_default()));
-    }
-    if let Some((_, began)) = window(store)? {
-        meta.push(window_meta(lineage_from, began));
-    }
-    Ok(meta)
-}
-
-/// The window recorded when the tree began here; for a data dir from before that record, its
-/// restore's sweep's, if it is still to come.
-fn window(store: &Store) -> Result<Option<(u32, u32)>, StoreError> {
-    if let Some(v) = store.meta(WINDOW)?
-        && let (Some(from), Some(began)) = (v.get(..4), v.get(4..8))
-        && let (Ok(from), Ok(began)) = (<[u8; 4]>::try_from(from), <[u8; 4]>::try_from(began))
-    {
-        return Ok(Some((u32::from_be_bytes(from), u32::from_be_bytes(began))));
-    }
-    Ok(pending(store)?.map(|p| (p.lineage_from, p.restored_block)))
-}
+use crate::snapshots::restore::Named;
+use crate::snapshots::watch::TreeWatch;
+use crate::store::Store;
+use crate::store::lineage::{self, Pending};
 
 /// What a sweep did.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,10 +70,10 @@ async fn unmarked(
     // The trees this mount keeps, and those it is deleting: neither is another writer's.
     let kept = {
         let store = store.clone();
-        let ours = move || super::watch::ours(&store).map(|(ours, deleting, _)| &ours | &deleting);
+        let ours = move || crate::snapshots::watch::ours(&store).map(|(ours, deleting, _)| &ours | &deleting);
         tokio::task::spawn_blocking(ours).await??
     };
-    let baseline = super::baseline(store)?;
+    let baseline = crate::snapshots::baseline(store)?;
     let newest = named.iter().filter(|n| n.kind.is_tree()).max_by_key(|n| (n.number, n.fid.0));
     match newest {
         Some(n) if n.active && kept.contains(&n.fid) && n.number.unwrap_or_default() > baseline => {}
@@ -206,6 +123,83 @@ pub async fn sweep(store: &std::sync::Arc<Store>, watch: &TreeWatch, pending: Pe
     Ok(Swept::Queued(queued))
 }
 
+/// The sweep after a restore (see the module docs), run once its time comes.
+pub struct Sweeper {
+    /// The data dir.
+    pub store: std::sync::Arc<Store>,
+    /// The tree's snapshots on chain.
+    pub watch: std::sync::Arc<TreeWatch>,
+    /// Where it says why it waits, and whether another mount writes the tree.
+    pub flags: std::sync::Arc<crate::fs::SnapshotFlags>,
+    /// How long after the restore (the lost machine may not be lost).
+    pub after: Duration,
+}
+
+impl Sweeper {
+    /// Sweeps the restored tree once `after` has passed since the restore and the tree is
+    /// whole (its load widens the lineage the sweep looks back to, so the record is read
+    /// afresh each time), until it is done, another mount writes the tree, or `stop`.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut next = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = stop.changed() => return,
+            }
+            next = Duration::from_secs(1);
+            let pending = match lineage::pending(&self.store) {
+                Ok(Some(pending)) => pending,
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("reading the data dir: {e}");
+                    next = Duration::from_secs(60);
+                    continue;
+                }
+            };
+            if crate::sync::lock(&self.flags.stopped).is_some() {
+                return;
+            }
+            let due = pending.restored_at.saturating_add(self.after.as_secs() as i64);
+            if let Ok(wait @ 1..) = u64::try_from(due - crate::store::Timestamp::now().secs) {
+                next = Duration::from_secs(wait);
+                continue;
+            }
+            if !self.store.tree_loading() {
+                next = self.sweep(pending).await;
+            }
+        }
+    }
+
+    /// Sweeps the restored tree; returns when to look again.
+    async fn sweep(&self, pending: Pending) -> Duration {
+        let waiting = |why: Option<String>| *crate::sync::lock(&self.flags.sweep_waits) = why;
+        match sweep(&self.store, &self.watch, pending).await {
+            Ok(Swept::Queued(n)) => {
+                waiting(None);
+                log::info!(
+                    "swept the restored tree: {} that no snapshot refers to (declared after the last snapshot \
+                     of the machine it was restored from) queued for deletion",
+                    crate::words::count(n as u64, "FID")
+                );
+                if let Err(e) = lineage::done(&self.store) {
+                    log::error!("recording the sweep: {e}");
+                }
+                Duration::ZERO
+            }
+            Ok(Swept::NotYet) => Duration::from_secs(30),
+            Ok(Swept::Waiting(why)) => {
+                crate::log_limited!(log::Level::Info, "sweep", "the restored tree is not swept yet: {why}");
+                waiting(Some(why));
+                Duration::from_secs(600)
+            }
+            Err(e) => {
+                crate::log_limited!(log::Level::Warn, "sweep", "sweeping the restored tree: {e:#}");
+                Duration::from_secs(60)
+            }
+        }
+    }
+}
+
 /// A FID a collection found that nothing refers to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Garbage {
@@ -242,7 +236,7 @@ pub struct Collection {
 /// refers to and, unless `dry_run`, queues them for deletion.
 pub async fn collect(store: &std::sync::Arc<Store>, watch: &TreeWatch, dry_run: bool) -> anyhow::Result<Collection> {
     let mut collection = Collection { dry_run, ..Collection::default() };
-    let Some((from, began)) = window(store)? else {
+    let Some((from, began)) = lineage::window(store)? else {
         collection.waiting = Some(
             "this data dir's tree began before cessfs recorded where its lineage starts: \
              nothing is collected on demand (a restore's sweep still runs)"

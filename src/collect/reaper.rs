@@ -59,8 +59,7 @@ impl Reaper {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+        crate::store::off_runtime(&self.store, f).await
     }
 
     /// Whether this tree holds `file`: the account owns it in this territory.

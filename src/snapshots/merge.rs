@@ -56,8 +56,7 @@ impl Merger {
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+        crate::store::off_runtime(&self.store, f).await
     }
 
     /// Merges the under-full packs `rule` picks; stops early once `stop` says so (what is not

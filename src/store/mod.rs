@@ -240,6 +240,16 @@ impl Batch {
     }
 }
 
+/// Runs `f` on `store` in a blocking thread: sled calls (and the locks around them) never
+/// stall a runtime's workers.
+pub async fn off_runtime<T: Send + 'static>(
+    store: &std::sync::Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> anyhow::Result<T> {
+    let store = store.clone();
+    Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+}
+
 impl Store {
     /// Every record under `prefix` (a one-byte tag followed by an inode number), decoded as `what`.
     fn records_by_ino<T>(&self, prefix: &[u8], what: &'static str) -> Result<Vec<(u64, T)>, StoreError>

@@ -476,16 +476,7 @@ fn a_tree_is_found_among_100000_files_the_account_holds() {
     let net = StandaloneDevnet::start_with(&["--held-files", "100000"]);
     let mut first = Mount::uploading("0", &["--chain", &net.url]);
     assert!(first.log().contains("holds 100000 files of this account but no tree snapshot of this key"));
-    fs::write(first.path("a.txt"), b"found among many").unwrap();
-    first.wait_status("a.txt", &["active"], MIN);
-    let stored = |m: &Mount| {
-        let state = tree_state(m);
-        (state["status"] == "active" && state["changes_waiting"] == false).then(|| state["generation"].clone())
-    };
-    wait_until(MIN, "a first tree stored", || stored(&first).is_some());
-    let first_tree = stored(&first);
-    fs::write(first.path("b.txt"), b"in the second round").unwrap();
-    wait_until(MIN, "a second tree stored", || stored(&first).is_some_and(|g| Some(&g) != first_tree.as_ref()));
+    two_rounds(&first, b"found among many", b"in the second round");
     let said = first.unmount_with(&["--wait", "--timeout", "120"]);
     assert!(said.contains("waiting: 2/2 settled"), "off a terminal, the wait says where it is: {said:?}");
     assert!(said.trim_end().ends_with("settled: 2/2 files, and the tree snapshot"), "and when it is done: {said:?}");
@@ -522,17 +513,8 @@ fn a_tree_is_found_from_the_tail_when_the_tree_its_root_names_is_gone() {
     let net = StandaloneDevnet::start_with(&["--held-files", "2000"]);
     let chain = net.client();
     let mut first = Mount::uploading("0", &["--chain", &net.url, "--snapshots-kept", "1"]);
-    fs::write(first.path("a.txt"), b"in the first round").unwrap();
-    first.wait_status("a.txt", &["active"], MIN);
-    let stored = |m: &Mount| {
-        let state = tree_state(m);
-        (state["status"] == "active" && state["changes_waiting"] == false).then(|| state["fid"].clone())
-    };
-    wait_until(MIN, "a first tree stored", || stored(&first).is_some());
-    let first_tree = stored(&first).unwrap();
-    fs::write(first.path("b.txt"), b"in the second round").unwrap();
-    wait_until(MIN, "a second tree stored", || stored(&first).is_some_and(|f| f != first_tree));
-    let first_fid = first_tree.as_str().unwrap().to_string();
+    let first_tree = two_rounds(&first, b"in the first round", b"in the second round");
+    let first_fid = first_tree["fid"].as_str().unwrap().to_string();
     wait_until(MIN, "the first tree to leave the chain", || chain.file(&first_fid).is_none());
     first.unmount_with(&["--wait", "--timeout", "120"]);
     let second = Mount::uploading("0", &["--chain", &net.url]);
@@ -541,4 +523,20 @@ fn a_tree_is_found_from_the_tail_when_the_tree_its_root_names_is_gone() {
     assert!(held > 2_000 && read < 100, "{read} of {held} records read");
     assert_eq!(fs::read(second.path("a.txt")).unwrap(), b"in the first round");
     assert_eq!(fs::read(second.path("b.txt")).unwrap(), b"in the second round");
+}
+
+/// Writes a.txt (`a`) and then b.txt (`b`), each in a round of its own; returns the tree's state
+/// (`user.cess.snapshot`) once the first round was stored.
+fn two_rounds(m: &Mount, a: &[u8], b: &[u8]) -> serde_json::Value {
+    let stored = |m: &Mount| {
+        let state = tree_state(m);
+        (state["status"] == "active" && state["changes_waiting"] == false).then_some(state)
+    };
+    fs::write(m.path("a.txt"), a).unwrap();
+    m.wait_status("a.txt", &["active"], MIN);
+    wait_until(MIN, "a first tree stored", || stored(m).is_some());
+    let first = stored(m).unwrap();
+    fs::write(m.path("b.txt"), b).unwrap();
+    wait_until(MIN, "a second tree stored", || stored(m).is_some_and(|s| s["generation"] != first["generation"]));
+    first
 }

@@ -456,8 +456,8 @@ fn start(mountpoint: &Path, settings: &Settings, data_dir: &Path) -> anyhow::Res
             flags: snapshot_flags.clone(),
             after: config.sweep_after,
         };
-        tasks.push(runtime.spawn(sweeper.run(stop.subscribe())));
         let writer = crate::snapshots::Writer::new(store.clone(), snapshot_flags, watch, config)?;
+        tasks.push(runtime.spawn(sweeper.run(stop.subscribe())));
         tasks.push(runtime.spawn(writer.run(stop.subscribe())));
     }
     let metrics = match settings.metrics_addr()? {

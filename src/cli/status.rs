@@ -423,7 +423,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             let progress = v["progress"].as_str().unwrap_or("");
             println!("{:<11} {progress:<44} {fid:<12} {cached:<7} {}", state(v), p.display());
             if v["moving"] == true {
-                println!("{:<11} moving to a merged pack; stored in its old pack meanwhile", "");
+                println!("{:<11} its bytes are stored already, in the pack it had; going into a new one", "");
             }
             if let Some(e) = v["error"].as_str() {
                 println!("{:<11} error: {e}", "");

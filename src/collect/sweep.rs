@@ -165,7 +165,7 @@ impl Sweeper {
                 continue;
             }
             if !self.store.tree_loading() {
-                next = self.sweep(pending).await;
+                next = self.sweep(pending).await.max(Duration::from_secs(1));
             }
         }
     }
@@ -184,7 +184,7 @@ impl Sweeper {
                 if let Err(e) = lineage::done(&self.store) {
                     log::error!("recording the sweep: {e}");
                 }
-                Duration::ZERO
+                Duration::from_secs(1)
             }
             Ok(Swept::NotYet) => Duration::from_secs(30),
             Ok(Swept::Waiting(why)) => {

@@ -226,7 +226,8 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
                 Ok(w) => w,
                 Err(e) => return answer::<()>(Err(e)),
             };
-            // Held in the pool, it lands once released, whether its sender still waits or not.
+            // Held, it lands once released, whether its sender still waits or not (as a pool's
+            // transactions do; `pooled` counts declarations only).
             let (included, outcome) = tokio::sync::oneshot::channel();
             let pool = control.clone();
             tokio::spawn(async move {

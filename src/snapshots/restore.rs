@@ -118,9 +118,10 @@ async fn held_in(chain: &dyn Chain, territory: &[u8]) -> Result<Vec<Hash>, Chain
 }
 
 /// Reads the `File` records of `fids`, several batches at once, and gives `each` what the name
-/// of each one on chain says it is, and the block it became active at if the account's hold in
-/// `territory` is its only one (the hold then joined the list at that block). Stops at the first
-/// failed read (what was read is given).
+/// of each one on chain says it is, and, for a file of this key held by this account alone, in
+/// `territory` only, the block it became active at: its hold joined the list then. (A file
+/// another account stored first, under another key or in plaintext, completed before this
+/// account's hold of it was made.) Stops at the first failed read (what was read is given).
 async fn read_names(
     chain: &dyn Chain,
     fids: &[Hash],
@@ -139,9 +140,10 @@ async fn read_names(
     while let Some((fids, files)) = reads.next().await {
         for (&fid, file) in fids.iter().zip(files?) {
             if let Some(file) = file {
+                let named = named_of(&file, fid, &me, territory, names);
                 let only_hold = matches!(&file.owners[..], [o] if o.user == me && o.territory_name == territory);
-                let held_since = (only_hold && file.active).then_some(file.completion);
-                each(fid, named_of(&file, fid, &me, territory, names), held_since);
+                let held_since = (named.is_some() && only_hold && file.active).then_some(file.completion);
+                each(fid, named, held_since);
             }
         }
     }
@@ -169,7 +171,7 @@ pub struct TailSearch<'a> {
     /// How many records the next read back reads.
     batch: usize,
     /// The earliest block at which a file read joined the hold list, among the files whose
-    /// block that is known of (held once, by this account, in this territory).
+    /// block that is known of (of this key, held once, by this account, in this territory).
     earliest_hold: Option<u32>,
 }
 
@@ -234,9 +236,9 @@ impl<'a> TailSearch<'a> {
     }
 
     /// Whether what was stored after tree `stored` was read: the tree is among the files read;
-    /// or a file read joined the hold list before the tree's storage order was declared (the
-    /// list is in completion order, and a newer tree was stored after this one); or every file
-    /// was read.
+    /// or a file of this key read joined the hold list before the tree's storage order was
+    /// declared (the list is in completion order, and a newer tree was stored after this one);
+    /// or every file was read.
     pub fn reached(&self, stored: &StoredTree) -> bool {
         self.whole()
             || self.named.iter().any(|(_, n)| n.kind.is_tree() && n.number == Some(stored.generation))

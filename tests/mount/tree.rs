@@ -507,12 +507,16 @@ fn records_read(m: &Mount) -> (usize, usize) {
 
 /// With one tree kept, the tree the newest root names as stored before it is deleted from the
 /// chain once that root's tree is stored; a restore still reads only the tail of the hold list,
-/// back to a file that became active before that tree was declared.
+/// back to a file of this key that became active before that tree was declared (a large file,
+/// with a FID of its own; the account's other files, not of this key, do not count).
 #[test]
 fn a_tree_is_found_from_the_tail_when_the_tree_its_root_names_is_gone() {
     let net = StandaloneDevnet::start_with(&["--held-files", "2000"]);
     let chain = net.client();
     let mut first = Mount::uploading("0", &["--chain", &net.url, "--snapshots-kept", "1"]);
+    let big = random_bytes(9 << 20, 41);
+    fs::write(first.path("big.bin"), &big).unwrap();
+    first.wait_status("big.bin", &["active"], MIN);
     let first_tree = two_rounds(&first, b"in the first round", b"in the second round");
     let first_fid = first_tree["fid"].as_str().unwrap().to_string();
     wait_until(MIN, "the first tree to leave the chain", || chain.file(&first_fid).is_none());
@@ -523,6 +527,7 @@ fn a_tree_is_found_from_the_tail_when_the_tree_its_root_names_is_gone() {
     assert!(held > 2_000 && read < 100, "{read} of {held} records read");
     assert_eq!(fs::read(second.path("a.txt")).unwrap(), b"in the first round");
     assert_eq!(fs::read(second.path("b.txt")).unwrap(), b"in the second round");
+    assert!(fs::read(second.path("big.bin")).unwrap() == big);
 }
 
 /// Writes a.txt (`a`) and then b.txt (`b`), each in a round of its own; returns the tree's state

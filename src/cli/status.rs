@@ -430,7 +430,9 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let failed = files.iter().filter(|(_, v)| state(v) == "failed").count();
+    // A file whose bytes are stored already is not one that failed to upload, whatever its new
+    // pack does.
+    let failed = files.iter().filter(|(_, v)| state(v) == "failed" && v["moving"] != true).count();
     if failed > 0 {
         anyhow::bail!("{} failed to upload (see user.cess.error)", crate::words::count(failed as u64, "file"));
     }

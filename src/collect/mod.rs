@@ -2,13 +2,14 @@
 //!
 //! - **Candidates.** Every path that lets go of a FID (unlink, a rename over a file, a newer
 //!   version stored, a tree no longer kept, a pack emptied, a deal given up that completed after
-//!   all) queues it as a tombstone, in the same store transaction as the change. The sweep
+//!   all) queues it as a tombstone, with the change or just before it. The sweep
 //!   after a restore and a collection on demand ([`sweep`]) queue the FIDs of this key held in
 //!   the territory in the window a lost machine left that nothing here knows.
 //! - **Mark.** [`crate::store::Store::claim_deletion`] claims a candidate only if no local
 //!   record, kept tree, tree of this key on chain or upload about to take it may need it, and
-//!   nothing when a record cannot be read: when in doubt, keep.
-//! - **Sweep.** The [`Reaper`] deletes the claimed FIDs, many to a transaction, each after a
+//!   nothing while a record cannot be read, a restored tree is loading or another mount writes
+//!   the tree: when in doubt, keep.
+//! - **Delete.** The [`Reaper`] deletes the claimed FIDs, many to a transaction, each after a
 //!   look at the tree on chain within the minute; a deletion is recorded as sent before it goes.
 //!
 //! The territory is not listed and swept whole, as restic's prune lists a repository: another

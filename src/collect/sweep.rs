@@ -1,4 +1,5 @@
-//! The collector: FIDs of this tree on chain that nothing refers to, found and deleted.
+//! The sweep and collections on demand: FIDs of this tree on chain that nothing refers to,
+//! found and queued for deletion.
 //!
 //! Mark: every FID a record of this data dir refers to (files and their earlier versions still
 //! kept, packs, commits, kept trees, deletions under way); a record that cannot be read fails

@@ -564,7 +564,7 @@ impl Inner {
             }
             next.state = UploadState::Failed;
             next.retry_at = Some(Timestamp::after(self.territory_recheck()));
-            next.error = Some(format!("{e}; tried again when the territory changes, and every 10 minutes"));
+            next.error = Some(format!("{e}; tried again when the territory changes, and at least every 10 minutes"));
             crate::log_limited!(
                 log::Level::Error,
                 &format!("territory: {e}"),

@@ -34,8 +34,8 @@ use serde::Serialize;
 use crate::format::{Hash, NameKind};
 use crate::snapshots::restore::Named;
 use crate::snapshots::watch::TreeWatch;
-use crate::store::Store;
 use crate::store::lineage::{self, Pending};
+use crate::store::{Store, off_runtime};
 
 /// What a sweep did.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,11 +69,8 @@ async fn unmarked(
         return Ok(Err(Blocked::Waiting(why)));
     }
     // The trees this mount keeps, and those it is deleting: neither is another writer's.
-    let kept = {
-        let store = store.clone();
-        let ours = move || crate::snapshots::watch::ours(&store).map(|(ours, deleting, _)| &ours | &deleting);
-        tokio::task::spawn_blocking(ours).await??
-    };
+    let ours = |s: &Store| crate::snapshots::watch::ours(s).map(|(ours, deleting, _)| &ours | &deleting);
+    let kept = off_runtime(store, ours).await?;
     let baseline = crate::snapshots::baseline(store)?;
     let newest = named.iter().filter(|n| n.kind.is_tree()).max_by_key(|n| (n.number, n.fid.0));
     match newest {
@@ -92,17 +89,14 @@ async fn unmarked(
     let contents: Vec<Named> =
         named.into_iter().filter(|n| since(&n) && matches!(n.kind, NameKind::File | NameKind::Pack)).collect();
     let fids: Vec<Hash> = contents.iter().map(|n| n.fid).collect();
-    let unknown: std::collections::HashSet<Hash> = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.unknown_fids(&fids)).await??.into_iter().collect()
-    };
+    let unknown: std::collections::HashSet<Hash> =
+        off_runtime(store, move |s| s.unknown_fids(&fids)).await?.into_iter().collect();
     Ok(Ok(contents.into_iter().filter(|n| unknown.contains(&n.fid)).collect()))
 }
 
 /// Queues `fids` for deletion, those that nothing here refers to still. Returns how many.
 async fn queue(store: &std::sync::Arc<Store>, fids: Vec<Hash>) -> anyhow::Result<usize> {
-    let store = store.clone();
-    Ok(tokio::task::spawn_blocking(move || store.delete_unknown(&fids)).await??)
+    off_runtime(store, move |s| s.delete_unknown(&fids)).await
 }
 
 /// The sweep after a restore: looks for the FIDs of `pending` (see the module docs) and queues

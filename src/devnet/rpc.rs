@@ -135,6 +135,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("ledger calls do not panic")
 }
 
+/// Runs ledger call `f` once `held` is off, as a chain's pool includes a transaction whether
+/// its sender still waits or not, and answers with its outcome if the sender still waits.
+async fn when_released<T: Serialize + Send + 'static>(
+    held: &tokio::sync::watch::Sender<bool>,
+    f: impl FnOnce() -> Result<T, ChainError> + Send + 'static,
+) -> Reply {
+    let (included, outcome) = tokio::sync::oneshot::channel();
+    let mut released = held.subscribe();
+    tokio::spawn(async move {
+        let _ = released.wait_for(|held| !*held).await;
+        let _ = included.send(blocking(f).await);
+    });
+    answer(outcome.await.unwrap_or_else(|_| Err(ChainError::Unreachable("the devnet stopped".into()))))
+}
+
 /// The header that carries the control token (`Devnet::control_token_path`).
 const CONTROL_HEADER: &str = "Devnet-Control";
 
@@ -193,19 +208,16 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
             if let Some(tx) = &d.tx {
                 crate::sync::lock(&control.pool).insert(tx.clone());
             }
-            let (included, outcome) = tokio::sync::oneshot::channel();
             let pool = control.clone();
-            tokio::spawn(async move {
-                let _ = pool.declarations_held.subscribe().wait_for(|held| !*held).await;
+            when_released(&control.declarations_held, move || {
                 let Declaration { fid, segments, user, file_size, tx } = d;
-                let result =
-                    blocking(move || l.upload_declaration(&who, &fid, &segments, &user, file_size as u128)).await;
+                let result = l.upload_declaration(&who, &fid, &segments, &user, file_size as u128);
                 if let Some(tx) = tx {
                     crate::sync::lock(&pool.pool).remove(&tx);
                 }
-                let _ = included.send(result);
-            });
-            answer(outcome.await.unwrap_or_else(|_| Err(ChainError::Unreachable("the devnet stopped".into()))))
+                result
+            })
+            .await
         }
         (Method::POST, "/rpc/pool") => answer(Ok(crate::sync::lock(&control.pool).len())),
         (Method::POST, "/rpc/tx_pending") => {
@@ -226,15 +238,8 @@ async fn handle(ledger: Arc<Ledger>, nodes: Arc<Vec<Node>>, control: Arc<Control
                 Ok(w) => w,
                 Err(e) => return answer::<()>(Err(e)),
             };
-            // Held, it lands once released, whether its sender still waits or not (as a pool's
-            // transactions do; `pooled` counts declarations only).
-            let (included, outcome) = tokio::sync::oneshot::channel();
-            let pool = control.clone();
-            tokio::spawn(async move {
-                let _ = pool.deletions_held.subscribe().wait_for(|held| !*held).await;
-                let _ = included.send(blocking(move || l.delete_files(&who, &d.owner, &d.fids)).await);
-            });
-            answer(outcome.await.unwrap_or_else(|_| Err(ChainError::Unreachable("the devnet stopped".into()))))
+            // `pooled` counts declarations only.
+            when_released(&control.deletions_held, move || l.delete_files(&who, &d.owner, &d.fids)).await
         }
         (Method::POST, "/control/deletions") => {
             if !controlled() {

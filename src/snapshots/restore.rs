@@ -141,7 +141,7 @@ async fn read_names(
         for (&fid, file) in fids.iter().zip(files?) {
             if let Some(file) = file {
                 let named = named_of(&file, fid, &me, territory, names);
-                let only_hold = matches!(&file.owners[..], [o] if o.user == me && o.territory_name == territory);
+                let only_hold = file.owners.len() == 1 && file.held_by(&me, territory);
                 let held_since = (named.is_some() && only_hold && file.active).then_some(file.completion);
                 each(fid, named, held_since);
             }

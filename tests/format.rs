@@ -384,6 +384,7 @@ fn a_commit_opens_as_format_md_says() {
         ],
         links: vec![Link { parent: 1, name: b"note.txt".to_vec(), child: 2 }],
         holders: Vec::new(),
+        unloaded: Default::default(),
     };
     let tree = snapshot.encode();
     let tree_id = hmac(&k_id, &[b"tree", &number.to_le_bytes()]);
@@ -459,6 +460,7 @@ fn a_sparse_file_is_stored_as_format_md_says() {
         nodes: vec![node(1, NodeKind::Dir, 0, Location::Empty), node(2, NodeKind::File, size, location)],
         links: vec![Link { parent: 1, name: b"disk.img".to_vec(), child: 2 }],
         holders: Vec::new(),
+        unloaded: Default::default(),
     };
     let encoded = postcard::to_stdvec(&sparse(vec![(5, 2)])).unwrap();
     assert_eq!(encoded[0], 4, "variant 4");

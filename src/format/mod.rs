@@ -46,8 +46,8 @@ pub use snapshot::{
 };
 pub use tree::{
     Ancestry, CHUNK_ABOVE, Dir, DirIds, Entry, Home, OneDir, Root, StoredTree, TREE_FILE_HEADER, TreeFile, TreeRef,
-    Written, assemble, one_dir, open_tree_file_root, refs_of, tree_file_header, tree_file_root, tree_file_root_place,
-    write_tree,
+    Unloaded, Written, assemble, one_dir, open_tree_file_root, refs_of, tree_file_header, tree_file_root,
+    tree_file_root_place, write_tree,
 };
 
 use serde::{Deserialize, Serialize};

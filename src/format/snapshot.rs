@@ -244,6 +244,10 @@ pub struct Snapshot {
     /// its root; none for a tree read from one file. Not part of the encoding.
     #[serde(skip)]
     pub holders: Vec<Hash>,
+    /// Directories of a tree being loaded that are not read yet: written where they are.
+    /// Not part of the encoding (a whole snapshot has none).
+    #[serde(skip)]
+    pub unloaded: super::tree::Unloaded,
 }
 
 /// Why bytes are not a snapshot.
@@ -430,6 +434,7 @@ mod tests {
                 Link { parent: 1, name: b"x".to_vec(), child: 3 },
             ],
             holders: Vec::new(),
+            unloaded: Default::default(),
         }
     }
 

@@ -360,6 +360,20 @@ pub struct Written {
 /// in one (`None`: in a commit).
 pub type Home = (TreeRef, Option<u32>);
 
+/// What a tree being loaded directory by directory has not read yet ([`Snapshot::unloaded`]): a
+/// round written meanwhile refers to those directories where they are, as they were restored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unloaded {
+    /// The directories not read (by node id), each with where its blob is (a resolved FID).
+    pub dirs: BTreeMap<u64, Home>,
+    /// At least the nodes below them that are not in the snapshot (counted into the root's
+    /// `nodes`, which a reader takes as the most it reads).
+    pub nodes: u64,
+    /// Nodes of a tree-wide hard-link id, which names under those directories may share: they
+    /// keep that id however few of their names the snapshot has.
+    pub linked: std::collections::BTreeSet<u64>,
+}
+
 /// Writes `snapshot` as directory blobs: each directory's blob is looked up with `reuse` (by
 /// id) and referred to there, or sealed and handed to `place`, which puts it in the file being
 /// written and says where (`None`: no room; the tree is then not written). `before`: where it
@@ -373,6 +387,7 @@ pub fn write_tree(
     reuse: &mut dyn FnMut(&Hash) -> Option<Home>,
     place: &mut dyn FnMut(&Hash, Vec<u8>) -> Option<u32>,
 ) -> Option<Written> {
+    let unloaded = &snapshot.unloaded;
     let nodes: HashMap<u64, &Node> = snapshot.nodes.iter().map(|n| (n.id, n)).collect();
     let mut children: HashMap<u64, Vec<&Link>> = HashMap::new();
     let mut names: HashMap<u64, u32> = HashMap::new();
@@ -384,7 +399,7 @@ pub fn write_tree(
     let mut files: BTreeMap<Hash, u32> = BTreeMap::new();
     // Blobs placed by this write: an equal directory (the same nodes, keys included) is one blob.
     let mut placed: HashMap<Hash, TreeRef> = HashMap::new();
-    let mut blob = |dir: &Dir, out: &mut Written| -> Option<TreeRef> {
+    let mut blob = |dir: &Dir, out: &mut Written, files: &mut BTreeMap<Hash, u32>| -> Option<TreeRef> {
         let (id, content) = ids.id(keys, dir);
         if let Some(r) = placed.get(&id) {
             return Some(*r);
@@ -401,14 +416,8 @@ pub fn write_tree(
                 found = reuse(&ids.id(keys, &dir.relative_to(holder)).0).filter(|(r, _)| r.fid == holder);
             }
         }
-        if let Some((r, file)) = found {
-            out.reused += 1;
-            out.holders.push(r.fid);
-            *out.holder_bytes.entry(r.fid).or_default() += u64::from(r.len);
-            if let Some(segments) = file {
-                files.insert(r.fid, segments);
-            }
-            return Some(r);
+        if let Some(home) = found {
+            return Some(reused(out, files, home));
         }
         let sealed = keys.seal(&id, &content.unwrap_or_else(|| dir.encode()));
         let len = sealed.len() as u32;
@@ -434,11 +443,16 @@ pub fn write_tree(
     }
     let mut refs: HashMap<u64, TreeRef> = HashMap::new();
     for &dir in order.iter().rev() {
+        if let Some(&home) = unloaded.dirs.get(&dir) {
+            refs.insert(dir, reused(&mut out, &mut files, home));
+            continue;
+        }
         let mut entries = Vec::new();
         for l in children.get(&dir).into_iter().flatten() {
             let Some(&node) = nodes.get(&l.child) else { continue };
             let mut node = node.clone();
-            if names.get(&l.child).copied().unwrap_or(0) < 2 {
+            let shared = names.get(&l.child).copied().unwrap_or(0) >= 2 || unloaded.linked.contains(&l.child);
+            if !shared {
                 node.id = 0;
             } else if let Some(key) = node.key {
                 node.id = key.link_id();
@@ -449,12 +463,12 @@ pub fn write_tree(
         let r = if entries.len() > CHUNK_ABOVE {
             let mut chunks = Vec::new();
             for chunk in chunks_of(entries) {
-                chunks.push(blob(&Dir::Entries(chunk), &mut out)?);
+                chunks.push(blob(&Dir::Entries(chunk), &mut out, &mut files)?);
             }
-            blob(&Dir::Chunks(chunks), &mut out)?
+            blob(&Dir::Chunks(chunks), &mut out, &mut files)?
         } else {
             entries.sort_by(|a, b| a.name.cmp(&b.name));
-            blob(&Dir::Entries(entries), &mut out)?
+            blob(&Dir::Entries(entries), &mut out, &mut files)?
         };
         refs.insert(dir, r);
     }
@@ -468,13 +482,24 @@ pub fn write_tree(
         written_at: snapshot.written_at,
         parent: before.parent,
         files: files.into_iter().map(|(fid, segments)| TreeFile { fid, segments }).collect(),
-        nodes: snapshot.nodes.len() as u64,
+        nodes: snapshot.nodes.len() as u64 + unloaded.nodes,
         node,
         dir: *refs.get(&1)?,
         stored: before.stored,
     };
     out.root = root.encode();
     Some(out)
+}
+
+/// Notes a directory blob referred to where it already is (`home`), and returns its reference.
+fn reused(out: &mut Written, files: &mut BTreeMap<Hash, u32>, (r, segments): Home) -> TreeRef {
+    out.reused += 1;
+    out.holders.push(r.fid);
+    *out.holder_bytes.entry(r.fid).or_default() += u64::from(r.len);
+    if let Some(segments) = segments {
+        files.insert(r.fid, segments);
+    }
+    r
 }
 
 /// The name hash that orders a large directory's entries and cuts it into chunks.
@@ -541,6 +566,7 @@ pub fn assemble(root: &Root, dirs: &HashMap<Hash, Dir>, holders: Vec<Hash>) -> R
         nodes,
         links,
         holders,
+        unloaded: Default::default(),
     };
     snapshot.check()?;
     Ok(snapshot)
@@ -580,7 +606,15 @@ pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
             return Err(damaged("a directory of more nodes than any tree"));
         }
     }
-    let snapshot = Snapshot { generation: 0, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() };
+    let snapshot = Snapshot {
+        generation: 0,
+        writer: [0; 16],
+        written_at: (0, 0),
+        nodes,
+        links,
+        holders: Vec::new(),
+        unloaded: Default::default(),
+    };
     snapshot.check()?;
     Ok(OneDir { snapshot, dirs, shared })
 }
@@ -652,7 +686,15 @@ mod tests {
         let packed = Location::Packed { fid: Hash([6; 32]), id: Hash([5; 32]), offset: 32, len: 20 };
         nodes.push(node(4, NodeKind::File, packed));
         links.push(Link { parent: 3, name: b"packed".to_vec(), child: 4 });
-        Snapshot { generation: 9, writer: [2; 16], written_at: (10, 11), nodes, links, holders: Vec::new() }
+        Snapshot {
+            generation: 9,
+            writer: [2; 16],
+            written_at: (10, 11),
+            nodes,
+            links,
+            holders: Vec::new(),
+            unloaded: Default::default(),
+        }
     }
 
     /// A holder in memory: blobs placed end to end, homes by id.
@@ -733,6 +775,35 @@ mod tests {
         assert_eq!(paths(&back), paths(&s));
         assert_eq!(back.nodes.len(), s.nodes.len(), "one node for the hard link");
         assert!(written.placed.len() > 4, "the large directory is cut into chunks");
+    }
+
+    /// A tree being loaded is written with the directories not loaded yet where they are: it
+    /// reads back whole, with one node for a hard link into one of them.
+    #[test]
+    fn a_tree_being_loaded_refers_to_what_it_has_not_loaded_where_it_is() {
+        let mut full = tree(300);
+        let mut holder = Holder::default();
+        let first = holder.write(&full, Hash([1; 32]));
+        let root = Root::decode(&first.root).unwrap();
+        let Dir::Entries(top) = &holder.dirs(&root)[&root.dir.id] else { panic!("a root of 2 entries") };
+        let big = top.iter().find(|e| e.name == b"big").and_then(|e| e.dir).unwrap();
+        // "big" not loaded: of its files, only the one hard-linked from "small" is in the tree.
+        let mut partial = full.clone();
+        partial.links.retain(|l| l.parent != 2);
+        let named: std::collections::HashSet<u64> = partial.links.iter().map(|l| l.child).collect();
+        partial.nodes.retain(|n| n.id == 1 || named.contains(&n.id));
+        partial.unloaded = Unloaded { dirs: BTreeMap::from([(2, (big, None))]), nodes: 299, linked: [10].into() };
+        for s in [&mut full, &mut partial] {
+            s.nodes.push(node(999, NodeKind::File, Location::Empty));
+            s.links.push(Link { parent: 3, name: b"new".to_vec(), child: 999 });
+        }
+        let second = holder.write(&partial, Hash([2; 32]));
+        assert_eq!(second.placed.len(), 2, "small and the root: {second:?}");
+        assert!(second.holders.contains(&big.fid), "{second:?}");
+        let back = holder.read(&second.root);
+        assert_eq!(paths(&back), paths(&full));
+        assert_eq!(back.nodes.len(), full.nodes.len(), "one node for the hard link");
+        assert_eq!(Root::decode(&second.root).unwrap().nodes, full.nodes.len() as u64);
     }
 
     #[test]

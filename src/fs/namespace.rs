@@ -282,25 +282,39 @@ impl Fs {
             return Err(FsError::Invalid);
         }
         self.loaded(parent)?;
-        // Whether it is empty is known once it is loaded.
+        // Whether it is empty is known once it is loaded. One that can never be read (its blob
+        // damaged, or its file gone from the chain) is given up whole: what it held cannot be
+        // reached, and the tree it keeps from being whole can then be (docs/SEMANTICS.md).
+        let mut unreadable = None;
         if let Some((dir, Kind::Dir)) = self.store.lookup(parent, name)? {
-            self.loaded(dir)?;
+            match self.loaded(dir) {
+                Err(FsError::TreeNotLoaded(why)) => unreadable = Some((dir, why)),
+                loaded => loaded?,
+            }
         }
         let ns = lock(&self.ns);
         let (ino, kind) = self.store.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         if kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        if self.store.pending_dir(ino)?.is_some() {
+        let given_up = unreadable.as_ref().filter(|(dir, _)| *dir == ino).map(|(_, why)| why);
+        if given_up.is_none() && self.store.pending_dir(ino)?.is_some() {
             // Renamed here since the look before: that one is loaded now.
             drop(ns);
             return self.rmdir(parent, name);
         }
-        if !self.store.dir_is_empty(ino)? {
+        if given_up.is_none() && !self.store.dir_is_empty(ino)? {
             return Err(FsError::NotEmpty);
         }
         let now = Timestamp::now();
         let mut ch = Changes::new(&self.store);
+        if let Some(why) = given_up {
+            log::warn!(
+                "directory {:?} of the restored tree cannot be read ({why}) and was removed: what it held is given up",
+                String::from_utf8_lossy(name)
+            );
+            ch.batch.forget_pending_dir(ino);
+        }
         ch.batch.remove_dirent(parent, name);
         ch.touch_dir(parent, now)?;
         ch.get(parent)?.nlink -= 1;

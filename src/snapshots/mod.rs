@@ -188,12 +188,12 @@ impl Writer {
                 }
             }
             let Some(since) = first_change else { continue };
-            // A restored tree is written again once it is whole (store/loading.rs).
-            if this.store.tree_loading() {
-                continue;
-            }
             let settled = this.round_due() && last_change.elapsed() >= this.config.quiet;
             if (!settled && since.elapsed() < this.config.interval) || Instant::now() < retry_at {
+                continue;
+            }
+            if this.waits_for_load() {
+                retry_at = Instant::now() + Duration::from_secs(30);
                 continue;
             }
             // A snapshot written over another writer's would clobber its tree; an unreachable
@@ -221,12 +221,33 @@ impl Writer {
             let _ = stop.changed().await;
             return;
         }
-        if this.store.tree_loading() {
+        if this.waits_for_load() {
             return;
         }
         let me = this.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.write()).await {
             log::error!("writing the last tree snapshot: {e}");
+        }
+    }
+
+    /// Whether the round waits for the tree being loaded to be whole: a tree being loaded is
+    /// written with its directories not loaded yet where they are, unless a hard-linked node
+    /// changed meanwhile (store/loading.rs).
+    fn waits_for_load(&self) -> bool {
+        match self.store.hard_link_changed_while_loading() {
+            Ok(false) => false,
+            Ok(true) => {
+                crate::log_limited!(
+                    log::Level::Info,
+                    "round waits for load",
+                    "a hard-linked file changed while the restored tree loads: the next tree round waits until the tree is loaded whole"
+                );
+                true
+            }
+            Err(e) => {
+                crate::log_limited!(log::Level::Error, "round waits for load", "reading the tree being loaded: {e}");
+                true
+            }
         }
     }
 
@@ -574,7 +595,13 @@ fn tree_digest(s: &Snapshot, commit: Option<Hash>) -> Hash {
         Some(fid) => body.with_pack_renamed(fid, crate::format::THIS_COMMIT),
         None => body,
     };
-    crate::format::sha256(&postcard::to_stdvec(&body).unwrap_or_default())
+    let mut bytes = postcard::to_stdvec(&body).unwrap_or_default();
+    // Directories not loaded yet are what they were restored as, where they are.
+    for (node, (r, _)) in &s.unloaded.dirs {
+        bytes.extend(node.to_le_bytes());
+        bytes.extend(r.id.0);
+    }
+    crate::format::sha256(&bytes)
 }
 
 #[cfg(test)]

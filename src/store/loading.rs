@@ -3,11 +3,13 @@
 //! where its blob is). A directory is loaded the first time it is listed, looked in or changed
 //! (fs), or by the loader in the background (snapshots/load.rs), in one batch each.
 //!
-//! Until every directory is loaded the tree is not whole: no round of it is written and nothing
-//! is deleted from the chain, since what the rest refers to is not known yet. Meanwhile the FIDs
-//! the loaded part refers to gather under `q`, and the inodes of hard-linked nodes under `n`
-//! (by their tree-wide id). Once whole, the FIDs join the restored snapshot's record and the
-//! older snapshots of its lineage are adopted, in one batch.
+//! Until every directory is loaded the tree is not whole: nothing is deleted from the chain,
+//! since what the rest refers to is not known yet. Rounds go on, referring to the directories
+//! not loaded where they are (a snapshot build reads `e` with each directory; a load is no
+//! change of the tree). Meanwhile the FIDs the loaded part refers to gather under `q`, and the
+//! inodes of hard-linked nodes under `n` (by their tree-wide id). Once whole, the FIDs join the
+//! records of the restored snapshot and of those written since, and the older snapshots of its
+//! lineage are adopted, in one batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -21,6 +23,8 @@ use crate::format::{Hash, Home, NodeKind, OneDir, TreeRef};
 
 /// The meta record of a tree being loaded ([`Loading`]).
 pub(super) const LOADING: &[u8] = b"tree-loading";
+/// The meta record of when the tree began to be loaded here (seconds).
+const LOADING_SINCE: &[u8] = b"tree-loading-since";
 /// Keys removed in one batch when the records of a load are forgotten.
 const FORGET_CHUNK: usize = 20_000;
 
@@ -71,10 +75,28 @@ pub struct PreparedDir {
     inos: HashMap<u64, u64>,
 }
 
+/// The inode of a loaded node's record.
+fn loaded_ino(v: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(v.try_into().map_err(|_| StoreError::Corrupt { what: "loaded node" })?))
+}
+
 impl Batch {
-    /// Marks directory `ino` as still on CESS, in blob `dir`.
+    /// Marks directory `ino` as still on CESS, in blob `dir` (a snapshot build reads it with
+    /// the node).
     pub(super) fn put_pending_dir(&mut self, ino: u64, dir: &TreeRef) {
         self.0.insert(&key::pending_dir(ino), encode(dir));
+        self.1.tree.push(super::tree::TreeChange::Node(ino));
+    }
+
+    /// Marks directory `ino` as loaded, or given up (removed, never read).
+    pub fn forget_pending_dir(&mut self, ino: u64) {
+        self.0.remove(&key::pending_dir(ino));
+        self.1.tree.push(super::tree::TreeChange::Node(ino));
+    }
+
+    /// Marks the batch as a load: what it writes was restored, not changed.
+    fn as_load(&mut self) {
+        self.1.load = true;
     }
 
     /// Records the state of a restore that loads its tree directory by directory: the root's
@@ -89,6 +111,7 @@ impl Batch {
         }
         let loading = Loading { snapshot, ..lazy.loading.clone() };
         self.put_meta(LOADING, &encode(&loading));
+        self.put_meta(LOADING_SINCE, &super::Timestamp::now().secs.to_be_bytes());
     }
 }
 
@@ -164,7 +187,8 @@ impl Store {
         let Some(mut dir) = self.inode(ino)? else {
             // Gone (removed once loaded elsewhere, which cannot be): nothing to load.
             let mut b = Batch::default();
-            b.0.remove(&key::pending_dir(ino));
+            b.forget_pending_dir(ino);
+            b.as_load();
             self.commit(b)?;
             return Ok(prepared.inos.values().copied().collect());
         };
@@ -224,7 +248,8 @@ impl Store {
         }
         dir.nlink = 2 + one.dirs.len() as u32;
         b.put_inode(ino, &dir);
-        b.0.remove(&key::pending_dir(ino));
+        b.forget_pending_dir(ino);
+        b.as_load();
         let fids = KeptSnapshot::of(&one.snapshot).fids.into_iter().chain(loaded.homes.iter().map(|(_, h)| h.0.fid));
         for fid in fids {
             b.0.insert(key::loading_fid(&fid), &[]);
@@ -235,13 +260,35 @@ impl Store {
         Ok(unused)
     }
 
+    /// The inodes of the nodes of a tree-wide hard-link id loaded so far.
+    pub(super) fn loaded_nodes(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
+        self.tree.scan_prefix(key::LOADED_NODE_PREFIX).values().map(|v| loaded_ino(&v?)).collect()
+    }
+
+    /// Whether a node of a tree-wide hard-link id changed (content, attributes or names) since
+    /// the tree began to be loaded here: names of it not loaded yet still show it as restored,
+    /// so no round is written before they load (a reader takes any one of its names' nodes).
+    pub fn hard_link_changed_while_loading(&self) -> Result<bool, StoreError> {
+        let Some(loading) = self.loading_tree()? else { return Ok(false) };
+        let since = match self.meta(LOADING_SINCE)? {
+            Some(v) => i64::from_be_bytes(v[..].try_into().map_err(|_| StoreError::Corrupt { what: "load start" })?),
+            None => (loading.generation / 1000) as i64,
+        };
+        for ino in self.loaded_nodes()? {
+            if self.inode(ino)?.is_some_and(|rec| rec.ctime.secs >= since) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether a node of tree-wide hard-link id `tree_id` was loaded before, and the inode it
     /// was loaded as with its record, if that is still there (its names loaded so far may all
     /// be gone). A node of that id loaded as another kind, or a directory (which has one name),
     /// makes the tree damaged.
     fn loaded_node(&self, tree_id: u64, kind: Kind) -> Result<(bool, Option<Linked>), StoreError> {
         let Some(v) = self.tree.get(key::loaded_node(tree_id))? else { return Ok((false, None)) };
-        let ino = u64::from_be_bytes(v[..].try_into().map_err(|_| StoreError::Corrupt { what: "loaded node" })?);
+        let ino = loaded_ino(&v)?;
         let Some(rec) = self.inode(ino)?.filter(|r| r.nlink > 0) else { return Ok((true, None)) };
         if rec.kind != kind || kind == Kind::Dir {
             return Err(StoreError::Corrupt { what: "tree naming one node as two kinds, or a directory twice" });
@@ -258,14 +305,20 @@ impl Store {
             return Ok(false);
         }
         let mut b = Batch::default();
-        if let Some(v) = self.tree.get(key::snapshot(loading.snapshot))? {
-            let mut kept: KeptSnapshot = decode(&v, "snapshot")?;
-            for k in self.tree.scan_prefix(key::LOADING_FID_PREFIX).keys() {
-                kept.fids.push(key::fid_of(&k?)?);
+        // The restored tree, and each written while it loaded (whose directories not loaded
+        // then refer to what the load found since), keep every FID the load found.
+        let mut found = Vec::new();
+        for k in self.tree.scan_prefix(key::LOADING_FID_PREFIX).keys() {
+            found.push(key::fid_of(&k?)?);
+        }
+        for (ino, mut kept) in self.kept_snapshots()? {
+            if ino != loading.snapshot && kept.generation <= loading.generation {
+                continue;
             }
+            kept.fids.extend(&found);
             kept.fids.sort();
             kept.fids.dedup();
-            b.0.insert(&key::snapshot(loading.snapshot), encode(&kept));
+            b.0.insert(&key::snapshot(ino), encode(&kept));
         }
         for a in older {
             self.adopt_into(&mut b, a, &loading.territory)?;
@@ -274,6 +327,7 @@ impl Store {
             b.put_meta(name, value);
         }
         b.0.remove(key::meta(LOADING));
+        b.0.remove(key::meta(LOADING_SINCE));
         self.sync_content_dir()?;
         self.commit(b)?;
         self.loading.store(false, Ordering::Release);
@@ -382,6 +436,38 @@ mod tests {
             assert!(kept.contains(&Hash([fid; 32])), "FID {fid} kept");
         }
         assert!(store.tree.scan_prefix(key::LOADING_FID_PREFIX).next().is_none(), "the load's records gone");
+    }
+
+    /// A round built while the tree loads names the directories not loaded yet, and where they
+    /// are; a load is no change of the tree; once whole, a tree kept since the restore keeps
+    /// every FID the load found.
+    #[test]
+    fn a_round_built_while_loading_names_what_is_not_loaded_and_keeps_what_the_load_finds() {
+        let dir_ = tempfile::tempdir().unwrap();
+        let store = Store::open(dir_.path(), 0, 0).unwrap();
+        restore(&store, &[dir("a", 1), dir("b", 2), file("top", 0, 3)], 6);
+        let (a, b) = (child(&store, ROOT_INO, "a"), child(&store, ROOT_INO, "b"));
+        let s = store.build_snapshot(2, [0; 16], None).unwrap();
+        assert_eq!(s.unloaded.dirs.keys().copied().collect::<Vec<_>>(), [a, b]);
+        assert_eq!(s.unloaded.dirs[&b].0.id, Hash([2; 32]));
+        assert_eq!(s.unloaded.nodes, 2, "6 nodes, 4 loaded");
+        let round = KeptSnapshot { generation: 2, fids: Vec::new() };
+        store.stage_snapshot(&round, b"round", b"round").unwrap();
+        let changes = store.tree_commits();
+        load(&store, a, &[file("f", 7, 4), file("own", 0, 5)]).unwrap();
+        assert_eq!(store.tree_commits(), changes, "a load is no change");
+        let s = store.build_snapshot(3, [0; 16], None).unwrap();
+        assert_eq!(s.unloaded.dirs.keys().copied().collect::<Vec<_>>(), [b]);
+        assert_eq!(s.unloaded.linked.iter().copied().collect::<Vec<_>>(), [child(&store, a, "f")]);
+        assert!(!store.hard_link_changed_while_loading().unwrap(), "as restored");
+        load(&store, b, &[file("g", 7, 4)]).unwrap();
+        assert!(store.finish_loading(&[], &[]).unwrap());
+        let kept = store.kept_snapshots().unwrap();
+        let (_, round) = kept.iter().find(|(_, k)| k.generation == 2).unwrap();
+        for fid in [4, 5] {
+            assert!(round.fids.contains(&Hash([fid; 32])), "FID {fid} kept by the round");
+        }
+        assert!(store.build_snapshot(4, [0; 16], None).unwrap().unloaded.dirs.is_empty());
     }
 
     /// A directory referred to twice gives the tree more nodes than its root says: the second

@@ -143,6 +143,8 @@ struct Touched {
     uploads: std::collections::HashMap<u64, Option<UploadRecord>>,
     /// What of the tree a snapshot shows changes: nodes, and directory entries.
     tree: Vec<tree::TreeChange>,
+    /// The batch loads a directory of a restored tree: it shows what was restored, no change.
+    load: bool,
 }
 
 /// The meta record of this data dir's node origin ([`Store::node_key`]).
@@ -449,7 +451,7 @@ impl Store {
         self.reserve.before_write();
         let mut applying = self.applying();
         let Batch(batch, touched) = batch;
-        applying.changes(&touched.tree);
+        applying.changes(&touched.tree, touched.load);
         if touched.inodes.is_empty() {
             self.tree.apply_batch(batch)?;
         } else {

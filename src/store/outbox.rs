@@ -418,7 +418,7 @@ impl Store {
         let swapped =
             self.tree.compare_and_swap(key::upload(ino), Some(encode_upload(old)), new.map(encode_upload))?.is_ok();
         if swapped {
-            applying.changes(&[super::tree::TreeChange::Node(ino)]);
+            applying.changes(&[super::tree::TreeChange::Node(ino)], false);
             self.refresh(&mut catalog, ino, true);
             drop(catalog);
             self.ring();

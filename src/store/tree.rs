@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use super::loading::Loading;
 use super::records::{decode, encode, key};
 use super::{
     Batch, InodeRecord, Kind, ROOT_INO, Residency, Store, StoreError, StoredVersion, Timestamp, UploadRecord,
@@ -43,6 +44,7 @@ impl KeptSnapshot {
     pub fn of(snapshot: &Snapshot) -> KeptSnapshot {
         let mut fids: Vec<Hash> = snapshot.nodes.iter().filter_map(|n| n.location.fid().copied()).collect();
         fids.extend(&snapshot.holders);
+        fids.extend(snapshot.unloaded.dirs.values().map(|(r, _)| r.fid));
         KeptSnapshot { generation: snapshot.generation, fids }
     }
 }
@@ -124,19 +126,22 @@ pub(super) enum TreeChange {
 pub(super) struct Applying<'a> {
     store: &'a Store,
     changed: Vec<TreeChange>,
+    /// Its changes are a load's ([`Batch::as_load`]): not counted as changes of the tree.
+    load: bool,
     _gate: std::sync::RwLockReadGuard<'a, ()>,
 }
 
 impl Applying<'_> {
-    /// Notes what of the tree the commit changes.
-    pub(super) fn changes(&mut self, changes: &[TreeChange]) {
+    /// Notes what of the tree the commit changes; `load`: as a load of what was restored.
+    pub(super) fn changes(&mut self, changes: &[TreeChange], load: bool) {
         self.changed.extend_from_slice(changes);
+        self.load = load;
     }
 }
 
 impl Drop for Applying<'_> {
     fn drop(&mut self) {
-        if !self.changed.is_empty() {
+        if !self.changed.is_empty() && !self.load {
             self.store.tree_commits.fetch_add(1, Ordering::AcqRel);
         }
         if let Some(journal) = lock(&self.store.journal).as_mut() {
@@ -156,6 +161,8 @@ type Read = (Option<Node>, std::collections::BTreeMap<Vec<u8>, u64>);
 #[derive(Default)]
 struct Walk {
     read: HashMap<u64, Read>,
+    /// The directories read that are still on CESS (a tree being loaded), and where.
+    unloaded: HashMap<u64, crate::format::TreeRef>,
     /// The open pack whose blobs the tree refers to as [`crate::format::THIS_COMMIT`].
     commit: Option<u64>,
 }
@@ -175,6 +182,15 @@ impl Walk {
             }
         };
         self.read.insert(ino, read);
+        self.read_unloaded(store, ino)
+    }
+
+    /// Reads whether directory `ino` is still on CESS (its load changes its node).
+    fn read_unloaded(&mut self, store: &Store, ino: u64) -> Result<(), StoreError> {
+        match store.pending_dir(ino)? {
+            Some(r) => self.unloaded.insert(ino, r),
+            None => self.unloaded.remove(&ino),
+        };
         Ok(())
     }
 
@@ -209,6 +225,7 @@ impl Walk {
                             Some(rec) => store.node(ino, ino, &rec, self.commit)?,
                             None => None,
                         };
+                        self.read_unloaded(store, ino)?;
                     }
                 }
                 TreeChange::Entry(parent, name) => {
@@ -238,8 +255,9 @@ impl Walk {
     }
 
     /// The snapshot of what was read: the nodes reachable from the root, breadth first (the root
-    /// first), and the names of those present.
-    fn snapshot(mut self, generation: u64, writer: [u8; 16]) -> Snapshot {
+    /// first), and the names of those present; with `load` (the tree being loaded, and the
+    /// nodes of a tree-wide hard-link id), where the directories not loaded yet are.
+    fn snapshot(mut self, generation: u64, writer: [u8; 16], load: Option<(Loading, HashSet<u64>)>) -> Snapshot {
         let mut seen: HashSet<u64> = HashSet::from([ROOT_INO]);
         let mut nodes = Vec::new();
         let mut links = Vec::new();
@@ -257,7 +275,18 @@ impl Walk {
         // Names of files left out go too.
         let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
         links.retain(|l| present.contains(&l.child));
-        Snapshot { generation, writer, written_at: time(Timestamp::now()), nodes, links, holders: Vec::new() }
+        let mut unloaded = crate::format::Unloaded::default();
+        if let Some((loading, linked)) = load {
+            let segments: HashMap<Hash, u32> = loading.tree_files.iter().copied().collect();
+            for (ino, r) in self.unloaded.into_iter().filter(|(ino, _)| present.contains(ino)) {
+                unloaded.dirs.insert(ino, (r, segments.get(&r.fid).copied()));
+            }
+            unloaded.linked = linked.into_iter().filter(|ino| present.contains(ino)).collect();
+            // Nodes not loaded yet, and the hard-linked ones whose names loaded so far are gone.
+            let linked = unloaded.linked.len() as u64;
+            unloaded.nodes = loading.nodes.saturating_sub(loading.loaded) + linked;
+        }
+        Snapshot { generation, writer, written_at: time(Timestamp::now()), nodes, links, holders: Vec::new(), unloaded }
     }
 }
 
@@ -294,7 +323,7 @@ impl Store {
     pub(super) fn applying(&self) -> Applying<'_> {
         let gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.commits.fetch_add(1, Ordering::AcqRel);
-        Applying { store: self, changed: Vec::new(), _gate: gate }
+        Applying { store: self, changed: Vec::new(), load: false, _gate: gate }
     }
 
     /// Holds deletions from the chain back until the guard is dropped (a snapshot is built and
@@ -395,9 +424,14 @@ impl Store {
         let gate = self.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let held = std::time::Instant::now();
         walk.catch_up(self, take())?;
+        // What is loaded is read with the tree, as of the same instant.
+        let load = match self.loading_tree()? {
+            Some(loading) => Some((loading, self.loaded_nodes()?)),
+            None => None,
+        };
         drop(gate);
         step("held", held);
-        Ok(walk.snapshot(generation, writer))
+        Ok(walk.snapshot(generation, writer, load))
     }
 
     /// The node of inode `ino`, or `None` for a regular file not on CESS yet (nor in pack
@@ -1194,7 +1228,15 @@ mod tests {
                 nodes.push(Node { key: *k, ..Node::bare(id, NodeKind::File) });
                 links.push(Link { parent: 1, name: name.as_bytes().to_vec(), child: id });
             }
-            Snapshot { generation: 1, writer: [0; 16], written_at: (0, 0), nodes, links, holders: Vec::new() }
+            Snapshot {
+                generation: 1,
+                writer: [0; 16],
+                written_at: (0, 0),
+                nodes,
+                links,
+                holders: Vec::new(),
+                unloaded: Default::default(),
+            }
         };
         let inos = |store: &Store| -> HashMap<String, u64> {
             let entries = store.dir_entries(ROOT_INO).unwrap();

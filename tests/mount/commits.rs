@@ -316,6 +316,111 @@ fn a_restore_lists_the_root_before_reading_any_other_directory() {
     assert!(snapshot(third.root()) == want, "the tree written after the load, restored");
 }
 
+/// A tree being loaded writes its rounds. With the background load held, an edit in the root
+/// and a file written in a directory loaded on the way settle on chain while two directories are
+/// still on CESS: a read-only view (which reads the tree whole) shows every name and byte, one
+/// inode for a hard link into a directory not loaded. A change of that hard-linked file holds
+/// the next round until the load ends; then a fresh restore shows it under both names.
+#[test]
+fn a_tree_being_loaded_writes_its_rounds() {
+    let net = StandaloneDevnet::start();
+    let args = ["--chain", net.url.as_str(), "--pack-below", "1M"];
+    let m = Mount::uploading("0.2", &args);
+    for dir in ["a", "b", "c/d/e"] {
+        fs::create_dir_all(m.path(dir)).unwrap();
+    }
+    let names: Vec<String> = ["top.txt", "a/1.txt", "b/2.txt", "c/d/e/5.txt"].map(String::from).to_vec();
+    for (i, name) in names.iter().enumerate() {
+        fs::write(m.path(name), note(i)).unwrap();
+    }
+    fs::hard_link(m.path("a/1.txt"), m.path("b/link.txt")).unwrap();
+    wait_until(MIN, "the tree to settle", || all_active(&m, &names) && tree_settled(&m));
+    let mut want = snapshot(m.root());
+    drop(m);
+
+    let mut second = Mount::unmounted("0.2", &args);
+    second.arm("restore-load");
+    second.mount();
+    second.wait_hook("restore-load", MIN);
+    assert_eq!(fs::read_dir(second.path("a")).unwrap().count(), 1);
+    fs::write(second.path("c/d/new.txt"), b"written while loading").unwrap();
+    fs::write(second.path("top.txt"), b"edited while loading").unwrap();
+    let edited = ["c/d/new.txt".to_string(), "top.txt".to_string()];
+    wait_until(MIN, "the edits to settle while the tree loads", || {
+        all_active(&second, &edited) && tree_settled(&second)
+    });
+    assert_eq!(tree_state(&second)["dirs_to_load"], 2, "b and e: {}", tree_state(&second));
+    want.insert("c/d/new.txt".into(), Node::File(b"written while loading".to_vec(), Vec::new()));
+    want.insert("top.txt".into(), Node::File(b"edited while loading".to_vec(), Vec::new()));
+    let view = Mount::uploading("0", &["--chain", net.url.as_str(), "--read-only"]);
+    assert!(snapshot(view.root()) == want, "every name and byte of the round written while loading");
+    same_inode(&view, "a/1.txt", "b/link.txt");
+    drop(view);
+
+    fs::write(second.path("a/1.txt"), b"changed while loading").unwrap();
+    wait_until(MIN, "the round to wait for the load", || {
+        second.log().contains("a hard-linked file changed while the restored tree loads")
+    });
+    assert_eq!(tree_state(&second)["changes_waiting"], true, "{}", tree_state(&second));
+    second.release("restore-load");
+    wait_until(MIN, "the load to end and the change to settle", || {
+        tree_state(&second)["dirs_to_load"].is_null()
+            && all_active(&second, &["a/1.txt".to_string()])
+            && tree_settled(&second)
+    });
+    drop(second);
+    for name in ["a/1.txt", "b/link.txt"] {
+        want.insert(name.into(), Node::File(b"changed while loading".to_vec(), Vec::new()));
+    }
+    let third = Mount::uploading("0.2", &args);
+    assert!(snapshot(third.root()) == want, "every name and byte of the round after the load");
+    same_inode(&third, "a/1.txt", "b/link.txt");
+}
+
+/// A directory of a restored tree that can never be read (the commit holding its blob is gone
+/// from the chain) gives EIO and keeps the load, and deletions, waiting. Removing it gives it up:
+/// the tree is whole, the next round no longer names it, and a fresh restore loads whole.
+#[test]
+fn a_directory_that_can_never_be_read_is_given_up_by_removing_it() {
+    let net = StandaloneDevnet::start();
+    let args = ["--chain", net.url.as_str(), "--pack-below", "1M"];
+    let m = Mount::uploading("0.2", &args);
+    // A file of its own FID: the commit holding this round's directories holds no file.
+    fs::create_dir(m.path("old")).unwrap();
+    fs::write(m.path("old/big.bin"), random_bytes(2 << 20, 7)).unwrap();
+    wait_until(MIN, "the first round", || all_active(&m, &["old/big.bin".into()]) && tree_settled(&m));
+    let first = tree_state(&m)["fid"].as_str().unwrap().to_string();
+    fs::create_dir(m.path("new")).unwrap();
+    fs::write(m.path("new/note.txt"), note(2)).unwrap();
+    wait_until(MIN, "the second round", || all_active(&m, &["new/note.txt".into()]) && tree_settled(&m));
+    drop(m);
+    net.client().delete(&first);
+
+    let second = Mount::uploading("0.2", &args);
+    let err = fs::read_dir(second.path("old")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    wait_until(MIN, "the load to say why it waits", || tree_state(&second)["load_waits"].is_string());
+    let rm = std::process::Command::new("rm").arg("-rf").arg(second.path("old")).output().unwrap();
+    assert!(!second.path("old").exists(), "given up: {rm:?}\n{}", second.log());
+    assert!(second.log().contains("cannot be read"), "{}", second.log());
+    wait_until(MIN, "the load to end", || tree_state(&second)["dirs_to_load"].is_null());
+    wait_until(MIN, "a round without it", || tree_settled(&second));
+    assert!(tree_state(&second)["deletions_wait"].is_null(), "{}", tree_state(&second));
+    let want = snapshot(second.root());
+    assert!(want.contains_key(std::path::Path::new("new/note.txt")), "{want:?}");
+    drop(second);
+    let third = Mount::uploading("0.2", &args);
+    assert!(snapshot(third.root()) == want, "every name and byte");
+    wait_until(MIN, "the load to end", || tree_state(&third)["dirs_to_load"].is_null());
+}
+
+/// Asserts that two names of mount `m` are one inode of two links.
+fn same_inode(m: &Mount, a: &str, b: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (fs::metadata(m.path(a)).unwrap(), fs::metadata(m.path(b)).unwrap());
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "a hard link is one inode");
+}
+
 /// A directory of a restored tree whose blob cannot be read now (every miner down) gives EIO,
 /// and holds up neither the root nor a directory read already; the load says why it waits, and
 /// ends once the miners are back.

@@ -379,6 +379,13 @@ impl Devnet {
         self.run(self.chain.file(&fid.parse().expect("fid"))).expect("devnet file")
     }
 
+    /// Deletes `fid` from the chain, as //Alice.
+    pub fn delete(&self, fid: &str) {
+        use cessfs::protocol::Chain;
+        let receipt = self.run(self.chain.delete_files(&[fid.parse().expect("fid")])).expect("delete");
+        assert!(receipt.items.iter().all(|i| i.is_ok()), "{fid} deleted: {:?}", receipt.items);
+    }
+
     /// How many times `fid` was declared.
     pub fn declarations(&self, fid: &str) -> usize {
         let fid: cessfs::format::Hash = fid.parse().expect("fid");

@@ -369,9 +369,15 @@ pub struct Unloaded {
     /// At least the nodes below them that are not in the snapshot (counted into the root's
     /// `nodes`, which a reader takes as the most it reads).
     pub nodes: u64,
-    /// Nodes of a tree-wide hard-link id, which names under those directories may share: they
-    /// keep that id however few of their names the snapshot has.
-    pub linked: std::collections::BTreeSet<u64>,
+    /// Nodes of a tree-wide hard-link id (node → that id), which names under those directories
+    /// may share: they keep that id however few of their names the snapshot has.
+    pub linked: BTreeMap<u64, u64>,
+    /// The tree files of the tree being loaded, and their segments: blobs below those
+    /// directories may be in any of them, so the root lists them all.
+    pub tree_files: Vec<(Hash, u32)>,
+    /// A hard-linked node changed since the load began: its names not loaded still show it as
+    /// it was, so the tree is not to be written until they are.
+    pub linked_changed: bool,
 }
 
 /// Writes `snapshot` as directory blobs: each directory's blob is looked up with `reuse` (by
@@ -441,6 +447,12 @@ pub fn write_tree(
             }
         }
     }
+    if !unloaded.dirs.is_empty() {
+        for &(fid, segments) in &unloaded.tree_files {
+            files.insert(fid, segments);
+            out.holders.push(fid);
+        }
+    }
     let mut refs: HashMap<u64, TreeRef> = HashMap::new();
     for &dir in order.iter().rev() {
         if let Some(&home) = unloaded.dirs.get(&dir) {
@@ -451,8 +463,9 @@ pub fn write_tree(
         for l in children.get(&dir).into_iter().flatten() {
             let Some(&node) = nodes.get(&l.child) else { continue };
             let mut node = node.clone();
-            let shared = names.get(&l.child).copied().unwrap_or(0) >= 2 || unloaded.linked.contains(&l.child);
-            if !shared {
+            if let Some(&id) = unloaded.linked.get(&l.child) {
+                node.id = id;
+            } else if names.get(&l.child).copied().unwrap_or(0) < 2 {
                 node.id = 0;
             } else if let Some(key) = node.key {
                 node.id = key.link_id();
@@ -792,18 +805,26 @@ mod tests {
         partial.links.retain(|l| l.parent != 2);
         let named: std::collections::HashSet<u64> = partial.links.iter().map(|l| l.child).collect();
         partial.nodes.retain(|n| n.id == 1 || named.contains(&n.id));
-        partial.unloaded = Unloaded { dirs: BTreeMap::from([(2, (big, None))]), nodes: 299, linked: [10].into() };
+        partial.unloaded = Unloaded {
+            dirs: BTreeMap::from([(2, (big, None))]),
+            nodes: 299,
+            linked: [(10, 10)].into(),
+            tree_files: vec![(Hash([8; 32]), 2)],
+            linked_changed: false,
+        };
         for s in [&mut full, &mut partial] {
             s.nodes.push(node(999, NodeKind::File, Location::Empty));
             s.links.push(Link { parent: 3, name: b"new".to_vec(), child: 999 });
         }
         let second = holder.write(&partial, Hash([2; 32]));
         assert_eq!(second.placed.len(), 2, "small and the root: {second:?}");
-        assert!(second.holders.contains(&big.fid), "{second:?}");
+        assert!(second.holders.contains(&big.fid) && second.holders.contains(&Hash([8; 32])), "{second:?}");
         let back = holder.read(&second.root);
         assert_eq!(paths(&back), paths(&full));
         assert_eq!(back.nodes.len(), full.nodes.len(), "one node for the hard link");
-        assert_eq!(Root::decode(&second.root).unwrap().nodes, full.nodes.len() as u64);
+        let root = Root::decode(&second.root).unwrap();
+        assert_eq!(root.nodes, full.nodes.len() as u64);
+        assert_eq!(root.files, [TreeFile { fid: Hash([8; 32]), segments: 2 }], "every tree file of the restored tree");
     }
 
     #[test]

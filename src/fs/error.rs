@@ -137,7 +137,8 @@ impl FsError {
                 | StoreError::Corrupt { .. }
                 | StoreError::Poisoned
                 | StoreError::BeingDeleted(_)
-                | StoreError::MovedOn(_),
+                | StoreError::MovedOn(_)
+                | StoreError::WaitsForLoad,
             ) => libc::EIO,
         }
     }

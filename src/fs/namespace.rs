@@ -287,8 +287,9 @@ impl Fs {
         // reached, and the tree it keeps from being whole can then be (docs/SEMANTICS.md).
         let mut unreadable = None;
         if let Some((dir, Kind::Dir)) = self.store.lookup(parent, name)? {
+            let blob = self.store.pending_dir(dir)?;
             match self.loaded(dir) {
-                Err(FsError::TreeNotLoaded(why)) => unreadable = Some((dir, why)),
+                Err(FsError::TreeNotLoaded(why)) => unreadable = blob.map(|blob| (dir, blob, why)),
                 loaded => loaded?,
             }
         }
@@ -297,8 +298,10 @@ impl Fs {
         if kind != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let given_up = unreadable.as_ref().filter(|(dir, _)| *dir == ino).map(|(_, why)| why);
-        if given_up.is_none() && self.store.pending_dir(ino)?.is_some() {
+        // Still that directory, still on CESS in the blob that could not be read.
+        let pending = self.store.pending_dir(ino)?;
+        let given_up = unreadable.as_ref().filter(|(dir, blob, _)| *dir == ino && pending == Some(*blob)).map(|u| &u.2);
+        if given_up.is_none() && pending.is_some() {
             // Renamed here since the look before: that one is loaded now.
             drop(ns);
             return self.rmdir(parent, name);

@@ -210,7 +210,11 @@ impl Writer {
             match tokio::task::spawn_blocking(move || me.write()).await {
                 Ok(Ok(())) => first_change = None,
                 Ok(Err(e)) => {
-                    crate::log_limited!(log::Level::Error, "snapshot", "writing a tree snapshot: {e}");
+                    let level = match e {
+                        StoreError::WaitsForLoad => log::Level::Info,
+                        _ => log::Level::Error,
+                    };
+                    crate::log_limited!(level, "snapshot", "writing a tree snapshot: {e}");
                     retry_at = Instant::now() + Duration::from_secs(30);
                 }
                 Err(e) => log::error!("writing a tree snapshot: {e}"),
@@ -239,8 +243,9 @@ impl Writer {
             Ok(true) => {
                 crate::log_limited!(
                     log::Level::Info,
-                    "round waits for load",
-                    "a hard-linked file changed while the restored tree loads: the next tree round waits until the tree is loaded whole"
+                    "snapshot",
+                    "writing a tree snapshot: {}",
+                    StoreError::WaitsForLoad
                 );
                 true
             }
@@ -341,6 +346,8 @@ impl Writer {
     /// Writes the tree if it differs from the last one written: in a commit with the blobs of
     /// the open pack, or in a snapshot file of its own if it does not fit one.
     fn write(&self) -> Result<(), StoreError> {
+        // A load that ends meanwhile adds what it found to the kept records, this round's too.
+        let _records = self.store.kept_records();
         let tree = self.watch.tree();
         let covered = self.store.tree_commits();
         if self.take_back_waiting(tree)? {
@@ -481,6 +488,9 @@ impl Writer {
         if (nothing_kept && snapshot.links.is_empty()) || (unchanged && !snapshot.refers_to_its_commit()) {
             return Ok(None);
         }
+        if !snapshot.unloaded.dirs.is_empty() && snapshot.unloaded.linked_changed {
+            return Err(StoreError::WaitsForLoad);
+        }
         // What a restore would refuse is never stored.
         if let Err(e) = snapshot.check() {
             log::error!("a tree came out unreadable ({e}): not stored; the small files waiting go without it");
@@ -530,6 +540,7 @@ impl Writer {
     /// room in the territory, those older than the newest active one (they may refer to removed
     /// files, whose room comes back only once no kept tree does).
     fn prune(&self) -> Result<(), StoreError> {
+        let _records = self.store.kept_records();
         let kept = self.store.kept_generations()?;
         let mut active = Vec::new();
         for &(ino, generation) in &kept {

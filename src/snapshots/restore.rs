@@ -317,7 +317,7 @@ pub struct ReadTree {
 /// directory blobs (format/tree.rs).
 pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<ReadTree, ReadError> {
     match open(fetcher, found).await? {
-        Opened::Whole(tree) => Ok(tree),
+        Opened::Whole(tree) => Ok(*tree),
         Opened::Root { root, own, seed } => read_dirs(fetcher, &root, own).await.map(|t| ReadTree { seed, ..t }),
     }
 }
@@ -325,7 +325,7 @@ pub async fn read(fetcher: &Fetcher, found: &Found) -> Result<ReadTree, ReadErro
 /// A tree's file as fetched.
 enum Opened {
     /// A whole snapshot, read.
-    Whole(ReadTree),
+    Whole(Box<ReadTree>),
     /// The root of a tree in directory blobs: its bytes, the file holding it (with what of it
     /// was fetched) and the seed of a tree file's segments.
     Root { root: Vec<u8>, own: std::sync::Arc<Held>, seed: Option<[u8; 32]> },
@@ -336,7 +336,7 @@ async fn open(fetcher: &Fetcher, found: &Found) -> Result<Opened, ReadError> {
     let damaged = |e: SnapshotError| ReadError::Damaged(e.to_string());
     let whole = |bytes: &[u8], seed| {
         let snapshot = Snapshot::decode(bytes).map_err(damaged)?;
-        Ok(Opened::Whole(ReadTree { snapshot, seed, dirs: Vec::new(), stored: None }))
+        Ok(Opened::Whole(Box::new(ReadTree { snapshot, seed, dirs: Vec::new(), stored: None })))
     };
     if found.commit {
         let (tree, segment) = fetcher.commit_tree(&found.fid).await.map_err(unreadable)?;
@@ -344,7 +344,7 @@ async fn open(fetcher: &Fetcher, found: &Found) -> Result<Opened, ReadError> {
             return Ok(Opened::Root { root: tree, own: Held::with_piece(found.fid, None, 0, segment), seed: None });
         }
         let snapshot = Snapshot::decode(&tree).map_err(damaged)?.resolve_commit(found.fid);
-        return Ok(Opened::Whole(ReadTree { snapshot, seed: None, dirs: Vec::new(), stored: None }));
+        return Ok(Opened::Whole(Box::new(ReadTree { snapshot, seed: None, dirs: Vec::new(), stored: None })));
     }
     // The first segment says whether the file is a tree file, and where its root is: only the
     // segments holding that are fetched now.
@@ -769,7 +769,7 @@ async fn start(
     f: &Found,
 ) -> Result<Result<ReadTree, LazyStart>, ReadError> {
     match open(fetcher, f).await? {
-        Opened::Whole(tree) => Ok(Ok(tree)),
+        Opened::Whole(tree) => Ok(Ok(*tree)),
         Opened::Root { root, own, seed: _ } => start_lazily(fetcher, names, &root, own).await.map(Err),
     }
 }

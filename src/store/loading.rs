@@ -260,26 +260,37 @@ impl Store {
         Ok(unused)
     }
 
-    /// The inodes of the nodes of a tree-wide hard-link id loaded so far.
-    pub(super) fn loaded_nodes(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
-        self.tree.scan_prefix(key::LOADED_NODE_PREFIX).values().map(|v| loaded_ino(&v?)).collect()
+    /// The nodes of a tree-wide hard-link id loaded so far: inode → that id.
+    pub(super) fn loaded_nodes(&self) -> Result<HashMap<u64, u64>, StoreError> {
+        let mut out = HashMap::new();
+        for kv in self.tree.scan_prefix(key::LOADED_NODE_PREFIX) {
+            let (k, v) = kv?;
+            out.insert(loaded_ino(&v)?, key::ino_of(&k)?);
+        }
+        Ok(out)
     }
 
-    /// Whether a node of a tree-wide hard-link id changed (content, attributes or names) since
-    /// the tree began to be loaded here: names of it not loaded yet still show it as restored,
-    /// so no round is written before they load (a reader takes any one of its names' nodes).
-    pub fn hard_link_changed_while_loading(&self) -> Result<bool, StoreError> {
-        let Some(loading) = self.loading_tree()? else { return Ok(false) };
+    /// Whether a node of `linked` ([`Store::loaded_nodes`]) changed since `loading` began here
+    /// (content, attributes or names; or every name of it loaded so far is gone): its names not
+    /// loaded yet still show it as restored, so no round is written before they load (a reader
+    /// takes any one of its names' nodes).
+    pub(super) fn linked_changed(&self, loading: &Loading, linked: &HashMap<u64, u64>) -> Result<bool, StoreError> {
         let since = match self.meta(LOADING_SINCE)? {
             Some(v) => i64::from_be_bytes(v[..].try_into().map_err(|_| StoreError::Corrupt { what: "load start" })?),
             None => (loading.generation / 1000) as i64,
         };
-        for ino in self.loaded_nodes()? {
-            if self.inode(ino)?.is_some_and(|rec| rec.ctime.secs >= since) {
+        for &ino in linked.keys() {
+            if !self.inode(ino)?.is_some_and(|rec| rec.nlink > 0 && rec.ctime.secs < since) {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// Whether a hard-linked node of the tree being loaded changed ([`Store::linked_changed`]).
+    pub fn hard_link_changed_while_loading(&self) -> Result<bool, StoreError> {
+        let Some(loading) = self.loading_tree()? else { return Ok(false) };
+        self.linked_changed(&loading, &self.loaded_nodes()?)
     }
 
     /// Whether a node of tree-wide hard-link id `tree_id` was loaded before, and the inode it
@@ -300,6 +311,7 @@ impl Store {
     /// (the older snapshots of its lineage) are adopted, and the facts `meta` written, in one
     /// batch. `false`: a directory is still on CESS.
     pub fn finish_loading(&self, older: &[Adopted<'_>], meta: &[(&[u8], Vec<u8>)]) -> Result<bool, StoreError> {
+        let _records = self.kept_records();
         let Some(loading) = self.loading_tree()? else { return Ok(true) };
         if self.tree.scan_prefix(key::PENDING_DIR_PREFIX).next().is_some() {
             return Ok(false);
@@ -458,7 +470,11 @@ mod tests {
         assert_eq!(store.tree_commits(), changes, "a load is no change");
         let s = store.build_snapshot(3, [0; 16], None).unwrap();
         assert_eq!(s.unloaded.dirs.keys().copied().collect::<Vec<_>>(), [b]);
-        assert_eq!(s.unloaded.linked.iter().copied().collect::<Vec<_>>(), [child(&store, a, "f")]);
+        assert_eq!(
+            s.unloaded.linked.iter().map(|(&ino, &id)| (ino, id)).collect::<Vec<_>>(),
+            [(child(&store, a, "f"), 7)]
+        );
+        assert_eq!(s.unloaded.nodes, 1, "6 nodes, 6 loaded, one hard-linked");
         assert!(!store.hard_link_changed_while_loading().unwrap(), "as restored");
         load(&store, b, &[file("g", 7, 4)]).unwrap();
         assert!(store.finish_loading(&[], &[]).unwrap());

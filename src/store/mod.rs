@@ -74,6 +74,12 @@ pub enum StoreError {
     /// The upload of an inode is no longer in the state a step expected.
     #[error("the upload of inode {0} moved on meanwhile")]
     MovedOn(u64),
+    /// A hard-linked file of a restored tree changed while the tree loads: a tree round waits
+    /// for the load to end (store/loading.rs).
+    #[error(
+        "a hard-linked file changed while the restored tree loads: the next tree round waits until it is loaded whole"
+    )]
+    WaitsForLoad,
 }
 
 /// The local store. See the module docs.
@@ -124,6 +130,8 @@ pub struct Store {
     deletions_wait: std::sync::Mutex<Option<String>>,
     /// One snapshot build at a time: they share the journal.
     builder: std::sync::Mutex<()>,
+    /// Held while kept snapshots' records are read and written back ([`Store::kept_records`]).
+    kept_records: std::sync::Mutex<()>,
     /// This data dir's part of the keys of the nodes made in it ([`Store::node_key`]).
     node_origin: [u8; 8],
 }
@@ -306,6 +314,7 @@ impl Store {
             another_writer: AtomicBool::new(false),
             deletions_wait: std::sync::Mutex::new(None),
             builder: std::sync::Mutex::new(()),
+            kept_records: std::sync::Mutex::new(()),
             node_origin,
         };
         if store.inode(ROOT_INO)?.is_none() {

@@ -505,6 +505,7 @@ impl Store {
     /// commit's hidden inode stays, as the kept snapshot it is, and leaves with it.
     /// Returns how many files became active (`None`: a commit finished before).
     pub fn finish_pack(&self, pack: u64, rec: &UploadRecord) -> Result<Option<usize>, StoreError> {
+        let _records = self.kept_records();
         let _packer = lock(&self.packer);
         let Some(fid) = rec.fid.filter(|_| rec.state == UploadState::Active) else { return Ok(None) };
         let commit = self.tree.get(key::snapshot(pack))?.is_some();

@@ -157,6 +157,15 @@ const CATCH_UP_ROUNDS: usize = 8;
 /// gone) and, for a directory, its entries (name to child).
 type Read = (Option<Node>, std::collections::BTreeMap<Vec<u8>, u64>);
 
+/// What a snapshot build reads of a tree being loaded, with the tree.
+struct Load {
+    loading: Loading,
+    /// [`Store::loaded_nodes`].
+    linked: HashMap<u64, u64>,
+    /// [`Store::linked_changed`].
+    linked_changed: bool,
+}
+
 /// The tree as a snapshot build reads it, per inode read.
 #[derive(Default)]
 struct Walk {
@@ -257,7 +266,7 @@ impl Walk {
     /// The snapshot of what was read: the nodes reachable from the root, breadth first (the root
     /// first), and the names of those present; with `load` (the tree being loaded, and the
     /// nodes of a tree-wide hard-link id), where the directories not loaded yet are.
-    fn snapshot(mut self, generation: u64, writer: [u8; 16], load: Option<(Loading, HashSet<u64>)>) -> Snapshot {
+    fn snapshot(mut self, generation: u64, writer: [u8; 16], load: Option<Load>) -> Snapshot {
         let mut seen: HashSet<u64> = HashSet::from([ROOT_INO]);
         let mut nodes = Vec::new();
         let mut links = Vec::new();
@@ -276,15 +285,16 @@ impl Walk {
         let present: HashSet<u64> = nodes.iter().map(|n| n.id).collect();
         links.retain(|l| present.contains(&l.child));
         let mut unloaded = crate::format::Unloaded::default();
-        if let Some((loading, linked)) = load {
+        if let Some(Load { loading, linked, linked_changed }) = load {
             let segments: HashMap<Hash, u32> = loading.tree_files.iter().copied().collect();
             for (ino, r) in self.unloaded.into_iter().filter(|(ino, _)| present.contains(ino)) {
                 unloaded.dirs.insert(ino, (r, segments.get(&r.fid).copied()));
             }
-            unloaded.linked = linked.into_iter().filter(|ino| present.contains(ino)).collect();
-            // Nodes not loaded yet, and the hard-linked ones whose names loaded so far are gone.
-            let linked = unloaded.linked.len() as u64;
-            unloaded.nodes = loading.nodes.saturating_sub(loading.loaded) + linked;
+            // Nodes not loaded yet, and the hard-linked ones (their names loaded may all be gone).
+            unloaded.nodes = loading.nodes.saturating_sub(loading.loaded) + linked.len() as u64;
+            unloaded.linked = linked.into_iter().filter(|(ino, _)| present.contains(ino)).collect();
+            unloaded.tree_files = loading.tree_files;
+            unloaded.linked_changed = linked_changed;
         }
         Snapshot { generation, writer, written_at: time(Timestamp::now()), nodes, links, holders: Vec::new(), unloaded }
     }
@@ -324,6 +334,13 @@ impl Store {
         let gate = self.gate.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.commits.fetch_add(1, Ordering::AcqRel);
         Applying { store: self, changed: Vec::new(), load: false, _gate: gate }
+    }
+
+    /// Held while kept snapshots' records are read and written back: from a round's build to
+    /// its staging, a prune, a commit's record naming its FID, the end of a load (which adds
+    /// what it found to each). Taken before the packer and the deal locks.
+    pub fn kept_records(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.kept_records)
     }
 
     /// Holds deletions from the chain back until the guard is dropped (a snapshot is built and
@@ -426,7 +443,11 @@ impl Store {
         walk.catch_up(self, take())?;
         // What is loaded is read with the tree, as of the same instant.
         let load = match self.loading_tree()? {
-            Some(loading) => Some((loading, self.loaded_nodes()?)),
+            Some(loading) => {
+                let linked = self.loaded_nodes()?;
+                let linked_changed = self.linked_changed(&loading, &linked)?;
+                Some(Load { loading, linked, linked_changed })
+            }
             None => None,
         };
         drop(gate);

@@ -374,18 +374,13 @@ fn a_commit_opens_as_format_md_says() {
         offset: blob_at,
         len: blob.len() as u32,
     };
-    let snapshot = Snapshot {
-        generation: 7,
-        writer: [1; 16],
-        written_at: (0, 0),
-        nodes: vec![
-            node(1, NodeKind::Dir, 0, Location::Empty),
-            node(2, NodeKind::File, content.len() as u64, in_commit),
-        ],
-        links: vec![Link { parent: 1, name: b"note.txt".to_vec(), child: 2 }],
-        holders: Vec::new(),
-        unloaded: Default::default(),
-    };
+    let snapshot = Snapshot::new(
+        7,
+        [1; 16],
+        (0, 0),
+        vec![node(1, NodeKind::Dir, 0, Location::Empty), node(2, NodeKind::File, content.len() as u64, in_commit)],
+        vec![Link { parent: 1, name: b"note.txt".to_vec(), child: 2 }],
+    );
     let tree = snapshot.encode();
     let tree_id = hmac(&k_id, &[b"tree", &number.to_le_bytes()]);
     let sealed_tree = seal(&tree_id, &tree);
@@ -453,14 +448,14 @@ fn a_sparse_file_is_stored_as_format_md_says() {
     assert_eq!(manifest.segments.len(), 1, "1 GiB holding 103,000 bytes is one segment");
 
     let sparse = |extents: Vec<(u64, u64)>| Location::Sparse { fid: Hash([7; 32]), format: 3, seed: None, extents };
-    let tree = |location: Location| Snapshot {
-        generation: 1,
-        writer: [1; 16],
-        written_at: (0, 0),
-        nodes: vec![node(1, NodeKind::Dir, 0, Location::Empty), node(2, NodeKind::File, size, location)],
-        links: vec![Link { parent: 1, name: b"disk.img".to_vec(), child: 2 }],
-        holders: Vec::new(),
-        unloaded: Default::default(),
+    let tree = |location: Location| {
+        Snapshot::new(
+            1,
+            [1; 16],
+            (0, 0),
+            vec![node(1, NodeKind::Dir, 0, Location::Empty), node(2, NodeKind::File, size, location)],
+            vec![Link { parent: 1, name: b"disk.img".to_vec(), child: 2 }],
+        )
     };
     let encoded = postcard::to_stdvec(&sparse(vec![(5, 2)])).unwrap();
     assert_eq!(encoded[0], 4, "variant 4");

@@ -279,6 +279,11 @@ pub(super) fn unzstd(packed: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 impl Snapshot {
+    /// A tree of `nodes` and `links`, read from one file, all of it loaded.
+    pub fn new(generation: u64, writer: [u8; 16], written_at: Time, nodes: Vec<Node>, links: Vec<Link>) -> Snapshot {
+        Snapshot { generation, writer, written_at, nodes, links, holders: Vec::new(), unloaded: Default::default() }
+    }
+
     /// The snapshot file's bytes, before padding to whole segments.
     pub fn encode(&self) -> Vec<u8> {
         let packed = zstd(&postcard::to_stdvec(self).expect("snapshots always serialize"));
@@ -419,23 +424,21 @@ mod tests {
 
     fn sample() -> Snapshot {
         let fid = Location::Fid { fid: Hash([9; 32]), format: 2, seed: Some([3; 32]) };
-        Snapshot {
-            generation: 7,
-            writer: [1; 16],
-            written_at: (1_800_000_000, 0),
-            nodes: vec![
+        Snapshot::new(
+            7,
+            [1; 16],
+            (1_800_000_000, 0),
+            vec![
                 node(1, NodeKind::Dir, Location::Empty),
                 node(2, NodeKind::File, fid),
                 node(3, NodeKind::File, Location::Inline(b"abc".to_vec())),
             ],
-            links: vec![
+            vec![
                 Link { parent: 1, name: "长名字".repeat(20).into_bytes(), child: 2 },
                 Link { parent: 1, name: b"hard".to_vec(), child: 2 },
                 Link { parent: 1, name: b"x".to_vec(), child: 3 },
             ],
-            holders: Vec::new(),
-            unloaded: Default::default(),
-        }
+        )
     }
 
     #[test]

@@ -619,15 +619,7 @@ pub fn one_dir(entries: &[Entry]) -> Result<OneDir, SnapshotError> {
             return Err(damaged("a directory of more nodes than any tree"));
         }
     }
-    let snapshot = Snapshot {
-        generation: 0,
-        writer: [0; 16],
-        written_at: (0, 0),
-        nodes,
-        links,
-        holders: Vec::new(),
-        unloaded: Default::default(),
-    };
+    let snapshot = Snapshot::new(0, [0; 16], (0, 0), nodes, links);
     snapshot.check()?;
     Ok(OneDir { snapshot, dirs, shared })
 }
@@ -699,15 +691,7 @@ mod tests {
         let packed = Location::Packed { fid: Hash([6; 32]), id: Hash([5; 32]), offset: 32, len: 20 };
         nodes.push(node(4, NodeKind::File, packed));
         links.push(Link { parent: 3, name: b"packed".to_vec(), child: 4 });
-        Snapshot {
-            generation: 9,
-            writer: [2; 16],
-            written_at: (10, 11),
-            nodes,
-            links,
-            holders: Vec::new(),
-            unloaded: Default::default(),
-        }
+        Snapshot::new(9, [2; 16], (10, 11), nodes, links)
     }
 
     /// A holder in memory: blobs placed end to end, homes by id.

@@ -40,6 +40,9 @@ pub struct SnapshotConfig {
 
 /// The meta record of the digest of the last tree written (generation and time left out).
 const LAST_TREE: &[u8] = b"snapshot-tree";
+/// The meta record of the digest of the last tree's root as written: its directory's blob id
+/// and its node ([`root_digest`]).
+const LAST_ROOT: &[u8] = b"snapshot-root";
 /// The most files besides its own that a tree's directory blobs are left in: past it, those of
 /// the files holding the fewest are written again (up to [`EMPTY_BUDGET`] bytes), so old
 /// commits do not stay on chain for a directory each.
@@ -392,6 +395,16 @@ impl Writer {
                     let mut ids = crate::sync::lock(&self.dir_ids);
                     let written = self.store.write_dirs(&snapshot, keys, before, &emptying, &mut ids, place)?;
                     let Some(written) = written else { return Ok(None) };
+                    // Every directory where it was, the root's among them: the tree written last
+                    // (a load since changes what is read, not what is written).
+                    let root = root_digest(&written.root);
+                    if written.placed.is_empty()
+                        && !snapshot.refers_to_its_commit()
+                        && root.is_some()
+                        && self.store.meta(LAST_ROOT)?.as_deref() == root.as_ref().map(|r| &r.0[..])
+                    {
+                        return Ok(None);
+                    }
                     made = Some((digest, Made::of(&written)));
                     holders = Some(written.holder_bytes.clone());
                     let name = tree.names.commit_name(generation);
@@ -421,7 +434,7 @@ impl Writer {
                         }
                         None => {
                             let bytes = snapshot.encode();
-                            let what = Made { bytes: bytes.len() as u64, dirs: None };
+                            let what = Made { bytes: bytes.len() as u64, dirs: None, root: None };
                             (self.store.stage_snapshot(&KeptSnapshot::of(&snapshot), &bytes, &name)?, what)
                         }
                     };
@@ -436,6 +449,10 @@ impl Writer {
             return Ok(());
         };
         self.store.set_meta(LAST_TREE, &digest.0)?;
+        match what.root {
+            Some(root) => self.store.set_meta(LAST_ROOT, &root.0)?,
+            None => self.store.remove_meta(LAST_ROOT)?,
+        }
         self.store.set_tree_holders(&holders.unwrap_or_default())?;
         self.flags.covered.fetch_max(covered, Ordering::AcqRel);
         crate::metrics::TREE_BYTES_WRITTEN.add(what.bytes);
@@ -526,7 +543,11 @@ impl Writer {
         file.extend(sealed);
         file[..crate::format::TREE_FILE_HEADER]
             .copy_from_slice(&crate::format::tree_file_header(&root_id, root_at, root_len));
-        let made = Made { bytes: file.len() as u64, dirs: Some((written.placed.len(), written.reused)) };
+        let made = Made {
+            bytes: file.len() as u64,
+            dirs: Some((written.placed.len(), written.reused)),
+            root: root_digest(&written.root),
+        };
         let (placed, held) = (written.placed.clone(), written.holder_bytes.clone());
         let tree = commit_tree(snapshot, written, name, false);
         let ino = self.store.stage_snapshot(&tree.kept, &file, &tree.name)?;
@@ -578,6 +599,8 @@ impl Writer {
 struct Made {
     bytes: u64,
     dirs: Option<(usize, usize)>,
+    /// [`root_digest`] of a tree in directory blobs.
+    root: Option<Hash>,
 }
 
 impl Made {
@@ -585,8 +608,18 @@ impl Made {
         Made {
             bytes: written.new_bytes + written.root.len() as u64,
             dirs: Some((written.placed.len(), written.reused)),
+            root: root_digest(&written.root),
         }
     }
+}
+
+/// What a root written says of its tree: its directory's blob id (which names every directory
+/// below, where it is) and its node.
+fn root_digest(root: &[u8]) -> Option<Hash> {
+    let root = crate::format::Root::decode(root).ok()?;
+    let mut bytes = root.dir.id.0.to_vec();
+    bytes.extend(postcard::to_stdvec(&root.node).ok()?);
+    Some(crate::format::sha256(&bytes))
 }
 
 /// The commit (or tree file: `commit` false) of tree `snapshot` written as `written`: it refers

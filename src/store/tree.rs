@@ -1249,15 +1249,7 @@ mod tests {
                 nodes.push(Node { key: *k, ..Node::bare(id, NodeKind::File) });
                 links.push(Link { parent: 1, name: name.as_bytes().to_vec(), child: id });
             }
-            Snapshot {
-                generation: 1,
-                writer: [0; 16],
-                written_at: (0, 0),
-                nodes,
-                links,
-                holders: Vec::new(),
-                unloaded: Default::default(),
-            }
+            Snapshot::new(1, [0; 16], (0, 0), nodes, links)
         };
         let inos = |store: &Store| -> HashMap<String, u64> {
             let entries = store.dir_entries(ROOT_INO).unwrap();

@@ -384,16 +384,7 @@ fn a_tree_being_loaded_writes_its_rounds() {
 fn a_directory_that_can_never_be_read_is_given_up_by_removing_it() {
     let net = StandaloneDevnet::start();
     let args = ["--chain", net.url.as_str(), "--pack-below", "1M"];
-    let m = Mount::uploading("0.2", &args);
-    // A file of its own FID: the commit holding this round's directories holds no file.
-    fs::create_dir(m.path("old")).unwrap();
-    fs::write(m.path("old/big.bin"), random_bytes(2 << 20, 7)).unwrap();
-    wait_until(MIN, "the first round", || all_active(&m, &["old/big.bin".into()]) && tree_settled(&m));
-    let first = tree_state(&m)["fid"].as_str().unwrap().to_string();
-    fs::create_dir(m.path("new")).unwrap();
-    fs::write(m.path("new/note.txt"), note(2)).unwrap();
-    wait_until(MIN, "the second round", || all_active(&m, &["new/note.txt".into()]) && tree_settled(&m));
-    drop(m);
+    let (first, _) = old_and_new(&args);
     net.client().delete(&first);
 
     let second = Mount::uploading("0.2", &args);
@@ -414,6 +405,22 @@ fn a_directory_that_can_never_be_read_is_given_up_by_removing_it() {
     wait_until(MIN, "the load to end", || tree_state(&third)["dirs_to_load"].is_null());
 }
 
+/// A tree of two rounds, written by a mount with `args`: `old/big.bin`, a file of its own FID
+/// (so the commit holding the first round's directories holds no file, and the second round
+/// leaves `old` in it), then `new/note.txt`. Returns the first round's commit and big.bin's bytes.
+fn old_and_new(args: &[&str]) -> (String, Vec<u8>) {
+    let m = Mount::uploading("0.2", args);
+    fs::create_dir(m.path("old")).unwrap();
+    let big = random_bytes(2 << 20, 7);
+    fs::write(m.path("old/big.bin"), &big).unwrap();
+    wait_until(MIN, "the first round", || all_active(&m, &["old/big.bin".into()]) && tree_settled(&m));
+    let first = tree_state(&m)["fid"].as_str().unwrap().to_string();
+    fs::create_dir(m.path("new")).unwrap();
+    fs::write(m.path("new/note.txt"), note(2)).unwrap();
+    wait_until(MIN, "the second round", || all_active(&m, &["new/note.txt".into()]) && tree_settled(&m));
+    (first, big)
+}
+
 /// Asserts that two names of mount `m` are one inode of two links.
 fn same_inode(m: &Mount, a: &str, b: &str) {
     use std::os::unix::fs::MetadataExt;
@@ -428,17 +435,7 @@ fn same_inode(m: &Mount, a: &str, b: &str) {
 fn a_directory_that_cannot_be_read_now_holds_up_nothing_else() {
     let net = StandaloneDevnet::start();
     let args = ["--chain", net.url.as_str(), "--pack-below", "1M"];
-    let m = Mount::uploading("0.2", &args);
-    // A file of its own FID: the commit holding this round's directories holds no file, and a
-    // later round leaves it as it is.
-    fs::create_dir(m.path("old")).unwrap();
-    let big = random_bytes(2 << 20, 7);
-    fs::write(m.path("old/big.bin"), &big).unwrap();
-    wait_until(MIN, "the first round", || all_active(&m, &["old/big.bin".into()]) && tree_settled(&m));
-    fs::create_dir(m.path("new")).unwrap();
-    fs::write(m.path("new/note.txt"), note(2)).unwrap();
-    wait_until(MIN, "the second round", || all_active(&m, &["new/note.txt".into()]) && tree_settled(&m));
-    drop(m);
+    let (_, big) = old_and_new(&args);
 
     let client = net.client();
     let mut second = Mount::unmounted("0.2", &args);

@@ -213,11 +213,7 @@ impl Writer {
             match tokio::task::spawn_blocking(move || me.write()).await {
                 Ok(Ok(())) => first_change = None,
                 Ok(Err(e)) => {
-                    let level = match e {
-                        StoreError::WaitsForLoad => log::Level::Info,
-                        _ => log::Level::Error,
-                    };
-                    crate::log_limited!(level, "snapshot", "writing a tree snapshot: {e}");
+                    round_not_written(&e);
                     retry_at = Instant::now() + Duration::from_secs(30);
                 }
                 Err(e) => log::error!("writing a tree snapshot: {e}"),
@@ -241,22 +237,13 @@ impl Writer {
     /// written with its directories not loaded yet where they are, unless a hard-linked node
     /// changed meanwhile (store/loading.rs).
     fn waits_for_load(&self) -> bool {
-        match self.store.hard_link_changed_while_loading() {
-            Ok(false) => false,
-            Ok(true) => {
-                crate::log_limited!(
-                    log::Level::Info,
-                    "snapshot",
-                    "writing a tree snapshot: {}",
-                    StoreError::WaitsForLoad
-                );
-                true
-            }
-            Err(e) => {
-                crate::log_limited!(log::Level::Error, "round waits for load", "reading the tree being loaded: {e}");
-                true
-            }
-        }
+        let why = match self.store.hard_link_changed_while_loading() {
+            Ok(false) => return false,
+            Ok(true) => StoreError::WaitsForLoad,
+            Err(e) => e,
+        };
+        round_not_written(&why);
+        true
     }
 
     /// Empties under-full packs into the open pack when it holds blobs, so the commit about to
@@ -611,6 +598,15 @@ impl Made {
             root: root_digest(&written.root),
         }
     }
+}
+
+/// Logs why a round was not written: waiting for a load to end is expected, the rest is not.
+fn round_not_written(e: &StoreError) {
+    let level = match e {
+        StoreError::WaitsForLoad => log::Level::Info,
+        _ => log::Level::Error,
+    };
+    crate::log_limited!(level, "snapshot", "writing a tree snapshot: {e}");
 }
 
 /// What a root written says of its tree: its directory's blob id (which names every directory
